@@ -1,0 +1,125 @@
+//! The command line, as clap structs only.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::launcher::spec::ConsoleMode;
+
+/// mctl: boot and manage machines (containers that run a full init).
+#[derive(Debug, Parser)]
+#[command(name = "mctl", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The verbs.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Boot the tree's init (systemd) as PID 1 of a new machine.
+    Boot(BootArgs),
+    /// Run one command in a new machine, without booting.
+    Run(RunArgs),
+}
+
+/// `yes` or `no`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum YesNo {
+    /// Yes.
+    Yes,
+    /// No.
+    No,
+}
+
+/// Options shared by `boot` and `run` (nspawn's names where they overlap).
+#[derive(Debug, Args)]
+pub struct MachineArgs {
+    /// Root directory of the machine.
+    #[arg(short = 'D', long, value_name = "DIR")]
+    pub directory: Option<PathBuf>,
+    /// Machine name (default: the directory's name, cleaned); without -D, boots the image of
+    /// this name from the image store.
+    #[arg(short = 'M', long, value_name = "NAME")]
+    pub machine: Option<String>,
+    /// Hostname inside the machine (default: the machine name).
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Machine UUID when the tree has no /etc/machine-id.
+    #[arg(long)]
+    pub uuid: Option<uuid::Uuid>,
+    /// Bind-mount a host path: SRC[:DST[:rbind|norbind]].
+    #[arg(long, value_name = "SRC[:DST[:OPTS]]")]
+    pub bind: Vec<String>,
+    /// Bind-mount a host path read-only.
+    #[arg(long = "bind-ro", value_name = "SRC[:DST[:OPTS]]")]
+    pub bind_ro: Vec<String>,
+    /// Mount a tmpfs: PATH[:OPTIONS].
+    #[arg(long, value_name = "PATH[:OPTIONS]")]
+    pub tmpfs: Vec<String>,
+    /// Set an environment variable for the payload: NAME=VALUE (or NAME to pass ours).
+    #[arg(short = 'E', long, value_name = "NAME[=VALUE]")]
+    pub setenv: Vec<String>,
+    /// Working directory inside the machine.
+    #[arg(long, value_name = "DIR")]
+    pub chdir: Option<PathBuf>,
+    /// Run the command as this user of the machine (name or uid).
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// Mount the root directory read-only.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Capabilities to grant on top of the defaults (comma-separated, or "all").
+    #[arg(long, value_name = "CAPS")]
+    pub capability: Vec<String>,
+    /// Capabilities to take away from the defaults.
+    #[arg(long = "drop-capability", value_name = "CAPS")]
+    pub drop_capability: Vec<String>,
+    /// Signal sent to PID 1 when mctl is asked to stop (default: SIGRTMIN+3 for boot, the
+    /// received signal for run).
+    #[arg(long, value_name = "SIGNAL")]
+    pub kill_signal: Option<String>,
+    /// Stay in the caller's cgroup (a service unit's) and exit 133 when the machine reboots.
+    #[arg(long)]
+    pub keep_unit: bool,
+    /// Print fewer messages.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Console: interactive, read-only, passive or pipe (default: interactive on a terminal).
+    #[arg(long, value_enum)]
+    pub console: Option<ConsoleMode>,
+    /// Report readiness upwards only when the machine's init does (boot).
+    #[arg(long, value_enum, default_value = "yes")]
+    pub notify_ready: YesNo,
+}
+
+/// `mctl boot`.
+#[derive(Debug, Args)]
+pub struct BootArgs {
+    /// Machine options.
+    #[command(flatten)]
+    pub machine: MachineArgs,
+    /// Extra arguments for init.
+    #[arg(last = true)]
+    pub init_args: Vec<String>,
+}
+
+/// `mctl run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Machine options.
+    #[command(flatten)]
+    pub machine: MachineArgs,
+    /// Run a minimal reaper as PID 1 and the command as PID 2.
+    #[arg(long)]
+    pub as_pid2: bool,
+    /// The command and its arguments.
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    pub command: Vec<String>,
+}

@@ -1,0 +1,166 @@
+//! `mctl boot` and `mctl run`: turn options into a [`LaunchSpec`] and launch it.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use crate::launcher::cgroups::CgroupConfig;
+use crate::launcher::security::{CapabilityAdjust, parse_caps};
+use crate::launcher::spec::{self, ConsoleMode, LaunchSpec, Payload};
+use crate::names::{self, MachineName};
+use crate::signals::SignalNumber;
+
+use super::args::{BootArgs, MachineArgs, RunArgs, YesNo};
+use super::{CliConfig, CliError};
+
+/// `mctl boot`.
+pub fn boot(a: BootArgs, cfg: &CliConfig) -> Result<i32, CliError> {
+    let spec = build_spec(a.machine, Payload::Boot { args: a.init_args }, cfg)?;
+    Ok(crate::launcher::launch(&spec)?)
+}
+
+/// `mctl run`.
+pub fn run(a: RunArgs, cfg: &CliConfig) -> Result<i32, CliError> {
+    let spec = build_spec(
+        a.machine,
+        Payload::Command {
+            argv: a.command,
+            as_pid2: a.as_pid2,
+        },
+        cfg,
+    )?;
+    Ok(crate::launcher::launch(&spec)?)
+}
+
+fn bad(e: impl std::fmt::Display) -> CliError {
+    CliError::new(e.to_string())
+}
+
+/// Validates the options and resolves defaults into a [`LaunchSpec`].
+pub fn build_spec(
+    m: MachineArgs,
+    payload: Payload,
+    cfg: &CliConfig,
+) -> Result<LaunchSpec, CliError> {
+    let given_name = m
+        .machine
+        .as_deref()
+        .map(|n| {
+            MachineName::new(n)
+                .map_err(|e| CliError::new(format!("invalid machine name '{n}': {e}")))
+        })
+        .transpose()?;
+    let dir = match (&m.directory, &given_name) {
+        (Some(d), _) => d.clone(),
+        (None, Some(n)) => cfg.image_store.join(n.as_str()),
+        (None, None) => {
+            return Err(CliError::new(
+                "no machine given: use -D DIR (a root directory) or -M NAME (an image)",
+            ));
+        }
+    };
+    let root = std::fs::canonicalize(&dir)
+        .map_err(|e| CliError::new(format!("directory {} cannot be used: {e}", dir.display())))?;
+    if !root.is_dir() {
+        return Err(CliError::new(format!(
+            "{} is not a directory",
+            dir.display()
+        )));
+    }
+    let name = match given_name {
+        Some(n) => n,
+        None => {
+            let base = root
+                .file_name()
+                .map(|b| b.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            MachineName::from_dir_name(&base).ok_or_else(|| {
+                CliError::new(format!(
+                    "cannot derive a machine name from directory '{base}'; give one with -M NAME"
+                ))
+            })?
+        }
+    };
+    if let Some(h) = &m.hostname {
+        names::validate(h).map_err(|e| CliError::new(format!("invalid hostname '{h}': {e}")))?;
+    }
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    let mut binds = Vec::new();
+    for b in &m.bind {
+        binds.push(spec::parse_bind(b, false, &cwd).map_err(bad)?);
+    }
+    for b in &m.bind_ro {
+        binds.push(spec::parse_bind(b, true, &cwd).map_err(bad)?);
+    }
+    let tmpfs = m
+        .tmpfs
+        .iter()
+        .map(|t| spec::parse_tmpfs(t))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(bad)?;
+    let env = m
+        .setenv
+        .iter()
+        .map(|e| spec::parse_setenv(e))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(bad)?;
+    let mut capabilities = CapabilityAdjust::default();
+    for c in &m.capability {
+        capabilities.add.extend(parse_caps(c).map_err(bad)?);
+    }
+    for c in &m.drop_capability {
+        capabilities.drop.extend(parse_caps(c).map_err(bad)?);
+    }
+    let kill_signal = m
+        .kill_signal
+        .as_deref()
+        .map(str::parse::<SignalNumber>)
+        .transpose()
+        .map_err(bad)?;
+    if let Some(d) = &m.chdir {
+        if !d.is_absolute() {
+            return Err(CliError::new(format!(
+                "--chdir '{}' must be an absolute path",
+                d.display()
+            )));
+        }
+    }
+    let boot = matches!(payload, Payload::Boot { .. });
+    if boot && m.user.is_some() {
+        return Err(CliError::new(
+            "--user cannot be used with boot: init must run as root",
+        ));
+    }
+    let console = m.console.unwrap_or_else(|| default_console(boot));
+    Ok(LaunchSpec {
+        root,
+        name,
+        hostname: m.hostname,
+        uuid: m.uuid,
+        payload,
+        binds,
+        tmpfs,
+        env,
+        chdir: m.chdir,
+        user: m.user,
+        read_only: m.read_only,
+        capabilities,
+        kill_signal,
+        keep_unit: m.keep_unit,
+        quiet: m.quiet,
+        console,
+        notify_ready: m.notify_ready == YesNo::Yes,
+        cgroup: CgroupConfig::default(),
+    })
+}
+
+/// nspawn's default: interactive on a terminal; otherwise the console is shown read-only for
+/// a boot, and a command simply gets the launcher's stdio.
+fn default_console(boot: bool) -> ConsoleMode {
+    if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
+        ConsoleMode::Interactive
+    } else if boot {
+        ConsoleMode::ReadOnly
+    } else {
+        ConsoleMode::Pipe
+    }
+}

@@ -1,0 +1,72 @@
+//! The `mctl` command line: clap structs in [`args`], one handler module per verb group.
+
+use std::path::PathBuf;
+
+pub mod args;
+pub mod machine;
+
+pub use args::Cli;
+
+/// Settings the CLI takes from its environment, as parameters so tests can redirect them.
+#[derive(Debug, Clone)]
+pub struct CliConfig {
+    /// Where images live (`$MCTL_IMAGE_STORE`, default `/var/lib/machines`).
+    pub image_store: PathBuf,
+}
+
+impl CliConfig {
+    /// Reads the settings from the process environment.
+    pub fn from_env() -> Self {
+        Self {
+            image_store: std::env::var_os("MCTL_IMAGE_STORE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/var/lib/machines")),
+        }
+    }
+}
+
+/// A CLI failure: a message for the user and the exit status.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct CliError {
+    /// What went wrong, and what to do.
+    pub message: String,
+    /// Exit status.
+    pub exit_code: i32,
+}
+
+impl CliError {
+    /// A failure with exit status 1.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            exit_code: 1,
+        }
+    }
+}
+
+impl From<crate::launcher::process::LaunchError> for CliError {
+    fn from(e: crate::launcher::process::LaunchError) -> Self {
+        Self {
+            exit_code: e.exit_code(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Runs a parsed command line; returns the exit status.
+pub fn run(cli: Cli, cfg: &CliConfig) -> Result<i32, CliError> {
+    match cli.command {
+        args::Command::Boot(a) => machine::boot(a, cfg),
+        args::Command::Run(a) => machine::run(a, cfg),
+    }
+}
+
+/// Whether the command line asks for quiet operation (for logging set-up before parsing
+/// errors can be reported).
+pub fn is_quiet(cli: &Cli) -> bool {
+    match &cli.command {
+        args::Command::Boot(a) => a.machine.quiet,
+        args::Command::Run(a) => a.machine.quiet,
+    }
+}

@@ -1,0 +1,554 @@
+//! The machine's cgroup, on pure cgroup v2 hosts and on hybrid ones (v1 controllers, a named
+//! `systemd` hierarchy and cgroup2 at `unified`).
+//!
+//! Every machine gets `<own>/<parent>/<name>` in each hierarchy, where `<own>` is the
+//! launcher's current cgroup there, so machines nest under whoever runs the launcher and mctl
+//! never writes to cgroups it did not create. The payload lives in `<machine>/payload`; the
+//! guest gets a cgroup namespace rooted there and sees a plain cgroup2 tree (what systemd
+//! boots most cleanly with on either kind of host). With `--keep-unit` the launcher's own
+//! cgroup (a service unit's delegated cgroup) is the machine cgroup, and the launcher moves
+//! itself to `<own>/supervisor` because cgroup v2 allows no processes in inner nodes.
+
+use std::fs;
+use std::io::{self, ErrorKind};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Where cgroups are and where machines go; paths are parameters so tests can redirect them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupConfig {
+    /// Where cgroup filesystems are mounted (`/sys/fs/cgroup`).
+    pub fs_root: PathBuf,
+    /// The mount table to read (`/proc/self/mountinfo`).
+    pub mountinfo: PathBuf,
+    /// The launcher's own cgroup membership (`/proc/self/cgroup`).
+    pub self_cgroup: PathBuf,
+    /// Directory under the launcher's cgroup that holds machines.
+    pub parent: String,
+}
+
+impl Default for CgroupConfig {
+    fn default() -> Self {
+        Self {
+            fs_root: "/sys/fs/cgroup".into(),
+            mountinfo: "/proc/self/mountinfo".into(),
+            self_cgroup: "/proc/self/cgroup".into(),
+            parent: "mctl".into(),
+        }
+    }
+}
+
+/// A cgroup step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    /// A filesystem operation on a cgroup path failed.
+    #[error("cgroup: cannot {step} {path}: {source}")]
+    Io {
+        /// What was being done.
+        step: &'static str,
+        /// The cgroup path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// The host has no cgroup2 hierarchy.
+    #[error("cgroup: no cgroup2 hierarchy under {0}; mctl needs cgroup v2 (unified or hybrid)")]
+    NoUnified(PathBuf),
+    /// The launcher's cgroup membership could not be read.
+    #[error("cgroup: cannot find this process's cgroup for the hierarchy at {0}")]
+    UnknownOwnCgroup(PathBuf),
+    /// Another machine of this name is running.
+    #[error("a machine named '{name}' is already running (its cgroup {path} has processes)")]
+    Busy {
+        /// Machine name.
+        name: String,
+        /// The busy cgroup.
+        path: PathBuf,
+    },
+}
+
+fn io_err<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CgroupError + 'a {
+    move |source| CgroupError::Io {
+        step,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// One mounted hierarchy and this process's place in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hierarchy {
+    /// Mount point, e.g. `/sys/fs/cgroup/unified`.
+    pub mount: PathBuf,
+    /// cgroup2 (true) or a v1 hierarchy.
+    pub v2: bool,
+    /// v1 controllers (or `name=...`) mounted there; empty for v2.
+    pub controllers: Vec<String>,
+    /// This process's cgroup in it, relative to the mount (`/` or `/a/b`).
+    pub own: String,
+}
+
+impl Hierarchy {
+    fn own_dir(&self) -> PathBuf {
+        self.mount.join(self.own.trim_start_matches('/'))
+    }
+
+    fn is(&self, controller: &str) -> bool {
+        self.controllers.iter().any(|c| c == controller)
+    }
+}
+
+/// Finds the cgroup hierarchies mounted under `fs_root` and this process's place in each.
+pub fn detect(cfg: &CgroupConfig) -> Result<Vec<Hierarchy>, CgroupError> {
+    let mountinfo = fs::read_to_string(&cfg.mountinfo).map_err(io_err("read", &cfg.mountinfo))?;
+    let membership =
+        fs::read_to_string(&cfg.self_cgroup).map_err(io_err("read", &cfg.self_cgroup))?;
+    parse_hierarchies(&mountinfo, &membership, &cfg.fs_root)
+}
+
+fn parse_hierarchies(
+    mountinfo: &str,
+    membership: &str,
+    fs_root: &Path,
+) -> Result<Vec<Hierarchy>, CgroupError> {
+    // /proc/self/cgroup lines: "ID:controllers:path"; the v2 line has empty controllers.
+    let own: Vec<(Vec<&str>, &str)> = membership
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.splitn(3, ':');
+            let (_, ctl, path) = (it.next()?, it.next()?, it.next()?);
+            Some((ctl.split(',').filter(|c| !c.is_empty()).collect(), path))
+        })
+        .collect();
+    let mut out = Vec::new();
+    for line in mountinfo.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(sep) = fields.iter().position(|f| *f == "-") else {
+            continue;
+        };
+        let (Some(mount), Some(fstype), Some(superopts)) =
+            (fields.get(4), fields.get(sep + 1), fields.get(sep + 3))
+        else {
+            continue;
+        };
+        let mount = PathBuf::from(unescape_mountinfo(mount));
+        if !mount.starts_with(fs_root) {
+            continue;
+        }
+        let (v2, controllers) = match *fstype {
+            "cgroup2" => (true, Vec::new()),
+            "cgroup" => {
+                let opts: Vec<String> = superopts.split(',').map(str::to_owned).collect();
+                (false, opts)
+            }
+            _ => continue,
+        };
+        let own_path = own.iter().find(|(ctl, _)| {
+            if v2 {
+                ctl.is_empty()
+            } else {
+                !ctl.is_empty() && ctl.iter().all(|c| controllers.iter().any(|o| o == c))
+            }
+        });
+        let Some((ctl, path)) = own_path else {
+            return Err(CgroupError::UnknownOwnCgroup(mount));
+        };
+        out.push(Hierarchy {
+            mount,
+            v2,
+            controllers: ctl.iter().map(|c| (*c).to_owned()).collect(),
+            own: (*path).to_owned(),
+        });
+    }
+    if !out.iter().any(|h| h.v2) {
+        return Err(CgroupError::NoUnified(fs_root.to_owned()));
+    }
+    // The v2 hierarchy first: it is the one the guest sees and the one we report.
+    out.sort_by_key(|h| !h.v2);
+    Ok(out)
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+/// The devices a machine may use (v1 `devices` controller): nspawn's `DevicePolicy=closed`
+/// list (null, zero, full, random, urandom, tty, ptmx, net/tun, the inaccessible 0:0 nodes) plus
+/// every pty slave major.
+const DEVICE_ALLOW: [&str; 18] = [
+    "c 1:3 rwm",
+    "c 1:5 rwm",
+    "c 1:7 rwm",
+    "c 1:8 rwm",
+    "c 1:9 rwm",
+    "c 5:0 rwm",
+    "c 5:2 rwm",
+    "c 10:200 rwm",
+    "c 0:0 rwm",
+    "b 0:0 rwm",
+    "c 136:* rw",
+    "c 137:* rw",
+    "c 138:* rw",
+    "c 139:* rw",
+    "c 140:* rw",
+    "c 141:* rw",
+    "c 142:* rw",
+    "c 143:* rw",
+];
+
+/// A machine's cgroup in every hierarchy, removed again by [`MachineCgroup::remove`].
+#[derive(Debug)]
+pub struct MachineCgroup {
+    name: String,
+    parts: Vec<Part>,
+    keep_unit: bool,
+}
+
+#[derive(Debug)]
+struct Part {
+    hierarchy: Hierarchy,
+    /// The machine's cgroup (the launcher's own with --keep-unit).
+    machine: PathBuf,
+    /// The parent directory we may have created (none with --keep-unit).
+    parent: Option<PathBuf>,
+}
+
+impl Part {
+    fn payload(&self) -> PathBuf {
+        self.machine.join("payload")
+    }
+}
+
+impl MachineCgroup {
+    /// Creates the machine's cgroups (after removing stale empty ones left by a launcher that
+    /// was killed) and, with `keep_unit`, moves the launcher into `supervisor`.
+    pub fn create(cfg: &CgroupConfig, name: &str, keep_unit: bool) -> Result<Self, CgroupError> {
+        let hierarchies = detect(cfg)?;
+        let mut me = Self {
+            name: name.to_owned(),
+            parts: Vec::new(),
+            keep_unit,
+        };
+        for h in hierarchies {
+            let own = h.own_dir();
+            let (machine, parent) = if keep_unit {
+                (own, None)
+            } else {
+                let parent = own.join(&cfg.parent);
+                (parent.join(name), Some(parent))
+            };
+            me.parts.push(Part {
+                hierarchy: h,
+                machine,
+                parent,
+            });
+        }
+        if let Err(e) = me.build() {
+            me.remove_quietly();
+            return Err(e);
+        }
+        Ok(me)
+    }
+
+    fn build(&mut self) -> Result<(), CgroupError> {
+        for part in &self.parts {
+            let payload = part.payload();
+            if !self.keep_unit && part.machine.exists() {
+                if has_processes(&part.machine) {
+                    return Err(CgroupError::Busy {
+                        name: self.name.clone(),
+                        path: part.machine.clone(),
+                    });
+                }
+                remove_tree(&part.machine, Duration::ZERO)?;
+            } else if self.keep_unit && payload.exists() {
+                if has_processes(&payload) {
+                    return Err(CgroupError::Busy {
+                        name: self.name.clone(),
+                        path: payload,
+                    });
+                }
+                remove_tree(&payload, Duration::ZERO)?;
+            }
+            make_dirs(&part.hierarchy, &part.machine)?;
+            if self.keep_unit {
+                let supervisor = part.machine.join("supervisor");
+                make_dirs(&part.hierarchy, &supervisor)?;
+                write(
+                    &supervisor.join("cgroup.procs"),
+                    &std::process::id().to_string(),
+                )?;
+            }
+            make_dirs(&part.hierarchy, &payload)?;
+            if part.hierarchy.v2 {
+                let from = part.parent.as_deref().unwrap_or(&part.machine);
+                enable_controllers(from, &part.machine)?;
+            }
+            if part.hierarchy.is("devices") {
+                restrict_devices(&payload)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The payload cgroup's `cgroup.procs` in every hierarchy; writing `0` to each moves the
+    /// writer in.
+    pub fn payload_procs(&self) -> Vec<PathBuf> {
+        self.parts
+            .iter()
+            .map(|p| p.payload().join("cgroup.procs"))
+            .collect()
+    }
+
+    /// The machine's cgroup in the cgroup2 hierarchy.
+    pub fn unified_dir(&self) -> &Path {
+        &self.parts[0].machine
+    }
+
+    /// The payload's path in the cgroup2 hierarchy relative to its mount (as `/proc/PID/cgroup`
+    /// shows it on the host).
+    pub fn unified_payload_path(&self) -> String {
+        let p = &self.parts[0];
+        format!(
+            "/{}",
+            p.payload()
+                .strip_prefix(&p.hierarchy.mount)
+                .unwrap_or(Path::new(""))
+                .display()
+        )
+    }
+
+    /// Removes the machine's cgroups (the payload's only, with `--keep-unit`), waiting briefly
+    /// for dying processes to leave and killing stragglers.
+    pub fn remove(mut self) -> Result<(), CgroupError> {
+        let result = self.remove_all(Duration::from_secs(3));
+        self.parts.clear();
+        result
+    }
+
+    fn remove_all(&self, patience: Duration) -> Result<(), CgroupError> {
+        let mut first_err = None;
+        for part in &self.parts {
+            let target = if self.keep_unit {
+                part.payload()
+            } else {
+                part.machine.clone()
+            };
+            if let Err(e) = remove_tree(&target, patience) {
+                first_err.get_or_insert(e);
+            }
+            if let Some(parent) = &part.parent {
+                // Shared with other machines: only goes when empty.
+                let _ = fs::remove_dir(parent);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    fn remove_quietly(&mut self) {
+        let _ = self.remove_all(Duration::from_millis(500));
+        self.parts.clear();
+    }
+}
+
+impl Drop for MachineCgroup {
+    fn drop(&mut self) {
+        if !self.parts.is_empty() {
+            self.remove_quietly();
+        }
+    }
+}
+
+fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
+    fs::write(path, value).map_err(io_err("write", path))
+}
+
+/// `mkdir -p` that also gives new v1 cpuset cgroups their parent's CPUs and memory nodes
+/// (a cpuset cgroup without them accepts no processes).
+fn make_dirs(h: &Hierarchy, dir: &Path) -> Result<(), CgroupError> {
+    let mut missing = Vec::new();
+    let mut cur = dir;
+    while !cur.exists() {
+        missing.push(cur.to_owned());
+        match cur.parent() {
+            Some(p) => cur = p,
+            None => break,
+        }
+    }
+    for d in missing.iter().rev() {
+        match fs::create_dir(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err("create", d)(e)),
+        }
+        if h.is("cpuset") {
+            let parent = d.parent().unwrap_or(Path::new("/"));
+            for f in ["cpuset.cpus", "cpuset.mems"] {
+                let cur = fs::read_to_string(d.join(f)).unwrap_or_default();
+                if cur.trim().is_empty() {
+                    let v = fs::read_to_string(parent.join(f))
+                        .map_err(io_err("read", &parent.join(f)))?;
+                    write(&d.join(f), v.trim())?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Enables every available controller in `subtree_control` of `from` and its descendants down
+/// to `to` (directories mctl owns), so the guest can manage them.
+fn enable_controllers(from: &Path, to: &Path) -> Result<(), CgroupError> {
+    let mut dirs = vec![to.to_owned()];
+    let mut cur = to;
+    while cur != from {
+        match cur.parent() {
+            Some(p) => {
+                dirs.push(p.to_owned());
+                cur = p;
+            }
+            None => break,
+        }
+    }
+    for dir in dirs.iter().rev() {
+        let available = fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+        for c in available.split_whitespace() {
+            // A controller can be unavailable for enabling (e.g. threaded-only): not fatal.
+            let _ = fs::write(dir.join("cgroup.subtree_control"), format!("+{c}"));
+        }
+    }
+    Ok(())
+}
+
+fn restrict_devices(payload: &Path) -> Result<(), CgroupError> {
+    write(&payload.join("devices.deny"), "a")?;
+    for rule in DEVICE_ALLOW {
+        write(&payload.join("devices.allow"), rule)?;
+    }
+    Ok(())
+}
+
+/// Whether any process is in `dir` or below.
+pub fn has_processes(dir: &Path) -> bool {
+    !pids_in(dir).is_empty()
+}
+
+/// Every pid in `dir` and below.
+pub fn pids_in(dir: &Path) -> Vec<i32> {
+    let mut out = Vec::new();
+    if let Ok(s) = fs::read_to_string(dir.join("cgroup.procs")) {
+        out.extend(s.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+    }
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.extend(pids_in(&e.path()));
+            }
+        }
+    }
+    out
+}
+
+/// Removes a cgroup subtree depth-first. Processes that are still dying get `patience` to
+/// leave; after that whatever is left is killed and waited for once more.
+fn remove_tree(dir: &Path, patience: Duration) -> Result<(), CgroupError> {
+    let deadline = Instant::now() + patience;
+    let mut killed = false;
+    loop {
+        match remove_tree_once(dir) {
+            Ok(()) => return Ok(()),
+            Err((_, e)) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {}
+            Err((_, e))
+                if e.raw_os_error() == Some(libc::EBUSY) && !killed && !patience.is_zero() =>
+            {
+                for pid in pids_in(dir) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                killed = true;
+            }
+            Err((path, e)) => {
+                return Err(CgroupError::Io {
+                    step: "remove",
+                    path,
+                    source: e,
+                });
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn remove_tree_once(dir: &Path) -> Result<(), (PathBuf, io::Error)> {
+    let entries = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err((dir.to_owned(), e)),
+    };
+    for e in entries.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_tree_once(&e.path())?;
+        }
+    }
+    match fs::remove_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err((dir.to_owned(), e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID_MOUNTINFO: &str = "\
+25 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+30 25 0:26 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+31 30 0:27 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+32 30 0:28 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+33 30 0:29 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,name=systemd
+34 30 0:30 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+    const HYBRID_SELF: &str = "\
+9:name=systemd:/
+4:memory:/agent/abc
+1:cpu:/
+0::/
+";
+
+    #[test]
+    fn detects_hybrid_layout_and_own_paths() {
+        let hs =
+            parse_hierarchies(HYBRID_MOUNTINFO, HYBRID_SELF, Path::new("/sys/fs/cgroup")).unwrap();
+        assert_eq!(hs.len(), 4);
+        assert!(hs[0].v2);
+        assert_eq!(hs[0].mount, Path::new("/sys/fs/cgroup/unified"));
+        let mem = hs.iter().find(|h| h.is("memory")).unwrap();
+        assert_eq!(mem.own, "/agent/abc");
+        assert_eq!(mem.own_dir(), Path::new("/sys/fs/cgroup/memory/agent/abc"));
+        assert!(hs.iter().any(|h| h.is("name=systemd")));
+    }
+
+    #[test]
+    fn detects_pure_v2_and_rejects_v1_only() {
+        let mi = "30 25 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n";
+        let hs =
+            parse_hierarchies(mi, "0::/user.slice/x.scope\n", Path::new("/sys/fs/cgroup")).unwrap();
+        assert_eq!(hs.len(), 1);
+        assert_eq!(
+            hs[0].own_dir(),
+            Path::new("/sys/fs/cgroup/user.slice/x.scope")
+        );
+        let v1 = "31 30 0:27 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
+        assert!(matches!(
+            parse_hierarchies(v1, "1:cpu:/\n", Path::new("/sys/fs/cgroup")),
+            Err(CgroupError::NoUnified(_))
+        ));
+    }
+}

@@ -1,0 +1,343 @@
+//! The machine's console: forwards the pty master to the launcher's terminal (both ways in
+//! interactive mode), always draining it so that a guest never blocks on console output.
+
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::time::{Duration, Instant};
+
+use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
+use nix::sys::termios::{SetArg, Termios, cfmakeraw, tcgetattr, tcsetattr};
+
+use crate::sys::linux;
+
+use super::spec::ConsoleMode;
+
+/// Console output kept while the launcher's stdout cannot take it; beyond this it is dropped
+/// rather than letting the guest block.
+const MAX_BUFFERED: usize = 1 << 20;
+/// `^]`, pressed three times within a second, kills the machine (as in nspawn).
+const ESCAPE_BYTE: u8 = 0x1d;
+
+/// epoll tokens of the console's fds.
+pub const TOKEN_MASTER: u64 = 10;
+/// stdin.
+pub const TOKEN_INPUT: u64 = 11;
+/// stdout.
+pub const TOKEN_OUTPUT: u64 = 12;
+
+/// What the launcher should do after a console event.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ConsoleEvent {
+    /// Nothing.
+    None,
+    /// The user typed the escape sequence.
+    Escape,
+}
+
+#[derive(Debug)]
+struct Output {
+    fd: OwnedFd,
+    /// Non-blocking and pollable (pipes, ttys); otherwise written synchronously (files).
+    pollable: bool,
+}
+
+/// The launcher's side of the console.
+#[derive(Debug)]
+pub struct Console {
+    master: OwnedFd,
+    input: Option<OwnedFd>,
+    output: Option<Output>,
+    to_output: Vec<u8>,
+    to_master: Vec<u8>,
+    dropped: usize,
+    saved_termios: Option<Termios>,
+    escape_count: u8,
+    escape_since: Instant,
+    last_byte: Option<u8>,
+}
+
+fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+    fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    Ok(())
+}
+
+/// A private, non-blocking handle on our stdin or stdout: reopened through /proc so that the
+/// caller's shared file description is never switched to non-blocking.
+fn reopen_std(fd: i32, write: bool) -> io::Result<Output> {
+    let path = format!("/proc/self/fd/{fd}");
+    let meta = fs::metadata(&path)?;
+    let ft = meta.file_type();
+    if ft.is_fifo() || ft.is_char_device() {
+        let f = fs::OpenOptions::new()
+            .read(!write)
+            .write(write)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+            .open(&path);
+        if let Ok(f) = f {
+            return Ok(Output {
+                fd: f.into(),
+                pollable: true,
+            });
+        }
+    }
+    // SAFETY: fd 0/1/2 are open for the launcher's whole life; dup gives us our own fd.
+    let dup = nix::unistd::dup(unsafe { BorrowedFd::borrow_raw(fd) })?;
+    Ok(Output {
+        fd: dup,
+        pollable: false,
+    })
+}
+
+impl Console {
+    /// Wires `master` to the launcher's stdio according to `mode` (not `Pipe`).
+    pub fn new(master: OwnedFd, mode: ConsoleMode) -> io::Result<Self> {
+        set_nonblocking(master.as_fd())?;
+        let output = match mode {
+            ConsoleMode::Passive | ConsoleMode::Pipe => None,
+            ConsoleMode::Interactive | ConsoleMode::ReadOnly => Some(reopen_std(1, true)?),
+        };
+        let mut saved_termios = None;
+        let mut input = None;
+        if mode == ConsoleMode::Interactive {
+            let stdin = io::stdin();
+            if nix::unistd::isatty(stdin.as_fd()).unwrap_or(false) {
+                let foreground =
+                    nix::unistd::tcgetpgrp(stdin.as_fd()).ok() == Some(nix::unistd::getpgrp());
+                if foreground {
+                    let saved = tcgetattr(stdin.as_fd())?;
+                    let mut raw = saved.clone();
+                    cfmakeraw(&mut raw);
+                    raw.output_flags = saved.output_flags;
+                    tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw)?;
+                    saved_termios = Some(saved);
+                }
+            }
+            let inp = reopen_std(0, false)?;
+            input = Some(inp.fd);
+        }
+        let me = Self {
+            master,
+            input,
+            output,
+            to_output: Vec::new(),
+            to_master: Vec::new(),
+            dropped: 0,
+            saved_termios,
+            escape_count: 0,
+            escape_since: Instant::now(),
+            last_byte: None,
+        };
+        me.resize();
+        Ok(me)
+    }
+
+    /// Registers the console's fds with `epoll`.
+    pub fn register(&self, epoll: &Epoll) -> io::Result<()> {
+        let et = EpollFlags::EPOLLET;
+        // Edge-triggered: while no process has the console open, the master reports a hangup
+        // continuously; level-triggered polling would spin.
+        epoll.add(
+            &self.master,
+            EpollEvent::new(
+                EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT | et,
+                TOKEN_MASTER,
+            ),
+        )?;
+        if let Some(inp) = &self.input {
+            // stdin may be a file (not pollable); then it is simply not forwarded.
+            let _ = epoll.add(inp, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_INPUT));
+        }
+        if let Some(out) = self.output.as_ref().filter(|o| o.pollable) {
+            epoll.add(
+                &out.fd,
+                EpollEvent::new(EpollFlags::EPOLLOUT | et, TOKEN_OUTPUT),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Copies the launcher terminal's window size to the console.
+    pub fn resize(&self) {
+        if self.input.is_none() && self.output.is_none() {
+            return;
+        }
+        if let Some(ws) = linux::window_size(io::stdout().as_fd())
+            .or_else(|| linux::window_size(io::stdin().as_fd()))
+        {
+            let _ = linux::set_window_size(self.master.as_fd(), &ws);
+        }
+    }
+
+    /// Handles readiness of the fd behind `token`.
+    pub fn handle(&mut self, token: u64) -> ConsoleEvent {
+        match token {
+            TOKEN_MASTER => {
+                self.read_master();
+                self.flush_master();
+                self.flush_output();
+            }
+            TOKEN_INPUT => {
+                if self.read_input() {
+                    return ConsoleEvent::Escape;
+                }
+                self.flush_master();
+            }
+            TOKEN_OUTPUT => self.flush_output(),
+            _ => {}
+        }
+        ConsoleEvent::None
+    }
+
+    fn read_master(&mut self) {
+        let mut buf = [0u8; 16384];
+        loop {
+            match nix::unistd::read(&self.master, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if self.output.is_none() {
+                        continue;
+                    }
+                    let room = MAX_BUFFERED.saturating_sub(self.to_output.len());
+                    self.to_output.extend_from_slice(&buf[..n.min(room)]);
+                    self.dropped += n - n.min(room);
+                    self.flush_output();
+                }
+                // EIO: no process has the console open right now (getty restarting, vhangup);
+                // data flows again once one does.
+                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EIO) => break,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Returns true when the escape sequence was typed.
+    fn read_input(&mut self) -> bool {
+        let Some(inp) = &self.input else { return false };
+        let mut buf = [0u8; 4096];
+        loop {
+            if self.to_master.len() > 64 * 1024 {
+                return false;
+            }
+            match nix::unistd::read(inp, &mut buf) {
+                Ok(0) => {
+                    self.input = None;
+                    return false;
+                }
+                Ok(n) => {
+                    for &b in &buf[..n] {
+                        if b == ESCAPE_BYTE {
+                            if self.escape_count == 0
+                                || self.escape_since.elapsed() > Duration::from_secs(1)
+                            {
+                                self.escape_count = 0;
+                                self.escape_since = Instant::now();
+                            }
+                            self.escape_count += 1;
+                            if self.escape_count >= 3 {
+                                return true;
+                            }
+                        } else {
+                            self.escape_count = 0;
+                        }
+                    }
+                    self.to_master.extend_from_slice(&buf[..n]);
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EAGAIN) => return false,
+                Err(_) => {
+                    self.input = None;
+                    return false;
+                }
+            }
+        }
+    }
+
+    fn flush_master(&mut self) {
+        while !self.to_master.is_empty() {
+            match nix::unistd::write(&self.master, &self.to_master) {
+                Ok(n) => {
+                    self.to_master.drain(..n);
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EAGAIN) => return,
+                // Nobody reads the console now: typed input is lost, as on a real console.
+                Err(_) => {
+                    self.to_master.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn flush_output(&mut self) {
+        let Some(out) = &self.output else {
+            self.to_output.clear();
+            return;
+        };
+        while !self.to_output.is_empty() {
+            match nix::unistd::write(&out.fd, &self.to_output) {
+                Ok(n) => {
+                    self.last_byte = self
+                        .to_output
+                        .get(n.wrapping_sub(1))
+                        .copied()
+                        .or(self.last_byte);
+                    self.to_output.drain(..n);
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EAGAIN) => return,
+                // Our stdout is gone (closed pipe): keep draining the guest, show nothing.
+                Err(_) => {
+                    self.output = None;
+                    self.to_output.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Forwards what is left, restores the terminal and ends the output on a new line.
+    pub fn finish(mut self) {
+        self.read_master();
+        if let Some(out) = &self.output {
+            if out.pollable {
+                // Give a slow reader a moment; the machine is gone, nothing can block now.
+                let _ = nix::fcntl::fcntl(
+                    out.fd.as_fd(),
+                    nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+                );
+            }
+        }
+        self.flush_output();
+        let was_raw = self.saved_termios.is_some();
+        self.restore_terminal();
+        if was_raw || self.last_byte.is_some_and(|b| b != b'\n') {
+            if let Some(out) = &self.output {
+                let _ = nix::unistd::write(&out.fd, b"\n");
+            }
+        }
+        if self.dropped > 0 {
+            tracing::warn!(
+                bytes = self.dropped,
+                "console output was dropped because stdout did not keep up"
+            );
+        }
+    }
+
+    fn restore_terminal(&mut self) {
+        if let Some(saved) = self.saved_termios.take() {
+            let _ = tcsetattr(io::stdin().as_fd(), SetArg::TCSADRAIN, &saved);
+        }
+    }
+}
+
+impl Drop for Console {
+    fn drop(&mut self) {
+        self.restore_terminal();
+    }
+}

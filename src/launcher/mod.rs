@@ -1,0 +1,94 @@
+//! The launcher: `mctl boot` and `mctl run`.
+//!
+//! The parent ([`process`]) stays in the host's namespaces. It forks the outer child
+//! ([`outer`]: new mount namespace, filesystem, pivot), which forks the machine's PID 1
+//! ([`inner`]: new pid, uts, ipc and cgroup namespaces) and exits. The parent adopts PID 1 as
+//! child subreaper, relays readiness ([`notify`]) and the console ([`console`]), turns
+//! SIGTERM into the guest's halt request, and removes the machine's cgroup when PID 1 is gone.
+//! The parent is single-threaded until every fork is done.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub mod cgroups;
+pub mod channel;
+pub mod console;
+pub mod identity;
+mod inner;
+pub mod mounts;
+pub mod notify;
+mod outer;
+pub mod process;
+pub mod security;
+pub mod spec;
+pub mod stub_init;
+
+pub use process::launch;
+pub use spec::LaunchSpec;
+
+/// The PATH a machine's payload starts with.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// What the children need, prepared by the parent before forking.
+#[derive(Debug)]
+struct ChildContext<'a> {
+    spec: &'a LaunchSpec,
+    uuid: uuid::Uuid,
+    boot_id: uuid::Uuid,
+    payload_procs: Vec<PathBuf>,
+    host: mounts::HostFacts,
+    capabilities: caps::CapsHashSet,
+    env: Vec<(String, String)>,
+}
+
+/// A setup step in a child that failed; reported to the parent as text.
+#[derive(Debug, thiserror::Error)]
+enum ChildError {
+    #[error("cannot {0}: {1}")]
+    Step(&'static str, #[source] io::Error),
+    #[error("cannot {step} {}: {source}", path.display())]
+    PathStep {
+        step: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Mount(#[from] mounts::MountError),
+    #[error(transparent)]
+    Channel(#[from] channel::ChannelError),
+    #[error("{0}")]
+    Message(String),
+    #[error("cannot execute {0}: {1}")]
+    Exec(String, #[source] io::Error),
+    #[error("command '{0}' not found in the machine")]
+    NotFound(String),
+}
+
+impl ChildError {
+    fn step(what: &'static str) -> impl FnOnce(io::Error) -> ChildError {
+        move |e| ChildError::Step(what, e)
+    }
+
+    fn path_step<'a>(
+        what: &'static str,
+        path: &'a Path,
+    ) -> impl FnOnce(io::Error) -> ChildError + 'a {
+        move |e| ChildError::PathStep {
+            step: what,
+            path: path.to_owned(),
+            source: e,
+        }
+    }
+
+    /// The launcher's exit status for this failure: 127 and 126 as a shell reports a missing
+    /// or unexecutable command, 1 otherwise.
+    fn exit_code(&self) -> i32 {
+        match self {
+            ChildError::NotFound(_) => 127,
+            ChildError::Exec(_, e) if e.raw_os_error() == Some(libc::ENOENT) => 127,
+            ChildError::Exec(..) => 126,
+            _ => 1,
+        }
+    }
+}

@@ -1,0 +1,651 @@
+//! The machine's filesystem as plans: lists of [`Step`]s computed from the spec (pure, so
+//! tests can check them) and applied through [`Sys`] by [`apply`].
+//!
+//! Three plans, in the order the launcher runs them (see `boot-checklist.md` §2):
+//! - [`root_plan`]: in the outer child's new mount namespace, on host paths: make the root a
+//!   mount point, optionally read-only, and `pivot_root` into it.
+//! - [`outer_plan`]: after the pivot, so every path resolves inside the machine (a symlink in
+//!   the tree cannot point a mount at the host): `/tmp`, `/sys`, `/dev`, `/run`, `/run/host`,
+//!   user mounts. Host files come in as detached mounts opened before the pivot.
+//! - [`inner_plan`]: in the machine's PID 1 after it entered the new pid and cgroup
+//!   namespaces: `/proc` and its protections, mqueue, cgroup2, boot id, and shared propagation.
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::mount::MsFlags;
+
+use crate::sys::{NodeKind, Sys};
+
+use super::spec::LaunchSpec;
+
+/// A host file or directory brought into the machine as a detached mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TreeId {
+    /// The host's os-release, for `/run/host/os-release`.
+    OsRelease,
+    /// The host's resolv.conf.
+    ResolvConf,
+    /// The n-th `--bind`/`--bind-ro`.
+    Bind(usize),
+}
+
+/// Detached mounts, opened before the root switch.
+#[derive(Debug, Default)]
+pub struct Trees(Vec<(TreeId, OwnedFd)>);
+
+impl Trees {
+    /// Adds a tree.
+    pub fn insert(&mut self, id: TreeId, fd: OwnedFd) {
+        self.0.push((id, fd));
+    }
+
+    fn get(&self, id: TreeId) -> Option<&OwnedFd> {
+        self.0.iter().find(|(i, _)| *i == id).map(|(_, fd)| fd)
+    }
+}
+
+/// One filesystem operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// `mkdir -p`.
+    MkDir {
+        /// Directory.
+        path: PathBuf,
+        /// Mode of created directories.
+        mode: u32,
+    },
+    /// A mount; `optional` ones are skipped when the target does not exist.
+    Mount {
+        /// Source.
+        source: Option<String>,
+        /// Mount point.
+        target: PathBuf,
+        /// Filesystem type.
+        fstype: Option<String>,
+        /// Flags.
+        flags: MsFlags,
+        /// Options.
+        data: Option<String>,
+        /// Skip when the target is missing.
+        optional: bool,
+    },
+    /// A device node, fifo or socket inode.
+    MkNod {
+        /// Path.
+        path: PathBuf,
+        /// Kind.
+        kind: NodeKind,
+        /// Exact mode.
+        mode: u32,
+        /// Major number.
+        major: u32,
+        /// Minor number.
+        minor: u32,
+    },
+    /// A symlink `link` → `target`.
+    Symlink {
+        /// What the link points at.
+        target: PathBuf,
+        /// The link.
+        link: PathBuf,
+    },
+    /// A file with fixed contents.
+    WriteFile {
+        /// Path.
+        path: PathBuf,
+        /// Contents.
+        contents: Vec<u8>,
+        /// Exact mode.
+        mode: u32,
+    },
+    /// Removes a file.
+    Remove {
+        /// Path.
+        path: PathBuf,
+    },
+    /// Attaches a detached host mount, creating the mount point unless `only_if_exists`.
+    Attach {
+        /// Which tree.
+        tree: TreeId,
+        /// Mount point.
+        target: PathBuf,
+        /// Skip when the target does not exist (or the tree was not opened).
+        only_if_exists: bool,
+    },
+    /// `pivot_root` into `new_root`, detaching the old root.
+    PivotRoot {
+        /// The new root.
+        new_root: PathBuf,
+    },
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::MkDir { path, .. } => write!(f, "create directory {}", path.display()),
+            Step::Mount {
+                source,
+                target,
+                fstype,
+                flags,
+                ..
+            } => {
+                if flags.contains(MsFlags::MS_REMOUNT) {
+                    write!(f, "remount {}", target.display())
+                } else if flags.contains(MsFlags::MS_BIND) {
+                    write!(
+                        f,
+                        "bind {} on {}",
+                        source.as_deref().unwrap_or("?"),
+                        target.display()
+                    )
+                } else if let Some(t) = fstype {
+                    write!(f, "mount {t} on {}", target.display())
+                } else {
+                    write!(f, "change propagation of {}", target.display())
+                }
+            }
+            Step::MkNod { path, .. } => write!(f, "create device node {}", path.display()),
+            Step::Symlink { link, .. } => write!(f, "create symlink {}", link.display()),
+            Step::WriteFile { path, .. } => write!(f, "write {}", path.display()),
+            Step::Remove { path } => write!(f, "remove {}", path.display()),
+            Step::Attach { tree, target, .. } => {
+                write!(f, "mount host {tree:?} on {}", target.display())
+            }
+            Step::PivotRoot { new_root } => write!(f, "pivot_root into {}", new_root.display()),
+        }
+    }
+}
+
+/// A step that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {step}: {source}")]
+pub struct MountError {
+    /// The step, as text.
+    pub step: String,
+    /// The error.
+    #[source]
+    pub source: io::Error,
+}
+
+/// Runs `steps` in order, stopping at the first failure.
+pub fn apply(sys: &dyn Sys, trees: &Trees, steps: &[Step]) -> Result<(), MountError> {
+    for step in steps {
+        apply_one(sys, trees, step).map_err(|source| MountError {
+            step: step.to_string(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+fn apply_one(sys: &dyn Sys, trees: &Trees, step: &Step) -> io::Result<()> {
+    match step {
+        Step::MkDir { path, mode } => sys.mkdir_all(path, *mode),
+        Step::Mount {
+            source,
+            target,
+            fstype,
+            flags,
+            data,
+            optional,
+        } => {
+            if *optional && !sys.exists(target) {
+                return Ok(());
+            }
+            sys.mount(
+                source.as_deref(),
+                target,
+                fstype.as_deref(),
+                *flags,
+                data.as_deref(),
+            )
+        }
+        Step::MkNod {
+            path,
+            kind,
+            mode,
+            major,
+            minor,
+        } => sys.mknod(path, *kind, *mode, *major, *minor),
+        Step::Symlink { target, link } => sys.symlink(target, link),
+        Step::WriteFile {
+            path,
+            contents,
+            mode,
+        } => sys.write_file(path, contents, *mode),
+        Step::Remove { path } => sys.remove_file(path),
+        Step::Attach {
+            tree,
+            target,
+            only_if_exists,
+        } => {
+            let Some(fd) = trees.get(*tree) else {
+                return if *only_if_exists {
+                    Ok(())
+                } else {
+                    Err(io::Error::new(
+                        io::ErrorKind::NotFound,
+                        "host source was not opened",
+                    ))
+                };
+            };
+            if !sys.exists(target) {
+                if *only_if_exists {
+                    return Ok(());
+                }
+                if sys.tree_is_dir(fd.as_fd())? {
+                    sys.mkdir_all(target, 0o755)?;
+                } else {
+                    if let Some(parent) = target.parent() {
+                        sys.mkdir_all(parent, 0o755)?;
+                    }
+                    sys.write_file(target, b"", 0o644)?;
+                }
+            }
+            sys.attach(fd.as_fd(), target)
+        }
+        Step::PivotRoot { new_root } => sys.pivot_root(new_root),
+    }
+}
+
+fn p(s: &str) -> PathBuf {
+    PathBuf::from(s)
+}
+
+fn mount(fstype: &str, target: &str, flags: MsFlags, data: &str) -> Step {
+    Step::Mount {
+        source: Some(fstype.to_owned()),
+        target: p(target),
+        fstype: Some(fstype.to_owned()),
+        flags,
+        data: (!data.is_empty()).then(|| data.to_owned()),
+        optional: false,
+    }
+}
+
+fn bind_self(target: &Path, optional: bool) -> Step {
+    Step::Mount {
+        source: Some(target.display().to_string()),
+        target: target.to_owned(),
+        fstype: None,
+        flags: MsFlags::MS_BIND | MsFlags::MS_REC,
+        data: None,
+        optional,
+    }
+}
+
+fn remount_ro(target: &Path, extra: MsFlags, optional: bool) -> Step {
+    Step::Mount {
+        source: None,
+        target: target.to_owned(),
+        fstype: None,
+        flags: MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | extra,
+        data: None,
+        optional,
+    }
+}
+
+fn mkdir(path: &str, mode: u32) -> Step {
+    Step::MkDir {
+        path: p(path),
+        mode,
+    }
+}
+
+const NOSUID_NODEV: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV);
+const NOSUID_NODEV_NOEXEC: MsFlags = NOSUID_NODEV.union(MsFlags::MS_NOEXEC);
+
+/// Device nodes every machine gets: (name, major, minor).
+pub const DEVICE_NODES: [(&str, u32, u32); 6] = [
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
+/// Host facts the plans depend on.
+#[derive(Debug, Clone, Default)]
+pub struct HostFacts {
+    /// The host has `/dev/net/tun`.
+    pub has_tun: bool,
+}
+
+/// Makes every mount in the new namespace a slave: it still receives mounts from the host
+/// but sends none back. Runs before host trees are cloned, so their clones are slaves too.
+pub fn isolate_plan() -> Vec<Step> {
+    vec![Step::Mount {
+        source: None,
+        target: p("/"),
+        fstype: None,
+        flags: MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        data: None,
+        optional: false,
+    }]
+}
+
+/// Makes `root` a mount point of its own (read-only with `read_only`) and pivots into it.
+pub fn root_plan(root: &Path, read_only: bool) -> Vec<Step> {
+    let mut steps = vec![bind_self(root, false)];
+    if read_only {
+        steps.push(remount_ro(root, MsFlags::empty(), false));
+    }
+    steps.push(Step::PivotRoot {
+        new_root: root.to_owned(),
+    });
+    steps
+}
+
+/// API filesystems and user mounts, run after the pivot; `uuid` is the machine's UUID.
+pub fn outer_plan(spec: &LaunchSpec, uuid: &uuid::Uuid, host: &HostFacts) -> Vec<Step> {
+    let strict = MsFlags::MS_STRICTATIME;
+    let mut s = vec![
+        mkdir("/tmp", 0o1777),
+        mount(
+            "tmpfs",
+            "/tmp",
+            NOSUID_NODEV | strict,
+            "mode=1777,size=10%,nr_inodes=400k",
+        ),
+        mkdir("/sys", 0o755),
+        mount(
+            "sysfs",
+            "/sys",
+            NOSUID_NODEV_NOEXEC | MsFlags::MS_RDONLY,
+            "",
+        ),
+        mkdir("/dev", 0o755),
+        mount(
+            "tmpfs",
+            "/dev",
+            MsFlags::MS_NOSUID | strict,
+            "mode=755,size=4m,nr_inodes=64k",
+        ),
+    ];
+    let mut nodes: Vec<(String, u32, u32)> = DEVICE_NODES
+        .iter()
+        .map(|(n, a, b)| ((*n).to_owned(), *a, *b))
+        .collect();
+    if host.has_tun {
+        s.push(mkdir("/dev/net", 0o755));
+        nodes.push(("net/tun".to_owned(), 10, 200));
+    }
+    s.push(mkdir("/dev/char", 0o755));
+    for (name, major, minor) in &nodes {
+        s.push(Step::MkNod {
+            path: p(&format!("/dev/{name}")),
+            kind: NodeKind::Char,
+            mode: 0o666,
+            major: *major,
+            minor: *minor,
+        });
+        s.push(Step::Symlink {
+            target: p(&format!("../{name}")),
+            link: p(&format!("/dev/char/{major}:{minor}")),
+        });
+    }
+    for (link, target) in [
+        ("/dev/fd", "/proc/self/fd"),
+        ("/dev/stdin", "/proc/self/fd/0"),
+        ("/dev/stdout", "/proc/self/fd/1"),
+        ("/dev/stderr", "/proc/self/fd/2"),
+        ("/dev/ptmx", "pts/ptmx"),
+    ] {
+        s.push(Step::Symlink {
+            target: p(target),
+            link: p(link),
+        });
+    }
+    s.extend([
+        mkdir("/dev/shm", 0o1777),
+        mount(
+            "tmpfs",
+            "/dev/shm",
+            NOSUID_NODEV | strict,
+            "mode=1777,size=10%,nr_inodes=400k",
+        ),
+        mkdir("/dev/pts", 0o755),
+        mount(
+            "devpts",
+            "/dev/pts",
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            "newinstance,ptmxmode=0666,mode=620,gid=5",
+        ),
+        mkdir("/dev/mqueue", 0o755),
+        mkdir("/dev/hugepages", 0o755),
+        mkdir("/run", 0o755),
+        mount(
+            "tmpfs",
+            "/run",
+            NOSUID_NODEV | strict,
+            "mode=755,size=20%,nr_inodes=800k",
+        ),
+        mkdir("/run/host", 0o755),
+        mount(
+            "tmpfs",
+            "/run/host",
+            NOSUID_NODEV | strict,
+            "mode=755,size=1m,nr_inodes=1k",
+        ),
+        Step::Attach {
+            tree: TreeId::OsRelease,
+            target: p("/run/host/os-release"),
+            only_if_exists: false,
+        },
+        Step::WriteFile {
+            path: p("/run/host/container-manager"),
+            contents: b"mctl\n".to_vec(),
+            mode: 0o444,
+        },
+        Step::WriteFile {
+            path: p("/run/host/container-uuid"),
+            contents: format!("{}\n", uuid.hyphenated()).into_bytes(),
+            mode: 0o444,
+        },
+        mkdir("/run/host/inaccessible", 0o755),
+        Step::WriteFile {
+            path: p("/run/host/inaccessible/reg"),
+            contents: Vec::new(),
+            mode: 0,
+        },
+        mkdir("/run/host/inaccessible/dir", 0),
+    ]);
+    for (name, kind) in [
+        ("fifo", NodeKind::Fifo),
+        ("sock", NodeKind::Socket),
+        ("chr", NodeKind::Char),
+        ("blk", NodeKind::Block),
+    ] {
+        s.push(Step::MkNod {
+            path: p(&format!("/run/host/inaccessible/{name}")),
+            kind,
+            mode: 0,
+            major: 0,
+            minor: 0,
+        });
+    }
+    s.push(Step::Attach {
+        tree: TreeId::ResolvConf,
+        target: p("/etc/resolv.conf"),
+        only_if_exists: true,
+    });
+    for (i, b) in spec.binds.iter().enumerate() {
+        s.push(Step::Attach {
+            tree: TreeId::Bind(i),
+            target: b.dest.clone(),
+            only_if_exists: false,
+        });
+    }
+    for t in &spec.tmpfs {
+        s.push(Step::MkDir {
+            path: t.dest.clone(),
+            mode: 0o755,
+        });
+        s.push(Step::Mount {
+            source: Some("tmpfs".into()),
+            target: t.dest.clone(),
+            fstype: Some("tmpfs".into()),
+            flags: NOSUID_NODEV,
+            data: Some(t.options.clone()),
+            optional: false,
+        });
+    }
+    s
+}
+
+/// `/proc` files hidden behind an empty, unreadable file (kernel internals and host-wide
+/// triggers a container must not reach).
+pub const PROC_MASKED: [&str; 6] = [
+    "/proc/kallsyms",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/sysrq-trigger",
+    "/proc/timer_list",
+    "/proc/kmsg",
+];
+
+/// `/proc` directories made read-only.
+pub const PROC_READ_ONLY: [&str; 8] = [
+    "/proc/sys",
+    "/proc/acpi",
+    "/proc/apm",
+    "/proc/asound",
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/scsi",
+];
+
+/// Mounts done by the machine's PID 1 inside its namespaces; `boot_id` is fresh per boot.
+pub fn inner_plan(boot_id: &uuid::Uuid) -> Vec<Step> {
+    let mut s = vec![
+        mkdir("/proc", 0o555),
+        mount("proc", "/proc", NOSUID_NODEV_NOEXEC, ""),
+    ];
+    for dir in PROC_READ_ONLY {
+        let optional = dir != "/proc/sys";
+        s.push(bind_self(Path::new(dir), optional));
+        s.push(remount_ro(Path::new(dir), NOSUID_NODEV_NOEXEC, optional));
+    }
+    for file in PROC_MASKED {
+        s.push(Step::Mount {
+            source: Some("/run/host/inaccessible/reg".into()),
+            target: p(file),
+            fstype: None,
+            flags: MsFlags::MS_BIND,
+            data: None,
+            optional: true,
+        });
+        s.push(remount_ro(Path::new(file), NOSUID_NODEV_NOEXEC, true));
+    }
+    let boot_id_file = p("/run/host/.boot_id");
+    s.extend([
+        Step::WriteFile {
+            path: boot_id_file.clone(),
+            contents: format!("{}\n", boot_id.hyphenated()).into_bytes(),
+            mode: 0o444,
+        },
+        Step::Mount {
+            source: Some(boot_id_file.display().to_string()),
+            target: p("/proc/sys/kernel/random/boot_id"),
+            fstype: None,
+            flags: MsFlags::MS_BIND,
+            data: None,
+            optional: false,
+        },
+        remount_ro(
+            Path::new("/proc/sys/kernel/random/boot_id"),
+            NOSUID_NODEV_NOEXEC,
+            false,
+        ),
+        Step::Remove { path: boot_id_file },
+        mount("mqueue", "/dev/mqueue", NOSUID_NODEV_NOEXEC, ""),
+        mount("cgroup2", "/sys/fs/cgroup", NOSUID_NODEV_NOEXEC, ""),
+        remount_ro(Path::new("/run/host"), NOSUID_NODEV_NOEXEC, false),
+        // systemd does not make / shared inside a container; without it, mounts made later
+        // never reach services that run in their own mount namespace.
+        Step::Mount {
+            source: None,
+            target: p("/"),
+            fstype: None,
+            flags: MsFlags::MS_SHARED | MsFlags::MS_REC,
+            data: None,
+            optional: false,
+        },
+    ]);
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::fake::FakeSys;
+
+    fn index_of(steps: &[Step], pred: impl Fn(&Step) -> bool) -> usize {
+        steps.iter().position(pred).expect("step present")
+    }
+
+    #[test]
+    fn root_plan_pivots_last_and_honours_read_only() {
+        let rw = root_plan(Path::new("/m/root"), false);
+        assert!(matches!(rw.last(), Some(Step::PivotRoot { .. })));
+        assert_eq!(rw.len(), 2);
+        let ro = root_plan(Path::new("/m/root"), true);
+        assert_eq!(ro.len(), 3);
+        assert!(matches!(&ro[1], Step::Mount { flags, .. } if flags.contains(MsFlags::MS_RDONLY)));
+    }
+
+    #[test]
+    fn inner_plan_masks_after_proc_and_shares_last() {
+        let steps = inner_plan(&uuid::Uuid::nil());
+        let proc_at = index_of(
+            &steps,
+            |s| matches!(s, Step::Mount { fstype: Some(t), .. } if t == "proc"),
+        );
+        let mask_at = index_of(
+            &steps,
+            |s| matches!(s, Step::Mount { target, .. } if target == Path::new("/proc/sysrq-trigger")),
+        );
+        assert!(proc_at < mask_at);
+        assert!(
+            matches!(steps.last(), Some(Step::Mount { flags, .. }) if flags.contains(MsFlags::MS_SHARED))
+        );
+    }
+
+    #[test]
+    fn applying_records_and_reports_the_failing_step() {
+        let sys = FakeSys::new();
+        let steps = inner_plan(&uuid::Uuid::nil());
+        sys.fail_on("/sys/fs/cgroup", libc::EPERM);
+        let err = apply(&sys, &Trees::default(), &steps).unwrap_err();
+        assert_eq!(err.step, "mount cgroup2 on /sys/fs/cgroup");
+        assert_eq!(err.source.raw_os_error(), Some(libc::EPERM));
+        let calls = sys.calls();
+        assert!(calls[0].starts_with("mkdir /proc"));
+        // Optional masks are skipped when the fake has no such file.
+        assert!(!calls.iter().any(|c| c.contains("/proc/kcore")));
+    }
+
+    #[test]
+    fn missing_optional_attach_is_skipped_and_required_one_fails() {
+        let sys = FakeSys::new();
+        let optional = [Step::Attach {
+            tree: TreeId::ResolvConf,
+            target: p("/etc/resolv.conf"),
+            only_if_exists: true,
+        }];
+        apply(&sys, &Trees::default(), &optional).unwrap();
+        let required = [Step::Attach {
+            tree: TreeId::OsRelease,
+            target: p("/run/host/os-release"),
+            only_if_exists: false,
+        }];
+        let err = apply(&sys, &Trees::default(), &required).unwrap_err();
+        assert!(err.to_string().contains("/run/host/os-release"));
+    }
+}

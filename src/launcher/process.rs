@@ -1,0 +1,464 @@
+//! The launcher's parent process: preflight checks, the fork sequence, the supervision loop and
+//! the translation of PID 1's end into an exit status.
+
+use std::io;
+use std::path::PathBuf;
+
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use sd_notify::NotifyState;
+
+use crate::signals::SignalNumber;
+use crate::sys::linux::{self, Forked};
+
+use super::cgroups::{CgroupError, MachineCgroup};
+use super::channel::{Channel, ChannelError, Message};
+use super::console::{Console, ConsoleEvent};
+use super::identity::{Tree, TreeError, host_os_env};
+use super::mounts::HostFacts;
+use super::notify::{GuestNotice, NotifyRelay, tell_supervisor};
+use super::spec::{ConsoleMode, LaunchSpec, Payload};
+use super::{ChildContext, DEFAULT_PATH, outer, security};
+
+/// Why a launch failed before or while the machine ran.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// Not running as root.
+    #[error("mctl must run as root to start machines (it creates namespaces, mounts and cgroups)")]
+    NotRoot,
+    /// A problem with the machine's tree.
+    #[error(transparent)]
+    Tree(#[from] TreeError),
+    /// A `--bind` source that does not exist.
+    #[error("bind mount source {0} does not exist")]
+    BindSource(PathBuf),
+    /// A cgroup problem.
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    /// Talking to a child failed.
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    /// A setup step of the launcher itself.
+    #[error("cannot {0}: {1}")]
+    Setup(&'static str, #[source] io::Error),
+    /// A child reported a failed step.
+    #[error("{error}")]
+    Child {
+        /// The child's message.
+        error: String,
+        /// What the launcher exits with.
+        exit_code: i32,
+    },
+}
+
+impl LaunchError {
+    /// The launcher's exit status for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            LaunchError::Child { exit_code, .. } => *exit_code,
+            _ => 1,
+        }
+    }
+
+    fn setup(what: &'static str) -> impl FnOnce(nix::Error) -> LaunchError {
+        move |e| LaunchError::Setup(what, e.into())
+    }
+}
+
+/// How one run of the machine ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Exit(i32),
+    Reboot,
+}
+
+/// Exit status that tells a service manager "reboot me" (`RestartForceExitStatus=133`).
+pub const EXIT_REBOOT: i32 = 133;
+
+const TOKEN_SIGNAL: u64 = 1;
+const TOKEN_NOTIFY: u64 = 2;
+
+/// Boots or runs the machine described by `spec` until it ends; returns the exit status
+/// (see the CLI's documentation of `mctl boot` and `mctl run`).
+pub fn launch(spec: &LaunchSpec) -> Result<i32, LaunchError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(LaunchError::NotRoot);
+    }
+    let tree = Tree::open_and_lock(&spec.root, spec.read_only)?;
+    if spec.is_boot() {
+        if !tree.has_os_release() {
+            return Err(TreeError::NoOsRelease(spec.root.clone()).into());
+        }
+        tree.find_init()?;
+    }
+    if let Some(b) = spec.binds.iter().find(|b| !b.source.exists()) {
+        return Err(LaunchError::BindSource(b.source.clone()));
+    }
+    let uuid = tree
+        .machine_id()
+        .or(spec.uuid)
+        .unwrap_or_else(uuid::Uuid::new_v4);
+    let (capabilities, missing) = security::grantable(&spec.capabilities.wanted());
+    if !missing.is_empty() {
+        // Only what was asked for explicitly deserves a warning; a default capability the
+        // host lacks (CAP_SYS_RESOURCE on some VMs) is routine.
+        let names: Vec<String> = missing.iter().map(|c| c.to_string()).collect();
+        if missing.iter().any(|c| spec.capabilities.add.contains(c)) {
+            tracing::warn!(
+                "the host does not grant {}; the machine runs without",
+                names.join(", ")
+            );
+        } else {
+            tracing::debug!(
+                "the host does not grant {}; the machine runs without",
+                names.join(", ")
+            );
+        }
+    }
+    let host = HostFacts {
+        has_tun: std::path::Path::new("/dev/net/tun").exists(),
+    };
+    let env = base_env(spec, &uuid);
+
+    linux::set_child_subreaper().map_err(|e| LaunchError::Setup("become child subreaper", e))?;
+    // Signals are handled synchronously through a signalfd; the children undo this mask.
+    let mut mask = SigSet::empty();
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGWINCH,
+    ] {
+        mask.add(s);
+    }
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
+        .map_err(LaunchError::setup("block signals"))?;
+    let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .map_err(LaunchError::setup("create signalfd"))?;
+
+    if !spec.quiet {
+        eprintln!(
+            "Spawning container {} on {}.",
+            spec.name,
+            tree.path().display()
+        );
+        if spec.console == ConsoleMode::Interactive {
+            eprintln!("Press ^] three times within 1s to kill container.");
+        }
+    }
+    loop {
+        let ctx = ChildContext {
+            spec,
+            uuid,
+            boot_id: uuid::Uuid::new_v4(),
+            payload_procs: Vec::new(),
+            host: host.clone(),
+            capabilities: capabilities.clone(),
+            env: env.clone(),
+        };
+        match run_once(ctx, &sigfd)? {
+            Outcome::Exit(code) => return Ok(code),
+            Outcome::Reboot if spec.keep_unit => return Ok(EXIT_REBOOT),
+            Outcome::Reboot => continue,
+        }
+    }
+}
+
+/// The environment PID 1 starts with (nspawn's set, `container=mctl`).
+fn base_env(spec: &LaunchSpec, uuid: &uuid::Uuid) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("PATH".to_owned(), DEFAULT_PATH.to_owned()),
+        ("container".to_owned(), "mctl".to_owned()),
+        ("container_uuid".to_owned(), uuid.hyphenated().to_string()),
+        ("HOME".to_owned(), "/root".to_owned()),
+        ("USER".to_owned(), "root".to_owned()),
+        ("LOGNAME".to_owned(), "root".to_owned()),
+        (
+            "NOTIFY_SOCKET".to_owned(),
+            super::notify::GUEST_NOTIFY_PATH.to_owned(),
+        ),
+    ];
+    if let Ok(term) = std::env::var("TERM") {
+        env.push(("TERM".to_owned(), term));
+    }
+    if !spec.is_boot() {
+        env.push(("LANG".to_owned(), "C.UTF-8".to_owned()));
+    }
+    let host_os = ["/etc/os-release", "/usr/lib/os-release"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok());
+    env.extend(host_os_env(&host_os.unwrap_or_default()));
+    env
+}
+
+/// Children that must not outlive a failed launch.
+struct Reaper {
+    pids: Vec<Pid>,
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for pid in self.pids.drain(..) {
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = waitpid(pid, None);
+        }
+    }
+}
+
+fn run_once(mut ctx: ChildContext<'_>, sigfd: &SignalFd) -> Result<Outcome, LaunchError> {
+    let spec = ctx.spec;
+    let cgroup = MachineCgroup::create(&spec.cgroup, spec.name.as_str(), spec.keep_unit)?;
+    ctx.payload_procs = cgroup.payload_procs();
+    let (ours, theirs) = Channel::pair()?;
+    let mut reaper = Reaper { pids: Vec::new() };
+    let outer_pid = match linux::fork().map_err(|e| LaunchError::Setup("fork", e))? {
+        Forked::Child => {
+            drop(ours);
+            outer::run(&ctx, &theirs)
+        }
+        Forked::Parent(pid) => Pid::from_raw(pid),
+    };
+    reaper.pids.push(outer_pid);
+    drop(theirs);
+
+    let mut notify_fd = None;
+    let mut master = None;
+    let pid1 = loop {
+        match ours.recv()? {
+            Some((Message::NotifySocket, mut fds)) if fds.len() == 1 => notify_fd = fds.pop(),
+            Some((Message::ConsoleMaster, mut fds)) if fds.len() == 1 => master = fds.pop(),
+            Some((Message::InnerPid(pid), _)) => break Pid::from_raw(pid),
+            Some((Message::Failed { error, exit_code }, _)) => {
+                return Err(LaunchError::Child { error, exit_code });
+            }
+            Some((other, _)) => {
+                return Err(ChannelError::Unexpected {
+                    expected: "machine setup",
+                    got: Some(other),
+                }
+                .into());
+            }
+            None => {
+                return Err(LaunchError::Child {
+                    error: "machine setup ended without a report".to_owned(),
+                    exit_code: 1,
+                });
+            }
+        }
+    };
+    reaper.pids.push(pid1);
+    // The outer child exits right after reporting; PID 1 is then ours (we are its subreaper).
+    let _ = waitpid(outer_pid, None);
+    reaper.pids.retain(|p| *p != outer_pid);
+    let notify = NotifyRelay::new(
+        notify_fd.ok_or(ChannelError::Unexpected {
+            expected: "notify socket",
+            got: None,
+        })?,
+        pid1.as_raw(),
+    );
+
+    ours.send(&Message::Go, &[])?;
+    // The channel is close-on-exec: end-of-file means the payload is running.
+    if let Some((Message::Failed { error, exit_code }, _)) = ours.recv()? {
+        return Err(LaunchError::Child { error, exit_code });
+    }
+    reaper.pids.clear();
+
+    let console = match master {
+        Some(m) if spec.console != ConsoleMode::Pipe => Some(
+            Console::new(m, spec.console)
+                .map_err(|e| LaunchError::Setup("set up the console", e))?,
+        ),
+        _ => None,
+    };
+    tell_supervisor(&[
+        NotifyState::Status("Container running."),
+        NotifyState::Custom(&format!("X_MCTL_LEADER_PID={pid1}")),
+    ]);
+    if !spec.notify_ready || !spec.is_boot() {
+        tell_supervisor(&[NotifyState::Ready]);
+    }
+
+    let status = supervise(spec, pid1, sigfd, &notify, console)?;
+    let outcome = decode(spec, status);
+    tell_supervisor(&[
+        NotifyState::Stopping,
+        NotifyState::Status(if outcome == Outcome::Reboot {
+            "Restarting..."
+        } else {
+            "Terminating..."
+        }),
+    ]);
+    if let Err(e) = cgroup.remove() {
+        tracing::warn!("{e}");
+    }
+    Ok(outcome)
+}
+
+/// Runs the event loop until PID 1 has exited; returns its wait status.
+fn supervise(
+    spec: &LaunchSpec,
+    pid1: Pid,
+    sigfd: &SignalFd,
+    notify: &NotifyRelay,
+    mut console: Option<Console>,
+) -> Result<WaitStatus, LaunchError> {
+    let epoll =
+        Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(LaunchError::setup("create epoll"))?;
+    epoll
+        .add(sigfd, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_SIGNAL))
+        .map_err(LaunchError::setup("watch signals"))?;
+    // SAFETY: the relay owns this fd for the whole loop, which ends before the relay is dropped.
+    let notify_fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(notify.fd()) };
+    epoll
+        .add(
+            notify_fd,
+            EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_NOTIFY),
+        )
+        .map_err(LaunchError::setup("watch notify socket"))?;
+    if let Some(c) = &console {
+        c.register(&epoll)
+            .map_err(|e| LaunchError::Setup("watch the console", e))?;
+    }
+    let mut stop_requests = 0;
+    let mut ready = false;
+    let mut events = [EpollEvent::empty(); 16];
+    let status = 'run: loop {
+        if let Some(status) = exited(pid1) {
+            break 'run status;
+        }
+        let n = match epoll.wait(&mut events, EpollTimeout::NONE) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(LaunchError::Setup("wait for events", e.into())),
+        };
+        for ev in &events[..n] {
+            match ev.data() {
+                TOKEN_SIGNAL => {
+                    while let Ok(Some(info)) = sigfd.read_signal() {
+                        let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
+                            continue;
+                        };
+                        match sig {
+                            Signal::SIGCHLD => {}
+                            Signal::SIGWINCH => {
+                                if let Some(c) = &console {
+                                    c.resize();
+                                }
+                            }
+                            _ => {
+                                stop_requests += 1;
+                                request_stop(spec, pid1, sig, stop_requests);
+                            }
+                        }
+                    }
+                }
+                TOKEN_NOTIFY => {
+                    for notice in notify.drain() {
+                        match notice {
+                            GuestNotice::Ready if !ready => {
+                                ready = true;
+                                if spec.notify_ready {
+                                    tell_supervisor(&[NotifyState::Ready]);
+                                }
+                            }
+                            GuestNotice::Status(s) => {
+                                tell_supervisor(&[NotifyState::Status(&format!(
+                                    "Container running: {s}"
+                                ))]);
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                token => {
+                    if let Some(c) = console.as_mut() {
+                        if c.handle(token) == ConsoleEvent::Escape {
+                            let _ = kill(pid1, Signal::SIGKILL);
+                        }
+                    }
+                }
+            }
+        }
+    };
+    if let Some(c) = console {
+        c.finish();
+    }
+    report(spec, status);
+    Ok(status)
+}
+
+/// First SIGTERM/SIGINT: ask PID 1 to stop (the guest's halt request when booted, the same
+/// signal for a command); second: kill it.
+fn request_stop(spec: &LaunchSpec, pid1: Pid, received: Signal, count: u32) {
+    let first = spec.kill_signal.unwrap_or(if spec.is_boot() {
+        SignalNumber::halt()
+    } else {
+        SignalNumber(received as i32)
+    });
+    let sig = if count == 1 {
+        first.0
+    } else {
+        Signal::SIGKILL as i32
+    };
+    // SAFETY: kill(2) with a pid we own (our child) and a valid signal number; no memory is
+    // involved. nix's Signal cannot name realtime signals, hence libc.
+    unsafe { libc::kill(pid1.as_raw(), sig) };
+    if count == 1 && !spec.quiet {
+        tracing::info!(
+            "sent {} to the machine's PID 1; send {} again to kill it at once",
+            SignalNumber(sig).name(),
+            received.as_str()
+        );
+    }
+}
+
+/// PID 1's status once it has exited (also reaps any other child).
+fn exited(pid1: Pid) -> Option<WaitStatus> {
+    match waitpid(pid1, Some(WaitPidFlag::WNOHANG)) {
+        Ok(s @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => Some(s),
+        _ => None,
+    }
+}
+
+/// Maps PID 1's end to an exit status; for a booted machine systemd's reboot() shows up as
+/// death by SIGINT (halt, poweroff) or SIGHUP (reboot).
+fn decode(spec: &LaunchSpec, status: WaitStatus) -> Outcome {
+    let boot = matches!(spec.payload, Payload::Boot { .. });
+    match status {
+        // A payload exiting 133 by itself must not look like a reboot to a service manager.
+        WaitStatus::Exited(_, EXIT_REBOOT) if spec.keep_unit => Outcome::Exit(1),
+        WaitStatus::Exited(_, code) => Outcome::Exit(code),
+        WaitStatus::Signaled(_, Signal::SIGINT, _) if boot => Outcome::Exit(0),
+        WaitStatus::Signaled(_, Signal::SIGHUP, _) if boot => Outcome::Reboot,
+        WaitStatus::Signaled(_, sig, _) => Outcome::Exit(128 + sig as i32),
+        _ => Outcome::Exit(1),
+    }
+}
+
+fn report(spec: &LaunchSpec, status: WaitStatus) {
+    if spec.quiet {
+        return;
+    }
+    let boot = spec.is_boot();
+    let name = &spec.name;
+    match status {
+        WaitStatus::Exited(_, 0) => eprintln!("Container {name} exited successfully."),
+        WaitStatus::Exited(_, code) => eprintln!("Container {name} failed with error code {code}."),
+        WaitStatus::Signaled(_, Signal::SIGINT, _) if boot => {
+            eprintln!("Container {name} has been shut down.")
+        }
+        WaitStatus::Signaled(_, Signal::SIGHUP, _) if boot => {
+            eprintln!("Container {name} is being rebooted.")
+        }
+        WaitStatus::Signaled(_, sig, _) => {
+            eprintln!("Container {name} terminated by signal {}.", sig.as_str())
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,145 @@
+//! The machine's privileges: capability bounding set and resource limits.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+
+use caps::{CapSet, Capability, CapsHashSet};
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
+
+/// The capabilities a machine keeps by default: nspawn's set (CONTAINER_INTERFACE asks never
+/// to drop SYS_ADMIN or MKNOD; SYS_BOOT lets systemd report poweroff and reboot).
+pub const DEFAULT_CAPS: [Capability; 26] = [
+    Capability::CAP_CHOWN,
+    Capability::CAP_DAC_OVERRIDE,
+    Capability::CAP_DAC_READ_SEARCH,
+    Capability::CAP_FOWNER,
+    Capability::CAP_FSETID,
+    Capability::CAP_KILL,
+    Capability::CAP_SETGID,
+    Capability::CAP_SETUID,
+    Capability::CAP_SETPCAP,
+    Capability::CAP_LINUX_IMMUTABLE,
+    Capability::CAP_NET_BIND_SERVICE,
+    Capability::CAP_NET_BROADCAST,
+    Capability::CAP_NET_RAW,
+    Capability::CAP_IPC_OWNER,
+    Capability::CAP_SYS_CHROOT,
+    Capability::CAP_SYS_PTRACE,
+    Capability::CAP_SYS_ADMIN,
+    Capability::CAP_SYS_BOOT,
+    Capability::CAP_SYS_NICE,
+    Capability::CAP_SYS_RESOURCE,
+    Capability::CAP_SYS_TTY_CONFIG,
+    Capability::CAP_MKNOD,
+    Capability::CAP_LEASE,
+    Capability::CAP_AUDIT_WRITE,
+    Capability::CAP_AUDIT_CONTROL,
+    Capability::CAP_SETFCAP,
+];
+
+/// `--capability` / `--drop-capability` requests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CapabilityAdjust {
+    /// Added to the default set.
+    pub add: CapsHashSet,
+    /// Removed from it (wins over `add`).
+    pub drop: CapsHashSet,
+}
+
+/// A capability list that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown capability '{0}' (use names such as CAP_NET_ADMIN, or 'all')")]
+pub struct BadCapability(pub String);
+
+/// Parses a comma-separated list of capability names (with or without `CAP_`), or `all`.
+pub fn parse_caps(list: &str) -> Result<CapsHashSet, BadCapability> {
+    let mut out = HashSet::new();
+    for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        if item.eq_ignore_ascii_case("all") {
+            out.extend(caps::all());
+            continue;
+        }
+        let upper = item.to_ascii_uppercase();
+        let full = if upper.starts_with("CAP_") {
+            upper
+        } else {
+            format!("CAP_{upper}")
+        };
+        out.insert(Capability::from_str(&full).map_err(|_| BadCapability(item.to_owned()))?);
+    }
+    Ok(out)
+}
+
+impl CapabilityAdjust {
+    /// The set a machine gets: defaults plus additions minus drops.
+    pub fn wanted(&self) -> CapsHashSet {
+        let mut set: CapsHashSet = DEFAULT_CAPS.into_iter().collect();
+        set.extend(self.add.iter().copied());
+        set.retain(|c| !self.drop.contains(c));
+        set
+    }
+}
+
+/// Splits `wanted` into what the host's bounding set grants and what it does not.
+pub fn grantable(wanted: &CapsHashSet) -> (CapsHashSet, Vec<Capability>) {
+    let bounding = caps::read(None, CapSet::Bounding).unwrap_or_default();
+    let mut missing: Vec<Capability> = wanted.difference(&bounding).copied().collect();
+    missing.sort_by_key(|c| c.index());
+    (wanted.intersection(&bounding).copied().collect(), missing)
+}
+
+/// Drops every capability outside `keep` from the bounding and inheritable sets, so that the
+/// exec'ed payload ends up with exactly `keep`.
+pub fn apply_bounding_set(keep: &CapsHashSet) -> Result<(), caps::errors::CapsError> {
+    for cap in caps::all() {
+        if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
+            caps::drop(None, CapSet::Bounding, cap)?;
+        }
+    }
+    let inheritable: CapsHashSet = caps::read(None, CapSet::Inheritable)?;
+    caps::set(
+        None,
+        CapSet::Inheritable,
+        &inheritable.intersection(keep).copied().collect(),
+    )
+}
+
+/// Resource limits like those the kernel gives a real PID 1, clamped to what the host allows
+/// (raising a hard limit needs CAP_SYS_RESOURCE, which a host may not grant).
+pub fn apply_machine_rlimits() -> nix::Result<()> {
+    const MIB: u64 = 1024 * 1024;
+    let table: [(Resource, u64, Option<u64>); 6] = [
+        (Resource::RLIMIT_NOFILE, 1024, None),
+        (Resource::RLIMIT_CORE, 0, None),
+        (Resource::RLIMIT_STACK, 8 * MIB, None),
+        (Resource::RLIMIT_MEMLOCK, 8 * MIB, Some(8 * MIB)),
+        (Resource::RLIMIT_NICE, 0, Some(0)),
+        (Resource::RLIMIT_RTPRIO, 0, Some(0)),
+    ];
+    for (res, soft, hard) in table {
+        let (_, cur_hard) = getrlimit(res)?;
+        let hard = hard.map_or(cur_hard, |h| h.min(cur_hard));
+        setrlimit(res, soft.min(hard), hard)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adjusts_defaults() {
+        let adj = CapabilityAdjust {
+            add: parse_caps("net_admin,CAP_SYS_TIME").unwrap(),
+            drop: parse_caps("CAP_SYS_ADMIN").unwrap(),
+        };
+        let set = adj.wanted();
+        assert!(set.contains(&Capability::CAP_NET_ADMIN));
+        assert!(set.contains(&Capability::CAP_SYS_TIME));
+        assert!(!set.contains(&Capability::CAP_SYS_ADMIN));
+        assert_eq!(set.len(), 27);
+        assert!(parse_caps("CAP_BOGUS").is_err());
+        assert_eq!(parse_caps("all").unwrap().len(), caps::all().len());
+    }
+}

@@ -1,0 +1,13 @@
+//! mctl: a systemd-integrated machine manager.
+//!
+//! The launcher boots an init (or runs a command) in namespaces, cgroups and a private root;
+//! the CLI drives it. See `README.md` for the overall shape.
+
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod launcher;
+pub mod logging;
+pub mod names;
+pub mod signals;
+pub mod sys;

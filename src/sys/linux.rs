@@ -1,0 +1,355 @@
+//! The real syscalls: [`LinuxSys`] and the process-level wrappers the launcher needs.
+
+use std::ffi::{CStr, CString};
+use std::fs;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use nix::mount::{MntFlags, MsFlags};
+use nix::sys::stat::{Mode, SFlag};
+
+use super::{NodeKind, Sys};
+
+/// [`Sys`] backed by the kernel.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LinuxSys;
+
+fn cpath(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+impl Sys for LinuxSys {
+    fn mount(
+        &self,
+        source: Option<&str>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> io::Result<()> {
+        nix::mount::mount(source, target, fstype, flags, data).map_err(io::Error::from)
+    }
+
+    fn umount(&self, target: &Path, flags: MntFlags) -> io::Result<()> {
+        nix::mount::umount2(target, flags).map_err(io::Error::from)
+    }
+
+    fn mkdir_all(&self, path: &Path, mode: u32) -> io::Result<()> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(path)
+    }
+
+    fn mknod(
+        &self,
+        path: &Path,
+        kind: NodeKind,
+        mode: u32,
+        major: u32,
+        minor: u32,
+    ) -> io::Result<()> {
+        let kind = match kind {
+            NodeKind::Char => SFlag::S_IFCHR,
+            NodeKind::Block => SFlag::S_IFBLK,
+            NodeKind::Fifo => SFlag::S_IFIFO,
+            NodeKind::Socket => SFlag::S_IFSOCK,
+        };
+        let perm = Mode::from_bits_truncate(mode);
+        let dev = nix::sys::stat::makedev(major.into(), minor.into());
+        nix::sys::stat::mknod(path, kind, perm, dev)?;
+        // mknod honours the umask; the mode must be exact.
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))
+    }
+
+    fn symlink(&self, target: &Path, link: &Path) -> io::Result<()> {
+        std::os::unix::fs::symlink(target, link)
+    }
+
+    fn write_file(&self, path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(path)?;
+        f.write_all(contents)?;
+        f.set_permissions(fs::Permissions::from_mode(mode))
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        fs::metadata(path).is_ok()
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+
+    fn pivot_root(&self, new_root: &Path) -> io::Result<()> {
+        // pivot_root(".", ".") stacks the old root on top of the new one; unmounting "."
+        // then detaches the old root, so nothing of the host's tree stays reachable.
+        nix::unistd::chdir(new_root)?;
+        nix::unistd::pivot_root(".", ".")?;
+        nix::mount::umount2(".", MntFlags::MNT_DETACH)?;
+        nix::unistd::chdir("/")?;
+        Ok(())
+    }
+
+    fn tree_is_dir(&self, tree: BorrowedFd<'_>) -> io::Result<bool> {
+        let st = nix::sys::stat::fstat(tree)?;
+        Ok(SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR)
+    }
+
+    fn attach(&self, tree: BorrowedFd<'_>, target: &Path) -> io::Result<()> {
+        move_mount(tree, target)
+    }
+}
+
+fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Clones the mount at `path` (recursively when `recursive`) into a detached tree that can be
+/// attached elsewhere with [`move_mount`], even after the caller changed its root.
+pub fn open_tree(path: &Path, recursive: bool) -> io::Result<OwnedFd> {
+    let c = cpath(path)?;
+    let mut flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
+    // SAFETY: `c` is a NUL-terminated path that outlives the call; open_tree only reads it and
+    // returns a new fd that nothing else owns, which we wrap immediately.
+    let fd =
+        check(unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) })?;
+    // SAFETY: the kernel just returned this fd to us; we are its only owner.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Makes every mount of the detached tree `tree` read-only (recursively when `recursive`).
+pub fn set_tree_readonly(tree: BorrowedFd<'_>, recursive: bool) -> io::Result<()> {
+    let attr = libc::mount_attr {
+        attr_set: libc::MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let mut flags = libc::AT_EMPTY_PATH;
+    if recursive {
+        flags |= libc::AT_RECURSIVE;
+    }
+    // SAFETY: `attr` is a valid mount_attr on our stack, its size is passed alongside, the
+    // empty path is a static NUL-terminated string and `tree` is a live fd borrowed for the call.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            flags,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    })?;
+    Ok(())
+}
+
+/// Attaches the detached mount `tree` at `target` (resolved in the caller's root).
+pub fn move_mount(tree: BorrowedFd<'_>, target: &Path) -> io::Result<()> {
+    let c = cpath(target)?;
+    // SAFETY: both paths are NUL-terminated and live for the call; `tree` is a live fd.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    })?;
+    Ok(())
+}
+
+/// Opens `path` beneath `root` with the kernel confining the walk to `root`: `..`, absolute
+/// symlinks and magic links cannot lead outside it.
+pub fn open_in_root(root: BorrowedFd<'_>, path: &Path, flags: libc::c_int) -> io::Result<OwnedFd> {
+    let rel = path.strip_prefix("/").unwrap_or(path);
+    let rel = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    };
+    let c = cpath(rel)?;
+    // SAFETY: open_how is plain data; zeroed is a valid value that we then fill in.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: `c` and `how` live for the call and the size matches the struct we pass.
+    let fd = check(unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root.as_raw_fd(),
+            c.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    })?;
+    // SAFETY: the kernel just returned this fd to us; we are its only owner.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// A pidfd for `pid`.
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes two integers and returns a new fd or -1.
+    let fd = check(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
+    // SAFETY: the kernel just returned this fd to us; we are its only owner.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// The result of [`fork`].
+#[derive(Debug)]
+pub enum Forked {
+    /// In the parent, with the child's pid.
+    Parent(i32),
+    /// In the child.
+    Child,
+}
+
+/// fork(2). The launcher is single-threaded while it forks, which is what makes running
+/// arbitrary code in the child sound; callers must not call it once threads exist.
+pub fn fork() -> io::Result<Forked> {
+    // SAFETY: the launcher calls this only while single-threaded (see above), so the child
+    // cannot inherit a lock held by another thread.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent(child.as_raw())),
+        nix::unistd::ForkResult::Child => Ok(Forked::Child),
+    }
+}
+
+/// Ends the calling process at once, without unwinding or running exit handlers; what forked
+/// children use so they never run the parent's cleanup.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit has no preconditions.
+    unsafe { libc::_exit(code) }
+}
+
+/// Asks for `signal` when the parent thread of this process dies.
+pub fn set_parent_death_signal(signal: nix::sys::signal::Signal) -> io::Result<()> {
+    nix::sys::prctl::set_pdeathsig(signal).map_err(io::Error::from)
+}
+
+/// Makes this process adopt orphaned descendants (the container's PID 1 after the
+/// intermediate child exits).
+pub fn set_child_subreaper() -> io::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)
+}
+
+/// Closes every fd from `first` upwards.
+pub fn close_fds_from(first: u32) -> io::Result<()> {
+    // SAFETY: close_range takes plain integers; the caller owns no Rust object referring to
+    // these fds any more (it is about to exec).
+    let r = unsafe { libc::close_range(first, u32::MAX, 0) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Opens a new pty master from the devpts instance whose `ptmx` is at `ptmx`, unlocks it and
+/// returns it with the slave's number.
+pub fn open_pty_master(ptmx: &Path) -> io::Result<(OwnedFd, u32)> {
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(ptmx)?;
+    let fd = OwnedFd::from(f);
+    let mut unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one c_int through the pointer, which points at our local.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSPTLCK, &mut unlock) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut n: libc::c_uint = 0;
+    // SAFETY: TIOCGPTN writes one c_uint through the pointer, which points at our local.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGPTN, &mut n) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((fd, n))
+}
+
+/// Makes the terminal on `fd` the controlling terminal of this (session leader) process.
+pub fn set_controlling_tty(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: TIOCSCTTY takes an integer argument (0: do not steal); `fd` is live.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSCTTY, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The window size of the terminal on `fd`, if it is one.
+pub fn window_size(fd: BorrowedFd<'_>) -> Option<libc::winsize> {
+    // SAFETY: winsize is plain data; zeroed is valid.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ writes a winsize through the pointer, which points at our local.
+    (unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) } == 0).then_some(ws)
+}
+
+/// Sets the window size of the terminal on `fd`.
+pub fn set_window_size(fd: BorrowedFd<'_>, ws: &libc::winsize) -> io::Result<()> {
+    // SAFETY: TIOCSWINSZ reads a winsize through the pointer, which points at a live value.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, ws as *const libc::winsize) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Copies the running executable into a sealed memfd and returns it, so a long-lived process
+/// inside a machine can run this program without holding a reference to the host's binary
+/// (which a container root could otherwise reopen through `/proc/PID/exe` and overwrite).
+pub fn sealed_copy_of_self() -> io::Result<OwnedFd> {
+    let mut exe = fs::File::open("/proc/self/exe")?;
+    // SAFETY: the name is a static NUL-terminated string; memfd_create returns a new fd.
+    let fd = unsafe {
+        libc::memfd_create(
+            c"mctl-stub-init".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us; we are its only owner.
+    let memfd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut out = fs::File::from(memfd.try_clone()?);
+    io::copy(&mut exe, &mut out)?;
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: F_ADD_SEALS takes an integer argument; the fd is live.
+    if unsafe { libc::fcntl(memfd.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(memfd)
+}
+
+/// execve(2) of the file behind `fd`.
+pub fn fexecve(fd: BorrowedFd<'_>, argv: &[CString], envp: &[CString]) -> io::Error {
+    match nix::unistd::fexecve(fd.as_fd(), argv, envp) {
+        Err(e) => e.into(),
+        Ok(never) => match never {},
+    }
+}
+
+/// execve(2) of `path`.
+pub fn execve(path: &CStr, argv: &[CString], envp: &[CString]) -> io::Error {
+    match nix::unistd::execve(path, argv, envp) {
+        Err(e) => e.into(),
+        Ok(never) => match never {},
+    }
+}

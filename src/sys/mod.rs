@@ -1,0 +1,68 @@
+//! The syscall layer: the only place `unsafe` lives.
+//!
+//! [`Sys`] covers the filesystem operations the launcher's mount plans perform, so that plans
+//! can be executed against [`fake::FakeSys`] in tests. Process-level calls (fork, pidfds, ptys,
+//! detached mounts) are thin safe wrappers in [`linux`].
+
+use std::io;
+use std::os::fd::BorrowedFd;
+use std::path::Path;
+
+use nix::mount::{MntFlags, MsFlags};
+
+pub mod fake;
+pub mod linux;
+
+/// The kind of special file [`Sys::mknod`] creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum NodeKind {
+    /// A character device.
+    Char,
+    /// A block device.
+    Block,
+    /// A named pipe.
+    Fifo,
+    /// A unix socket inode (not bound).
+    Socket,
+}
+
+/// Filesystem operations performed while a machine's root is assembled.
+pub trait Sys {
+    /// mount(2).
+    fn mount(
+        &self,
+        source: Option<&str>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> io::Result<()>;
+    /// umount2(2).
+    fn umount(&self, target: &Path, flags: MntFlags) -> io::Result<()>;
+    /// `mkdir -p` with `mode` for the directories it creates.
+    fn mkdir_all(&self, path: &Path, mode: u32) -> io::Result<()>;
+    /// mknod(2) with exactly `mode` (umask ignored).
+    fn mknod(
+        &self,
+        path: &Path,
+        kind: NodeKind,
+        mode: u32,
+        major: u32,
+        minor: u32,
+    ) -> io::Result<()>;
+    /// symlink(2): `link` pointing at `target`.
+    fn symlink(&self, target: &Path, link: &Path) -> io::Result<()>;
+    /// Creates or truncates `path` with `contents` and exactly `mode`.
+    fn write_file(&self, path: &Path, contents: &[u8], mode: u32) -> io::Result<()>;
+    /// Whether `path` exists (following symlinks).
+    fn exists(&self, path: &Path) -> bool;
+    /// Removes the file `path`.
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Makes `new_root` the root of the calling process's mount namespace and detaches the
+    /// old root entirely.
+    fn pivot_root(&self, new_root: &Path) -> io::Result<()>;
+    /// Whether the detached mount `tree` has a directory at its root.
+    fn tree_is_dir(&self, tree: BorrowedFd<'_>) -> io::Result<bool>;
+    /// Attaches a detached mount (from `open_tree`) at `target`.
+    fn attach(&self, tree: BorrowedFd<'_>, target: &Path) -> io::Result<()>;
+}
