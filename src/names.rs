@@ -24,9 +24,7 @@ pub enum NameError {
 }
 
 /// A validated machine name.
-#[derive(
-    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct MachineName(String);
 
@@ -83,10 +81,7 @@ pub fn validate(name: &str) -> Result<(), NameError> {
     if name.is_empty() {
         return Err(NameError::Empty);
     }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '.'))
-    {
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '.')) {
         return Err(NameError::BadChar(c));
     }
     if name.len() > NAME_MAX {
@@ -135,15 +130,7 @@ mod tests {
 
     #[test]
     fn accepts_hostnames() {
-        for ok in [
-            "foo",
-            "my-box",
-            "web.01",
-            "0abc",
-            "A1",
-            "1234",
-            &"a".repeat(64),
-        ] {
+        for ok in ["foo", "my-box", "web.01", "0abc", "A1", "1234", &"a".repeat(64)] {
             assert_eq!(validate(ok), Ok(()), "{ok}");
         }
     }
@@ -172,9 +159,6 @@ mod tests {
         assert_eq!(cleanup("___"), "");
         assert_eq!(cleanup(&"b".repeat(80)).len(), 64);
         assert!(MachineName::from_dir_name("___").is_none());
-        assert_eq!(
-            MachineName::from_dir_name("deb 12").unwrap().as_str(),
-            "deb12"
-        );
+        assert_eq!(MachineName::from_dir_name("deb 12").unwrap().as_str(), "deb12");
     }
 }

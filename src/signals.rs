@@ -43,27 +43,15 @@ impl FromStr for SignalNumber {
     fn from_str(s: &str) -> Result<Self, BadSignal> {
         let bad = || BadSignal(s.to_owned());
         if let Ok(n) = s.parse::<i32>() {
-            return if (1..=libc::SIGRTMAX()).contains(&n) {
-                Ok(Self(n))
-            } else {
-                Err(bad())
-            };
+            return if (1..=libc::SIGRTMAX()).contains(&n) { Ok(Self(n)) } else { Err(bad()) };
         }
         let upper = s.to_ascii_uppercase();
         let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
         let (rtmin, rtmax) = (libc::SIGRTMIN(), libc::SIGRTMAX());
         let rt = |base: i32, off: &str, sign: i32| -> Result<Self, BadSignal> {
-            let off: i32 = if off.is_empty() {
-                0
-            } else {
-                off.parse().map_err(|_| bad())?
-            };
+            let off: i32 = if off.is_empty() { 0 } else { off.parse().map_err(|_| bad())? };
             let n = base + sign * off;
-            if (rtmin..=rtmax).contains(&n) {
-                Ok(Self(n))
-            } else {
-                Err(bad())
-            }
+            if (rtmin..=rtmax).contains(&n) { Ok(Self(n)) } else { Err(bad()) }
         };
         if let Some(rest) = bare.strip_prefix("RTMIN") {
             return match rest.strip_prefix('+') {
@@ -79,9 +67,7 @@ impl FromStr for SignalNumber {
                 None => Err(bad()),
             };
         }
-        Signal::from_str(&format!("SIG{bare}"))
-            .map(|s| Self(s as i32))
-            .map_err(|_| bad())
+        Signal::from_str(&format!("SIG{bare}")).map(|s| Self(s as i32)).map_err(|_| bad())
     }
 }
 

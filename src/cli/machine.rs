@@ -20,14 +20,12 @@ pub fn boot(a: BootArgs, cfg: &CliConfig) -> Result<i32, CliError> {
 
 /// `mctl run`.
 pub fn run(a: RunArgs, cfg: &CliConfig) -> Result<i32, CliError> {
-    let spec = build_spec(
-        a.machine,
-        Payload::Command {
-            argv: a.command,
-            as_pid2: a.as_pid2,
-        },
-        cfg,
-    )?;
+    let spec = build_spec(a.machine, Payload::Command { argv: a.command, as_pid2: a.as_pid2 }, cfg)?;
+    if a.as_pid2 {
+        // The reaper stays in the machine for its whole life; it must not map the host's binary.
+        crate::sys::linux::ensure_running_from_sealed_copy()
+            .map_err(|e| CliError::new(format!("cannot run from a sealed copy of mctl: {e}")))?;
+    }
     Ok(crate::launcher::launch(&spec)?)
 }
 
@@ -36,18 +34,11 @@ fn bad(e: impl std::fmt::Display) -> CliError {
 }
 
 /// Validates the options and resolves defaults into a [`LaunchSpec`].
-pub fn build_spec(
-    m: MachineArgs,
-    payload: Payload,
-    cfg: &CliConfig,
-) -> Result<LaunchSpec, CliError> {
+pub fn build_spec(m: MachineArgs, payload: Payload, cfg: &CliConfig) -> Result<LaunchSpec, CliError> {
     let given_name = m
         .machine
         .as_deref()
-        .map(|n| {
-            MachineName::new(n)
-                .map_err(|e| CliError::new(format!("invalid machine name '{n}': {e}")))
-        })
+        .map(|n| MachineName::new(n).map_err(|e| CliError::new(format!("invalid machine name '{n}': {e}"))))
         .transpose()?;
     let dir = match (&m.directory, &given_name) {
         (Some(d), _) => d.clone(),
@@ -61,18 +52,12 @@ pub fn build_spec(
     let root = std::fs::canonicalize(&dir)
         .map_err(|e| CliError::new(format!("directory {} cannot be used: {e}", dir.display())))?;
     if !root.is_dir() {
-        return Err(CliError::new(format!(
-            "{} is not a directory",
-            dir.display()
-        )));
+        return Err(CliError::new(format!("{} is not a directory", dir.display())));
     }
     let name = match given_name {
         Some(n) => n,
         None => {
-            let base = root
-                .file_name()
-                .map(|b| b.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let base = root.file_name().map(|b| b.to_string_lossy().into_owned()).unwrap_or_default();
             MachineName::from_dir_name(&base).ok_or_else(|| {
                 CliError::new(format!(
                     "cannot derive a machine name from directory '{base}'; give one with -M NAME"
@@ -91,18 +76,8 @@ pub fn build_spec(
     for b in &m.bind_ro {
         binds.push(spec::parse_bind(b, true, &cwd).map_err(bad)?);
     }
-    let tmpfs = m
-        .tmpfs
-        .iter()
-        .map(|t| spec::parse_tmpfs(t))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(bad)?;
-    let env = m
-        .setenv
-        .iter()
-        .map(|e| spec::parse_setenv(e))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(bad)?;
+    let tmpfs = m.tmpfs.iter().map(|t| spec::parse_tmpfs(t)).collect::<Result<Vec<_>, _>>().map_err(bad)?;
+    let env = m.setenv.iter().map(|e| spec::parse_setenv(e)).collect::<Result<Vec<_>, _>>().map_err(bad)?;
     let mut capabilities = CapabilityAdjust::default();
     for c in &m.capability {
         capabilities.add.extend(parse_caps(c).map_err(bad)?);
@@ -110,25 +85,15 @@ pub fn build_spec(
     for c in &m.drop_capability {
         capabilities.drop.extend(parse_caps(c).map_err(bad)?);
     }
-    let kill_signal = m
-        .kill_signal
-        .as_deref()
-        .map(str::parse::<SignalNumber>)
-        .transpose()
-        .map_err(bad)?;
+    let kill_signal = m.kill_signal.as_deref().map(str::parse::<SignalNumber>).transpose().map_err(bad)?;
     if let Some(d) = &m.chdir {
         if !d.is_absolute() {
-            return Err(CliError::new(format!(
-                "--chdir '{}' must be an absolute path",
-                d.display()
-            )));
+            return Err(CliError::new(format!("--chdir '{}' must be an absolute path", d.display())));
         }
     }
     let boot = matches!(payload, Payload::Boot { .. });
     if boot && m.user.is_some() {
-        return Err(CliError::new(
-            "--user cannot be used with boot: init must run as root",
-        ));
+        return Err(CliError::new("--user cannot be used with boot: init must run as root"));
     }
     let console = m.console.unwrap_or_else(|| default_console(boot));
     Ok(LaunchSpec {

@@ -38,19 +38,13 @@ pub struct CliError {
 impl CliError {
     /// A failure with exit status 1.
     pub fn new(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            exit_code: 1,
-        }
+        Self { message: message.into(), exit_code: 1 }
     }
 }
 
 impl From<crate::launcher::process::LaunchError> for CliError {
     fn from(e: crate::launcher::process::LaunchError) -> Self {
-        Self {
-            exit_code: e.exit_code(),
-            message: e.to_string(),
-        }
+        Self { exit_code: e.exit_code(), message: e.to_string() }
     }
 }
 

@@ -69,11 +69,7 @@ pub enum CgroupError {
 }
 
 fn io_err<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CgroupError + 'a {
-    move |source| CgroupError::Io {
-        step,
-        path: path.to_owned(),
-        source,
-    }
+    move |source| CgroupError::Io { step, path: path.to_owned(), source }
 }
 
 /// One mounted hierarchy and this process's place in it.
@@ -102,8 +98,7 @@ impl Hierarchy {
 /// Finds the cgroup hierarchies mounted under `fs_root` and this process's place in each.
 pub fn detect(cfg: &CgroupConfig) -> Result<Vec<Hierarchy>, CgroupError> {
     let mountinfo = fs::read_to_string(&cfg.mountinfo).map_err(io_err("read", &cfg.mountinfo))?;
-    let membership =
-        fs::read_to_string(&cfg.self_cgroup).map_err(io_err("read", &cfg.self_cgroup))?;
+    let membership = fs::read_to_string(&cfg.self_cgroup).map_err(io_err("read", &cfg.self_cgroup))?;
     parse_hierarchies(&mountinfo, &membership, &cfg.fs_root)
 }
 
@@ -170,10 +165,7 @@ fn parse_hierarchies(
 }
 
 fn unescape_mountinfo(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
+    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 }
 
 /// The devices a machine may use (v1 `devices` controller): nspawn's `DevicePolicy=closed`
@@ -228,11 +220,7 @@ impl MachineCgroup {
     /// was killed) and, with `keep_unit`, moves the launcher into `supervisor`.
     pub fn create(cfg: &CgroupConfig, name: &str, keep_unit: bool) -> Result<Self, CgroupError> {
         let hierarchies = detect(cfg)?;
-        let mut me = Self {
-            name: name.to_owned(),
-            parts: Vec::new(),
-            keep_unit,
-        };
+        let mut me = Self { name: name.to_owned(), parts: Vec::new(), keep_unit };
         for h in hierarchies {
             let own = h.own_dir();
             let (machine, parent) = if keep_unit {
@@ -241,11 +229,7 @@ impl MachineCgroup {
                 let parent = own.join(&cfg.parent);
                 (parent.join(name), Some(parent))
             };
-            me.parts.push(Part {
-                hierarchy: h,
-                machine,
-                parent,
-            });
+            me.parts.push(Part { hierarchy: h, machine, parent });
         }
         if let Err(e) = me.build() {
             me.remove_quietly();
@@ -259,18 +243,12 @@ impl MachineCgroup {
             let payload = part.payload();
             if !self.keep_unit && part.machine.exists() {
                 if has_processes(&part.machine) {
-                    return Err(CgroupError::Busy {
-                        name: self.name.clone(),
-                        path: part.machine.clone(),
-                    });
+                    return Err(CgroupError::Busy { name: self.name.clone(), path: part.machine.clone() });
                 }
                 remove_tree(&part.machine, Duration::ZERO)?;
             } else if self.keep_unit && payload.exists() {
                 if has_processes(&payload) {
-                    return Err(CgroupError::Busy {
-                        name: self.name.clone(),
-                        path: payload,
-                    });
+                    return Err(CgroupError::Busy { name: self.name.clone(), path: payload });
                 }
                 remove_tree(&payload, Duration::ZERO)?;
             }
@@ -278,10 +256,7 @@ impl MachineCgroup {
             if self.keep_unit {
                 let supervisor = part.machine.join("supervisor");
                 make_dirs(&part.hierarchy, &supervisor)?;
-                write(
-                    &supervisor.join("cgroup.procs"),
-                    &std::process::id().to_string(),
-                )?;
+                write(&supervisor.join("cgroup.procs"), &std::process::id().to_string())?;
             }
             make_dirs(&part.hierarchy, &payload)?;
             if part.hierarchy.v2 {
@@ -298,10 +273,7 @@ impl MachineCgroup {
     /// The payload cgroup's `cgroup.procs` in every hierarchy; writing `0` to each moves the
     /// writer in.
     pub fn payload_procs(&self) -> Vec<PathBuf> {
-        self.parts
-            .iter()
-            .map(|p| p.payload().join("cgroup.procs"))
-            .collect()
+        self.parts.iter().map(|p| p.payload().join("cgroup.procs")).collect()
     }
 
     /// The machine's cgroup in the cgroup2 hierarchy.
@@ -313,13 +285,7 @@ impl MachineCgroup {
     /// shows it on the host).
     pub fn unified_payload_path(&self) -> String {
         let p = &self.parts[0];
-        format!(
-            "/{}",
-            p.payload()
-                .strip_prefix(&p.hierarchy.mount)
-                .unwrap_or(Path::new(""))
-                .display()
-        )
+        format!("/{}", p.payload().strip_prefix(&p.hierarchy.mount).unwrap_or(Path::new("")).display())
     }
 
     /// Removes the machine's cgroups (the payload's only, with `--keep-unit`), waiting briefly
@@ -333,11 +299,7 @@ impl MachineCgroup {
     fn remove_all(&self, patience: Duration) -> Result<(), CgroupError> {
         let mut first_err = None;
         for part in &self.parts {
-            let target = if self.keep_unit {
-                part.payload()
-            } else {
-                part.machine.clone()
-            };
+            let target = if self.keep_unit { part.payload() } else { part.machine.clone() };
             if let Err(e) = remove_tree(&target, patience) {
                 first_err.get_or_insert(e);
             }
@@ -390,8 +352,7 @@ fn make_dirs(h: &Hierarchy, dir: &Path) -> Result<(), CgroupError> {
             for f in ["cpuset.cpus", "cpuset.mems"] {
                 let cur = fs::read_to_string(d.join(f)).unwrap_or_default();
                 if cur.trim().is_empty() {
-                    let v = fs::read_to_string(parent.join(f))
-                        .map_err(io_err("read", &parent.join(f)))?;
+                    let v = fs::read_to_string(parent.join(f)).map_err(io_err("read", &parent.join(f)))?;
                     write(&d.join(f), v.trim())?;
                 }
             }
@@ -462,9 +423,7 @@ fn remove_tree(dir: &Path, patience: Duration) -> Result<(), CgroupError> {
         match remove_tree_once(dir) {
             Ok(()) => return Ok(()),
             Err((_, e)) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {}
-            Err((_, e))
-                if e.raw_os_error() == Some(libc::EBUSY) && !killed && !patience.is_zero() =>
-            {
+            Err((_, e)) if e.raw_os_error() == Some(libc::EBUSY) && !killed && !patience.is_zero() => {
                 for pid in pids_in(dir) {
                     let _ = nix::sys::signal::kill(
                         nix::unistd::Pid::from_raw(pid),
@@ -474,11 +433,7 @@ fn remove_tree(dir: &Path, patience: Duration) -> Result<(), CgroupError> {
                 killed = true;
             }
             Err((path, e)) => {
-                return Err(CgroupError::Io {
-                    step: "remove",
-                    path,
-                    source: e,
-                });
+                return Err(CgroupError::Io { step: "remove", path, source: e });
             }
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -524,8 +479,7 @@ mod tests {
 
     #[test]
     fn detects_hybrid_layout_and_own_paths() {
-        let hs =
-            parse_hierarchies(HYBRID_MOUNTINFO, HYBRID_SELF, Path::new("/sys/fs/cgroup")).unwrap();
+        let hs = parse_hierarchies(HYBRID_MOUNTINFO, HYBRID_SELF, Path::new("/sys/fs/cgroup")).unwrap();
         assert_eq!(hs.len(), 4);
         assert!(hs[0].v2);
         assert_eq!(hs[0].mount, Path::new("/sys/fs/cgroup/unified"));
@@ -538,13 +492,9 @@ mod tests {
     #[test]
     fn detects_pure_v2_and_rejects_v1_only() {
         let mi = "30 25 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n";
-        let hs =
-            parse_hierarchies(mi, "0::/user.slice/x.scope\n", Path::new("/sys/fs/cgroup")).unwrap();
+        let hs = parse_hierarchies(mi, "0::/user.slice/x.scope\n", Path::new("/sys/fs/cgroup")).unwrap();
         assert_eq!(hs.len(), 1);
-        assert_eq!(
-            hs[0].own_dir(),
-            Path::new("/sys/fs/cgroup/user.slice/x.scope")
-        );
+        assert_eq!(hs[0].own_dir(), Path::new("/sys/fs/cgroup/user.slice/x.scope"));
         let v1 = "31 30 0:27 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
         assert!(matches!(
             parse_hierarchies(v1, "1:cpu:/\n", Path::new("/sys/fs/cgroup")),

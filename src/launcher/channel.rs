@@ -5,8 +5,8 @@ use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{
-    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
-    sendmsg, socketpair,
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, sendmsg,
+    socketpair,
 };
 
 /// What the parent and its children tell each other.
@@ -59,12 +59,7 @@ const MAX_MESSAGE: usize = 64 * 1024;
 impl Channel {
     /// A connected pair (both ends close-on-exec).
     pub fn pair() -> Result<(Channel, Channel), ChannelError> {
-        let (a, b) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )?;
+        let (a, b) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)?;
         Ok((Channel { fd: a }, Channel { fd: b }))
     }
 
@@ -78,18 +73,8 @@ impl Channel {
     pub fn send(&self, msg: &Message, fds: &[BorrowedFd<'_>]) -> Result<(), ChannelError> {
         let body = serde_json::to_vec(msg)?;
         let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-        let cmsgs = if raw.is_empty() {
-            vec![]
-        } else {
-            vec![ControlMessage::ScmRights(&raw)]
-        };
-        sendmsg::<()>(
-            self.fd.as_raw_fd(),
-            &[IoSlice::new(&body)],
-            &cmsgs,
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        )?;
+        let cmsgs = if raw.is_empty() { vec![] } else { vec![ControlMessage::ScmRights(&raw)] };
+        sendmsg::<()>(self.fd.as_raw_fd(), &[IoSlice::new(&body)], &cmsgs, MsgFlags::MSG_NOSIGNAL, None)?;
         Ok(())
     }
 
@@ -100,22 +85,14 @@ impl Channel {
         let mut cmsg = nix::cmsg_space!([RawFd; 4]);
         let (len, fds) = loop {
             let mut iov = [IoSliceMut::new(&mut buf)];
-            match recvmsg::<()>(
-                self.fd.as_raw_fd(),
-                &mut iov,
-                Some(&mut cmsg),
-                MsgFlags::MSG_CMSG_CLOEXEC,
-            ) {
+            match recvmsg::<()>(self.fd.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
                 Ok(r) => {
                     let mut fds = Vec::new();
                     for c in r.cmsgs()? {
                         if let ControlMessageOwned::ScmRights(list) = c {
                             // SAFETY: SCM_RIGHTS just installed these fds in our table; nothing
                             // else refers to them, so wrapping them hands us sole ownership.
-                            fds.extend(
-                                list.into_iter()
-                                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                            );
+                            fds.extend(list.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
                         }
                     }
                     break (r.bytes, fds);
@@ -134,14 +111,8 @@ impl Channel {
     pub fn recv_fd(&self, expected: &'static str, want: &Message) -> Result<OwnedFd, ChannelError> {
         match self.recv()? {
             Some((m, mut fds)) if &m == want && fds.len() == 1 => Ok(fds.remove(0)),
-            Some((m, _)) => Err(ChannelError::Unexpected {
-                expected,
-                got: Some(m),
-            }),
-            None => Err(ChannelError::Unexpected {
-                expected,
-                got: None,
-            }),
+            Some((m, _)) => Err(ChannelError::Unexpected { expected, got: Some(m) }),
+            None => Err(ChannelError::Unexpected { expected, got: None }),
         }
     }
 }
@@ -164,18 +135,8 @@ mod tests {
         let mut s = String::new();
         f.read_to_string(&mut s).unwrap();
         assert_eq!(s, "hello");
-        a.send(
-            &Message::Failed {
-                error: "x".into(),
-                exit_code: 3,
-            },
-            &[],
-        )
-        .unwrap();
-        assert!(matches!(
-            b.recv().unwrap(),
-            Some((Message::Failed { exit_code: 3, .. }, _))
-        ));
+        a.send(&Message::Failed { error: "x".into(), exit_code: 3 }, &[]).unwrap();
+        assert!(matches!(b.recv().unwrap(), Some((Message::Failed { exit_code: 3, .. }, _))));
         drop(a);
         assert!(b.recv().unwrap().is_none());
     }

@@ -78,18 +78,12 @@ fn reopen_std(fd: i32, write: bool) -> io::Result<Output> {
             .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
             .open(&path);
         if let Ok(f) = f {
-            return Ok(Output {
-                fd: f.into(),
-                pollable: true,
-            });
+            return Ok(Output { fd: f.into(), pollable: true });
         }
     }
     // SAFETY: fd 0/1/2 are open for the launcher's whole life; dup gives us our own fd.
     let dup = nix::unistd::dup(unsafe { BorrowedFd::borrow_raw(fd) })?;
-    Ok(Output {
-        fd: dup,
-        pollable: false,
-    })
+    Ok(Output { fd: dup, pollable: false })
 }
 
 impl Console {
@@ -105,8 +99,7 @@ impl Console {
         if mode == ConsoleMode::Interactive {
             let stdin = io::stdin();
             if nix::unistd::isatty(stdin.as_fd()).unwrap_or(false) {
-                let foreground =
-                    nix::unistd::tcgetpgrp(stdin.as_fd()).ok() == Some(nix::unistd::getpgrp());
+                let foreground = nix::unistd::tcgetpgrp(stdin.as_fd()).ok() == Some(nix::unistd::getpgrp());
                 if foreground {
                     let saved = tcgetattr(stdin.as_fd())?;
                     let mut raw = saved.clone();
@@ -142,20 +135,14 @@ impl Console {
         // continuously; level-triggered polling would spin.
         epoll.add(
             &self.master,
-            EpollEvent::new(
-                EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT | et,
-                TOKEN_MASTER,
-            ),
+            EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT | et, TOKEN_MASTER),
         )?;
         if let Some(inp) = &self.input {
             // stdin may be a file (not pollable); then it is simply not forwarded.
             let _ = epoll.add(inp, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_INPUT));
         }
         if let Some(out) = self.output.as_ref().filter(|o| o.pollable) {
-            epoll.add(
-                &out.fd,
-                EpollEvent::new(EpollFlags::EPOLLOUT | et, TOKEN_OUTPUT),
-            )?;
+            epoll.add(&out.fd, EpollEvent::new(EpollFlags::EPOLLOUT | et, TOKEN_OUTPUT))?;
         }
         Ok(())
     }
@@ -165,8 +152,8 @@ impl Console {
         if self.input.is_none() && self.output.is_none() {
             return;
         }
-        if let Some(ws) = linux::window_size(io::stdout().as_fd())
-            .or_else(|| linux::window_size(io::stdin().as_fd()))
+        if let Some(ws) =
+            linux::window_size(io::stdout().as_fd()).or_else(|| linux::window_size(io::stdin().as_fd()))
         {
             let _ = linux::set_window_size(self.master.as_fd(), &ws);
         }
@@ -231,8 +218,7 @@ impl Console {
                 Ok(n) => {
                     for &b in &buf[..n] {
                         if b == ESCAPE_BYTE {
-                            if self.escape_count == 0
-                                || self.escape_since.elapsed() > Duration::from_secs(1)
+                            if self.escape_count == 0 || self.escape_since.elapsed() > Duration::from_secs(1)
                             {
                                 self.escape_count = 0;
                                 self.escape_since = Instant::now();
@@ -282,11 +268,7 @@ impl Console {
         while !self.to_output.is_empty() {
             match nix::unistd::write(&out.fd, &self.to_output) {
                 Ok(n) => {
-                    self.last_byte = self
-                        .to_output
-                        .get(n.wrapping_sub(1))
-                        .copied()
-                        .or(self.last_byte);
+                    self.last_byte = self.to_output.get(n.wrapping_sub(1)).copied().or(self.last_byte);
                     self.to_output.drain(..n);
                 }
                 Err(nix::errno::Errno::EINTR) => continue,
@@ -322,10 +304,7 @@ impl Console {
             }
         }
         if self.dropped > 0 {
-            tracing::warn!(
-                bytes = self.dropped,
-                "console output was dropped because stdout did not keep up"
-            );
+            tracing::warn!(bytes = self.dropped, "console output was dropped because stdout did not keep up");
         }
     }
 

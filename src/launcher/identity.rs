@@ -10,11 +10,7 @@ use nix::fcntl::{Flock, FlockArg};
 use crate::sys::linux::open_in_root;
 
 /// Where nspawn (and so mctl) looks for an init, in order.
-pub const INIT_CANDIDATES: [&str; 3] = [
-    "/usr/lib/systemd/systemd",
-    "/lib/systemd/systemd",
-    "/sbin/init",
-];
+pub const INIT_CANDIDATES: [&str; 3] = ["/usr/lib/systemd/systemd", "/lib/systemd/systemd", "/sbin/init"];
 
 /// A problem with the machine's tree.
 #[derive(Debug, thiserror::Error)]
@@ -37,9 +33,7 @@ pub enum TreeError {
     )]
     NoOsRelease(PathBuf),
     /// None of the init candidates.
-    #[error(
-        "no init found in {0} (looked for /usr/lib/systemd/systemd, /lib/systemd/systemd, /sbin/init)"
-    )]
+    #[error("no init found in {0} (looked for /usr/lib/systemd/systemd, /lib/systemd/systemd, /sbin/init)")]
     NoInit(PathBuf),
     /// Another machine uses the tree.
     #[error("directory {0} is already in use by a running machine (it is locked)")]
@@ -67,33 +61,17 @@ impl Tree {
     /// Opens `path` and takes the lock (shared when the tree is used read-only, as several
     /// read-only machines may share one tree).
     pub fn open_and_lock(path: &Path, shared: bool) -> Result<Self, TreeError> {
-        let meta = fs::metadata(path).map_err(|source| TreeError::Open {
-            path: path.to_owned(),
-            source,
-        })?;
+        let meta = fs::metadata(path).map_err(|source| TreeError::Open { path: path.to_owned(), source })?;
         if !meta.is_dir() {
             return Err(TreeError::NotDirectory(path.to_owned()));
         }
-        let dir = fs::File::open(path).map_err(|source| TreeError::Open {
-            path: path.to_owned(),
-            source,
-        })?;
-        let how = if shared {
-            FlockArg::LockSharedNonblock
-        } else {
-            FlockArg::LockExclusiveNonblock
-        };
+        let dir = fs::File::open(path).map_err(|source| TreeError::Open { path: path.to_owned(), source })?;
+        let how = if shared { FlockArg::LockSharedNonblock } else { FlockArg::LockExclusiveNonblock };
         let lock = Flock::lock(OwnedFd::from(dir), how).map_err(|(_, e)| match e {
             nix::errno::Errno::EWOULDBLOCK => TreeError::Locked(path.to_owned()),
-            source => TreeError::Lock {
-                path: path.to_owned(),
-                source,
-            },
+            source => TreeError::Lock { path: path.to_owned(), source },
         })?;
-        Ok(Self {
-            path: path.to_owned(),
-            lock,
-        })
+        Ok(Self { path: path.to_owned(), lock })
     }
 
     /// The directory's path.
@@ -114,14 +92,12 @@ impl Tree {
 
     /// The os-release file's contents, if any.
     pub fn os_release(&self) -> Option<String> {
-        ["/etc/os-release", "/usr/lib/os-release"]
-            .iter()
-            .find_map(|p| {
-                let fd = self.open(p, libc::O_RDONLY).ok()?;
-                let mut s = String::new();
-                fs::File::from(fd).read_to_string(&mut s).ok()?;
-                Some(s)
-            })
+        ["/etc/os-release", "/usr/lib/os-release"].iter().find_map(|p| {
+            let fd = self.open(p, libc::O_RDONLY).ok()?;
+            let mut s = String::new();
+            fs::File::from(fd).read_to_string(&mut s).ok()?;
+            Some(s)
+        })
     }
 
     /// The first init candidate that is an executable file.
@@ -129,10 +105,7 @@ impl Tree {
         INIT_CANDIDATES
             .iter()
             .copied()
-            .find(|p| {
-                self.open(p, libc::O_PATH)
-                    .is_ok_and(|fd| is_executable(&fd))
-            })
+            .find(|p| self.open(p, libc::O_PATH).is_ok_and(|fd| is_executable(&fd)))
             .ok_or_else(|| TreeError::NoInit(self.path.clone()))
     }
 
@@ -220,13 +193,7 @@ pub fn lookup_user(who: &str, passwd: &str, group: &str) -> Option<User> {
         }
         let matches = f[0] == who || who.parse::<u32>().is_ok_and(|u| f[2] == u.to_string());
         matches.then(|| {
-            (
-                f[0].to_owned(),
-                f[2].parse().ok(),
-                f[3].parse().ok(),
-                f[5].to_owned(),
-                f[6].to_owned(),
-            )
+            (f[0].to_owned(), f[2].parse().ok(), f[3].parse().ok(), f[5].to_owned(), f[6].to_owned())
         })
     });
     let (name, uid, gid, home, shell) = match entry {
@@ -235,32 +202,17 @@ pub fn lookup_user(who: &str, passwd: &str, group: &str) -> Option<User> {
         None => {
             // A numeric uid without a passwd entry is still usable, as in nspawn.
             let uid: u32 = who.parse().ok()?;
-            (
-                who.to_owned(),
-                uid,
-                uid,
-                "/".to_owned(),
-                "/bin/sh".to_owned(),
-            )
+            (who.to_owned(), uid, uid, "/".to_owned(), "/bin/sh".to_owned())
         }
     };
     let groups = group
         .lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
-            (f.len() >= 4 && f[3].split(',').any(|m| m == name))
-                .then(|| f[2].parse().ok())
-                .flatten()
+            (f.len() >= 4 && f[3].split(',').any(|m| m == name)).then(|| f[2].parse().ok()).flatten()
         })
         .collect();
-    Some(User {
-        name,
-        uid,
-        gid,
-        home,
-        shell,
-        groups,
-    })
+    Some(User { name, uid, gid, home, shell, groups })
 }
 
 #[cfg(test)]
@@ -277,8 +229,7 @@ mod tests {
 
     #[test]
     fn host_env_from_os_release() {
-        let env =
-            host_os_env("PRETTY_NAME=\"Debian GNU/Linux 12\"\nID=debian\nVERSION_ID=\"12\"\n");
+        let env = host_os_env("PRETTY_NAME=\"Debian GNU/Linux 12\"\nID=debian\nVERSION_ID=\"12\"\n");
         assert_eq!(
             env,
             vec![

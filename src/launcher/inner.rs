@@ -5,7 +5,6 @@
 use std::convert::Infallible;
 use std::ffi::CString;
 use std::fs;
-use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
@@ -29,46 +28,27 @@ pub(super) fn run(ctx: &ChildContext<'_>, chan: &Channel, console: Option<&str>)
         Ok(never) => match never {},
         Err(e) => e,
     };
-    let _ = chan.send(
-        &Message::Failed {
-            error: err.to_string(),
-            exit_code: err.exit_code(),
-        },
-        &[],
-    );
+    let _ = chan.send(&Message::Failed { error: err.to_string(), exit_code: err.exit_code() }, &[]);
     linux::exit_now(err.exit_code())
 }
 
-fn inner(
-    ctx: &ChildContext<'_>,
-    chan: &Channel,
-    console: Option<&str>,
-) -> Result<Infallible, ChildError> {
+fn inner(ctx: &ChildContext<'_>, chan: &Channel, console: Option<&str>) -> Result<Infallible, ChildError> {
     // The launcher placed us in the payload cgroup; that becomes the root the guest sees.
     unshare(CloneFlags::CLONE_NEWCGROUP)
         .map_err(|e| ChildError::Step("create cgroup namespace", e.into()))?;
-    mounts::apply(
-        &LinuxSys,
-        &Trees::default(),
-        &mounts::inner_plan(&ctx.boot_id),
-    )?;
+    mounts::apply(&LinuxSys, &Trees::default(), &mounts::inner_plan(&ctx.boot_id))?;
 
     match chan.recv()? {
         Some((Message::Go, _)) => {}
         // The launcher went away: nothing to run for.
         None => linux::exit_now(1),
         Some((other, _)) => {
-            return Err(super::channel::ChannelError::Unexpected {
-                expected: "go",
-                got: Some(other),
-            }
-            .into());
+            return Err(super::channel::ChannelError::Unexpected { expected: "go", got: Some(other) }.into());
         }
     }
     // By now the outer child has exited and the launcher adopted us, so this ties the
     // machine's life to the launcher's.
-    linux::set_parent_death_signal(Signal::SIGKILL)
-        .map_err(ChildError::step("set parent death signal"))?;
+    linux::set_parent_death_signal(Signal::SIGKILL).map_err(ChildError::step("set parent death signal"))?;
     if launcher_gone(chan) {
         linux::exit_now(1);
     }
@@ -78,19 +58,13 @@ fn inner(
 
     match &ctx.spec.payload {
         Payload::Command { as_pid2: true, .. } => {
-            // Copy the reaper before forking so PID 1 never execs the host's binary file.
-            let stub = linux::sealed_copy_of_self()
-                .map_err(ChildError::step("copy the reaper for PID 1"))?;
             match linux::fork().map_err(ChildError::step("fork the command"))? {
                 Forked::Child => exec_payload(ctx, console),
                 Forked::Parent(pid) => {
-                    let argv = [
-                        c"mctl".to_owned(),
-                        c"__stub-init".to_owned(),
-                        cstring(&pid.to_string()),
-                    ];
-                    let err = linux::fexecve(stub.as_fd(), &argv, &[]);
-                    Err(ChildError::Step("exec the reaper", err))
+                    // The reaper holds no fd: the launcher learns that the command runs when
+                    // the channel closes. It runs from a sealed copy of mctl (see the CLI).
+                    let _ = linux::close_fds_from(3);
+                    super::stub_init::main(pid)
                 }
             }
         }
@@ -102,9 +76,7 @@ fn inner(
 fn launcher_gone(chan: &Channel) -> bool {
     let mut fds = [PollFd::new(chan.fd(), PollFlags::POLLIN)];
     poll(&mut fds, PollTimeout::ZERO).is_ok()
-        && fds[0]
-            .revents()
-            .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR))
+        && fds[0].revents().is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR))
 }
 
 /// Exec'ed programs inherit the launcher's blocked signals and ignored SIGPIPE; undo both.
@@ -141,21 +113,18 @@ fn exec_payload(ctx: &ChildContext<'_>, console: Option<&str>) -> Result<Infalli
         drop(tty);
         // SAFETY: fd 0 was just made a duplicate of the console tty and stays open.
         let stdin = unsafe { std::os::fd::BorrowedFd::borrow_raw(0) };
-        linux::set_controlling_tty(stdin).map_err(ChildError::step(
-            "make the console the controlling terminal",
-        ))?;
+        linux::set_controlling_tty(stdin)
+            .map_err(ChildError::step("make the console the controlling terminal"))?;
     }
-    security::apply_machine_rlimits()
-        .map_err(|e| ChildError::Step("set resource limits", e.into()))?;
+    security::apply_machine_rlimits().map_err(|e| ChildError::Step("set resource limits", e.into()))?;
 
     let mut env = ctx.env.clone();
     let mut home = None;
     if let Some(who) = &ctx.spec.user {
         let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
         let group = fs::read_to_string("/etc/group").unwrap_or_default();
-        let user = lookup_user(who, &passwd, &group).ok_or_else(|| {
-            ChildError::Message(format!("user '{who}' does not exist in the machine"))
-        })?;
+        let user = lookup_user(who, &passwd, &group)
+            .ok_or_else(|| ChildError::Message(format!("user '{who}' does not exist in the machine")))?;
         let groups: Vec<Gid> = user.groups.iter().map(|g| Gid::from_raw(*g)).collect();
         nix::unistd::setgroups(&groups)
             .map_err(|e| ChildError::Step("set supplementary groups", e.into()))?;
@@ -173,26 +142,17 @@ fn exec_payload(ctx: &ChildContext<'_>, console: Option<&str>) -> Result<Infalli
     for (k, v) in &ctx.spec.env {
         set_env(&mut env, k, v);
     }
-    let dir = ctx
-        .spec
-        .chdir
-        .as_deref()
-        .map(Path::to_path_buf)
-        .or_else(|| home.map(Into::into));
+    let dir = ctx.spec.chdir.as_deref().map(Path::to_path_buf).or_else(|| home.map(Into::into));
     match dir {
         Some(d) => nix::unistd::chdir(&d).map_err(|e| ChildError::PathStep {
             step: "change directory to",
             path: d.clone(),
             source: e.into(),
         })?,
-        None => nix::unistd::chdir("/")
-            .map_err(|e| ChildError::Step("change directory to /", e.into()))?,
+        None => nix::unistd::chdir("/").map_err(|e| ChildError::Step("change directory to /", e.into()))?,
     }
-    let envp: Vec<CString> = env
-        .iter()
-        .map(|(k, v)| cstring(&format!("{k}={v}")))
-        .collect();
-    linux::close_fds_from(3).map_err(ChildError::step("close inherited file descriptors"))?;
+    let envp: Vec<CString> = env.iter().map(|(k, v)| cstring(&format!("{k}={v}"))).collect();
+    linux::cloexec_fds_from(3).map_err(ChildError::step("close inherited file descriptors"))?;
 
     match &ctx.spec.payload {
         Payload::Boot { args } => {
@@ -208,11 +168,8 @@ fn exec_payload(ctx: &ChildContext<'_>, console: Option<&str>) -> Result<Infalli
         }
         Payload::Command { argv, .. } => {
             let argv_c: Vec<CString> = argv.iter().map(|a| cstring(a)).collect();
-            let path = env
-                .iter()
-                .find(|(k, _)| k == "PATH")
-                .map(|(_, v)| v.as_str())
-                .unwrap_or(super::DEFAULT_PATH);
+            let path =
+                env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or(super::DEFAULT_PATH);
             Err(exec_search(&argv[0], path, &argv_c, &envp))
         }
     }

@@ -70,15 +70,8 @@ impl ChildError {
         move |e| ChildError::Step(what, e)
     }
 
-    fn path_step<'a>(
-        what: &'static str,
-        path: &'a Path,
-    ) -> impl FnOnce(io::Error) -> ChildError + 'a {
-        move |e| ChildError::PathStep {
-            step: what,
-            path: path.to_owned(),
-            source: e,
-        }
+    fn path_step<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ChildError + 'a {
+        move |e| ChildError::PathStep { step: what, path: path.to_owned(), source: e }
     }
 
     /// The launcher's exit status for this failure: 127 and 126 as a shell reports a missing

@@ -126,22 +126,11 @@ impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Step::MkDir { path, .. } => write!(f, "create directory {}", path.display()),
-            Step::Mount {
-                source,
-                target,
-                fstype,
-                flags,
-                ..
-            } => {
+            Step::Mount { source, target, fstype, flags, .. } => {
                 if flags.contains(MsFlags::MS_REMOUNT) {
                     write!(f, "remount {}", target.display())
                 } else if flags.contains(MsFlags::MS_BIND) {
-                    write!(
-                        f,
-                        "bind {} on {}",
-                        source.as_deref().unwrap_or("?"),
-                        target.display()
-                    )
+                    write!(f, "bind {} on {}", source.as_deref().unwrap_or("?"), target.display())
                 } else if let Some(t) = fstype {
                     write!(f, "mount {t} on {}", target.display())
                 } else {
@@ -174,10 +163,7 @@ pub struct MountError {
 /// Runs `steps` in order, stopping at the first failure.
 pub fn apply(sys: &dyn Sys, trees: &Trees, steps: &[Step]) -> Result<(), MountError> {
     for step in steps {
-        apply_one(sys, trees, step).map_err(|source| MountError {
-            step: step.to_string(),
-            source,
-        })?;
+        apply_one(sys, trees, step).map_err(|source| MountError { step: step.to_string(), source })?;
     }
     Ok(())
 }
@@ -185,52 +171,22 @@ pub fn apply(sys: &dyn Sys, trees: &Trees, steps: &[Step]) -> Result<(), MountEr
 fn apply_one(sys: &dyn Sys, trees: &Trees, step: &Step) -> io::Result<()> {
     match step {
         Step::MkDir { path, mode } => sys.mkdir_all(path, *mode),
-        Step::Mount {
-            source,
-            target,
-            fstype,
-            flags,
-            data,
-            optional,
-        } => {
+        Step::Mount { source, target, fstype, flags, data, optional } => {
             if *optional && !sys.exists(target) {
                 return Ok(());
             }
-            sys.mount(
-                source.as_deref(),
-                target,
-                fstype.as_deref(),
-                *flags,
-                data.as_deref(),
-            )
+            sys.mount(source.as_deref(), target, fstype.as_deref(), *flags, data.as_deref())
         }
-        Step::MkNod {
-            path,
-            kind,
-            mode,
-            major,
-            minor,
-        } => sys.mknod(path, *kind, *mode, *major, *minor),
+        Step::MkNod { path, kind, mode, major, minor } => sys.mknod(path, *kind, *mode, *major, *minor),
         Step::Symlink { target, link } => sys.symlink(target, link),
-        Step::WriteFile {
-            path,
-            contents,
-            mode,
-        } => sys.write_file(path, contents, *mode),
+        Step::WriteFile { path, contents, mode } => sys.write_file(path, contents, *mode),
         Step::Remove { path } => sys.remove_file(path),
-        Step::Attach {
-            tree,
-            target,
-            only_if_exists,
-        } => {
+        Step::Attach { tree, target, only_if_exists } => {
             let Some(fd) = trees.get(*tree) else {
                 return if *only_if_exists {
                     Ok(())
                 } else {
-                    Err(io::Error::new(
-                        io::ErrorKind::NotFound,
-                        "host source was not opened",
-                    ))
+                    Err(io::Error::new(io::ErrorKind::NotFound, "host source was not opened"))
                 };
             };
             if !sys.exists(target) {
@@ -290,24 +246,15 @@ fn remount_ro(target: &Path, extra: MsFlags, optional: bool) -> Step {
 }
 
 fn mkdir(path: &str, mode: u32) -> Step {
-    Step::MkDir {
-        path: p(path),
-        mode,
-    }
+    Step::MkDir { path: p(path), mode }
 }
 
 const NOSUID_NODEV: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV);
 const NOSUID_NODEV_NOEXEC: MsFlags = NOSUID_NODEV.union(MsFlags::MS_NOEXEC);
 
 /// Device nodes every machine gets: (name, major, minor).
-pub const DEVICE_NODES: [(&str, u32, u32); 6] = [
-    ("null", 1, 3),
-    ("zero", 1, 5),
-    ("full", 1, 7),
-    ("random", 1, 8),
-    ("urandom", 1, 9),
-    ("tty", 5, 0),
-];
+pub const DEVICE_NODES: [(&str, u32, u32); 6] =
+    [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)];
 
 /// Host facts the plans depend on.
 #[derive(Debug, Clone, Default)]
@@ -335,9 +282,7 @@ pub fn root_plan(root: &Path, read_only: bool) -> Vec<Step> {
     if read_only {
         steps.push(remount_ro(root, MsFlags::empty(), false));
     }
-    steps.push(Step::PivotRoot {
-        new_root: root.to_owned(),
-    });
+    steps.push(Step::PivotRoot { new_root: root.to_owned() });
     steps
 }
 
@@ -346,31 +291,14 @@ pub fn outer_plan(spec: &LaunchSpec, uuid: &uuid::Uuid, host: &HostFacts) -> Vec
     let strict = MsFlags::MS_STRICTATIME;
     let mut s = vec![
         mkdir("/tmp", 0o1777),
-        mount(
-            "tmpfs",
-            "/tmp",
-            NOSUID_NODEV | strict,
-            "mode=1777,size=10%,nr_inodes=400k",
-        ),
+        mount("tmpfs", "/tmp", NOSUID_NODEV | strict, "mode=1777,size=10%,nr_inodes=400k"),
         mkdir("/sys", 0o755),
-        mount(
-            "sysfs",
-            "/sys",
-            NOSUID_NODEV_NOEXEC | MsFlags::MS_RDONLY,
-            "",
-        ),
+        mount("sysfs", "/sys", NOSUID_NODEV_NOEXEC | MsFlags::MS_RDONLY, ""),
         mkdir("/dev", 0o755),
-        mount(
-            "tmpfs",
-            "/dev",
-            MsFlags::MS_NOSUID | strict,
-            "mode=755,size=4m,nr_inodes=64k",
-        ),
+        mount("tmpfs", "/dev", MsFlags::MS_NOSUID | strict, "mode=755,size=4m,nr_inodes=64k"),
     ];
-    let mut nodes: Vec<(String, u32, u32)> = DEVICE_NODES
-        .iter()
-        .map(|(n, a, b)| ((*n).to_owned(), *a, *b))
-        .collect();
+    let mut nodes: Vec<(String, u32, u32)> =
+        DEVICE_NODES.iter().map(|(n, a, b)| ((*n).to_owned(), *a, *b)).collect();
     if host.has_tun {
         s.push(mkdir("/dev/net", 0o755));
         nodes.push(("net/tun".to_owned(), 10, 200));
@@ -396,19 +324,11 @@ pub fn outer_plan(spec: &LaunchSpec, uuid: &uuid::Uuid, host: &HostFacts) -> Vec
         ("/dev/stderr", "/proc/self/fd/2"),
         ("/dev/ptmx", "pts/ptmx"),
     ] {
-        s.push(Step::Symlink {
-            target: p(target),
-            link: p(link),
-        });
+        s.push(Step::Symlink { target: p(target), link: p(link) });
     }
     s.extend([
         mkdir("/dev/shm", 0o1777),
-        mount(
-            "tmpfs",
-            "/dev/shm",
-            NOSUID_NODEV | strict,
-            "mode=1777,size=10%,nr_inodes=400k",
-        ),
+        mount("tmpfs", "/dev/shm", NOSUID_NODEV | strict, "mode=1777,size=10%,nr_inodes=400k"),
         mkdir("/dev/pts", 0o755),
         mount(
             "devpts",
@@ -419,40 +339,18 @@ pub fn outer_plan(spec: &LaunchSpec, uuid: &uuid::Uuid, host: &HostFacts) -> Vec
         mkdir("/dev/mqueue", 0o755),
         mkdir("/dev/hugepages", 0o755),
         mkdir("/run", 0o755),
-        mount(
-            "tmpfs",
-            "/run",
-            NOSUID_NODEV | strict,
-            "mode=755,size=20%,nr_inodes=800k",
-        ),
+        mount("tmpfs", "/run", NOSUID_NODEV | strict, "mode=755,size=20%,nr_inodes=800k"),
         mkdir("/run/host", 0o755),
-        mount(
-            "tmpfs",
-            "/run/host",
-            NOSUID_NODEV | strict,
-            "mode=755,size=1m,nr_inodes=1k",
-        ),
-        Step::Attach {
-            tree: TreeId::OsRelease,
-            target: p("/run/host/os-release"),
-            only_if_exists: false,
-        },
-        Step::WriteFile {
-            path: p("/run/host/container-manager"),
-            contents: b"mctl\n".to_vec(),
-            mode: 0o444,
-        },
+        mount("tmpfs", "/run/host", NOSUID_NODEV | strict, "mode=755,size=1m,nr_inodes=1k"),
+        Step::Attach { tree: TreeId::OsRelease, target: p("/run/host/os-release"), only_if_exists: false },
+        Step::WriteFile { path: p("/run/host/container-manager"), contents: b"mctl\n".to_vec(), mode: 0o444 },
         Step::WriteFile {
             path: p("/run/host/container-uuid"),
             contents: format!("{}\n", uuid.hyphenated()).into_bytes(),
             mode: 0o444,
         },
         mkdir("/run/host/inaccessible", 0o755),
-        Step::WriteFile {
-            path: p("/run/host/inaccessible/reg"),
-            contents: Vec::new(),
-            mode: 0,
-        },
+        Step::WriteFile { path: p("/run/host/inaccessible/reg"), contents: Vec::new(), mode: 0 },
         mkdir("/run/host/inaccessible/dir", 0),
     ]);
     for (name, kind) in [
@@ -469,23 +367,12 @@ pub fn outer_plan(spec: &LaunchSpec, uuid: &uuid::Uuid, host: &HostFacts) -> Vec
             minor: 0,
         });
     }
-    s.push(Step::Attach {
-        tree: TreeId::ResolvConf,
-        target: p("/etc/resolv.conf"),
-        only_if_exists: true,
-    });
+    s.push(Step::Attach { tree: TreeId::ResolvConf, target: p("/etc/resolv.conf"), only_if_exists: true });
     for (i, b) in spec.binds.iter().enumerate() {
-        s.push(Step::Attach {
-            tree: TreeId::Bind(i),
-            target: b.dest.clone(),
-            only_if_exists: false,
-        });
+        s.push(Step::Attach { tree: TreeId::Bind(i), target: b.dest.clone(), only_if_exists: false });
     }
     for t in &spec.tmpfs {
-        s.push(Step::MkDir {
-            path: t.dest.clone(),
-            mode: 0o755,
-        });
+        s.push(Step::MkDir { path: t.dest.clone(), mode: 0o755 });
         s.push(Step::Mount {
             source: Some("tmpfs".into()),
             target: t.dest.clone(),
@@ -500,14 +387,8 @@ pub fn outer_plan(spec: &LaunchSpec, uuid: &uuid::Uuid, host: &HostFacts) -> Vec
 
 /// `/proc` files hidden behind an empty, unreadable file (kernel internals and host-wide
 /// triggers a container must not reach).
-pub const PROC_MASKED: [&str; 6] = [
-    "/proc/kallsyms",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/sysrq-trigger",
-    "/proc/timer_list",
-    "/proc/kmsg",
-];
+pub const PROC_MASKED: [&str; 6] =
+    ["/proc/kallsyms", "/proc/kcore", "/proc/keys", "/proc/sysrq-trigger", "/proc/timer_list", "/proc/kmsg"];
 
 /// `/proc` directories made read-only.
 pub const PROC_READ_ONLY: [&str; 8] = [
@@ -523,10 +404,7 @@ pub const PROC_READ_ONLY: [&str; 8] = [
 
 /// Mounts done by the machine's PID 1 inside its namespaces; `boot_id` is fresh per boot.
 pub fn inner_plan(boot_id: &uuid::Uuid) -> Vec<Step> {
-    let mut s = vec![
-        mkdir("/proc", 0o555),
-        mount("proc", "/proc", NOSUID_NODEV_NOEXEC, ""),
-    ];
+    let mut s = vec![mkdir("/proc", 0o555), mount("proc", "/proc", NOSUID_NODEV_NOEXEC, "")];
     for dir in PROC_READ_ONLY {
         let optional = dir != "/proc/sys";
         s.push(bind_self(Path::new(dir), optional));
@@ -558,11 +436,7 @@ pub fn inner_plan(boot_id: &uuid::Uuid) -> Vec<Step> {
             data: None,
             optional: false,
         },
-        remount_ro(
-            Path::new("/proc/sys/kernel/random/boot_id"),
-            NOSUID_NODEV_NOEXEC,
-            false,
-        ),
+        remount_ro(Path::new("/proc/sys/kernel/random/boot_id"), NOSUID_NODEV_NOEXEC, false),
         Step::Remove { path: boot_id_file },
         mount("mqueue", "/dev/mqueue", NOSUID_NODEV_NOEXEC, ""),
         mount("cgroup2", "/sys/fs/cgroup", NOSUID_NODEV_NOEXEC, ""),
@@ -603,10 +477,7 @@ mod tests {
     #[test]
     fn inner_plan_masks_after_proc_and_shares_last() {
         let steps = inner_plan(&uuid::Uuid::nil());
-        let proc_at = index_of(
-            &steps,
-            |s| matches!(s, Step::Mount { fstype: Some(t), .. } if t == "proc"),
-        );
+        let proc_at = index_of(&steps, |s| matches!(s, Step::Mount { fstype: Some(t), .. } if t == "proc"));
         let mask_at = index_of(
             &steps,
             |s| matches!(s, Step::Mount { target, .. } if target == Path::new("/proc/sysrq-trigger")),
@@ -634,11 +505,8 @@ mod tests {
     #[test]
     fn missing_optional_attach_is_skipped_and_required_one_fails() {
         let sys = FakeSys::new();
-        let optional = [Step::Attach {
-            tree: TreeId::ResolvConf,
-            target: p("/etc/resolv.conf"),
-            only_if_exists: true,
-        }];
+        let optional =
+            [Step::Attach { tree: TreeId::ResolvConf, target: p("/etc/resolv.conf"), only_if_exists: true }];
         apply(&sys, &Trees::default(), &optional).unwrap();
         let required = [Step::Attach {
             tree: TreeId::OsRelease,

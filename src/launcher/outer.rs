@@ -8,9 +8,7 @@ use std::path::Path;
 
 use nix::sched::{CloneFlags, unshare};
 use nix::sys::signal::Signal;
-use nix::sys::socket::{
-    AddressFamily, SockFlag, SockType, UnixAddr, bind, setsockopt, socket, sockopt,
-};
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, bind, setsockopt, socket, sockopt};
 
 use crate::sys::linux::{self, Forked, LinuxSys};
 
@@ -25,13 +23,7 @@ pub(super) fn run(ctx: &ChildContext<'_>, chan: &Channel) -> ! {
     match outer(ctx, chan) {
         Ok(()) => linux::exit_now(0),
         Err(e) => {
-            let _ = chan.send(
-                &Message::Failed {
-                    error: e.to_string(),
-                    exit_code: e.exit_code(),
-                },
-                &[],
-            );
+            let _ = chan.send(&Message::Failed { error: e.to_string(), exit_code: e.exit_code() }, &[]);
             linux::exit_now(1)
         }
     }
@@ -39,27 +31,17 @@ pub(super) fn run(ctx: &ChildContext<'_>, chan: &Channel) -> ! {
 
 fn outer(ctx: &ChildContext<'_>, chan: &Channel) -> Result<(), ChildError> {
     // If the launcher dies during setup, so does its half-built machine.
-    linux::set_parent_death_signal(Signal::SIGKILL)
-        .map_err(ChildError::step("set parent death signal"))?;
+    linux::set_parent_death_signal(Signal::SIGKILL).map_err(ChildError::step("set parent death signal"))?;
     for procs in &ctx.payload_procs {
         fs::write(procs, "0").map_err(ChildError::path_step("join cgroup", procs))?;
     }
-    unshare(CloneFlags::CLONE_NEWNS)
-        .map_err(|e| ChildError::Step("create mount namespace", e.into()))?;
+    unshare(CloneFlags::CLONE_NEWNS).map_err(|e| ChildError::Step("create mount namespace", e.into()))?;
     let sys = LinuxSys;
     // Receive mounts from the host but never send any back to it.
     mounts::apply(&sys, &Trees::default(), &mounts::isolate_plan())?;
     let trees = open_host_trees(ctx)?;
-    mounts::apply(
-        &sys,
-        &trees,
-        &mounts::root_plan(&ctx.spec.root, ctx.spec.read_only),
-    )?;
-    mounts::apply(
-        &sys,
-        &trees,
-        &mounts::outer_plan(ctx.spec, &ctx.uuid, &ctx.host),
-    )?;
+    mounts::apply(&sys, &trees, &mounts::root_plan(&ctx.spec.root, ctx.spec.read_only))?;
+    mounts::apply(&sys, &trees, &mounts::outer_plan(ctx.spec, &ctx.uuid, &ctx.host))?;
     drop(trees);
 
     let notify = socket(
@@ -71,8 +53,7 @@ fn outer(ctx: &ChildContext<'_>, chan: &Channel) -> Result<(), ChildError> {
     .map_err(|e| ChildError::Step("create notify socket", e.into()))?;
     let addr = UnixAddr::new(super::notify::GUEST_NOTIFY_PATH)
         .map_err(|e| ChildError::Step("bind notify socket", e.into()))?;
-    bind(notify.as_raw_fd(), &addr)
-        .map_err(|e| ChildError::Step("bind notify socket", e.into()))?;
+    bind(notify.as_raw_fd(), &addr).map_err(|e| ChildError::Step("bind notify socket", e.into()))?;
     setsockopt(&notify, sockopt::PassCred, &true)
         .map_err(|e| ChildError::Step("enable notify credentials", e.into()))?;
     chan.send(&Message::NotifySocket, &[notify.as_fd()])?;
@@ -92,8 +73,7 @@ fn outer(ctx: &ChildContext<'_>, chan: &Channel) -> Result<(), ChildError> {
 
     unshare(CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC)
         .map_err(|e| ChildError::Step("create pid, uts and ipc namespaces", e.into()))?;
-    nix::unistd::sethostname(ctx.spec.hostname())
-        .map_err(|e| ChildError::Step("set hostname", e.into()))?;
+    nix::unistd::sethostname(ctx.spec.hostname()).map_err(|e| ChildError::Step("set hostname", e.into()))?;
     match linux::fork().map_err(ChildError::step("fork the machine's PID 1"))? {
         Forked::Child => inner::run(ctx, chan, console.as_deref()),
         Forked::Parent(pid) => chan.send(&Message::InnerPid(pid), &[])?,
@@ -105,36 +85,25 @@ fn outer(ctx: &ChildContext<'_>, chan: &Channel) -> Result<(), ChildError> {
 /// reachable; read-only ones are made so before they are attached.
 fn open_host_trees(ctx: &ChildContext<'_>) -> Result<Trees, ChildError> {
     let mut trees = Trees::default();
-    let os_release = ["/etc/os-release", "/usr/lib/os-release"]
-        .iter()
-        .map(Path::new)
-        .find(|p| p.exists())
-        .ok_or_else(|| {
-            ChildError::Step(
-                "find the host's os-release",
-                std::io::ErrorKind::NotFound.into(),
-            )
-        })?;
-    let ro_tree =
-        |path: &Path, recursive: bool, ro: bool| -> Result<std::os::fd::OwnedFd, ChildError> {
-            let fd = linux::open_tree(path, recursive)
-                .map_err(ChildError::path_step("open host path", path))?;
-            if ro {
-                linux::set_tree_readonly(fd.as_fd(), recursive)
-                    .map_err(ChildError::path_step("make read-only", path))?;
-            }
-            Ok(fd)
-        };
+    let os_release =
+        ["/etc/os-release", "/usr/lib/os-release"].iter().map(Path::new).find(|p| p.exists()).ok_or_else(
+            || ChildError::Step("find the host's os-release", std::io::ErrorKind::NotFound.into()),
+        )?;
+    let ro_tree = |path: &Path, recursive: bool, ro: bool| -> Result<std::os::fd::OwnedFd, ChildError> {
+        let fd = linux::open_tree(path, recursive).map_err(ChildError::path_step("open host path", path))?;
+        if ro {
+            linux::set_tree_readonly(fd.as_fd(), recursive)
+                .map_err(ChildError::path_step("make read-only", path))?;
+        }
+        Ok(fd)
+    };
     trees.insert(TreeId::OsRelease, ro_tree(os_release, false, true)?);
     let resolv = Path::new("/etc/resolv.conf");
     if resolv.exists() {
         trees.insert(TreeId::ResolvConf, ro_tree(resolv, false, true)?);
     }
     for (i, b) in ctx.spec.binds.iter().enumerate() {
-        trees.insert(
-            TreeId::Bind(i),
-            ro_tree(&b.source, b.recursive, b.read_only)?,
-        );
+        trees.insert(TreeId::Bind(i), ro_tree(&b.source, b.recursive, b.read_only)?);
     }
     Ok(trees)
 }

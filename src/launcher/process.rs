@@ -97,59 +97,32 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32, LaunchError> {
     if let Some(b) = spec.binds.iter().find(|b| !b.source.exists()) {
         return Err(LaunchError::BindSource(b.source.clone()));
     }
-    let uuid = tree
-        .machine_id()
-        .or(spec.uuid)
-        .unwrap_or_else(uuid::Uuid::new_v4);
+    let uuid = tree.machine_id().or(spec.uuid).unwrap_or_else(uuid::Uuid::new_v4);
     let (capabilities, missing) = security::grantable(&spec.capabilities.wanted());
     if !missing.is_empty() {
         // Only what was asked for explicitly deserves a warning; a default capability the
         // host lacks (CAP_SYS_RESOURCE on some VMs) is routine.
         let names: Vec<String> = missing.iter().map(|c| c.to_string()).collect();
         if missing.iter().any(|c| spec.capabilities.add.contains(c)) {
-            tracing::warn!(
-                "the host does not grant {}; the machine runs without",
-                names.join(", ")
-            );
+            tracing::warn!("the host does not grant {}; the machine runs without", names.join(", "));
         } else {
-            tracing::debug!(
-                "the host does not grant {}; the machine runs without",
-                names.join(", ")
-            );
+            tracing::debug!("the host does not grant {}; the machine runs without", names.join(", "));
         }
     }
-    let host = HostFacts {
-        has_tun: std::path::Path::new("/dev/net/tun").exists(),
-    };
+    let host = HostFacts { has_tun: std::path::Path::new("/dev/net/tun").exists() };
     let env = base_env(spec, &uuid);
 
     linux::set_child_subreaper().map_err(|e| LaunchError::Setup("become child subreaper", e))?;
     // Signals are handled synchronously through a signalfd; the children undo this mask.
     let mut mask = SigSet::empty();
-    for s in [
-        Signal::SIGCHLD,
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGHUP,
-        Signal::SIGWINCH,
-    ] {
+    for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGWINCH] {
         mask.add(s);
     }
-    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
-        .map_err(LaunchError::setup("block signals"))?;
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None).map_err(LaunchError::setup("block signals"))?;
     let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(LaunchError::setup("create signalfd"))?;
 
-    if !spec.quiet {
-        eprintln!(
-            "Spawning container {} on {}.",
-            spec.name,
-            tree.path().display()
-        );
-        if spec.console == ConsoleMode::Interactive {
-            eprintln!("Press ^] three times within 1s to kill container.");
-        }
-    }
+    let mut first_run = true;
     loop {
         let ctx = ChildContext {
             spec,
@@ -160,7 +133,8 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32, LaunchError> {
             capabilities: capabilities.clone(),
             env: env.clone(),
         };
-        match run_once(ctx, &sigfd)? {
+        let announce = std::mem::take(&mut first_run) && !spec.quiet;
+        match run_once(ctx, &sigfd, announce)? {
             Outcome::Exit(code) => return Ok(code),
             Outcome::Reboot if spec.keep_unit => return Ok(EXIT_REBOOT),
             Outcome::Reboot => continue,
@@ -177,10 +151,7 @@ fn base_env(spec: &LaunchSpec, uuid: &uuid::Uuid) -> Vec<(String, String)> {
         ("HOME".to_owned(), "/root".to_owned()),
         ("USER".to_owned(), "root".to_owned()),
         ("LOGNAME".to_owned(), "root".to_owned()),
-        (
-            "NOTIFY_SOCKET".to_owned(),
-            super::notify::GUEST_NOTIFY_PATH.to_owned(),
-        ),
+        ("NOTIFY_SOCKET".to_owned(), super::notify::GUEST_NOTIFY_PATH.to_owned()),
     ];
     if let Ok(term) = std::env::var("TERM") {
         env.push(("TERM".to_owned(), term));
@@ -188,9 +159,8 @@ fn base_env(spec: &LaunchSpec, uuid: &uuid::Uuid) -> Vec<(String, String)> {
     if !spec.is_boot() {
         env.push(("LANG".to_owned(), "C.UTF-8".to_owned()));
     }
-    let host_os = ["/etc/os-release", "/usr/lib/os-release"]
-        .iter()
-        .find_map(|p| std::fs::read_to_string(p).ok());
+    let host_os =
+        ["/etc/os-release", "/usr/lib/os-release"].iter().find_map(|p| std::fs::read_to_string(p).ok());
     env.extend(host_os_env(&host_os.unwrap_or_default()));
     env
 }
@@ -209,9 +179,15 @@ impl Drop for Reaper {
     }
 }
 
-fn run_once(mut ctx: ChildContext<'_>, sigfd: &SignalFd) -> Result<Outcome, LaunchError> {
+fn run_once(mut ctx: ChildContext<'_>, sigfd: &SignalFd, announce: bool) -> Result<Outcome, LaunchError> {
     let spec = ctx.spec;
     let cgroup = MachineCgroup::create(&spec.cgroup, spec.name.as_str(), spec.keep_unit)?;
+    if announce {
+        eprintln!("Spawning container {} on {}.", spec.name, spec.root.display());
+        if spec.console == ConsoleMode::Interactive {
+            eprintln!("Press ^] three times within 1s to kill container.");
+        }
+    }
     ctx.payload_procs = cgroup.payload_procs();
     let (ours, theirs) = Channel::pair()?;
     let mut reaper = Reaper { pids: Vec::new() };
@@ -236,11 +212,7 @@ fn run_once(mut ctx: ChildContext<'_>, sigfd: &SignalFd) -> Result<Outcome, Laun
                 return Err(LaunchError::Child { error, exit_code });
             }
             Some((other, _)) => {
-                return Err(ChannelError::Unexpected {
-                    expected: "machine setup",
-                    got: Some(other),
-                }
-                .into());
+                return Err(ChannelError::Unexpected { expected: "machine setup", got: Some(other) }.into());
             }
             None => {
                 return Err(LaunchError::Child {
@@ -255,10 +227,7 @@ fn run_once(mut ctx: ChildContext<'_>, sigfd: &SignalFd) -> Result<Outcome, Laun
     let _ = waitpid(outer_pid, None);
     reaper.pids.retain(|p| *p != outer_pid);
     let notify = NotifyRelay::new(
-        notify_fd.ok_or(ChannelError::Unexpected {
-            expected: "notify socket",
-            got: None,
-        })?,
+        notify_fd.ok_or(ChannelError::Unexpected { expected: "notify socket", got: None })?,
         pid1.as_raw(),
     );
 
@@ -270,10 +239,9 @@ fn run_once(mut ctx: ChildContext<'_>, sigfd: &SignalFd) -> Result<Outcome, Laun
     reaper.pids.clear();
 
     let console = match master {
-        Some(m) if spec.console != ConsoleMode::Pipe => Some(
-            Console::new(m, spec.console)
-                .map_err(|e| LaunchError::Setup("set up the console", e))?,
-        ),
+        Some(m) if spec.console != ConsoleMode::Pipe => {
+            Some(Console::new(m, spec.console).map_err(|e| LaunchError::Setup("set up the console", e))?)
+        }
         _ => None,
     };
     tell_supervisor(&[
@@ -288,11 +256,7 @@ fn run_once(mut ctx: ChildContext<'_>, sigfd: &SignalFd) -> Result<Outcome, Laun
     let outcome = decode(spec, status);
     tell_supervisor(&[
         NotifyState::Stopping,
-        NotifyState::Status(if outcome == Outcome::Reboot {
-            "Restarting..."
-        } else {
-            "Terminating..."
-        }),
+        NotifyState::Status(if outcome == Outcome::Reboot { "Restarting..." } else { "Terminating..." }),
     ]);
     if let Err(e) = cgroup.remove() {
         tracing::warn!("{e}");
@@ -308,22 +272,17 @@ fn supervise(
     notify: &NotifyRelay,
     mut console: Option<Console>,
 ) -> Result<WaitStatus, LaunchError> {
-    let epoll =
-        Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(LaunchError::setup("create epoll"))?;
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(LaunchError::setup("create epoll"))?;
     epoll
         .add(sigfd, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_SIGNAL))
         .map_err(LaunchError::setup("watch signals"))?;
     // SAFETY: the relay owns this fd for the whole loop, which ends before the relay is dropped.
     let notify_fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(notify.fd()) };
     epoll
-        .add(
-            notify_fd,
-            EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_NOTIFY),
-        )
+        .add(notify_fd, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_NOTIFY))
         .map_err(LaunchError::setup("watch notify socket"))?;
     if let Some(c) = &console {
-        c.register(&epoll)
-            .map_err(|e| LaunchError::Setup("watch the console", e))?;
+        c.register(&epoll).map_err(|e| LaunchError::Setup("watch the console", e))?;
     }
     let mut stop_requests = 0;
     let mut ready = false;
@@ -368,9 +327,7 @@ fn supervise(
                                 }
                             }
                             GuestNotice::Status(s) => {
-                                tell_supervisor(&[NotifyState::Status(&format!(
-                                    "Container running: {s}"
-                                ))]);
+                                tell_supervisor(&[NotifyState::Status(&format!("Container running: {s}"))]);
                             }
                             _ => {}
                         }
@@ -401,11 +358,7 @@ fn request_stop(spec: &LaunchSpec, pid1: Pid, received: Signal, count: u32) {
     } else {
         SignalNumber(received as i32)
     });
-    let sig = if count == 1 {
-        first.0
-    } else {
-        Signal::SIGKILL as i32
-    };
+    let sig = if count == 1 { first.0 } else { Signal::SIGKILL as i32 };
     // SAFETY: kill(2) with a pid we own (our child) and a valid signal number; no memory is
     // involved. nix's Signal cannot name realtime signals, hence libc.
     unsafe { libc::kill(pid1.as_raw(), sig) };

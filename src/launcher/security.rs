@@ -60,11 +60,7 @@ pub fn parse_caps(list: &str) -> Result<CapsHashSet, BadCapability> {
             continue;
         }
         let upper = item.to_ascii_uppercase();
-        let full = if upper.starts_with("CAP_") {
-            upper
-        } else {
-            format!("CAP_{upper}")
-        };
+        let full = if upper.starts_with("CAP_") { upper } else { format!("CAP_{upper}") };
         out.insert(Capability::from_str(&full).map_err(|_| BadCapability(item.to_owned()))?);
     }
     Ok(out)
@@ -97,11 +93,7 @@ pub fn apply_bounding_set(keep: &CapsHashSet) -> Result<(), caps::errors::CapsEr
         }
     }
     let inheritable: CapsHashSet = caps::read(None, CapSet::Inheritable)?;
-    caps::set(
-        None,
-        CapSet::Inheritable,
-        &inheritable.intersection(keep).copied().collect(),
-    )
+    caps::set(None, CapSet::Inheritable, &inheritable.intersection(keep).copied().collect())
 }
 
 /// Resource limits like those the kernel gives a real PID 1, clamped to what the host allows

@@ -136,9 +136,7 @@ pub enum SpecError {
     #[error("invalid environment assignment '{0}' (expected NAME=VALUE or NAME)")]
     BadEnv(String),
     /// A destination that would hide the machine's API filesystems.
-    #[error(
-        "{what} destination '{path}' would cover the machine's root or a filesystem mctl sets up"
-    )]
+    #[error("{what} destination '{path}' would cover the machine's root or a filesystem mctl sets up")]
     ReservedDest {
         /// Which option.
         what: &'static str,
@@ -150,10 +148,7 @@ pub enum SpecError {
 fn absolute(what: &'static str, p: &str) -> Result<PathBuf, SpecError> {
     let path = Path::new(p);
     if !path.is_absolute() {
-        return Err(SpecError::NotAbsolute {
-            what,
-            path: p.to_owned(),
-        });
+        return Err(SpecError::NotAbsolute { what, path: p.to_owned() });
     }
     Ok(normalize(path))
 }
@@ -168,10 +163,7 @@ fn check_dest(what: &'static str, dest: &Path) -> Result<(), SpecError> {
     // Covering these would break the machine or defeat the sandbox (a writable /proc/sys).
     const RESERVED: [&str; 4] = ["/", "/proc", "/sys", "/dev"];
     if RESERVED.iter().any(|r| dest == Path::new(r)) {
-        return Err(SpecError::ReservedDest {
-            what,
-            path: dest.display().to_string(),
-        });
+        return Err(SpecError::ReservedDest { what, path: dest.display().to_string() });
     }
     Ok(())
 }
@@ -182,11 +174,7 @@ pub fn parse_bind(arg: &str, read_only: bool, cwd: &Path) -> Result<BindMount, S
     let what = if read_only { "--bind-ro" } else { "--bind" };
     let mut parts = arg.splitn(3, ':');
     let src = parts.next().unwrap_or_default();
-    let source = if Path::new(src).is_absolute() {
-        normalize(Path::new(src))
-    } else {
-        cwd.join(src)
-    };
+    let source = if Path::new(src).is_absolute() { normalize(Path::new(src)) } else { cwd.join(src) };
     let dest = match parts.next() {
         Some(d) if !d.is_empty() => absolute(what, d)?,
         _ => absolute(what, &source.to_string_lossy())?,
@@ -198,21 +186,13 @@ pub fn parse_bind(arg: &str, read_only: bool, cwd: &Path) -> Result<BindMount, S
                 "rbind" => recursive = true,
                 "norbind" => recursive = false,
                 other => {
-                    return Err(SpecError::UnknownOption {
-                        what,
-                        option: other.to_owned(),
-                    });
+                    return Err(SpecError::UnknownOption { what, option: other.to_owned() });
                 }
             }
         }
     }
     check_dest(what, &dest)?;
-    Ok(BindMount {
-        source,
-        dest,
-        read_only,
-        recursive,
-    })
+    Ok(BindMount { source, dest, read_only, recursive })
 }
 
 /// Parses `PATH[:OPTIONS]` (nspawn's `--tmpfs` syntax).
@@ -250,34 +230,15 @@ mod tests {
         let cwd = Path::new("/work");
         assert_eq!(
             parse_bind("/a", false, cwd).unwrap(),
-            BindMount {
-                source: "/a".into(),
-                dest: "/a".into(),
-                read_only: false,
-                recursive: true
-            }
+            BindMount { source: "/a".into(), dest: "/a".into(), read_only: false, recursive: true }
         );
         assert_eq!(
             parse_bind("rel:/x/:norbind", true, cwd).unwrap(),
-            BindMount {
-                source: "/work/rel".into(),
-                dest: "/x".into(),
-                read_only: true,
-                recursive: false
-            }
+            BindMount { source: "/work/rel".into(), dest: "/x".into(), read_only: true, recursive: false }
         );
-        assert!(matches!(
-            parse_bind("/a:x", false, cwd),
-            Err(SpecError::NotAbsolute { .. })
-        ));
-        assert!(matches!(
-            parse_bind("/a:/b:idmapx", false, cwd),
-            Err(SpecError::UnknownOption { .. })
-        ));
-        assert!(matches!(
-            parse_bind("/a:/proc", false, cwd),
-            Err(SpecError::ReservedDest { .. })
-        ));
+        assert!(matches!(parse_bind("/a:x", false, cwd), Err(SpecError::NotAbsolute { .. })));
+        assert!(matches!(parse_bind("/a:/b:idmapx", false, cwd), Err(SpecError::UnknownOption { .. })));
+        assert!(matches!(parse_bind("/a:/proc", false, cwd), Err(SpecError::ReservedDest { .. })));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The minimal PID 1 of `mctl run --as-pid2`: forwards termination signals to the command
 //! (PID 2), reaps every orphan, and exits with the command's status (128+N when a signal N
-//! killed it). It runs from a sealed in-memory copy of the mctl binary.
+//! killed it). It is the forked launcher code itself, running from a sealed in-memory copy of
+//! the mctl binary (see `ensure_running_from_sealed_copy`).
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};

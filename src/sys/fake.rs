@@ -27,10 +27,7 @@ impl FakeSys {
 
     /// A fake whose detached trees are directories.
     pub fn with_dir_trees() -> Self {
-        Self {
-            trees_are_dirs: true,
-            ..Self::default()
-        }
+        Self { trees_are_dirs: true, ..Self::default() }
     }
 
     /// Marks `path` as existing.
@@ -90,43 +87,18 @@ impl Sys for FakeSys {
         self.record(path, format!("mkdir {} {:o}", path.display(), mode))
     }
 
-    fn mknod(
-        &self,
-        path: &Path,
-        kind: NodeKind,
-        mode: u32,
-        major: u32,
-        minor: u32,
-    ) -> io::Result<()> {
-        self.record(
-            path,
-            format!(
-                "mknod {} {:?} {:o} {}:{}",
-                path.display(),
-                kind,
-                mode,
-                major,
-                minor
-            ),
-        )
+    fn mknod(&self, path: &Path, kind: NodeKind, mode: u32, major: u32, minor: u32) -> io::Result<()> {
+        self.record(path, format!("mknod {} {:?} {:o} {}:{}", path.display(), kind, mode, major, minor))
     }
 
     fn symlink(&self, target: &Path, link: &Path) -> io::Result<()> {
-        self.record(
-            link,
-            format!("symlink {} -> {}", link.display(), target.display()),
-        )
+        self.record(link, format!("symlink {} -> {}", link.display(), target.display()))
     }
 
     fn write_file(&self, path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
         self.record(
             path,
-            format!(
-                "write {} {:o} {:?}",
-                path.display(),
-                mode,
-                String::from_utf8_lossy(contents)
-            ),
+            format!("write {} {:o} {:?}", path.display(), mode, String::from_utf8_lossy(contents)),
         )
     }
 

@@ -39,20 +39,10 @@ impl Sys for LinuxSys {
     }
 
     fn mkdir_all(&self, path: &Path, mode: u32) -> io::Result<()> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(mode)
-            .create(path)
+        fs::DirBuilder::new().recursive(true).mode(mode).create(path)
     }
 
-    fn mknod(
-        &self,
-        path: &Path,
-        kind: NodeKind,
-        mode: u32,
-        major: u32,
-        minor: u32,
-    ) -> io::Result<()> {
+    fn mknod(&self, path: &Path, kind: NodeKind, mode: u32, major: u32, minor: u32) -> io::Result<()> {
         let kind = match kind {
             NodeKind::Char => SFlag::S_IFCHR,
             NodeKind::Block => SFlag::S_IFBLK,
@@ -71,12 +61,7 @@ impl Sys for LinuxSys {
     }
 
     fn write_file(&self, path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(path)?;
+        let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(path)?;
         f.write_all(contents)?;
         f.set_permissions(fs::Permissions::from_mode(mode))
     }
@@ -110,11 +95,7 @@ impl Sys for LinuxSys {
 }
 
 fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
 }
 
 /// Clones the mount at `path` (recursively when `recursive`) into a detached tree that can be
@@ -127,20 +108,15 @@ pub fn open_tree(path: &Path, recursive: bool) -> io::Result<OwnedFd> {
     }
     // SAFETY: `c` is a NUL-terminated path that outlives the call; open_tree only reads it and
     // returns a new fd that nothing else owns, which we wrap immediately.
-    let fd =
-        check(unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) })?;
+    let fd = check(unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) })?;
     // SAFETY: the kernel just returned this fd to us; we are its only owner.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// Makes every mount of the detached tree `tree` read-only (recursively when `recursive`).
 pub fn set_tree_readonly(tree: BorrowedFd<'_>, recursive: bool) -> io::Result<()> {
-    let attr = libc::mount_attr {
-        attr_set: libc::MOUNT_ATTR_RDONLY,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: 0,
-    };
+    let attr =
+        libc::mount_attr { attr_set: libc::MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: 0 };
     let mut flags = libc::AT_EMPTY_PATH;
     if recursive {
         flags |= libc::AT_RECURSIVE;
@@ -181,11 +157,7 @@ pub fn move_mount(tree: BorrowedFd<'_>, target: &Path) -> io::Result<()> {
 /// symlinks and magic links cannot lead outside it.
 pub fn open_in_root(root: BorrowedFd<'_>, path: &Path, flags: libc::c_int) -> io::Result<OwnedFd> {
     let rel = path.strip_prefix("/").unwrap_or(path);
-    let rel = if rel.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        rel
-    };
+    let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
     let c = cpath(rel)?;
     // SAFETY: open_how is plain data; zeroed is a valid value that we then fill in.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
@@ -256,11 +228,15 @@ pub fn close_fds_from(first: u32) -> io::Result<()> {
     // SAFETY: close_range takes plain integers; the caller owns no Rust object referring to
     // these fds any more (it is about to exec).
     let r = unsafe { libc::close_range(first, u32::MAX, 0) };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Marks every fd from `first` upwards close-on-exec, so an exec leaves only stdio open
+/// while a failed exec can still report through them.
+pub fn cloexec_fds_from(first: u32) -> io::Result<()> {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets a flag on fds; none is closed.
+    let r = unsafe { libc::close_range(first, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int) };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
 /// Opens a new pty master from the devpts instance whose `ptmx` is at `ptmx`, unlocks it and
@@ -311,31 +287,39 @@ pub fn set_window_size(fd: BorrowedFd<'_>, ws: &libc::winsize) -> io::Result<()>
     Ok(())
 }
 
-/// Copies the running executable into a sealed memfd and returns it, so a long-lived process
-/// inside a machine can run this program without holding a reference to the host's binary
-/// (which a container root could otherwise reopen through `/proc/PID/exe` and overwrite).
-pub fn sealed_copy_of_self() -> io::Result<OwnedFd> {
-    let mut exe = fs::File::open("/proc/self/exe")?;
+/// Makes this process run from a sealed in-memory copy of its executable, re-executing itself
+/// once if needed. A process that stays inside a machine (the reaper of `run --as-pid2`) must
+/// not reference the host's binary: a container root could reopen it through `/proc/PID/exe`
+/// and overwrite it (CVE-2019-5736). Call only while single-threaded.
+pub fn ensure_running_from_sealed_copy() -> io::Result<()> {
+    let exe = fs::read_link("/proc/self/exe")?;
+    if exe.as_os_str().as_bytes().starts_with(b"/memfd:") {
+        return Ok(());
+    }
+    let mut src = fs::File::open("/proc/self/exe")?;
     // SAFETY: the name is a static NUL-terminated string; memfd_create returns a new fd.
-    let fd = unsafe {
-        libc::memfd_create(
-            c"mctl-stub-init".as_ptr(),
-            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
-        )
-    };
+    let fd = unsafe { libc::memfd_create(c"mctl".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: the kernel just returned this fd to us; we are its only owner.
     let memfd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut out = fs::File::from(memfd.try_clone()?);
-    io::copy(&mut exe, &mut out)?;
+    io::copy(&mut src, &mut fs::File::from(memfd.try_clone()?))?;
     let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
     // SAFETY: F_ADD_SEALS takes an integer argument; the fd is live.
     if unsafe { libc::fcntl(memfd.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(memfd)
+    let argv: Vec<CString> = std::env::args_os().filter_map(|a| CString::new(a.as_bytes()).ok()).collect();
+    let envp: Vec<CString> = std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            CString::new(kv).ok()
+        })
+        .collect();
+    Err(fexecve(memfd.as_fd(), &argv, &envp))
 }
 
 /// execve(2) of the file behind `fd`.

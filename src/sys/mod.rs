@@ -42,14 +42,7 @@ pub trait Sys {
     /// `mkdir -p` with `mode` for the directories it creates.
     fn mkdir_all(&self, path: &Path, mode: u32) -> io::Result<()>;
     /// mknod(2) with exactly `mode` (umask ignored).
-    fn mknod(
-        &self,
-        path: &Path,
-        kind: NodeKind,
-        mode: u32,
-        major: u32,
-        minor: u32,
-    ) -> io::Result<()>;
+    fn mknod(&self, path: &Path, kind: NodeKind, mode: u32, major: u32, minor: u32) -> io::Result<()>;
     /// symlink(2): `link` pointing at `target`.
     fn symlink(&self, target: &Path, link: &Path) -> io::Result<()>;
     /// Creates or truncates `path` with `contents` and exactly `mode`.

@@ -1,0 +1,212 @@
+//! `mctl boot` of a real Debian bookworm with systemd, checked from outside.
+
+mod common;
+
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn host_cap_bnd() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    u64::from_str_radix(status.lines().find_map(|l| l.strip_prefix("CapBnd:")).unwrap().trim(), 16).unwrap()
+}
+
+fn proc_field(pid: i32, file: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default()
+}
+
+#[test]
+fn boots_to_running_and_powers_off_cleanly() {
+    let s = scratch();
+    let dir = copy_tree(debian_tree(), s.path(), "bootok");
+    let mut m = Machine::boot(&dir, s.path(), &[]);
+
+    // systemd's own verdict.
+    assert_eq!(m.sh("systemctl is-system-running --wait"), "running", "log:\n{}", m.log_text());
+    assert_eq!(m.sh("systemctl --failed --no-legend --plain"), "");
+    assert_eq!(m.sh("systemd-detect-virt --container"), "container-other");
+    // PID 1 is the tree's systemd, in its own namespaces, named after the directory.
+    assert_eq!(proc_field(m.leader, "comm").trim(), "systemd");
+    for ns in ["mnt", "pid", "uts", "ipc", "cgroup"] {
+        let host = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+        let guest = std::fs::read_link(format!("/proc/{}/ns/{ns}", m.leader)).unwrap();
+        assert_ne!(host, guest, "{ns} namespace is shared with the host");
+    }
+    assert_eq!(m.sh("hostname"), "bootok");
+    let environ = proc_field(m.leader, "environ");
+    assert!(environ.split('\0').any(|v| v == "container=mctl"), "{environ:?}");
+    let uuid =
+        environ.split('\0').find_map(|v| v.strip_prefix("container_uuid=")).expect("container_uuid set");
+    assert_eq!(m.sh("cat /etc/machine-id"), uuid.replace('-', ""));
+    assert_eq!(m.sh("cat /run/host/container-uuid"), uuid);
+    assert_eq!(m.sh("cat /run/host/container-manager"), "mctl");
+
+    // Mounts as the checklist wants them.
+    let mounts = m.sh("findmnt -rn -o TARGET,FSTYPE,OPTIONS");
+    let opts = |target: &str| -> String {
+        mounts
+            .lines()
+            .find(|l| l.split(' ').next() == Some(target))
+            .unwrap_or_else(|| panic!("{target} not mounted:\n{mounts}"))
+            .to_owned()
+    };
+    assert!(opts("/proc/sys").contains(" ro,"), "{}", opts("/proc/sys"));
+    assert!(opts("/sys").contains("sysfs ro,"), "{}", opts("/sys"));
+    assert!(opts("/dev").starts_with("/dev tmpfs rw,nosuid"), "{}", opts("/dev"));
+    assert!(opts("/dev/pts").contains("devpts"), "{}", opts("/dev/pts"));
+    assert!(opts("/run").contains("tmpfs"));
+    assert!(opts("/tmp").contains("tmpfs"));
+    assert!(opts("/run/host").contains(" ro,"));
+    assert!(opts("/sys/fs/cgroup").starts_with("/sys/fs/cgroup cgroup2 rw"), "{}", opts("/sys/fs/cgroup"));
+    assert!(opts("/proc/kallsyms").contains(" ro,"), "kallsyms is not masked");
+    assert_eq!(m.sh("readlink /dev/console"), "pts/0");
+    assert_eq!(m.sh("test -e /dev/kmsg && echo present || echo absent"), "absent");
+    assert_eq!(
+        m.sh("echo 1 > /proc/sys/kernel/domainname 2>/dev/null && echo writable || echo denied"),
+        "denied"
+    );
+
+    // Capabilities: nspawn's default set, as far as the host grants it.
+    let defaults: u64 =
+        [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 18, 19, 21, 22, 23, 24, 26, 27, 28, 29, 30, 31]
+            .iter()
+            .map(|b| 1u64 << b)
+            .sum();
+    let status = proc_field(m.leader, "status");
+    let bnd = u64::from_str_radix(status.lines().find_map(|l| l.strip_prefix("CapBnd:")).unwrap().trim(), 16)
+        .unwrap();
+    assert_eq!(bnd, defaults & host_cap_bnd());
+
+    // A clean poweroff on SIGTERM: systemd's halt, exit 0, nothing left.
+    let leader = m.leader;
+    let st = m.stop();
+    assert_eq!(st.code(), Some(0), "log:\n{}", m.log_text());
+    let log = m.log_text();
+    assert!(log.contains("Reached target") && log.contains("System Halt"), "no clean shutdown:\n{log}");
+    assert!(log.contains("Container bootok has been shut down."));
+    assert!(!std::path::Path::new(&format!("/proc/{leader}")).exists());
+    assert_no_leaks("bootok", &dir);
+}
+
+#[test]
+fn reboot_restarts_or_exits_133_with_keep_unit() {
+    let s = scratch();
+    let dir = copy_tree(debian_tree(), s.path(), "bootre");
+
+    let mut m = Machine::boot(&dir, s.path(), &["--keep-unit"]);
+    m.exec(&["systemctl", "reboot"]);
+    let st = m.wait(Duration::from_secs(60)).expect("mctl exits after reboot");
+    assert_eq!(st.code(), Some(133), "log:\n{}", m.log_text());
+    assert_no_leaks("bootre", &dir);
+    drop(m);
+
+    let s2 = scratch();
+    let mut m = Machine::boot(&dir, s2.path(), &[]);
+    let first = m.leader;
+    m.exec(&["systemctl", "reboot"]);
+    let second = m.notify.wait_leader(1, BOOT_TIMEOUT).expect("machine came back after reboot");
+    assert_ne!(first, second);
+    m.leader = second;
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    while m.notify.ready_count() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(m.notify.ready_count(), 2, "second boot not ready; log:\n{}", m.log_text());
+    assert_eq!(m.sh("systemctl is-system-running --wait"), "running");
+    // A poweroff from inside ends mctl with success.
+    m.exec(&["systemctl", "poweroff"]);
+    let st = m.wait(Duration::from_secs(60)).expect("mctl exits after poweroff");
+    assert_eq!(st.code(), Some(0), "log:\n{}", m.log_text());
+    assert_no_leaks("bootre", &dir);
+}
+
+#[test]
+fn pid1_dying_abnormally_is_an_error() {
+    let s = scratch();
+    let dir = copy_tree(debian_tree(), s.path(), "bootkill");
+    let mut m = Machine::boot(&dir, s.path(), &["--console=passive"]);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(m.leader), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let st = m.wait(Duration::from_secs(30)).expect("mctl exits");
+    assert_eq!(st.code(), Some(137));
+    assert!(m.log_text().contains("terminated by signal SIGKILL"));
+    assert_no_leaks("bootkill", &dir);
+}
+
+/// Reads the pty master on a thread; chunks arrive on the channel.
+fn pty_reader(master: &OwnedFd) -> mpsc::Receiver<Vec<u8>> {
+    let fd = nix::unistd::dup(master).unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut f = std::fs::File::from(fd);
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = std::io::Read::read(&mut f, &mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn expect_output(rx: &mpsc::Receiver<Vec<u8>>, seen: &mut String, needle: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while !seen.contains(needle) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(chunk) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+            Err(_) => panic!("{needle:?} did not appear; output so far:\n{seen}"),
+        }
+    }
+}
+
+#[test]
+fn interactive_console_logs_in_and_escape_kills() {
+    let s = scratch();
+    let dir = copy_tree(debian_tree(), s.path(), "bootcon");
+    let ws = nix::pty::Winsize { ws_row: 40, ws_col: 123, ws_xpixel: 0, ws_ypixel: 0 };
+    let pty = nix::pty::openpty(Some(&ws), None).unwrap();
+    let slave_fd = pty.slave.as_raw_fd();
+    let mut cmd = mctl();
+    cmd.args(["boot", "-D"]).arg(&dir);
+    cmd.stdin(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stderr(Stdio::from(pty.slave.try_clone().unwrap()));
+    // SAFETY: only async-signal-safe calls between fork and exec (setsid, ioctl).
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            if libc::ioctl(slave_fd, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    drop(pty.slave);
+    let rx = pty_reader(&pty.master);
+    let mut seen = String::new();
+    let mut master = std::fs::File::from(pty.master);
+    expect_output(&rx, &mut seen, "Press ^] three times within 1s", Duration::from_secs(10));
+    expect_output(&rx, &mut seen, "bootcon login:", BOOT_TIMEOUT);
+    master.write_all(b"root\r").unwrap();
+    expect_output(&rx, &mut seen, "root@bootcon", Duration::from_secs(30));
+    master.write_all(b"echo sum-$((6*7)); stty size\r").unwrap();
+    expect_output(&rx, &mut seen, "sum-42", Duration::from_secs(10));
+    expect_output(&rx, &mut seen, "40 123", Duration::from_secs(10));
+    master.write_all(&[0x1d, 0x1d, 0x1d]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let st = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "escape sequence did not end mctl");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(st.code(), Some(137), "{st:?} {:?}", st.signal());
+    assert_no_leaks("bootcon", &dir);
+}

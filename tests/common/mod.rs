@@ -1,0 +1,319 @@
+//! Shared helpers for the integration tests: fixtures (trees built by `bootstrap/`), a running
+//! machine handle, readiness listening, and leak checks.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The mctl binary under test.
+pub fn mctl() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mctl"))
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn cached(recipe: &str, args: &[&str]) -> PathBuf {
+    let out = Command::new(repo().join("bootstrap/cached.sh"))
+        .arg(recipe)
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run bootstrap/cached.sh");
+    assert!(out.status.success(), "building the {recipe} fixture failed");
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// The cached busybox tree (read-only use: copy it before launching).
+pub fn busybox_tree() -> &'static Path {
+    static T: OnceLock<PathBuf> = OnceLock::new();
+    T.get_or_init(|| cached("busybox", &[]))
+}
+
+/// The cached Debian bookworm tree with systemd (copy it before booting).
+pub fn debian_tree() -> &'static Path {
+    static T: OnceLock<PathBuf> = OnceLock::new();
+    T.get_or_init(|| cached("debian", &["bookworm"]))
+}
+
+/// A scratch directory removed at drop; lives in /var/tmp (a real disk filesystem).
+pub fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("mctl-test-").tempdir_in("/var/tmp").expect("create scratch dir")
+}
+
+/// A private copy of `tree` at `<scratch>/<name>` (the directory name becomes the default
+/// machine name).
+pub fn copy_tree(tree: &Path, scratch: &Path, name: &str) -> PathBuf {
+    let dest = scratch.join(name);
+    let st = Command::new("cp").arg("-a").arg(tree).arg(&dest).status().expect("cp");
+    assert!(st.success(), "copying {} failed", tree.display());
+    dest
+}
+
+/// Runs `mctl run -q -D dir ARGS...` with stdin closed and returns its output.
+pub fn run_in(dir: &Path, opts: &[&str], cmd: &[&str]) -> Output {
+    mctl()
+        .args(["run", "-q", "-D"])
+        .arg(dir)
+        .args(opts)
+        .arg("--")
+        .args(cmd)
+        .stdin(Stdio::null())
+        .output()
+        .expect("spawn mctl")
+}
+
+/// stdout as a string.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// stderr as a string.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts that nothing of machine `name` (rooted at `dir`) is left on the host: no cgroup in
+/// any hierarchy, no mount under its directory, no process of its own.
+pub fn assert_no_leaks(name: &str, dir: &Path) {
+    let mut leftovers = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+        for h in rd.flatten() {
+            find_named(&h.path(), name, 0, &mut leftovers);
+        }
+    }
+    assert!(leftovers.is_empty(), "cgroups of machine {name} left behind: {leftovers:?}");
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let d = dir.to_string_lossy();
+    assert!(!mountinfo.lines().any(|l| l.contains(&*d)), "mounts under {d} left behind");
+}
+
+fn find_named(dir: &Path, name: &str, depth: usize, out: &mut Vec<PathBuf>) {
+    if depth > 6 {
+        return;
+    }
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        if !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let p = e.path();
+        if p.file_name().is_some_and(|f| f == name) && p.parent().is_some_and(|pp| pp.ends_with("mctl")) {
+            out.push(p.clone());
+        }
+        find_named(&p, name, depth + 1, out);
+    }
+}
+
+/// A notify socket standing in for systemd: records what `mctl boot` reports upwards.
+pub struct NotifyListener {
+    sock: UnixDatagram,
+    pub path: PathBuf,
+    pub seen: Vec<String>,
+}
+
+impl NotifyListener {
+    pub fn new(dir: &Path) -> Self {
+        let path = dir.join("notify.sock");
+        let sock = UnixDatagram::bind(&path).expect("bind notify socket");
+        Self { sock, path, seen: Vec::new() }
+    }
+
+    /// Waits until a datagram containing `needle` arrives; returns it.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> Option<String> {
+        if let Some(s) = self.seen.iter().find(|s| s.contains(needle)) {
+            return Some(s.clone());
+        }
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            self.sock.set_read_timeout(Some(deadline - Instant::now())).ok();
+            match self.sock.recv(&mut buf) {
+                Ok(n) => {
+                    let s = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    self.seen.push(s.clone());
+                    if s.contains(needle) {
+                        return Some(s);
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        None
+    }
+
+    /// Waits for a new `X_MCTL_LEADER_PID` announcement and returns the pid.
+    pub fn wait_leader(&mut self, after: usize, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let leaders: Vec<i32> = self
+                .seen
+                .iter()
+                .filter_map(|s| s.lines().find_map(|l| l.strip_prefix("X_MCTL_LEADER_PID=")))
+                .filter_map(|p| p.parse().ok())
+                .collect();
+            if leaders.len() > after {
+                return Some(leaders[after]);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            let mut buf = [0u8; 4096];
+            self.sock.set_read_timeout(Some(Duration::from_millis(200))).ok();
+            if let Ok(n) = self.sock.recv(&mut buf) {
+                self.seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+    }
+
+    /// How many `READY=1` datagrams arrived so far (after draining pending ones).
+    pub fn ready_count(&mut self) -> usize {
+        self.sock.set_nonblocking(true).ok();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = self.sock.recv(&mut buf) {
+            self.seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        self.sock.set_nonblocking(false).ok();
+        self.seen.iter().filter(|s| s.lines().any(|l| l == "READY=1")).count()
+    }
+}
+
+/// A booted machine: `mctl boot` running in the background with its readiness observed.
+pub struct Machine {
+    pub child: Option<Child>,
+    pub leader: i32,
+    pub notify: NotifyListener,
+    pub name: String,
+    pub dir: PathBuf,
+    pub log: PathBuf,
+}
+
+/// How long a bookworm boot may take in CI.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Machine {
+    /// Boots `dir` with `opts`; waits for READY=1.
+    pub fn boot(dir: &Path, scratch: &Path, opts: &[&str]) -> Machine {
+        let notify = NotifyListener::new(scratch);
+        let log = scratch.join("console.log");
+        let mut cmd = mctl();
+        cmd.arg("boot");
+        if !opts.iter().any(|o| o.starts_with("--console")) {
+            cmd.arg("--console=read-only");
+        }
+        let child = cmd
+            .arg("-D")
+            .arg(dir)
+            .args(opts)
+            .env("NOTIFY_SOCKET", &notify.path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .stderr(Stdio::from(std::fs::File::options().append(true).open(&log).unwrap()))
+            .spawn()
+            .expect("spawn mctl boot");
+        let name = opts
+            .windows(2)
+            .find(|w| w[0] == "-M")
+            .map(|w| w[1].to_owned())
+            .unwrap_or_else(|| dir.file_name().unwrap().to_string_lossy().into_owned());
+        let mut m = Machine { child: Some(child), leader: 0, notify, name, dir: dir.to_owned(), log };
+        m.leader = m
+            .notify
+            .wait_leader(0, BOOT_TIMEOUT)
+            .unwrap_or_else(|| panic!("no leader pid; log:\n{}", m.log_text()));
+        assert!(
+            m.notify.wait_for("READY=1", BOOT_TIMEOUT).is_some(),
+            "machine did not become ready; log:\n{}",
+            m.log_text()
+        );
+        m
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs a command inside the machine (all its namespaces) and returns its output.
+    pub fn exec(&self, cmd: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg("-t")
+            .arg(self.leader.to_string())
+            .args(["-m", "-u", "-i", "-p", "-C", "-r", "-w", "--"])
+            .args(cmd)
+            .stdin(Stdio::null())
+            .output()
+            .expect("nsenter")
+    }
+
+    /// stdout of a command inside, trimmed.
+    pub fn sh(&self, script: &str) -> String {
+        stdout(&self.exec(&["/bin/sh", "-c", script])).trim().to_owned()
+    }
+
+    /// Sends `sig` to mctl itself.
+    pub fn signal_launcher(&self, sig: i32) {
+        let pid = self.child.as_ref().unwrap().id() as i32;
+        // SAFETY-free: a plain kill of our own child.
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::try_from(sig).unwrap(),
+        )
+        .unwrap();
+    }
+
+    /// Waits for mctl to exit.
+    pub fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                self.child = None;
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM to mctl and wait for its exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal_launcher(libc::SIGTERM);
+        self.wait(Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("mctl did not exit after SIGTERM; log:\n{}", self.log_text()))
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if child.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Reads everything a child wrote to a pipe.
+pub fn read_all(mut r: impl Read) -> String {
+    let mut s = String::new();
+    let _ = r.read_to_string(&mut s);
+    s
+}

@@ -1,0 +1,252 @@
+//! `mctl run` in the busybox tree: exit statuses, signals, stdio, the sandbox's shape, options.
+
+mod common;
+
+use std::io::Write;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+
+fn tree(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let s = scratch();
+    let dir = copy_tree(busybox_tree(), s.path(), name);
+    (s, dir)
+}
+
+#[test]
+fn exit_status_and_signals_pass_through() {
+    let (_s, dir) = tree("rexit");
+    assert_eq!(run_in(&dir, &[], &["sh", "-c", "exit 3"]).status.code(), Some(3));
+    assert_eq!(run_in(&dir, &[], &["true"]).status.code(), Some(0));
+    // Killed by signal N: 128+N. (A PID 1 cannot be killed from inside its namespace, so the
+    // command runs as PID 2 here; a PID 1 killed from outside is covered below.)
+    assert_eq!(run_in(&dir, &["--as-pid2"], &["sh", "-c", "kill -KILL $$"]).status.code(), Some(137));
+    let o = run_in(&dir, &["--as-pid2"], &["sh", "-c", "kill -TERM $$"]);
+    assert_eq!(o.status.code(), Some(143), "{}", stderr(&o));
+    assert_eq!(run_in(&dir, &["--as-pid2"], &["sh", "-c", "exit 7"]).status.code(), Some(7));
+    assert_no_leaks("rexit", &dir);
+}
+
+#[test]
+fn stdio_passes_through_when_not_a_terminal() {
+    let (_s, dir) = tree("rstdio");
+    let mut child = mctl()
+        .args(["run", "-q", "-D"])
+        .arg(&dir)
+        .args(["--", "sh", "-c", "tr a-z A-Z; echo oops >&2"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"hello machine\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success());
+    assert_eq!(stdout(&o), "HELLO MACHINE\n");
+    assert_eq!(stderr(&o), "oops\n");
+}
+
+#[test]
+fn command_is_pid1_or_pid2_in_its_own_namespaces() {
+    let (_s, dir) = tree("rpid");
+    let o = run_in(&dir, &[], &["sh", "-c", "echo $$; hostname; echo $(cat /proc/1/comm)"]);
+    assert_eq!(stdout(&o), "1\nrpid\nsh\n");
+    let o =
+        run_in(&dir, &["--as-pid2", "-M", "other", "--hostname", "h1"], &["sh", "-c", "echo $$; hostname"]);
+    assert_eq!(stdout(&o), "2\nh1\n", "{}", stderr(&o));
+    // The reaper collects orphans: a backgrounded child that outlives its parent is reaped,
+    // and the command's status still comes through.
+    let o = run_in(
+        &dir,
+        &["--as-pid2"],
+        &["sh", "-c", "(sleep 0.2 &) ; sleep 0.5; ps -o stat,comm | grep -c Z; exit 4"],
+    );
+    assert_eq!(o.status.code(), Some(4));
+    assert_eq!(stdout(&o).trim(), "0", "zombies remain: {}", stdout(&o));
+    // Our own pid namespace: no host process is visible.
+    let o = run_in(&dir, &[], &["sh", "-c", "ls -d /proc/[0-9]* | wc -l"]);
+    let visible: u32 = stdout(&o).trim().parse().unwrap();
+    assert!(visible <= 3, "{visible} processes visible");
+}
+
+#[test]
+fn sigterm_to_mctl_reaches_the_command() {
+    let (_s, dir) = tree("rsig");
+    let mut child = mctl()
+        .args(["run", "-q", "-D"])
+        .arg(&dir)
+        .args(["--", "sh", "-c", "trap 'echo got-term; exit 42' TERM; echo up; while :; do sleep 0.1; done"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut buf = [0u8; 3];
+    std::io::Read::read_exact(&mut out, &mut buf).unwrap();
+    assert_eq!(&buf, b"up\n");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)
+        .unwrap();
+    assert_eq!(read_all(out), "got-term\n");
+    assert_eq!(child.wait().unwrap().code(), Some(42));
+}
+
+#[test]
+fn second_sigterm_kills_a_command_that_ignores_the_first() {
+    let (_s, dir) = tree("rsig2");
+    let mut child = mctl()
+        .args(["run", "-q", "-D"])
+        .arg(&dir)
+        .args(["--", "sh", "-c", "trap '' TERM; echo up; while :; do sleep 0.1; done"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut buf = [0u8; 3];
+    std::io::Read::read_exact(&mut out, &mut buf).unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(child.try_wait().unwrap().is_none(), "the first SIGTERM should only be passed on");
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(137));
+    assert_no_leaks("rsig2", &dir);
+}
+
+#[test]
+fn sandbox_shape() {
+    let (_s, dir) = tree("rshape");
+    let script = r#"
+        echo x > /proc/sys/kernel/domainname 2>/dev/null && echo procsys-writable
+        touch /sys/x 2>/dev/null && echo sys-writable
+        [ -s /proc/kallsyms ] && echo kallsyms-visible
+        grep -q ' /dev tmpfs ' /proc/mounts || echo dev-not-tmpfs
+        [ -c /dev/null ] && [ -c /dev/urandom ] && [ -c /dev/tty ] && [ -L /dev/ptmx ] || echo nodes-missing
+        [ -e /dev/kmsg ] && echo kmsg-present
+        grep -q 'devpts /dev/pts' /proc/mounts || echo no-devpts
+        grep -q 'cgroup2 /sys/fs/cgroup' /proc/mounts || echo no-cgroup2
+        cat /run/host/container-manager
+        grep -q '^ID=' /run/host/os-release || echo no-host-os-release
+        [ "$(cat /run/host/container-uuid)" = "$container_uuid" ] || echo uuid-mismatch
+        echo "$container"
+        grep -q ' / ' /proc/self/mountinfo && grep ' / ' /proc/self/mountinfo | grep -q shared || echo root-not-shared
+        cat /proc/self/cgroup | grep '^0::'
+    "#;
+    let o = run_in(&dir, &[], &["sh", "-c", script]);
+    assert_eq!(stdout(&o), "mctl\nmctl\n0::/\n", "stderr: {}", stderr(&o));
+}
+
+#[test]
+fn capabilities_follow_nspawn_defaults_and_options() {
+    let (_s, dir) = tree("rcaps");
+    let bnd = |opts: &[&str]| -> u64 {
+        let o = run_in(&dir, opts, &["sh", "-c", "grep CapBnd /proc/self/status"]);
+        u64::from_str_radix(stdout(&o).split_whitespace().nth(1).unwrap(), 16).unwrap()
+    };
+    let host = u64::from_str_radix(
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("CapBnd:"))
+            .unwrap()
+            .trim(),
+        16,
+    )
+    .unwrap();
+    // nspawn's 26 default capabilities, as far as the host grants them.
+    let defaults: u64 =
+        [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 18, 19, 21, 22, 23, 24, 26, 27, 28, 29, 30, 31]
+            .iter()
+            .map(|b| 1u64 << b)
+            .sum();
+    assert_eq!(bnd(&[]), defaults & host);
+    assert_eq!(bnd(&["--drop-capability=CAP_NET_RAW,sys_admin"]), defaults & host & !(1 << 13) & !(1 << 21));
+    assert_eq!(bnd(&["--capability=CAP_NET_ADMIN"]), (defaults | 1 << 12) & host);
+}
+
+#[test]
+fn mounts_env_user_and_directory_options() {
+    let (s, dir) = tree("ropts");
+    let shared = s.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::write(shared.join("f"), "from-host\n").unwrap();
+    let bind = format!("{}:/mnt/rw", shared.display());
+    let bind_ro = format!("{}:/mnt/ro", shared.display());
+    let o = run_in(
+        &dir,
+        &[
+            "--bind",
+            &bind,
+            "--bind-ro",
+            &bind_ro,
+            "--tmpfs=/scratch:mode=0700",
+            "-E",
+            "FOO=bar",
+            "--chdir=/mnt",
+        ],
+        &[
+            "sh",
+            "-c",
+            "cat /mnt/ro/f; echo new > /mnt/rw/g; touch /mnt/ro/h 2>/dev/null || echo ro-denied; stat -c %a /scratch; echo $FOO; pwd",
+        ],
+    );
+    assert_eq!(stdout(&o), "from-host\nro-denied\n700\nbar\n/mnt\n", "stderr: {}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(shared.join("g")).unwrap(), "new\n");
+    // Mount points created for binds live in the machine's tree, the host's /mnt is untouched.
+    assert!(dir.join("mnt/rw").is_dir());
+
+    let o = run_in(&dir, &["--user=tester"], &["sh", "-c", "id -u; id -G; echo $HOME $USER; pwd"]);
+    assert_eq!(stdout(&o), "1000\n1000 100\n/home/tester tester\n/home/tester\n", "stderr: {}", stderr(&o));
+
+    let o = run_in(
+        &dir,
+        &["--read-only"],
+        &["sh", "-c", "touch /x 2>/dev/null || echo root-ro; touch /tmp/x && echo tmp-rw"],
+    );
+    assert_eq!(stdout(&o), "root-ro\ntmp-rw\n");
+
+    let o = run_in(&dir, &["--user=nosuchuser"], &["true"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("user 'nosuchuser' does not exist"), "{}", stderr(&o));
+    assert_no_leaks("ropts", &dir);
+}
+
+#[test]
+fn missing_command_exits_127() {
+    let (_s, dir) = tree("rmissing");
+    let o = run_in(&dir, &[], &["no-such-command"]);
+    assert_eq!(o.status.code(), Some(127));
+    assert!(stderr(&o).contains("command 'no-such-command' not found"), "{}", stderr(&o));
+    let o = run_in(&dir, &["--as-pid2"], &["/no/such"]);
+    assert_eq!(o.status.code(), Some(127));
+    assert_no_leaks("rmissing", &dir);
+}
+
+#[test]
+fn killing_the_launcher_takes_the_machine_down() {
+    let (s, dir) = tree("rkill");
+    let mut notify = NotifyListener::new(s.path());
+    let mut child = mctl()
+        .args(["run", "-q", "-D"])
+        .arg(&dir)
+        .args(["--", "sleep", "60"])
+        .env("NOTIFY_SOCKET", &notify.path)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid1 = notify.wait_leader(0, Duration::from_secs(10)).expect("machine started");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let gone = || !std::path::Path::new(&format!("/proc/{pid1}")).exists();
+    for _ in 0..250 {
+        if gone() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(gone(), "machine survived its launcher");
+    // The next launch of the same name removes the stale cgroup the killed launcher left.
+    assert_eq!(run_in(&dir, &[], &["true"]).status.code(), Some(0));
+    assert_no_leaks("rkill", &dir);
+}
