@@ -1,0 +1,99 @@
+#!/usr/bin/env python3
+"""Launcher benchmarks: mctl side by side with systemd-nspawn and bwrap, in one run.
+
+    bench/launch.py [--runs N] [--boots N]
+
+Needs root, a release build (cargo build --release) and the cached Debian tree
+(bootstrap/cached.sh debian bookworm). Prints medians and the ratio mctl/peer for:
+  1. `run /bin/true` in the minbase tree (nspawn --register=no --keep-unit, bwrap);
+  2. boot to READY=1 and SIGTERM-to-exit of bookworm (nspawn --notify-ready=yes).
+Every run works on private copies of the tree, removed afterwards.
+"""
+import argparse, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MCTL = os.path.join(ROOT, "target/release/mctl")
+
+
+def tree():
+    out = subprocess.run([os.path.join(ROOT, "bootstrap/cached.sh"), "debian", "bookworm"],
+                         check=True, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def timed(cmd, runs):
+    samples = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        samples.append(time.perf_counter() - t)
+    return statistics.median(samples)
+
+
+def boot_once(cmd, scratch):
+    """Seconds to READY=1 and from SIGTERM to exit."""
+    path = os.path.join(scratch, "notify.sock")
+    if os.path.exists(path):
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(60)
+    env = dict(os.environ, NOTIFY_SOCKET=path)
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    try:
+        while True:
+            msg = sock.recv(4096).decode()
+            if "READY=1" in msg.splitlines():
+                break
+        ready = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=60)
+        stop = time.perf_counter() - t1
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        sock.close()
+    return ready, stop
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--boots", type=int, default=5)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench needs root")
+    if not os.path.exists(MCTL):
+        sys.exit("build first: cargo build --release")
+    src = tree()
+    with tempfile.TemporaryDirectory(prefix="mctl-bench-", dir="/var/tmp") as scratch:
+        a, b = os.path.join(scratch, "mctlbench"), os.path.join(scratch, "nspawnbench")
+        for d in (a, b):
+            subprocess.run(["cp", "-a", src, d], check=True)
+        print(f"run /bin/true in the minbase tree, median of {args.runs}:")
+        mctl = timed([MCTL, "run", "-q", "-D", a, "/bin/true"], args.runs)
+        nspawn = timed(["systemd-nspawn", "-q", "--register=no", "--keep-unit", "-D", b, "/bin/true"], args.runs)
+        line = f"  mctl {mctl*1000:7.2f} ms   nspawn {nspawn*1000:7.2f} ms   ratio {mctl/nspawn:.3f}"
+        if shutil.which("bwrap"):
+            bwrap = timed(["bwrap", "--bind", a, "/", "--proc", "/proc", "--dev", "/dev",
+                           "--unshare-pid", "--unshare-uts", "--unshare-ipc", "/bin/true"], args.runs)
+            line += f"   bwrap {bwrap*1000:7.2f} ms   mctl/bwrap {mctl/bwrap:.2f}"
+        print(line)
+
+        print(f"boot bookworm to READY=1, then SIGTERM to exit, median of {args.boots}:")
+        m = [boot_once([MCTL, "boot", "-q", "--console=passive", "-D", a], scratch) for _ in range(args.boots)]
+        n = [boot_once(["systemd-nspawn", "-q", "--register=no", "--keep-unit", "--notify-ready=yes",
+                        "--console=passive", "-b", "-D", b], scratch) for _ in range(args.boots)]
+        mr, ms = statistics.median(x[0] for x in m), statistics.median(x[1] for x in m)
+        nr, ns = statistics.median(x[0] for x in n), statistics.median(x[1] for x in n)
+        print(f"  ready: mctl {mr*1000:7.1f} ms   nspawn {nr*1000:7.1f} ms   ratio {mr/nr:.3f}")
+        print(f"  stop:  mctl {ms*1000:7.1f} ms   nspawn {ns*1000:7.1f} ms   ratio {ms/ns:.3f}")
+
+
+if __name__ == "__main__":
+    main()
