@@ -64,7 +64,7 @@ def boot_once(cmd, scratch):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=30)
-    ap.add_argument("--boots", type=int, default=5)
+    ap.add_argument("--boots", type=int, default=11)
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench needs root")

@@ -270,10 +270,16 @@ impl MachineCgroup {
         Ok(())
     }
 
-    /// The payload cgroup's `cgroup.procs` in every hierarchy; writing `0` to each moves the
-    /// writer in.
-    pub fn payload_procs(&self) -> Vec<PathBuf> {
-        self.parts.iter().map(|p| p.payload().join("cgroup.procs")).collect()
+    /// The payload's v1 `tasks` files. Writing `0` there moves the writing thread without the
+    /// kernel's global threadgroup lock (whose first taker waits a whole RCU grace period,
+    /// about 10 ms); for a single-threaded process that moves the process.
+    pub fn payload_v1_tasks(&self) -> Vec<PathBuf> {
+        self.parts.iter().filter(|p| !p.hierarchy.v2).map(|p| p.payload().join("tasks")).collect()
+    }
+
+    /// The payload's cgroup2 directory (for `fork_into_cgroup`).
+    pub fn unified_payload_dir(&self) -> PathBuf {
+        self.parts[0].payload()
     }
 
     /// The machine's cgroup in the cgroup2 hierarchy.

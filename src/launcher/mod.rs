@@ -35,7 +35,9 @@ struct ChildContext<'a> {
     spec: &'a LaunchSpec,
     uuid: uuid::Uuid,
     boot_id: uuid::Uuid,
-    payload_procs: Vec<PathBuf>,
+    /// cgroup files the outer child writes `0` to, to move itself into the payload cgroup:
+    /// v1 `tasks` files, plus cgroup2's `cgroup.procs` when it could not be born there.
+    join_cgroup_files: Vec<PathBuf>,
     host: mounts::HostFacts,
     capabilities: caps::CapsHashSet,
     env: Vec<(String, String)>,

@@ -32,8 +32,8 @@ pub(super) fn run(ctx: &ChildContext<'_>, chan: &Channel) -> ! {
 fn outer(ctx: &ChildContext<'_>, chan: &Channel) -> Result<(), ChildError> {
     // If the launcher dies during setup, so does its half-built machine.
     linux::set_parent_death_signal(Signal::SIGKILL).map_err(ChildError::step("set parent death signal"))?;
-    for procs in &ctx.payload_procs {
-        fs::write(procs, "0").map_err(ChildError::path_step("join cgroup", procs))?;
+    for file in &ctx.join_cgroup_files {
+        fs::write(file, "0").map_err(ChildError::path_step("join cgroup", file))?;
     }
     unshare(CloneFlags::CLONE_NEWNS).map_err(|e| ChildError::Step("create mount namespace", e.into()))?;
     let sys = LinuxSys;

@@ -2,6 +2,7 @@
 //! the translation of PID 1's end into an exit status.
 
 use std::io;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
@@ -128,7 +129,7 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32, LaunchError> {
             spec,
             uuid,
             boot_id: uuid::Uuid::new_v4(),
-            payload_procs: Vec::new(),
+            join_cgroup_files: Vec::new(),
             host: host.clone(),
             capabilities: capabilities.clone(),
             env: env.clone(),
@@ -188,10 +189,21 @@ fn run_once(mut ctx: ChildContext<'_>, sigfd: &SignalFd, announce: bool) -> Resu
             eprintln!("Press ^] three times within 1s to kill container.");
         }
     }
-    ctx.payload_procs = cgroup.payload_procs();
+    ctx.join_cgroup_files = cgroup.payload_v1_tasks();
     let (ours, theirs) = Channel::pair()?;
     let mut reaper = Reaper { pids: Vec::new() };
-    let outer_pid = match linux::fork().map_err(|e| LaunchError::Setup("fork", e))? {
+    let unified = cgroup.unified_payload_dir();
+    let unified_fd =
+        std::fs::File::open(&unified).map_err(|e| LaunchError::Setup("open the payload cgroup", e))?;
+    let forked = match linux::fork_into_cgroup(unified_fd.as_fd()) {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EINVAL | libc::E2BIG)) => {
+            // Kernel without CLONE_INTO_CGROUP: the child moves itself.
+            ctx.join_cgroup_files.insert(0, unified.join("cgroup.procs"));
+            linux::fork()
+        }
+        other => other,
+    };
+    let outer_pid = match forked.map_err(|e| LaunchError::Setup("fork", e))? {
         Forked::Child => {
             drop(ours);
             outer::run(&ctx, &theirs)
