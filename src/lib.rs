@@ -5,9 +5,12 @@
 
 #![warn(missing_docs)]
 
+pub mod bus;
 pub mod cli;
+pub mod daemon;
 pub mod launcher;
 pub mod logging;
+pub mod manager;
 pub mod names;
 pub mod signals;
 pub mod sys;

@@ -102,10 +102,10 @@ pub fn cleanup(raw: &str) -> String {
     let mut last_sep: Option<char> = None;
     for c in raw.chars() {
         if c.is_ascii_alphanumeric() {
-            if let Some(sep) = last_sep.take() {
-                if !out.is_empty() {
-                    out.push(sep);
-                }
+            if let Some(sep) = last_sep.take()
+                && !out.is_empty()
+            {
+                out.push(sep);
             }
             out.push(c);
         } else if c == '.' {

@@ -22,6 +22,96 @@ pub enum Command {
     Boot(BootArgs),
     /// Run one command in a new machine, without booting.
     Run(RunArgs),
+    /// List running machines.
+    List(ListArgs),
+    /// Show properties of machines (or of the manager, without NAME).
+    Show(ShowArgs),
+    /// Show the state of machines: identity, OS, addresses and processes.
+    Status(NamesArgs),
+    /// End every process of machines.
+    Terminate(NamesArgs),
+    /// Send a signal to machines' processes.
+    Kill(KillArgs),
+    /// Ask machines' init to power off.
+    Poweroff(NamesArgs),
+    /// Ask machines' init to reboot.
+    Reboot(NamesArgs),
+    /// Run a shell or command inside a running machine.
+    Shell(ShellArgs),
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Columns (the default).
+    Table,
+    /// One JSON array.
+    Json,
+    /// Indented JSON.
+    JsonPretty,
+}
+
+/// `mctl list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Leave out the header and footer.
+    #[arg(long)]
+    pub no_legend: bool,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    pub output: OutputFormat,
+}
+
+/// `mctl show`.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// Machines (none: the manager).
+    pub names: Vec<String>,
+    /// Only these properties (repeatable, or comma-separated).
+    #[arg(short = 'p', long = "property", value_name = "NAME")]
+    pub property: Vec<String>,
+    /// Print values only.
+    #[arg(long)]
+    pub value: bool,
+    /// Also show empty properties.
+    #[arg(short, long)]
+    pub all: bool,
+}
+
+/// Verbs that take machine names.
+#[derive(Debug, Args)]
+pub struct NamesArgs {
+    /// Machine names.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+}
+
+/// `mctl kill`.
+#[derive(Debug, Args)]
+pub struct KillArgs {
+    /// Machine names.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+    /// Whom to signal: leader or all.
+    #[arg(long, default_value = "all", value_name = "WHO")]
+    pub kill_whom: String,
+    /// The signal (name or number).
+    #[arg(short = 's', long, default_value = "SIGTERM")]
+    pub signal: String,
+}
+
+/// `mctl shell`.
+#[derive(Debug, Args)]
+pub struct ShellArgs {
+    /// The machine, optionally with the user to be: [USER@]NAME.
+    #[arg(value_name = "[USER@]NAME")]
+    pub target: String,
+    /// Set an environment variable: NAME=VALUE.
+    #[arg(short = 'E', long, value_name = "NAME=VALUE")]
+    pub setenv: Vec<String>,
+    /// The command and its arguments (default: the user's login shell).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
 }
 
 /// `yes` or `no`.
@@ -89,6 +179,9 @@ pub struct MachineArgs {
     /// Console: interactive, read-only, passive or pipe (default: interactive on a terminal).
     #[arg(long, value_enum)]
     pub console: Option<ConsoleMode>,
+    /// Register the machine with mctld: auto (when one answers), yes (or fail), no.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub register: crate::launcher::register::RegisterMode,
     /// Report readiness upwards only when the machine's init does (boot).
     #[arg(long, value_enum, default_value = "yes")]
     pub notify_ready: YesNo,

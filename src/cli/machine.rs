@@ -86,10 +86,10 @@ pub fn build_spec(m: MachineArgs, payload: Payload, cfg: &CliConfig) -> Result<L
         capabilities.drop.extend(parse_caps(c).map_err(bad)?);
     }
     let kill_signal = m.kill_signal.as_deref().map(str::parse::<SignalNumber>).transpose().map_err(bad)?;
-    if let Some(d) = &m.chdir {
-        if !d.is_absolute() {
-            return Err(CliError::new(format!("--chdir '{}' must be an absolute path", d.display())));
-        }
+    if let Some(d) = &m.chdir
+        && !d.is_absolute()
+    {
+        return Err(CliError::new(format!("--chdir '{}' must be an absolute path", d.display())));
     }
     let boot = matches!(payload, Payload::Boot { .. });
     if boot && m.user.is_some() {
@@ -115,6 +115,7 @@ pub fn build_spec(m: MachineArgs, payload: Payload, cfg: &CliConfig) -> Result<L
         console,
         notify_ready: m.notify_ready == YesNo::Yes,
         cgroup: CgroupConfig::default(),
+        register: m.register,
     })
 }
 

@@ -4,6 +4,9 @@ use std::path::PathBuf;
 
 pub mod args;
 pub mod machine;
+pub mod manage;
+pub mod output;
+pub mod shell;
 
 pub use args::Cli;
 
@@ -53,6 +56,16 @@ pub fn run(cli: Cli, cfg: &CliConfig) -> Result<i32, CliError> {
     match cli.command {
         args::Command::Boot(a) => machine::boot(a, cfg),
         args::Command::Run(a) => machine::run(a, cfg),
+        args::Command::List(a) => manage::list(&a),
+        args::Command::Show(a) => manage::show(&a),
+        args::Command::Status(a) => manage::status(&a.names),
+        args::Command::Terminate(a) => manage::terminate(&a.names),
+        args::Command::Kill(a) => manage::kill(&a),
+        args::Command::Poweroff(a) => {
+            manage::signal_leader(&a.names, crate::signals::SignalNumber::poweroff().0)
+        }
+        args::Command::Reboot(a) => manage::signal_leader(&a.names, libc::SIGINT),
+        args::Command::Shell(a) => shell::shell(&a),
     }
 }
 
@@ -62,5 +75,6 @@ pub fn is_quiet(cli: &Cli) -> bool {
     match &cli.command {
         args::Command::Boot(a) => a.machine.quiet,
         args::Command::Run(a) => a.machine.quiet,
+        _ => false,
     }
 }

@@ -399,6 +399,27 @@ fn restrict_devices(payload: &Path) -> Result<(), CgroupError> {
     Ok(())
 }
 
+/// Moves the calling thread into the v1 cgroups `pid` is in (a single-threaded caller moves
+/// with it); the cgroup2 membership is left alone. Used to put `mctl shell` beside a machine's
+/// processes on hybrid hosts.
+pub fn join_v1_cgroups_of(cfg: &CgroupConfig, pid: u32) -> Result<(), CgroupError> {
+    let hierarchies = detect(cfg)?;
+    let path = PathBuf::from(format!("/proc/{pid}/cgroup"));
+    let theirs = fs::read_to_string(&path).map_err(io_err("read", &path))?;
+    for line in theirs.lines() {
+        let mut it = line.splitn(3, ':');
+        let (_, ctl, cg) = (it.next(), it.next().unwrap_or(""), it.next().unwrap_or(""));
+        if ctl.is_empty() {
+            continue;
+        }
+        let wanted: Vec<&str> = ctl.split(',').collect();
+        if let Some(h) = hierarchies.iter().find(|h| !h.v2 && wanted.iter().all(|c| h.is(c))) {
+            write(&h.mount.join(cg.trim_start_matches('/')).join("tasks"), "0")?;
+        }
+    }
+    Ok(())
+}
+
 /// Whether any process is in `dir` or below.
 pub fn has_processes(dir: &Path) -> bool {
     !pids_in(dir).is_empty()

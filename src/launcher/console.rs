@@ -286,22 +286,20 @@ impl Console {
     /// Forwards what is left, restores the terminal and ends the output on a new line.
     pub fn finish(mut self) {
         self.read_master();
-        if let Some(out) = &self.output {
-            if out.pollable {
-                // Give a slow reader a moment; the machine is gone, nothing can block now.
-                let _ = nix::fcntl::fcntl(
-                    out.fd.as_fd(),
-                    nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
-                );
-            }
+        if let Some(out) = &self.output
+            && out.pollable
+        {
+            // Give a slow reader a moment; the machine is gone, nothing can block now.
+            let _ =
+                nix::fcntl::fcntl(out.fd.as_fd(), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()));
         }
         self.flush_output();
         let was_raw = self.saved_termios.is_some();
         self.restore_terminal();
-        if was_raw || self.last_byte.is_some_and(|b| b != b'\n') {
-            if let Some(out) = &self.output {
-                let _ = nix::unistd::write(&out.fd, b"\n");
-            }
+        if (was_raw || self.last_byte.is_some_and(|b| b != b'\n'))
+            && let Some(out) = &self.output
+        {
+            let _ = nix::unistd::write(&out.fd, b"\n");
         }
         if self.dropped > 0 {
             tracing::warn!(bytes = self.dropped, "console output was dropped because stdout did not keep up");

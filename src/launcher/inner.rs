@@ -3,20 +3,17 @@
 //! drops privileges and execs init (or the command, or the reaper with `--as-pid2`).
 
 use std::convert::Infallible;
-use std::ffi::CString;
-use std::fs;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sched::{CloneFlags, unshare};
 use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, sigprocmask};
-use nix::unistd::{Gid, Uid};
 
 use crate::sys::linux::{self, Forked, LinuxSys};
 
 use super::channel::{Channel, Message};
-use super::identity::{INIT_CANDIDATES, lookup_user};
+use super::exec::{self, cstring};
+use super::identity::INIT_CANDIDATES;
 use super::mounts::{self, Trees};
 use super::security;
 use super::spec::Payload;
@@ -93,54 +90,21 @@ fn reset_signals() -> Result<(), ChildError> {
     Ok(())
 }
 
-fn cstring(s: &str) -> CString {
-    CString::new(s.replace('\0', "")).unwrap_or_default()
-}
-
 fn exec_payload(ctx: &ChildContext<'_>, console: Option<&str>) -> Result<Infallible, ChildError> {
     nix::unistd::setsid().map_err(|e| ChildError::Step("create session", e.into()))?;
     if let Some(console) = console {
-        let tty = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NOCTTY)
-            .open(console)
-            .map_err(ChildError::path_step("open console", Path::new(console)))?;
-        nix::unistd::dup2_stdin(&tty)
-            .and_then(|()| nix::unistd::dup2_stdout(&tty))
-            .and_then(|()| nix::unistd::dup2_stderr(&tty))
-            .map_err(|e| ChildError::Step("attach console", e.into()))?;
-        drop(tty);
-        // SAFETY: fd 0 was just made a duplicate of the console tty and stays open.
-        let stdin = unsafe { std::os::fd::BorrowedFd::borrow_raw(0) };
-        linux::set_controlling_tty(stdin)
-            .map_err(ChildError::step("make the console the controlling terminal"))?;
+        exec::attach_terminal(console)?;
     }
     security::apply_machine_rlimits().map_err(|e| ChildError::Step("set resource limits", e.into()))?;
 
     let mut env = ctx.env.clone();
-    let mut home = None;
-    if let Some(who) = &ctx.spec.user {
-        let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
-        let group = fs::read_to_string("/etc/group").unwrap_or_default();
-        let user = lookup_user(who, &passwd, &group)
-            .ok_or_else(|| ChildError::Message(format!("user '{who}' does not exist in the machine")))?;
-        let groups: Vec<Gid> = user.groups.iter().map(|g| Gid::from_raw(*g)).collect();
-        nix::unistd::setgroups(&groups)
-            .map_err(|e| ChildError::Step("set supplementary groups", e.into()))?;
-        nix::unistd::setgid(Gid::from_raw(user.gid))
-            .map_err(|e| ChildError::Step("set group id", e.into()))?;
-        nix::unistd::setuid(Uid::from_raw(user.uid))
-            .map_err(|e| ChildError::Step("set user id", e.into()))?;
-        set_env(&mut env, "HOME", &user.home);
-        set_env(&mut env, "USER", &user.name);
-        set_env(&mut env, "LOGNAME", &user.name);
-        set_env(&mut env, "SHELL", &user.shell);
-        home = Some(user.home);
-    }
+    let home = match &ctx.spec.user {
+        Some(who) => Some(exec::become_user(who, &mut env)?),
+        None => None,
+    };
     // User-given variables win over everything mctl sets.
     for (k, v) in &ctx.spec.env {
-        set_env(&mut env, k, v);
+        exec::set_env(&mut env, k, v);
     }
     let dir = ctx.spec.chdir.as_deref().map(Path::to_path_buf).or_else(|| home.map(Into::into));
     match dir {
@@ -151,7 +115,7 @@ fn exec_payload(ctx: &ChildContext<'_>, console: Option<&str>) -> Result<Infalli
         })?,
         None => nix::unistd::chdir("/").map_err(|e| ChildError::Step("change directory to /", e.into()))?,
     }
-    let envp: Vec<CString> = env.iter().map(|(k, v)| cstring(&format!("{k}={v}"))).collect();
+    let envp = exec::envp(&env);
     linux::cloexec_fds_from(3).map_err(ChildError::step("close inherited file descriptors"))?;
 
     match &ctx.spec.payload {
@@ -166,37 +130,6 @@ fn exec_payload(ctx: &ChildContext<'_>, console: Option<&str>) -> Result<Infalli
             let (init, err) = last.expect("INIT_CANDIDATES is not empty");
             Err(ChildError::Exec(init.to_owned(), err))
         }
-        Payload::Command { argv, .. } => {
-            let argv_c: Vec<CString> = argv.iter().map(|a| cstring(a)).collect();
-            let path =
-                env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or(super::DEFAULT_PATH);
-            Err(exec_search(&argv[0], path, &argv_c, &envp))
-        }
-    }
-}
-
-fn set_env(env: &mut Vec<(String, String)>, key: &str, value: &str) {
-    match env.iter_mut().find(|(k, _)| k == key) {
-        Some(slot) => slot.1 = value.to_owned(),
-        None => env.push((key.to_owned(), value.to_owned())),
-    }
-}
-
-/// execvp's PATH search, with the machine's PATH (glibc's would use the launcher's).
-fn exec_search(cmd: &str, path: &str, argv: &[CString], envp: &[CString]) -> ChildError {
-    if cmd.contains('/') {
-        return ChildError::Exec(cmd.to_owned(), linux::execve(&cstring(cmd), argv, envp));
-    }
-    let mut denied = None;
-    for dir in path.split(':').filter(|d| !d.is_empty()) {
-        let full = format!("{dir}/{cmd}");
-        let err = linux::execve(&cstring(&full), argv, envp);
-        if err.raw_os_error() == Some(libc::EACCES) {
-            denied = Some((full, err));
-        }
-    }
-    match denied {
-        Some((full, err)) => ChildError::Exec(full, err),
-        None => ChildError::NotFound(cmd.to_owned()),
+        Payload::Command { argv, .. } => Err(exec::exec_search(argv, &env, &envp)),
     }
 }

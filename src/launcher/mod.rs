@@ -13,12 +13,14 @@ use std::path::{Path, PathBuf};
 pub mod cgroups;
 pub mod channel;
 pub mod console;
+pub(crate) mod exec;
 pub mod identity;
 mod inner;
 pub mod mounts;
 pub mod notify;
 mod outer;
 pub mod process;
+pub mod register;
 pub mod security;
 pub mod spec;
 pub mod stub_init;
@@ -45,7 +47,7 @@ struct ChildContext<'a> {
 
 /// A setup step in a child that failed; reported to the parent as text.
 #[derive(Debug, thiserror::Error)]
-enum ChildError {
+pub(crate) enum ChildError {
     #[error("cannot {0}: {1}")]
     Step(&'static str, #[source] io::Error),
     #[error("cannot {step} {}: {source}", path.display())]
@@ -68,17 +70,20 @@ enum ChildError {
 }
 
 impl ChildError {
-    fn step(what: &'static str) -> impl FnOnce(io::Error) -> ChildError {
+    pub(crate) fn step(what: &'static str) -> impl FnOnce(io::Error) -> ChildError {
         move |e| ChildError::Step(what, e)
     }
 
-    fn path_step<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ChildError + 'a {
+    pub(crate) fn path_step<'a>(
+        what: &'static str,
+        path: &'a Path,
+    ) -> impl FnOnce(io::Error) -> ChildError + 'a {
         move |e| ChildError::PathStep { step: what, path: path.to_owned(), source: e }
     }
 
     /// The launcher's exit status for this failure: 127 and 126 as a shell reports a missing
     /// or unexecutable command, 1 otherwise.
-    fn exit_code(&self) -> i32 {
+    pub(crate) fn exit_code(&self) -> i32 {
         match self {
             ChildError::NotFound(_) => 127,
             ChildError::Exec(_, e) if e.raw_os_error() == Some(libc::ENOENT) => 127,

@@ -21,6 +21,7 @@ use super::console::{Console, ConsoleEvent};
 use super::identity::{Tree, TreeError, host_os_env};
 use super::mounts::HostFacts;
 use super::notify::{GuestNotice, NotifyRelay, tell_supervisor};
+use super::register::{self, MachineInfo, RegisterError, RegisterMode};
 use super::spec::{ConsoleMode, LaunchSpec, Payload};
 use super::{ChildContext, DEFAULT_PATH, outer, security};
 
@@ -45,6 +46,9 @@ pub enum LaunchError {
     /// A setup step of the launcher itself.
     #[error("cannot {0}: {1}")]
     Setup(&'static str, #[source] io::Error),
+    /// Registration with mctld failed.
+    #[error(transparent)]
+    Register(#[from] RegisterError),
     /// A child reported a failed step.
     #[error("{error}")]
     Child {
@@ -166,6 +170,30 @@ fn base_env(spec: &LaunchSpec, uuid: &uuid::Uuid) -> Vec<(String, String)> {
     env
 }
 
+/// Registers with mctld as `spec.register` asks; returns whether the machine is registered.
+fn register_machine(spec: &LaunchSpec, uuid: &uuid::Uuid, leader: i32) -> Result<bool, LaunchError> {
+    if spec.register == RegisterMode::No {
+        return Ok(false);
+    }
+    let info = MachineInfo {
+        name: spec.name.to_string(),
+        id: *uuid,
+        leader,
+        root: spec.root.to_string_lossy().into_owned(),
+        netif: Vec::new(),
+    };
+    match register::register(&info) {
+        Ok(()) => Ok(true),
+        Err(e @ RegisterError::NoManager(_)) if spec.register == RegisterMode::Auto => {
+            if !spec.quiet {
+                tracing::warn!("{e}; the machine is not registered (start mctld, or use --register=no)");
+            }
+            Ok(false)
+        }
+        Err(e) => Err(LaunchError::Register(e)),
+    }
+}
+
 /// Children that must not outlive a failed launch.
 struct Reaper {
     pids: Vec<Pid>,
@@ -238,6 +266,8 @@ fn run_once(mut ctx: ChildContext<'_>, sigfd: &SignalFd, announce: bool) -> Resu
     // The outer child exits right after reporting; PID 1 is then ours (we are its subreaper).
     let _ = waitpid(outer_pid, None);
     reaper.pids.retain(|p| *p != outer_pid);
+    // Registered before the payload runs, so a refusal stops the machine before it starts.
+    let registered = register_machine(spec, &ctx.uuid, pid1.as_raw())?;
     let notify = NotifyRelay::new(
         notify_fd.ok_or(ChannelError::Unexpected { expected: "notify socket", got: None })?,
         pid1.as_raw(),
@@ -264,7 +294,11 @@ fn run_once(mut ctx: ChildContext<'_>, sigfd: &SignalFd, announce: bool) -> Resu
         tell_supervisor(&[NotifyState::Ready]);
     }
 
-    let status = supervise(spec, pid1, sigfd, &notify, console)?;
+    let status = supervise(spec, pid1, sigfd, &notify, console);
+    if registered {
+        register::unregister(spec.name.as_str());
+    }
+    let status = status?;
     let outcome = decode(spec, status);
     tell_supervisor(&[
         NotifyState::Stopping,
@@ -346,10 +380,10 @@ fn supervise(
                     }
                 }
                 token => {
-                    if let Some(c) = console.as_mut() {
-                        if c.handle(token) == ConsoleEvent::Escape {
-                            let _ = kill(pid1, Signal::SIGKILL);
-                        }
+                    if let Some(c) = console.as_mut()
+                        && c.handle(token) == ConsoleEvent::Escape
+                    {
+                        let _ = kill(pid1, Signal::SIGKILL);
                     }
                 }
             }

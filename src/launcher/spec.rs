@@ -99,6 +99,8 @@ pub struct LaunchSpec {
     pub notify_ready: bool,
     /// Where the machine's cgroup goes.
     pub cgroup: CgroupConfig,
+    /// Whether to register with mctld.
+    pub register: super::register::RegisterMode,
 }
 
 impl LaunchSpec {

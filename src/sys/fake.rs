@@ -46,10 +46,10 @@ impl FakeSys {
     }
 
     fn record(&self, path: &Path, line: String) -> io::Result<()> {
-        if let Some((p, errno)) = self.fail_on.borrow().as_ref() {
-            if p == path {
-                return Err(io::Error::from_raw_os_error(*errno));
-            }
+        if let Some((p, errno)) = self.fail_on.borrow().as_ref()
+            && p == path
+        {
+            return Err(io::Error::from_raw_os_error(*errno));
         }
         self.calls.borrow_mut().push(line);
         self.existing.borrow_mut().insert(path.to_path_buf());

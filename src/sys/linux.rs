@@ -185,6 +185,50 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// A pidfd for `pid`, registered with the current tokio runtime: it becomes readable when
+/// the process exits. Must be called inside a runtime.
+pub fn async_pidfd(pid: i32) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    let fd = pidfd_open(pid)?;
+    // SAFETY: the OwnedFd is moved into the AsyncFd, which keeps it open, and its as_raw_fd
+    // returns the same fd, until the AsyncFd is dropped.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+}
+
+/// kill(2) with any signal number (realtime ones included).
+pub fn send_signal(pid: i32, signal: i32) -> io::Result<()> {
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    if unsafe { libc::kill(pid, signal) } < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// The time of `clock` in microseconds.
+pub fn clock_us(clock: libc::clockid_t) -> u64 {
+    // SAFETY: timespec is plain data; zeroed is valid.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: `ts` is a valid, writable timespec on our stack.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1000
+}
+
+/// `secs` since the epoch in local time, as systemd prints timestamps
+/// (`Mon 2026-11-30 00:34:45 UTC`).
+pub fn format_local_time(secs: u64) -> String {
+    let t = secs as libc::time_t;
+    // SAFETY: tm is plain data; zeroed is valid.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers refer to live locals; localtime_r is the reentrant variant.
+    if unsafe { libc::localtime_r(&t, &mut tm) }.is_null() {
+        return secs.to_string();
+    }
+    let mut buf = [0u8; 64];
+    // SAFETY: the buffer and its length match, the format is NUL-terminated and `tm` was
+    // filled by localtime_r.
+    let n = unsafe {
+        libc::strftime(buf.as_mut_ptr().cast(), buf.len(), c"%a %Y-%m-%d %H:%M:%S %Z".as_ptr(), &tm)
+    };
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
 /// The result of [`fork`].
 #[derive(Debug)]
 pub enum Forked {

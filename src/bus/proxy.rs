@@ -1,0 +1,74 @@
+//! Client side of the machine1 API, for the CLI and the launcher.
+
+use std::collections::HashMap;
+
+use zbus::{OwnedObjectPath, OwnedVariant};
+
+use super::paths::MANAGER_PATH;
+
+/// `org.freedesktop.machine1.Manager`, reached under mctld's own bus name.
+#[zbus::proxy(
+    interface = "org.freedesktop.machine1.Manager",
+    default_service = "org.mctl.Machine1",
+    default_path = "/org/freedesktop/machine1"
+)]
+pub trait Manager1 {
+    /// All machines: name, class, service, object path.
+    fn list_machines(&self) -> zbus::Result<Vec<(String, String, String, OwnedObjectPath)>>;
+    /// A machine's object path.
+    fn get_machine(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+    /// Registers a machine.
+    #[allow(clippy::too_many_arguments)]
+    fn register_machine_with_network(
+        &self,
+        name: &str,
+        id: &[u8],
+        service: &str,
+        class: &str,
+        leader: u32,
+        root_directory: &str,
+        ifindices: &[i32],
+    ) -> zbus::Result<OwnedObjectPath>;
+    /// Forgets a machine.
+    fn unregister_machine(&self, name: &str) -> zbus::Result<()>;
+    /// Ends a machine.
+    fn terminate_machine(&self, name: &str) -> zbus::Result<()>;
+    /// Signals a machine's leader or all its processes.
+    fn kill_machine(&self, name: &str, who: &str, signal: i32) -> zbus::Result<()>;
+    /// A machine's addresses.
+    fn get_machine_addresses(&self, name: &str) -> zbus::Result<Vec<(i32, Vec<u8>)>>;
+    /// A machine's os-release.
+    #[zbus(name = "GetMachineOSRelease")]
+    fn get_machine_os_release(&self, name: &str) -> zbus::Result<HashMap<String, String>>;
+    /// A machine's UID shift.
+    #[zbus(name = "GetMachineUIDShift")]
+    fn get_machine_uid_shift(&self, name: &str) -> zbus::Result<u32>;
+}
+
+/// mctl's additions.
+#[zbus::proxy(
+    interface = "org.mctl.Manager1",
+    default_service = "org.mctl.Machine1",
+    default_path = "/org/freedesktop/machine1"
+)]
+pub trait MctlManager1 {
+    /// The machine's payload cgroup (cgroup2 path).
+    fn get_machine_control_group(&self, name: &str) -> zbus::Result<String>;
+}
+
+/// `Properties.GetAll("")` on `path`: every property of every interface, as machinectl asks.
+pub async fn all_properties(
+    conn: &zbus::Connection,
+    destination: &str,
+    path: &str,
+) -> zbus::Result<HashMap<String, OwnedVariant>> {
+    let reply = conn
+        .call_method(Some(destination), path, Some("org.freedesktop.DBus.Properties"), "GetAll", &("",))
+        .await?;
+    reply.body().deserialize()
+}
+
+/// The manager object's path.
+pub fn manager_path() -> &'static str {
+    MANAGER_PATH
+}

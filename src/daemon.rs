@@ -1,0 +1,92 @@
+//! `mctld`: the manager on the system bus. Wires [`crate::manager::Manager`] to the D-Bus
+//! [`crate::bus::service::Service`], takes the bus names, reports readiness to systemd and runs
+//! until SIGTERM or SIGINT.
+
+use std::path::PathBuf;
+
+use crate::bus::service::Service;
+use crate::bus::{COMPAT_NAME, OWN_NAME};
+use crate::manager::{Manager, ManagerConfig};
+
+/// mctld's settings.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "mctld", version, about = "The mctl machine manager (org.freedesktop.machine1 on D-Bus)")]
+pub struct DaemonArgs {
+    /// Also take systemd-machined's bus name, org.freedesktop.machine1 (for hosts without it).
+    #[arg(long)]
+    pub machined_compat: bool,
+    /// Where the state of running machines is kept.
+    #[arg(long, default_value = "/run/mctl/machines", value_name = "DIR")]
+    pub state_dir: PathBuf,
+    /// The image pool reported as PoolPath.
+    #[arg(long, default_value = "/var/lib/machines", value_name = "DIR")]
+    pub pool_path: PathBuf,
+}
+
+/// A daemon failure.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Connecting to the system bus failed.
+    #[error("cannot connect to the system bus: {0}")]
+    Connect(#[source] zbus::Error),
+    /// A bus name could not be taken.
+    #[error("cannot own the bus name {name}: {source}")]
+    Name {
+        /// The name.
+        name: &'static str,
+        /// The cause.
+        #[source]
+        source: zbus::Error,
+    },
+    /// The manager could not start.
+    #[error("{0}")]
+    Manager(#[from] crate::manager::ManagerError),
+    /// Signal handling could not be set up.
+    #[error("cannot handle signals: {0}")]
+    Signals(#[source] std::io::Error),
+}
+
+/// Runs mctld until it is told to stop.
+pub async fn run(args: DaemonArgs) -> Result<(), DaemonError> {
+    let cfg =
+        ManagerConfig { state_dir: args.state_dir, pool_path: args.pool_path, ..ManagerConfig::default() };
+    let mgr = Manager::new(&cfg)?;
+    let conn = zbus::connection::Builder::system().build().await.map_err(DaemonError::Connect)?;
+    let service = Service::new(conn.clone(), mgr.clone());
+    // Subscribe before taking names, so that calls racing the name acquisition are not lost.
+    let stream = zbus::MessageStream::from(&conn);
+    let serving = tokio::spawn({
+        let service = service.clone();
+        async move { service.run(stream).await }
+    });
+    // Survivors of a previous mctld are adopted (and announced) once signals can be emitted.
+    let adopted = mgr.recover();
+    if !adopted.is_empty() {
+        tracing::info!("re-adopted running machines: {}", adopted.join(", "));
+    }
+    let mut names = vec![OWN_NAME];
+    if args.machined_compat {
+        names.push(COMPAT_NAME);
+    }
+    for name in names {
+        conn.request_name(name).await.map_err(|source| DaemonError::Name { name, source })?;
+    }
+    crate::launcher::notify::tell_supervisor(&[sd_notify::NotifyState::Ready]);
+    tracing::info!(
+        "mctld ready on the system bus{}",
+        if args.machined_compat { " (machined-compatible)" } else { "" }
+    );
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(DaemonError::Signals)?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(DaemonError::Signals)?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+        _ = serving => {}
+    }
+    crate::launcher::notify::tell_supervisor(&[sd_notify::NotifyState::Stopping]);
+    // Machines keep running; their state files let the next mctld adopt them.
+    Ok(())
+}

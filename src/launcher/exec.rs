@@ -1,0 +1,92 @@
+//! The last steps before a payload runs, shared by PID 1 of a new machine and by `mctl shell`:
+//! terminal, user, environment, and the exec with the machine's PATH.
+
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use nix::unistd::{Gid, Uid};
+
+use crate::sys::linux;
+
+use super::identity::lookup_user;
+use super::{ChildError, DEFAULT_PATH};
+
+/// A C string from `s` (NUL bytes dropped: they cannot be passed).
+pub(crate) fn cstring(s: &str) -> CString {
+    CString::new(s.replace('\0', "")).unwrap_or_default()
+}
+
+/// Makes the terminal at `path` this session leader's stdin, stdout, stderr and controlling
+/// terminal.
+pub(crate) fn attach_terminal(path: &str) -> Result<(), ChildError> {
+    let tty = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(path)
+        .map_err(ChildError::path_step("open terminal", Path::new(path)))?;
+    nix::unistd::dup2_stdin(&tty)
+        .and_then(|()| nix::unistd::dup2_stdout(&tty))
+        .and_then(|()| nix::unistd::dup2_stderr(&tty))
+        .map_err(|e| ChildError::Step("attach terminal", e.into()))?;
+    drop(tty);
+    // SAFETY: fd 0 was just made a duplicate of the terminal and stays open.
+    let stdin = unsafe { std::os::fd::BorrowedFd::borrow_raw(0) };
+    linux::set_controlling_tty(stdin).map_err(ChildError::step("make the terminal the controlling terminal"))
+}
+
+/// Switches to `who` (a name or uid from the machine's passwd); sets HOME, USER, LOGNAME and
+/// SHELL in `env`; returns the home directory.
+pub(crate) fn become_user(who: &str, env: &mut Vec<(String, String)>) -> Result<String, ChildError> {
+    let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let group = fs::read_to_string("/etc/group").unwrap_or_default();
+    let user = lookup_user(who, &passwd, &group)
+        .ok_or_else(|| ChildError::Message(format!("user '{who}' does not exist in the machine")))?;
+    let groups: Vec<Gid> = user.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+    nix::unistd::setgroups(&groups).map_err(|e| ChildError::Step("set supplementary groups", e.into()))?;
+    nix::unistd::setgid(Gid::from_raw(user.gid)).map_err(|e| ChildError::Step("set group id", e.into()))?;
+    nix::unistd::setuid(Uid::from_raw(user.uid)).map_err(|e| ChildError::Step("set user id", e.into()))?;
+    set_env(env, "HOME", &user.home);
+    set_env(env, "USER", &user.name);
+    set_env(env, "LOGNAME", &user.name);
+    set_env(env, "SHELL", &user.shell);
+    Ok(user.home)
+}
+
+/// Sets `key` in `env`, replacing an earlier value.
+pub(crate) fn set_env(env: &mut Vec<(String, String)>, key: &str, value: &str) {
+    match env.iter_mut().find(|(k, _)| k == key) {
+        Some(slot) => slot.1 = value.to_owned(),
+        None => env.push((key.to_owned(), value.to_owned())),
+    }
+}
+
+/// `env` as execve wants it.
+pub(crate) fn envp(env: &[(String, String)]) -> Vec<CString> {
+    env.iter().map(|(k, v)| cstring(&format!("{k}={v}"))).collect()
+}
+
+/// execvp's PATH search with the machine's PATH from `env` (glibc's would use the caller's);
+/// returns only on failure.
+pub(crate) fn exec_search(argv: &[String], env: &[(String, String)], envp: &[CString]) -> ChildError {
+    let cmd = &argv[0];
+    let argv: Vec<CString> = argv.iter().map(|a| cstring(a)).collect();
+    if cmd.contains('/') {
+        return ChildError::Exec(cmd.to_owned(), linux::execve(&cstring(cmd), &argv, envp));
+    }
+    let path = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or(DEFAULT_PATH);
+    let mut denied = None;
+    for dir in path.split(':').filter(|d| !d.is_empty()) {
+        let full = format!("{dir}/{cmd}");
+        let err = linux::execve(&cstring(&full), &argv, envp);
+        if err.raw_os_error() == Some(libc::EACCES) {
+            denied = Some((full, err));
+        }
+    }
+    match denied {
+        Some((full, err)) => ChildError::Exec(full, err),
+        None => ChildError::NotFound(cmd.to_owned()),
+    }
+}

@@ -1,0 +1,116 @@
+//! Registration of the machine with mctld over the system bus.
+//!
+//! The launcher forks after registering (again on every reboot), and forking is only sound
+//! while single-threaded, so each call goes through [`block_on_thread`].
+
+use crate::bus::client::{block_on_thread, system_bus};
+use crate::bus::proxy::Manager1Proxy;
+
+/// `--register=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RegisterMode {
+    /// Register when a manager answers; otherwise warn once and carry on.
+    Auto,
+    /// Register, or fail.
+    Yes,
+    /// Do not register.
+    No,
+}
+
+/// What the manager learns about a machine.
+#[derive(Debug, Clone)]
+pub struct MachineInfo {
+    /// Name.
+    pub name: String,
+    /// UUID.
+    pub id: uuid::Uuid,
+    /// PID 1, as a host pid.
+    pub leader: i32,
+    /// Root directory.
+    pub root: String,
+    /// Host-side interfaces.
+    pub netif: Vec<i32>,
+}
+
+/// A registration that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    /// No manager is reachable (no bus, or nobody owns mctld's name).
+    #[error("no machine manager answers on the system bus ({0})")]
+    NoManager(String),
+    /// The manager refused.
+    #[error("cannot register machine {name}: {message}")]
+    Refused {
+        /// Machine name.
+        name: String,
+        /// The manager's message.
+        message: String,
+    },
+}
+
+fn is_unreachable(e: &zbus::Error) -> bool {
+    match e {
+        zbus::Error::MethodError(name, _, _) => {
+            matches!(
+                name.as_str(),
+                "org.freedesktop.DBus.Error.ServiceUnknown" | "org.freedesktop.DBus.Error.NameHasNoOwner"
+            )
+        }
+        zbus::Error::InputOutput(_) | zbus::Error::Address(_) | zbus::Error::Handshake(_) => true,
+        _ => false,
+    }
+}
+
+fn describe(e: &zbus::Error) -> String {
+    match e {
+        zbus::Error::MethodError(_, Some(msg), _) => msg.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Registers the machine. [`RegisterError::NoManager`] tells "nobody to register with" (fine
+/// in [`RegisterMode::Auto`]) from a manager that refused.
+pub fn register(info: &MachineInfo) -> Result<(), RegisterError> {
+    let info = info.clone();
+    block_on_thread(move || async move {
+        {
+            let conn = system_bus().await.map_err(|e| RegisterError::NoManager(describe(&e)))?;
+            let proxy =
+                Manager1Proxy::new(&conn).await.map_err(|e| RegisterError::NoManager(describe(&e)))?;
+            let root = info.root.as_str();
+            proxy
+                .register_machine_with_network(
+                    &info.name,
+                    info.id.as_bytes(),
+                    "mctl",
+                    "container",
+                    info.leader as u32,
+                    root,
+                    &info.netif,
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| {
+                    if is_unreachable(&e) {
+                        RegisterError::NoManager(describe(&e))
+                    } else {
+                        RegisterError::Refused { name: info.name.clone(), message: describe(&e) }
+                    }
+                })
+        }
+    })
+    .unwrap_or_else(|| Err(RegisterError::NoManager("the bus client could not run".into())))
+}
+
+/// Tells the manager the machine is gone (errors are ignored: the manager also notices on
+/// its own when the leader exits).
+pub fn unregister(name: &str) {
+    let name = name.to_owned();
+    block_on_thread(move || async move {
+        if let Ok(conn) = system_bus().await
+            && let Ok(proxy) = Manager1Proxy::new(&conn).await
+        {
+            let _ = proxy.unregister_machine(&name).await;
+        }
+    });
+}

@@ -1,0 +1,441 @@
+//! The manager (`mctld`'s domain, free of D-Bus types): the registry of running machines, its
+//! persistence under `/run/mctl/machines`, lifetime tracking of each leader through a pidfd,
+//! and the operations machinectl offers (terminate, kill, os-release, addresses).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use tokio::sync::broadcast;
+
+use crate::launcher::cgroups::{self, CgroupConfig};
+use crate::names;
+use crate::sys::linux;
+
+pub mod auth;
+pub mod machine;
+pub mod procfs;
+pub mod store;
+
+pub use auth::{Action, Caller};
+pub use machine::{Class, Machine, State};
+use store::Store;
+
+/// A manager operation that failed; each maps to one machined D-Bus error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManagerError {
+    /// Unknown machine.
+    #[error("No machine '{0}' known")]
+    NoSuchMachine(String),
+    /// Name taken.
+    #[error("Machine '{0}' already exists")]
+    MachineExists(String),
+    /// No machine has this pid.
+    #[error("PID {0} does not belong to any known machine")]
+    NoMachineForPid(u32),
+    /// The machine shares the host's network namespace.
+    #[error("Machine {0} does not use private networking")]
+    NoPrivateNetworking(String),
+    /// A malformed argument.
+    #[error("{0}")]
+    InvalidArgs(String),
+    /// The caller may not do this.
+    #[error("{0}")]
+    AccessDenied(String),
+    /// Anything else.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What happened to the registry (the bus adapter turns these into signals).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A machine was registered (or re-adopted after a restart).
+    New(String),
+    /// A machine is gone.
+    Removed(String),
+}
+
+/// Where the manager keeps state and finds cgroups; parameters so tests can redirect them.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    /// Runtime state directory (`/run/mctl/machines`).
+    pub state_dir: PathBuf,
+    /// Where cgroup filesystems are mounted.
+    pub cgroup: CgroupConfig,
+    /// The image pool reported as `PoolPath`.
+    pub pool_path: PathBuf,
+}
+
+impl Default for ManagerConfig {
+    fn default() -> Self {
+        Self {
+            state_dir: "/run/mctl/machines".into(),
+            cgroup: CgroupConfig::default(),
+            pool_path: "/var/lib/machines".into(),
+        }
+    }
+}
+
+/// A registration request (the arguments of `RegisterMachineWithNetwork`).
+#[derive(Debug, Clone)]
+pub struct RegisterRequest {
+    /// Name.
+    pub name: String,
+    /// 0 or 16 bytes.
+    pub id: Vec<u8>,
+    /// Registering service.
+    pub service: String,
+    /// Class string.
+    pub class: String,
+    /// Leader pid (0: the caller).
+    pub leader: u32,
+    /// Root directory ("" or absolute).
+    pub root_directory: String,
+    /// Host-side interface indices.
+    pub netif: Vec<i32>,
+}
+
+struct Entry {
+    machine: Machine,
+    watcher: Option<tokio::task::AbortHandle>,
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        if let Some(w) = self.watcher.take() {
+            w.abort();
+        }
+    }
+}
+
+/// The registry of machines.
+pub struct Manager {
+    machines: Mutex<BTreeMap<String, Entry>>,
+    store: Store,
+    events: broadcast::Sender<Event>,
+    unified_mount: Option<PathBuf>,
+    pool_path: PathBuf,
+    me: Weak<Manager>,
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager").field("machines", &self.lock().keys().collect::<Vec<_>>()).finish()
+    }
+}
+
+impl Manager {
+    /// Opens the state directory; call [`Manager::recover`] next (inside the runtime).
+    pub fn new(cfg: &ManagerConfig) -> Result<Arc<Self>, ManagerError> {
+        let store = Store::open(&cfg.state_dir).map_err(|e| ManagerError::Failed(e.to_string()))?;
+        let unified_mount =
+            cgroups::detect(&cfg.cgroup).ok().and_then(|hs| hs.into_iter().find(|h| h.v2)).map(|h| h.mount);
+        let (events, _) = broadcast::channel(256);
+        Ok(Arc::new_cyclic(|me| Manager {
+            machines: Mutex::new(BTreeMap::new()),
+            store,
+            events,
+            unified_mount,
+            pool_path: cfg.pool_path.clone(),
+            me: me.clone(),
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
+        self.machines.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Subscribes to registry events.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// The image pool path.
+    pub fn pool_path(&self) -> &Path {
+        &self.pool_path
+    }
+
+    /// Re-adopts every machine whose state file survived a restart and whose leader is still
+    /// the same process; drops the rest. Emits `New` for each survivor, as machined does.
+    pub fn recover(&self) -> Vec<String> {
+        let mut adopted = Vec::new();
+        for m in self.store.load_all() {
+            let alive =
+                procfs::start_time(m.leader).is_some_and(|t| m.leader_start == 0 || t == m.leader_start);
+            if !alive {
+                let _ = self.store.remove(&m.name);
+                continue;
+            }
+            let name = m.name.clone();
+            let watcher = self.watch(&m);
+            if watcher.is_none() {
+                let _ = self.store.remove(&name);
+                continue;
+            }
+            self.lock().insert(name.clone(), Entry { machine: m, watcher });
+            let _ = self.events.send(Event::New(name.clone()));
+            adopted.push(name);
+        }
+        adopted
+    }
+
+    /// Watches the leader's pidfd; when it exits, the machine is removed at once.
+    fn watch(&self, m: &Machine) -> Option<tokio::task::AbortHandle> {
+        let afd = linux::async_pidfd(m.leader as i32).ok()?;
+        let me = self.me.clone();
+        let (name, leader) = (m.name.clone(), m.leader);
+        let task = tokio::spawn(async move {
+            // A pidfd becomes readable when the process exits.
+            let _ = afd.readable().await;
+            if let Some(me) = me.upgrade() {
+                me.leader_exited(&name, leader);
+            }
+        });
+        Some(task.abort_handle())
+    }
+
+    fn leader_exited(&self, name: &str, leader: u32) {
+        let removed = {
+            let mut map = self.lock();
+            match map.get_mut(name) {
+                Some(e) if e.machine.leader == leader => {
+                    // This task is the watcher itself: it must not be aborted by the drop.
+                    e.watcher.take();
+                    map.remove(name)
+                }
+                _ => None,
+            }
+        };
+        if removed.is_some() {
+            let _ = self.store.remove(name);
+            let _ = self.events.send(Event::Removed(name.to_owned()));
+        }
+    }
+
+    /// Registers a machine (`RegisterMachine[WithNetwork]`), validating as machined does.
+    pub fn register(&self, req: RegisterRequest, caller: &Caller) -> Result<Machine, ManagerError> {
+        caller.authorize(Action::Register)?;
+        if names::validate(&req.name).is_err() {
+            return Err(ManagerError::InvalidArgs("Invalid machine name".into()));
+        }
+        let id: Option<[u8; 16]> = match req.id.len() {
+            0 => None,
+            16 => Some(req.id.as_slice().try_into().expect("length checked")),
+            _ => return Err(ManagerError::InvalidArgs("Invalid machine ID parameter".into())),
+        };
+        if let Some(bad) = req.netif.iter().find(|i| **i <= 0) {
+            return Err(ManagerError::InvalidArgs(format!("Invalid network interface index {bad}")));
+        }
+        let class = Class::parse(&req.class)
+            .ok_or_else(|| ManagerError::InvalidArgs("Invalid machine class parameter".into()))?;
+        let leader = match req.leader {
+            1 => return Err(ManagerError::InvalidArgs("Invalid leader PID".into())),
+            0 => caller.pid,
+            l => l,
+        };
+        if !req.root_directory.is_empty() && !req.root_directory.starts_with('/') {
+            return Err(ManagerError::InvalidArgs("Root directory must be empty or an absolute path".into()));
+        }
+        let leader_start = procfs::start_time(leader)
+            .ok_or_else(|| ManagerError::InvalidArgs(format!("Leader PID {leader} does not exist")))?;
+        let cgroup = procfs::cgroup2_path(leader).unwrap_or_default();
+        let machine = Machine {
+            unit: procfs::unit_from_cgroup(&cgroup, &req.name),
+            name: req.name.clone(),
+            id,
+            timestamp: linux::clock_us(libc::CLOCK_REALTIME),
+            timestamp_monotonic: linux::clock_us(libc::CLOCK_MONOTONIC),
+            service: req.service,
+            leader,
+            leader_start,
+            class,
+            root_directory: req.root_directory,
+            netif: req.netif,
+            state: State::Running,
+            cgroup,
+        };
+        {
+            let mut map = self.lock();
+            if map.contains_key(&req.name) {
+                return Err(ManagerError::MachineExists(req.name));
+            }
+            let watcher = self
+                .watch(&machine)
+                .ok_or_else(|| ManagerError::InvalidArgs(format!("Leader PID {leader} does not exist")))?;
+            self.store.save(&machine).map_err(|e| ManagerError::Failed(e.to_string()))?;
+            map.insert(req.name.clone(), Entry { machine: machine.clone(), watcher: Some(watcher) });
+        }
+        let _ = self.events.send(Event::New(req.name));
+        Ok(machine)
+    }
+
+    /// Forgets a machine without stopping it (`UnregisterMachine`).
+    pub fn unregister(&self, name: &str, caller: &Caller) -> Result<(), ManagerError> {
+        self.get(name)?;
+        caller.authorize(Action::Manage)?;
+        if self.lock().remove(name).is_some() {
+            let _ = self.store.remove(name);
+            let _ = self.events.send(Event::Removed(name.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Ends every process of the machine (`TerminateMachine`); the machine disappears when its
+    /// leader is gone, and its launcher cleans up.
+    pub fn terminate(&self, name: &str, caller: &Caller) -> Result<(), ManagerError> {
+        let m = self.get(name)?;
+        caller.authorize(Action::Manage)?;
+        self.set_state(name, State::Closing);
+        let killed_by_cgroup = self
+            .machine_cgroup_dir(&m)
+            .map(|dir| fs::write(dir.join("cgroup.kill"), "1").is_ok())
+            .unwrap_or(false);
+        if !killed_by_cgroup {
+            // The leader is PID 1 of the machine's pid namespace: the kernel ends the rest.
+            linux::send_signal(m.leader as i32, libc::SIGKILL)
+                .map_err(|e| ManagerError::Failed(format!("Failed to kill machine {name}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Sends `signal` to the leader or to every process of the machine (`KillMachine`).
+    pub fn kill(&self, name: &str, who: &str, signal: i32, caller: &Caller) -> Result<(), ManagerError> {
+        let m = self.get(name)?;
+        let all = match who {
+            "leader" => false,
+            "" | "all" => true,
+            other => return Err(ManagerError::InvalidArgs(format!("Invalid kill parameter '{other}'"))),
+        };
+        if !(1..=64).contains(&signal) {
+            return Err(ManagerError::InvalidArgs(format!("Invalid signal {signal}")));
+        }
+        caller.authorize(Action::Manage)?;
+        let targets = if all { self.processes(&m) } else { vec![m.leader as i32] };
+        for pid in targets {
+            // Processes may exit while we go; only the leader's absence is an error.
+            if let Err(e) = linux::send_signal(pid, signal)
+                && pid == m.leader as i32
+            {
+                return Err(ManagerError::Failed(format!("Failed to kill machine {name}: {e}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every process of the machine: its cgroup's when it has one of its own, else its pid
+    /// namespace's when that is not the host's, else just the leader.
+    pub fn processes(&self, m: &Machine) -> Vec<i32> {
+        if let Some(dir) = self.machine_cgroup_dir(m) {
+            let pids = cgroups::pids_in(&dir);
+            if !pids.is_empty() {
+                return pids;
+            }
+        }
+        if !procfs::in_pidns_of(m.leader, std::process::id()) {
+            return procfs::pids_in_pidns(m.leader);
+        }
+        vec![m.leader as i32]
+    }
+
+    /// The machine's own cgroup directory, if it has one (never the root cgroup).
+    pub fn machine_cgroup_dir(&self, m: &Machine) -> Option<PathBuf> {
+        let rel = m.cgroup.trim_start_matches('/');
+        if rel.is_empty() {
+            return None;
+        }
+        let dir = self.unified_mount.as_ref()?.join(rel);
+        dir.is_dir().then_some(dir)
+    }
+
+    fn set_state(&self, name: &str, state: State) {
+        let mut map = self.lock();
+        if let Some(e) = map.get_mut(name) {
+            e.machine.state = state;
+            let _ = self.store.save(&e.machine);
+        }
+    }
+
+    /// One machine.
+    pub fn get(&self, name: &str) -> Result<Machine, ManagerError> {
+        self.lock()
+            .get(name)
+            .map(|e| e.machine.clone())
+            .ok_or_else(|| ManagerError::NoSuchMachine(name.to_owned()))
+    }
+
+    /// Every machine, by name.
+    pub fn list(&self) -> Vec<Machine> {
+        self.lock().values().map(|e| e.machine.clone()).collect()
+    }
+
+    /// The machine `pid` belongs to (`GetMachineByPID`).
+    pub fn by_pid(&self, pid: u32) -> Result<Machine, ManagerError> {
+        let machines = self.list();
+        if let Some(m) = machines.iter().find(|m| m.leader == pid) {
+            return Ok(m.clone());
+        }
+        let cg = procfs::cgroup2_path(pid).unwrap_or_default();
+        machines
+            .into_iter()
+            .find(|m| {
+                (!m.cgroup.is_empty()
+                    && m.cgroup != "/"
+                    && (cg == m.cgroup || cg.starts_with(&format!("{}/", m.cgroup))))
+                    || (!procfs::in_pidns_of(m.leader, std::process::id())
+                        && procfs::in_pidns_of(pid, m.leader))
+            })
+            .ok_or(ManagerError::NoMachineForPid(pid))
+    }
+
+    /// The machine's os-release fields.
+    pub fn os_release(&self, name: &str) -> Result<Vec<(String, String)>, ManagerError> {
+        let m = self.get(name)?;
+        procfs::os_release(m.leader)
+            .map_err(|_| ManagerError::Failed("Machine does not contain OS release information".into()))
+    }
+
+    /// The machine's UID shift.
+    pub fn uid_shift(&self, name: &str) -> Result<u32, ManagerError> {
+        let m = self.get(name)?;
+        procfs::uid_shift(m.leader).map_err(|e| ManagerError::Failed(e.to_string()))
+    }
+
+    /// The machine's IP addresses (family, bytes), read inside its network namespace.
+    pub fn addresses(&self, name: &str) -> Result<Vec<(i32, Vec<u8>)>, ManagerError> {
+        let m = self.get(name)?;
+        if procfs::shares_host_netns(m.leader) {
+            return Err(ManagerError::NoPrivateNetworking(name.to_owned()));
+        }
+        addresses_in_netns(m.leader)
+            .map_err(|e| ManagerError::Failed(format!("Failed to get addresses: {e}")))
+    }
+}
+
+/// Lists addresses from a dedicated thread that joins the leader's network namespace (setns
+/// of a network namespace affects only the calling thread, which then ends).
+fn addresses_in_netns(leader: u32) -> std::io::Result<Vec<(i32, Vec<u8>)>> {
+    let ns = fs::File::open(format!("/proc/{leader}/ns/net"))?;
+    std::thread::spawn(move || -> std::io::Result<Vec<(i32, Vec<u8>)>> {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        let mut out = Vec::new();
+        for ifa in nix::ifaddrs::getifaddrs()? {
+            let Some(addr) = ifa.address else { continue };
+            if let Some(v4) = addr.as_sockaddr_in() {
+                let ip = v4.ip();
+                if !ip.is_loopback() {
+                    out.push((libc::AF_INET, ip.octets().to_vec()));
+                }
+            } else if let Some(v6) = addr.as_sockaddr_in6() {
+                let ip = v6.ip();
+                if !ip.is_loopback() {
+                    out.push((libc::AF_INET6, ip.octets().to_vec()));
+                }
+            }
+        }
+        Ok(out)
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("address lookup thread panicked"))?
+}

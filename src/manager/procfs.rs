@@ -1,0 +1,142 @@
+//! What the manager learns about a machine from `/proc` of its leader.
+
+use std::fs;
+use std::io::{self, Read};
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use crate::launcher::identity::parse_os_release;
+use crate::sys::linux::open_in_root;
+
+/// The process's start time in clock ticks since boot (field 22 of `/proc/PID/stat`); tells a
+/// process from a later one that reuses its pid.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses; fields resume after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+/// The process's cgroup2 path (`/a/b`), as the host sees it.
+pub fn cgroup2_path(pid: u32) -> Option<String> {
+    let s = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    s.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_owned)
+}
+
+/// The systemd unit a machine runs in, from its payload cgroup: the launcher's cgroup is
+/// `<unit cgroup>/payload` (with `--keep-unit`) or `<unit cgroup>/mctl/NAME/payload`; machined
+/// records a unit only when that cgroup is named like one.
+pub fn unit_from_cgroup(cgroup: &str, name: &str) -> String {
+    let mut path = cgroup.trim_end_matches('/');
+    if let Some(i) = path.rfind("/payload") {
+        path = &path[..i];
+    }
+    if let Some(stripped) = path.strip_suffix(&format!("/mctl/{name}")) {
+        path = stripped;
+    }
+    let last = path.rsplit('/').next().unwrap_or("");
+    if last.ends_with(".service") || last.ends_with(".scope") { last.to_owned() } else { String::new() }
+}
+
+/// The machine's os-release, read through its root with every path confined to it.
+pub fn os_release(pid: u32) -> io::Result<Vec<(String, String)>> {
+    let root = fs::File::open(format!("/proc/{pid}/root"))?;
+    let mut last = io::Error::from(io::ErrorKind::NotFound);
+    for p in ["/etc/os-release", "/usr/lib/os-release"] {
+        match open_in_root(root.as_fd(), Path::new(p), libc::O_RDONLY) {
+            Ok(fd) => {
+                let mut s = String::new();
+                fs::File::from(fd).take(64 * 1024).read_to_string(&mut s)?;
+                return Ok(parse_os_release(&s));
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// The machine's UID shift: 0 without a user namespace.
+pub fn uid_shift(pid: u32) -> io::Result<u32> {
+    let map = fs::read_to_string(format!("/proc/{pid}/uid_map"))?;
+    let first: Vec<u64> =
+        map.lines().next().unwrap_or("").split_whitespace().filter_map(|f| f.parse().ok()).collect();
+    Ok(match first.as_slice() {
+        [0, 0, 4294967295] => 0,
+        [0, outside, _] => u32::try_from(*outside).unwrap_or(0),
+        _ => 0,
+    })
+}
+
+fn ns_inode(pid: &str, ns: &str) -> Option<u64> {
+    fs::metadata(format!("/proc/{pid}/ns/{ns}")).ok().map(|m| m.ino())
+}
+
+/// Whether the process shares the manager's network namespace.
+pub fn shares_host_netns(pid: u32) -> bool {
+    ns_inode(&pid.to_string(), "net") == ns_inode("self", "net")
+}
+
+/// Every process in `leader`'s pid namespace.
+pub fn pids_in_pidns(leader: u32) -> Vec<i32> {
+    let Some(target) = ns_inode(&leader.to_string(), "pid") else { return Vec::new() };
+    let Ok(rd) = fs::read_dir("/proc") else { return Vec::new() };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+        .filter(|pid| ns_inode(&pid.to_string(), "pid") == Some(target))
+        .collect()
+}
+
+/// Whether `pid` is in the same pid namespace as `leader` (or is the leader).
+pub fn in_pidns_of(pid: u32, leader: u32) -> bool {
+    pid == leader || {
+        let t = ns_inode(&leader.to_string(), "pid");
+        t.is_some() && ns_inode(&pid.to_string(), "pid") == t
+    }
+}
+
+/// The effective capabilities of a process.
+pub fn effective_caps(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("CapEff:")).map(|v| v.trim().to_owned()))
+        .and_then(|v| u64::from_str_radix(&v, 16).ok())
+        .unwrap_or(0)
+}
+
+/// The process's command name.
+pub fn comm(pid: u32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/comm")).map(|s| s.trim().to_owned()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_from_cgroups() {
+        assert_eq!(unit_from_cgroup("/system.slice/mctl@web.service/payload", "web"), "mctl@web.service");
+        assert_eq!(
+            unit_from_cgroup("/system.slice/mctl@web.service/payload/init.scope", "web"),
+            "mctl@web.service"
+        );
+        assert_eq!(
+            unit_from_cgroup("/user.slice/session-3.scope/mctl/web/payload", "web"),
+            "session-3.scope"
+        );
+        assert_eq!(unit_from_cgroup("/mctl/web/payload", "web"), "");
+        assert_eq!(unit_from_cgroup("/", "web"), "");
+    }
+
+    #[test]
+    fn own_process_facts() {
+        let me = std::process::id();
+        assert!(start_time(me).is_some());
+        assert!(shares_host_netns(me));
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        assert!(in_pidns_of(child.id(), me));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(uid_shift(me).unwrap(), 0);
+    }
+}
