@@ -83,11 +83,7 @@ fn a_tree_in_use_is_locked() {
     // Another tree under the same machine name is refused too.
     let twin = copy_tree(busybox_tree(), s.path(), "twin");
     fails_with(&["run", "-M", "locked", "-D", twin.to_str().unwrap(), "true"], "already running");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(first.id() as i32), nix::sys::signal::Signal::SIGTERM)
-        .unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(first.id() as i32), nix::sys::signal::Signal::SIGTERM)
-        .unwrap();
-    first.wait().unwrap();
+    stop_launcher(&mut first);
     assert_no_leaks("locked", &dir);
     assert_no_leaks("other", &dir);
 }

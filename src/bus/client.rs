@@ -40,3 +40,32 @@ pub fn wait_single_threaded() {
 pub async fn system_bus() -> zbus::Result<zbus::Connection> {
     zbus::connection::Builder::system().build().await
 }
+
+/// The D-Bus error name of a failed call, if the peer answered with an error.
+pub fn error_name(e: &zbus::Error) -> Option<String> {
+    use zbus::DBusError;
+    match e {
+        zbus::Error::MethodError(name, _, _) => Some(name.to_string()),
+        zbus::Error::FDO(f) => Some(f.name().to_string()),
+        _ => None,
+    }
+}
+
+/// The human part of an error: the peer's message for a D-Bus error (what machined's clients
+/// print), the error itself otherwise.
+pub fn error_message(e: &zbus::Error) -> String {
+    use zbus::DBusError;
+    match e {
+        zbus::Error::MethodError(_, Some(msg), _) => msg.clone(),
+        zbus::Error::FDO(f) => f.description().map(str::to_owned).unwrap_or_else(|| f.to_string()),
+        other => other.to_string(),
+    }
+}
+
+/// Whether the error means nobody serves the name (no manager running).
+pub fn is_no_manager(e: &zbus::Error) -> bool {
+    matches!(
+        error_name(e).as_deref(),
+        Some("org.freedesktop.DBus.Error.ServiceUnknown" | "org.freedesktop.DBus.Error.NameHasNoOwner")
+    ) || matches!(e, zbus::Error::InputOutput(_) | zbus::Error::Address(_) | zbus::Error::Handshake(_))
+}

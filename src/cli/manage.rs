@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use zbus::{Connection, OwnedVariant};
 
-use crate::bus::client::{block_on_thread, system_bus};
+use crate::bus::client::{block_on_thread, error_message, is_no_manager, system_bus};
 use crate::bus::proxy::{self, Manager1Proxy, MctlManager1Proxy};
 use crate::bus::{OWN_NAME, introspect};
 use crate::signals::SignalNumber;
@@ -17,10 +17,7 @@ use super::output::{self, emit};
 
 /// The message of a D-Bus error (what machined's clients print).
 pub fn describe(e: &zbus::Error) -> String {
-    match e {
-        zbus::Error::MethodError(_, Some(msg), _) => msg.clone(),
-        other => other.to_string(),
-    }
+    error_message(e)
 }
 
 fn unreachable(e: zbus::Error) -> CliError {
@@ -44,12 +41,7 @@ where
 /// A failed call: unknown machines and similar keep machined's text; a missing manager says
 /// how to get one.
 fn call_error(prefix: &str, e: zbus::Error) -> CliError {
-    if let zbus::Error::MethodError(name, _, _) = &e
-        && matches!(
-            name.as_str(),
-            "org.freedesktop.DBus.Error.ServiceUnknown" | "org.freedesktop.DBus.Error.NameHasNoOwner"
-        )
-    {
+    if is_no_manager(&e) {
         return unreachable(e);
     }
     CliError::new(format!("{prefix}: {}", describe(&e)))

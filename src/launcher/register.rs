@@ -3,7 +3,7 @@
 //! The launcher forks after registering (again on every reboot), and forking is only sound
 //! while single-threaded, so each call goes through [`block_on_thread`].
 
-use crate::bus::client::{block_on_thread, system_bus};
+use crate::bus::client::{block_on_thread, error_message, is_no_manager, system_bus};
 use crate::bus::proxy::Manager1Proxy;
 
 /// `--register=`.
@@ -48,35 +48,15 @@ pub enum RegisterError {
     },
 }
 
-fn is_unreachable(e: &zbus::Error) -> bool {
-    match e {
-        zbus::Error::MethodError(name, _, _) => {
-            matches!(
-                name.as_str(),
-                "org.freedesktop.DBus.Error.ServiceUnknown" | "org.freedesktop.DBus.Error.NameHasNoOwner"
-            )
-        }
-        zbus::Error::InputOutput(_) | zbus::Error::Address(_) | zbus::Error::Handshake(_) => true,
-        _ => false,
-    }
-}
-
-fn describe(e: &zbus::Error) -> String {
-    match e {
-        zbus::Error::MethodError(_, Some(msg), _) => msg.clone(),
-        other => other.to_string(),
-    }
-}
-
 /// Registers the machine. [`RegisterError::NoManager`] tells "nobody to register with" (fine
 /// in [`RegisterMode::Auto`]) from a manager that refused.
 pub fn register(info: &MachineInfo) -> Result<(), RegisterError> {
     let info = info.clone();
     block_on_thread(move || async move {
         {
-            let conn = system_bus().await.map_err(|e| RegisterError::NoManager(describe(&e)))?;
+            let conn = system_bus().await.map_err(|e| RegisterError::NoManager(error_message(&e)))?;
             let proxy =
-                Manager1Proxy::new(&conn).await.map_err(|e| RegisterError::NoManager(describe(&e)))?;
+                Manager1Proxy::new(&conn).await.map_err(|e| RegisterError::NoManager(error_message(&e)))?;
             let root = info.root.as_str();
             proxy
                 .register_machine_with_network(
@@ -91,10 +71,10 @@ pub fn register(info: &MachineInfo) -> Result<(), RegisterError> {
                 .await
                 .map(|_| ())
                 .map_err(|e| {
-                    if is_unreachable(&e) {
-                        RegisterError::NoManager(describe(&e))
+                    if is_no_manager(&e) {
+                        RegisterError::NoManager(error_message(&e))
                     } else {
-                        RegisterError::Refused { name: info.name.clone(), message: describe(&e) }
+                        RegisterError::Refused { name: info.name.clone(), message: error_message(&e) }
                     }
                 })
         }

@@ -121,6 +121,7 @@ pub struct NotifyListener {
 impl NotifyListener {
     pub fn new(dir: &Path) -> Self {
         let path = dir.join("notify.sock");
+        let _ = std::fs::remove_file(&path);
         let sock = UnixDatagram::bind(&path).expect("bind notify socket");
         Self { sock, path, seen: Vec::new() }
     }
@@ -200,12 +201,20 @@ pub const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 impl Machine {
     /// Boots `dir` with `opts`; waits for READY=1.
     pub fn boot(dir: &Path, scratch: &Path, opts: &[&str]) -> Machine {
+        Self::boot_on(None, dir, scratch, opts)
+    }
+
+    /// Boots with the system bus at `bus` (a [`TestBus`] address), if given.
+    pub fn boot_on(bus: Option<&str>, dir: &Path, scratch: &Path, opts: &[&str]) -> Machine {
         let notify = NotifyListener::new(scratch);
         let log = scratch.join("console.log");
         let mut cmd = mctl();
         cmd.arg("boot");
         if !opts.iter().any(|o| o.starts_with("--console")) {
             cmd.arg("--console=read-only");
+        }
+        if let Some(address) = bus {
+            cmd.env("DBUS_SYSTEM_BUS_ADDRESS", address);
         }
         let child = cmd
             .arg("-D")
@@ -316,4 +325,179 @@ pub fn read_all(mut r: impl Read) -> String {
     let mut s = String::new();
     let _ = r.read_to_string(&mut s);
     s
+}
+
+/// A private dbus-daemon configured like Debian's system bus, with mctl's own policy from
+/// `dbus/` included.
+pub struct TestBus {
+    child: Child,
+    pub address: String,
+}
+
+impl TestBus {
+    pub fn start(dir: &Path) -> TestBus {
+        let socket = dir.join("system_bus_socket");
+        let config = dir.join("bus.conf");
+        let policy = repo().join("dbus/org.mctl.Machine1.conf");
+        std::fs::write(
+            &config,
+            format!(
+                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={socket}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
+  </policy>
+  <policy user="root">
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Monitoring"/>
+  </policy>
+  <include>{policy}</include>
+</busconfig>
+"#,
+                socket = socket.display(),
+                policy = policy.display()
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new("dbus-daemon")
+            .arg(format!("--config-file={}", config.display()))
+            .args(["--nofork", "--print-address=1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start dbus-daemon");
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line)
+            .unwrap();
+        assert!(line.starts_with("unix:"), "dbus-daemon did not start: {line:?}");
+        TestBus { child, address: format!("unix:path={}", socket.display()) }
+    }
+}
+
+impl Drop for TestBus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running mctld on a test bus.
+pub struct Mctld {
+    child: Option<Child>,
+    pub state_dir: PathBuf,
+}
+
+impl Mctld {
+    pub fn start(bus: &TestBus, dir: &Path, compat: bool) -> Mctld {
+        let state_dir = dir.join("state");
+        Self::start_with_state(bus, dir, compat, &state_dir)
+    }
+
+    pub fn start_with_state(bus: &TestBus, dir: &Path, compat: bool, state_dir: &Path) -> Mctld {
+        let notify_dir = tempfile::Builder::new().prefix("mctld-ready-").tempdir_in(dir).unwrap();
+        let mut notify = NotifyListener::new(notify_dir.path());
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mctld"));
+        cmd.arg("--state-dir")
+            .arg(state_dir)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+            .env("NOTIFY_SOCKET", &notify.path);
+        if compat {
+            cmd.arg("--machined-compat");
+        }
+        let log = std::fs::File::create(dir.join("mctld.log")).unwrap();
+        let child = cmd.stdout(Stdio::null()).stderr(Stdio::from(log)).spawn().expect("start mctld");
+        assert!(notify.wait_for("READY=1", Duration::from_secs(20)).is_some(), "mctld did not become ready");
+        Mctld { child: Some(child), state_dir: state_dir.to_owned() }
+    }
+
+    /// Kills mctld with SIGKILL (machines keep running).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Mctld {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `machinectl --no-pager ARGS` against the test bus. machinectl refuses to run unless
+/// `/run/systemd/system` exists, so it runs in a private mount namespace with a tmpfs on /run
+/// that has one (nothing changes on the host).
+pub fn machinectl(bus: &TestBus, args: &[&str]) -> Output {
+    Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg("mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/system && exec machinectl --no-pager \"$@\"")
+        .arg("sh")
+        .args(args)
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run machinectl")
+}
+
+/// `busctl --system ARGS` against the test bus.
+pub fn busctl(bus: &TestBus, args: &[&str]) -> Output {
+    Command::new("busctl")
+        .arg("--system")
+        .args(args)
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run busctl")
+}
+
+/// Waits until `cond` holds, polling.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    cond()
+}
+
+/// Stops a launcher: SIGTERM (the machine's stop request), and once more after a while (kill)
+/// if the payload ignored the first; returns its exit status.
+pub fn stop_launcher(child: &mut Child) -> ExitStatus {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    for patience in [Duration::from_secs(1), Duration::from_secs(10)] {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + patience;
+        while Instant::now() < deadline {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let _ = child.kill();
+    child.wait().unwrap()
 }

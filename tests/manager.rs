@@ -1,0 +1,466 @@
+//! mctld on a real dbus-daemon (configured like a system bus, with mctl's policy), with real
+//! machines, driven by mctl's CLI and by systemd's own machinectl and busctl.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+fn mctl_on(bus: &TestBus) -> Command {
+    let mut c = mctl();
+    c.env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address).stdin(Stdio::null());
+    c
+}
+
+fn run_mctl(bus: &TestBus, args: &[&str]) -> Output {
+    mctl_on(bus).args(args).output().unwrap()
+}
+
+/// The `<interface name=...>` block of an introspection document.
+fn interface_block<'a>(xml: &'a str, name: &str) -> &'a str {
+    let start = xml.find(&format!("<interface name=\"{name}\">")).unwrap_or_else(|| panic!("{name} missing"));
+    let end = start + xml[start..].find("</interface>").unwrap();
+    &xml[start..end]
+}
+
+/// A `<method name="X">...</method>` block.
+fn method_block<'a>(xml: &'a str, name: &str) -> &'a str {
+    let needle = format!("<method name=\"{name}\"");
+    let start = xml.find(&needle).unwrap_or_else(|| panic!("method {name} missing"));
+    let end = start + xml[start..].find("</method>").map(|e| e + "</method>".len()).unwrap();
+    &xml[start..end]
+}
+
+/// What the real systemd-machined 252 answered (recorded on Debian 12, see the README there).
+fn reference(file: &str) -> String {
+    std::fs::read_to_string(format!("{}/tests/data/machined-252/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+#[test]
+fn machinectl_and_busctl_work_against_mctld() {
+    let s = scratch();
+    let bus = TestBus::start(s.path());
+    let _mctld = Mctld::start(&bus, s.path(), true);
+    let dir = copy_tree(debian_tree(), s.path(), "mcompat");
+    let boot_dir = s.path().join("boot");
+    std::fs::create_dir(&boot_dir).unwrap();
+    let mut m = Machine::boot_on(Some(&bus.address), &dir, &boot_dir, &[]);
+
+    // list: machinectl's own table, OS from the guest.
+    let o = machinectl(&bus, &["list"]);
+    assert_eq!(
+        common::stdout(&o),
+        "MACHINE CLASS     SERVICE OS     VERSION ADDRESSES\nmcompat container mctl    debian 12      -\n\n1 machines listed.\n",
+        "stderr: {}",
+        common::stderr(&o)
+    );
+    let o = machinectl(&bus, &["list", "-o", "json"]);
+    assert_eq!(
+        common::stdout(&o).trim(),
+        r#"[{"machine":"mcompat","class":"container","service":"mctl","os":"debian","version":"12","addresses":null}]"#
+    );
+
+    // show: machined's keys, in machined's order (Unit is empty, so left out).
+    let o = machinectl(&bus, &["show", "mcompat"]);
+    let out = common::stdout(&o);
+    let keys: Vec<&str> = out.lines().map(|l| l.split('=').next().unwrap()).collect();
+    assert_eq!(
+        keys,
+        [
+            "Name",
+            "Id",
+            "Timestamp",
+            "TimestampMonotonic",
+            "Service",
+            "Leader",
+            "Class",
+            "RootDirectory",
+            "State"
+        ],
+        "{out}"
+    );
+    assert!(out.contains(&format!("Leader={}\n", m.leader)));
+    assert!(out.contains(&format!("RootDirectory={}\n", dir.display())));
+    assert!(out.contains("State=running\n") && out.contains("Service=mctl\n"));
+    let id = out.lines().find_map(|l| l.strip_prefix("Id=")).unwrap();
+    assert_eq!(id.len(), 32);
+    let o = machinectl(&bus, &["show", "--all", "mcompat"]);
+    assert!(common::stdout(&o).contains("NetworkInterfaces=[unprintable]\nState=running\n"));
+    let o = machinectl(&bus, &["show"]);
+    assert_eq!(
+        common::stdout(&o),
+        "PoolPath=/var/lib/machines\nPoolUsage=18446744073709551615\nPoolLimit=18446744073709551615\n"
+    );
+    let o = machinectl(&bus, &["show", "-p", "State", "--value", "mcompat"]);
+    assert_eq!(common::stdout(&o), "running\n");
+
+    // status: the header block, with the leader's command read locally.
+    let o = machinectl(&bus, &["status", "mcompat"]);
+    let out = common::stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{}", common::stderr(&o));
+    assert!(out.starts_with(&format!("mcompat({id})\n")), "{out}");
+    assert!(out.contains(&format!("Leader: {} (systemd)", m.leader)), "{out}");
+    assert!(out.contains("Service: mctl; class container"), "{out}");
+    assert!(out.contains("OS: Debian GNU/Linux 12 (bookworm)"), "{out}");
+    let o = machinectl(&bus, &["status", "nosuch"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(common::stderr(&o), "Could not get path to machine: No machine 'nosuch' known\n");
+    let o = machinectl(&bus, &["terminate", "nosuch"]);
+    assert_eq!(common::stderr(&o), "Could not terminate machine: No machine 'nosuch' known\n");
+
+    // busctl: tree, introspection (compared with the real machined's), properties.
+    let o = busctl(
+        &bus,
+        &["introspect", "--xml-interface", "org.freedesktop.machine1", "/org/freedesktop/machine1/machine"],
+    );
+    let dir_xml = common::stdout(&o);
+    let theirs_dir = reference("machine-dir-introspect.xml");
+    assert_eq!(
+        dir_xml.trim_end().replace("<node name=\"mcompat\"/>", "<node name=\"_2ehost\"/>"),
+        theirs_dir.trim_end(),
+        "child nodes of the machine directory differ from machined's"
+    );
+    let o = busctl(&bus, &["tree", "org.freedesktop.machine1"]);
+    assert!(
+        common::stdout(&o).contains("/org/freedesktop/machine1/machine/mcompat"),
+        "{}",
+        common::stdout(&o)
+    );
+    let o = busctl(
+        &bus,
+        &[
+            "get-property",
+            "org.freedesktop.machine1",
+            "/org/freedesktop/machine1/machine/mcompat",
+            "org.freedesktop.machine1.Machine",
+            "Leader",
+        ],
+    );
+    assert_eq!(common::stdout(&o), format!("u {}\n", m.leader));
+    let o = busctl(
+        &bus,
+        &["introspect", "--xml-interface", "org.freedesktop.machine1", "/org/freedesktop/machine1"],
+    );
+    let ours = common::stdout(&o);
+    let o = busctl(
+        &bus,
+        &[
+            "introspect",
+            "--xml-interface",
+            "org.freedesktop.machine1",
+            "/org/freedesktop/machine1/machine/mcompat",
+        ],
+    );
+    let ours_machine = common::stdout(&o);
+    {
+        let (theirs, theirs_machine) =
+            (reference("manager-introspect.xml"), reference("host-machine-introspect.xml"));
+        for std_iface in [
+            "org.freedesktop.DBus.Peer",
+            "org.freedesktop.DBus.Introspectable",
+            "org.freedesktop.DBus.Properties",
+        ] {
+            assert_eq!(interface_block(&ours, std_iface), interface_block(&theirs, std_iface));
+        }
+        for method in [
+            "GetMachine",
+            "GetImage",
+            "GetMachineByPID",
+            "ListMachines",
+            "ListImages",
+            "RegisterMachine",
+            "RegisterMachineWithNetwork",
+            "UnregisterMachine",
+            "TerminateMachine",
+            "KillMachine",
+            "GetMachineAddresses",
+            "GetMachineOSRelease",
+            "GetMachineUIDShift",
+        ] {
+            assert_eq!(method_block(&ours, method), method_block(&theirs, method), "method {method}");
+        }
+        let props = |x: &str| -> String {
+            let block = interface_block(x, "org.freedesktop.machine1.Machine");
+            block[..block.find("<method").unwrap()].to_owned()
+        };
+        assert_eq!(props(&ours_machine), props(&theirs_machine));
+        assert!(
+            ours.trim_end().ends_with(" <node name=\"image\"/>\n <node name=\"machine\"/>\n</node>"),
+            "{ours}"
+        );
+    }
+
+    // poweroff goes to the guest's init as machinectl's SIGRTMIN+4; the machine shuts down
+    // cleanly and disappears from the list.
+    let o = machinectl(&bus, &["poweroff", "mcompat"]);
+    assert_eq!(o.status.code(), Some(0), "{}", common::stderr(&o));
+    let st = m.wait(Duration::from_secs(60)).expect("machine powered off");
+    assert_eq!(st.code(), Some(0), "log:\n{}", m.log_text());
+    assert!(wait_until(Duration::from_secs(5), || common::stdout(&machinectl(&bus, &["list"]))
+        == "No machines.\n"));
+    assert_no_leaks("mcompat", &dir);
+
+    // terminate through machinectl ends a running machine too.
+    let mut m = Machine::boot_on(Some(&bus.address), &dir, &boot_dir, &["--console=passive"]);
+    let o = machinectl(&bus, &["terminate", "mcompat"]);
+    assert_eq!(o.status.code(), Some(0), "{}", common::stderr(&o));
+    assert!(m.wait(Duration::from_secs(30)).is_some(), "terminate did not end the machine");
+    assert!(wait_until(Duration::from_secs(5), || common::stdout(&machinectl(&bus, &["list"]))
+        == "No machines.\n"));
+    assert_no_leaks("mcompat", &dir);
+}
+
+#[test]
+fn mctl_cli_manages_machines() {
+    let s = scratch();
+    let bus = TestBus::start(s.path());
+    let _mctld = Mctld::start(&bus, s.path(), false);
+    let dir = copy_tree(debian_tree(), s.path(), "mcli");
+    let boot_dir = s.path().join("boot");
+    std::fs::create_dir(&boot_dir).unwrap();
+    let mut m = Machine::boot_on(Some(&bus.address), &dir, &boot_dir, &[]);
+
+    let o = run_mctl(&bus, &["list"]);
+    assert_eq!(
+        common::stdout(&o),
+        "MACHINE CLASS     SERVICE OS     VERSION ADDRESSES\nmcli    container mctl    debian 12      -\n\n1 machines listed.\n"
+    );
+    assert_eq!(
+        common::stdout(&run_mctl(&bus, &["list", "--no-legend"])),
+        "mcli container mctl debian 12 -\n"
+    );
+    let o = run_mctl(&bus, &["show", "-p", "Leader", "--value", "mcli"]);
+    assert_eq!(common::stdout(&o), format!("{}\n", m.leader));
+    let o = run_mctl(&bus, &["status", "mcli"]);
+    let out = common::stdout(&o);
+    assert!(out.contains(&format!("Leader: {} (systemd)", m.leader)), "{out}");
+    assert!(out.contains("OS: Debian GNU/Linux 12 (bookworm)"), "{out}");
+    // The process tree comes from the machine's cgroup.
+    assert!(
+        out.contains("CGroup: ") && out.contains("init.scope") && out.contains("systemd-journald"),
+        "{out}"
+    );
+
+    // shell: inside the machine's namespaces, its cgroup, its capability bounding set.
+    let o = run_mctl(
+        &bus,
+        &[
+            "shell",
+            "mcli",
+            "/bin/sh",
+            "-c",
+            "hostname; cat /proc/1/comm; cat /proc/self/cgroup; grep CapBnd /proc/self/status; exit 7",
+        ],
+    );
+    let out = common::stdout(&o);
+    assert_eq!(o.status.code(), Some(7), "{}", common::stderr(&o));
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("mcli"));
+    assert_eq!(lines.next(), Some("systemd"));
+    assert!(out.contains("0::/mctl-shell-"), "{out}");
+    let leader_bnd = std::fs::read_to_string(format!("/proc/{}/status", m.leader)).unwrap();
+    let leader_bnd = leader_bnd.lines().find(|l| l.starts_with("CapBnd:")).unwrap();
+    assert!(out.contains(leader_bnd), "{out}");
+    let o = run_mctl(&bus, &["shell", "nobody@mcli", "/usr/bin/id", "-un"]);
+    assert_eq!(common::stdout(&o), "nobody\n", "{}", common::stderr(&o));
+
+    // kill: signals reach the named processes.
+    let o = run_mctl(&bus, &["kill", "--kill-whom=leader", "-s", "SIGCONT", "mcli"]);
+    assert_eq!(o.status.code(), Some(0), "{}", common::stderr(&o));
+    let o = run_mctl(&bus, &["kill", "-s", "NOPE", "mcli"]);
+    assert!(common::stderr(&o).contains("unknown signal"));
+
+    // reboot: the guest reboots, the launcher boots it again and re-registers.
+    let first = m.leader;
+    assert_eq!(run_mctl(&bus, &["reboot", "mcli"]).status.code(), Some(0));
+    let second = m.notify.wait_leader(1, BOOT_TIMEOUT).expect("machine rebooted");
+    assert_ne!(first, second);
+    m.leader = second;
+    assert!(wait_until(Duration::from_secs(30), || {
+        common::stdout(&run_mctl(&bus, &["show", "-p", "Leader", "--value", "mcli"])) == format!("{second}\n")
+    }));
+
+    // terminate: every process ends, the launcher cleans up, the entry goes.
+    assert_eq!(run_mctl(&bus, &["terminate", "mcli"]).status.code(), Some(0));
+    assert!(m.wait(Duration::from_secs(30)).is_some());
+    assert!(
+        wait_until(Duration::from_secs(5), || common::stdout(&run_mctl(&bus, &["list"])) == "No machines.\n")
+    );
+    assert_no_leaks("mcli", &dir);
+
+    // Unknown machines get machined's message and exit 1.
+    for verb in [
+        &["status", "ghost"][..],
+        &["terminate", "ghost"],
+        &["show", "ghost"],
+        &["poweroff", "ghost"],
+        &["shell", "ghost"],
+    ] {
+        let o = run_mctl(&bus, verb);
+        assert_eq!(o.status.code(), Some(1), "{verb:?}");
+        assert!(common::stderr(&o).contains("No machine 'ghost' known"), "{verb:?}: {}", common::stderr(&o));
+    }
+}
+
+#[test]
+fn restarted_mctld_readopts_live_machines_and_drops_dead_ones() {
+    let s = scratch();
+    let bus = TestBus::start(s.path());
+    let mut mctld = Mctld::start(&bus, s.path(), false);
+    let dir = copy_tree(busybox_tree(), s.path(), "mlive");
+    let mut notify = NotifyListener::new(s.path());
+    let mut launcher = mctl_on(&bus)
+        .args(["run", "-q", "--register=yes", "-D"])
+        .arg(&dir)
+        .args(["--", "sleep", "60"])
+        .env("NOTIFY_SOCKET", &notify.path)
+        .spawn()
+        .unwrap();
+    let leader = notify.wait_leader(0, Duration::from_secs(10)).expect("machine started");
+    assert!(wait_until(Duration::from_secs(5), || common::stdout(&run_mctl(&bus, &["list", "--no-legend"]))
+        .starts_with("mlive ")));
+
+    mctld.kill9();
+    // A state file of a machine whose leader is long gone.
+    std::fs::write(
+        mctld.state_dir.join("ghost"),
+        "NAME=ghost\nLEADER=999999\nLEADER_START=1\nCLASS=container\nSERVICE=mctl\n",
+    )
+    .unwrap();
+    let monitor = Command::new("busctl")
+        .args(["--system", "monitor", "--match", "type=signal,member=MachineNew"])
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let _mctld = Mctld::start_with_state(&bus, s.path(), false, &mctld.state_dir.clone());
+    let o = run_mctl(&bus, &["list", "--no-legend"]);
+    assert_eq!(common::stdout(&o), "mlive container mctl busybox 1 -\n");
+    assert!(!mctld.state_dir.join("ghost").exists(), "the dead machine's state file was kept");
+    assert_eq!(
+        common::stdout(&run_mctl(&bus, &["show", "-p", "Leader", "--value", "mlive"])),
+        format!("{leader}\n")
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let mut monitor = monitor;
+    let _ = monitor.kill();
+    let seen = read_all(monitor.stdout.take().unwrap());
+    let _ = monitor.wait();
+    assert!(seen.contains("MachineNew") && seen.contains("\"mlive\""), "no MachineNew re-announced:\n{seen}");
+
+    // When the machine ends, the new mctld notices at once (pidfd) and drops it.
+    stop_launcher(&mut launcher);
+    assert!(
+        wait_until(Duration::from_secs(2), || common::stdout(&run_mctl(&bus, &["list"])) == "No machines.\n")
+    );
+    assert!(std::fs::read_dir(&mctld.state_dir).unwrap().next().is_none());
+    assert_no_leaks("mlive", &dir);
+}
+
+#[test]
+fn registration_modes_and_authorization() {
+    let s = scratch();
+    std::fs::set_permissions(s.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bus = TestBus::start(s.path());
+    let dir = copy_tree(busybox_tree(), s.path(), "mreg");
+
+    // No manager: auto warns once and runs, yes refuses and leaves nothing.
+    let o = run_mctl(&bus, &["run", "-D", dir.to_str().unwrap(), "true"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(common::stderr(&o).matches("not registered").count(), 1, "{}", common::stderr(&o));
+    let o = run_mctl(&bus, &["run", "--register=yes", "-D", dir.to_str().unwrap(), "true"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(common::stderr(&o).contains("no machine manager answers"), "{}", common::stderr(&o));
+    assert_no_leaks("mreg", &dir);
+
+    let _mctld = Mctld::start(&bus, s.path(), false);
+    // A name the manager already has is refused before the payload runs.
+    let mut stand_in = Command::new("sleep").arg("30").spawn().unwrap();
+    let o = busctl(
+        &bus,
+        &[
+            "call",
+            "org.mctl.Machine1",
+            "/org/freedesktop/machine1",
+            "org.freedesktop.machine1.Manager",
+            "RegisterMachine",
+            "sayssus",
+            "clash",
+            "0",
+            "other",
+            "container",
+            &stand_in.id().to_string(),
+            "",
+        ],
+    );
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let o = run_mctl(&bus, &["run", "-M", "clash", "-D", dir.to_str().unwrap(), "--", "touch", "/ran"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(common::stderr(&o).contains("Machine 'clash' already exists"), "{}", common::stderr(&o));
+    assert!(!dir.join("ran").exists(), "the payload ran although registration failed");
+    assert_no_leaks("clash", &dir);
+
+    // Anyone may look; only root may change things.
+    let as_nobody = |args: &[&str]| -> Output {
+        let mut c = mctl_on(&bus);
+        c.args(args).uid(65534).gid(65534);
+        c.output().unwrap()
+    };
+    let o = as_nobody(&["list", "--no-legend"]);
+    assert!(common::stdout(&o).contains("clash"), "{}", common::stderr(&o));
+    let o = as_nobody(&["terminate", "clash"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        common::stderr(&o).contains("Access denied: only root or a caller with CAP_KILL"),
+        "{}",
+        common::stderr(&o)
+    );
+    let o = Command::new("busctl")
+        .args([
+            "--system",
+            "call",
+            "org.mctl.Machine1",
+            "/org/freedesktop/machine1",
+            "org.freedesktop.machine1.Manager",
+        ])
+        .args(["RegisterMachine", "sayssus", "evil", "0", "x", "container", "0", ""])
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        common::stderr(&o).contains("Access denied") || common::stderr(&o).contains("rejected"),
+        "{}",
+        common::stderr(&o)
+    );
+
+    // --register=no: the machine stays off the list.
+    let mut notify = NotifyListener::new(s.path());
+    let mut hidden = mctl_on(&bus)
+        .args(["run", "-q", "--register=no", "-M", "hidden", "-D"])
+        .arg(&dir)
+        .args(["--", "sleep", "30"])
+        .env("NOTIFY_SOCKET", &notify.path)
+        .spawn()
+        .unwrap();
+    notify.wait_leader(0, Duration::from_secs(10)).expect("machine started");
+    assert_eq!(
+        common::stdout(&run_mctl(&bus, &["list", "--no-legend"])),
+        "clash container other debian 12 -\n"
+    );
+    stop_launcher(&mut hidden);
+    let _ = stand_in.kill();
+    let _ = stand_in.wait();
+    assert!(
+        wait_until(Duration::from_secs(5), || common::stdout(&run_mctl(&bus, &["list"])) == "No machines.\n")
+    );
+    assert_no_leaks("hidden", &dir);
+}
