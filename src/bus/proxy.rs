@@ -72,3 +72,37 @@ pub async fn all_properties(
 pub fn manager_path() -> &'static str {
     MANAGER_PATH
 }
+
+/// The parts of systemd's `org.freedesktop.systemd1.Manager` that `mctl start/stop/enable/
+/// disable` use, as machinectl does.
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Manager",
+    default_service = "org.freedesktop.systemd1",
+    default_path = "/org/freedesktop/systemd1"
+)]
+pub trait Systemd1 {
+    /// Starts a unit; returns the job.
+    fn start_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    /// Stops a unit; returns the job.
+    fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    /// Enables unit files.
+    fn enable_unit_files(
+        &self,
+        files: &[&str],
+        runtime: bool,
+        force: bool,
+    ) -> zbus::Result<(bool, Vec<(String, String, String)>)>;
+    /// Disables unit files.
+    fn disable_unit_files(
+        &self,
+        files: &[&str],
+        runtime: bool,
+    ) -> zbus::Result<Vec<(String, String, String)>>;
+    /// Reloads unit files.
+    fn reload(&self) -> zbus::Result<()>;
+    /// Asks for job signals.
+    fn subscribe(&self) -> zbus::Result<()>;
+    /// A job ended: id, job path, unit, result.
+    #[zbus(signal)]
+    fn job_removed(&self, id: u32, job: OwnedObjectPath, unit: String, result: String) -> zbus::Result<()>;
+}

@@ -38,6 +38,14 @@ pub enum Command {
     Reboot(NamesArgs),
     /// Run a shell or command inside a running machine.
     Shell(ShellArgs),
+    /// Start machines as systemd services (mctl@NAME.service).
+    Start(NamesArgs),
+    /// Stop machines' services (a clean poweroff of the guest).
+    Stop(NamesArgs),
+    /// Start machines at boot.
+    Enable(NamesArgs),
+    /// Do not start machines at boot.
+    Disable(NamesArgs),
 }
 
 /// Output formats.

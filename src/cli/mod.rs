@@ -7,6 +7,7 @@ pub mod machine;
 pub mod manage;
 pub mod output;
 pub mod shell;
+pub mod units;
 
 pub use args::Cli;
 
@@ -66,6 +67,10 @@ pub fn run(cli: Cli, cfg: &CliConfig) -> Result<i32, CliError> {
         }
         args::Command::Reboot(a) => manage::signal_leader(&a.names, libc::SIGINT),
         args::Command::Shell(a) => shell::shell(&a),
+        args::Command::Start(a) => units::start_stop(&a.names, cfg, true),
+        args::Command::Stop(a) => units::start_stop(&a.names, cfg, false),
+        args::Command::Enable(a) => units::enable_disable(&a.names, cfg, true),
+        args::Command::Disable(a) => units::enable_disable(&a.names, cfg, false),
     }
 }
 

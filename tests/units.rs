@@ -1,0 +1,151 @@
+//! Persistent machines under a real systemd. This host's PID 1 is not systemd, so the test
+//! boots a Debian guest with mctl (the host-in-a-box), installs the freshly built mctl into it
+//! with the install step, and drives nested machines there through systemd and its system bus.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn ok(m: &Machine, cmd: &[&str]) -> String {
+    let o = m.exec(cmd);
+    assert!(o.status.success(), "{cmd:?} failed: {}{}", common::stdout(&o), common::stderr(&o));
+    common::stdout(&o)
+}
+
+fn eventually(m: &Machine, script: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        last = m.sh(script);
+        if last == want {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("`{script}` gave {last:?}, not {want:?}");
+}
+
+#[test]
+fn persistent_machines_under_a_real_systemd() {
+    let s = scratch();
+    let outer = copy_tree(debian_tree(), s.path(), "outer");
+    std::fs::create_dir_all(outer.join("var/lib/machines")).unwrap();
+    copy_tree(debian_tree(), &outer.join("var/lib/machines"), "inner");
+    let build = Path::new(env!("CARGO_BIN_EXE_mctl")).parent().unwrap().to_str().unwrap().to_owned();
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let boot_dir = s.path().join("boot");
+    std::fs::create_dir(&boot_dir).unwrap();
+    let mut m = Machine::boot(
+        &outer,
+        &boot_dir,
+        &["--bind-ro", &format!("{repo}:/opt/mctl-src"), "--bind-ro", &format!("{build}:/opt/mctl-build")],
+    );
+
+    // The install step, as a user runs it once.
+    ok(&m, &["env", "MCTL_BUILD_DIR=/opt/mctl-build", "/opt/mctl-src/bootstrap/install.sh"]);
+    let o = m.exec(&[
+        "systemd-analyze",
+        "verify",
+        "/usr/local/lib/systemd/system/mctl@.service",
+        "/usr/local/lib/systemd/system/mctld.service",
+        "/usr/local/lib/systemd/system/mctl-machines.target",
+        "mctl@inner.service",
+    ]);
+    assert!(
+        o.status.success() && common::stderr(&o).is_empty(),
+        "systemd-analyze verify: {}",
+        common::stderr(&o)
+    );
+
+    // The first call D-Bus-activates mctld.
+    assert_eq!(m.sh("systemctl is-active mctld.service"), "inactive");
+    assert_eq!(ok(&m, &["mctl", "list"]), "No machines.\n");
+    assert_eq!(m.sh("systemctl is-active mctld.service"), "active");
+
+    // start: systemd runs mctl@inner.service, which is active once the nested guest is ready.
+    ok(&m, &["mctl", "start", "inner"]);
+    assert_eq!(m.sh("systemctl is-active mctl@inner.service"), "active");
+    assert_eq!(m.sh("mctl list --no-legend"), "inner container mctl debian 12 -");
+    let status = ok(&m, &["mctl", "status", "inner"]);
+    assert!(status.contains("Unit: mctl@inner.service"), "{status}");
+    assert!(status.contains("CGroup: /machine.slice/mctl@inner.service/payload"), "{status}");
+    assert_eq!(m.sh("mctl shell inner systemctl is-system-running --wait"), "running");
+    assert_eq!(m.sh("mctl shell inner systemctl --failed --no-legend --plain"), "");
+
+    // stop (mctl's and systemctl's): a clean poweroff, the unit ends inactive, not failed.
+    ok(&m, &["mctl", "stop", "inner"]);
+    assert_eq!(m.sh("systemctl is-active mctl@inner.service"), "inactive");
+    assert_eq!(m.sh("systemctl show -p Result --value mctl@inner.service"), "success");
+    assert_eq!(ok(&m, &["mctl", "list"]), "No machines.\n");
+    ok(&m, &["systemctl", "start", "mctl@inner.service"]);
+    ok(&m, &["systemctl", "stop", "mctl@inner.service"]);
+    assert_eq!(m.sh("systemctl is-active mctl@inner.service"), "inactive");
+    assert_eq!(m.sh("systemctl show -p Result --value mctl@inner.service"), "success");
+    let journal = m.sh("journalctl -u mctl@inner.service --no-pager");
+    assert!(
+        journal.contains("Halting system") || journal.contains("Power-Off"),
+        "no clean shutdown:\n{journal}"
+    );
+
+    // A reboot inside the nested guest restarts it under the same unit (exit status 133).
+    ok(&m, &["mctl", "start", "inner"]);
+    let first = m.sh("mctl show -p Leader --value inner");
+    let _ = m.exec(&["mctl", "shell", "inner", "systemctl", "reboot"]);
+    eventually(&m, "systemctl show -p NRestarts --value mctl@inner.service", "1");
+    eventually(&m, "systemctl is-active mctl@inner.service", "active");
+    let second = m.sh("mctl show -p Leader --value inner");
+    assert!(!second.is_empty() && second != first, "leader {first} -> {second}");
+    assert_eq!(m.sh("mctl shell inner systemctl is-system-running --wait"), "running");
+
+    // enable, then a reboot of the outer guest brings the nested machine back on its own.
+    let o = m.exec(&["mctl", "enable", "inner"]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(
+        common::stderr(&o).contains("mctl-machines.target.wants/mctl@inner.service"),
+        "{}",
+        common::stderr(&o)
+    );
+    assert_eq!(m.sh("systemctl is-enabled mctl@inner.service"), "enabled");
+    let _ = m.exec(&["systemctl", "reboot"]);
+    let leader = m.notify.wait_leader(1, BOOT_TIMEOUT).expect("the outer guest came back");
+    m.leader = leader;
+    eventually(&m, "systemctl is-active mctl@inner.service", "active");
+    eventually(&m, "mctl list --no-legend", "inner container mctl debian 12 -");
+    ok(&m, &["mctl", "disable", "inner"]);
+    assert_eq!(m.sh("systemctl is-enabled mctl@inner.service"), "disabled");
+
+    // Shutting the outer guest down stops the nested machine cleanly too.
+    let st = m.stop();
+    assert_eq!(st.code(), Some(0), "log:\n{}", m.log_text());
+    assert_no_leaks("outer", &outer);
+}
+
+#[test]
+fn systemd_verbs_say_when_there_is_no_systemd() {
+    // A private mount namespace with an empty /run: certainly no /run/systemd/system.
+    for verb in ["start", "stop", "enable", "disable"] {
+        let o = Command::new("unshare")
+            .args([
+                "-m",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                "mount -t tmpfs tmpfs /run && exec \"$@\"",
+                "sh",
+            ])
+            .arg(env!("CARGO_BIN_EXE_mctl"))
+            .args([verb, "web"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{verb}");
+        let err = common::stderr(&o);
+        assert!(err.contains("systemd is not running as init on this host"), "{verb}: {err}");
+        assert_eq!(err.lines().count(), 1);
+    }
+}
