@@ -168,6 +168,20 @@ pub struct MachineArgs {
     /// Mount the root directory read-only.
     #[arg(long)]
     pub read_only: bool,
+    /// Boot a throwaway overlay of the image: writes go to memory and vanish at exit, the image
+    /// is not changed; the machine name gets a random suffix.
+    #[arg(short = 'x', long)]
+    pub ephemeral: bool,
+    /// Keep the image from being written: yes (tmpfs root, /usr from the image), state (image
+    /// read-only, tmpfs /var), overlay (tmpfs overlay over the image), no.
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "yes", value_name = "MODE")]
+    pub volatile: Option<crate::launcher::spec::Volatile>,
+    /// An overlay mount: LOWER[:LOWER...]:UPPER:DEST (empty UPPER: a throwaway tmpfs).
+    #[arg(long, value_name = "LOWER:UPPER:DEST")]
+    pub overlay: Vec<String>,
+    /// A read-only overlay mount: LOWER[:LOWER...]:DEST.
+    #[arg(long = "overlay-ro", value_name = "LOWER:DEST")]
+    pub overlay_ro: Vec<String>,
     /// Capabilities to grant on top of the defaults (comma-separated, or "all").
     #[arg(long, value_name = "CAPS")]
     pub capability: Vec<String>,

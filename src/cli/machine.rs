@@ -54,15 +54,20 @@ pub fn build_spec(m: MachineArgs, payload: Payload, cfg: &CliConfig) -> Result<L
     if !root.is_dir() {
         return Err(CliError::new(format!("{} is not a directory", dir.display())));
     }
+    // -x with an image name (no -D) boots that image under a fresh name.
     let name = match given_name {
-        Some(n) => n,
-        None => {
-            let base = root.file_name().map(|b| b.to_string_lossy().into_owned()).unwrap_or_default();
-            MachineName::from_dir_name(&base).ok_or_else(|| {
+        Some(n) if !m.ephemeral || m.directory.is_some() => n,
+        given => {
+            let base = match &given {
+                Some(n) => n.to_string(),
+                None => root.file_name().map(|b| b.to_string_lossy().into_owned()).unwrap_or_default(),
+            };
+            let name = MachineName::from_dir_name(&base).ok_or_else(|| {
                 CliError::new(format!(
                     "cannot derive a machine name from directory '{base}'; give one with -M NAME"
                 ))
-            })?
+            })?;
+            if m.ephemeral { ephemeral_name(&name)? } else { name }
         }
     };
     if let Some(h) = &m.hostname {
@@ -75,6 +80,13 @@ pub fn build_spec(m: MachineArgs, payload: Payload, cfg: &CliConfig) -> Result<L
     }
     for b in &m.bind_ro {
         binds.push(spec::parse_bind(b, true, &cwd).map_err(bad)?);
+    }
+    let mut overlays = Vec::new();
+    for o in &m.overlay {
+        overlays.push(spec::parse_overlay(o, false).map_err(bad)?);
+    }
+    for o in &m.overlay_ro {
+        overlays.push(spec::parse_overlay(o, true).map_err(bad)?);
     }
     let tmpfs = m.tmpfs.iter().map(|t| spec::parse_tmpfs(t)).collect::<Result<Vec<_>, _>>().map_err(bad)?;
     let env = m.setenv.iter().map(|e| spec::parse_setenv(e)).collect::<Result<Vec<_>, _>>().map_err(bad)?;
@@ -108,6 +120,10 @@ pub fn build_spec(m: MachineArgs, payload: Payload, cfg: &CliConfig) -> Result<L
         chdir: m.chdir,
         user: m.user,
         read_only: m.read_only,
+        ephemeral: m.ephemeral,
+        volatile: m.volatile.unwrap_or_default(),
+        overlays,
+        runtime_dir: cfg.runtime_dir.clone(),
         capabilities,
         kill_signal,
         keep_unit: m.keep_unit,
@@ -117,6 +133,17 @@ pub fn build_spec(m: MachineArgs, payload: Payload, cfg: &CliConfig) -> Result<L
         cgroup: CgroupConfig::default(),
         register: m.register,
     })
+}
+
+/// An ephemeral machine's name: the image's plus a random suffix, so that many machines of one
+/// image can run at once.
+fn ephemeral_name(base: &MachineName) -> Result<MachineName, CliError> {
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    let mut b = base.as_str().to_owned();
+    b.truncate(crate::names::NAME_MAX - 17);
+    let b = b.trim_end_matches(['-', '.']);
+    MachineName::new(&format!("{b}-{suffix}"))
+        .map_err(|e| CliError::new(format!("invalid machine name: {e}")))
 }
 
 /// nspawn's default: interactive on a terminal; otherwise the console is shown read-only for

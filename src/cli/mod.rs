@@ -16,6 +16,9 @@ pub use args::Cli;
 pub struct CliConfig {
     /// Where images live (`$MCTL_IMAGE_STORE`, default `/var/lib/machines`).
     pub image_store: PathBuf,
+    /// Runtime directory for per-launch scratch mount points (`$MCTL_RUNTIME_DIR`, default
+    /// `/run/mctl`).
+    pub runtime_dir: PathBuf,
 }
 
 impl CliConfig {
@@ -25,6 +28,9 @@ impl CliConfig {
             image_store: std::env::var_os("MCTL_IMAGE_STORE")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("/var/lib/machines")),
+            runtime_dir: std::env::var_os("MCTL_RUNTIME_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/run/mctl")),
         }
     }
 }

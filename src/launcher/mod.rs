@@ -42,6 +42,9 @@ struct ChildContext<'a> {
     join_cgroup_files: Vec<PathBuf>,
     host: mounts::HostFacts,
     capabilities: caps::CapsHashSet,
+    /// An empty host directory the outer child mounts its scratch tmpfs on (private to its
+    /// mount namespace), when the spec needs one.
+    scratch: Option<PathBuf>,
     env: Vec<(String, String)>,
 }
 

@@ -19,7 +19,7 @@ use nix::mount::MsFlags;
 
 use crate::sys::{NodeKind, Sys};
 
-use super::spec::LaunchSpec;
+use super::spec::{LaunchSpec, Volatile};
 
 /// A host file or directory brought into the machine as a detached mount.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -30,6 +30,10 @@ pub enum TreeId {
     ResolvConf,
     /// The n-th `--bind`/`--bind-ro`.
     Bind(usize),
+    /// The n-th `--overlay`/`--overlay-ro`, assembled in the scratch tmpfs.
+    Overlay(usize),
+    /// The image's `/usr`, for `--volatile=yes`.
+    ImageUsr,
 }
 
 /// Detached mounts, opened before the root switch.
@@ -286,17 +290,116 @@ pub fn root_plan(root: &Path, read_only: bool) -> Vec<Step> {
     steps
 }
 
+/// Where the overlay `n` of `--overlay` is assembled inside the scratch tmpfs.
+pub fn overlay_staging(scratch: &Path, n: usize) -> PathBuf {
+    scratch.join(format!("overlay{n}"))
+}
+
+/// The work directory overlayfs needs beside an explicit upper directory (same filesystem);
+/// removed again when the machine ends.
+pub fn overlay_workdir(upper: &Path) -> PathBuf {
+    let name = upper.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    upper.with_file_name(format!(".#{name}.mctl-work"))
+}
+
+fn overlay_step(lowers: &[PathBuf], upper_work: Option<(PathBuf, PathBuf)>, target: PathBuf) -> Step {
+    // overlayfs lists the top-most lower layer first; the command line lists the lowest first.
+    let lower: Vec<String> = lowers.iter().rev().map(|p| p.display().to_string()).collect();
+    let mut data = format!("lowerdir={}", lower.join(":"));
+    if let Some((u, w)) = upper_work {
+        data.push_str(&format!(",upperdir={},workdir={}", u.display(), w.display()));
+    }
+    Step::Mount {
+        source: Some("overlay".into()),
+        target,
+        fstype: Some("overlay".into()),
+        flags: MsFlags::empty(),
+        data: Some(data),
+        optional: false,
+    }
+}
+
+/// Before the pivot, on host paths: a scratch tmpfs (private to the launch's mount namespace)
+/// holding throwaway overlay layers, the root overlay for `-x`/`--volatile=overlay`, the tmpfs
+/// root of `--volatile=yes`, and the `--overlay` mounts, assembled for attaching later.
+pub fn scratch_plan(spec: &LaunchSpec, scratch: &Path) -> Vec<Step> {
+    let mut s = vec![Step::Mount {
+        source: Some("tmpfs".into()),
+        target: scratch.to_owned(),
+        fstype: Some("tmpfs".into()),
+        flags: NOSUID_NODEV,
+        data: Some("mode=0700".into()),
+        optional: false,
+    }];
+    if spec.root_overlay() {
+        let (upper, work) = (scratch.join("root.upper"), scratch.join("root.work"));
+        s.push(Step::MkDir { path: upper.clone(), mode: 0o755 });
+        s.push(Step::MkDir { path: work.clone(), mode: 0o700 });
+        s.push(overlay_step(std::slice::from_ref(&spec.root), Some((upper, work)), spec.root.clone()));
+    } else if spec.volatile == Volatile::Yes {
+        s.push(Step::Mount {
+            source: Some("tmpfs".into()),
+            target: spec.root.clone(),
+            fstype: Some("tmpfs".into()),
+            flags: MsFlags::MS_NOSUID,
+            data: Some("mode=0755".into()),
+            optional: false,
+        });
+    }
+    for (i, o) in spec.overlays.iter().enumerate() {
+        let mnt = overlay_staging(scratch, i);
+        s.push(Step::MkDir { path: mnt.clone(), mode: 0o755 });
+        let layers = match (&o.upper, o.read_only) {
+            (_, true) => None,
+            (Some(u), false) => Some((u.clone(), overlay_workdir(u))),
+            (None, false) => {
+                Some((scratch.join(format!("overlay{i}.upper")), scratch.join(format!("overlay{i}.work"))))
+            }
+        };
+        if let Some((u, w)) = &layers {
+            s.push(Step::MkDir { path: u.clone(), mode: 0o755 });
+            s.push(Step::MkDir { path: w.clone(), mode: 0o700 });
+        }
+        if layers.is_none() && o.lowers.len() == 1 {
+            // overlayfs wants two lower layers when there is no upper; one read-only layer is
+            // just a read-only bind mount.
+            s.push(Step::Mount {
+                source: Some(o.lowers[0].display().to_string()),
+                target: mnt,
+                fstype: None,
+                flags: MsFlags::MS_BIND | MsFlags::MS_REC,
+                data: None,
+                optional: false,
+            });
+        } else {
+            s.push(overlay_step(&o.lowers, layers, mnt));
+        }
+    }
+    s
+}
+
 /// API filesystems and user mounts, run after the pivot; `uuid` is the machine's UUID.
 pub fn outer_plan(spec: &LaunchSpec, uuid: &uuid::Uuid, host: &HostFacts) -> Vec<Step> {
     let strict = MsFlags::MS_STRICTATIME;
-    let mut s = vec![
+    let mut s = Vec::new();
+    if spec.volatile == Volatile::Yes {
+        // A tmpfs root: the image's /usr, and the merged-/usr links an OS expects.
+        s.push(Step::Attach { tree: TreeId::ImageUsr, target: p("/usr"), only_if_exists: false });
+        for dir in ["bin", "sbin", "lib", "lib64"] {
+            s.push(Step::Symlink { target: p(&format!("usr/{dir}")), link: p(&format!("/{dir}")) });
+        }
+        for (dir, mode) in [("/etc", 0o755), ("/var", 0o755), ("/root", 0o700)] {
+            s.push(mkdir(dir, mode));
+        }
+    }
+    s.extend([
         mkdir("/tmp", 0o1777),
         mount("tmpfs", "/tmp", NOSUID_NODEV | strict, "mode=1777,size=10%,nr_inodes=400k"),
         mkdir("/sys", 0o755),
         mount("sysfs", "/sys", NOSUID_NODEV_NOEXEC | MsFlags::MS_RDONLY, ""),
         mkdir("/dev", 0o755),
         mount("tmpfs", "/dev", MsFlags::MS_NOSUID | strict, "mode=755,size=4m,nr_inodes=64k"),
-    ];
+    ]);
     let mut nodes: Vec<(String, u32, u32)> =
         DEVICE_NODES.iter().map(|(n, a, b)| ((*n).to_owned(), *a, *b)).collect();
     if host.has_tun {
@@ -370,6 +473,13 @@ pub fn outer_plan(spec: &LaunchSpec, uuid: &uuid::Uuid, host: &HostFacts) -> Vec
     s.push(Step::Attach { tree: TreeId::ResolvConf, target: p("/etc/resolv.conf"), only_if_exists: true });
     for (i, b) in spec.binds.iter().enumerate() {
         s.push(Step::Attach { tree: TreeId::Bind(i), target: b.dest.clone(), only_if_exists: false });
+    }
+    if spec.volatile == Volatile::State {
+        s.push(mkdir("/var", 0o755));
+        s.push(mount("tmpfs", "/var", NOSUID_NODEV | strict, "mode=755"));
+    }
+    for (i, o) in spec.overlays.iter().enumerate() {
+        s.push(Step::Attach { tree: TreeId::Overlay(i), target: o.dest.clone(), only_if_exists: false });
     }
     for t in &spec.tmpfs {
         s.push(Step::MkDir { path: t.dest.clone(), mode: 0o755 });

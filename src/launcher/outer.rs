@@ -15,7 +15,7 @@ use crate::sys::linux::{self, Forked, LinuxSys};
 use super::channel::{Channel, Message};
 use super::inner;
 use super::mounts::{self, TreeId, Trees};
-use super::spec::ConsoleMode;
+use super::spec::{ConsoleMode, Volatile};
 use super::{ChildContext, ChildError};
 
 /// Runs the outer child and exits; never returns.
@@ -39,8 +39,23 @@ fn outer(ctx: &ChildContext<'_>, chan: &Channel) -> Result<(), ChildError> {
     let sys = LinuxSys;
     // Receive mounts from the host but never send any back to it.
     mounts::apply(&sys, &Trees::default(), &mounts::isolate_plan())?;
-    let trees = open_host_trees(ctx)?;
-    mounts::apply(&sys, &trees, &mounts::root_plan(&ctx.spec.root, ctx.spec.read_only))?;
+    let mut trees = open_host_trees(ctx)?;
+    if let Some(scratch) = &ctx.scratch {
+        if ctx.spec.volatile == Volatile::Yes {
+            // Taken before the tmpfs covers the image.
+            let usr = ctx.spec.root.join("usr");
+            trees.insert(TreeId::ImageUsr, ro_tree(&usr, true, true)?);
+        }
+        mounts::apply(&sys, &trees, &mounts::scratch_plan(ctx.spec, scratch))?;
+        for (i, o) in ctx.spec.overlays.iter().enumerate() {
+            trees.insert(
+                TreeId::Overlay(i),
+                ro_tree(&mounts::overlay_staging(scratch, i), false, o.read_only)?,
+            );
+        }
+    }
+    let read_only = ctx.spec.read_only || ctx.spec.volatile == Volatile::State;
+    mounts::apply(&sys, &trees, &mounts::root_plan(&ctx.spec.root, read_only))?;
     mounts::apply(&sys, &trees, &mounts::outer_plan(ctx.spec, &ctx.uuid, &ctx.host))?;
     drop(trees);
 
@@ -81,6 +96,16 @@ fn outer(ctx: &ChildContext<'_>, chan: &Channel) -> Result<(), ChildError> {
     Ok(())
 }
 
+/// A detached copy of the mount tree at `path` (read-only when `ro`).
+fn ro_tree(path: &Path, recursive: bool, ro: bool) -> Result<std::os::fd::OwnedFd, ChildError> {
+    let fd = linux::open_tree(path, recursive).map_err(ChildError::path_step("open host path", path))?;
+    if ro {
+        linux::set_tree_readonly(fd.as_fd(), recursive)
+            .map_err(ChildError::path_step("make read-only", path))?;
+    }
+    Ok(fd)
+}
+
 /// Host files the machine gets, opened as detached mounts while host paths are still
 /// reachable; read-only ones are made so before they are attached.
 fn open_host_trees(ctx: &ChildContext<'_>) -> Result<Trees, ChildError> {
@@ -89,14 +114,6 @@ fn open_host_trees(ctx: &ChildContext<'_>) -> Result<Trees, ChildError> {
         ["/etc/os-release", "/usr/lib/os-release"].iter().map(Path::new).find(|p| p.exists()).ok_or_else(
             || ChildError::Step("find the host's os-release", std::io::ErrorKind::NotFound.into()),
         )?;
-    let ro_tree = |path: &Path, recursive: bool, ro: bool| -> Result<std::os::fd::OwnedFd, ChildError> {
-        let fd = linux::open_tree(path, recursive).map_err(ChildError::path_step("open host path", path))?;
-        if ro {
-            linux::set_tree_readonly(fd.as_fd(), recursive)
-                .map_err(ChildError::path_step("make read-only", path))?;
-        }
-        Ok(fd)
-    };
     trees.insert(TreeId::OsRelease, ro_tree(os_release, false, true)?);
     let resolv = Path::new("/etc/resolv.conf");
     if resolv.exists() {

@@ -34,9 +34,15 @@ pub enum LaunchError {
     /// A problem with the machine's tree.
     #[error(transparent)]
     Tree(#[from] TreeError),
+    /// A writable boot of a read-only image.
+    #[error("image {0} is read-only: boot it with --ephemeral, --volatile or --read-only")]
+    ReadOnlyImage(PathBuf),
     /// A `--bind` source that does not exist.
     #[error("bind mount source {0} does not exist")]
     BindSource(PathBuf),
+    /// An `--overlay` layer that is not a directory.
+    #[error("overlay directory {0} does not exist")]
+    OverlaySource(PathBuf),
     /// A cgroup problem.
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
@@ -92,7 +98,11 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32, LaunchError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(LaunchError::NotRoot);
     }
-    let tree = Tree::open_and_lock(&spec.root, spec.read_only)?;
+    // Machines that never write the image may share it.
+    let tree = Tree::open_and_lock(&spec.root, spec.image_untouched())?;
+    if !spec.image_untouched() && linux::is_immutable(&spec.root).unwrap_or(false) {
+        return Err(LaunchError::ReadOnlyImage(spec.root.clone()));
+    }
     if spec.is_boot() {
         if !tree.has_os_release() {
             return Err(TreeError::NoOsRelease(spec.root.clone()).into());
@@ -101,6 +111,20 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32, LaunchError> {
     }
     if let Some(b) = spec.binds.iter().find(|b| !b.source.exists()) {
         return Err(LaunchError::BindSource(b.source.clone()));
+    }
+    for o in &spec.overlays {
+        if let Some(missing) = o.lowers.iter().chain(o.upper.iter()).find(|p| !p.is_dir()) {
+            return Err(LaunchError::OverlaySource(missing.clone()));
+        }
+    }
+    let mut scratch = if spec.needs_scratch() { Some(Scratch::create(&spec.runtime_dir)?) } else { None };
+    if let Some(s) = scratch.as_mut() {
+        s.1 = spec
+            .overlays
+            .iter()
+            .filter_map(|o| o.upper.as_deref())
+            .map(super::mounts::overlay_workdir)
+            .collect();
     }
     let uuid = tree.machine_id().or(spec.uuid).unwrap_or_else(uuid::Uuid::new_v4);
     let (capabilities, missing) = security::grantable(&spec.capabilities.wanted());
@@ -137,12 +161,52 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32, LaunchError> {
             host: host.clone(),
             capabilities: capabilities.clone(),
             env: env.clone(),
+            scratch: scratch.as_ref().map(|s| s.0.clone()),
         };
         let announce = std::mem::take(&mut first_run) && !spec.quiet;
         match run_once(ctx, &sigfd, announce)? {
             Outcome::Exit(code) => return Ok(code),
             Outcome::Reboot if spec.keep_unit => return Ok(EXIT_REBOOT),
             Outcome::Reboot => continue,
+        }
+    }
+}
+
+/// An empty host directory for the launch's scratch tmpfs (mounted only inside the machine's
+/// mount namespace, so the host sees an empty directory), removed when the launch ends, with the
+/// work directories of `--overlay` upper layers. Leftovers of killed launchers are swept.
+struct Scratch(PathBuf, Vec<PathBuf>);
+
+impl Scratch {
+    fn create(runtime_dir: &std::path::Path) -> Result<Self, LaunchError> {
+        let err = |e| LaunchError::Setup("create the launch's scratch directory", e);
+        std::fs::create_dir_all(runtime_dir).map_err(err)?;
+        if let Ok(rd) = std::fs::read_dir(runtime_dir) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let dead = name
+                    .strip_prefix("launch.")
+                    .and_then(|p| p.parse::<u32>().ok())
+                    .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists());
+                if dead {
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
+        }
+        let dir = runtime_dir.join(format!("launch.{}", std::process::id()));
+        match std::fs::create_dir(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(err(e)),
+            _ => {}
+        }
+        Ok(Scratch(dir, Vec::new()))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+        for w in &self.1 {
+            let _ = std::fs::remove_dir_all(w);
         }
     }
 }

@@ -51,6 +51,33 @@ pub struct BindMount {
     pub recursive: bool,
 }
 
+/// `--volatile=`: how much of the image is kept from being written (nspawn's modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Volatile {
+    /// The image as it is.
+    #[default]
+    No,
+    /// A tmpfs root with only `/usr` from the image (read-only).
+    Yes,
+    /// The image read-only, with a tmpfs on `/var`.
+    State,
+    /// The image read-only under a tmpfs overlay: writes land in memory and are discarded.
+    Overlay,
+}
+
+/// A `--overlay`/`--overlay-ro` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverlayMount {
+    /// Lower directories on the host, lowest first.
+    pub lowers: Vec<PathBuf>,
+    /// Upper directory on the host; `None` for a throwaway tmpfs (or for `--overlay-ro`).
+    pub upper: Option<PathBuf>,
+    /// Mount point in the machine.
+    pub dest: PathBuf,
+    /// `--overlay-ro`: no upper layer at all.
+    pub read_only: bool,
+}
+
 /// A `--tmpfs` request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TmpfsMount {
@@ -85,6 +112,14 @@ pub struct LaunchSpec {
     pub user: Option<String>,
     /// Mount the root read-only.
     pub read_only: bool,
+    /// Boot a throwaway overlay of the image (`-x`).
+    pub ephemeral: bool,
+    /// `--volatile=`.
+    pub volatile: Volatile,
+    /// `--overlay`/`--overlay-ro` requests.
+    pub overlays: Vec<OverlayMount>,
+    /// Runtime directory on the host for per-launch scratch mount points (`/run/mctl`).
+    pub runtime_dir: PathBuf,
     /// Capability changes against the default set.
     pub capabilities: CapabilityAdjust,
     /// What SIGTERM/SIGINT to the launcher sends to PID 1 first.
@@ -107,6 +142,21 @@ impl LaunchSpec {
     /// The hostname the machine gets.
     pub fn hostname(&self) -> &str {
         self.hostname.as_deref().unwrap_or(self.name.as_str())
+    }
+
+    /// Whether the image itself is never written (so it can be shared with other machines).
+    pub fn image_untouched(&self) -> bool {
+        self.read_only || self.ephemeral || self.volatile != Volatile::No
+    }
+
+    /// Whether the root is a throwaway overlay.
+    pub fn root_overlay(&self) -> bool {
+        self.ephemeral || self.volatile == Volatile::Overlay
+    }
+
+    /// Whether the launch needs a scratch tmpfs (for overlay layers or a volatile root).
+    pub fn needs_scratch(&self) -> bool {
+        self.ephemeral || self.volatile != Volatile::No || !self.overlays.is_empty()
     }
 
     /// Whether this launch boots an init.
@@ -134,6 +184,9 @@ pub enum SpecError {
         /// The flag given.
         option: String,
     },
+    /// A malformed `--overlay`.
+    #[error("{0}")]
+    Overlay(String),
     /// `--setenv` without a valid variable name.
     #[error("invalid environment assignment '{0}' (expected NAME=VALUE or NAME)")]
     BadEnv(String),
@@ -197,6 +250,37 @@ pub fn parse_bind(arg: &str, read_only: bool, cwd: &Path) -> Result<BindMount, S
     Ok(BindMount { source, dest, read_only, recursive })
 }
 
+/// Parses nspawn's `--overlay` syntax: `LOWER[:LOWER...]:UPPER:DEST` (an empty UPPER means a
+/// throwaway tmpfs), or for `--overlay-ro` `LOWER[:LOWER...]:DEST`. Host paths must be
+/// absolute; a single path means `PATH:PATH` lower and destination, as in nspawn.
+pub fn parse_overlay(arg: &str, read_only: bool) -> Result<OverlayMount, SpecError> {
+    let what = if read_only { "--overlay-ro" } else { "--overlay" };
+    let parts: Vec<&str> = arg.split(':').collect();
+    let min = if read_only { 2 } else { 3 };
+    if parts.len() < min {
+        return Err(SpecError::Overlay(format!(
+            "{what}={arg}: expected {}",
+            if read_only { "LOWER[:LOWER...]:DEST" } else { "LOWER[:LOWER...]:UPPER:DEST" }
+        )));
+    }
+    let dest = absolute(what, parts[parts.len() - 1])?;
+    check_dest(what, &dest)?;
+    let (lower_parts, upper) = if read_only {
+        (&parts[..parts.len() - 1], None)
+    } else {
+        let u = parts[parts.len() - 2];
+        (&parts[..parts.len() - 2], if u.is_empty() { None } else { Some(absolute(what, u)?) })
+    };
+    let lowers = lower_parts.iter().map(|l| absolute(what, l)).collect::<Result<Vec<_>, _>>()?;
+    for p in lowers.iter().chain(upper.iter()) {
+        // overlayfs takes its layers as ','- and ':'-separated mount options.
+        if p.to_string_lossy().contains([',', '\\']) {
+            return Err(SpecError::Overlay(format!("{what}: path {} contains ',' or '\\'", p.display())));
+        }
+    }
+    Ok(OverlayMount { lowers, upper, dest, read_only })
+}
+
 /// Parses `PATH[:OPTIONS]` (nspawn's `--tmpfs` syntax).
 pub fn parse_tmpfs(arg: &str) -> Result<TmpfsMount, SpecError> {
     let (path, options) = match arg.split_once(':') {
@@ -241,6 +325,21 @@ mod tests {
         assert!(matches!(parse_bind("/a:x", false, cwd), Err(SpecError::NotAbsolute { .. })));
         assert!(matches!(parse_bind("/a:/b:idmapx", false, cwd), Err(SpecError::UnknownOption { .. })));
         assert!(matches!(parse_bind("/a:/proc", false, cwd), Err(SpecError::ReservedDest { .. })));
+    }
+
+    #[test]
+    fn overlay_syntax() {
+        let o = parse_overlay("/a:/b:/up:/dst", false).unwrap();
+        assert_eq!(o.lowers, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert_eq!(o.upper, Some(PathBuf::from("/up")));
+        assert_eq!(o.dest, PathBuf::from("/dst"));
+        assert_eq!(parse_overlay("/a::/dst", false).unwrap().upper, None);
+        let ro = parse_overlay("/a:/b:/dst", true).unwrap();
+        assert_eq!((ro.lowers.len(), ro.upper, ro.read_only), (2, None, true));
+        assert!(parse_overlay("/a:/dst", false).is_err());
+        assert!(parse_overlay("/a:rel:/dst", false).is_err());
+        assert!(parse_overlay("/a,b::/dst", false).is_err());
+        assert!(parse_overlay("/a:/proc", true).is_err());
     }
 
     #[test]

@@ -229,6 +229,23 @@ pub fn format_local_time(secs: u64) -> String {
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
+/// Whether the file or directory at `path` has the immutable attribute (`chattr +i`), which
+/// marks a read-only image.
+pub fn is_immutable(path: &Path) -> io::Result<bool> {
+    let f = fs::File::open(path)?;
+    let mut flags: libc::c_long = 0;
+    // SAFETY: FS_IOC_GETFLAGS writes one long through the pointer, which points at our local;
+    // the fd stays open for the call.
+    if unsafe { libc::ioctl(f.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) } < 0 {
+        let e = io::Error::last_os_error();
+        // Filesystems without inode flags cannot mark anything immutable.
+        return if e.raw_os_error() == Some(libc::ENOTTY) { Ok(false) } else { Err(e) };
+    }
+    // FS_IMMUTABLE_FL from linux/fs.h.
+    const FS_IMMUTABLE_FL: libc::c_long = 0x10;
+    Ok(flags & FS_IMMUTABLE_FL != 0)
+}
+
 /// The result of [`fork`].
 #[derive(Debug)]
 pub enum Forked {

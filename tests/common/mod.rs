@@ -206,6 +206,14 @@ impl Machine {
 
     /// Boots with the system bus at `bus` (a [`TestBus`] address), if given.
     pub fn boot_on(bus: Option<&str>, dir: &Path, scratch: &Path, opts: &[&str]) -> Machine {
+        match bus {
+            Some(address) => Self::boot_env(dir, scratch, opts, &[("DBUS_SYSTEM_BUS_ADDRESS", address)]),
+            None => Self::boot_env(dir, scratch, opts, &[]),
+        }
+    }
+
+    /// Boots with extra environment variables for mctl.
+    pub fn boot_env(dir: &Path, scratch: &Path, opts: &[&str], env: &[(&str, &str)]) -> Machine {
         let notify = NotifyListener::new(scratch);
         let log = scratch.join("console.log");
         let mut cmd = mctl();
@@ -213,9 +221,7 @@ impl Machine {
         if !opts.iter().any(|o| o.starts_with("--console")) {
             cmd.arg("--console=read-only");
         }
-        if let Some(address) = bus {
-            cmd.env("DBUS_SYSTEM_BUS_ADDRESS", address);
-        }
+        cmd.envs(env.iter().copied());
         let child = cmd
             .arg("-D")
             .arg(dir)
@@ -500,4 +506,31 @@ pub fn stop_launcher(child: &mut Child) -> ExitStatus {
     }
     let _ = child.kill();
     child.wait().unwrap()
+}
+
+/// A digest of a tree: every entry's path, type, mode, owner, size, mtime, content and link
+/// target (not atime, which reading changes). Equal digests mean an untouched tree.
+pub fn tree_digest(root: &Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    use std::os::unix::fs::MetadataExt;
+    fn walk(dir: &Path, root: &Path, h: &mut std::collections::hash_map::DefaultHasher) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().flatten().collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let p = e.path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            p.strip_prefix(root).unwrap().hash(h);
+            (m.mode(), m.uid(), m.gid(), m.size(), m.mtime(), m.mtime_nsec(), m.rdev()).hash(h);
+            if m.file_type().is_symlink() {
+                std::fs::read_link(&p).unwrap().hash(h);
+            } else if m.is_file() {
+                std::fs::read(&p).unwrap().hash(h);
+            } else if m.is_dir() {
+                walk(&p, root, h);
+            }
+        }
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    walk(root, root, &mut h);
+    h.finish()
 }
