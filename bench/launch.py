@@ -7,6 +7,7 @@ Needs root, a release build (cargo build --release) and the cached Debian tree
 (bootstrap/cached.sh debian bookworm). Prints medians and the ratio mctl/peer for:
   1. `run /bin/true` in the minbase tree (nspawn --register=no --keep-unit, bwrap);
   2. boot to READY=1 and SIGTERM-to-exit of bookworm (nspawn --notify-ready=yes).
+  3. boot to READY=1 of an ephemeral (-x) machine against a plain boot of the same image.
 Every run works on private copies of the tree, removed afterwards.
 """
 import argparse, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
@@ -21,12 +22,40 @@ def tree():
     return out.stdout.strip()
 
 
+# nspawn with --keep-unit leaves "payload" and "supervisor" cgroups in the cgroup it was
+# started from; it runs in cgroups of the bench's own, removed afterwards.
+NSPAWN_CGROUPS = [d + "/mctl-bench-nspawn" for d in
+                  ("/sys/fs/cgroup/unified", "/sys/fs/cgroup/systemd", "/sys/fs/cgroup")
+                  if os.path.exists(d + "/cgroup.procs")]
+
+
+def enter_nspawn_cgroups():
+    for cg in NSPAWN_CGROUPS:
+        with open(cg + "/cgroup.procs", "w") as f:
+            f.write(str(os.getpid()))
+        if cg.startswith("/sys/fs/cgroup/mctl"):
+            break  # pure cgroup v2: one hierarchy
+
+
+def remove_cgroup(path):
+    if not os.path.isdir(path):
+        return
+    for entry in os.scandir(path):
+        if entry.is_dir(follow_symlinks=False):
+            remove_cgroup(entry.path)
+    os.rmdir(path)
+
+
+def is_nspawn(cmd):
+    return cmd and cmd[0] == "systemd-nspawn"
+
+
 def timed(cmd, runs):
     samples = []
     for _ in range(runs):
         t = time.perf_counter()
         subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
+                       stderr=subprocess.DEVNULL, preexec_fn=enter_nspawn_cgroups if is_nspawn(cmd) else None)
         samples.append(time.perf_counter() - t)
     return statistics.median(samples)
 
@@ -42,7 +71,7 @@ def boot_once(cmd, scratch):
     env = dict(os.environ, NOTIFY_SOCKET=path)
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
+                         stderr=subprocess.DEVNULL, preexec_fn=enter_nspawn_cgroups if is_nspawn(cmd) else None)
     try:
         while True:
             msg = sock.recv(4096).decode()
@@ -71,6 +100,16 @@ def main():
     if not os.path.exists(MCTL):
         sys.exit("build first: cargo build --release")
     src = tree()
+    for cg in NSPAWN_CGROUPS:
+        os.makedirs(cg, exist_ok=True)
+    try:
+        run_benchmarks(args, src)
+    finally:
+        for cg in NSPAWN_CGROUPS:
+            remove_cgroup(cg)
+
+
+def run_benchmarks(args, src):
     with tempfile.TemporaryDirectory(prefix="mctl-bench-", dir="/var/tmp") as scratch:
         a, b = os.path.join(scratch, "mctlbench"), os.path.join(scratch, "nspawnbench")
         for d in (a, b):
@@ -93,6 +132,12 @@ def main():
         nr, ns = statistics.median(x[0] for x in n), statistics.median(x[1] for x in n)
         print(f"  ready: mctl {mr*1000:7.1f} ms   nspawn {nr*1000:7.1f} ms   ratio {mr/nr:.3f}")
         print(f"  stop:  mctl {ms*1000:7.1f} ms   nspawn {ns*1000:7.1f} ms   ratio {ms/ns:.3f}")
+
+        print(f"ephemeral (-x, overlay) against plain boot of the same image to READY=1, median of {args.boots}:")
+        e = [boot_once([MCTL, "boot", "-q", "-x", "--console=passive", "-D", a], scratch) for _ in range(args.boots)]
+        p = [boot_once([MCTL, "boot", "-q", "--console=passive", "-D", a], scratch) for _ in range(args.boots)]
+        er, pr = statistics.median(x[0] for x in e), statistics.median(x[0] for x in p)
+        print(f"  ready: ephemeral {er*1000:7.1f} ms   plain {pr*1000:7.1f} ms   ratio {er/pr:.3f}")
 
 
 if __name__ == "__main__":

@@ -3,10 +3,7 @@
 mod common;
 
 use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::Stdio;
-use std::sync::mpsc;
+use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -137,60 +134,16 @@ fn pid1_dying_abnormally_is_an_error() {
     assert_no_leaks("bootkill", &dir);
 }
 
-/// Reads the pty master on a thread; chunks arrive on the channel.
-fn pty_reader(master: &OwnedFd) -> mpsc::Receiver<Vec<u8>> {
-    let fd = nix::unistd::dup(master).unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut f = std::fs::File::from(fd);
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = std::io::Read::read(&mut f, &mut buf) {
-            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-fn expect_output(rx: &mpsc::Receiver<Vec<u8>>, seen: &mut String, needle: &str, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while !seen.contains(needle) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(chunk) => seen.push_str(&String::from_utf8_lossy(&chunk)),
-            Err(_) => panic!("{needle:?} did not appear; output so far:\n{seen}"),
-        }
-    }
-}
-
 #[test]
 fn interactive_console_logs_in_and_escape_kills() {
     let s = scratch();
     let dir = copy_tree(debian_tree(), s.path(), "bootcon");
-    let ws = nix::pty::Winsize { ws_row: 40, ws_col: 123, ws_xpixel: 0, ws_ypixel: 0 };
-    let pty = nix::pty::openpty(Some(&ws), None).unwrap();
-    let slave_fd = pty.slave.as_raw_fd();
     let mut cmd = mctl();
     cmd.args(["boot", "-D"]).arg(&dir);
-    cmd.stdin(Stdio::from(pty.slave.try_clone().unwrap()))
-        .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
-        .stderr(Stdio::from(pty.slave.try_clone().unwrap()));
-    // SAFETY: only async-signal-safe calls between fork and exec (setsid, ioctl).
-    unsafe {
-        cmd.pre_exec(move || {
-            nix::unistd::setsid().map_err(std::io::Error::from)?;
-            if libc::ioctl(slave_fd, libc::TIOCSCTTY, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().unwrap();
-    drop(pty.slave);
-    let rx = pty_reader(&pty.master);
+    let (mut child, master) = spawn_on_pty(cmd, 40, 123);
+    let rx = pty_reader(&master);
     let mut seen = String::new();
-    let mut master = std::fs::File::from(pty.master);
+    let mut master = std::fs::File::from(master);
     expect_output(&rx, &mut seen, "Press ^] three times within 1s", Duration::from_secs(10));
     expect_output(&rx, &mut seen, "bootcon login:", BOOT_TIMEOUT);
     master.write_all(b"root\r").unwrap();

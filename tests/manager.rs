@@ -267,6 +267,17 @@ fn mctl_cli_manages_machines() {
     assert!(out.contains(leader_bnd), "{out}");
     let o = run_mctl(&bus, &["shell", "nobody@mcli", "/usr/bin/id", "-un"]);
     assert_eq!(common::stdout(&o), "nobody\n", "{}", common::stderr(&o));
+    // On a terminal the shell gets a pty of the machine's own devpts, with our window size.
+    let mut cmd = mctl();
+    cmd.env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address).args(["shell", "mcli"]);
+    let (mut shell, master) = spawn_on_pty(cmd, 33, 101);
+    let rx = pty_reader(&master);
+    let mut master = std::fs::File::from(master);
+    let mut seen = String::new();
+    std::io::Write::write_all(&mut master, b"echo in-$((6*7)) $(tty) $(stty size); exit 5\r").unwrap();
+    expect_output(&rx, &mut seen, "in-42 /dev/pts/1 33 101", Duration::from_secs(20));
+    assert!(wait_until(Duration::from_secs(10), || shell.try_wait().unwrap().is_some()), "{seen}");
+    assert_eq!(shell.wait().unwrap().code(), Some(5));
 
     // kill: signals reach the named processes.
     let o = run_mctl(&bus, &["kill", "--kill-whom=leader", "-s", "SIGCONT", "mcli"]);

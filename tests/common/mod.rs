@@ -534,3 +534,61 @@ pub fn tree_digest(root: &Path) -> u64 {
     walk(root, root, &mut h);
     h.finish()
 }
+
+/// Reads the pty master on a thread; chunks arrive on the channel.
+pub fn pty_reader(master: &std::os::fd::OwnedFd) -> std::sync::mpsc::Receiver<Vec<u8>> {
+    let fd = nix::unistd::dup(master).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut f = std::fs::File::from(fd);
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = std::io::Read::read(&mut f, &mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+pub fn expect_output(
+    rx: &std::sync::mpsc::Receiver<Vec<u8>>,
+    seen: &mut String,
+    needle: &str,
+    timeout: Duration,
+) {
+    let deadline = Instant::now() + timeout;
+    while !seen.contains(needle) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(chunk) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+            Err(_) => panic!("{needle:?} did not appear; output so far:\n{seen}"),
+        }
+    }
+}
+
+/// Spawns `cmd` as the session leader of a new pty of `rows`x`cols`, its controlling terminal;
+/// returns the child and the master.
+pub fn spawn_on_pty(mut cmd: Command, rows: u16, cols: u16) -> (Child, std::os::fd::OwnedFd) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let ws = nix::pty::Winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    let pty = nix::pty::openpty(Some(&ws), None).unwrap();
+    let slave_fd = pty.slave.as_raw_fd();
+    cmd.stdin(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stderr(Stdio::from(pty.slave.try_clone().unwrap()));
+    // SAFETY: only async-signal-safe calls between fork and exec (setsid, ioctl).
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            if libc::ioctl(slave_fd, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    drop(pty.slave);
+    (child, pty.master)
+}
