@@ -70,13 +70,12 @@ fn command_is_pid1_or_pid2_in_its_own_namespaces() {
     assert!(visible <= 3, "{visible} processes visible");
 }
 
-#[test]
-fn sigterm_to_mctl_reaches_the_command() {
-    let (_s, dir) = tree("rsig");
+/// Runs `sh -c "<trap>; echo up; loop"` in the machine and returns once "up" was printed.
+fn run_until_up(dir: &std::path::Path, trap: &str) -> (std::process::Child, std::process::ChildStdout) {
     let mut child = mctl()
         .args(["run", "-q", "-D"])
-        .arg(&dir)
-        .args(["--", "sh", "-c", "trap 'echo got-term; exit 42' TERM; echo up; while :; do sleep 0.1; done"])
+        .arg(dir)
+        .args(["--", "sh", "-c", &format!("{trap}; echo up; while :; do sleep 0.1; done")])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
@@ -85,6 +84,13 @@ fn sigterm_to_mctl_reaches_the_command() {
     let mut buf = [0u8; 3];
     std::io::Read::read_exact(&mut out, &mut buf).unwrap();
     assert_eq!(&buf, b"up\n");
+    (child, out)
+}
+
+#[test]
+fn sigterm_to_mctl_reaches_the_command() {
+    let (_s, dir) = tree("rsig");
+    let (mut child, out) = run_until_up(&dir, "trap 'echo got-term; exit 42' TERM");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)
         .unwrap();
     assert_eq!(read_all(out), "got-term\n");
@@ -94,17 +100,7 @@ fn sigterm_to_mctl_reaches_the_command() {
 #[test]
 fn second_sigterm_kills_a_command_that_ignores_the_first() {
     let (_s, dir) = tree("rsig2");
-    let mut child = mctl()
-        .args(["run", "-q", "-D"])
-        .arg(&dir)
-        .args(["--", "sh", "-c", "trap '' TERM; echo up; while :; do sleep 0.1; done"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let mut buf = [0u8; 3];
-    std::io::Read::read_exact(&mut out, &mut buf).unwrap();
+    let (mut child, _out) = run_until_up(&dir, "trap '' TERM");
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     std::thread::sleep(Duration::from_millis(300));

@@ -70,6 +70,11 @@ impl From<zbus::Error> for CallError {
 
 type Reply = Result<(), CallError>;
 
+/// `RegisterMachine`'s arguments: name, id, service, class, leader, root directory.
+type RegisterArgs = (String, Vec<u8>, String, String, u32, String);
+/// `RegisterMachineWithNetwork`'s: the same plus interface indices.
+type RegisterNetworkArgs = (String, Vec<u8>, String, String, u32, String, Vec<i32>);
+
 fn ov<'a>(v: impl Into<Variant<'a>>) -> OwnedVariant {
     OwnedVariant::try_from(v.into()).expect("plain values have no fds")
 }
@@ -371,29 +376,14 @@ impl Service {
                 Err(CallError("org.freedesktop.machine1.NoSuchImage", format!("No image '{name}' known")))
             }
             "RegisterMachine" | "RegisterMachineWithNetwork" => {
-                let req = if member == "RegisterMachine" {
-                    let (name, id, service, class, leader, root_directory): (
-                        String,
-                        Vec<u8>,
-                        String,
-                        String,
-                        u32,
-                        String,
-                    ) = body.deserialize()?;
-                    RegisterRequest { name, id, service, class, leader, root_directory, netif: Vec::new() }
+                let (name, id, service, class, leader, root_directory, netif) = if member == "RegisterMachine"
+                {
+                    let (n, i, s, c, l, r): RegisterArgs = body.deserialize()?;
+                    (n, i, s, c, l, r, Vec::new())
                 } else {
-                    #[allow(clippy::type_complexity)]
-                    let (name, id, service, class, leader, root_directory, netif): (
-                        String,
-                        Vec<u8>,
-                        String,
-                        String,
-                        u32,
-                        String,
-                        Vec<i32>,
-                    ) = body.deserialize()?;
-                    RegisterRequest { name, id, service, class, leader, root_directory, netif }
+                    body.deserialize::<RegisterNetworkArgs>()?
                 };
+                let req = RegisterRequest { name, id, service, class, leader, root_directory, netif };
                 let caller = self.caller(hdr).await?;
                 let m = mgr.register(req, &caller)?;
                 tracing::info!(machine = %m.name, leader = m.leader, "machine registered");
