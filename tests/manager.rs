@@ -279,6 +279,20 @@ fn mctl_cli_manages_machines() {
     assert!(wait_until(Duration::from_secs(10), || shell.try_wait().unwrap().is_some()), "{seen}");
     assert_eq!(shell.wait().unwrap().code(), Some(5));
 
+    // freeze/thaw: the cgroup freezer stops every process of the machine and resumes it.
+    assert_eq!(run_mctl(&bus, &["freeze", "mcli"]).status.code(), Some(0));
+    assert!(common::stdout(&run_mctl(&bus, &["status", "mcli"])).contains("Frozen: yes"));
+    let cg = common::stdout(&run_mctl(&bus, &["status", "mcli"]));
+    let cg = cg.lines().find_map(|l| l.trim().strip_prefix("CGroup: ")).unwrap().to_owned();
+    let events = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .iter()
+        .find_map(|root| std::fs::read_to_string(format!("{root}{cg}/cgroup.events")).ok())
+        .unwrap();
+    assert!(events.contains("frozen 1"), "{events}");
+    assert_eq!(run_mctl(&bus, &["thaw", "mcli"]).status.code(), Some(0));
+    assert!(!common::stdout(&run_mctl(&bus, &["status", "mcli"])).contains("Frozen"));
+    assert_eq!(common::stdout(&run_mctl(&bus, &["shell", "mcli", "/bin/echo", "thawed"])), "thawed\n");
+
     // kill: signals reach the named processes.
     let o = run_mctl(&bus, &["kill", "--kill-whom=leader", "-s", "SIGCONT", "mcli"]);
     assert_eq!(o.status.code(), Some(0), "{}", common::stderr(&o));

@@ -121,7 +121,12 @@ pub const MACHINE: Interface = Interface {
 pub const MCTL_MANAGER: Interface = Interface {
     name: "org.mctl.Manager1",
     properties: &[],
-    methods: &[m("GetMachineControlGroup", &[("name", "s")], &[("cgroup", "s")])],
+    methods: &[
+        m("GetMachineControlGroup", &[("name", "s")], &[("cgroup", "s")]),
+        m("FreezeMachine", &[("name", "s")], &[]),
+        m("ThawMachine", &[("name", "s")], &[]),
+        m("IsMachineFrozen", &[("name", "s")], &[("frozen", "b")]),
+    ],
     signals: &[],
 };
 

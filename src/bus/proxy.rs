@@ -54,6 +54,12 @@ pub trait Manager1 {
 pub trait MctlManager1 {
     /// The machine's payload cgroup (cgroup2 path).
     fn get_machine_control_group(&self, name: &str) -> zbus::Result<String>;
+    /// Freezes every process of the machine.
+    fn freeze_machine(&self, name: &str) -> zbus::Result<()>;
+    /// Thaws the machine.
+    fn thaw_machine(&self, name: &str) -> zbus::Result<()>;
+    /// Whether the machine is frozen.
+    fn is_machine_frozen(&self, name: &str) -> zbus::Result<bool>;
 }
 
 /// `Properties.GetAll("")` on `path`: every property of every interface, as machinectl asks.

@@ -430,6 +430,22 @@ impl Service {
                 let (name,): (String,) = msg.body().deserialize()?;
                 self.reply(hdr, &self.mgr.get(&name)?.cgroup).await
             }
+            "FreezeMachine" | "ThawMachine" => {
+                let (name,): (String,) = msg.body().deserialize()?;
+                let caller = self.caller(hdr).await?;
+                let mgr = self.mgr.clone();
+                let frozen = member == "FreezeMachine";
+                // Waiting for the freezer blocks; keep it off the runtime's workers.
+                tokio::task::spawn_blocking(move || mgr.freeze(&name, frozen, &caller))
+                    .await
+                    .map_err(|e| CallError("org.freedesktop.DBus.Error.Failed", e.to_string()))??;
+                self.reply(hdr, &()).await
+            }
+            "IsMachineFrozen" => {
+                let (name,): (String,) = msg.body().deserialize()?;
+                let m = self.mgr.get(&name)?;
+                self.reply(hdr, &self.mgr.is_frozen(&m)).await
+            }
             _ => Err(CallError(
                 "org.freedesktop.DBus.Error.UnknownMethod",
                 format!("Unknown method {member}."),

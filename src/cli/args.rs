@@ -38,6 +38,10 @@ pub enum Command {
     Reboot(NamesArgs),
     /// Run a shell or command inside a running machine.
     Shell(ShellArgs),
+    /// Freeze every process of machines (cgroup freezer).
+    Freeze(NamesArgs),
+    /// Thaw frozen machines.
+    Thaw(NamesArgs),
     /// Start machines as systemd services (mctl@NAME.service).
     Start(NamesArgs),
     /// Stop machines' services (a clean poweroff of the guest).

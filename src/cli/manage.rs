@@ -229,17 +229,20 @@ pub fn status(names: &[String]) -> Result<i32, CliError> {
     let mut first = true;
     for name in names {
         let n = name.clone();
-        let (props, addresses, os, shift, cgroup) = with_bus(|conn| async move {
+        let (props, addresses, os, shift, cgroup, frozen) = with_bus(|conn| async move {
             let props = machine_properties(&conn, &n).await?;
             let mgr = Manager1Proxy::new(&conn).await.map_err(unreachable)?;
             let addresses = mgr.get_machine_addresses(&n).await.unwrap_or_default();
             let os = mgr.get_machine_os_release(&n).await.unwrap_or_default();
             let shift = mgr.get_machine_uid_shift(&n).await.unwrap_or(0);
-            let cgroup = match MctlManager1Proxy::new(&conn).await {
-                Ok(p) => p.get_machine_control_group(&n).await.unwrap_or_default(),
-                Err(_) => String::new(),
+            let (cgroup, frozen) = match MctlManager1Proxy::new(&conn).await {
+                Ok(p) => (
+                    p.get_machine_control_group(&n).await.unwrap_or_default(),
+                    p.is_machine_frozen(&n).await.unwrap_or(false),
+                ),
+                Err(_) => (String::new(), false),
             };
-            Ok((props, addresses, os, shift, cgroup))
+            Ok((props, addresses, os, shift, cgroup, frozen))
         })?;
         if !first {
             emit("\n");
@@ -279,6 +282,9 @@ pub fn status(names: &[String]) -> Result<i32, CliError> {
         let unit = prop_str(&props, "Unit");
         if !unit.is_empty() {
             out.push_str(&format!("\t    Unit: {unit}\n"));
+        }
+        if frozen {
+            out.push_str("\t  Frozen: yes\n");
         }
         if !cgroup.is_empty() {
             out.push_str(&format!("\t  CGroup: {cgroup}\n"));
@@ -345,6 +351,21 @@ pub fn terminate(names: &[String]) -> Result<i32, CliError> {
         let mgr = Manager1Proxy::new(&conn).await.map_err(unreachable)?;
         for n in names {
             mgr.terminate_machine(&n).await.map_err(|e| call_error("Could not terminate machine", e))?;
+        }
+        Ok(0)
+    })
+}
+
+/// `mctl freeze` / `mctl thaw`.
+pub fn freeze(names: &[String], frozen: bool) -> Result<i32, CliError> {
+    let names = names.to_vec();
+    with_bus(move |conn| async move {
+        let mctl = MctlManager1Proxy::new(&conn).await.map_err(unreachable)?;
+        for n in names {
+            let r = if frozen { mctl.freeze_machine(&n).await } else { mctl.thaw_machine(&n).await };
+            r.map_err(|e| {
+                call_error(if frozen { "Could not freeze machine" } else { "Could not thaw machine" }, e)
+            })?;
         }
         Ok(0)
     })

@@ -73,6 +73,8 @@ pub fn run(cli: Cli, cfg: &CliConfig) -> Result<i32, CliError> {
         }
         args::Command::Reboot(a) => manage::signal_leader(&a.names, libc::SIGINT),
         args::Command::Shell(a) => shell::shell(&a),
+        args::Command::Freeze(a) => manage::freeze(&a.names, true),
+        args::Command::Thaw(a) => manage::freeze(&a.names, false),
         args::Command::Start(a) => units::start_stop(&a.names, cfg, true),
         args::Command::Stop(a) => units::start_stop(&a.names, cfg, false),
         args::Command::Enable(a) => units::enable_disable(&a.names, cfg, true),

@@ -324,6 +324,44 @@ impl Manager {
         Ok(())
     }
 
+    /// Freezes (`true`) or thaws every process of the machine through its cgroup's freezer,
+    /// waiting until the kernel reports the new state.
+    pub fn freeze(&self, name: &str, frozen: bool, caller: &Caller) -> Result<(), ManagerError> {
+        let m = self.get(name)?;
+        caller.authorize(Action::Manage)?;
+        let dir = self.machine_cgroup_dir(&m).ok_or_else(|| {
+            ManagerError::Failed(format!("Machine {name} has no cgroup of its own to freeze"))
+        })?;
+        let want = if frozen { "1" } else { "0" };
+        fs::write(dir.join("cgroup.freeze"), want).map_err(|e| {
+            ManagerError::Failed(format!(
+                "Failed to {} machine {name}: {e}",
+                if frozen { "freeze" } else { "thaw" }
+            ))
+        })?;
+        // The freeze completes asynchronously; cgroup.events says when.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let events = fs::read_to_string(dir.join("cgroup.events")).unwrap_or_default();
+            if events.lines().any(|l| l == format!("frozen {want}")) {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(ManagerError::Failed(format!(
+                    "Machine {name} did not reach the requested freezer state"
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    /// Whether the machine is frozen.
+    pub fn is_frozen(&self, m: &Machine) -> bool {
+        self.machine_cgroup_dir(m)
+            .and_then(|d| fs::read_to_string(d.join("cgroup.events")).ok())
+            .is_some_and(|e| e.lines().any(|l| l == "frozen 1"))
+    }
+
     /// Every process of the machine: its cgroup's when it has one of its own, else its pid
     /// namespace's when that is not the host's, else just the leader.
     pub fn processes(&self, m: &Machine) -> Vec<i32> {
