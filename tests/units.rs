@@ -85,6 +85,22 @@ fn persistent_machines_under_a_real_systemd() {
     ok(&m, &["systemctl", "stop", "mctl@inner.service"]);
     assert_eq!(m.sh("systemctl is-active mctl@inner.service"), "inactive");
     assert_eq!(m.sh("systemctl show -p Result --value mctl@inner.service"), "success");
+    // Without a unit, on the pure cgroup2 host the outer guest is, a machine gets mctl's own
+    // cgroup and leaves nothing.
+    let o = m.exec(&[
+        "mctl",
+        "run",
+        "-q",
+        "--register=no",
+        "-D",
+        "/var/lib/machines/inner",
+        "--",
+        "/bin/sh",
+        "-c",
+        "cat /proc/self/cgroup",
+    ]);
+    assert!(o.status.success() && common::stdout(&o).lines().any(|l| l == "0::/"), "{}", common::stderr(&o));
+    assert_eq!(m.sh("ls /sys/fs/cgroup/mctl 2>/dev/null | wc -l"), "0");
     let journal = m.sh("journalctl -u mctl@inner.service --no-pager");
     assert!(
         journal.contains("Halting system") || journal.contains("Power-Off"),

@@ -153,7 +153,9 @@ fn parse_hierarchies(
             mount,
             v2,
             controllers: ctl.iter().map(|c| (*c).to_owned()).collect(),
-            own: (*path).to_owned(),
+            // A process that entered a cgroup namespace without joining a cgroup inside it (e.g.
+            // nsenter) sees its own cgroup as "/../.."; it acts from the namespace's root.
+            own: if path.split('/').any(|c| c == "..") { "/".to_owned() } else { (*path).to_owned() },
         });
     }
     if !out.iter().any(|h| h.v2) {
@@ -514,6 +516,13 @@ mod tests {
         assert_eq!(mem.own, "/agent/abc");
         assert_eq!(mem.own_dir(), Path::new("/sys/fs/cgroup/memory/agent/abc"));
         assert!(hs.iter().any(|h| h.is("name=systemd")));
+    }
+
+    #[test]
+    fn a_cgroup_outside_the_namespace_counts_as_its_root() {
+        let mi = "30 25 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        let hs = parse_hierarchies(mi, "0::/../../..\n", Path::new("/sys/fs/cgroup")).unwrap();
+        assert_eq!(hs[0].own_dir(), Path::new("/sys/fs/cgroup/"));
     }
 
     #[test]
