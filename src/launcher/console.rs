@@ -289,7 +289,8 @@ impl Console {
         if let Some(out) = &self.output
             && out.pollable
         {
-            // Give a slow reader a moment; the machine is gone, nothing can block now.
+            // The machine is gone, so blocking cannot stall it any more: hand the rest to a
+            // slow reader instead of dropping it.
             let _ =
                 nix::fcntl::fcntl(out.fd.as_fd(), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()));
         }

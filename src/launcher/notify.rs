@@ -35,8 +35,9 @@ impl NotifyRelay {
     }
 
     /// The socket, for polling.
-    pub fn fd(&self) -> RawFd {
-        self.sock.as_raw_fd()
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.sock.as_fd()
     }
 
     /// Reads every pending datagram and returns what PID 1 said.

@@ -386,10 +386,8 @@ fn supervise(
     epoll
         .add(sigfd, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_SIGNAL))
         .map_err(LaunchError::setup("watch signals"))?;
-    // SAFETY: the relay owns this fd for the whole loop, which ends before the relay is dropped.
-    let notify_fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(notify.fd()) };
     epoll
-        .add(notify_fd, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_NOTIFY))
+        .add(notify.fd(), EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_NOTIFY))
         .map_err(LaunchError::setup("watch notify socket"))?;
     if let Some(c) = &console {
         c.register(&epoll).map_err(|e| LaunchError::Setup("watch the console", e))?;
@@ -469,9 +467,8 @@ fn request_stop(spec: &LaunchSpec, pid1: Pid, received: Signal, count: u32) {
         SignalNumber(received as i32)
     });
     let sig = if count == 1 { first.0 } else { Signal::SIGKILL as i32 };
-    // SAFETY: kill(2) with a pid we own (our child) and a valid signal number; no memory is
-    // involved. nix's Signal cannot name realtime signals, hence libc.
-    unsafe { libc::kill(pid1.as_raw(), sig) };
+    // nix's Signal cannot name realtime signals (the halt request is one).
+    let _ = linux::send_signal(pid1.as_raw(), sig);
     if count == 1 && !spec.quiet {
         tracing::info!(
             "sent {} to the machine's PID 1; send {} again to kill it at once",
