@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 pub mod args;
+pub mod images;
 pub mod machine;
 pub mod manage;
 pub mod output;
@@ -15,6 +16,8 @@ pub use args::Cli;
 pub struct CliConfig {
     /// Where images live (`$MCTL_IMAGE_STORE`, default `/var/lib/machines`).
     pub image_store: PathBuf,
+    /// The download cache of pulls (`$MCTL_PULL_CACHE`, default `/var/cache/mctl/pull`).
+    pub pull_cache: PathBuf,
 }
 
 impl CliConfig {
@@ -24,6 +27,9 @@ impl CliConfig {
             image_store: std::env::var_os("MCTL_IMAGE_STORE")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("/var/lib/machines")),
+            pull_cache: std::env::var_os("MCTL_PULL_CACHE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/var/cache/mctl/pull")),
         }
     }
 }
@@ -66,6 +72,17 @@ pub fn run(cli: Cli, cfg: &CliConfig) -> Result<i32, CliError> {
         }
         args::Command::Reboot(a) => manage::signal_leader(&a.names, libc::SIGINT),
         args::Command::Shell(a) => shell::shell(&a),
+        args::Command::ListImages(a) => images::list_images(&a, cfg),
+        args::Command::ImageStatus(a) => images::image_status(&a.names, cfg),
+        args::Command::Clone(a) => images::clone(&a, cfg),
+        args::Command::Rename(a) => images::rename(&a, cfg),
+        args::Command::Remove(a) => images::remove(&a.names, cfg),
+        args::Command::ReadOnly(a) => images::read_only(&a, cfg),
+        args::Command::ImportTar(a) => images::import_tar(&a, cfg),
+        args::Command::ExportTar(a) => images::export_tar(&a, cfg),
+        args::Command::PullTar(a) => images::pull_tar(&a, cfg),
+        args::Command::PullLxc(a) => images::pull_lxc(&a, cfg),
+        args::Command::Bootstrap(a) => images::bootstrap(&a, cfg),
     }
 }
 

@@ -33,6 +33,12 @@ impl Interrupted {
     }
 }
 
+impl From<Interrupted> for io::Error {
+    fn from(i: Interrupted) -> Self {
+        io::Error::new(io::ErrorKind::Interrupted, i)
+    }
+}
+
 /// Installs the signal handling (once per process; later calls are no-ops). Library users
 /// that never call it get no signal handling: signals keep their default action.
 pub fn install() -> io::Result<()> {

@@ -10,12 +10,12 @@
 //!
 //! The API is plain Rust types so that a D-Bus adapter can sit on top of it.
 
-//pub mod bootstrap;
+pub mod bootstrap;
 pub mod compress;
 pub mod confined;
 pub mod interrupt;
-//pub mod lxc;
-//pub mod pull;
+pub mod lxc;
+pub mod pull;
 pub mod store;
 pub mod tar_export;
 pub mod tar_import;

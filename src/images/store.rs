@@ -243,6 +243,28 @@ impl ImageStore {
         }
     }
 
+    /// The image's os-release fields (`/etc/os-release`, else `/usr/lib/os-release`), read
+    /// with the kernel confining the lookup to the image (its symlinks resolve inside it).
+    pub fn os_release(&self, name: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let info = self.get(name)?;
+        let root = open_dir(&info.path)?;
+        for p in ["etc/os-release", "usr/lib/os-release"] {
+            let Ok(fd) = crate::sys::linux::open_in_root(
+                std::os::fd::AsFd::as_fd(&root),
+                Path::new(p),
+                libc::O_RDONLY | libc::O_NOCTTY | libc::O_NONBLOCK,
+            ) else {
+                continue;
+            };
+            let mut text = String::new();
+            // os-release is a few hundred bytes; anything huge is not one.
+            let _ =
+                io::Read::read_to_string(&mut io::Read::take(std::fs::File::from(fd), 64 * 1024), &mut text);
+            return Ok(parse_os_release(&text));
+        }
+        Ok(Vec::new())
+    }
+
     /// Whether image `name` is read-only.
     pub fn is_read_only(&self, name: &str) -> Result<bool, StoreError> {
         Ok(self.get(name)?.read_only)
@@ -386,6 +408,26 @@ impl ImageStore {
         }
         Ok(())
     }
+}
+
+/// `KEY=value` lines with shell-style quotes removed.
+pub fn parse_os_release(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            if l.starts_with('#') {
+                return None;
+            }
+            let (k, v) = l.split_once('=')?;
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .or_else(|| v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+                .unwrap_or(v);
+            Some((k.trim().to_owned(), v.replace("\\\"", "\"")))
+        })
+        .collect()
 }
 
 fn open_dir(path: &Path) -> Result<OwnedFd, StoreError> {

@@ -1,6 +1,6 @@
 //! `export-tar`: writes an image as a tarball that GNU tar and `import-tar` both read.
 //!
-//! Members are named `./path` (as `tar -C tree -c .` does), ownership is numeric only (no
+//! Members are named by their path relative to the image (the root is `.`), ownership is numeric only (no
 //! user or group names, which GNU tar would otherwise map through the host's passwd), hard
 //! links are stored once plus link entries, and extended attributes (file capabilities
 //! included) go into PAX `SCHILY.xattr.*` records, the form GNU tar's `--xattrs` and bsdtar
@@ -147,8 +147,11 @@ fn header(f: &Found<'_>, etype: EntryType) -> Header {
     h
 }
 
+/// `.` for the root, the relative path otherwise. Not `./path`: the tar crate drops the `./`
+/// from names that fit the header but keeps it in GNU long names, and GNU tar, which matches
+/// directories to their contents by name, would then restore directory times too early.
 fn member_name(rel: &Path) -> PathBuf {
-    if rel.as_os_str().is_empty() { PathBuf::from(".") } else { Path::new(".").join(rel) }
+    if rel.as_os_str().is_empty() { PathBuf::from(".") } else { rel.to_owned() }
 }
 
 fn add<W: Write>(

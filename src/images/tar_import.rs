@@ -42,6 +42,9 @@ pub enum ImportError {
     /// Reading or decompressing the archive failed.
     #[error("cannot read the archive: {0}")]
     Read(io::Error),
+    /// The first header is not a tar header.
+    #[error("this is not a tar archive (plain, gzip, xz or zstd): {0}")]
+    NotTar(String),
     /// The archive ends too early.
     #[error("the archive is truncated: {0}")]
     Truncated(String),
@@ -155,8 +158,10 @@ impl Read for ChannelReader {
 }
 
 /// Decompresses `input` into the channel, then reads the raw input to its end (so a caller
-/// hashing it sees every byte).
-fn pump<R: Read>(mut d: Decoder<R>, tx: SyncSender<io::Result<Vec<u8>>>) {
+/// hashing it sees every byte). With `drain_on_abort`, it also reads the raw input to its end
+/// when the extraction stopped early, so that a download's checksum can still be computed.
+fn pump<R: Read>(mut d: Decoder<R>, tx: SyncSender<io::Result<Vec<u8>>>, drain_on_abort: bool) {
+    let drain = |d: Decoder<R>| io::copy(&mut d.into_source(), &mut io::sink());
     loop {
         let mut chunk = vec![0u8; CHUNK];
         let mut filled = 0;
@@ -167,6 +172,9 @@ fn pump<R: Read>(mut d: Decoder<R>, tx: SyncSender<io::Result<Vec<u8>>>) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     let _ = tx.send(Err(e));
+                    if drain_on_abort {
+                        let _ = drain(d);
+                    }
                     return;
                 }
             }
@@ -176,33 +184,62 @@ fn pump<R: Read>(mut d: Decoder<R>, tx: SyncSender<io::Result<Vec<u8>>>) {
         }
         chunk.truncate(filled);
         if tx.send(Ok(chunk)).is_err() {
-            // The extraction stopped; nobody wants the rest.
+            // The extraction stopped.
+            if drain_on_abort {
+                let _ = drain(d);
+            }
             return;
         }
     }
-    if let Err(e) = io::copy(&mut d.into_source(), &mut io::sink()) {
+    if let Err(e) = drain(d) {
         let _ = tx.send(Err(e));
     }
 }
 
 /// Unpacks the tarball read from `input` into the existing empty directory `dest`.
 pub fn extract<R: Read + Send + 'static>(input: R, dest: &Path) -> Result<(), ImportError> {
+    extract_with(input, dest, false)
+}
+
+/// [`extract`]; with `drain_on_abort`, `input` is read to its end even when the extraction
+/// fails, and only then does this return (a download's checksum can then tell whether the
+/// archive was damaged on the way). Not for inputs that may block forever, like a terminal.
+pub fn extract_with<R: Read + Send + 'static>(
+    input: R,
+    dest: &Path,
+    drain_on_abort: bool,
+) -> Result<(), ImportError> {
     let (format, peeked) = compress::peek(input)?;
     let decoder = Decoder::new(format, peeked)?;
     let (tx, rx) = sync_channel(IN_FLIGHT);
     let pumper = std::thread::Builder::new()
         .name("mctl-decompress".into())
-        .spawn(move || pump(decoder, tx))
+        .spawn(move || pump(decoder, tx, drain_on_abort))
         .map_err(ImportError::Read)?;
     let reader = ChannelReader { rx, cur: Vec::new(), pos: 0, done: false, hit_eof: false };
-    let mut archive = tar::Archive::new(reader);
+    // Dropping the archive (inside) closes the channel, which lets the thread end; on success
+    // it has ended already.
+    let result = unpack(tar::Archive::new(reader), dest);
+    if result.is_ok() || drain_on_abort {
+        let _ = pumper.join();
+    }
+    result
+}
+
+fn unpack(mut archive: tar::Archive<ChannelReader>, dest: &Path) -> Result<(), ImportError> {
     let mut writer = TreeWriter::new(dest)?;
     let mut buf = vec![0u8; CHUNK];
     let mut root_seen = false;
     let mut entries = 0u64;
     for entry in archive.entries().map_err(read_error)? {
         interrupt::check()?;
-        let mut entry = entry.map_err(read_error)?;
+        let mut entry = entry.map_err(|e| match read_error(e) {
+            // The tar crate's words for a header that is not one; say it plainly.
+            ImportError::Read(e) if entries == 0 && e.kind() != io::ErrorKind::Interrupted => {
+                ImportError::NotTar(e.to_string().chars().take(80).collect())
+            }
+            e => e,
+        })?;
         entries += 1;
         root_seen |= add_entry(&mut writer, &mut entry, &mut buf)?;
     }
@@ -217,7 +254,6 @@ pub fn extract<R: Read + Send + 'static>(input: R, dest: &Path) -> Result<(), Im
     // Whatever follows the end marker (padding, the compressed stream's trailer with its
     // checksum) must still read cleanly.
     io::copy(&mut reader, &mut io::sink()).map_err(read_error)?;
-    let _ = pumper.join();
     if !root_seen {
         // No "./" entry: the root gets the usual mode instead of the temporary's 0700.
         std::fs::set_permissions(dest, std::os::unix::fs::PermissionsExt::from_mode(0o755)).map_err(|e| {

@@ -134,17 +134,18 @@ fn parse_names(buf: &[u8]) -> Vec<OsString> {
     buf.split(|b| *b == 0).filter(|n| !n.is_empty()).map(|n| OsStr::from_bytes(n).to_owned()).collect()
 }
 
-/// Calls `get(buf)` with a buffer large enough (the size can change between calls: ERANGE).
+/// Calls `get(buf)` with a buffer large enough, growing it on ERANGE. (rustix treats an
+/// empty buffer as "nothing to read", not as the kernel's size query.)
 fn sized(mut get: impl FnMut(&mut [u8]) -> rustix::io::Result<usize>) -> rustix::io::Result<Vec<u8>> {
+    let mut size = 4096;
     loop {
-        let n = get(&mut [])?;
-        let mut buf = vec![0u8; n];
-        match get(&mut buf) {
-            Ok(m) => {
-                buf.truncate(m);
+        let mut buf = vec![0u8; size];
+        match get(&mut buf[..]) {
+            Ok(n) => {
+                buf.truncate(n);
                 return Ok(buf);
             }
-            Err(rustix::io::Errno::RANGE) => continue,
+            Err(rustix::io::Errno::RANGE) if size < 1 << 24 => size *= 8,
             Err(e) => return Err(e),
         }
     }
