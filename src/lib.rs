@@ -8,6 +8,7 @@
 pub mod bus;
 pub mod cli;
 pub mod daemon;
+pub mod images;
 pub mod launcher;
 pub mod logging;
 pub mod manager;

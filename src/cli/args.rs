@@ -50,6 +50,176 @@ pub enum Command {
     Enable(NamesArgs),
     /// Do not start machines at boot.
     Disable(NamesArgs),
+    /// List the images in the image store.
+    ListImages(ListImagesArgs),
+    /// Show an image's properties: path, OS, read-only, disk usage, times.
+    ImageStatus(ImageNamesArgs),
+    /// Copy an image (ownership, modes, xattrs, hard links and device nodes included).
+    Clone(CloneArgs),
+    /// Rename an image.
+    Rename(RenameArgs),
+    /// Remove images.
+    Remove(ImageNamesArgs),
+    /// Mark an image read-only (the immutable flag) or writable again.
+    ReadOnly(ReadOnlyArgs),
+    /// Import a tarball (plain, gzip, xz or zstd) as a new image.
+    ImportTar(ImportTarArgs),
+    /// Export an image as a tarball.
+    ExportTar(ExportTarArgs),
+    /// Download a tarball and import it as a new image.
+    PullTar(PullTarArgs),
+    /// Download an image from an LXC image server (lxc-create -t download's protocol).
+    PullLxc(PullLxcArgs),
+    /// Build a new image with a bootstrap recipe (debootstrap or mmdebstrap).
+    Bootstrap(BootstrapArgs),
+}
+
+/// `mctl list-images`.
+#[derive(Debug, Args)]
+pub struct ListImagesArgs {
+    /// Leave out the header and footer.
+    #[arg(long)]
+    pub no_legend: bool,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    pub output: OutputFormat,
+}
+
+/// Verbs that take image names.
+#[derive(Debug, Args)]
+pub struct ImageNamesArgs {
+    /// Image names.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+}
+
+/// `mctl clone`.
+#[derive(Debug, Args)]
+pub struct CloneArgs {
+    /// The image to copy.
+    pub source: String,
+    /// The new image's name.
+    pub destination: String,
+    /// Make the copy read-only.
+    #[arg(long)]
+    pub read_only: bool,
+}
+
+/// `mctl rename`.
+#[derive(Debug, Args)]
+pub struct RenameArgs {
+    /// The image.
+    pub old: String,
+    /// Its new name.
+    pub new: String,
+}
+
+/// `mctl read-only`.
+#[derive(Debug, Args)]
+pub struct ReadOnlyArgs {
+    /// The image.
+    pub name: String,
+    /// Read-only (yes, the default) or writable (no).
+    #[arg(value_enum, default_value = "yes")]
+    pub value: YesNo,
+}
+
+/// `mctl import-tar`.
+#[derive(Debug, Args)]
+pub struct ImportTarArgs {
+    /// The tarball, or - for stdin.
+    pub file: PathBuf,
+    /// The new image's name (default: the file name without its extensions).
+    pub name: Option<String>,
+    /// Mark the new image read-only.
+    #[arg(long)]
+    pub read_only: bool,
+}
+
+/// Tarball formats for export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TarFormat {
+    /// Plain tar.
+    Tar,
+    /// gzip-compressed.
+    Gzip,
+    /// xz-compressed.
+    Xz,
+    /// zstd-compressed.
+    Zstd,
+}
+
+/// `mctl export-tar`.
+#[derive(Debug, Args)]
+pub struct ExportTarArgs {
+    /// The image.
+    pub name: String,
+    /// The tarball to write (must not exist), or - for stdout.
+    pub file: PathBuf,
+    /// Compression (default: from the file's extension; plain for -).
+    #[arg(long, value_enum)]
+    pub format: Option<TarFormat>,
+}
+
+/// How to verify a download.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum VerifyMode {
+    /// Against SHA256SUMS beside the file (or FILE.sha256).
+    Checksum,
+    /// Do not verify.
+    No,
+}
+
+/// `mctl pull-tar`.
+#[derive(Debug, Args)]
+pub struct PullTarArgs {
+    /// The tarball's URL (http or https).
+    pub url: String,
+    /// The new image's name (default: the file name without its extensions).
+    pub name: Option<String>,
+    /// Verification of the download.
+    #[arg(long, value_enum, default_value = "checksum")]
+    pub verify: VerifyMode,
+    /// Mark the new image read-only.
+    #[arg(long)]
+    pub read_only: bool,
+}
+
+/// `mctl pull-lxc`.
+#[derive(Debug, Args)]
+pub struct PullLxcArgs {
+    /// Distribution (debian, ubuntu, alpine, …).
+    pub dist: String,
+    /// Release (bookworm, noble, 3.20, …).
+    pub release: String,
+    /// The new image's name (default: DIST-RELEASE).
+    pub name: Option<String>,
+    /// The image server.
+    #[arg(long, default_value = crate::images::lxc::DEFAULT_SERVER)]
+    pub server: String,
+    /// Architecture (default: the host's).
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Image variant.
+    #[arg(long, default_value = "default")]
+    pub variant: String,
+    /// Verification of the download.
+    #[arg(long, value_enum, default_value = "checksum")]
+    pub verify: VerifyMode,
+}
+
+/// `mctl bootstrap`.
+#[derive(Debug, Args)]
+pub struct BootstrapArgs {
+    /// Distribution: debian or ubuntu.
+    pub distribution: String,
+    /// Suite (bookworm, trixie, noble, …).
+    pub suite: String,
+    /// The new image's name.
+    pub name: String,
+    /// Package mirror (default: the distribution's).
+    #[arg(long)]
+    pub mirror: Option<String>,
 }
 
 /// Output formats.

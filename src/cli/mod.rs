@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 pub mod args;
+pub mod images;
 pub mod machine;
 pub mod manage;
 pub mod output;
@@ -19,6 +20,8 @@ pub struct CliConfig {
     /// Runtime directory for per-launch scratch mount points (`$MCTL_RUNTIME_DIR`, default
     /// `/run/mctl`).
     pub runtime_dir: PathBuf,
+    /// The download cache of pulls (`$MCTL_PULL_CACHE`, default `/var/cache/mctl/pull`).
+    pub pull_cache: PathBuf,
 }
 
 impl CliConfig {
@@ -31,6 +34,9 @@ impl CliConfig {
             runtime_dir: std::env::var_os("MCTL_RUNTIME_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("/run/mctl")),
+            pull_cache: std::env::var_os("MCTL_PULL_CACHE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/var/cache/mctl/pull")),
         }
     }
 }
@@ -79,6 +85,17 @@ pub fn run(cli: Cli, cfg: &CliConfig) -> Result<i32, CliError> {
         args::Command::Stop(a) => units::start_stop(&a.names, cfg, false),
         args::Command::Enable(a) => units::enable_disable(&a.names, cfg, true),
         args::Command::Disable(a) => units::enable_disable(&a.names, cfg, false),
+        args::Command::ListImages(a) => images::list_images(&a, cfg),
+        args::Command::ImageStatus(a) => images::image_status(&a.names, cfg),
+        args::Command::Clone(a) => images::clone(&a, cfg),
+        args::Command::Rename(a) => images::rename(&a, cfg),
+        args::Command::Remove(a) => images::remove(&a.names, cfg),
+        args::Command::ReadOnly(a) => images::read_only(&a, cfg),
+        args::Command::ImportTar(a) => images::import_tar(&a, cfg),
+        args::Command::ExportTar(a) => images::export_tar(&a, cfg),
+        args::Command::PullTar(a) => images::pull_tar(&a, cfg),
+        args::Command::PullLxc(a) => images::pull_lxc(&a, cfg),
+        args::Command::Bootstrap(a) => images::bootstrap(&a, cfg),
     }
 }
 

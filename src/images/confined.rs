@@ -1,0 +1,562 @@
+//! [`TreeWriter`]: creates files, directories, links and device nodes inside one root
+//! directory, with the kernel confining every path to it.
+//!
+//! Parents are opened with openat2 and `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
+//! RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV` relative to the root's fd: a `..` that climbs out
+//! fails with EXDEV and any symlink on the way fails with ELOOP, whatever the tree contains
+//! at that moment. The final component is then created with a *at() call on the parent's fd
+//! that never follows it (O_NOFOLLOW, O_EXCL, AT_SYMLINK_NOFOLLOW). A well-formed archive never
+//! needs to pass through a symlink (GNU tar defers symlinks for the same reason), so refusing is
+//! the right answer, not clamping into the root.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
+
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
+
+/// Why an entry could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// An absolute member name.
+    #[error("'{0}' is an absolute path; entries must be relative to the image root")]
+    Absolute(PathBuf),
+    /// A path whose `..` climbs out of the root.
+    #[error("'{0}' leads outside the image root")]
+    Escapes(PathBuf),
+    /// A path that would pass through a symbolic link.
+    #[error("'{0}' leads through a symbolic link")]
+    ThroughSymlink(PathBuf),
+    /// A name that does not denote a file (`a/..`).
+    #[error("'{0}' does not name a file")]
+    BadName(PathBuf),
+    /// A hard link whose target is absolute or outside the root.
+    #[error("'{path}' is a hard link to '{target}', which is not inside the image")]
+    LinkOutside {
+        /// The link.
+        path: PathBuf,
+        /// Its target.
+        target: PathBuf,
+    },
+    /// A hard link whose target was not extracted before it.
+    #[error("'{path}' is a hard link to '{target}', which does not exist in the image")]
+    LinkMissing {
+        /// The link.
+        path: PathBuf,
+        /// Its target.
+        target: PathBuf,
+    },
+    /// A file larger than the free space left.
+    #[error("'{path}' claims {size} bytes, more than the {free} bytes free in the image store")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its announced size.
+        size: u64,
+        /// What was free.
+        free: u64,
+    },
+    /// Less content than announced.
+    #[error("'{path}' is truncated: {got} of {size} bytes")]
+    Short {
+        /// The file.
+        path: PathBuf,
+        /// Bytes received.
+        got: u64,
+        /// Bytes announced.
+        size: u64,
+    },
+    /// A directory in the way of a non-directory.
+    #[error("'{0}' exists as a directory and cannot be replaced by a file")]
+    ReplaceDir(PathBuf),
+    /// A system call failed.
+    #[error("{step} '{path}': {source}")]
+    Io {
+        /// What was being done.
+        step: &'static str,
+        /// The entry.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+fn io_err<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(rustix::io::Errno) -> WriteError + 'a {
+    move |e| WriteError::Io { step, path: path.to_owned(), source: e.into() }
+}
+
+/// Ownership, mode, mtime and extended attributes of an entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// Permission bits including setuid, setgid and sticky.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Modification time: seconds and nanoseconds since the epoch.
+    pub mtime: (i64, u32),
+    /// Extended attributes (name, value), `security.capability` included.
+    pub xattrs: Vec<(OsString, Vec<u8>)>,
+}
+
+/// What kind of entry to create.
+#[derive(Debug, Clone, Copy)]
+pub enum Node<'a> {
+    /// A directory.
+    Dir,
+    /// A regular file of this many bytes.
+    File {
+        /// The size announced.
+        size: u64,
+    },
+    /// A symbolic link with this target (stored verbatim, never followed).
+    Symlink(&'a Path),
+    /// A hard link to an entry already written (relative to the root).
+    HardLink(&'a Path),
+    /// A character device.
+    Char(u64),
+    /// A block device.
+    Block(u64),
+    /// A named pipe.
+    Fifo,
+}
+
+/// How many parent directory fds to keep open; entries usually come directory by directory.
+const PARENT_CACHE: usize = 64;
+
+/// Writes entries under one root directory.
+#[derive(Debug)]
+pub struct TreeWriter {
+    root: OwnedFd,
+    parents: HashMap<PathBuf, OwnedFd>,
+    /// Directories whose mtime is set at the end, after their contents were written.
+    dir_times: Vec<(PathBuf, (i64, u32))>,
+    /// Bytes free in the filesystem when we started, and what we wrote since.
+    free: u64,
+    used: u64,
+}
+
+/// The parent path and final name of a member name, after refusing absolute names. `None`
+/// for the name means the root itself (`.` or `./`).
+fn split(path: &Path) -> Result<(PathBuf, Option<&OsStr>), WriteError> {
+    if path.has_root() {
+        return Err(WriteError::Absolute(path.to_owned()));
+    }
+    let comps: Vec<Component<'_>> = path.components().filter(|c| *c != Component::CurDir).collect();
+    match comps.split_last() {
+        None => Ok((PathBuf::new(), None)),
+        Some((Component::Normal(name), parent)) => Ok((parent.iter().collect(), Some(*name))),
+        Some(_) => Err(WriteError::BadName(path.to_owned())),
+    }
+}
+
+fn resolve_flags() -> ResolveFlags {
+    ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_XDEV
+}
+
+/// openat2 beneath `root`, retrying the EAGAIN the kernel returns when a rename raced with
+/// the walk.
+fn open_beneath(root: &OwnedFd, rel: &Path, flags: OFlags) -> rustix::io::Result<OwnedFd> {
+    let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
+    let mut tries = 0;
+    loop {
+        match rfs::openat2(root, rel, flags | OFlags::CLOEXEC, Mode::empty(), resolve_flags()) {
+            Err(rustix::io::Errno::AGAIN) if tries < 16 => tries += 1,
+            other => return other,
+        }
+    }
+}
+
+fn proc_path(fd: &OwnedFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
+}
+
+fn timestamps(mtime: (i64, u32)) -> Timestamps {
+    Timestamps {
+        last_access: Timespec { tv_sec: 0, tv_nsec: rfs::UTIME_OMIT },
+        last_modification: Timespec { tv_sec: mtime.0, tv_nsec: mtime.1.into() },
+    }
+}
+
+impl TreeWriter {
+    /// A writer for the (existing, empty) directory `root`.
+    pub fn new(root: &Path) -> Result<Self, WriteError> {
+        let fd = rfs::open(
+            root,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io_err("cannot open", root))?;
+        let vfs = rfs::fstatvfs(&fd).map_err(io_err("cannot get the free space of", root))?;
+        Ok(Self {
+            root: fd,
+            parents: HashMap::new(),
+            dir_times: Vec::new(),
+            free: vfs.f_bavail.saturating_mul(vfs.f_frsize),
+            used: 0,
+        })
+    }
+
+    /// Creates the entry `path` (relative to the root). For files, `content` writes the data
+    /// and returns how many bytes it wrote.
+    pub fn add(
+        &mut self,
+        path: &Path,
+        node: Node<'_>,
+        meta: &Meta,
+        content: impl FnOnce(&mut File) -> io::Result<u64>,
+    ) -> Result<(), WriteError> {
+        let (parent_rel, name) = split(path)?;
+        let Some(name) = name else {
+            // The root itself: only a directory entry makes sense ("./").
+            return match node {
+                Node::Dir => {
+                    let fd = self.root.try_clone().map_err(|e| WriteError::Io {
+                        step: "cannot duplicate the fd of",
+                        path: path.to_owned(),
+                        source: e,
+                    })?;
+                    self.set_meta_fd(&fd, path, meta)?;
+                    self.dir_times.push((PathBuf::new(), meta.mtime));
+                    Ok(())
+                }
+                _ => Err(WriteError::BadName(path.to_owned())),
+            };
+        };
+        let parent = self.parent(path, &parent_rel)?;
+        match node {
+            Node::Dir => self.add_dir(&parent, name, path, &parent_rel.join(name), meta),
+            Node::File { size } => self.add_file(&parent, name, path, size, meta, content),
+            Node::Symlink(target) => {
+                self.create(&parent, name, path, false, |p| rfs::symlinkat(target, p, name))?;
+                rfs::chownat(
+                    &parent,
+                    name,
+                    Some(uid(meta.uid)),
+                    Some(gid(meta.gid)),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(io_err("cannot change the owner of", path))?;
+                if !meta.xattrs.is_empty() {
+                    let fd = rfs::openat(
+                        &parent,
+                        name,
+                        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )
+                    .map_err(io_err("cannot open", path))?;
+                    set_xattrs_path(&proc_path(&fd), path, meta)?;
+                }
+                rfs::utimensat(&parent, name, &timestamps(meta.mtime), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(io_err("cannot set the times of", path))
+            }
+            Node::HardLink(target) => self.add_hardlink(&parent, name, path, target),
+            Node::Char(_) | Node::Block(_) | Node::Fifo => {
+                let (ft, dev) = match node {
+                    Node::Char(dev) => (FileType::CharacterDevice, dev),
+                    Node::Block(dev) => (FileType::BlockDevice, dev),
+                    _ => (FileType::Fifo, 0),
+                };
+                self.create(&parent, name, path, false, |p| {
+                    rfs::mknodat(p, name, ft, Mode::from_raw_mode(0o600), dev)
+                })?;
+                rfs::chownat(
+                    &parent,
+                    name,
+                    Some(uid(meta.uid)),
+                    Some(gid(meta.gid)),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(io_err("cannot change the owner of", path))?;
+                // No fchmodat(AT_SYMLINK_NOFOLLOW) on older kernels, and opening a device or a
+                // fifo for real could block or act: go through an O_PATH fd's /proc entry, which
+                // names exactly the inode we created.
+                let fd = rfs::openat(
+                    &parent,
+                    name,
+                    OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(io_err("cannot open", path))?;
+                let p = proc_path(&fd);
+                set_xattrs_path(&p, path, meta)?;
+                rfs::chmod(p.as_str(), Mode::from_raw_mode(meta.mode & 0o7777))
+                    .map_err(io_err("cannot set the mode of", path))?;
+                rfs::utimensat(&parent, name, &timestamps(meta.mtime), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(io_err("cannot set the times of", path))
+            }
+        }
+    }
+
+    /// Sets directory mtimes (after their contents changed them). Call once at the end.
+    pub fn finish(mut self) -> Result<(), WriteError> {
+        self.parents.clear();
+        // Deepest first does not matter for mtimes of the directories themselves: setting a
+        // directory's times does not touch its parent's.
+        for (rel, mtime) in std::mem::take(&mut self.dir_times) {
+            let fd = open_beneath(&self.root, &rel, OFlags::RDONLY | OFlags::DIRECTORY)
+                .map_err(io_err("cannot open", &rel))?;
+            rfs::futimens(&fd, &timestamps(mtime)).map_err(io_err("cannot set the times of", &rel))?;
+        }
+        Ok(())
+    }
+
+    /// The fd of the directory `rel` (the parent of `entry`), creating missing directories
+    /// (root-owned, 0755, as tar does) when the archive did not list them.
+    fn parent(&mut self, entry: &Path, rel: &Path) -> Result<OwnedFd, WriteError> {
+        if let Some(fd) = self.parents.get(rel) {
+            return fd.try_clone().map_err(|e| WriteError::Io {
+                step: "cannot duplicate the fd of",
+                path: rel.to_owned(),
+                source: e,
+            });
+        }
+        let fd = match open_beneath(&self.root, rel, OFlags::PATH | OFlags::DIRECTORY) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => self.make_parents(entry, rel)?,
+            Err(e) => return Err(self.resolve_error(entry, e)),
+        };
+        if self.parents.len() >= PARENT_CACHE {
+            self.parents.clear();
+        }
+        let copy = fd.try_clone().map_err(|e| WriteError::Io {
+            step: "cannot duplicate the fd of",
+            path: rel.to_owned(),
+            source: e,
+        })?;
+        self.parents.insert(rel.to_owned(), copy);
+        Ok(fd)
+    }
+
+    fn make_parents(&mut self, entry: &Path, rel: &Path) -> Result<OwnedFd, WriteError> {
+        let mut prefix = PathBuf::new();
+        let mut fd = open_beneath(&self.root, &prefix, OFlags::PATH | OFlags::DIRECTORY)
+            .map_err(|e| self.resolve_error(entry, e))?;
+        for c in rel.components() {
+            prefix.push(c);
+            fd = match open_beneath(&self.root, &prefix, OFlags::PATH | OFlags::DIRECTORY) {
+                Ok(fd) => fd,
+                Err(rustix::io::Errno::NOENT) => {
+                    let Component::Normal(name) = c else {
+                        return Err(WriteError::BadName(entry.to_owned()));
+                    };
+                    match rfs::mkdirat(&fd, name, Mode::from_raw_mode(0o755)) {
+                        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                        Err(e) => return Err(io_err("cannot create the directory", &prefix)(e)),
+                    }
+                    open_beneath(&self.root, &prefix, OFlags::PATH | OFlags::DIRECTORY)
+                        .map_err(|e| self.resolve_error(entry, e))?
+                }
+                Err(e) => return Err(self.resolve_error(entry, e)),
+            };
+        }
+        Ok(fd)
+    }
+
+    fn resolve_error(&self, entry: &Path, e: rustix::io::Errno) -> WriteError {
+        match e {
+            rustix::io::Errno::XDEV => WriteError::Escapes(entry.to_owned()),
+            rustix::io::Errno::LOOP => WriteError::ThroughSymlink(entry.to_owned()),
+            e => WriteError::Io {
+                step: "cannot open the parent directory of",
+                path: entry.to_owned(),
+                source: e.into(),
+            },
+        }
+    }
+
+    /// Runs `make` to create the final component `name`; if something is in the way, removes
+    /// it (a directory only counts as in the way unless `dir_ok`) and tries once more. Returns
+    /// whether an existing directory was kept.
+    fn create(
+        &mut self,
+        parent: &OwnedFd,
+        name: &OsStr,
+        path: &Path,
+        dir_ok: bool,
+        make: impl Fn(&OwnedFd) -> rustix::io::Result<()>,
+    ) -> Result<bool, WriteError> {
+        match make(parent) {
+            Ok(()) => Ok(false),
+            Err(rustix::io::Errno::EXIST) => {
+                if self.clear_existing(parent, name, path, dir_ok)? {
+                    return Ok(true);
+                }
+                make(parent).map_err(io_err("cannot create", path))?;
+                Ok(false)
+            }
+            Err(e) => Err(io_err("cannot create", path)(e)),
+        }
+    }
+
+    /// Removes a non-directory at `name` (a later archive member replaces an earlier one, as
+    /// with tar). Returns true, removing nothing, for a directory when `dir_ok`.
+    fn clear_existing(
+        &mut self,
+        parent: &OwnedFd,
+        name: &OsStr,
+        path: &Path,
+        dir_ok: bool,
+    ) -> Result<bool, WriteError> {
+        let st =
+            rfs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW).map_err(io_err("cannot inspect", path))?;
+        if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+            return if dir_ok { Ok(true) } else { Err(WriteError::ReplaceDir(path.to_owned())) };
+        }
+        rfs::unlinkat(parent, name, AtFlags::empty()).map_err(io_err("cannot replace", path))?;
+        // A cached parent may have been reached through what we just replaced.
+        self.parents.clear();
+        Ok(false)
+    }
+
+    fn add_dir(
+        &mut self,
+        parent: &OwnedFd,
+        name: &OsStr,
+        path: &Path,
+        rel: &Path,
+        meta: &Meta,
+    ) -> Result<(), WriteError> {
+        self.create(parent, name, path, true, |p| rfs::mkdirat(p, name, Mode::from_raw_mode(0o700)))?;
+        let fd = rfs::openat(
+            parent,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io_err("cannot open", path))?;
+        self.set_meta_fd(&fd, path, meta)?;
+        self.dir_times.push((rel.to_owned(), meta.mtime));
+        Ok(())
+    }
+
+    fn add_file(
+        &mut self,
+        parent: &OwnedFd,
+        name: &OsStr,
+        path: &Path,
+        size: u64,
+        meta: &Meta,
+        content: impl FnOnce(&mut File) -> io::Result<u64>,
+    ) -> Result<(), WriteError> {
+        let free = self.free.saturating_sub(self.used);
+        if size > free {
+            return Err(WriteError::TooLarge { path: path.to_owned(), size, free });
+        }
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let open = |p: &OwnedFd| rfs::openat(p, name, flags, Mode::from_raw_mode(0o600));
+        let fd = match open(parent) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::EXIST) => {
+                self.clear_existing(parent, name, path, false)?;
+                open(parent).map_err(io_err("cannot create", path))?
+            }
+            Err(e) => return Err(io_err("cannot create", path)(e)),
+        };
+        let mut file = File::from(fd);
+        let got = content(&mut file).map_err(|e| WriteError::Io {
+            step: "cannot write",
+            path: path.to_owned(),
+            source: e,
+        })?;
+        if got != size {
+            return Err(WriteError::Short { path: path.to_owned(), got, size });
+        }
+        // Accounted in blocks, as the filesystem does.
+        self.used += size.div_ceil(4096) * 4096;
+        // Order matters: writing drops setuid bits and file capabilities, chown drops them
+        // again; so content, then owner, then xattrs (security.capability), then the mode.
+        self.set_meta_fd(file.as_fd(), path, meta)?;
+        rfs::futimens(&file, &timestamps(meta.mtime)).map_err(io_err("cannot set the times of", path))
+    }
+
+    fn add_hardlink(
+        &mut self,
+        parent: &OwnedFd,
+        name: &OsStr,
+        path: &Path,
+        target: &Path,
+    ) -> Result<(), WriteError> {
+        let outside = || WriteError::LinkOutside { path: path.to_owned(), target: target.to_owned() };
+        let (tparent_rel, tname) = match split(target) {
+            Ok((p, Some(n))) => (p, n),
+            Ok((_, None)) | Err(WriteError::BadName(_)) => {
+                return Err(WriteError::BadName(target.to_owned()));
+            }
+            Err(_) => return Err(outside()),
+        };
+        let tparent = match open_beneath(&self.root, &tparent_rel, OFlags::PATH | OFlags::DIRECTORY) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::XDEV) => return Err(outside()),
+            Err(rustix::io::Errno::LOOP) => return Err(WriteError::ThroughSymlink(target.to_owned())),
+            Err(rustix::io::Errno::NOENT) => {
+                return Err(WriteError::LinkMissing { path: path.to_owned(), target: target.to_owned() });
+            }
+            Err(e) => return Err(io_err("cannot open the directory of the link target of", path)(e)),
+        };
+        // Without AT_SYMLINK_FOLLOW linkat links a symlink itself, never what it points to.
+        let link = |p: &OwnedFd| rfs::linkat(&tparent, tname, p, name, AtFlags::empty());
+        match link(parent) {
+            Err(rustix::io::Errno::NOENT) => {
+                Err(WriteError::LinkMissing { path: path.to_owned(), target: target.to_owned() })
+            }
+            Err(rustix::io::Errno::EXIST) => {
+                self.create(parent, name, path, false, link)?;
+                Ok(())
+            }
+            other => other.map_err(io_err("cannot create the hard link", path)),
+        }
+    }
+
+    fn set_meta_fd(&self, fd: impl AsFd, path: &Path, meta: &Meta) -> Result<(), WriteError> {
+        let fd = fd.as_fd();
+        rfs::fchown(fd, Some(uid(meta.uid)), Some(gid(meta.gid)))
+            .map_err(io_err("cannot change the owner of", path))?;
+        for (k, v) in &meta.xattrs {
+            rfs::fsetxattr(fd, k.as_os_str(), v, rfs::XattrFlags::empty()).map_err(|e| WriteError::Io {
+                step: "cannot set an extended attribute on",
+                path: path.join(format!("[{}]", k.to_string_lossy())),
+                source: e.into(),
+            })?;
+        }
+        rfs::fchmod(fd, Mode::from_raw_mode(meta.mode & 0o7777))
+            .map_err(io_err("cannot set the mode of", path))
+    }
+}
+
+fn set_xattrs_path(proc: &str, path: &Path, meta: &Meta) -> Result<(), WriteError> {
+    for (k, v) in &meta.xattrs {
+        rfs::setxattr(proc, k.as_os_str(), v, rfs::XattrFlags::empty()).map_err(|e| WriteError::Io {
+            step: "cannot set an extended attribute on",
+            path: path.join(format!("[{}]", k.to_string_lossy())),
+            source: e.into(),
+        })?;
+    }
+    Ok(())
+}
+
+fn uid(n: u32) -> rfs::Uid {
+    rfs::Uid::from_raw(n)
+}
+
+fn gid(n: u32) -> rfs::Gid {
+    rfs::Gid::from_raw(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_member_names() {
+        assert_eq!(split(Path::new("./")).unwrap(), (PathBuf::new(), None));
+        assert_eq!(split(Path::new("a/./b/")).unwrap(), (PathBuf::from("a"), Some(OsStr::new("b"))));
+        assert_eq!(split(Path::new("a/../b")).unwrap(), (PathBuf::from("a/.."), Some(OsStr::new("b"))));
+        assert!(matches!(split(Path::new("/etc/x")), Err(WriteError::Absolute(_))));
+        assert!(matches!(split(Path::new("a/..")), Err(WriteError::BadName(_))));
+    }
+}
