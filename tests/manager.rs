@@ -489,3 +489,104 @@ fn registration_modes_and_authorization() {
     );
     assert_no_leaks("hidden", &dir);
 }
+
+#[test]
+fn images_over_dbus_and_commit() {
+    let s = scratch();
+    std::fs::set_permissions(s.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bus = TestBus::start(s.path());
+    let store = s.path().join("store");
+    std::fs::create_dir(&store).unwrap();
+    copy_tree(busybox_tree(), &store, "bb");
+    let before = tree_digest(&store.join("bb"));
+    let mctld_dir = s.path().join("mctld");
+    std::fs::create_dir(&mctld_dir).unwrap();
+    let _mctld =
+        Mctld::start_args(&bus, &mctld_dir, &["--machined-compat", "--pool-path", store.to_str().unwrap()]);
+    let mctl_store = |args: &[&str]| -> Output {
+        mctl_on(&bus).env("MCTL_IMAGE_STORE", &store).args(args).output().unwrap()
+    };
+    let clean = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&store)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+
+    // machinectl's image verbs, served by mctld.
+    let o = machinectl(&bus, &["list-images"]);
+    let out = common::stdout(&o);
+    assert!(
+        out.starts_with("NAME TYPE      RO USAGE CREATED") && out.contains("\nbb   directory no"),
+        "{out}"
+    );
+    assert!(out.ends_with("1 images listed.\n"), "{out}");
+    assert_eq!(machinectl(&bus, &["clone", "bb", "bb2"]).status.code(), Some(0));
+    assert_eq!(tree_digest(&store.join("bb2")), before);
+    assert_eq!(machinectl(&bus, &["rename", "bb2", "bb3"]).status.code(), Some(0));
+    assert_eq!(machinectl(&bus, &["read-only", "bb3"]).status.code(), Some(0));
+    assert!(common::stdout(&machinectl(&bus, &["list-images"])).contains("bb3  directory yes"));
+    let o = machinectl(&bus, &["remove", "bb3"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(common::stderr(&o).contains("read-only"), "{}", common::stderr(&o));
+    let o = busctl(
+        &bus,
+        &[
+            "get-property",
+            "org.freedesktop.machine1",
+            "/org/freedesktop/machine1/image/bb3",
+            "org.freedesktop.machine1.Image",
+            "ReadOnly",
+        ],
+    );
+    assert_eq!(common::stdout(&o), "b true\n");
+    assert_eq!(machinectl(&bus, &["read-only", "bb3", "no"]).status.code(), Some(0));
+    // Only root may change images.
+    let o = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", "mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/system && exec setpriv --reuid=65534 --regid=65534 --clear-groups machinectl --no-pager remove bb3"])
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(common::stderr(&o).contains("Access denied"), "{}", common::stderr(&o));
+    assert_eq!(machinectl(&bus, &["remove", "bb3"]).status.code(), Some(0));
+    assert_eq!(clean(), ["bb"]);
+    assert_eq!(machinectl(&bus, &["image-status", "nope"]).status.code(), Some(1));
+
+    // commit: the merged view of an ephemeral machine becomes a new image.
+    let mut notify = NotifyListener::new(s.path());
+    let mut eph = mctl_on(&bus)
+        .env("MCTL_IMAGE_STORE", &store)
+        .env("MCTL_RUNTIME_DIR", s.path().join("run"))
+        .env("NOTIFY_SOCKET", &notify.path)
+        .args(["run", "-q", "-x", "-M", "bb", "--", "sh", "-c", "echo committed > /etc/marker; sleep 60"])
+        .spawn()
+        .unwrap();
+    notify.wait_leader(0, Duration::from_secs(10)).expect("ephemeral machine started");
+    let name = common::stdout(&run_mctl(&bus, &["list", "--no-legend"]))
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(wait_until(Duration::from_secs(5), || {
+        common::stdout(&mctl_on(&bus).args(["shell", &name, "cat", "/etc/marker"]).output().unwrap())
+            == "committed\n"
+    }));
+    let o = mctl_store(&["commit", &name, "bbc"]);
+    assert_eq!(o.status.code(), Some(0), "{}", common::stderr(&o));
+    assert_eq!(std::fs::read_to_string(store.join("bbc/etc/marker")).unwrap(), "committed\n");
+    assert_eq!(std::fs::read_dir(store.join("bbc/proc")).unwrap().count(), 0, "API filesystems were copied");
+    assert!(!common::stdout(&run_mctl(&bus, &["status", &name])).contains("Frozen"), "machine left frozen");
+    let o = mctl_store(&["commit", &name, "bbc"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(common::stderr(&o).contains("Image 'bbc' already exists"), "{}", common::stderr(&o));
+    stop_launcher(&mut eph);
+    assert_eq!(clean(), ["bb", "bbc"]);
+    assert_eq!(tree_digest(&store.join("bb")), before, "the ephemeral machine changed its image");
+    // The committed image runs.
+    let o = mctl_store(&["run", "-q", "-M", "bbc", "--", "cat", "/etc/marker"]);
+    assert_eq!(common::stdout(&o), "committed\n", "{}", common::stderr(&o));
+}

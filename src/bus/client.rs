@@ -1,9 +1,10 @@
 //! Running D-Bus client calls from synchronous code that forks afterwards (the launcher, the
 //! CLI's `shell`): each runs on a short-lived thread with its own current-thread runtime,
-//! which is joined, so the caller is single-threaded again when it returns.
+//! which is joined, so the caller is single-threaded again when it returns (the fork wrappers
+//! in `sys::linux` wait for the thread to be fully gone).
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Runs `f` to completion on a fresh thread and runtime; `None` if the thread panicked or the
 /// runtime could not start.
@@ -22,18 +23,7 @@ where
     .join()
     .ok()
     .flatten();
-    wait_single_threaded();
     out
-}
-
-/// Waits (briefly) until this process has no thread but the main one.
-pub fn wait_single_threaded() {
-    let deadline = Instant::now() + Duration::from_secs(1);
-    while std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(1) > 1
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
 
 /// Connects to the system bus (`$DBUS_SYSTEM_BUS_ADDRESS`, or the standard socket).

@@ -84,6 +84,11 @@ pub const MANAGER: Interface = Interface {
         m("GetMachineAddresses", &[("name", "s")], &[("addresses", "a(iay)")]),
         m("GetMachineOSRelease", &[("name", "s")], &[("fields", "a{ss}")]),
         m("GetMachineUIDShift", &[("name", "s")], &[("shift", "u")]),
+        m("RemoveImage", &[("name", "s")], &[]),
+        m("RenameImage", &[("name", "s"), ("new_name", "s")], &[]),
+        m("CloneImage", &[("name", "s"), ("new_name", "s"), ("read_only", "b")], &[]),
+        m("MarkImageReadOnly", &[("name", "s"), ("read_only", "b")], &[]),
+        m("GetImageOSRelease", &[("name", "s")], &[("os_release", "a{ss}")]),
     ],
     signals: &[
         ("MachineNew", &[("machine", "s"), ("path", "o")]),
@@ -113,6 +118,31 @@ pub const MACHINE: Interface = Interface {
         m("GetAddresses", &[], &[("addresses", "a(iay)")]),
         m("GetOSRelease", &[], &[("fields", "a{ss}")]),
         m("GetUIDShift", &[], &[("shift", "u")]),
+    ],
+    signals: &[],
+};
+
+/// `org.freedesktop.machine1.Image`, as far as mctld implements it.
+pub const IMAGE: Interface = Interface {
+    name: "org.freedesktop.machine1.Image",
+    properties: &[
+        ("Name", "s", "false"),
+        ("Path", "s", "false"),
+        ("Type", "s", "false"),
+        ("ReadOnly", "b", "false"),
+        ("CreationTimestamp", "t", "false"),
+        ("ModificationTimestamp", "t", "false"),
+        ("Usage", "t", "false"),
+        ("Limit", "t", "false"),
+        ("UsageExclusive", "t", "false"),
+        ("LimitExclusive", "t", "false"),
+    ],
+    methods: &[
+        m("Remove", &[], &[]),
+        m("Rename", &[("new_name", "s")], &[]),
+        m("Clone", &[("new_name", "s"), ("read_only", "b")], &[]),
+        m("MarkReadOnly", &[("read_only", "b")], &[]),
+        m("GetOSRelease", &[], &[("os_release", "a{ss}")]),
     ],
     signals: &[],
 };

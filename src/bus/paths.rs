@@ -47,6 +47,11 @@ pub fn unescape(label: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The object path of image `name`.
+pub fn image_path(name: &str) -> String {
+    format!("{IMAGE_DIR}/{}", escape(name))
+}
+
 /// The object path of machine `name`.
 pub fn machine_path(name: &str) -> String {
     format!("{MACHINE_DIR}/{}", escape(name))

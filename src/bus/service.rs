@@ -14,9 +14,10 @@ use serde::ser::SerializeMap;
 use zbus::message::{Header, Type as MsgType};
 use zbus::{Connection, Message, OwnedObjectPath, OwnedVariant, Variant};
 
+use crate::images::store::ImageInfo;
 use crate::manager::{Caller, Event, Machine, Manager, ManagerError, RegisterRequest};
 
-use super::introspect::{self, Interface, MACHINE, MANAGER, MCTL_MANAGER};
+use super::introspect::{self, IMAGE, Interface, MACHINE, MANAGER, MCTL_MANAGER};
 use super::paths::{self, IMAGE_DIR, MACHINE_DIR, MANAGER_PATH};
 
 /// Properties in a fixed order, serialized as `a{sv}` (a HashMap would scramble the order
@@ -51,6 +52,7 @@ impl From<ManagerError> for CallError {
     fn from(e: ManagerError) -> Self {
         let name = match &e {
             ManagerError::NoSuchMachine(_) => "org.freedesktop.machine1.NoSuchMachine",
+            ManagerError::NoSuchImage(_) => "org.freedesktop.machine1.NoSuchImage",
             ManagerError::MachineExists(_) => "org.freedesktop.machine1.MachineExists",
             ManagerError::NoMachineForPid(_) => "org.freedesktop.machine1.NoMachineForPID",
             ManagerError::NoPrivateNetworking(_) => "org.freedesktop.machine1.NoPrivateNetworking",
@@ -95,6 +97,37 @@ fn machine_props(m: &Machine) -> Props {
     ])
 }
 
+fn image_props(i: &ImageInfo) -> Props {
+    let unknown = u64::MAX;
+    Props(vec![
+        ("Name", ov(i.name.as_str())),
+        ("Path", ov(i.path.to_string_lossy().as_ref())),
+        ("Type", ov(i.image_type.as_str())),
+        ("ReadOnly", ov(i.read_only)),
+        ("CreationTimestamp", ov(i.created_us.unwrap_or(0))),
+        ("ModificationTimestamp", ov(i.modified_us.unwrap_or(0))),
+        ("Usage", ov(i.usage.unwrap_or(unknown))),
+        ("Limit", ov(unknown)),
+        ("UsageExclusive", ov(i.usage.unwrap_or(unknown))),
+        ("LimitExclusive", ov(unknown)),
+    ])
+}
+
+/// `ListImages`'s entry: name, type, read-only, created, modified, usage, path.
+type ImageEntry = (String, String, bool, u64, u64, u64, OwnedObjectPath);
+
+fn image_entry(i: &ImageInfo) -> ImageEntry {
+    (
+        i.name.clone(),
+        i.image_type.as_str().to_owned(),
+        i.read_only,
+        i.created_us.unwrap_or(0),
+        i.modified_us.unwrap_or(0),
+        i.usage.unwrap_or(u64::MAX),
+        opath(paths::image_path(&i.name)),
+    )
+}
+
 fn manager_props(mgr: &Manager) -> Props {
     Props(vec![
         ("PoolPath", ov(mgr.pool_path().to_string_lossy().as_ref())),
@@ -107,6 +140,14 @@ fn opath(s: String) -> OwnedObjectPath {
     OwnedObjectPath::try_from(s).expect("escaped labels are valid object path elements")
 }
 
+/// A change to an image.
+enum ImageOp {
+    Remove,
+    Rename(String),
+    Clone(String, bool),
+    ReadOnly(bool),
+}
+
 /// What lives at an object path.
 enum Object {
     /// An inner node with children only (`/`, `/org`, ...).
@@ -115,6 +156,8 @@ enum Object {
     Manager,
     /// A machine.
     Machine(Machine),
+    /// An image.
+    Image(ImageInfo),
 }
 
 /// The service: a connection serving the manager.
@@ -192,7 +235,16 @@ impl Service {
             MACHINE_DIR => {
                 Some(Object::Node(self.mgr.list().iter().map(|m| paths::escape(&m.name)).collect()))
             }
-            IMAGE_DIR => Some(Object::Node(Vec::new())),
+            IMAGE_DIR => Some(Object::Node(
+                self.mgr.list_images().unwrap_or_default().iter().map(|i| paths::escape(&i.name)).collect(),
+            )),
+            p if p.starts_with(&format!("{IMAGE_DIR}/")) => {
+                let label = &p[IMAGE_DIR.len() + 1..];
+                if label.contains('/') {
+                    return None;
+                }
+                self.mgr.get_image(&paths::unescape(label)).ok().map(Object::Image)
+            }
             p => {
                 let label = p.strip_prefix(MACHINE_DIR)?.strip_prefix('/')?;
                 if label.contains('/') {
@@ -237,13 +289,14 @@ impl Service {
             Object::Node(_) => &[],
             Object::Manager => &[&MANAGER, &MCTL_MANAGER],
             Object::Machine(_) => &[&MACHINE],
+            Object::Image(_) => &[&IMAGE],
         };
         match (iface.as_deref(), member.as_str()) {
             (Some("org.freedesktop.DBus.Introspectable") | None, "Introspect") => {
                 let children = match &obj {
                     Object::Node(c) => c.clone(),
                     Object::Manager => vec!["image".into(), "machine".into()],
-                    Object::Machine(_) => Vec::new(),
+                    Object::Machine(_) | Object::Image(_) => Vec::new(),
                 };
                 return self.reply(hdr, &introspect::node_xml(ifaces, &children)).await;
             }
@@ -273,6 +326,9 @@ impl Service {
             (Some(n), Object::Machine(m)) if n == MACHINE.name => {
                 self.machine_call(msg, hdr, &member, &m.name).await
             }
+            (Some(n), Object::Image(i)) if n == IMAGE.name => {
+                self.image_call(msg, hdr, &member, &i.name).await
+            }
             _ => Err(unknown()),
         }
     }
@@ -296,6 +352,7 @@ impl Service {
             match obj {
                 Object::Manager if name == MANAGER.name => Some(manager_props(&self.mgr)),
                 Object::Machine(m) if name == MACHINE.name => Some(machine_props(m)),
+                Object::Image(i) if name == IMAGE.name => Some(image_props(i)),
                 _ => ifaces.iter().any(|i| i.name == name).then(|| Props(Vec::new())),
             }
         };
@@ -368,12 +425,39 @@ impl Service {
                 self.reply(hdr, &opath(paths::machine_path(&m.name))).await
             }
             "ListImages" => {
-                let none: Vec<(String, String, bool, u64, u64, u64, OwnedObjectPath)> = Vec::new();
-                self.reply(hdr, &none).await
+                let list: Vec<ImageEntry> = mgr.list_images()?.iter().map(image_entry).collect();
+                self.reply(hdr, &list).await
             }
             "GetImage" => {
                 let (name,): (String,) = body.deserialize()?;
-                Err(CallError("org.freedesktop.machine1.NoSuchImage", format!("No image '{name}' known")))
+                let i = mgr.get_image(&name)?;
+                self.reply(hdr, &opath(paths::image_path(&i.name))).await
+            }
+            "GetImageOSRelease" => {
+                let (name,): (String,) = body.deserialize()?;
+                let fields: HashMap<String, String> = mgr.image_os_release(&name)?.into_iter().collect();
+                self.reply(hdr, &fields).await
+            }
+            "RemoveImage" | "RenameImage" | "CloneImage" | "MarkImageReadOnly" => {
+                let (name, op) = match member {
+                    "RemoveImage" => {
+                        let (n,): (String,) = body.deserialize()?;
+                        (n, ImageOp::Remove)
+                    }
+                    "RenameImage" => {
+                        let (n, to): (String, String) = body.deserialize()?;
+                        (n, ImageOp::Rename(to))
+                    }
+                    "CloneImage" => {
+                        let (n, to, ro): (String, String, bool) = body.deserialize()?;
+                        (n, ImageOp::Clone(to, ro))
+                    }
+                    _ => {
+                        let (n, ro): (String, bool) = body.deserialize()?;
+                        (n, ImageOp::ReadOnly(ro))
+                    }
+                };
+                self.image_op(hdr, name, op).await
             }
             "RegisterMachine" | "RegisterMachineWithNetwork" => {
                 let (name, id, service, class, leader, root_directory, netif) = if member == "RegisterMachine"
@@ -422,6 +506,45 @@ impl Service {
                 format!("Unknown method {member}."),
             )),
         }
+    }
+
+    async fn image_call(&self, msg: &Message, hdr: &Header<'_>, member: &str, name: &str) -> Reply {
+        let body = msg.body();
+        let op = match member {
+            "Remove" => ImageOp::Remove,
+            "Rename" => ImageOp::Rename(body.deserialize::<(String,)>()?.0),
+            "Clone" => {
+                let (to, ro): (String, bool) = body.deserialize()?;
+                ImageOp::Clone(to, ro)
+            }
+            "MarkReadOnly" => ImageOp::ReadOnly(body.deserialize::<(bool,)>()?.0),
+            "GetOSRelease" => {
+                let fields: HashMap<String, String> = self.mgr.image_os_release(name)?.into_iter().collect();
+                return self.reply(hdr, &fields).await;
+            }
+            _ => {
+                return Err(CallError(
+                    "org.freedesktop.DBus.Error.UnknownMethod",
+                    format!("Unknown method {member}."),
+                ));
+            }
+        };
+        self.image_op(hdr, name.to_owned(), op).await
+    }
+
+    /// Runs an image change off the async runtime (a clone copies a whole tree).
+    async fn image_op(&self, hdr: &Header<'_>, name: String, op: ImageOp) -> Reply {
+        let caller = self.caller(hdr).await?;
+        let mgr = self.mgr.clone();
+        tokio::task::spawn_blocking(move || match op {
+            ImageOp::Remove => mgr.remove_image(&name, &caller),
+            ImageOp::Rename(to) => mgr.rename_image(&name, &to, &caller),
+            ImageOp::Clone(to, ro) => mgr.clone_image(&name, &to, ro, &caller),
+            ImageOp::ReadOnly(ro) => mgr.mark_image_read_only(&name, ro, &caller),
+        })
+        .await
+        .map_err(|e| CallError("org.freedesktop.DBus.Error.Failed", e.to_string()))??;
+        self.reply(hdr, &()).await
     }
 
     async fn mctl_call(&self, msg: &Message, hdr: &Header<'_>, member: &str) -> Reply {

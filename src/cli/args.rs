@@ -38,6 +38,8 @@ pub enum Command {
     Reboot(NamesArgs),
     /// Run a shell or command inside a running machine.
     Shell(ShellArgs),
+    /// Make a new image from a running machine's filesystem (frozen while it is copied).
+    Commit(CommitArgs),
     /// Freeze every process of machines (cgroup freezer).
     Freeze(NamesArgs),
     /// Thaw frozen machines.
@@ -266,6 +268,15 @@ pub struct NamesArgs {
     /// Machine names.
     #[arg(required = true)]
     pub names: Vec<String>,
+}
+
+/// `mctl commit`.
+#[derive(Debug, Args)]
+pub struct CommitArgs {
+    /// The running machine.
+    pub machine: String,
+    /// The new image's name.
+    pub image: String,
 }
 
 /// `mctl kill`.

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 pub mod args;
+pub mod commit;
 pub mod images;
 pub mod machine;
 pub mod manage;
@@ -79,6 +80,7 @@ pub fn run(cli: Cli, cfg: &CliConfig) -> Result<i32, CliError> {
         }
         args::Command::Reboot(a) => manage::signal_leader(&a.names, libc::SIGINT),
         args::Command::Shell(a) => shell::shell(&a),
+        args::Command::Commit(a) => commit::commit(&a.machine, &a.image, cfg),
         args::Command::Freeze(a) => manage::freeze(&a.names, true),
         args::Command::Thaw(a) => manage::freeze(&a.names, false),
         args::Command::Start(a) => units::start_stop(&a.names, cfg, true),

@@ -16,6 +16,8 @@ pub enum Message {
     NotifySocket,
     /// Outer child → parent: the console pty master (fd attached).
     ConsoleMaster,
+    /// Child → parent: a detached mount of a machine's root (fd attached), for `mctl commit`.
+    RootMount,
     /// Outer child → parent: the machine's PID 1, as a host pid.
     InnerPid(i32),
     /// Parent → PID 1: setup on the host side is done, exec the payload.

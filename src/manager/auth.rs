@@ -10,6 +10,8 @@ pub enum Action {
     Register,
     /// Terminate, kill or unregister (CAP_KILL, as machined's polkit short-cut).
     Manage,
+    /// Remove, rename, clone or mark images (CAP_SYS_ADMIN, machined's manage-images).
+    ManageImages,
 }
 
 impl Action {
@@ -17,6 +19,7 @@ impl Action {
         match self {
             Action::Register => (21, "CAP_SYS_ADMIN"),
             Action::Manage => (5, "CAP_KILL"),
+            Action::ManageImages => (21, "CAP_SYS_ADMIN"),
         }
     }
 
@@ -24,6 +27,7 @@ impl Action {
         match self {
             Action::Register => "register machines",
             Action::Manage => "terminate, kill or unregister machines",
+            Action::ManageImages => "change images",
         }
     }
 }

@@ -14,6 +14,7 @@ use crate::names;
 use crate::sys::linux;
 
 pub mod auth;
+pub mod images;
 pub mod machine;
 pub mod procfs;
 pub mod store;
@@ -28,6 +29,9 @@ pub enum ManagerError {
     /// Unknown machine.
     #[error("No machine '{0}' known")]
     NoSuchMachine(String),
+    /// Unknown image.
+    #[error("No image '{0}' known")]
+    NoSuchImage(String),
     /// Name taken.
     #[error("Machine '{0}' already exists")]
     MachineExists(String),
@@ -117,6 +121,7 @@ pub struct Manager {
     events: broadcast::Sender<Event>,
     unified_mount: Option<PathBuf>,
     pool_path: PathBuf,
+    images: crate::images::store::ImageStore,
     me: Weak<Manager>,
 }
 
@@ -139,6 +144,7 @@ impl Manager {
             events,
             unified_mount,
             pool_path: cfg.pool_path.clone(),
+            images: crate::images::store::ImageStore::new(cfg.pool_path.clone()),
             me: me.clone(),
         }))
     }

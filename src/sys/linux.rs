@@ -255,9 +255,26 @@ pub enum Forked {
     Child,
 }
 
+/// Waits briefly for threads that were joined to be gone from the kernel's view, then fails if
+/// others still run: forking is only sound while single-threaded.
+fn ensure_single_threaded() -> io::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        let threads = fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(1);
+        if threads <= 1 {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(io::Error::other(format!("cannot fork while {threads} threads run")));
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+}
+
 /// fork(2). The launcher is single-threaded while it forks, which is what makes running
-/// arbitrary code in the child sound; callers must not call it once threads exist.
+/// arbitrary code in the child sound; this refuses to fork otherwise.
 pub fn fork() -> io::Result<Forked> {
+    ensure_single_threaded()?;
     // SAFETY: the launcher calls this only while single-threaded (see above), so the child
     // cannot inherit a lock held by another thread.
     match unsafe { nix::unistd::fork() }? {
@@ -290,6 +307,7 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 /// first taker waits for an RCU grace period (about 10 ms); being born there does not.
 /// Fails with ENOSYS or EINVAL on kernels before 5.7. Call only while single-threaded.
 pub fn fork_into_cgroup(cgroup: BorrowedFd<'_>) -> io::Result<Forked> {
+    ensure_single_threaded()?;
     let args = CloneArgs {
         flags: CLONE_INTO_CGROUP,
         exit_signal: libc::SIGCHLD as u64,

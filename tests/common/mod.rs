@@ -416,21 +416,32 @@ impl Mctld {
         Self::start_with_state(bus, dir, compat, &state_dir)
     }
 
+    /// Starts mctld with extra arguments (its state in `dir/state`).
+    pub fn start_args(bus: &TestBus, dir: &Path, args: &[&str]) -> Mctld {
+        let mut all = vec!["--state-dir".to_owned(), dir.join("state").display().to_string()];
+        all.extend(args.iter().map(|a| (*a).to_owned()));
+        Self::spawn(bus, dir, &all)
+    }
+
     pub fn start_with_state(bus: &TestBus, dir: &Path, compat: bool, state_dir: &Path) -> Mctld {
+        let mut args = vec!["--state-dir".to_owned(), state_dir.display().to_string()];
+        if compat {
+            args.push("--machined-compat".into());
+        }
+        let mut m = Self::spawn(bus, dir, &args);
+        m.state_dir = state_dir.to_owned();
+        m
+    }
+
+    fn spawn(bus: &TestBus, dir: &Path, args: &[String]) -> Mctld {
         let notify_dir = tempfile::Builder::new().prefix("mctld-ready-").tempdir_in(dir).unwrap();
         let mut notify = NotifyListener::new(notify_dir.path());
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mctld"));
-        cmd.arg("--state-dir")
-            .arg(state_dir)
-            .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
-            .env("NOTIFY_SOCKET", &notify.path);
-        if compat {
-            cmd.arg("--machined-compat");
-        }
+        cmd.args(args).env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address).env("NOTIFY_SOCKET", &notify.path);
         let log = std::fs::File::create(dir.join("mctld.log")).unwrap();
         let child = cmd.stdout(Stdio::null()).stderr(Stdio::from(log)).spawn().expect("start mctld");
         assert!(notify.wait_for("READY=1", Duration::from_secs(20)).is_some(), "mctld did not become ready");
-        Mctld { child: Some(child), state_dir: state_dir.to_owned() }
+        Mctld { child: Some(child), state_dir: dir.join("state") }
     }
 
     /// Kills mctld with SIGKILL (machines keep running).
