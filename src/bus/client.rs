@@ -14,7 +14,7 @@ where
     Fut: Future<Output = T>,
     T: Send + 'static,
 {
-    let out = std::thread::spawn(move || {
+    std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
         let out = rt.block_on(f());
         rt.shutdown_timeout(Duration::from_millis(200));
@@ -22,8 +22,7 @@ where
     })
     .join()
     .ok()
-    .flatten();
-    out
+    .flatten()
 }
 
 /// Connects to the system bus (`$DBUS_SYSTEM_BUS_ADDRESS`, or the standard socket).
