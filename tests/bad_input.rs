@@ -51,7 +51,10 @@ fn invalid_machine_names() {
     let s = scratch();
     let dir = copy_tree(busybox_tree(), s.path(), "names");
     for bad in ["bad_name", "-x", "a..b", ".host", &"n".repeat(65)] {
-        fails_with(&["run", "-M", bad, "-D", dir.to_str().unwrap(), "true"], "invalid machine name");
+        fails_with(
+            &["run", &format!("--machine={bad}"), "-D", dir.to_str().unwrap(), "true"],
+            "invalid machine name",
+        );
     }
     fails_with(&["run", "--hostname", "x y", "-D", dir.to_str().unwrap(), "true"], "invalid hostname");
     // A directory whose name cannot be cleaned into a machine name needs -M.

@@ -28,4 +28,4 @@ bootstrap/cached.sh debian bookworm >/dev/null
 
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
-cargo test --locked -- --test-threads=2
+cargo test --locked --no-fail-fast -- --test-threads=2
