@@ -16,8 +16,8 @@ use crate::images::{ImageInfo, ImageStore, StoreError};
 use crate::names;
 
 use super::args::{
-    CloneArgs, ExportTarArgs, ImportTarArgs, ListImagesArgs, OutputFormat, PullLxcArgs, PullTarArgs,
-    ReadOnlyArgs, RenameArgs, TarFormat, VerifyMode, YesNo,
+    CloneArgs, ExportTarArgs, ImportTarArgs, ListImagesArgs, MachineArgs, OutputFormat, PullLxcArgs,
+    PullTarArgs, ReadOnlyArgs, RenameArgs, TarFormat, VerifyMode, YesNo,
 };
 use super::output::{self, emit};
 use super::{CliConfig, CliError};
@@ -83,6 +83,20 @@ pub fn format_bytes(n: u64) -> String {
         i += 1;
     }
     format!("{v:.1}{}", UNITS[i])
+}
+
+/// `boot`/`run -M NAME` without `-D` use the image NAME from the store; a read-only image may
+/// only be used read-only (its immutable flag would make the machine's writes fail anyway,
+/// later and less clearly).
+pub fn check_image_use(m: &MachineArgs, cfg: &CliConfig) -> Result<(), CliError> {
+    let (None, Some(name), false) = (&m.directory, &m.machine, m.read_only) else { return Ok(()) };
+    match store(cfg).get(name) {
+        Ok(info) if info.read_only => Err(CliError::new(format!(
+            "Image '{name}' is read-only: boot it with --read-only, or make it writable with: mctl read-only {name} no"
+        ))),
+        // Unknown images and other problems are reported by the launcher as before.
+        _ => Ok(()),
+    }
 }
 
 /// `mctl list-images`.

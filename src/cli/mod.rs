@@ -60,8 +60,14 @@ impl From<crate::launcher::process::LaunchError> for CliError {
 /// Runs a parsed command line; returns the exit status.
 pub fn run(cli: Cli, cfg: &CliConfig) -> Result<i32, CliError> {
     match cli.command {
-        args::Command::Boot(a) => machine::boot(a, cfg),
-        args::Command::Run(a) => machine::run(a, cfg),
+        args::Command::Boot(a) => {
+            images::check_image_use(&a.machine, cfg)?;
+            machine::boot(a, cfg)
+        }
+        args::Command::Run(a) => {
+            images::check_image_use(&a.machine, cfg)?;
+            machine::run(a, cfg)
+        }
         args::Command::List(a) => manage::list(&a),
         args::Command::Show(a) => manage::show(&a),
         args::Command::Status(a) => manage::status(&a.names),

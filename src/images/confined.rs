@@ -15,6 +15,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
 
@@ -132,7 +133,8 @@ const PARENT_CACHE: usize = 64;
 #[derive(Debug)]
 pub struct TreeWriter {
     root: OwnedFd,
-    parents: HashMap<PathBuf, OwnedFd>,
+    /// Shared, not duplicated: a dup per entry is a syscall per entry.
+    parents: HashMap<PathBuf, Rc<OwnedFd>>,
     /// Directories whose mtime is set at the end, after their contents were written.
     dir_times: Vec<(PathBuf, (i64, u32))>,
     /// Bytes free in the filesystem when we started, and what we wrote since.
@@ -307,13 +309,9 @@ impl TreeWriter {
 
     /// The fd of the directory `rel` (the parent of `entry`), creating missing directories
     /// (root-owned, 0755, as tar does) when the archive did not list them.
-    fn parent(&mut self, entry: &Path, rel: &Path) -> Result<OwnedFd, WriteError> {
+    fn parent(&mut self, entry: &Path, rel: &Path) -> Result<Rc<OwnedFd>, WriteError> {
         if let Some(fd) = self.parents.get(rel) {
-            return fd.try_clone().map_err(|e| WriteError::Io {
-                step: "cannot duplicate the fd of",
-                path: rel.to_owned(),
-                source: e,
-            });
+            return Ok(fd.clone());
         }
         let fd = match open_beneath(&self.root, rel, OFlags::PATH | OFlags::DIRECTORY) {
             Ok(fd) => fd,
@@ -323,12 +321,8 @@ impl TreeWriter {
         if self.parents.len() >= PARENT_CACHE {
             self.parents.clear();
         }
-        let copy = fd.try_clone().map_err(|e| WriteError::Io {
-            step: "cannot duplicate the fd of",
-            path: rel.to_owned(),
-            source: e,
-        })?;
-        self.parents.insert(rel.to_owned(), copy);
+        let fd = Rc::new(fd);
+        self.parents.insert(rel.to_owned(), fd.clone());
         Ok(fd)
     }
 
