@@ -543,7 +543,79 @@ fn gid(n: u32) -> rfs::Gid {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::MetadataExt;
+
     use super::*;
+
+    fn own_meta(mode: u32) -> Meta {
+        Meta {
+            mode,
+            uid: rustix::process::geteuid().as_raw(),
+            gid: rustix::process::getegid().as_raw(),
+            mtime: (1_700_000_000, 5),
+            xattrs: Vec::new(),
+        }
+    }
+
+    fn file(w: &mut TreeWriter, path: &str, data: &[u8]) -> Result<(), WriteError> {
+        let size = data.len() as u64;
+        w.add(Path::new(path), Node::File { size }, &own_meta(0o640), |f| {
+            io::Write::write_all(f, data)?;
+            Ok(size)
+        })
+    }
+
+    #[test]
+    fn writes_inside_and_refuses_ways_out() {
+        let outer = tempfile::tempdir().unwrap();
+        let root = outer.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        let outside = outer.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        let mut w = TreeWriter::new(&root).unwrap();
+        // Missing parents are made; names with a harmless ".." are fine.
+        file(&mut w, "a/b/c", b"abc").unwrap();
+        file(&mut w, "a/../d", b"d").unwrap();
+        assert_eq!(std::fs::read(root.join("a/b/c")).unwrap(), b"abc");
+        assert_eq!(std::fs::read(root.join("d")).unwrap(), b"d");
+        let out = outside.to_string_lossy().into_owned();
+        let link = |w: &mut TreeWriter, p: &str, t: &str| {
+            w.add(Path::new(p), Node::Symlink(Path::new(t)), &own_meta(0o777), |_| Ok(0))
+        };
+        link(&mut w, "evil", &out).unwrap();
+        link(&mut w, "up", "..").unwrap();
+        assert!(matches!(file(&mut w, "../x", b"x"), Err(WriteError::Escapes(_))));
+        assert!(matches!(file(&mut w, "a/../../x", b"x"), Err(WriteError::Escapes(_))));
+        assert!(matches!(file(&mut w, &format!("{out}/x"), b"x"), Err(WriteError::Absolute(_))));
+        assert!(matches!(file(&mut w, "evil/x", b"x"), Err(WriteError::ThroughSymlink(_))));
+        assert!(matches!(file(&mut w, "up/outside/x", b"x"), Err(WriteError::ThroughSymlink(_))));
+        std::fs::write(outside.join("secret"), "s").unwrap();
+        let hard = |w: &mut TreeWriter, t: &str| {
+            w.add(Path::new("h"), Node::HardLink(Path::new(t)), &own_meta(0), |_| Ok(0))
+        };
+        assert!(matches!(hard(&mut w, "../outside/secret"), Err(WriteError::LinkOutside { .. })));
+        assert!(matches!(hard(&mut w, &format!("{out}/secret")), Err(WriteError::LinkOutside { .. })));
+        assert!(matches!(hard(&mut w, "evil/secret"), Err(WriteError::ThroughSymlink(_))));
+        assert!(matches!(hard(&mut w, "nope"), Err(WriteError::LinkMissing { .. })));
+        hard(&mut w, "a/b/c").unwrap();
+        // A symlink entry is replaced, not followed, by a later file of the same name.
+        file(&mut w, "evil", b"now a file").unwrap();
+        assert!(std::fs::symlink_metadata(root.join("evil")).unwrap().is_file());
+        // More than the free space, and less content than announced.
+        let huge = w.add(Path::new("big"), Node::File { size: 1 << 60 }, &own_meta(0o644), |_| Ok(0));
+        assert!(matches!(huge, Err(WriteError::TooLarge { .. })));
+        let short = w.add(Path::new("short"), Node::File { size: 10 }, &own_meta(0o644), |_| Ok(3));
+        assert!(matches!(short, Err(WriteError::Short { got: 3, size: 10, .. })));
+        w.finish().unwrap();
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1, "something was written outside");
+        assert_eq!(std::fs::metadata(outside.join("secret")).unwrap().nlink(), 1);
+        assert_eq!(
+            std::fs::metadata(root.join("h")).unwrap().ino(),
+            std::fs::metadata(root.join("a/b/c")).unwrap().ino()
+        );
+        let m = std::fs::metadata(root.join("a/b/c")).unwrap();
+        assert_eq!((m.mode() & 0o7777, m.mtime(), m.mtime_nsec()), (0o640, 1_700_000_000, 5));
+    }
 
     #[test]
     fn splits_member_names() {
