@@ -566,6 +566,23 @@ fn images_verbs_and_their_errors() {
     env.fails(&["remove", "bb3"], "Image 'bb3' is read-only");
     env.fails(&["rename", "bb3", "bb4"], "Image 'bb3' is read-only");
     env.ok(&["clone", "bb3", "bb4"]);
+    // A read-only image runs only read-only (or ephemeral, see tests/ephemeral.rs).
+    env.fails(
+        &["run", "-q", "-M", "bb3", "--", "/bin/true"],
+        "is read-only: boot it with --ephemeral, --volatile or --read-only",
+    );
+    let o = env.mctl(&[
+        "run",
+        "-q",
+        "--read-only",
+        "-M",
+        "bb3",
+        "--",
+        "/bin/sh",
+        "-c",
+        "touch /x 2>/dev/null || echo ro",
+    ]);
+    assert_eq!((o.status.code(), stdout(&o).as_str()), (Some(0), "ro\n"), "{}", stderr(&o));
     env.ok(&["clone", "--read-only", "bb", "bb5"]);
     let o = env.ok(&["list-images", "-o", "json"]);
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
@@ -777,14 +794,19 @@ fn pull_lxc_from_a_local_index_and_run() {
     let dir = www.join(build.trim_start_matches('/'));
     std::fs::create_dir_all(&dir).unwrap();
     let rootfs = dir.join("rootfs.tar.xz");
+    // Compressed here rather than by tar -J, which would need the xz program.
+    let plain = env.path().join("rootfs.tar");
     gnu_tar(&[
         "--numeric-owner",
-        "-cJf",
-        &rootfs.to_string_lossy(),
+        "-cf",
+        &plain.to_string_lossy(),
         "-C",
         &busybox_tree().to_string_lossy(),
         ".",
     ]);
+    let mut xz = xz2::write::XzEncoder::new(std::fs::File::create(&rootfs).unwrap(), 6);
+    xz.write_all(&std::fs::read(&plain).unwrap()).unwrap();
+    xz.finish().unwrap();
     std::fs::write(
         dir.join("SHA256SUMS"),
         format!("{}  meta.tar.xz\n{}  rootfs.tar.xz\n", "1".repeat(64), sha256_file(&rootfs)),
@@ -824,7 +846,7 @@ fn pull_lxc_from_a_local_index_and_run() {
         "checksum mismatch",
     );
     assert_eq!(env.images(), ["busybox-1.36"]);
-    env.assert_clean("pull-lxc", &["www"]);
+    env.assert_clean("pull-lxc", &["www", "rootfs.tar"]);
 }
 
 /// Runs a shell script in a private mount namespace (mounts vanish with it), with

@@ -15,6 +15,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
 
@@ -132,7 +133,8 @@ const PARENT_CACHE: usize = 64;
 #[derive(Debug)]
 pub struct TreeWriter {
     root: OwnedFd,
-    parents: HashMap<PathBuf, OwnedFd>,
+    /// Shared, not duplicated: a dup per entry is a syscall per entry.
+    parents: HashMap<PathBuf, Rc<OwnedFd>>,
     /// Directories whose mtime is set at the end, after their contents were written.
     dir_times: Vec<(PathBuf, (i64, u32))>,
     /// Bytes free in the filesystem when we started, and what we wrote since.
@@ -307,13 +309,9 @@ impl TreeWriter {
 
     /// The fd of the directory `rel` (the parent of `entry`), creating missing directories
     /// (root-owned, 0755, as tar does) when the archive did not list them.
-    fn parent(&mut self, entry: &Path, rel: &Path) -> Result<OwnedFd, WriteError> {
+    fn parent(&mut self, entry: &Path, rel: &Path) -> Result<Rc<OwnedFd>, WriteError> {
         if let Some(fd) = self.parents.get(rel) {
-            return fd.try_clone().map_err(|e| WriteError::Io {
-                step: "cannot duplicate the fd of",
-                path: rel.to_owned(),
-                source: e,
-            });
+            return Ok(fd.clone());
         }
         let fd = match open_beneath(&self.root, rel, OFlags::PATH | OFlags::DIRECTORY) {
             Ok(fd) => fd,
@@ -323,12 +321,8 @@ impl TreeWriter {
         if self.parents.len() >= PARENT_CACHE {
             self.parents.clear();
         }
-        let copy = fd.try_clone().map_err(|e| WriteError::Io {
-            step: "cannot duplicate the fd of",
-            path: rel.to_owned(),
-            source: e,
-        })?;
-        self.parents.insert(rel.to_owned(), copy);
+        let fd = Rc::new(fd);
+        self.parents.insert(rel.to_owned(), fd.clone());
         Ok(fd)
     }
 
@@ -549,7 +543,79 @@ fn gid(n: u32) -> rfs::Gid {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::MetadataExt;
+
     use super::*;
+
+    fn own_meta(mode: u32) -> Meta {
+        Meta {
+            mode,
+            uid: rustix::process::geteuid().as_raw(),
+            gid: rustix::process::getegid().as_raw(),
+            mtime: (1_700_000_000, 5),
+            xattrs: Vec::new(),
+        }
+    }
+
+    fn file(w: &mut TreeWriter, path: &str, data: &[u8]) -> Result<(), WriteError> {
+        let size = data.len() as u64;
+        w.add(Path::new(path), Node::File { size }, &own_meta(0o640), |f| {
+            io::Write::write_all(f, data)?;
+            Ok(size)
+        })
+    }
+
+    #[test]
+    fn writes_inside_and_refuses_ways_out() {
+        let outer = tempfile::tempdir().unwrap();
+        let root = outer.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        let outside = outer.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        let mut w = TreeWriter::new(&root).unwrap();
+        // Missing parents are made; names with a harmless ".." are fine.
+        file(&mut w, "a/b/c", b"abc").unwrap();
+        file(&mut w, "a/../d", b"d").unwrap();
+        assert_eq!(std::fs::read(root.join("a/b/c")).unwrap(), b"abc");
+        assert_eq!(std::fs::read(root.join("d")).unwrap(), b"d");
+        let out = outside.to_string_lossy().into_owned();
+        let link = |w: &mut TreeWriter, p: &str, t: &str| {
+            w.add(Path::new(p), Node::Symlink(Path::new(t)), &own_meta(0o777), |_| Ok(0))
+        };
+        link(&mut w, "evil", &out).unwrap();
+        link(&mut w, "up", "..").unwrap();
+        assert!(matches!(file(&mut w, "../x", b"x"), Err(WriteError::Escapes(_))));
+        assert!(matches!(file(&mut w, "a/../../x", b"x"), Err(WriteError::Escapes(_))));
+        assert!(matches!(file(&mut w, &format!("{out}/x"), b"x"), Err(WriteError::Absolute(_))));
+        assert!(matches!(file(&mut w, "evil/x", b"x"), Err(WriteError::ThroughSymlink(_))));
+        assert!(matches!(file(&mut w, "up/outside/x", b"x"), Err(WriteError::ThroughSymlink(_))));
+        std::fs::write(outside.join("secret"), "s").unwrap();
+        let hard = |w: &mut TreeWriter, t: &str| {
+            w.add(Path::new("h"), Node::HardLink(Path::new(t)), &own_meta(0), |_| Ok(0))
+        };
+        assert!(matches!(hard(&mut w, "../outside/secret"), Err(WriteError::LinkOutside { .. })));
+        assert!(matches!(hard(&mut w, &format!("{out}/secret")), Err(WriteError::LinkOutside { .. })));
+        assert!(matches!(hard(&mut w, "evil/secret"), Err(WriteError::ThroughSymlink(_))));
+        assert!(matches!(hard(&mut w, "nope"), Err(WriteError::LinkMissing { .. })));
+        hard(&mut w, "a/b/c").unwrap();
+        // A symlink entry is replaced, not followed, by a later file of the same name.
+        file(&mut w, "evil", b"now a file").unwrap();
+        assert!(std::fs::symlink_metadata(root.join("evil")).unwrap().is_file());
+        // More than the free space, and less content than announced.
+        let huge = w.add(Path::new("big"), Node::File { size: 1 << 60 }, &own_meta(0o644), |_| Ok(0));
+        assert!(matches!(huge, Err(WriteError::TooLarge { .. })));
+        let short = w.add(Path::new("short"), Node::File { size: 10 }, &own_meta(0o644), |_| Ok(3));
+        assert!(matches!(short, Err(WriteError::Short { got: 3, size: 10, .. })));
+        w.finish().unwrap();
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1, "something was written outside");
+        assert_eq!(std::fs::metadata(outside.join("secret")).unwrap().nlink(), 1);
+        assert_eq!(
+            std::fs::metadata(root.join("h")).unwrap().ino(),
+            std::fs::metadata(root.join("a/b/c")).unwrap().ino()
+        );
+        let m = std::fs::metadata(root.join("a/b/c")).unwrap();
+        assert_eq!((m.mode() & 0o7777, m.mtime(), m.mtime_nsec()), (0o640, 1_700_000_000, 5));
+    }
 
     #[test]
     fn splits_member_names() {

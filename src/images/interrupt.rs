@@ -137,8 +137,11 @@ impl Temporary {
 impl Drop for Temporary {
     fn drop(&mut self) {
         if self.armed {
+            // Under the lock: a watchdog that wakes up meanwhile waits for this removal to end
+            // instead of racing it.
+            let mut reg = lock();
             remove_any(&self.path);
-            lock().retain(|p| p != &self.path);
+            reg.retain(|p| p != &self.path);
         }
     }
 }

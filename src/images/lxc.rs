@@ -173,12 +173,12 @@ pub fn pull_lxc(
     let resp = client
         .get(index_url.clone())
         .send()
-        .map_err(|e| index_err(PullError::Request { url: index_url.to_string(), detail: e.to_string() }))?;
+        .map_err(|e| index_err(PullError::Request { url: index_url.to_string(), detail: pull::chain(&e) }))?;
     if !resp.status().is_success() {
         return Err(index_err(PullError::Status { url: index_url.to_string(), status: resp.status() }));
     }
     let text = resp.text().map_err(|e| {
-        index_err(PullError::Transfer { url: index_url.to_string(), got: 0, detail: e.to_string() })
+        index_err(PullError::Transfer { url: index_url.to_string(), got: 0, detail: pull::chain(&e) })
     })?;
     let entries = parse_index(&text);
     let entry = pick(&entries, &req.dist, &req.release, &req.arch, &req.variant).ok_or_else(|| {

@@ -150,7 +150,7 @@ impl PullError {
 }
 
 /// An error and its causes, joined (reqwest's own text alone is terse).
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -552,15 +552,15 @@ fn download(
     let len = resp.content_length();
     let etag = header_string(&resp, ETAG);
     let last_modified = header_string(&resp, LAST_MODIFIED);
-    let cache_tmp = cache.map(|c| Temporary::register(c.dir.join(format!(".#download.{}", random_suffix()))));
-    let cache_file = match &cache_tmp {
-        Some(t) => match File::create(t.path()) {
-            Ok(f) => Some(f),
-            Err(e) => {
-                tracing::warn!("not caching the download: cannot create {}: {e}", t.path().display());
-                None
-            }
-        },
+    let mut cache_tmp =
+        cache.map(|c| Temporary::register(c.dir.join(format!(".#download.{}", random_suffix()))));
+    let cache_file = match cache_tmp.as_ref().map(|t| File::create(t.path())) {
+        Some(Ok(f)) => Some(f),
+        Some(Err(e)) => {
+            tracing::warn!("not caching the download: {e}");
+            cache_tmp = None;
+            None
+        }
         None => None,
     };
     let state = Arc::new(Mutex::new(TeeState::default()));

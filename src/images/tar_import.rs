@@ -21,7 +21,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 
 use tar::EntryType;
 
@@ -118,9 +118,11 @@ const CHUNK: usize = 1 << 20;
 /// Chunks in flight between the threads.
 const IN_FLIGHT: usize = 4;
 
-/// Reads the chunks the decompression thread sends.
+/// Reads the chunks the decompression thread sends, and hands the emptied buffers back (new
+/// 1 MiB buffers would cost a page fault per page, every time).
 struct ChannelReader {
     rx: Receiver<io::Result<Vec<u8>>>,
+    back: Sender<Vec<u8>>,
     cur: Vec<u8>,
     pos: usize,
     done: bool,
@@ -140,7 +142,7 @@ impl Read for ChannelReader {
             }
             match self.rx.recv() {
                 Ok(Ok(chunk)) => {
-                    self.cur = chunk;
+                    let _ = self.back.send(std::mem::replace(&mut self.cur, chunk));
                     self.pos = 0;
                 }
                 Ok(Err(e)) => {
@@ -160,10 +162,16 @@ impl Read for ChannelReader {
 /// Decompresses `input` into the channel, then reads the raw input to its end (so a caller
 /// hashing it sees every byte). With `drain_on_abort`, it also reads the raw input to its end
 /// when the extraction stopped early, so that a download's checksum can still be computed.
-fn pump<R: Read>(mut d: Decoder<R>, tx: SyncSender<io::Result<Vec<u8>>>, drain_on_abort: bool) {
+fn pump<R: Read>(
+    mut d: Decoder<R>,
+    tx: SyncSender<io::Result<Vec<u8>>>,
+    back: Receiver<Vec<u8>>,
+    drain_on_abort: bool,
+) {
     let drain = |d: Decoder<R>| io::copy(&mut d.into_source(), &mut io::sink());
     loop {
-        let mut chunk = vec![0u8; CHUNK];
+        let mut chunk = back.try_recv().unwrap_or_default();
+        chunk.resize(CHUNK, 0);
         let mut filled = 0;
         while filled < CHUNK {
             match d.read(&mut chunk[filled..]) {
@@ -212,11 +220,12 @@ pub fn extract_with<R: Read + Send + 'static>(
     let (format, peeked) = compress::peek(input)?;
     let decoder = Decoder::new(format, peeked)?;
     let (tx, rx) = sync_channel(IN_FLIGHT);
+    let (back_tx, back_rx) = channel();
     let pumper = std::thread::Builder::new()
         .name("mctl-decompress".into())
-        .spawn(move || pump(decoder, tx, drain_on_abort))
+        .spawn(move || pump(decoder, tx, back_rx, drain_on_abort))
         .map_err(ImportError::Read)?;
-    let reader = ChannelReader { rx, cur: Vec::new(), pos: 0, done: false, hit_eof: false };
+    let reader = ChannelReader { rx, back: back_tx, cur: Vec::new(), pos: 0, done: false, hit_eof: false };
     // Dropping the archive (inside) closes the channel, which lets the thread end; on success
     // it has ended already.
     let result = unpack(tar::Archive::new(reader), dest);
