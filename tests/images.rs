@@ -1018,3 +1018,32 @@ fn bootstrap_runs_the_recipe_and_cleans_up_on_failure() {
     assert_eq!(env.images(), ["deb"]);
     env.assert_clean("bootstrap", &["good-bin", "bad-bin", "no-bin"]);
 }
+
+#[test]
+fn a_pulled_debian_image_boots() {
+    let env = Env::new();
+    let www = env.path().join("www");
+    std::fs::create_dir_all(www.join("img")).unwrap();
+    let tarball = www.join("img/bookworm.tar");
+    let st = Command::new("tar")
+        .args(["--xattrs", "--numeric-owner", "-C"])
+        .arg(debian_tree())
+        .args(["-cf"])
+        .arg(&tarball)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let sum = Command::new("sha256sum").arg("bookworm.tar").current_dir(www.join("img")).output().unwrap();
+    std::fs::write(www.join("img/SHA256SUMS"), &sum.stdout).unwrap();
+    let srv = HttpServer::start(&www);
+    env.ok(&["pull-tar", &srv.url("/img/bookworm.tar"), "deb"]);
+    let boot = env.path().join("boot");
+    std::fs::create_dir(&boot).unwrap();
+    let store = env.store.display().to_string();
+    let mut m = Machine::boot_env(&env.image("deb"), &boot, &[], &[("MCTL_IMAGE_STORE", store.as_str())]);
+    assert_eq!(m.sh("systemctl is-system-running --wait"), "running", "log:\n{}", m.log_text());
+    assert_eq!(m.sh("systemctl --failed --no-legend --plain"), "");
+    assert_eq!(m.stop().code(), Some(0));
+    assert_no_leaks("deb", &env.image("deb"));
+}
