@@ -1,13 +1,13 @@
 //! Links, addresses and routes over rtnetlink, and the few sysctls that go with them.
 //!
 //! [`Rt`] is an rtnetlink connection in the network namespace of the thread that made it (a
-//! netlink socket belongs to its creator's namespace for good). The parent configures the
-//! machine's namespace from [`in_netns`]: a short-lived thread that `setns`es into it (which
-//! moves only that thread) and runs its own current-thread runtime. [`loopback_up`] is the
-//! exception: it runs in a forked child, so it uses a plain blocking socket, no runtime.
+//! netlink socket belongs to its creator's namespace for good). The parent reaches the
+//! machine's namespace with [`Rt::connect_in`]: the short-lived worker thread of
+//! `block_on_thread` `setns`es into it (which moves only that thread), opens the socket and
+//! comes back. [`loopback_up`] runs in a forked child instead, so it uses a plain blocking
+//! socket, no runtime and no thread.
 
 use std::fs::File;
-use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsFd, AsRawFd};
@@ -145,6 +145,25 @@ impl Rt {
         Ok(Rt { handle })
     }
 
+    /// Connects in the network namespace `netns`: the calling thread enters it only to create
+    /// the socket (a netlink socket stays in the namespace it was made in, and `setns` moves
+    /// just the calling thread), then goes back to `home`. Cheaper than a thread and runtime of
+    /// its own; must run inside a tokio runtime.
+    pub fn connect_in(netns: &File, home: &File, what: &str) -> Result<Rt, LinkError> {
+        let enter = |ns: &File| nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET);
+        enter(netns).map_err(|e| LinkError::Netns {
+            step: "enter",
+            what: what.to_owned(),
+            reason: e.desc().into(),
+        })?;
+        let rt = Rt::connect();
+        if let Err(e) = enter(home) {
+            // Going on would configure the machine's namespace as if it were the host's.
+            panic!("cannot return to the launcher's network namespace after entering {what}'s: {e}");
+        }
+        rt
+    }
+
     /// The link called `name`, if any.
     pub async fn link(&self, name: &str) -> Result<Option<LinkSummary>, LinkError> {
         let mut s = self.handle.link().get().match_name(name.to_owned()).execute();
@@ -256,34 +275,6 @@ impl Rt {
         let msg = LinkUnspec::new_with_index(index).setns_by_fd(netns.as_raw_fd()).build();
         self.handle.link().set(msg).execute().await.map_err(nl_err("move network interface", ifname))
     }
-}
-
-/// Runs `f` with an [`Rt`] in the network namespace `netns`, on a thread of its own that
-/// `setns`es there first (only that thread changes namespace; it ends when `f` is done).
-pub fn in_netns<T, F, Fut>(netns: &File, what: &str, f: F) -> Result<T, LinkError>
-where
-    T: Send,
-    F: FnOnce(Rt) -> Fut + Send,
-    Fut: Future<Output = Result<T, LinkError>>,
-{
-    let err = |step: &'static str, e: &dyn std::fmt::Display| LinkError::Netns {
-        step,
-        what: what.to_owned(),
-        reason: e.to_string(),
-    };
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            nix::sched::setns(netns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|e| err("enter", &e))?;
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_io()
-                .build()
-                .map_err(|e| err("start a runtime in", &e))?;
-            rt.block_on(async { f(Rt::connect()?).await })
-        })
-        .join()
-        .unwrap_or_else(|_| Err(err("configure", &"the thread panicked")))
-    })
 }
 
 /// Writes a sysctl under /proc/sys (in the calling thread's network namespace for net.*);

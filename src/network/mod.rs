@@ -37,7 +37,9 @@
 //!   the pair deterministically instead of waiting for the kernel's namespace cleanup.
 //!
 //! # Wiring into the launcher (the order matters)
-//! 1. Before forking: `spec.validate()` and [`cleanup_stale`]`(&spec.state_dir)`.
+//! 1. Before forking the outer child: `spec.validate()` (cheap, pure). Right after forking it,
+//!    while it builds the filesystem: [`prepare`]`(&spec, name)` (sweeps dead launchers'
+//!    leftovers, loads libnftables; about 1-2 ms that then overlap with the child's work).
 //! 2. Outer child, before any mount (sysfs shows the namespace of whoever mounts it):
 //!    [`NetworkSpec::needs_netns`] → `unshare(CLONE_NEWNET)`, or for
 //!    [`NetworkMode::NamespacePath`] open the path and `setns(fd, CLONE_NEWNET)` (before
@@ -71,7 +73,7 @@ pub use link::loopback_up;
 pub use spec::{NetworkMode, NetworkSpec, PortForward, Proto, parse_port};
 
 use addr::{AddrError, Lease};
-use link::{LinkError, Rt, in_netns, set_sysctl};
+use link::{LinkError, Rt, set_sysctl};
 use nat::{NatEntries, NatError};
 use spec::{GUEST_IFNAME, SpecError, is_host_of, link_name, mac_address};
 use state::{MachineState, MovedLink, Segment, StateDir, StateError, SysctlChange};
@@ -235,6 +237,22 @@ impl Drop for MachineNetwork {
     }
 }
 
+/// What the launcher does before the machine's namespace exists, ideally right after forking
+/// the outer child (so it overlaps with the child's filesystem work): checks the spec and the
+/// name, removes dead launchers' leftovers, and loads libnftables when NAT will be needed, so
+/// that [`setup`] does not pay for it. Optional: [`setup`] checks and sweeps by itself.
+pub fn prepare(spec: &NetworkSpec, machine: &str) -> Result<(), NetworkError> {
+    spec.validate()?;
+    crate::names::validate(machine).map_err(|e| NetworkError::Name(machine.to_owned(), e))?;
+    if spec.has_veth() {
+        nat::preload(machine)?;
+    }
+    if spec.needs_netns() {
+        cleanup_stale(&spec.state_dir);
+    }
+    Ok(())
+}
+
 /// Sets up machine `machine`'s network; `pid` is its PID 1 (host pid), whose network
 /// namespace exists already. Runs in the launcher's parent before the payload starts. On
 /// error nothing is left behind.
@@ -386,7 +404,7 @@ async fn setup_async(spec: &NetworkSpec, machine: &str, pid: i32) -> Result<Mach
         return Err(e.into());
     }
     let table_exists = live.iter().any(|m| m.nat);
-    match execute(&rt, spec, &mut st, &plan, &guest_ns, table_exists).await {
+    match execute(&rt, spec, &mut st, &plan, &guest_ns, &host_ns, table_exists).await {
         Ok(()) => {
             sd.write_machine(&st)?;
             Ok(MachineNetwork {
@@ -577,6 +595,7 @@ async fn execute(
     st: &mut MachineState,
     plan: &Plan,
     guest_ns: &File,
+    host_ns: &File,
     table_exists: bool,
 ) -> Result<(), NetworkError> {
     // nftables runs on its own thread meanwhile: it does not depend on the links.
@@ -584,7 +603,7 @@ async fn execute(
         let entries = NatEntries { machine: st.machine.clone(), guest: g.addr(), ports: st.ports.clone() };
         std::thread::spawn(move || nat::add(&entries, table_exists))
     });
-    let links = setup_links(rt, spec, st, plan, guest_ns).await;
+    let links = setup_links(rt, spec, st, plan, guest_ns, host_ns).await;
     let nat = match nat.map(|h| h.join()) {
         None => Ok(()),
         Some(Ok(r)) => r.map_err(NetworkError::from),
@@ -600,6 +619,7 @@ async fn setup_links(
     st: &mut MachineState,
     plan: &Plan,
     guest_ns: &File,
+    host_ns: &File,
 ) -> Result<(), NetworkError> {
     let mut master = plan.master;
     if let Some((bridge, addr)) = &plan.zone_bridge {
@@ -655,23 +675,19 @@ async fn setup_links(
     for m in &st.moved {
         rt.move_to(m.index, &m.name, guest_ns).await?;
     }
-    let (guest, gateway, has_veth) = (st.guest_addr, st.gateway, st.host_link.is_some());
-    in_netns(guest_ns, &format!("machine {}", st.machine), move |g| async move {
-        g.set_up(1, "lo", true).await?;
-        if !has_veth {
-            return Ok(());
-        }
+    let g = Rt::connect_in(guest_ns, host_ns, &format!("machine {}", st.machine))?;
+    g.set_up(1, "lo", true).await?;
+    if st.host_link.is_some() {
         let index =
             g.link(GUEST_IFNAME).await?.ok_or_else(|| LinkError::NoInterface(GUEST_IFNAME.into()))?.index;
         g.set_up(index, GUEST_IFNAME, true).await?;
-        if let Some(a) = guest {
+        if let Some(a) = st.guest_addr {
             g.add_address(index, GUEST_IFNAME, a).await?;
         }
-        if let Some(gw) = gateway {
+        if let Some(gw) = st.gateway {
             g.add_default_route(index, gw).await?;
         }
-        Ok(())
-    })?;
+    }
     Ok(())
 }
 
@@ -752,17 +768,18 @@ async fn drop_segment(rt: &Rt, sd: &StateDir, seg: &Segment) -> Vec<NetworkError
 
 /// Moves `--network-interface` links back from the machine to the launcher's namespace.
 async fn give_back(rt: &Rt, st: &MachineState, guest_ns: &File, host_ns: &File) -> Vec<NetworkError> {
-    let moved = st.moved.clone();
-    let result = in_netns(guest_ns, &format!("machine {}", st.machine), |g| async move {
+    let result = async {
+        let g = Rt::connect_in(guest_ns, host_ns, &format!("machine {}", st.machine))?;
         let mut missing = Vec::new();
-        for m in &moved {
+        for m in &st.moved {
             match g.link(&m.name).await? {
                 Some(l) => g.move_to(l.index, &m.name, host_ns).await?,
                 None => missing.push(m.name.clone()),
             }
         }
-        Ok(missing)
-    });
+        Ok::<_, LinkError>(missing)
+    }
+    .await;
     let mut errors = Vec::new();
     match result {
         Ok(missing) => {

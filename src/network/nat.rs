@@ -108,6 +108,15 @@ pub fn delete_commands(e: &NatEntries) -> Vec<String> {
     v
 }
 
+/// Loads libnftables ahead of the first change (see [`super::prepare`]).
+pub fn preload(machine: &str) -> Result<(), NatError> {
+    crate::sys::linux::nft_preload()
+        .map_err(|e| match e {
+            NftError::Unavailable(message) | NftError::Failed(message) => message,
+        })
+        .map_err(|message| NatError::Unavailable { machine: machine.to_owned(), message })
+}
+
 fn run(step: &'static str, machine: &str, cmds: &str) -> Result<(), NatError> {
     nft_run(cmds).map_err(|e| match e {
         NftError::Unavailable(message) => NatError::Unavailable { machine: machine.to_owned(), message },

@@ -515,12 +515,16 @@ fn load_libnftables() -> Result<Libnftables, String> {
     }
 }
 
+fn nft_lib() -> Result<&'static Libnftables, NftError> {
+    static LIB: std::sync::OnceLock<Result<Libnftables, String>> = std::sync::OnceLock::new();
+    LIB.get_or_init(load_libnftables).as_ref().map_err(|e| NftError::Unavailable(e.clone()))
+}
+
 /// Runs `commands` (nft's language) as one atomic batch with libnftables inside this process,
 /// in the calling thread's network namespace. In-process because a fork and exec of `nft`
 /// costs about 4 ms per change, the library well under 1 ms.
 pub fn nft_run(commands: &str) -> Result<(), NftError> {
-    static LIB: std::sync::OnceLock<Result<Libnftables, String>> = std::sync::OnceLock::new();
-    let lib = LIB.get_or_init(load_libnftables).as_ref().map_err(|e| NftError::Unavailable(e.clone()))?;
+    let lib = nft_lib()?;
     let cmds = CString::new(commands).map_err(|_| NftError::Failed("command contains a NUL byte".into()))?;
     // SAFETY: the context is created, used and freed on this thread only, within this block;
     // `cmds` is NUL-terminated and outlives the call; the error buffer belongs to the context
@@ -545,4 +549,9 @@ pub fn nft_run(commands: &str) -> Result<(), NftError> {
         (lib.ctx_free)(ctx);
         result
     }
+}
+
+/// Loads libnftables now (once per process), so a later [`nft_run`] does not pay for it.
+pub fn nft_preload() -> Result<(), NftError> {
+    nft_lib().map(|_| ())
 }
