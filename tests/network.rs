@@ -554,10 +554,18 @@ fn bad_input_is_refused_and_leaves_nothing() {
         p.ports = s.ports.clone();
         assert_eq!(fail(&p, "m2"), "--port needs --network-veth, --network-bridge or --network-zone");
         assert!(fail(&s, "bad_name").starts_with("invalid machine name 'bad_name'"));
-        // A link name the kernel already has (not mctl's): the kernel's refusal, named.
+        // A link name the kernel already has (not mctl's): the kernel's refusal, named, and
+        // the other link left alone.
         sh("ip link add ve-m3 type ifb");
-        let e = fail(&spec(NetworkMode::Veth, state.path()), "m3");
-        assert_eq!(e, "cannot add veth ve-m3: File exists");
+        let e =
+            network::setup(&spec(NetworkMode::Veth, state.path()), "m3", other.pid).map(|_| ()).unwrap_err();
+        assert_eq!(e.to_string(), "cannot add veth ve-m3: File exists");
+        let mut expected = before.0.clone();
+        expected.push("ve-m3".into());
+        assert_eq!(
+            (links(), ruleset(), state_files(state.path())),
+            (expected, before.1.clone(), before.2.clone())
+        );
         sh("ip link del ve-m3");
         // An explicit free address works.
         a.address = Some("10.213.9.6/30".parse().unwrap());

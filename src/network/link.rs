@@ -113,6 +113,8 @@ pub struct LinkSummary {
     pub kind: Option<String>,
     /// Administratively up.
     pub up: bool,
+    /// Hardware address.
+    pub mac: Option<Vec<u8>>,
 }
 
 fn summary(msg: &LinkMessage) -> LinkSummary {
@@ -123,7 +125,11 @@ fn summary(msg: &LinkMessage) -> LinkSummary {
         }),
         _ => None,
     });
-    LinkSummary { index: msg.header.index, kind, up: msg.header.flags.contains(LinkFlags::Up) }
+    let mac = msg.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Address(m) => Some(m.clone()),
+        _ => None,
+    });
+    LinkSummary { index: msg.header.index, kind, up: msg.header.flags.contains(LinkFlags::Up), mac }
 }
 
 /// An rtnetlink connection in the creating thread's network namespace.

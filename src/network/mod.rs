@@ -404,17 +404,15 @@ async fn setup_async(spec: &NetworkSpec, machine: &str, pid: i32) -> Result<Mach
         return Err(e.into());
     }
     let table_exists = live.iter().any(|m| m.nat);
-    match execute(&rt, spec, &mut st, &plan, &guest_ns, &host_ns, table_exists).await {
-        Ok(()) => {
-            sd.write_machine(&st)?;
-            Ok(MachineNetwork {
-                state_dir: spec.state_dir.clone(),
-                state: Some(st),
-                guest_ns: Some(guest_ns),
-                host_ns: Some(host_ns),
-                netns_path: None,
-            })
-        }
+    let done = execute(&rt, spec, &mut st, &plan, &guest_ns, &host_ns, table_exists).await;
+    match done.and_then(|()| sd.write_machine(&st).map_err(NetworkError::from)) {
+        Ok(()) => Ok(MachineNetwork {
+            state_dir: spec.state_dir.clone(),
+            state: Some(st),
+            guest_ns: Some(guest_ns),
+            host_ns: Some(host_ns),
+            netns_path: None,
+        }),
         Err(e) => {
             for u in undo(&rt, &sd, &st, Some(&guest_ns), Some(&host_ns)).await {
                 tracing::warn!("{u}");
@@ -723,10 +721,19 @@ async fn undo(
         let last = !others.iter().any(|m| m.nat);
         std::thread::spawn(move || nat::remove(&entries, last))
     });
-    if let Some(host) = &st.host_link
-        && let Err(e) = rt.delete(host).await
-    {
-        errors.push(e.into());
+    if let Some(host) = &st.host_link {
+        // Only the pair mctl made: a veth with the machine's MAC. A link that merely has the
+        // name (setup failed because it existed) is someone else's.
+        let mine = mac_address(&st.machine, "host").to_vec();
+        match rt.link(host).await {
+            Ok(Some(l)) if l.kind.as_deref() == Some("veth") && l.mac.as_ref() == Some(&mine) => {
+                if let Err(e) = rt.delete(host).await {
+                    errors.push(e.into());
+                }
+            }
+            Ok(_) => {}
+            Err(e) => errors.push(e.into()),
+        }
     }
     match nat.map(|h| h.join()) {
         Some(Ok(Err(e))) => errors.push(e.into()),
