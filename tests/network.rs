@@ -354,7 +354,7 @@ fn veth_addresses_and_ping_both_ways() {
         assert!(wait_until(Duration::from_secs(5), || m
             .sh("ip -6 -o addr show dev host0")
             .contains("fe80::")));
-        assert!(sh("ip -6 -o addr show dev ve-m1").contains("fe80::"));
+        assert!(wait_until(Duration::from_secs(5), || sh("ip -6 -o addr show dev ve-m1").contains("fe80::")));
         assert_eq!(sh("cat /proc/sys/net/ipv4/ip_forward").trim(), "1");
         assert!(ruleset().contains("10.213.0.2 comment \"machine m1\""), "{}", ruleset());
         assert_eq!(state_files(state.path()), vec!["machines/m1.json"]);
