@@ -413,7 +413,9 @@ fn bridge_and_zone_machines_ping_each_other() {
         // A user's bridge with an address: guests get addresses in its subnet.
         sh("ip link add br0 type bridge && ip addr add 192.168.77.1/24 dev br0 && ip link set br0 up");
         let (a, b) = (Ns::new(), Ns::new());
-        let na = network::setup(&spec(NetworkMode::Bridge("br0".into()), state.path()), "ba", a.pid).unwrap();
+        let mut with_port = spec(NetworkMode::Bridge("br0".into()), state.path());
+        with_port.ports = vec![parse_port("9191:91").unwrap()];
+        let na = network::setup(&with_port, "ba", a.pid).unwrap();
         let nb = network::setup(&spec(NetworkMode::Bridge("br0".into()), state.path()), "bb", b.pid).unwrap();
         assert_eq!(na.guest_network(), Some("192.168.77.2/24".parse().unwrap()));
         assert_eq!(nb.guest_network(), Some("192.168.77.3/24".parse().unwrap()));
@@ -422,14 +424,23 @@ fn bridge_and_zone_machines_ping_each_other() {
         assert!(wait_until(Duration::from_secs(5), || a.ping("192.168.77.3")), "ba cannot ping bb");
         assert!(b.ping("192.168.77.2"), "bb cannot ping ba");
         assert!(a.ping("192.168.77.1"), "ba cannot ping the bridge");
+        // A forward into a user's bridge: route_localnet on the bridge, restored afterwards.
+        let mut srv = server(Some(&a), "tcp", 91, "ba");
+        assert_eq!(tcp_ask("127.0.0.1", 9191), "ba 192.168.77.1");
+        assert_eq!(sh("cat /proc/sys/net/ipv4/conf/br0/route_localnet").trim(), "1");
+        let _ = srv.kill();
+        let _ = srv.wait();
         teardown_clean(na);
+        assert_eq!(sh("cat /proc/sys/net/ipv4/conf/br0/route_localnet").trim(), "0");
         teardown_clean(nb);
         assert_eq!(links(), vec!["br0"], "the user's bridge stays, its ports go");
         sh("ip link del br0");
 
         // A zone: vz-lab is made with the first machine and removed with the last.
         let (c, d) = (Ns::new(), Ns::new());
-        let nc = network::setup(&spec(NetworkMode::Zone("lab".into()), state.path()), "zc", c.pid).unwrap();
+        let mut zone_port = spec(NetworkMode::Zone("lab".into()), state.path());
+        zone_port.ports = vec![parse_port("udp:9292:92").unwrap()];
+        let nc = network::setup(&zone_port, "zc", c.pid).unwrap();
         let nd = network::setup(&spec(NetworkMode::Zone("lab".into()), state.path()), "zd", d.pid).unwrap();
         let zone = sh("ip -o addr show dev vz-lab");
         assert!(zone.contains("inet 10.213.255.1/24"), "{zone}");
@@ -439,8 +450,14 @@ fn bridge_and_zone_machines_ping_each_other() {
         assert!(wait_until(Duration::from_secs(5), || c.ping("10.213.255.3")), "zc cannot ping zd");
         assert!(d.ping("10.213.255.2"), "zd cannot ping zc");
         assert!(host_ping("10.213.255.2"), "host cannot ping zc");
+        let mut srv = server(Some(&c), "udp", 92, "zc");
+        assert_eq!(udp_ask("127.0.0.1", 9292), "zc 10.213.255.1");
+        let _ = srv.kill();
+        let _ = srv.wait();
         teardown_clean(nc);
         assert!(links().contains(&"vz-lab".to_owned()), "zone removed while zd still uses it");
+        let rules = ruleset();
+        assert!(rules.contains("machine zd") && !rules.contains("machine zc"), "{rules}");
         assert!(d.ping("10.213.255.1"));
         teardown_clean(nd);
         assert_clean(state.path());
