@@ -657,6 +657,17 @@ fn a_killed_launcher_is_cleaned_up_by_the_next_run() {
         drop(net);
         assert_clean(state.path());
 
+        // A killed launcher whose machine still runs: its moved link comes back.
+        sh("ip link add i5 type ifb");
+        let mut moving = spec(NetworkMode::Private, &dir);
+        moving.interfaces = vec!["i5".into()];
+        killed_launcher(|| std::mem::forget(network::setup(&moving, "dead4", zp).unwrap()));
+        assert!(!links().contains(&"i5".to_owned()) && z.sh("ip -o link show").contains("i5"));
+        assert!(network::cleanup_stale_report(state.path()).is_empty());
+        assert_eq!(links(), vec!["i5"]);
+        sh("ip link del i5");
+        assert_clean(state.path());
+
         // setup sweeps by itself too, before allocating.
         killed_launcher(|| {
             std::mem::forget(network::setup(&spec(NetworkMode::Veth, &dir), "dead3", mp).unwrap())

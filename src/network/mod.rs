@@ -340,7 +340,11 @@ async fn sweep(rt: &Rt, sd: &StateDir) -> Vec<NetworkError> {
             st.machine,
             st.owner.pid
         );
-        errors.extend(undo(rt, sd, &st, None, None).await);
+        // If the machine outlived its launcher, its namespace is still reachable.
+        let guest =
+            st.leader.filter(|l| l.alive()).and_then(|l| File::open(format!("/proc/{}/ns/net", l.pid)).ok());
+        let host = File::open("/proc/thread-self/ns/net").ok();
+        errors.extend(undo(rt, sd, &st, guest.as_ref(), host.as_ref()).await);
     }
     let machines = sd.machines();
     for seg in sd.segments() {
@@ -404,6 +408,7 @@ async fn setup_async(spec: &NetworkSpec, machine: &str, pid: i32) -> Result<Mach
         }
     }
     let mut st = MachineState::new(machine);
+    st.leader = state::Owner::of(pid);
     for ifname in &spec.interfaces {
         let l = rt.link(ifname).await?.ok_or_else(|| LinkError::NoInterface(ifname.clone()))?;
         st.moved.push(MovedLink { name: ifname.clone(), index: l.index, was_up: l.up });
@@ -704,8 +709,9 @@ async fn setup_links(
     Ok(())
 }
 
-/// Undoes `st` (also a half-made one); the lock is held. `guest_ns`/`host_ns` are `None` for
-/// a dead launcher's state: its moved links then went back to the kernel with the namespace.
+/// Undoes `st` (also a half-made one); the lock is held. `guest_ns` is `None` for a dead
+/// launcher's machine that is gone too: its moved links went back to the kernel (physical
+/// ones to the initial namespace) or were destroyed with the namespace.
 async fn undo(
     rt: &Rt,
     sd: &StateDir,

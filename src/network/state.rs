@@ -66,6 +66,11 @@ impl Owner {
         Owner { pid, start: start_time(pid).unwrap_or(0) }
     }
 
+    /// Process `pid`, if it exists.
+    pub fn of(pid: i32) -> Option<Owner> {
+        start_time(pid).map(|start| Owner { pid, start })
+    }
+
     /// Whether the owner still runs.
     pub fn alive(&self) -> bool {
         start_time(self.pid) == Some(self.start)
@@ -107,6 +112,10 @@ pub struct MachineState {
     pub machine: String,
     /// The launcher.
     pub owner: Owner,
+    /// The machine's PID 1, through which a dead launcher's moved links can still be given
+    /// back while the machine runs.
+    #[serde(default)]
+    pub leader: Option<Owner>,
     /// The host side of the veth pair (`ve-`/`vb-`), which mctl created.
     pub host_link: Option<String>,
     /// Its index once created.
@@ -139,6 +148,7 @@ impl MachineState {
         MachineState {
             machine: machine.to_owned(),
             owner: Owner::current(),
+            leader: None,
             host_link: None,
             host_ifindex: None,
             bridge: None,
