@@ -571,6 +571,15 @@ fn bad_input_is_refused_and_leaves_nothing() {
         p.ports = s.ports.clone();
         assert_eq!(fail(&p, "m2"), "--port needs --network-veth, --network-bridge or --network-zone");
         assert!(fail(&s, "bad_name").starts_with("invalid machine name 'bad_name'"));
+        let me = std::process::id() as i32;
+        let e = network::setup(&spec(NetworkMode::Veth, state.path()), "m4", me).map(|_| ()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "pid {me} shares the launcher's network namespace: refusing to configure it as a machine's"
+            )
+        );
+        assert_eq!((links(), ruleset(), state_files(state.path())), before);
         // A link name the kernel already has (not mctl's): the kernel's refusal, named, and
         // the other link left alone.
         sh("ip link add ve-m3 type ifb");

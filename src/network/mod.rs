@@ -74,6 +74,7 @@
 use std::fs::File;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
@@ -154,6 +155,10 @@ pub enum NetworkError {
         #[source]
         source: io::Error,
     },
+    /// PID 1 is not in a namespace of its own: configuring "the machine" would configure the
+    /// launcher's own network.
+    #[error("pid {0} shares the launcher's network namespace: refusing to configure it as a machine's")]
+    SharedNetns(i32),
     /// The worker thread died.
     #[error("the network {0} thread failed")]
     Thread(&'static str),
@@ -384,6 +389,10 @@ async fn setup_async(spec: &NetworkSpec, machine: &str, pid: i32) -> Result<Mach
     let guest_ns = open(format!("/proc/{pid}/ns/net"))?;
     // This thread was spawned by the launcher's thread: it is in the launcher's namespace.
     let host_ns = open("/proc/thread-self/ns/net".to_owned())?;
+    let id = |f: &File| f.metadata().map(|m| (m.dev(), m.ino())).ok();
+    if id(&guest_ns) == id(&host_ns) {
+        return Err(NetworkError::SharedNetns(pid));
+    }
     let sd = StateDir::lock(&spec.state_dir)?;
     let rt = Rt::connect()?;
     if has_stale(&sd) {
