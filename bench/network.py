@@ -11,15 +11,17 @@ touches this machine's own network namespace. Prints medians (and min/max) of:
   2. warm: N setups + teardowns in one process;
   3. the primitives the two are made of (thread + runtime, netlink, nftables).
 
-Recorded 2026-11-30, 2-CPU Debian 12 VM, kernel 6.18, load average ~4 from a concurrent build
-(so medians are noisy), --runs 31:
-  cold:  setup median 11.43 ms (min 5.85), teardown 32.29 ms (min 14.92), sum 42.04 ms
-  cold after prepare (1.45 ms): setup 9.65 ms (min 5.33), teardown 30.84 ms (min 14.29)
-  warm:  setup 6.46 ms (min 3.05), teardown 25.58 ms (min 15.05)
-  primitives: block_on_thread 0.12, connection in the machine's netns 0.04, nft create table +
-  element 0.90, nft delete table 13.60, veth add 0.82, veth delete 17.12 ms.
-Teardown is bound by kernel RCU grace periods (veth deletion, nftables socket close after a
-deletion), which run in parallel; see src/network/mod.rs, "Performance".
+Recorded 2026-11-30, 2-CPU Debian 12 VM, kernel 6.18, load average ~1.8, --runs 31
+(each run a new machine whose PID 1 exits before teardown, as in a launch):
+  cold:  setup median 6.23 ms (min 4.69), teardown 15.08 ms (min 8.08), sum 23.28 ms
+  cold after prepare (1.31 ms, overlapping the outer child): setup 4.44 ms (min 3.11),
+         teardown 14.84 ms (min 7.13), sum 19.36 ms
+  warm:  setup 4.63 ms, teardown 13.32 ms; teardown while PID 1 still runs: 33.34 ms
+  primitives: block_on_thread 0.11, connection in the machine's netns 0.01, nft create table
+  + element 0.96, nft delete table 10.80, veth add 0.77, veth delete 14.62 ms.
+Setup meets the 5 ms target; teardown does not: deleting the last machine's nftables table
+waits for an RCU grace period when the nftables socket closes (see src/network/mod.rs,
+"Performance").
 """
 import argparse, json, os, statistics, subprocess, sys
 
@@ -62,6 +64,9 @@ def main():
     print(f"warm ({args.runs} machines in one process):")
     show("setup", [r["setup_ms"] for r in loops])
     show("teardown", [r["teardown_ms"] for r in loops])
+    alive = [r for r in run(["--runs", str(args.runs), "--pid1-alive"]) if "setup_ms" in r]
+    print("warm, teardown while PID 1 still runs (the pair is deleted explicitly):")
+    show("teardown", [r["teardown_ms"] for r in alive])
     print("primitives (median of 15):")
     for r in warm:
         if "primitive" in r:

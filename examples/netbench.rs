@@ -3,7 +3,8 @@
 //! `bench/network.py` does: `unshare --net --mount --pid --fork --mount-proc netbench ...`.
 //!
 //! Prints one JSON object per line: `{"setup_ms": .., "teardown_ms": ..}` per run, then with
-//! `--profile` one line per primitive.
+//! `--profile` one line per primitive. Each run is a new machine whose PID 1 exits before
+//! teardown, as in a launch (`--pid1-alive`: it keeps running).
 
 // Its output is the report (JSON lines for bench/network.py).
 #![allow(clippy::print_stdout)]
@@ -58,13 +59,24 @@ fn main() {
         network::prepare(&spec, "bench").expect("prepare");
         println!("{{\"prepare_ms\": {:.3}}}", ms(t.elapsed()));
     }
-    for _ in 0..runs {
+    // As in a launch, PID 1 has exited (and was reaped) when teardown runs; with
+    // --pid1-alive it still runs (teardown then deletes the pair itself).
+    let pid1_alive = args.iter().any(|a| a == "--pid1-alive");
+    for i in 0..runs {
+        let mut m1 = machine();
         let t0 = Instant::now();
-        let net = network::setup(&spec, "bench", pid).expect("setup");
+        let net = network::setup(&spec, &format!("bench{i}"), m1.id() as i32).expect("setup");
         let t1 = Instant::now();
-        net.teardown();
+        if !pid1_alive {
+            let _ = m1.kill();
+            let _ = m1.wait();
+        }
         let t2 = Instant::now();
-        println!("{{\"setup_ms\": {:.3}, \"teardown_ms\": {:.3}}}", ms(t1 - t0), ms(t2 - t1));
+        net.teardown();
+        let t3 = Instant::now();
+        let _ = m1.kill();
+        let _ = m1.wait();
+        println!("{{\"setup_ms\": {:.3}, \"teardown_ms\": {:.3}}}", ms(t1 - t0), ms(t3 - t2));
     }
     if profile {
         let n = 15;

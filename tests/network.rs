@@ -694,3 +694,66 @@ fn a_killed_launcher_is_cleaned_up_by_the_next_run() {
         assert_clean(state.path());
     });
 }
+
+#[test]
+fn a_machine_that_exited_takes_its_pair_along() {
+    let state = tempfile::tempdir().unwrap();
+    in_test_host(Duration::from_secs(30), || {
+        let s = spec(NetworkMode::Veth, state.path());
+        // PID 1 exits (and is reaped) before teardown, as in the launcher: the kernel removes
+        // the pair with the namespace; the lease is held until then.
+        let m = Ns::new();
+        let net = network::setup(&s, "gone", m.pid).unwrap();
+        drop(m);
+        teardown_clean(net);
+        assert!(!ruleset().contains("table"), "NAT entries go at once");
+        assert!(wait_until(Duration::from_secs(5), || links().is_empty()), "the pair outlived its namespace");
+        assert!(network::cleanup_stale_report(state.path()).is_empty());
+        assert_clean(state.path());
+
+        // A reboot: the same machine again right away; setup waits for the old pair.
+        for _ in 0..3 {
+            let m = Ns::new();
+            let net = network::setup(&s, "again", m.pid).unwrap();
+            assert_eq!(net.guest_network(), Some("10.213.0.2/30".parse().unwrap()));
+            assert!(m.ping("10.213.0.1"));
+            drop(m);
+            teardown_clean(net);
+        }
+        let m = Ns::new();
+        let net = network::setup(&s, "again", m.pid).unwrap();
+        assert_eq!(links(), vec!["ve-again"]);
+        teardown_clean(net);
+        assert_clean(state.path());
+
+        // Something else keeps the exited machine's namespace: its pair stays, and so do its
+        // subnet and link name, until it is gone.
+        let m = Ns::new();
+        let net = network::setup(&s, "held", m.pid).unwrap();
+        let mut holder = m.cmd(&["sleep", "60"]).spawn().unwrap();
+        let (hp, ns) = (holder.id(), std::fs::read_link(format!("/proc/{}/ns/net", m.pid)).unwrap());
+        assert!(wait_until(Duration::from_secs(5), || {
+            std::fs::read_link(format!("/proc/{hp}/exe")).is_ok_and(|e| e.ends_with("sleep"))
+                && std::fs::read_link(format!("/proc/{hp}/ns/net")).is_ok_and(|n| n == ns)
+        }));
+        drop(m);
+        teardown_clean(net);
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(links(), vec!["ve-held"]);
+        let other = Ns::new();
+        let net2 = network::setup(&s, "other", other.pid).unwrap();
+        assert_eq!(
+            net2.guest_network(),
+            Some("10.213.0.6/30".parse().unwrap()),
+            "the held subnet is not reused"
+        );
+        teardown_clean(net2);
+        // The same machine again: the held pair is removed after a while.
+        let net3 = network::setup(&s, "held", other.pid).unwrap();
+        assert_eq!(net3.guest_network(), Some("10.213.0.2/30".parse().unwrap()));
+        teardown_clean(net3);
+        let _ = holder.kill();
+        let _ = holder.wait();
+        assert_clean(state.path());
+    });
+}

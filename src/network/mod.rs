@@ -33,8 +33,16 @@
 //!   before anything is created, so a killed launcher's leftovers are found by
 //!   [`cleanup_stale`] (its pid and start time no longer match a process).
 //! - The machine's namespace is held (an fd of `/proc/PID/ns/net`) from setup to teardown, so
-//!   teardown can still give `--network-interface` links back after PID 1 exited and delete
-//!   the pair deterministically instead of waiting for the kernel's namespace cleanup.
+//!   teardown can still give `--network-interface` links back after PID 1 exited.
+//! - The veth pair of a plain veth machine whose PID 1 has exited (and was reaped) is left to
+//!   the kernel: closing the namespace handle lets the namespace die, and the kernel removes
+//!   the pair with it (as with nspawn), sparing the launcher the RCU grace periods an explicit
+//!   deletion waits for. Until the pair is gone its state stays (`dismantling`), holding the
+//!   subnet and link name, so nothing can be given a lingering address; the next setup of the
+//!   same machine (a reboot) waits for the pair (deleting it after 1 s if something else keeps
+//!   the namespace alive), and [`cleanup_stale`] forgets it once gone. Bridge and zone ports,
+//!   and any pair whose PID 1 still runs, are deleted explicitly; mctl only ever deletes a
+//!   veth with the machine's own name and MAC.
 //!
 //! # Wiring into the launcher (the order matters)
 //! 1. Before forking the outer child: `spec.validate()` (cheap, pure). Right after forking it,
@@ -52,20 +60,21 @@
 //! 3. Parent, on `InnerPid(pid)` and before `Go`: `let net = setup(&spec, name, pid)?` (an error
 //!    stops the launch: the machine must not start half-connected); register with
 //!    `netif = net.host_ifindices()`.
-//! 4. After PID 1 has exited (and before a reboot's next `setup`): `net.teardown()`. Dropping
-//!    it does the same; the outer child must leave with `exit_now` so it never drops a copy.
+//! 4. After PID 1 has exited and was reaped (`waitpid`), and before forking a reboot's next
+//!    run: `net.teardown()` (reaped first so the pair is left to the kernel: see above; forking
+//!    first would let the new outer child inherit the namespace handle). Dropping it does the
+//!    same; the outer child must leave with `exit_now` so it never drops a copy.
 //!
 //! # Performance (bench/network.py)
-//! Measured 2026-11-30 on the 2-CPU Debian 12 VM (kernel 6.18) while another build kept its
-//! load average at about 4, so medians are noisy: setup of a veth machine 5-11 ms (minimum
-//! 3.1 ms warm, 5.3 ms cold), teardown 15-32 ms. Setup is a handful of netlink round trips
-//! (the veth pair with its peer created straight into the machine's namespace: 0.8 ms) plus
-//! one libnftables batch (0.9 ms, on a thread of its own, overlapping the links; loading the
-//! library, 1-1.5 ms, is moved ahead by [`prepare`]). Teardown is bound by the kernel: deleting
-//! a veth pair waits for RCU grace periods (17 ms here) and so does closing the nftables socket
-//! after a deletion (14 ms); the two run in parallel so the waits overlap. Letting the kernel's
-//! namespace cleanup remove the pair asynchronously (as nspawn does) would hide the first wait
-//! but make "no link outlives the machine" eventually-true only; mctl deletes explicitly.
+//! Measured 2026-11-30 on the 2-CPU Debian 12 VM (kernel 6.18), load average ~1.8, medians of
+//! 31, one machine per process as in `mctl run`: setup 4.4 ms after [`prepare`] (1.3 ms,
+//! overlapping the outer child), 6.2 ms without; teardown 14.8 ms; setup + teardown 19.4 ms.
+//! Setup is a handful of netlink round trips (the veth pair, its peer created straight into
+//! the machine's namespace: 0.8 ms) plus one libnftables batch (1.0 ms, on a thread of its
+//! own, overlapping the links). Teardown is bound by the kernel: the last machine deletes the
+//! nftables table, and closing that nftables socket waits for an RCU grace period (~11 ms).
+//! Deleting a veth pair explicitly would wait longer (~15-30 ms; 33 ms median when PID 1 still
+//! runs), hence leaving it to the namespace's end.
 //!
 //! [`setup`] and teardown run their tokio work through
 //! [`block_on_thread`](crate::bus::client::block_on_thread) (one call each), so the parent is
@@ -235,13 +244,18 @@ impl MachineNetwork {
         let dir = self.state_dir.clone();
         let guest_ns = self.guest_ns.take();
         let host_ns = self.host_ns.take();
+        // PID 1 gone (reaped): once our handle closes, the namespace dies and the kernel
+        // removes the veth pair with it, without the launcher waiting for the RCU grace
+        // periods an explicit deletion costs. Only for plain veth machines: bridge ports must
+        // leave their bridge (and a zone its bridge) at once.
+        let leave_pair = guest_ns.is_some() && st.bridge.is_none() && st.leader.is_some_and(|l| !l.alive());
         crate::bus::client::block_on_thread(move || async move {
             let sd = match StateDir::lock(&dir) {
                 Ok(sd) => sd,
                 Err(e) => return vec![e.into()],
             };
             match Rt::connect() {
-                Ok(rt) => undo(&rt, &sd, &st, guest_ns.as_ref(), host_ns.as_ref()).await,
+                Ok(rt) => undo(&rt, &sd, &st, guest_ns.as_ref(), host_ns.as_ref(), leave_pair).await,
                 Err(e) => vec![e.into()],
             }
         })
@@ -332,7 +346,7 @@ pub fn cleanup_stale_report(state_dir: &Path) -> Vec<NetworkError> {
 
 fn has_stale(sd: &StateDir) -> bool {
     let machines = sd.machines();
-    machines.iter().any(|m| !m.owner.alive())
+    machines.iter().any(|m| !m.owner.alive() || m.dismantling)
         || sd.segments().iter().any(|s| !machines.iter().any(|m| m.segment.as_ref() == Some(&s.key)))
 }
 
@@ -349,7 +363,15 @@ async fn sweep(rt: &Rt, sd: &StateDir) -> Vec<NetworkError> {
         let guest =
             st.leader.filter(|l| l.alive()).and_then(|l| File::open(format!("/proc/{}/ns/net", l.pid)).ok());
         let host = File::open("/proc/thread-self/ns/net").ok();
-        errors.extend(undo(rt, sd, &st, guest.as_ref(), host.as_ref()).await);
+        errors.extend(undo(rt, sd, &st, guest.as_ref(), host.as_ref(), false).await);
+    }
+    // Pairs left to the kernel by live launchers: forget them once gone.
+    for st in sd.machines().into_iter().filter(|m| m.dismantling) {
+        match our_pair(rt, &st).await {
+            Ok(None) => sd.remove_machine(&st.machine),
+            Ok(Some(_)) => {}
+            Err(e) => errors.push(e.into()),
+        }
     }
     let machines = sd.machines();
     for seg in sd.segments() {
@@ -401,7 +423,14 @@ async fn setup_async(spec: &NetworkSpec, machine: &str, pid: i32) -> Result<Mach
         }
     }
     if let Some(s) = sd.machine(machine) {
-        return Err(NetworkError::Busy { machine: machine.to_owned(), pid: s.owner.pid });
+        if !s.dismantling {
+            return Err(NetworkError::Busy { machine: machine.to_owned(), pid: s.owner.pid });
+        }
+        // The previous run's pair is on its way out with its namespace (a reboot): wait for
+        // it, or remove it if something keeps that namespace alive.
+        for e in settle(&rt, &sd, &s, std::time::Duration::from_secs(1)).await {
+            tracing::warn!("{e}");
+        }
     }
     let live = sd.machines();
     let segments = sd.segments();
@@ -443,7 +472,7 @@ async fn setup_async(spec: &NetworkSpec, machine: &str, pid: i32) -> Result<Mach
             netns_path: None,
         }),
         Err(e) => {
-            for u in undo(&rt, &sd, &st, Some(&guest_ns), Some(&host_ns)).await {
+            for u in undo(&rt, &sd, &st, Some(&guest_ns), Some(&host_ns), false).await {
                 tracing::warn!("{u}");
             }
             Err(e)
@@ -727,6 +756,7 @@ async fn undo(
     st: &MachineState,
     guest_ns: Option<&File>,
     host_ns: Option<&File>,
+    leave_pair: bool,
 ) -> Vec<NetworkError> {
     let mut errors: Vec<NetworkError> = Vec::new();
     let others: Vec<MachineState> =
@@ -751,17 +781,14 @@ async fn undo(
         let last = !others.iter().any(|m| m.nat);
         std::thread::spawn(move || nat::remove(&entries, last))
     });
-    if let Some(host) = &st.host_link {
-        // Only the pair mctl made: a veth with the machine's MAC. A link that merely has the
-        // name (setup failed because it existed) is someone else's.
-        let mine = mac_address(&st.machine, "host").to_vec();
-        match rt.link(host).await {
-            Ok(Some(l)) if l.kind.as_deref() == Some("veth") && l.mac.as_ref() == Some(&mine) => {
+    if let Some(host) = st.host_link.as_ref().filter(|_| !leave_pair) {
+        match our_pair(rt, st).await {
+            Ok(Some(_)) => {
                 if let Err(e) = rt.delete(host).await {
                     errors.push(e.into());
                 }
             }
-            Ok(_) => {}
+            Ok(None) => {}
             Err(e) => errors.push(e.into()),
         }
     }
@@ -785,6 +812,65 @@ async fn undo(
                 && Path::new(&path).exists()
             {
                 errors.push(e.into());
+            }
+        }
+    }
+    if leave_pair && st.host_link.is_some() {
+        // Keeps the subnet and the link name leased until the pair is gone.
+        let left = MachineState {
+            dismantling: true,
+            nat: false,
+            ports: Vec::new(),
+            route_localnet: None,
+            moved: Vec::new(),
+            segment: None,
+            ..st.clone()
+        };
+        if let Err(e) = sd.write_machine(&left) {
+            errors.push(e.into());
+        }
+    } else {
+        sd.remove_machine(&st.machine);
+    }
+    errors
+}
+
+/// The machine's veth pair, if it still exists: the host-side link with the machine's name,
+/// kind veth and the machine's MAC. A link that merely has the name (setup failed because it
+/// existed) is someone else's and is never touched.
+async fn our_pair(rt: &Rt, st: &MachineState) -> Result<Option<link::LinkSummary>, LinkError> {
+    let Some(host) = &st.host_link else { return Ok(None) };
+    let mine = mac_address(&st.machine, "host").to_vec();
+    Ok(rt.link(host).await?.filter(|l| l.kind.as_deref() == Some("veth") && l.mac.as_ref() == Some(&mine)))
+}
+
+/// Waits up to `patience` for a dismantling machine's pair to go with its namespace, deletes
+/// it if it does not (something else holds the namespace), and forgets the state.
+async fn settle(
+    rt: &Rt,
+    sd: &StateDir,
+    st: &MachineState,
+    patience: std::time::Duration,
+) -> Vec<NetworkError> {
+    let deadline = std::time::Instant::now() + patience;
+    let mut errors: Vec<NetworkError> = Vec::new();
+    loop {
+        match our_pair(rt, st).await {
+            Ok(None) => break,
+            Ok(Some(_)) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            Ok(Some(_)) => {
+                if let Some(host) = &st.host_link
+                    && let Err(e) = rt.delete(host).await
+                {
+                    errors.push(e.into());
+                }
+                break;
+            }
+            Err(e) => {
+                errors.push(e.into());
+                break;
             }
         }
     }

@@ -140,6 +140,10 @@ pub struct MachineState {
     pub route_localnet: Option<SysctlChange>,
     /// Links moved into the machine.
     pub moved: Vec<MovedLink>,
+    /// Torn down except for the veth pair, which the kernel removes with the machine's
+    /// namespace; the state stays (holding the subnet and the link name) until the pair is gone.
+    #[serde(default)]
+    pub dismantling: bool,
 }
 
 impl MachineState {
@@ -161,6 +165,7 @@ impl MachineState {
             ports: Vec::new(),
             route_localnet: None,
             moved: Vec::new(),
+            dismantling: false,
         }
     }
 }
