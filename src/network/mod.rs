@@ -353,6 +353,14 @@ fn has_stale(sd: &StateDir) -> bool {
 /// Undoes the states of dead owners and drops segments nobody uses; the lock is held.
 async fn sweep(rt: &Rt, sd: &StateDir) -> Vec<NetworkError> {
     let mut errors = Vec::new();
+    // Pairs left to the kernel (the normal end of a veth machine): forget them once gone.
+    for st in sd.machines().into_iter().filter(|m| m.dismantling) {
+        match our_pair(rt, &st).await {
+            Ok(None) => sd.remove_machine(&st.machine),
+            Ok(Some(_)) => {}
+            Err(e) => errors.push(e.into()),
+        }
+    }
     for st in sd.machines().into_iter().filter(|m| !m.owner.alive()) {
         tracing::info!(
             "removing the network leftovers of machine {} (launcher pid {} is gone)",
@@ -364,14 +372,6 @@ async fn sweep(rt: &Rt, sd: &StateDir) -> Vec<NetworkError> {
             st.leader.filter(|l| l.alive()).and_then(|l| File::open(format!("/proc/{}/ns/net", l.pid)).ok());
         let host = File::open("/proc/thread-self/ns/net").ok();
         errors.extend(undo(rt, sd, &st, guest.as_ref(), host.as_ref(), false).await);
-    }
-    // Pairs left to the kernel by live launchers: forget them once gone.
-    for st in sd.machines().into_iter().filter(|m| m.dismantling) {
-        match our_pair(rt, &st).await {
-            Ok(None) => sd.remove_machine(&st.machine),
-            Ok(Some(_)) => {}
-            Err(e) => errors.push(e.into()),
-        }
     }
     let machines = sd.machines();
     for seg in sd.segments() {
