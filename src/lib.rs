@@ -13,5 +13,6 @@ pub mod launcher;
 pub mod logging;
 pub mod manager;
 pub mod names;
+pub mod network;
 pub mod signals;
 pub mod sys;
