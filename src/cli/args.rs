@@ -386,6 +386,36 @@ pub struct MachineArgs {
     /// Console: interactive, read-only, passive or pipe (default: interactive on a terminal).
     #[arg(long, value_enum)]
     pub console: Option<ConsoleMode>,
+    /// A network namespace of its own with only loopback.
+    #[arg(long)]
+    pub private_network: bool,
+    /// A veth pair: ve-NAME on the host, host0 in the machine, with addresses from the pool.
+    #[arg(short = 'n', long)]
+    pub network_veth: bool,
+    /// A veth pair whose host side (vb-NAME) joins the existing bridge BR.
+    #[arg(long, value_name = "BR")]
+    pub network_bridge: Option<String>,
+    /// A veth pair on the bridge vz-ZONE, made on first use and removed with its last machine.
+    #[arg(long, value_name = "ZONE")]
+    pub network_zone: Option<String>,
+    /// Move a host network interface into the machine (given back when it ends).
+    #[arg(long, value_name = "IF")]
+    pub network_interface: Vec<String>,
+    /// Join an existing network namespace.
+    #[arg(long, value_name = "PATH")]
+    pub network_namespace_path: Option<PathBuf>,
+    /// The machine's IPv4 address (CIDR) instead of one from the pool.
+    #[arg(long, value_name = "CIDR")]
+    pub address: Option<String>,
+    /// The machine's default gateway (with --address).
+    #[arg(long, value_name = "IP")]
+    pub gateway: Option<String>,
+    /// Forward a host port to the machine: [tcp:|udp:]HOSTPORT[:GUESTPORT] (also from localhost).
+    #[arg(short = 'p', long = "port", value_name = "SPEC")]
+    pub port: Vec<String>,
+    /// The private pool machine addresses come from (default 10.213.0.0/16, or $MCTL_ADDRESS_POOL).
+    #[arg(long, value_name = "CIDR", env = "MCTL_ADDRESS_POOL")]
+    pub address_pool: Option<String>,
     /// Register the machine with mctld: auto (when one answers), yes (or fail), no.
     #[arg(long, value_enum, default_value = "auto")]
     pub register: crate::launcher::register::RegisterMode,

@@ -7,6 +7,7 @@ use crate::launcher::cgroups::CgroupConfig;
 use crate::launcher::security::{CapabilityAdjust, parse_caps};
 use crate::launcher::spec::{self, ConsoleMode, LaunchSpec, Payload};
 use crate::names::{self, MachineName};
+use crate::network::{self, NetworkMode, NetworkSpec};
 use crate::signals::SignalNumber;
 
 use super::args::{BootArgs, MachineArgs, RunArgs, YesNo};
@@ -103,6 +104,7 @@ pub fn build_spec(m: MachineArgs, payload: Payload, cfg: &CliConfig) -> Result<L
     {
         return Err(CliError::new(format!("--chdir '{}' must be an absolute path", d.display())));
     }
+    let network = network_spec(&m, cfg)?;
     let boot = matches!(payload, Payload::Boot { .. });
     if boot && m.user.is_some() {
         return Err(CliError::new("--user cannot be used with boot: init must run as root"));
@@ -132,7 +134,59 @@ pub fn build_spec(m: MachineArgs, payload: Payload, cfg: &CliConfig) -> Result<L
         notify_ready: m.notify_ready == YesNo::Yes,
         cgroup: CgroupConfig::default(),
         register: m.register,
+        network,
     })
+}
+
+/// The network options as a [`NetworkSpec`]; one mode at most.
+fn network_spec(m: &MachineArgs, cfg: &CliConfig) -> Result<NetworkSpec, CliError> {
+    let mut modes = Vec::new();
+    if m.private_network {
+        modes.push(("--private-network", NetworkMode::Private));
+    }
+    if m.network_veth {
+        modes.push(("--network-veth", NetworkMode::Veth));
+    }
+    if let Some(b) = &m.network_bridge {
+        modes.push(("--network-bridge", NetworkMode::Bridge(b.clone())));
+    }
+    if let Some(z) = &m.network_zone {
+        modes.push(("--network-zone", NetworkMode::Zone(z.clone())));
+    }
+    if let Some(p) = &m.network_namespace_path {
+        modes.push(("--network-namespace-path", NetworkMode::NamespacePath(p.clone())));
+    }
+    if modes.len() > 1 {
+        let names: Vec<&str> = modes.iter().map(|(n, _)| *n).collect();
+        return Err(CliError::new(format!("{} cannot be combined: choose one", names.join(" and "))));
+    }
+    let mode = modes.pop().map(|(_, m)| m).unwrap_or(NetworkMode::Host);
+    let mut spec = NetworkSpec::new(mode);
+    spec.state_dir = cfg.runtime_dir.join("network");
+    spec.interfaces = m.network_interface.clone();
+    if let Some(a) = &m.address {
+        spec.address = Some(a.parse().map_err(|_| {
+            CliError::new(format!(
+                "invalid --address '{a}': expected an IPv4 address with a prefix length, e.g. 10.213.7.2/24"
+            ))
+        })?);
+    }
+    if let Some(g) = &m.gateway {
+        spec.gateway = Some(
+            g.parse()
+                .map_err(|_| CliError::new(format!("invalid --gateway '{g}': expected an IPv4 address")))?,
+        );
+    }
+    if let Some(p) = &m.address_pool {
+        spec.pool = p.parse().map_err(|_| {
+            CliError::new(format!("invalid address pool '{p}': expected an IPv4 network, e.g. 10.213.0.0/16"))
+        })?;
+    }
+    for p in &m.port {
+        spec.ports.push(network::parse_port(p).map_err(bad)?);
+    }
+    spec.validate().map_err(bad)?;
+    Ok(spec)
 }
 
 /// An ephemeral machine's name: the image's plus a random suffix, so that many machines of one

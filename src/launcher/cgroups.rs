@@ -284,6 +284,15 @@ impl MachineCgroup {
         self.parts[0].payload()
     }
 
+    /// What [`MachineCgroup::remove`] would remove, for the launch record: the machine's
+    /// cgroups (the payload's with `--keep-unit`) and their shared parents.
+    pub fn owned_dirs(&self) -> (Vec<PathBuf>, Vec<PathBuf>) {
+        let dirs =
+            self.parts.iter().map(|p| if self.keep_unit { p.payload() } else { p.machine.clone() }).collect();
+        let parents = self.parts.iter().filter_map(|p| p.parent.clone()).collect();
+        (dirs, parents)
+    }
+
     /// The machine's cgroup in the cgroup2 hierarchy.
     pub fn unified_dir(&self) -> &Path {
         &self.parts[0].machine
@@ -420,6 +429,11 @@ pub fn join_v1_cgroups_of(cfg: &CgroupConfig, pid: u32) -> Result<(), CgroupErro
         }
     }
     Ok(())
+}
+
+/// Removes an empty cgroup subtree without waiting (for leftovers of dead launchers).
+pub fn remove_tree_now(dir: &Path) -> Result<(), CgroupError> {
+    remove_tree(dir, Duration::ZERO)
 }
 
 /// Whether any process is in `dir` or below.

@@ -33,7 +33,11 @@ fn inner(ctx: &ChildContext<'_>, chan: &Channel, console: Option<&str>) -> Resul
     // The launcher placed us in the payload cgroup; that becomes the root the guest sees.
     unshare(CloneFlags::CLONE_NEWCGROUP)
         .map_err(|e| ChildError::Step("create cgroup namespace", e.into()))?;
-    mounts::apply(&LinuxSys, &Trees::default(), &mounts::inner_plan(&ctx.boot_id))?;
+    mounts::apply(
+        &LinuxSys,
+        &Trees::default(),
+        &mounts::inner_plan(&ctx.boot_id, ctx.spec.network.needs_netns()),
+    )?;
 
     match chan.recv()? {
         Some((Message::Go, _)) => {}

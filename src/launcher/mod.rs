@@ -20,6 +20,7 @@ pub mod mounts;
 pub mod notify;
 mod outer;
 pub mod process;
+pub mod record;
 pub mod register;
 pub mod security;
 pub mod spec;

@@ -512,9 +512,15 @@ pub const PROC_READ_ONLY: [&str; 8] = [
     "/proc/scsi",
 ];
 
-/// Mounts done by the machine's PID 1 inside its namespaces; `boot_id` is fresh per boot.
-pub fn inner_plan(boot_id: &uuid::Uuid) -> Vec<Step> {
+/// Mounts done by the machine's PID 1 inside its namespaces; `boot_id` is fresh per boot. With
+/// a network namespace of its own (`own_netns`) the machine keeps `/proc/sys/net` writable, as
+/// under nspawn, so it can configure its own network.
+pub fn inner_plan(boot_id: &uuid::Uuid, own_netns: bool) -> Vec<Step> {
     let mut s = vec![mkdir("/proc", 0o555), mount("proc", "/proc", NOSUID_NODEV_NOEXEC, "")];
+    if own_netns {
+        // A mount of its own, made before /proc/sys is bound and made read-only, stays writable.
+        s.push(bind_self(Path::new("/proc/sys/net"), false));
+    }
     for dir in PROC_READ_ONLY {
         let optional = dir != "/proc/sys";
         s.push(bind_self(Path::new(dir), optional));
@@ -586,7 +592,7 @@ mod tests {
 
     #[test]
     fn inner_plan_masks_after_proc_and_shares_last() {
-        let steps = inner_plan(&uuid::Uuid::nil());
+        let steps = inner_plan(&uuid::Uuid::nil(), false);
         let proc_at = index_of(&steps, |s| matches!(s, Step::Mount { fstype: Some(t), .. } if t == "proc"));
         let mask_at = index_of(
             &steps,
@@ -599,9 +605,26 @@ mod tests {
     }
 
     #[test]
+    fn own_network_keeps_proc_sys_net_writable() {
+        let steps = inner_plan(&uuid::Uuid::nil(), true);
+        let net = index_of(
+            &steps,
+            |s| matches!(s, Step::Mount { target, .. } if target == Path::new("/proc/sys/net")),
+        );
+        let sys =
+            index_of(&steps, |s| matches!(s, Step::Mount { target, .. } if target == Path::new("/proc/sys")));
+        assert!(net < sys);
+        assert!(
+            !inner_plan(&uuid::Uuid::nil(), false)
+                .iter()
+                .any(|s| matches!(s, Step::Mount { target, .. } if target == Path::new("/proc/sys/net")))
+        );
+    }
+
+    #[test]
     fn applying_records_and_reports_the_failing_step() {
         let sys = FakeSys::new();
-        let steps = inner_plan(&uuid::Uuid::nil());
+        let steps = inner_plan(&uuid::Uuid::nil(), false);
         sys.fail_on("/sys/fs/cgroup", libc::EPERM);
         let err = apply(&sys, &Trees::default(), &steps).unwrap_err();
         assert_eq!(err.step, "mount cgroup2 on /sys/fs/cgroup");

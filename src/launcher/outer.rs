@@ -17,6 +17,7 @@ use super::inner;
 use super::mounts::{self, TreeId, Trees};
 use super::spec::{ConsoleMode, Volatile};
 use super::{ChildContext, ChildError};
+use crate::network::NetworkMode;
 
 /// Runs the outer child and exits; never returns.
 pub(super) fn run(ctx: &ChildContext<'_>, chan: &Channel) -> ! {
@@ -36,6 +37,8 @@ fn outer(ctx: &ChildContext<'_>, chan: &Channel) -> Result<(), ChildError> {
         fs::write(file, "0").map_err(ChildError::path_step("join cgroup", file))?;
     }
     unshare(CloneFlags::CLONE_NEWNS).map_err(|e| ChildError::Step("create mount namespace", e.into()))?;
+    // Before any mount: sysfs shows the network namespace of whoever mounts it.
+    enter_network_namespace(ctx)?;
     let sys = LinuxSys;
     // Receive mounts from the host but never send any back to it.
     mounts::apply(&sys, &Trees::default(), &mounts::isolate_plan())?;
@@ -94,6 +97,27 @@ fn outer(ctx: &ChildContext<'_>, chan: &Channel) -> Result<(), ChildError> {
         Forked::Parent(pid) => chan.send(&Message::InnerPid(pid), &[])?,
     }
     Ok(())
+}
+
+/// A network namespace of the machine's own (`--private-network`, veth, bridge, zone, moved
+/// interfaces) or an existing one (`--network-namespace-path`), with loopback up.
+fn enter_network_namespace(ctx: &ChildContext<'_>) -> Result<(), ChildError> {
+    let net = &ctx.spec.network;
+    if !net.needs_netns() {
+        return Ok(());
+    }
+    if let NetworkMode::NamespacePath(path) = &net.mode {
+        let ns = fs::File::open(path).map_err(ChildError::path_step("open network namespace", path))?;
+        nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|e| ChildError::PathStep {
+            step: "join network namespace",
+            path: path.clone(),
+            source: e.into(),
+        })?;
+    } else {
+        unshare(CloneFlags::CLONE_NEWNET)
+            .map_err(|e| ChildError::Step("create network namespace", e.into()))?;
+    }
+    crate::network::loopback_up().map_err(ChildError::step("bring up loopback"))
 }
 
 /// A detached copy of the mount tree at `path` (read-only when `ro`).

@@ -12,6 +12,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use sd_notify::NotifyState;
 
+use crate::network;
 use crate::signals::SignalNumber;
 use crate::sys::linux::{self, Forked};
 
@@ -21,6 +22,7 @@ use super::console::{Console, ConsoleEvent};
 use super::identity::{Tree, TreeError, host_os_env};
 use super::mounts::HostFacts;
 use super::notify::{GuestNotice, NotifyRelay, tell_supervisor};
+use super::record::{self, LaunchRecord};
 use super::register::{self, MachineInfo, RegisterError, RegisterMode};
 use super::spec::{ConsoleMode, LaunchSpec, Payload};
 use super::{ChildContext, DEFAULT_PATH, outer, security};
@@ -52,6 +54,9 @@ pub enum LaunchError {
     /// A setup step of the launcher itself.
     #[error("cannot {0}: {1}")]
     Setup(&'static str, #[source] io::Error),
+    /// Setting up the machine's network failed.
+    #[error(transparent)]
+    Network(#[from] crate::network::NetworkError),
     /// Registration with mctld failed.
     #[error(transparent)]
     Register(#[from] RegisterError),
@@ -117,17 +122,19 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32, LaunchError> {
             return Err(LaunchError::OverlaySource(missing.clone()));
         }
     }
-    let mut scratch = if spec.needs_scratch() { Some(Scratch::create(&spec.runtime_dir)?) } else { None };
-    if let Some(s) = scratch.as_mut() {
-        s.1 = spec
-            .overlays
-            .iter()
-            .filter_map(|o| o.upper.as_deref())
-            .map(super::mounts::overlay_workdir)
-            .collect();
-    }
+    // Leftovers of launchers that were killed go first; then this launch records its own.
+    record::sweep(&spec.runtime_dir);
+    let workdirs =
+        spec.overlays.iter().filter_map(|o| o.upper.as_deref()).map(super::mounts::overlay_workdir).collect();
+    let mut record = LaunchRecord::create(&spec.runtime_dir, spec.needs_scratch(), workdirs)
+        .map_err(|e| LaunchError::Setup("record the launch", e))?;
     let uuid = tree.machine_id().or(spec.uuid).unwrap_or_else(uuid::Uuid::new_v4);
-    let (capabilities, missing) = security::grantable(&spec.capabilities.wanted());
+    let mut wanted = spec.capabilities.wanted();
+    if spec.network.needs_netns() && !spec.capabilities.drop.contains(&caps::Capability::CAP_NET_ADMIN) {
+        // Its own network is the machine's to configure (nspawn does the same).
+        wanted.insert(caps::Capability::CAP_NET_ADMIN);
+    }
+    let (capabilities, missing) = security::grantable(&wanted);
     if !missing.is_empty() {
         // Only what was asked for explicitly deserves a warning; a default capability the
         // host lacks (CAP_SYS_RESOURCE on some VMs) is routine.
@@ -161,52 +168,13 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32, LaunchError> {
             host: host.clone(),
             capabilities: capabilities.clone(),
             env: env.clone(),
-            scratch: scratch.as_ref().map(|s| s.0.clone()),
+            scratch: spec.needs_scratch().then(|| record.scratch_dir().to_owned()),
         };
         let announce = std::mem::take(&mut first_run) && !spec.quiet;
-        match run_once(ctx, &sigfd, announce)? {
+        match run_once(ctx, &sigfd, announce, &mut record)? {
             Outcome::Exit(code) => return Ok(code),
             Outcome::Reboot if spec.keep_unit => return Ok(EXIT_REBOOT),
             Outcome::Reboot => continue,
-        }
-    }
-}
-
-/// An empty host directory for the launch's scratch tmpfs (mounted only inside the machine's
-/// mount namespace, so the host sees an empty directory), removed when the launch ends, with the
-/// work directories of `--overlay` upper layers. Leftovers of killed launchers are swept.
-struct Scratch(PathBuf, Vec<PathBuf>);
-
-impl Scratch {
-    fn create(runtime_dir: &std::path::Path) -> Result<Self, LaunchError> {
-        let err = |e| LaunchError::Setup("create the launch's scratch directory", e);
-        std::fs::create_dir_all(runtime_dir).map_err(err)?;
-        if let Ok(rd) = std::fs::read_dir(runtime_dir) {
-            for e in rd.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let dead = name
-                    .strip_prefix("launch.")
-                    .and_then(|p| p.parse::<u32>().ok())
-                    .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists());
-                if dead {
-                    let _ = std::fs::remove_dir(e.path());
-                }
-            }
-        }
-        let dir = runtime_dir.join(format!("launch.{}", std::process::id()));
-        match std::fs::create_dir(&dir) {
-            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(err(e)),
-            _ => {}
-        }
-        Ok(Scratch(dir, Vec::new()))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.0);
-        for w in &self.1 {
-            let _ = std::fs::remove_dir_all(w);
         }
     }
 }
@@ -235,7 +203,12 @@ fn base_env(spec: &LaunchSpec, uuid: &uuid::Uuid) -> Vec<(String, String)> {
 }
 
 /// Registers with mctld as `spec.register` asks; returns whether the machine is registered.
-fn register_machine(spec: &LaunchSpec, uuid: &uuid::Uuid, leader: i32) -> Result<bool, LaunchError> {
+fn register_machine(
+    spec: &LaunchSpec,
+    uuid: &uuid::Uuid,
+    leader: i32,
+    netif: Vec<i32>,
+) -> Result<bool, LaunchError> {
     if spec.register == RegisterMode::No {
         return Ok(false);
     }
@@ -244,7 +217,7 @@ fn register_machine(spec: &LaunchSpec, uuid: &uuid::Uuid, leader: i32) -> Result
         id: *uuid,
         leader,
         root: spec.root.to_string_lossy().into_owned(),
-        netif: Vec::new(),
+        netif,
     };
     match register::register(&info) {
         Ok(()) => Ok(true),
@@ -272,9 +245,16 @@ impl Drop for Reaper {
     }
 }
 
-fn run_once(mut ctx: ChildContext<'_>, sigfd: &SignalFd, announce: bool) -> Result<Outcome, LaunchError> {
+fn run_once(
+    mut ctx: ChildContext<'_>,
+    sigfd: &SignalFd,
+    announce: bool,
+    record: &mut LaunchRecord,
+) -> Result<Outcome, LaunchError> {
     let spec = ctx.spec;
     let cgroup = MachineCgroup::create(&spec.cgroup, spec.name.as_str(), spec.keep_unit)?;
+    let (dirs, parents) = cgroup.owned_dirs();
+    record.set_cgroups(dirs, parents).map_err(|e| LaunchError::Setup("record the launch", e))?;
     if announce {
         eprintln!("Spawning container {} on {}.", spec.name, spec.root.display());
         if spec.console == ConsoleMode::Interactive {
@@ -304,6 +284,10 @@ fn run_once(mut ctx: ChildContext<'_>, sigfd: &SignalFd, announce: bool) -> Resu
     };
     reaper.pids.push(outer_pid);
     drop(theirs);
+    if spec.network.needs_netns() {
+        // Sweeps dead launchers' leftovers and loads nftables while the child builds the tree.
+        network::prepare(&spec.network, spec.name.as_str())?;
+    }
 
     let mut notify_fd = None;
     let mut master = None;
@@ -330,8 +314,15 @@ fn run_once(mut ctx: ChildContext<'_>, sigfd: &SignalFd, announce: bool) -> Resu
     // The outer child exits right after reporting; PID 1 is then ours (we are its subreaper).
     let _ = waitpid(outer_pid, None);
     reaper.pids.retain(|p| *p != outer_pid);
+    // Connected before the payload runs: a machine must not start half-connected.
+    let net = if spec.network.needs_netns() {
+        Some(network::setup(&spec.network, spec.name.as_str(), pid1.as_raw())?)
+    } else {
+        None
+    };
+    let netif = net.as_ref().map(|n| n.host_ifindices()).unwrap_or_default();
     // Registered before the payload runs, so a refusal stops the machine before it starts.
-    let registered = register_machine(spec, &ctx.uuid, pid1.as_raw())?;
+    let registered = register_machine(spec, &ctx.uuid, pid1.as_raw(), netif)?;
     let notify = NotifyRelay::new(
         notify_fd.ok_or(ChannelError::Unexpected { expected: "notify socket", got: None })?,
         pid1.as_raw(),
@@ -363,6 +354,10 @@ fn run_once(mut ctx: ChildContext<'_>, sigfd: &SignalFd, announce: bool) -> Resu
         register::unregister(spec.name.as_str());
     }
     let status = status?;
+    // PID 1 is reaped; links, addresses and forwards go before a reboot's next run.
+    if let Some(net) = net {
+        net.teardown();
+    }
     let outcome = decode(spec, status);
     tell_supervisor(&[
         NotifyState::Stopping,

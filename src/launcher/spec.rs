@@ -136,6 +136,8 @@ pub struct LaunchSpec {
     pub cgroup: CgroupConfig,
     /// Whether to register with mctld.
     pub register: super::register::RegisterMode,
+    /// The machine's network.
+    pub network: crate::network::NetworkSpec,
 }
 
 impl LaunchSpec {

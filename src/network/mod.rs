@@ -244,11 +244,10 @@ impl MachineNetwork {
         let dir = self.state_dir.clone();
         let guest_ns = self.guest_ns.take();
         let host_ns = self.host_ns.take();
-        // PID 1 gone (reaped): once our handle closes, the namespace dies and the kernel
-        // removes the veth pair with it, without the launcher waiting for the RCU grace
-        // periods an explicit deletion costs. Only for plain veth machines: bridge ports must
-        // leave their bridge (and a zone its bridge) at once.
-        let leave_pair = guest_ns.is_some() && st.bridge.is_none() && st.leader.is_some_and(|l| !l.alive());
+        // Deleted explicitly even when the namespace's death would remove the pair later:
+        // "nothing outlives the machine" must hold when the launcher exits, not eventually.
+        // (It costs an RCU grace period, about 15 ms here.)
+        let leave_pair = false;
         crate::bus::client::block_on_thread(move || async move {
             let sd = match StateDir::lock(&dir) {
                 Ok(sd) => sd,

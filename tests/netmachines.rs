@@ -1,0 +1,471 @@
+//! Machines on the network, end to end. Everything happens inside namespaces the test makes:
+//! a "host" network namespace (with a private mount namespace) where the launchers run and
+//! the host side of every link lives, and an "outside" namespace reached through it. Nothing
+//! is added to the machine's own network namespace; traffic stays between these namespaces.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// A namespace holder: `sleep` in new network (and mount) namespaces; commands join them with
+/// nsenter. Its namespaces, and every link in them, die with it.
+struct Ns {
+    holder: Child,
+}
+
+impl Ns {
+    fn new(with_mounts: bool) -> Ns {
+        let mut c = Command::new("unshare");
+        c.arg("--net");
+        if with_mounts {
+            c.args(["--mount", "--propagation", "private"]);
+        }
+        let holder = c.args(["sleep", "600"]).stdin(Stdio::null()).spawn().unwrap();
+        let ns = Ns { holder };
+        // The namespaces exist once sleep runs instead of unshare.
+        assert!(wait_until(Duration::from_secs(5), || {
+            std::fs::read_link(format!("/proc/{}/ns/net", ns.pid())).ok()
+                != std::fs::read_link("/proc/self/ns/net").ok()
+                && std::fs::read_to_string(format!("/proc/{}/comm", ns.pid())).unwrap_or_default().trim()
+                    == "sleep"
+        }));
+        ns.sh("ip link set lo up");
+        ns
+    }
+
+    fn pid(&self) -> u32 {
+        self.holder.id()
+    }
+
+    fn cmd(&self, prog: &str) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg("-t").arg(self.pid().to_string()).args(["-n", "-m", "--", prog]);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    fn sh(&self, script: &str) -> String {
+        let o = self.cmd("sh").args(["-c", script]).output().unwrap();
+        assert!(o.status.success(), "`{script}` failed: {}", stderr(&o));
+        stdout(&o)
+    }
+
+    fn try_sh(&self, script: &str) -> Output {
+        self.cmd("sh").args(["-c", script]).output().unwrap()
+    }
+
+    fn mctl(&self, env: &Env) -> Command {
+        let mut c = self.cmd(env!("CARGO_BIN_EXE_mctl"));
+        c.env("MCTL_RUNTIME_DIR", &env.run);
+        c
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+struct Env {
+    s: tempfile::TempDir,
+    run: PathBuf,
+}
+
+impl Env {
+    fn new() -> Env {
+        let s = scratch();
+        let run = s.path().join("run");
+        Env { s, run }
+    }
+
+    fn tree(&self, name: &str) -> PathBuf {
+        copy_tree(busybox_tree(), self.s.path(), name)
+    }
+}
+
+/// A machine running `sleep` (or `script`), launched inside `ns`; knows its PID 1.
+struct Running {
+    child: Child,
+    leader: u32,
+    name: String,
+    dir: PathBuf,
+}
+
+impl Running {
+    fn start(ns: &Ns, env: &Env, name: &str, opts: &[&str], script: &str) -> Running {
+        let dir = env.tree(name);
+        let notify_dir = env.s.path().join(format!("notify-{name}"));
+        std::fs::create_dir(&notify_dir).unwrap();
+        let mut notify = NotifyListener::new(&notify_dir);
+        let child = ns
+            .mctl(env)
+            .args(["run", "-q", "--register=no", "-D"])
+            .arg(&dir)
+            .args(opts)
+            .args(["--", "sh", "-c", script])
+            .env("NOTIFY_SOCKET", &notify.path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let leader = notify.wait_leader(0, Duration::from_secs(20));
+        let mut r = Running { child, leader: leader.unwrap_or(0) as u32, name: name.to_owned(), dir };
+        if leader.is_none() {
+            let _ = r.child.kill();
+            panic!("machine {name} did not start: {}", read_all(r.child.stderr.take().unwrap()));
+        }
+        r
+    }
+
+    /// Runs a command inside the machine (all its namespaces).
+    fn exec(&self, script: &str) -> Output {
+        Command::new("nsenter")
+            .arg("-t")
+            .arg(self.leader.to_string())
+            .args(["-a", "--", "/bin/sh", "-c", script])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn ipv4(&self) -> String {
+        let o = self.exec("ip -4 -o addr show host0");
+        let out = stdout(&o);
+        let cidr = out
+            .split_whitespace()
+            .skip_while(|w| *w != "inet")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no address: {out}"));
+        cidr.split('/').next().unwrap().to_owned()
+    }
+
+    fn stop(mut self) {
+        stop_launcher(&mut self.child);
+        assert_no_leaks(&self.name, &self.dir);
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // A failed assertion must not leave the machine running.
+        if self.child.try_wait().ok().flatten().is_none() {
+            stop_launcher(&mut self.child);
+        }
+    }
+}
+
+fn assert_clean(ns: &Ns, env: &Env) {
+    let links = ns.sh("ip -o link show | grep -E ' (ve|vb|vz)-' || true");
+    assert!(links.trim().is_empty(), "links left: {links}");
+    let rules = ns.sh("nft list ruleset");
+    assert!(!rules.contains("table ip mctl"), "nft table left: {rules}");
+    let left: Vec<_> = std::fs::read_dir(env.run.join("network/machines"))
+        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "network state left: {left:?}");
+}
+
+#[test]
+fn veth_machine_talks_to_the_host_and_through_nat() {
+    let env = Env::new();
+    let host = Ns::new(true);
+    // A second test namespace, "outside", reached through the host namespace.
+    let outside = Ns::new(false);
+    host.sh(&format!(
+        "ip link add up0 type veth peer name out0 netns {pid} && ip addr add 198.51.100.1/24 dev up0 && ip link set up0 up",
+        pid = outside.pid()
+    ));
+    outside.sh("ip addr add 198.51.100.2/24 dev out0 && ip link set out0 up");
+
+    let m = Running::start(&host, &env, "vm1", &["--network-veth"], "sleep 60");
+    let guest = m.ipv4();
+    assert!(guest.starts_with("10.213."), "{guest}");
+    let gw = stdout(&m.exec("ip route | awk '/default/ {print $3}'")).trim().to_owned();
+    // The host side pings with busybox (installed for the test trees; the host may lack ping).
+    assert!(
+        host.try_sh(&format!("busybox ping -c1 -W2 {guest}")).status.success(),
+        "host cannot ping the guest"
+    );
+    assert!(m.exec(&format!("ping -c1 -W2 {gw}")).status.success(), "guest cannot ping the host side");
+    // IPv6 link-local works without any configuration.
+    assert!(stdout(&m.exec("ip -6 addr show host0")).contains("fe80::"));
+
+    // NAT: the outside namespace sees the host's address, not the guest's.
+    let seen = outside
+        .cmd("python3")
+        .args([
+            "-c",
+            "import socket; s=socket.socket(); s.bind(('198.51.100.2', 9999)); s.listen(1); s.settimeout(10); c,a=s.accept(); print(a[0], c.recv(100).decode().strip())",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let o = m.exec("echo hello | nc -w2 198.51.100.2 9999");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = String::from_utf8(seen.wait_with_output().unwrap().stdout).unwrap();
+    assert_eq!(got.trim(), "198.51.100.1 hello", "source address seen outside");
+    m.stop();
+    assert_clean(&host, &env);
+}
+
+#[test]
+fn port_forwards_reach_the_guest_from_the_host_side_and_localhost() {
+    let env = Env::new();
+    let host = Ns::new(true);
+    let m = Running::start(
+        &host,
+        &env,
+        "web",
+        &["--network-veth", "--port=tcp:8080:80", "--port=udp:5353:53"],
+        "sleep 60",
+    );
+    // Services in the guest's network namespace (the host's python, the guest's network).
+    let serve = |script: &str| -> Child {
+        Command::new("nsenter")
+            .arg("-t")
+            .arg(m.leader.to_string())
+            .args(["-n", "python3", "-c", script])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut tcp_server = serve(
+        "import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', 80)); s.listen(8)\nwhile True:\n c,_=s.accept(); c.sendall(b'tcp-ok\\n'); c.close()",
+    );
+    let mut udp_server = serve(
+        "import socket\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 53))\nwhile True:\n d,a=s.recvfrom(100); s.sendto(b'udp-ok', a)",
+    );
+    let gw = stdout(&m.exec("ip route | awk '/default/ {print $3}'")).trim().to_owned();
+    std::thread::sleep(Duration::from_millis(300));
+    for addr in [gw.as_str(), "127.0.0.1"] {
+        let tcp = host.sh(&format!(
+            "python3 -c \"import socket; c=socket.create_connection(('{addr}', 8080), timeout=5); print(c.recv(100).decode().strip())\""
+        ));
+        assert_eq!(tcp.trim(), "tcp-ok", "tcp via {addr}");
+        let udp = host.sh(&format!(
+            "python3 -c \"import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5); s.sendto(b'x', ('{addr}', 5353)); print(s.recvfrom(100)[0].decode().strip())\""
+        ));
+        assert_eq!(udp.trim(), "udp-ok", "udp via {addr}");
+    }
+    let _ = tcp_server.kill();
+    let _ = udp_server.kill();
+    let _ = tcp_server.wait();
+    let _ = udp_server.wait();
+    // A port already forwarded is refused for a second machine, which leaves nothing.
+    let dir = env.tree("web2");
+    let o = host
+        .mctl(&env)
+        .args(["run", "-q", "--register=no", "--network-veth", "--port=8080", "-D"])
+        .arg(&dir)
+        .args(["true"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("8080"), "{}", stderr(&o));
+    assert_no_leaks("web2", &dir);
+    m.stop();
+    assert_clean(&host, &env);
+}
+
+#[test]
+fn machines_on_a_bridge_and_on_a_zone_ping_each_other() {
+    let env = Env::new();
+    let host = Ns::new(true);
+    host.sh("ip link add br0 type bridge && ip addr add 192.0.2.1/24 dev br0 && ip link set br0 up");
+    let a = Running::start(&host, &env, "ba", &["--network-bridge=br0"], "sleep 60");
+    let b = Running::start(&host, &env, "bb", &["--network-bridge=br0"], "sleep 60");
+    let (ia, ib) = (a.ipv4(), b.ipv4());
+    assert!(ia.starts_with("192.0.2.") && ib.starts_with("192.0.2.") && ia != ib, "{ia} {ib}");
+    assert!(a.exec(&format!("ping -c1 -W2 {ib}")).status.success(), "a cannot ping b");
+    assert!(b.exec(&format!("ping -c1 -W2 {ia}")).status.success(), "b cannot ping a");
+    a.stop();
+    b.stop();
+    assert!(host.sh("ip -o link show master br0").trim().is_empty(), "ports left on br0");
+
+    let za = Running::start(&host, &env, "za", &["--network-zone=lab"], "sleep 60");
+    let zb = Running::start(&host, &env, "zb", &["--network-zone=lab"], "sleep 60");
+    assert!(host.sh("ip -o link show vz-lab").contains("vz-lab"));
+    let (ia, ib) = (za.ipv4(), zb.ipv4());
+    assert!(za.exec(&format!("ping -c1 -W2 {ib}")).status.success(), "za cannot ping zb");
+    assert!(zb.exec(&format!("ping -c1 -W2 {ia}")).status.success(), "zb cannot ping za");
+    za.stop();
+    assert!(host.sh("ip -o link show vz-lab").contains("vz-lab"), "the zone went with its first machine");
+    zb.stop();
+    assert!(host.try_sh("ip link show vz-lab").status.code() != Some(0), "the zone outlived its machines");
+    assert_clean(&host, &env);
+}
+
+#[test]
+fn private_network_interfaces_and_namespaces() {
+    let env = Env::new();
+    let host = Ns::new(true);
+    let dir = env.tree("priv");
+    let run = |opts: &[&str], script: &str| -> Output {
+        host.mctl(&env)
+            .args(["run", "-q", "--register=no", "-D"])
+            .arg(&dir)
+            .args(opts)
+            .args(["--", "sh", "-c", script])
+            .output()
+            .unwrap()
+    };
+    // Only loopback, up; the network sysctls are the machine's own.
+    let o = run(
+        &["--private-network"],
+        "ip -o link | cut -d: -f2; ip -o link show lo | grep -c UP; echo 1 > /proc/sys/net/ipv4/ip_forward && echo net-rw",
+    );
+    assert_eq!(stdout(&o), " lo\n1\nnet-rw\n", "{}", stderr(&o));
+    // A host interface moves in and comes back.
+    host.sh("ip link add ext0 type ifb");
+    let o = run(&["--network-interface=ext0"], "ip -o link | grep -c ext0");
+    assert_eq!(stdout(&o), "1\n", "{}", stderr(&o));
+    assert!(host.sh("ip -o link show ext0").contains("ext0"), "the interface did not come back");
+    // An existing namespace is joined.
+    let other = Ns::new(false);
+    other.sh("ip link add mark0 type ifb");
+    let path = format!("/proc/{}/ns/net", other.pid());
+    let o = run(&[&format!("--network-namespace-path={path}")], "ip -o link | grep -c mark0");
+    assert_eq!(stdout(&o), "1\n", "{}", stderr(&o));
+    assert_no_leaks("priv", &dir);
+    assert_clean(&host, &env);
+}
+
+#[test]
+fn bad_network_input_is_refused_and_leaves_nothing() {
+    let env = Env::new();
+    let host = Ns::new(true);
+    let dir = env.tree("badnet");
+    let fails = |opts: &[&str], needle: &str| {
+        let o = host
+            .mctl(&env)
+            .args(["run", "-q", "--register=no", "-D"])
+            .arg(&dir)
+            .args(opts)
+            .args(["true"])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{opts:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(needle), "{opts:?}: {}", stderr(&o));
+        assert_eq!(stderr(&o).lines().count(), 1, "{opts:?}: {}", stderr(&o));
+        assert_no_leaks("badnet", &dir);
+        assert_clean(&host, &env);
+    };
+    fails(&["--network-bridge=nobr"], "nobr");
+    fails(&["--network-interface=nosuch0"], "nosuch0");
+    fails(&["--network-veth", "--address=192.168.77.2/30"], "192.168.77.2");
+    fails(&["--port=80"], "--port needs --network-veth");
+    fails(&["--network-veth", "--network-zone=z"], "cannot be combined");
+    fails(&["--network-veth", "--port=tcp:0"], "invalid port forward");
+    // An address another machine holds.
+    let m = Running::start(&host, &env, "holder", &["--network-veth"], "sleep 60");
+    let taken = m.ipv4();
+    let o = host
+        .mctl(&env)
+        .args(["run", "-q", "--register=no", "--network-veth", &format!("--address={taken}/30"), "-D"])
+        .arg(&dir)
+        .args(["true"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains(&taken), "{}", stderr(&o));
+    m.stop();
+    assert_clean(&host, &env);
+}
+
+#[test]
+fn a_killed_launchers_links_and_rules_are_removed_by_the_next_run() {
+    let env = Env::new();
+    let host = Ns::new(true);
+    let mut m = Running::start(&host, &env, "doomed", &["--network-veth", "--port=9090:90"], "sleep 60");
+    assert!(host.sh("nft list ruleset").contains("table ip mctl"));
+    m.child.kill().unwrap();
+    m.child.wait().unwrap();
+    assert!(wait_until(Duration::from_secs(10), || !Path::new(&format!("/proc/{}", m.leader)).exists()));
+    // Leftovers: the nft elements (and state) of a launcher that could not clean up.
+    assert!(host.sh("nft list ruleset").contains("table ip mctl"), "nothing was left to clean");
+    let dir = env.tree("next");
+    let o = host
+        .mctl(&env)
+        .args(["run", "-q", "--register=no", "--private-network", "-D"])
+        .arg(&dir)
+        .args(["true"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_clean(&host, &env);
+    assert_no_leaks("doomed", &m.dir);
+}
+
+#[test]
+fn the_manager_reports_the_guests_addresses() {
+    let env = Env::new();
+    std::fs::set_permissions(env.s.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let bus = TestBus::start(env.s.path());
+    let mctld_dir = env.s.path().join("mctld");
+    std::fs::create_dir(&mctld_dir).unwrap();
+    let _mctld = Mctld::start_args(&bus, &mctld_dir, &["--machined-compat"]);
+    let host = Ns::new(true);
+    let dir = env.tree("addr");
+    let notify_dir = env.s.path().join("notify");
+    std::fs::create_dir(&notify_dir).unwrap();
+    let mut notify = NotifyListener::new(&notify_dir);
+    let mut launcher = host
+        .mctl(&env)
+        .args(["run", "-q", "--register=yes", "--network-veth", "-D"])
+        .arg(&dir)
+        .args(["--", "sleep", "60"])
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+        .env("NOTIFY_SOCKET", &notify.path)
+        .spawn()
+        .unwrap();
+    let leader = notify.wait_leader(0, Duration::from_secs(20)).expect("machine started");
+    let guest = Command::new("nsenter")
+        .arg("-t")
+        .arg(leader.to_string())
+        .args(["-n", "ip", "-4", "-o", "addr", "show", "host0"])
+        .output()
+        .unwrap();
+    let guest = stdout(&guest);
+    let guest = guest
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+
+    let o =
+        mctl().env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address).args(["list", "--no-legend"]).output().unwrap();
+    let row = stdout(&o);
+    assert!(row.starts_with("addr container mctl busybox 1 ") && row.contains(&guest), "{row}");
+    let o = machinectl(&bus, &["list"]);
+    let out = stdout(&o);
+    assert!(out.contains(&format!(" {guest}")), "machinectl list: {out}");
+    let o = mctl().env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address).args(["status", "addr"]).output().unwrap();
+    assert!(stdout(&o).contains(&format!("Address: {guest}")), "{}", stdout(&o));
+    // The host-side interface's index, as the launcher registered it.
+    let ifindex = host.sh("ip -o link show ve-addr | cut -d: -f1");
+    let o = busctl(
+        &bus,
+        &[
+            "get-property",
+            "org.freedesktop.machine1",
+            "/org/freedesktop/machine1/machine/addr",
+            "org.freedesktop.machine1.Machine",
+            "NetworkInterfaces",
+        ],
+    );
+    assert_eq!(stdout(&o).trim(), format!("ai 1 {}", ifindex.trim()), "{}", stderr(&o));
+    stop_launcher(&mut launcher);
+    assert_no_leaks("addr", &dir);
+    assert_clean(&host, &env);
+}
