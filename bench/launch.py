@@ -7,10 +7,11 @@ Needs root, a release build (cargo build --release) and the cached Debian tree
 (bootstrap/cached.sh debian bookworm). Prints medians and the ratio mctl/peer for:
   1. `run /bin/true` in the minbase tree (nspawn --register=no --keep-unit, bwrap);
   2. boot to READY=1 and SIGTERM-to-exit of bookworm (nspawn --notify-ready=yes).
-  3. boot to READY=1 of an ephemeral (-x) machine against a plain boot of the same image.
+  3. boot to READY=1 of an ephemeral (-x) machine against a plain boot of the same image;
+  4. what --network-veth adds to `run /bin/true` (run inside a network namespace made for it).
 Every run works on private copies of the tree, removed afterwards.
 """
-import argparse, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MCTL = os.path.join(ROOT, "target/release/mctl")
@@ -90,6 +91,29 @@ def boot_once(cmd, scratch):
     return ready, stop
 
 
+NETNS_LOOP = r"""
+import json, statistics, subprocess, sys, time
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+cmds, runs = json.loads(sys.argv[1]), int(sys.argv[2])
+out = {}
+for label, cmd in cmds.items():
+    samples = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        samples.append(time.perf_counter() - t)
+    out[label] = statistics.median(samples)
+print(json.dumps(out))
+"""
+
+
+def netns_timed(cmds, runs):
+    """Medians of each command, run in a fresh network (and mount) namespace."""
+    out = subprocess.run(["unshare", "--net", "--mount", "--propagation", "private", "python3", "-c",
+                          NETNS_LOOP, json.dumps(cmds), str(runs)], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=30)
@@ -138,6 +162,11 @@ def run_benchmarks(args, src):
         p = [boot_once([MCTL, "boot", "-q", "--console=passive", "-D", a], scratch) for _ in range(args.boots)]
         er, pr = statistics.median(x[0] for x in e), statistics.median(x[0] for x in p)
         print(f"  ready: ephemeral {er*1000:7.1f} ms   plain {pr*1000:7.1f} ms   ratio {er/pr:.3f}")
+
+        print(f"run /bin/true with and without --network-veth, in a test network namespace, median of {args.runs}:")
+        base = [MCTL, "run", "-q", "--register=no", "-D", a]
+        m = netns_timed({"plain": base + ["/bin/true"], "veth": base[:3] + ["--network-veth"] + base[3:] + ["/bin/true"]}, args.runs)
+        print(f"  plain {m['plain']*1000:7.2f} ms   --network-veth {m['veth']*1000:7.2f} ms   added {(m['veth']-m['plain'])*1000:6.2f} ms")
 
 
 if __name__ == "__main__":
