@@ -70,12 +70,14 @@ fn a_tree_in_use_is_locked() {
     let s = scratch();
     let dir = copy_tree(busybox_tree(), s.path(), "locked");
     let mut notify = NotifyListener::new(s.path());
-    let mut first = mctl()
-        .args(["run", "-q", "-D", dir.to_str().unwrap(), "--", "sleep", "30"])
-        .env("NOTIFY_SOCKET", &notify.path)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut first = Guarded(
+        mctl()
+            .args(["run", "-q", "-D", dir.to_str().unwrap(), "--", "sleep", "30"])
+            .env("NOTIFY_SOCKET", &notify.path)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     notify.wait_leader(0, Duration::from_secs(10)).expect("first machine started");
     fails_with(
         &["run", "-M", "other", "-D", dir.to_str().unwrap(), "true"],

@@ -3,7 +3,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -43,16 +43,18 @@ fn ephemeral_boot_leaves_the_image_untouched() {
     assert_no_scratch_left(s.path());
 }
 
-fn spawn_ephemeral(dir: &Path, notify: &NotifyListener, rt: &str) -> Child {
-    mctl()
-        .args(["run", "-q", "-x", "-D"])
-        .arg(dir)
-        .args(["--", "sh", "-c", "echo $RANDOM > /mine; sleep 60"])
-        .env("NOTIFY_SOCKET", &notify.path)
-        .env("MCTL_RUNTIME_DIR", rt)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap()
+fn spawn_ephemeral(dir: &Path, notify: &NotifyListener, rt: &str) -> Guarded {
+    Guarded(
+        mctl()
+            .args(["run", "-q", "-x", "-D"])
+            .arg(dir)
+            .args(["--", "sh", "-c", "echo $RANDOM > /mine; sleep 60"])
+            .env("NOTIFY_SOCKET", &notify.path)
+            .env("MCTL_RUNTIME_DIR", rt)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 #[test]

@@ -338,13 +338,15 @@ fn restarted_mctld_readopts_live_machines_and_drops_dead_ones() {
     let mut mctld = Mctld::start(&bus, s.path(), false);
     let dir = copy_tree(busybox_tree(), s.path(), "mlive");
     let mut notify = NotifyListener::new(s.path());
-    let mut launcher = mctl_on(&bus)
-        .args(["run", "-q", "--register=yes", "-D"])
-        .arg(&dir)
-        .args(["--", "sleep", "60"])
-        .env("NOTIFY_SOCKET", &notify.path)
-        .spawn()
-        .unwrap();
+    let mut launcher = Guarded(
+        mctl_on(&bus)
+            .args(["run", "-q", "--register=yes", "-D"])
+            .arg(&dir)
+            .args(["--", "sleep", "60"])
+            .env("NOTIFY_SOCKET", &notify.path)
+            .spawn()
+            .unwrap(),
+    );
     let leader = notify.wait_leader(0, Duration::from_secs(10)).expect("machine started");
     assert!(wait_until(Duration::from_secs(5), || common::stdout(&run_mctl(&bus, &["list", "--no-legend"]))
         .starts_with("mlive ")));
@@ -356,14 +358,7 @@ fn restarted_mctld_readopts_live_machines_and_drops_dead_ones() {
         "NAME=ghost\nLEADER=999999\nLEADER_START=1\nCLASS=container\nSERVICE=mctl\n",
     )
     .unwrap();
-    let monitor = Command::new("busctl")
-        .args(["--system", "monitor", "--match", "type=signal,member=MachineNew"])
-        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let new_machines = SignalWatch::new(&bus.address, "MachineNew");
     let _mctld = Mctld::start_with_state(&bus, s.path(), false, &mctld.state_dir.clone());
     let o = run_mctl(&bus, &["list", "--no-legend"]);
     assert_eq!(common::stdout(&o), "mlive container mctl busybox 1 -\n");
@@ -372,12 +367,7 @@ fn restarted_mctld_readopts_live_machines_and_drops_dead_ones() {
         common::stdout(&run_mctl(&bus, &["show", "-p", "Leader", "--value", "mlive"])),
         format!("{leader}\n")
     );
-    std::thread::sleep(Duration::from_millis(300));
-    let mut monitor = monitor;
-    let _ = monitor.kill();
-    let seen = read_all(monitor.stdout.take().unwrap());
-    let _ = monitor.wait();
-    assert!(seen.contains("MachineNew") && seen.contains("\"mlive\""), "no MachineNew re-announced:\n{seen}");
+    assert!(new_machines.wait_for("mlive", Duration::from_secs(10)), "no MachineNew re-announced");
 
     // When the machine ends, the new mctld notices at once (pidfd) and drops it.
     stop_launcher(&mut launcher);
@@ -469,13 +459,15 @@ fn registration_modes_and_authorization() {
 
     // --register=no: the machine stays off the list.
     let mut notify = NotifyListener::new(s.path());
-    let mut hidden = mctl_on(&bus)
-        .args(["run", "-q", "--register=no", "-M", "hidden", "-D"])
-        .arg(&dir)
-        .args(["--", "sleep", "30"])
-        .env("NOTIFY_SOCKET", &notify.path)
-        .spawn()
-        .unwrap();
+    let mut hidden = Guarded(
+        mctl_on(&bus)
+            .args(["run", "-q", "--register=no", "-M", "hidden", "-D"])
+            .arg(&dir)
+            .args(["--", "sleep", "30"])
+            .env("NOTIFY_SOCKET", &notify.path)
+            .spawn()
+            .unwrap(),
+    );
     notify.wait_leader(0, Duration::from_secs(10)).expect("machine started");
     assert_eq!(
         common::stdout(&run_mctl(&bus, &["list", "--no-legend"])),
@@ -558,13 +550,15 @@ fn images_over_dbus_and_commit() {
 
     // commit: the merged view of an ephemeral machine becomes a new image.
     let mut notify = NotifyListener::new(s.path());
-    let mut eph = mctl_on(&bus)
-        .env("MCTL_IMAGE_STORE", &store)
-        .env("MCTL_RUNTIME_DIR", s.path().join("run"))
-        .env("NOTIFY_SOCKET", &notify.path)
-        .args(["run", "-q", "-x", "-M", "bb", "--", "sh", "-c", "echo committed > /etc/marker; sleep 60"])
-        .spawn()
-        .unwrap();
+    let mut eph = Guarded(
+        mctl_on(&bus)
+            .env("MCTL_IMAGE_STORE", &store)
+            .env("MCTL_RUNTIME_DIR", s.path().join("run"))
+            .env("NOTIFY_SOCKET", &notify.path)
+            .args(["run", "-q", "-x", "-M", "bb", "--", "sh", "-c", "echo committed > /etc/marker; sleep 60"])
+            .spawn()
+            .unwrap(),
+    );
     notify.wait_leader(0, Duration::from_secs(10)).expect("ephemeral machine started");
     let name = common::stdout(&run_mctl(&bus, &["list", "--no-legend"]))
         .split_whitespace()

@@ -605,3 +605,78 @@ pub fn spawn_on_pty(mut cmd: Command, rows: u16, cols: u16) -> (Child, std::os::
     drop(pty.slave);
     (child, pty.master)
 }
+
+/// Watches a test bus for signals named `member`; subscribed (AddMatch done) when `new`
+/// returns, so no signal emitted afterwards is missed. Each signal's first argument (a string)
+/// arrives on the channel.
+pub struct SignalWatch {
+    pub rx: std::sync::mpsc::Receiver<String>,
+}
+
+impl SignalWatch {
+    pub fn new(address: &str, member: &'static str) -> SignalWatch {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let address = address.to_owned();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                use futures_util::StreamExt;
+                let conn = zbus::connection::Builder::address(address.as_str()).build().await.unwrap();
+                let rule = zbus::MatchRule::builder()
+                    .msg_type(zbus::message::Type::Signal)
+                    .member(member)
+                    .build()
+                    .unwrap();
+                let mut stream = zbus::MessageStream::for_match_rule(rule, &conn, None).await.unwrap();
+                let _ = ready_tx.send(());
+                while let Some(Ok(msg)) = stream.next().await {
+                    let body = msg.body();
+                    if let Ok((name, _)) = body.deserialize::<(String, zbus::OwnedObjectPath)>()
+                        && tx.send(name).is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+        });
+        ready_rx.recv_timeout(Duration::from_secs(10)).expect("signal watch subscribed");
+        SignalWatch { rx }
+    }
+
+    /// Waits for a signal about `name`.
+    pub fn wait_for(&self, name: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while let Ok(n) = self.rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            if n == name {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// A launcher child that is stopped (and its machine with it) when the test ends, also when an
+/// assertion fails first.
+pub struct Guarded(pub Child);
+
+impl std::ops::Deref for Guarded {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Guarded {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            stop_launcher(&mut self.0);
+        }
+    }
+}
