@@ -108,12 +108,7 @@ fn format_images(images: &[ImageInfo], a: &ListImagesArgs) -> String {
                     })
                 })
                 .collect();
-            let text = if a.output == OutputFormat::Json {
-                serde_json::to_string(&items)
-            } else {
-                serde_json::to_string_pretty(&items)
-            };
-            text.unwrap_or_default() + "\n"
+            output::json(&items, a.output == OutputFormat::JsonPretty)
         }
         OutputFormat::Table => {
             if images.is_empty() {

@@ -99,12 +99,7 @@ fn format_list(rows: &[ListRow], a: &ListArgs) -> String {
                     })
                 })
                 .collect();
-            let text = if a.output == OutputFormat::Json {
-                serde_json::to_string(&items)
-            } else {
-                serde_json::to_string_pretty(&items)
-            };
-            text.unwrap_or_default() + "\n"
+            output::json(&items, a.output == OutputFormat::JsonPretty)
         }
         OutputFormat::Table => {
             if rows.is_empty() {

@@ -45,6 +45,12 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// `items` as one JSON array (indented when `pretty`), with a final newline.
+pub fn json(items: &[serde_json::Value], pretty: bool) -> String {
+    let text = if pretty { serde_json::to_string_pretty(items) } else { serde_json::to_string(items) };
+    text.unwrap_or_default() + "\n"
+}
+
 /// An address from the wire (family, bytes).
 pub fn address(family: i32, bytes: &[u8]) -> Option<String> {
     match (family, bytes.len()) {

@@ -17,6 +17,7 @@ use rustix::fs::{self as rfs, AtFlags, IFlags, Mode, OFlags, RenameFlags, StatxF
 use super::confined::{Meta, Node, TreeWriter, WriteError};
 use super::interrupt::{self, Interrupted, Temporary};
 use super::walk::{self, Kind, WalkError};
+use crate::launcher::identity::parse_os_release;
 use crate::names::{self, NameError};
 
 /// Why a store operation failed.
@@ -408,26 +409,6 @@ impl ImageStore {
         }
         Ok(())
     }
-}
-
-/// `KEY=value` lines with shell-style quotes removed.
-pub fn parse_os_release(text: &str) -> Vec<(String, String)> {
-    text.lines()
-        .filter_map(|l| {
-            let l = l.trim();
-            if l.starts_with('#') {
-                return None;
-            }
-            let (k, v) = l.split_once('=')?;
-            let v = v.trim();
-            let v = v
-                .strip_prefix('"')
-                .and_then(|v| v.strip_suffix('"'))
-                .or_else(|| v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
-                .unwrap_or(v);
-            Some((k.trim().to_owned(), v.replace("\\\"", "\"")))
-        })
-        .collect()
 }
 
 fn open_dir(path: &Path) -> Result<OwnedFd, StoreError> {
