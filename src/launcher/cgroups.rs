@@ -222,6 +222,9 @@ impl MachineCgroup {
     /// was killed) and, with `keep_unit`, moves the launcher into `supervisor`.
     pub fn create(cfg: &CgroupConfig, name: &str, keep_unit: bool) -> Result<Self, CgroupError> {
         let hierarchies = detect(cfg)?;
+        // A launcher in the root cgroup has no unit whose cgroup it could keep: writing
+        // "supervisor" and "payload" there would change the host's own cgroup root.
+        let keep_unit = keep_unit && hierarchies.iter().any(|h| h.v2 && h.own != "/");
         let mut me = Self { name: name.to_owned(), parts: Vec::new(), keep_unit };
         for h in hierarchies {
             let own = h.own_dir();
