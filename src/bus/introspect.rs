@@ -156,6 +156,7 @@ pub const MCTL_MANAGER: Interface = Interface {
         m("FreezeMachine", &[("name", "s")], &[]),
         m("ThawMachine", &[("name", "s")], &[]),
         m("IsMachineFrozen", &[("name", "s")], &[("frozen", "b")]),
+        m("ListMachinesDetailed", &[], &[("machines", "a(sssssa(iay))")]),
     ],
     signals: &[],
 };

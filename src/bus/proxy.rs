@@ -60,6 +60,10 @@ pub trait MctlManager1 {
     fn thaw_machine(&self, name: &str) -> zbus::Result<()>;
     /// Whether the machine is frozen.
     fn is_machine_frozen(&self, name: &str) -> zbus::Result<bool>;
+    /// Every machine with its os-release ID and VERSION_ID and its addresses, in one call.
+    fn list_machines_detailed(
+        &self,
+    ) -> zbus::Result<Vec<(String, String, String, String, String, Vec<(i32, Vec<u8>)>)>>;
 }
 
 /// `Properties.GetAll("")` on `path`: every property of every interface, as machinectl asks.

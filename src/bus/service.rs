@@ -148,6 +148,10 @@ enum ImageOp {
     ReadOnly(bool),
 }
 
+/// A row of `ListMachinesDetailed`: name, class, service, os-release ID and VERSION_ID,
+/// addresses.
+type DetailedRow = (String, String, String, String, String, Vec<(i32, Vec<u8>)>);
+
 /// What lives at an object path.
 enum Object {
     /// An inner node with children only (`/`, `/org`, ...).
@@ -568,6 +572,17 @@ impl Service {
                 let (name,): (String,) = msg.body().deserialize()?;
                 let m = self.mgr.get(&name)?;
                 self.reply(hdr, &self.mgr.is_frozen(&m)).await
+            }
+            "ListMachinesDetailed" => {
+                let mgr = self.mgr.clone();
+                // Reads every machine's os-release and joins network namespaces: blocking work.
+                let rows: Vec<DetailedRow> = tokio::task::spawn_blocking(move || mgr.overview())
+                    .await
+                    .map_err(|e| CallError("org.freedesktop.DBus.Error.Failed", e.to_string()))?
+                    .into_iter()
+                    .map(|o| (o.name, o.class, o.service, o.os_id, o.version_id, o.addresses))
+                    .collect();
+                self.reply(hdr, &rows).await
             }
             _ => Err(CallError(
                 "org.freedesktop.DBus.Error.UnknownMethod",

@@ -59,6 +59,28 @@ struct ListRow {
 /// `mctl list`.
 pub fn list(a: &ListArgs) -> Result<i32, CliError> {
     let rows = with_bus(|conn| async move {
+        // One call for everything; per-machine calls only for a manager without it.
+        let mctl = MctlManager1Proxy::new(&conn).await.map_err(unreachable)?;
+        match mctl.list_machines_detailed().await {
+            Ok(machines) => {
+                let known = |v: String| (!v.is_empty()).then_some(v);
+                return Ok(machines
+                    .into_iter()
+                    .map(|(name, class, service, os, version, addresses)| ListRow {
+                        os: known(os),
+                        version: known(version),
+                        addresses: addresses.iter().filter_map(|(f, b)| output::address(*f, b)).collect(),
+                        name,
+                        class,
+                        service,
+                    })
+                    .collect());
+            }
+            Err(e)
+                if crate::bus::client::error_name(&e).as_deref()
+                    == Some("org.freedesktop.DBus.Error.UnknownMethod") => {}
+            Err(e) => return Err(call_error("Could not get machines", e)),
+        }
         let mgr = Manager1Proxy::new(&conn).await.map_err(unreachable)?;
         let mut machines = mgr.list_machines().await.map_err(|e| call_error("Could not get machines", e))?;
         machines.sort_by(|a, b| a.0.cmp(&b.0));

@@ -77,6 +77,11 @@ pub fn shares_host_netns(pid: u32) -> bool {
     ns_inode(&pid.to_string(), "net") == ns_inode("self", "net")
 }
 
+/// The inode of the process's network namespace (compare with another's to tell them apart).
+pub fn netns_inode(pid: u32) -> Option<u64> {
+    ns_inode(&pid.to_string(), "net")
+}
+
 /// Every process in `leader`'s pid namespace.
 pub fn pids_in_pidns(leader: u32) -> Vec<i32> {
     let Some(target) = ns_inode(&leader.to_string(), "pid") else { return Vec::new() };

@@ -1,5 +1,5 @@
 //! Runtime state: one file per machine under the state directory (`/run/mctl/machines`),
-//! written atomically (temporary file, fsync, rename) so a crash never leaves a torn file.
+//! written atomically (temporary file, rename) so a crash of mctld never leaves a torn file.
 
 use std::fs;
 use std::io::{self, Write};
@@ -50,8 +50,9 @@ impl Store {
         let write = || -> io::Result<()> {
             let mut f =
                 fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(&tmp)?;
+            // No fsync: the file describes live processes, so it only has to survive mctld
+            // crashing (which rename guarantees), not the host (whose processes die with it).
             f.write_all(m.to_state_file().as_bytes())?;
-            f.sync_all()?;
             fs::rename(&tmp, self.path(&m.name))
         };
         write()
