@@ -457,6 +457,9 @@ impl Manager {
     }
 }
 
+/// Addresses as machine1 reports them: (address family, address bytes).
+pub type Addresses = Vec<(i32, Vec<u8>)>;
+
 /// One row of [`Manager::overview`]: what `mctl list` shows of a machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MachineOverview {
@@ -471,7 +474,7 @@ pub struct MachineOverview {
     /// os-release `VERSION_ID` (empty when unknown).
     pub version_id: String,
     /// Its addresses (family, bytes); empty when it shares the host's network.
-    pub addresses: Vec<(i32, Vec<u8>)>,
+    pub addresses: Addresses,
 }
 
 impl Manager {
@@ -529,13 +532,13 @@ fn os_id_and_version(pid: u32) -> (String, String) {
 
 /// Lists addresses from a dedicated thread that joins the leader's network namespace (setns
 /// of a network namespace affects only the calling thread, which then ends).
-fn addresses_in_netns(leader: u32) -> std::io::Result<Vec<(i32, Vec<u8>)>> {
+fn addresses_in_netns(leader: u32) -> std::io::Result<Addresses> {
     addresses_in_netns_of(&[leader]).pop().unwrap_or_else(|| Err(std::io::Error::other("no answer")))
 }
 
 /// Addresses of each leader's network namespace, in order, from one thread that joins the
 /// namespaces one after another.
-fn addresses_in_netns_of(leaders: &[u32]) -> Vec<std::io::Result<Vec<(i32, Vec<u8>)>>> {
+fn addresses_in_netns_of(leaders: &[u32]) -> Vec<std::io::Result<Addresses>> {
     if leaders.is_empty() {
         return Vec::new();
     }
@@ -557,7 +560,7 @@ fn addresses_in_netns_of(leaders: &[u32]) -> Vec<std::io::Result<Vec<(i32, Vec<u
 }
 
 /// The calling thread's network namespace's addresses, loopback left out.
-fn interface_addresses() -> std::io::Result<Vec<(i32, Vec<u8>)>> {
+fn interface_addresses() -> std::io::Result<Addresses> {
     let mut out = Vec::new();
     for ifa in nix::ifaddrs::getifaddrs()? {
         let Some(addr) = ifa.address else { continue };
