@@ -163,3 +163,39 @@ fn interactive_console_logs_in_and_escape_kills() {
     assert_eq!(st.code(), Some(137), "{st:?} {:?}", st.signal());
     assert_no_leaks("bootcon", &dir);
 }
+
+#[test]
+fn a_stop_request_before_systemd_is_up_still_powers_off() {
+    // SIGTERM as soon as the launcher starts: the halt request reaches systemd before it
+    // has set up its signal handlers, and PID 1 drops signals it has no handler for.
+    let s = scratch();
+    let dir = copy_tree(debian_tree(), s.path(), "bootearly");
+    let mut child = Guarded(
+        mctl()
+            .args(["boot", "--register=no", "--console=passive", "-D"])
+            .arg(&dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut log = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut log, &mut first).unwrap();
+    assert!(first.starts_with("Spawning container bootearly"), "{first}");
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let st = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "the machine ignored the stop request");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let rest = read_all(log);
+    assert_eq!(st.code(), Some(0), "{first}{rest}");
+    assert!(rest.contains("Container bootearly has been shut down."), "{first}{rest}");
+    assert_no_leaks("bootearly", &dir);
+}

@@ -394,7 +394,16 @@ fn supervise(
         if let Some(status) = exited(pid1) {
             break 'run status;
         }
-        let n = match epoll.wait(&mut events, EpollTimeout::NONE) {
+        // A halt request that reaches systemd before it has set up its signal handlers is
+        // dropped (PID 1 ignores signals it has no handler for), so until the guest has said
+        // READY=1 the request is repeated.
+        let unconfirmed_stop = spec.is_boot() && stop_requests == 1 && !ready;
+        let timeout = if unconfirmed_stop { EpollTimeout::from(STOP_REPEAT_MS) } else { EpollTimeout::NONE };
+        let n = match epoll.wait(&mut events, timeout) {
+            Ok(0) if unconfirmed_stop => {
+                request_stop(spec, pid1, Signal::SIGTERM, REPEAT_STOP);
+                continue;
+            }
             Ok(n) => n,
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(LaunchError::Setup("wait for events", e.into())),
@@ -425,6 +434,10 @@ fn supervise(
                         match notice {
                             GuestNotice::Ready if !ready => {
                                 ready = true;
+                                if stop_requests == 1 {
+                                    // The request may have come too early (see above).
+                                    request_stop(spec, pid1, Signal::SIGTERM, REPEAT_STOP);
+                                }
                                 if spec.notify_ready {
                                     tell_supervisor(&[NotifyState::Ready]);
                                 }
@@ -453,15 +466,20 @@ fn supervise(
     Ok(status)
 }
 
+/// How often an unconfirmed halt request is repeated.
+const STOP_REPEAT_MS: u16 = 250;
+/// `request_stop`'s count for a repeated first request.
+const REPEAT_STOP: u32 = 0;
+
 /// First SIGTERM/SIGINT: ask PID 1 to stop (the guest's halt request when booted, the same
-/// signal for a command); second: kill it.
+/// signal for a command); second: kill it. `count` 0 repeats the first request quietly.
 fn request_stop(spec: &LaunchSpec, pid1: Pid, received: Signal, count: u32) {
     let first = spec.kill_signal.unwrap_or(if spec.is_boot() {
         SignalNumber::halt()
     } else {
         SignalNumber(received as i32)
     });
-    let sig = if count == 1 { first.0 } else { Signal::SIGKILL as i32 };
+    let sig = if count <= 1 { first.0 } else { Signal::SIGKILL as i32 };
     // nix's Signal cannot name realtime signals (the halt request is one).
     let _ = linux::send_signal(pid1.as_raw(), sig);
     if count == 1 && !spec.quiet {
