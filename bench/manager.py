@@ -28,30 +28,9 @@ PRIVATE_RUN = ["unshare", "-m", "--propagation", "private", "sh", "-c",
                'mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/system /run/systemd/machines && exec "$@"',
                "sh"]
 
-BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={socket}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <deny own="*"/>
-    <deny send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
-  </policy>
-  {extra}
-</busconfig>
-"""
+# The test suite's private system-like bus (tests/common TestBus).
+with open(os.path.join(ROOT, "tests/data/system-bus.conf.in")) as _f:
+    BUS_CONF = _f.read()
 # machined's own policy file is not installed under a plain dbus config; allow it here.
 MACHINED_POLICY = """<policy user="root">
     <allow own="org.freedesktop.machine1"/>
@@ -112,7 +91,7 @@ def start_bus(stack, scratch, name, extra):
     socket = os.path.join(scratch, f"{name}.sock")
     conf = os.path.join(scratch, f"{name}.conf")
     with open(conf, "w") as f:
-        f.write(BUS_CONF.format(socket=socket, extra=extra))
+        f.write(BUS_CONF.replace("@SOCKET@", socket).replace("@EXTRA@", extra))
     p = subprocess.Popen(["dbus-daemon", f"--config-file={conf}", "--nofork", "--print-address=1"],
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     stack.procs.append(p)
