@@ -19,14 +19,7 @@ does not land in the next. --tmpfs runs everything on a tmpfs in a private mount
 """
 import argparse, hashlib, os, shutil, socket, statistics, subprocess, sys, tempfile, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MCTL = os.path.join(ROOT, "target/release/mctl")
-
-
-def tree():
-    out = subprocess.run([os.path.join(ROOT, "bootstrap/cached.sh"), "debian", "bookworm"],
-                         check=True, capture_output=True, text=True)
-    return out.stdout.strip()
+from launch import MCTL, ROOT, tree  # noqa: E402  (the paths and the cached Debian tree)
 
 
 def run(cmd, env=None):
