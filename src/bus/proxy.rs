@@ -45,6 +45,10 @@ pub trait Manager1 {
     fn get_machine_uid_shift(&self, name: &str) -> zbus::Result<u32>;
 }
 
+/// A row of `ListMachinesDetailed`: name, class, service, os-release ID and VERSION_ID (empty
+/// when unknown), addresses (family, bytes).
+pub type MachineDetails = (String, String, String, String, String, crate::manager::Addresses);
+
 /// mctl's additions.
 #[zbus::proxy(
     interface = "org.mctl.Manager1",
@@ -61,9 +65,7 @@ pub trait MctlManager1 {
     /// Whether the machine is frozen.
     fn is_machine_frozen(&self, name: &str) -> zbus::Result<bool>;
     /// Every machine with its os-release ID and VERSION_ID and its addresses, in one call.
-    fn list_machines_detailed(
-        &self,
-    ) -> zbus::Result<Vec<(String, String, String, String, String, Vec<(i32, Vec<u8>)>)>>;
+    fn list_machines_detailed(&self) -> zbus::Result<Vec<MachineDetails>>;
 }
 
 /// `Properties.GetAll("")` on `path`: every property of every interface, as machinectl asks.

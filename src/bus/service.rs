@@ -19,6 +19,7 @@ use crate::manager::{Caller, Event, Machine, Manager, ManagerError, RegisterRequ
 
 use super::introspect::{self, IMAGE, Interface, MACHINE, MANAGER, MCTL_MANAGER};
 use super::paths::{self, IMAGE_DIR, MACHINE_DIR, MANAGER_PATH};
+use super::proxy::MachineDetails;
 
 /// Properties in a fixed order, serialized as `a{sv}` (a HashMap would scramble the order
 /// machinectl prints them in).
@@ -147,10 +148,6 @@ enum ImageOp {
     Clone(String, bool),
     ReadOnly(bool),
 }
-
-/// A row of `ListMachinesDetailed`: name, class, service, os-release ID and VERSION_ID,
-/// addresses.
-type DetailedRow = (String, String, String, String, String, Vec<(i32, Vec<u8>)>);
 
 /// What lives at an object path.
 enum Object {
@@ -576,7 +573,7 @@ impl Service {
             "ListMachinesDetailed" => {
                 let mgr = self.mgr.clone();
                 // Reads every machine's os-release and joins network namespaces: blocking work.
-                let rows: Vec<DetailedRow> = tokio::task::spawn_blocking(move || mgr.overview())
+                let rows: Vec<MachineDetails> = tokio::task::spawn_blocking(move || mgr.overview())
                     .await
                     .map_err(|e| CallError("org.freedesktop.DBus.Error.Failed", e.to_string()))?
                     .into_iter()

@@ -61,47 +61,48 @@ pub fn list(a: &ListArgs) -> Result<i32, CliError> {
     let rows = with_bus(|conn| async move {
         // One call for everything; per-machine calls only for a manager without it.
         let mctl = MctlManager1Proxy::new(&conn).await.map_err(unreachable)?;
-        match mctl.list_machines_detailed().await {
-            Ok(machines) => {
-                let known = |v: String| (!v.is_empty()).then_some(v);
-                return Ok(machines
-                    .into_iter()
-                    .map(|(name, class, service, os, version, addresses)| ListRow {
-                        os: known(os),
-                        version: known(version),
-                        addresses: addresses.iter().filter_map(|(f, b)| output::address(*f, b)).collect(),
-                        name,
-                        class,
-                        service,
-                    })
-                    .collect());
-            }
+        let machines = match mctl.list_machines_detailed().await {
+            Ok(machines) => machines,
             Err(e)
                 if crate::bus::client::error_name(&e).as_deref()
-                    == Some("org.freedesktop.DBus.Error.UnknownMethod") => {}
+                    == Some("org.freedesktop.DBus.Error.UnknownMethod") =>
+            {
+                details_one_by_one(&conn).await?
+            }
             Err(e) => return Err(call_error("Could not get machines", e)),
-        }
-        let mgr = Manager1Proxy::new(&conn).await.map_err(unreachable)?;
-        let mut machines = mgr.list_machines().await.map_err(|e| call_error("Could not get machines", e))?;
-        machines.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut rows = Vec::new();
-        for (name, class, service, _) in machines {
-            // As machinectl: OS and address lookups may fail; the row then shows "-".
-            let os = mgr.get_machine_os_release(&name).await.unwrap_or_default();
-            let addresses = mgr.get_machine_addresses(&name).await.unwrap_or_default();
-            rows.push(ListRow {
-                os: os.get("ID").cloned(),
-                version: os.get("VERSION_ID").cloned(),
+        };
+        let known = |v: String| (!v.is_empty()).then_some(v);
+        Ok(machines
+            .into_iter()
+            .map(|(name, class, service, os, version, addresses)| ListRow {
+                os: known(os),
+                version: known(version),
                 addresses: addresses.iter().filter_map(|(f, b)| output::address(*f, b)).collect(),
                 name,
                 class,
                 service,
-            });
-        }
-        Ok(rows)
+            })
+            .collect::<Vec<_>>())
     })?;
     emit(&format_list(&rows, a));
     Ok(0)
+}
+
+/// What `ListMachinesDetailed` returns, asked for machine by machine as machinectl does.
+async fn details_one_by_one(conn: &Connection) -> Result<Vec<proxy::MachineDetails>, CliError> {
+    let mgr = Manager1Proxy::new(conn).await.map_err(unreachable)?;
+    let mut machines = mgr.list_machines().await.map_err(|e| call_error("Could not get machines", e))?;
+    machines.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut rows = Vec::new();
+    for (name, class, service, _) in machines {
+        // As machinectl: OS and address lookups may fail; the row then shows "-".
+        let mut os = mgr.get_machine_os_release(&name).await.unwrap_or_default();
+        let addresses = mgr.get_machine_addresses(&name).await.unwrap_or_default();
+        let id = os.remove("ID").unwrap_or_default();
+        let version = os.remove("VERSION_ID").unwrap_or_default();
+        rows.push((name, class, service, id, version, addresses));
+    }
+    Ok(rows)
 }
 
 fn format_list(rows: &[ListRow], a: &ListArgs) -> String {

@@ -74,7 +74,7 @@ fn ns_inode(pid: &str, ns: &str) -> Option<u64> {
 
 /// Whether the process shares the manager's network namespace.
 pub fn shares_host_netns(pid: u32) -> bool {
-    ns_inode(&pid.to_string(), "net") == ns_inode("self", "net")
+    netns_inode(pid) == netns_inode(std::process::id())
 }
 
 /// The inode of the process's network namespace (compare with another's to tell them apart).
