@@ -152,14 +152,7 @@ fn interactive_console_logs_in_and_escape_kills() {
     expect_output(&rx, &mut seen, "sum-42", Duration::from_secs(10));
     expect_output(&rx, &mut seen, "40 123", Duration::from_secs(10));
     master.write_all(&[0x1d, 0x1d, 0x1d]).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let st = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(Instant::now() < deadline, "escape sequence did not end mctl");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let st = wait_exit(&mut child, Duration::from_secs(20)).expect("escape sequence did not end mctl");
     assert_eq!(st.code(), Some(137), "{st:?} {:?}", st.signal());
     assert_no_leaks("bootcon", &dir);
 }
@@ -186,14 +179,7 @@ fn a_stop_request_before_systemd_is_up_still_powers_off() {
     assert!(first.starts_with("Spawning container bootearly"), "{first}");
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let st = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(Instant::now() < deadline, "the machine ignored the stop request");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let st = wait_exit(&mut child, Duration::from_secs(30)).expect("the machine ignored the stop request");
     let rest = read_all(log);
     assert_eq!(st.code(), Some(0), "{first}{rest}");
     assert!(rest.contains("Container bootearly has been shut down."), "{first}{rest}");

@@ -286,18 +286,9 @@ impl Machine {
 
     /// Waits for mctl to exit.
     pub fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let child = self.child.as_mut()?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                self.child = None;
-                return Some(st);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let st = wait_exit(self.child.as_mut()?, timeout)?;
+        self.child = None;
+        Some(st)
     }
 
     /// SIGTERM to mctl and wait for its exit status.
@@ -473,18 +464,28 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
+/// `child`'s exit status, if it exits within `timeout`.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return Some(st);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Stops a launcher: SIGTERM (the machine's stop request), and once more after a while (kill)
 /// if the payload ignored the first; returns its exit status.
 pub fn stop_launcher(child: &mut Child) -> ExitStatus {
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     for patience in [Duration::from_secs(1), Duration::from_secs(10)] {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + patience;
-        while Instant::now() < deadline {
-            if let Some(st) = child.try_wait().unwrap() {
-                return st;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if let Some(st) = wait_exit(child, patience) {
+            return st;
         }
     }
     let _ = child.kill();
