@@ -11,7 +11,7 @@ Needs root, a release build (cargo build --release) and the cached Debian tree
   4. what --network-veth adds to `run /bin/true` (run inside a network namespace made for it).
 Every run works on private copies of the tree, removed afterwards.
 """
-import argparse, json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
+import argparse, contextlib, json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MCTL = os.path.join(ROOT, "target/release/mctl")
@@ -36,6 +36,18 @@ def enter_nspawn_cgroups():
             f.write(str(os.getpid()))
         if cg.startswith("/sys/fs/cgroup/mctl"):
             break  # pure cgroup v2: one hierarchy
+
+
+@contextlib.contextmanager
+def nspawn_cgroups():
+    """The cgroups nspawn runs in during a benchmark, removed afterwards."""
+    for cg in NSPAWN_CGROUPS:
+        os.makedirs(cg, exist_ok=True)
+    try:
+        yield
+    finally:
+        for cg in NSPAWN_CGROUPS:
+            remove_cgroup(cg)
 
 
 def remove_cgroup(path):
@@ -124,13 +136,8 @@ def main():
     if not os.path.exists(MCTL):
         sys.exit("build first: cargo build --release")
     src = tree()
-    for cg in NSPAWN_CGROUPS:
-        os.makedirs(cg, exist_ok=True)
-    try:
+    with nspawn_cgroups():
         run_benchmarks(args, src)
-    finally:
-        for cg in NSPAWN_CGROUPS:
-            remove_cgroup(cg)
 
 
 def run_benchmarks(args, src):

@@ -168,13 +168,8 @@ def main():
         env = dict(os.environ, MCTL_BENCH_IN_NETNS="1")
         os.execvpe("unshare", ["unshare", "--net", "--mount", "--propagation", "private",
                                sys.executable] + sys.argv, env)
-    for cg in launch.NSPAWN_CGROUPS:
-        os.makedirs(cg, exist_ok=True)
-    try:
+    with launch.nspawn_cgroups():
         inside(args)
-    finally:
-        for cg in launch.NSPAWN_CGROUPS:
-            launch.remove_cgroup(cg)
 
 
 if __name__ == "__main__":
