@@ -10,9 +10,15 @@ set -eu
 cd "$(dirname "$0")/.."
 
 [ "$(id -u)" = 0 ] || { echo "boot-default.sh: run as root" >&2; exit 1; }
+# Build needs: libseccomp (the system call filter); the image needs debootstrap.
+missing=""
+dpkg -s libseccomp-dev >/dev/null 2>&1 || missing="$missing libseccomp-dev"
 if ! command -v debootstrap >/dev/null 2>&1 && ! command -v mmdebstrap >/dev/null 2>&1; then
+    missing="$missing debootstrap"
+fi
+if [ -n "$missing" ]; then
     apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q $missing
 fi
 cargo build --release --locked
 store=${MCTL_IMAGE_STORE:-/var/lib/machines}

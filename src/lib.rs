@@ -6,13 +6,16 @@
 #![warn(missing_docs)]
 
 pub mod bus;
+pub mod cgroups;
 pub mod cli;
 pub mod daemon;
+pub mod guestfs;
 pub mod images;
 pub mod launcher;
 pub mod logging;
 pub mod manager;
 pub mod names;
 pub mod network;
+pub mod seccomp;
 pub mod signals;
 pub mod sys;

@@ -373,6 +373,10 @@ pub struct MachineArgs {
     /// Capabilities to take away from the defaults.
     #[arg(long = "drop-capability", value_name = "CAPS")]
     pub drop_capability: Vec<String>,
+    /// System calls (or @groups) to allow in addition to the default filter; a list starting
+    /// with '~' names calls to deny instead. Space-separated; may be given several times.
+    #[arg(long = "system-call-filter", value_name = "LIST", allow_hyphen_values = true)]
+    pub system_call_filter: Vec<String>,
     /// Signal sent to PID 1 when mctl is asked to stop (default: SIGRTMIN+3 for boot, the
     /// received signal for run).
     #[arg(long, value_name = "SIGNAL")]

@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use crate::launcher::cgroups::CgroupConfig;
+use crate::cgroups::CgroupConfig;
 use crate::launcher::security::{CapabilityAdjust, parse_caps};
 use crate::launcher::spec::{self, ConsoleMode, LaunchSpec, Payload};
 use crate::names::{self, MachineName};
@@ -98,6 +98,12 @@ pub fn build_spec(m: MachineArgs, payload: Payload, cfg: &CliConfig) -> Result<L
     for c in &m.drop_capability {
         capabilities.drop.extend(parse_caps(c).map_err(bad)?);
     }
+    let mut syscall_filter = crate::seccomp::FilterChanges::default();
+    for f in &m.system_call_filter {
+        syscall_filter
+            .add_option(f)
+            .map_err(|e| CliError::new(format!("invalid --system-call-filter '{f}': {e}")))?;
+    }
     let kill_signal = m.kill_signal.as_deref().map(str::parse::<SignalNumber>).transpose().map_err(bad)?;
     if let Some(d) = &m.chdir
         && !d.is_absolute()
@@ -127,6 +133,7 @@ pub fn build_spec(m: MachineArgs, payload: Payload, cfg: &CliConfig) -> Result<L
         overlays,
         runtime_dir: cfg.runtime_dir.clone(),
         capabilities,
+        syscall_filter,
         kill_signal,
         keep_unit: m.keep_unit,
         quiet: m.quiet,

@@ -316,7 +316,7 @@ pub fn status(names: &[String]) -> Result<i32, CliError> {
 }
 
 fn unified_dir(cgroup: &str) -> Option<PathBuf> {
-    let hs = crate::launcher::cgroups::detect(&Default::default()).ok()?;
+    let hs = crate::cgroups::detect(&Default::default()).ok()?;
     let mount = hs.into_iter().find(|h| h.v2)?.mount;
     let dir = mount.join(cgroup.trim_start_matches('/'));
     dir.is_dir().then_some(dir)
@@ -342,7 +342,7 @@ fn draw(dir: &Path, prefix: &str, out: &mut String) {
         .unwrap_or_default();
     children.sort();
     // Empty cgroups are left out, as systemd-cgls does.
-    children.retain(|c| !crate::launcher::cgroups::pids_in(c).is_empty());
+    children.retain(|c| !crate::cgroups::pids_in(c).is_empty());
     let total = pids.len() + children.len();
     let mut n = 0;
     for pid in pids {

@@ -79,7 +79,7 @@ pub fn run(cli: Cli, cfg: &CliConfig) -> Result<i32, CliError> {
             manage::signal_leader(&a.names, crate::signals::SignalNumber::poweroff().0)
         }
         args::Command::Reboot(a) => manage::signal_leader(&a.names, libc::SIGINT),
-        args::Command::Shell(a) => shell::shell(&a),
+        args::Command::Shell(a) => shell::shell(&a, cfg),
         args::Command::Commit(a) => commit::commit(&a.machine, &a.image, cfg),
         args::Command::Freeze(a) => manage::freeze(&a.names, true),
         args::Command::Thaw(a) => manage::freeze(&a.names, false),

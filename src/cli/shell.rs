@@ -27,9 +27,9 @@ use crate::launcher::exec;
 use crate::launcher::spec::{ConsoleMode, parse_setenv};
 use crate::sys::linux::{self, Forked};
 
-use super::CliError;
 use super::args::ShellArgs;
 use super::manage::describe;
+use super::{CliConfig, CliError};
 
 /// What `mctl shell` needs to know about the machine.
 struct Target {
@@ -69,7 +69,7 @@ fn shell_cgroup(machine_cgroup: &str) -> Option<PathBuf> {
     if machine_cgroup.trim_matches('/').is_empty() {
         return None;
     }
-    let hs = crate::launcher::cgroups::detect(&Default::default()).ok()?;
+    let hs = crate::cgroups::detect(&Default::default()).ok()?;
     let mount = hs.into_iter().find(|h| h.v2)?.mount;
     let dir =
         mount.join(machine_cgroup.trim_start_matches('/')).join(format!("mctl-shell-{}", std::process::id()));
@@ -78,10 +78,14 @@ fn shell_cgroup(machine_cgroup: &str) -> Option<PathBuf> {
 }
 
 /// `mctl shell`.
-pub fn shell(a: &ShellArgs) -> Result<i32, CliError> {
+pub fn shell(a: &ShellArgs, cfg: &CliConfig) -> Result<i32, CliError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(CliError::new("mctl shell must run as root (it enters the machine's namespaces)"));
     }
+    // The command is visible inside the machine before it executes: it must not map the host's
+    // binary (see `helper_main`). First, while single-threaded.
+    linux::ensure_running_from_sealed_copy()
+        .map_err(|e| CliError::new(format!("cannot run from a sealed copy of mctl: {e}")))?;
     let (user, name) = match a.target.split_once('@') {
         Some((u, n)) => (u.to_owned(), n.to_owned()),
         None => ("root".to_owned(), a.target.clone()),
@@ -107,7 +111,13 @@ pub fn shell(a: &ShellArgs) -> Result<i32, CliError> {
             .map_err(|e| CliError::new(format!("cannot open the {ns} namespace of machine {name}: {e}")))?;
         namespaces.push((f, flag));
     }
-    let bounding = leader_bounding_set(target.leader);
+    let bounding = leader_bounding_set(target.leader)?;
+    let seccomp = crate::seccomp::SyscallFilter::for_machine(
+        &bounding,
+        &Default::default(),
+        Some(&cfg.runtime_dir.join("seccomp")),
+    )
+    .map_err(|e| CliError::new(e.to_string()))?;
     let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
     let cgroup = shell_cgroup(&target.cgroup);
 
@@ -128,6 +138,7 @@ pub fn shell(a: &ShellArgs) -> Result<i32, CliError> {
         env_extra,
         interactive,
         bounding,
+        seccomp,
         cgroup: cgroup.clone(),
     };
     let helper = match linux::fork().map_err(|e| CliError::new(format!("cannot fork: {e}")))? {
@@ -156,15 +167,21 @@ struct Plan {
     command: Vec<String>,
     env_extra: Vec<(String, String)>,
     interactive: bool,
-    bounding: Option<caps::CapsHashSet>,
+    /// The machine's capability bounding set: the most the command may hold.
+    bounding: caps::CapsHashSet,
+    seccomp: crate::seccomp::SyscallFilter,
     cgroup: Option<PathBuf>,
 }
 
-fn leader_bounding_set(leader: u32) -> Option<caps::CapsHashSet> {
-    let status = fs::read_to_string(format!("/proc/{leader}/status")).ok()?;
-    let hex = status.lines().find_map(|l| l.strip_prefix("CapBnd:"))?.trim().to_owned();
-    let bits = u64::from_str_radix(&hex, 16).ok()?;
-    Some(caps::all().into_iter().filter(|c| c.index() < 64 && bits & (1u64 << c.index()) != 0).collect())
+fn leader_bounding_set(leader: u32) -> Result<caps::CapsHashSet, CliError> {
+    let status = fs::read_to_string(format!("/proc/{leader}/status"))
+        .map_err(|e| CliError::new(format!("cannot read the machine's capabilities: {e}")))?;
+    let bits = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .ok_or_else(|| CliError::new("cannot read the machine's capabilities"))?;
+    Ok(caps::all().into_iter().filter(|c| c.index() < 64 && bits & (1u64 << c.index()) != 0).collect())
 }
 
 fn supervise(chan: &Channel, helper: Pid, sigfd: &SignalFd, interactive: bool) -> Result<i32, CliError> {
@@ -244,19 +261,28 @@ fn supervise(chan: &Channel, helper: Pid, sigfd: &SignalFd, interactive: bool) -
     })
 }
 
-/// The helper: joins cgroup and namespaces, allocates the pty, forks the command, waits for
-/// it and exits with its status.
+/// The helper: joins cgroup and namespaces, allocates the pty, becomes no more than a process
+/// of the machine, forks the command, waits for it and exits with its status.
+///
+/// The command is in the machine's pid namespace before it executes, where the guest's root can
+/// see it and, holding CAP_SYS_PTRACE, attach to it. So everything a guest could reach through it
+/// is the guest's already by then: it runs from a sealed in-memory copy of mctl (no host file
+/// behind `/proc/PID/exe`), with the machine's capabilities and system call filter, and it reads
+/// no guest file that could stall it.
 fn helper_main(plan: &Plan, namespaces: Vec<(fs::File, CloneFlags)>, chan: &Channel) -> ! {
     let report = |e: ChildError| -> ! {
         let _ = chan.send(&Message::Failed { error: e.to_string(), exit_code: e.exit_code() }, &[]);
         linux::exit_now(e.exit_code())
     };
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        report(ChildError::Step("make the helper non-dumpable", e.into()));
+    }
     if let Some(dir) = &plan.cgroup {
         let procs = dir.join("cgroup.procs");
         if let Err(e) = fs::write(&procs, "0") {
             report(ChildError::PathStep { step: "join cgroup", path: procs, source: e });
         }
-        if let Err(e) = crate::launcher::cgroups::join_v1_cgroups_of(&Default::default(), plan.leader) {
+        if let Err(e) = crate::cgroups::join_v1_cgroups_of(&Default::default(), plan.leader) {
             report(ChildError::Message(e.to_string()));
         }
     }
@@ -266,22 +292,23 @@ fn helper_main(plan: &Plan, namespaces: Vec<(fs::File, CloneFlags)>, chan: &Chan
         }
     }
     drop(namespaces);
+    let user = exec::lookup_in_machine(&plan.user).unwrap_or_else(|e| report(e));
     let tty = if plan.interactive {
-        match linux::open_pty_master(Path::new("/dev/pts/ptmx")) {
-            Ok((master, n)) => {
-                if let Err(e) = chan.send(&Message::ConsoleMaster, &[master.as_fd()]) {
-                    report(e.into());
-                }
-                Some(format!("/dev/pts/{n}"))
-            }
-            Err(e) => report(ChildError::Step("allocate a terminal in the machine", e)),
-        }
+        let slave = linux::open_pty_master(Path::new("/dev/pts/ptmx")).and_then(|(master, _)| {
+            let slave = linux::pty_peer(master.as_fd())?;
+            chan.send(&Message::ConsoleMaster, &[master.as_fd()]).map_err(std::io::Error::other)?;
+            Ok(slave)
+        });
+        Some(slave.unwrap_or_else(|e| report(ChildError::Step("allocate a terminal in the machine", e))))
     } else {
         None
     };
+    if let Err(e) = confine(plan) {
+        report(e);
+    }
     match linux::fork() {
         Ok(Forked::Child) => {
-            let e = match run_command(plan, tty.as_deref()) {
+            let e = match run_command(plan, user, tty) {
                 Ok(never) => match never {},
                 Err(e) => e,
             };
@@ -301,14 +328,25 @@ fn helper_main(plan: &Plan, namespaces: Vec<(fs::File, CloneFlags)>, chan: &Chan
     }
 }
 
-fn run_command(plan: &Plan, tty: Option<&str>) -> Result<std::convert::Infallible, ChildError> {
+/// Takes this process down to the machine's privileges: its bounding set, its system call
+/// filter, and no capability outside that set in any set.
+fn confine(plan: &Plan) -> Result<(), ChildError> {
+    crate::launcher::security::apply_bounding_set(&plan.bounding)
+        .map_err(|e| ChildError::Message(format!("cannot drop capabilities: {e}")))?;
+    // Loaded while CAP_SYS_ADMIN is still effective (the machine may not keep it).
+    plan.seccomp.load().map_err(ChildError::step("load the system call filter"))?;
+    crate::launcher::security::limit_capabilities(&plan.bounding)
+        .map_err(|e| ChildError::Message(format!("cannot drop capabilities: {e}")))
+}
+
+fn run_command(
+    plan: &Plan,
+    user: crate::launcher::identity::User,
+    tty: Option<std::os::fd::OwnedFd>,
+) -> Result<std::convert::Infallible, ChildError> {
     nix::unistd::setsid().map_err(|e| ChildError::Step("create session", e.into()))?;
     if let Some(tty) = tty {
-        exec::attach_terminal(tty)?;
-    }
-    if let Some(keep) = &plan.bounding {
-        crate::launcher::security::apply_bounding_set(keep)
-            .map_err(|e| ChildError::Message(format!("cannot drop capabilities: {e}")))?;
+        exec::attach_terminal_fd(tty)?;
     }
     let mut signals = SigSet::empty();
     for s in Signal::iterator() {
@@ -322,7 +360,7 @@ fn run_command(plan: &Plan, tty: Option<&str>) -> Result<std::convert::Infallibl
     if let Ok(term) = std::env::var("TERM") {
         env.push(("TERM".to_owned(), term));
     }
-    let home = exec::become_user(&plan.user, &mut env)?;
+    let home = exec::become_user(user, &mut env)?;
     for (k, v) in &plan.env_extra {
         exec::set_env(&mut env, k, v);
     }

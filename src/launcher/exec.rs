@@ -3,6 +3,7 @@
 
 use std::ffi::CString;
 use std::fs;
+use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
@@ -10,8 +11,9 @@ use nix::unistd::{Gid, Uid};
 
 use crate::sys::linux;
 
-use super::identity::lookup_user;
+use super::identity::{User, lookup_user};
 use super::{ChildError, DEFAULT_PATH};
+use crate::guestfs;
 
 /// A C string from `s` (NUL bytes dropped: they cannot be passed).
 pub(crate) fn cstring(s: &str) -> CString {
@@ -27,6 +29,11 @@ pub(crate) fn attach_terminal(path: &str) -> Result<(), ChildError> {
         .custom_flags(libc::O_NOCTTY)
         .open(path)
         .map_err(ChildError::path_step("open terminal", Path::new(path)))?;
+    attach_terminal_fd(tty.into())
+}
+
+/// [`attach_terminal`] for a terminal already open.
+pub(crate) fn attach_terminal_fd(tty: std::os::fd::OwnedFd) -> Result<(), ChildError> {
     nix::unistd::dup2_stdin(&tty)
         .and_then(|()| nix::unistd::dup2_stdout(&tty))
         .and_then(|()| nix::unistd::dup2_stderr(&tty))
@@ -37,13 +44,24 @@ pub(crate) fn attach_terminal(path: &str) -> Result<(), ChildError> {
     linux::set_controlling_tty(stdin).map_err(ChildError::step("make the terminal the controlling terminal"))
 }
 
-/// Switches to `who` (a name or uid from the machine's passwd); sets HOME, USER, LOGNAME and
-/// SHELL in `env`; returns the home directory.
-pub(crate) fn become_user(who: &str, env: &mut Vec<(String, String)>) -> Result<String, ChildError> {
-    let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
-    let group = fs::read_to_string("/etc/group").unwrap_or_default();
-    let user = lookup_user(who, &passwd, &group)
-        .ok_or_else(|| ChildError::Message(format!("user '{who}' does not exist in the machine")))?;
+/// Looks `who` (a name or uid) up in the passwd and group files of the machine whose root is
+/// this process's root. The files are the guest's: read with [`guestfs`] (no FIFO, no device,
+/// nothing huge, nothing outside the root).
+pub(crate) fn lookup_in_machine(who: &str) -> Result<User, ChildError> {
+    let root = fs::File::open("/").map_err(ChildError::step("open the machine's root"))?;
+    let read =
+        |path: &str| match guestfs::read_string(root.as_fd(), Path::new(path), guestfs::SMALL_FILE_LIMIT) {
+            Ok(s) => Ok(s),
+            Err(e) if e.is_not_found() => Ok(String::new()),
+            Err(e) => Err(ChildError::Message(format!("cannot look up user '{who}': {e}"))),
+        };
+    let (passwd, group) = (read("/etc/passwd")?, read("/etc/group")?);
+    lookup_user(who, &passwd, &group)
+        .ok_or_else(|| ChildError::Message(format!("user '{who}' does not exist in the machine")))
+}
+
+/// Switches to `user`; sets HOME, USER, LOGNAME and SHELL in `env`; returns the home directory.
+pub(crate) fn become_user(user: User, env: &mut Vec<(String, String)>) -> Result<String, ChildError> {
     let groups: Vec<Gid> = user.groups.iter().map(|g| Gid::from_raw(*g)).collect();
     nix::unistd::setgroups(&groups).map_err(|e| ChildError::Step("set supplementary groups", e.into()))?;
     nix::unistd::setgid(Gid::from_raw(user.gid)).map_err(|e| ChildError::Step("set group id", e.into()))?;

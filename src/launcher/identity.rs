@@ -1,12 +1,13 @@
 //! Who the machine is: its tree's checks (os-release, init), UUID, lock, and users.
 
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
 
+use crate::guestfs;
 use crate::sys::linux::open_in_root;
 
 /// Where nspawn (and so mctl) looks for an init, in order.
@@ -85,19 +86,12 @@ impl Tree {
 
     /// Whether the tree has an os-release file.
     pub fn has_os_release(&self) -> bool {
-        ["/etc/os-release", "/usr/lib/os-release"]
-            .iter()
-            .any(|p| self.open(p, libc::O_RDONLY).is_ok_and(|fd| is_regular(&fd)))
+        self.os_release().is_some()
     }
 
     /// The os-release file's contents, if any.
     pub fn os_release(&self) -> Option<String> {
-        ["/etc/os-release", "/usr/lib/os-release"].iter().find_map(|p| {
-            let fd = self.open(p, libc::O_RDONLY).ok()?;
-            let mut s = String::new();
-            fs::File::from(fd).read_to_string(&mut s).ok()?;
-            Some(s)
-        })
+        guestfs::read_first(self.lock.as_fd(), &guestfs::OS_RELEASE_PATHS, guestfs::SMALL_FILE_LIMIT).ok()
     }
 
     /// The first init candidate that is an executable file.
@@ -111,15 +105,8 @@ impl Tree {
 
     /// The tree's machine ID, if `/etc/machine-id` holds a valid one.
     pub fn machine_id(&self) -> Option<uuid::Uuid> {
-        let fd = self.open("/etc/machine-id", libc::O_RDONLY).ok()?;
-        let mut s = String::new();
-        fs::File::from(fd).take(64).read_to_string(&mut s).ok()?;
-        parse_machine_id(&s)
+        parse_machine_id(&guestfs::read_string(self.lock.as_fd(), Path::new("/etc/machine-id"), 64).ok()?)
     }
-}
-
-fn is_regular(fd: &OwnedFd) -> bool {
-    nix::sys::stat::fstat(fd.as_fd()).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)
 }
 
 fn is_executable(fd: &OwnedFd) -> bool {

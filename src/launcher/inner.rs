@@ -56,6 +56,9 @@ fn inner(ctx: &ChildContext<'_>, chan: &Channel, console: Option<&str>) -> Resul
     security::apply_bounding_set(&ctx.capabilities)
         .map_err(|e| ChildError::Message(format!("cannot drop capabilities: {e}")))?;
     reset_signals()?;
+    // Last: the steps above may use calls the machine may not (the reaper of --as-pid2 runs
+    // under the filter too).
+    ctx.seccomp.load().map_err(ChildError::step("load the system call filter"))?;
 
     match &ctx.spec.payload {
         Payload::Command { as_pid2: true, .. } => {
@@ -103,7 +106,7 @@ fn exec_payload(ctx: &ChildContext<'_>, console: Option<&str>) -> Result<Infalli
 
     let mut env = ctx.env.clone();
     let home = match &ctx.spec.user {
-        Some(who) => Some(exec::become_user(who, &mut env)?),
+        Some(who) => Some(exec::become_user(exec::lookup_in_machine(who)?, &mut env)?),
         None => None,
     };
     // User-given variables win over everything mctl sets.

@@ -10,7 +10,6 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub mod cgroups;
 pub mod channel;
 pub mod console;
 pub(crate) mod exec;
@@ -43,6 +42,8 @@ struct ChildContext<'a> {
     join_cgroup_files: Vec<PathBuf>,
     host: mounts::HostFacts,
     capabilities: caps::CapsHashSet,
+    /// The system call filter PID 1 loads right before it executes the payload.
+    seccomp: crate::seccomp::SyscallFilter,
     /// An empty host directory the outer child mounts its scratch tmpfs on (private to its
     /// mount namespace), when the spec needs one.
     scratch: Option<PathBuf>,

@@ -16,7 +16,6 @@ use crate::network;
 use crate::signals::SignalNumber;
 use crate::sys::linux::{self, Forked};
 
-use super::cgroups::{CgroupError, MachineCgroup};
 use super::channel::{Channel, ChannelError, Message};
 use super::console::{Console, ConsoleEvent};
 use super::identity::{Tree, TreeError, host_os_env};
@@ -26,6 +25,7 @@ use super::record::{self, LaunchRecord};
 use super::register::{self, MachineInfo, RegisterError, RegisterMode};
 use super::spec::{ConsoleMode, LaunchSpec, Payload};
 use super::{ChildContext, DEFAULT_PATH, outer, security};
+use crate::cgroups::{CgroupError, MachineCgroup};
 
 /// Why a launch failed before or while the machine ran.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +48,9 @@ pub enum LaunchError {
     /// A cgroup problem.
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    /// The system call filter could not be built.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
     /// Talking to a child failed.
     #[error(transparent)]
     Channel(#[from] ChannelError),
@@ -145,6 +148,11 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32, LaunchError> {
             tracing::debug!("the host does not grant {}; the machine runs without", names.join(", "));
         }
     }
+    let seccomp = crate::seccomp::SyscallFilter::for_machine(
+        &capabilities,
+        &spec.syscall_filter,
+        Some(&spec.runtime_dir.join("seccomp")),
+    )?;
     let host = HostFacts { has_tun: std::path::Path::new("/dev/net/tun").exists() };
     let env = base_env(spec, &uuid);
 
@@ -167,6 +175,7 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32, LaunchError> {
             join_cgroup_files: Vec::new(),
             host: host.clone(),
             capabilities: capabilities.clone(),
+            seccomp: seccomp.clone(),
             env: env.clone(),
             scratch: spec.needs_scratch().then(|| record.scratch_dir().to_owned()),
         };

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use crate::manager::procfs::start_time;
 
-use super::cgroups;
+use crate::cgroups;
 
 /// The record's contents.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]

@@ -96,6 +96,16 @@ pub fn apply_bounding_set(keep: &CapsHashSet) -> Result<(), caps::errors::CapsEr
     caps::set(None, CapSet::Inheritable, &inheritable.intersection(keep).copied().collect())
 }
 
+/// Limits the permitted, effective and inheritable sets to `keep` (the bounding set should be
+/// `keep` already): what a process entering a machine holds before it executes.
+pub fn limit_capabilities(keep: &CapsHashSet) -> Result<(), caps::errors::CapsError> {
+    for set in [CapSet::Inheritable, CapSet::Effective, CapSet::Permitted] {
+        let current = caps::read(None, set)?;
+        caps::set(None, set, &current.intersection(keep).copied().collect())?;
+    }
+    Ok(())
+}
+
 /// Resource limits like those the kernel gives a real PID 1, clamped to what the host allows
 /// (raising a hard limit needs CAP_SYS_RESOURCE, which a host may not grant).
 pub fn apply_machine_rlimits() -> nix::Result<()> {

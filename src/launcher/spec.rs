@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use crate::names::MachineName;
 use crate::signals::SignalNumber;
 
-use super::cgroups::CgroupConfig;
 use super::security::CapabilityAdjust;
+use crate::cgroups::CgroupConfig;
 
 /// What runs as the machine's payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,6 +122,8 @@ pub struct LaunchSpec {
     pub runtime_dir: PathBuf,
     /// Capability changes against the default set.
     pub capabilities: CapabilityAdjust,
+    /// Changes to the default system call filter (`--system-call-filter=`).
+    pub syscall_filter: crate::seccomp::FilterChanges,
     /// What SIGTERM/SIGINT to the launcher sends to PID 1 first.
     pub kill_signal: Option<SignalNumber>,
     /// Stay in the caller's cgroup and exit 133 on reboot (for service units).

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use tokio::sync::broadcast;
 
-use crate::launcher::cgroups::{self, CgroupConfig};
+use crate::cgroups::{self, CgroupConfig};
 use crate::names;
 use crate::sys::linux;
 

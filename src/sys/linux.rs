@@ -573,3 +573,172 @@ pub fn nft_run(commands: &str) -> Result<(), NftError> {
 pub fn nft_preload() -> Result<(), NftError> {
     nft_lib().map(|_| ())
 }
+
+/// Installs a classic BPF seccomp program on the calling thread (inherited across fork and
+/// exec). `program` holds the 8-byte `struct sock_filter` instructions as libseccomp exports
+/// them, one per `u64` so that they are aligned.
+pub fn load_seccomp_program(program: &[u64]) -> io::Result<()> {
+    let len = u16::try_from(program.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "seccomp program too long"))?;
+    let prog = libc::sock_fprog { len, filter: program.as_ptr() as *mut libc::sock_filter };
+    // SAFETY: `prog` points at `len` instructions that live for the call (u64 has the size and
+    // a stricter alignment than sock_filter); the kernel copies the program before returning.
+    check(unsafe {
+        libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &prog as *const libc::sock_fprog)
+    })?;
+    Ok(())
+}
+
+/// Makes a raw system call with up to three integer arguments and returns its errno, if it
+/// failed: lets tests probe what a filter does with calls that take no memory.
+#[cfg(test)]
+pub fn raw_syscall_errno3(nr: libc::c_long, a: i64, b: i64, c: i64) -> Option<i32> {
+    // SAFETY: only used with calls whose arguments are plain integers (no pointers the kernel
+    // could write through); an invalid argument makes the call fail, not touch our memory.
+    let r = unsafe { libc::syscall(nr, a, b, c) };
+    (r < 0).then(|| io::Error::last_os_error().raw_os_error().unwrap_or(0))
+}
+
+/// [`raw_syscall_errno3`] with one argument.
+#[cfg(test)]
+pub fn raw_syscall_errno(nr: libc::c_long, a: i64) -> Option<i32> {
+    raw_syscall_errno3(nr, a, 0, 0)
+}
+
+/// One eBPF instruction (`struct bpf_insn`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BpfInsn {
+    /// Opcode.
+    pub code: u8,
+    /// Destination register (low nibble) and source register (high nibble).
+    pub regs: u8,
+    /// Signed offset (jumps, memory).
+    pub off: i16,
+    /// Signed immediate.
+    pub imm: i32,
+}
+
+/// `union bpf_attr` as BPF_PROG_LOAD reads it (the fields up to `expected_attach_type`).
+#[repr(C)]
+#[derive(Default)]
+struct BpfProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+}
+
+/// `union bpf_attr` as BPF_PROG_ATTACH and BPF_PROG_DETACH read it.
+#[repr(C)]
+#[derive(Default)]
+struct BpfAttachAttr {
+    target_fd: u32,
+    attach_bpf_fd: u32,
+    attach_type: u32,
+    attach_flags: u32,
+    replace_bpf_fd: u32,
+}
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_ATTACH: libc::c_long = 8;
+const BPF_PROG_DETACH: libc::c_long = 9;
+const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
+const BPF_CGROUP_DEVICE: u32 = 6;
+const BPF_F_ALLOW_MULTI: u32 = 2;
+
+/// Loads a `BPF_PROG_TYPE_CGROUP_DEVICE` program; a verifier refusal carries its log.
+pub fn bpf_load_device_program(insns: &[BpfInsn], name: &str) -> io::Result<OwnedFd> {
+    let license = c"MIT";
+    let mut log = vec![0u8; 64 * 1024];
+    let mut attr = BpfProgLoadAttr {
+        prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
+        insn_cnt: u32::try_from(insns.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        log_level: 1,
+        log_size: log.len() as u32,
+        log_buf: log.as_mut_ptr() as u64,
+        expected_attach_type: BPF_CGROUP_DEVICE,
+        ..Default::default()
+    };
+    for (d, s) in attr.prog_name.iter_mut().zip(name.bytes().take(15)) {
+        *d = s;
+    }
+    // SAFETY: `attr` is a correctly laid out prefix of union bpf_attr whose pointers (insns,
+    // license, log buffer of log_size bytes) stay valid for the call; the kernel writes only
+    // into the log buffer and returns a new fd or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            &mut attr as *mut BpfProgLoadAttr,
+            std::mem::size_of::<BpfProgLoadAttr>(),
+        )
+    };
+    if fd < 0 {
+        let err = io::Error::last_os_error();
+        let text =
+            String::from_utf8_lossy(&log[..log.iter().position(|b| *b == 0).unwrap_or(0)]).into_owned();
+        return Err(if text.trim().is_empty() {
+            err
+        } else {
+            io::Error::new(err.kind(), format!("{err}; verifier: {}", text.trim()))
+        });
+    }
+    // SAFETY: the kernel just returned this fd to us; we are its only owner.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+fn bpf_attach_call(cmd: libc::c_long, prog: BorrowedFd<'_>, cgroup: BorrowedFd<'_>) -> io::Result<()> {
+    let mut attr = BpfAttachAttr {
+        target_fd: cgroup.as_raw_fd() as u32,
+        attach_bpf_fd: prog.as_raw_fd() as u32,
+        attach_type: BPF_CGROUP_DEVICE,
+        attach_flags: if cmd == BPF_PROG_ATTACH { BPF_F_ALLOW_MULTI } else { 0 },
+        replace_bpf_fd: 0,
+    };
+    // SAFETY: `attr` is a correctly laid out prefix of union bpf_attr holding only integers;
+    // both fds are live for the call.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            &mut attr as *mut BpfAttachAttr,
+            std::mem::size_of::<BpfAttachAttr>(),
+        )
+    })?;
+    Ok(())
+}
+
+/// Attaches a device program to a cgroup2 directory, beside (`BPF_F_ALLOW_MULTI`) programs
+/// already there; descendants are held to every program on the way up.
+pub fn bpf_attach_device_program(prog: BorrowedFd<'_>, cgroup: BorrowedFd<'_>) -> io::Result<()> {
+    bpf_attach_call(BPF_PROG_ATTACH, prog, cgroup)
+}
+
+/// Detaches a device program attached by [`bpf_attach_device_program`].
+pub fn bpf_detach_device_program(prog: BorrowedFd<'_>, cgroup: BorrowedFd<'_>) -> io::Result<()> {
+    bpf_attach_call(BPF_PROG_DETACH, prog, cgroup)
+}
+
+/// The slave side of the pty whose master is `master` (TIOCGPTPEER): no path lookup, so nothing
+/// mounted over `/dev/pts` can hand back another file.
+pub fn pty_peer(master: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
+    // SAFETY: TIOCGPTPEER takes open flags as an integer argument and returns a new fd or -1.
+    let fd = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us; we are its only owner.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}

@@ -11,8 +11,11 @@
 
 use std::fs;
 use std::io::{self, ErrorKind};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+pub mod devices;
 
 /// Where cgroups are and where machines go; paths are parameters so tests can redirect them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +61,18 @@ pub enum CgroupError {
     /// The launcher's cgroup membership could not be read.
     #[error("cgroup: cannot find this process's cgroup for the hierarchy at {0}")]
     UnknownOwnCgroup(PathBuf),
+    /// The device policy could not be put in place.
+    #[error(
+        "cgroup: cannot attach the device policy to {path}: {source} (mctl will not start a machine \
+         that could open every device of the host)"
+    )]
+    DevicePolicy {
+        /// The machine's cgroup2 directory.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
     /// Another machine of this name is running.
     #[error("a machine named '{name}' is already running (its cgroup {path} has processes)")]
     Busy {
@@ -170,36 +185,15 @@ fn unescape_mountinfo(s: &str) -> String {
     s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 }
 
-/// The devices a machine may use (v1 `devices` controller): nspawn's `DevicePolicy=closed`
-/// list (null, zero, full, random, urandom, tty, ptmx, net/tun, the inaccessible 0:0 nodes) plus
-/// every pty slave major.
-const DEVICE_ALLOW: [&str; 18] = [
-    "c 1:3 rwm",
-    "c 1:5 rwm",
-    "c 1:7 rwm",
-    "c 1:8 rwm",
-    "c 1:9 rwm",
-    "c 5:0 rwm",
-    "c 5:2 rwm",
-    "c 10:200 rwm",
-    "c 0:0 rwm",
-    "b 0:0 rwm",
-    "c 136:* rw",
-    "c 137:* rw",
-    "c 138:* rw",
-    "c 139:* rw",
-    "c 140:* rw",
-    "c 141:* rw",
-    "c 142:* rw",
-    "c 143:* rw",
-];
-
 /// A machine's cgroup in every hierarchy, removed again by [`MachineCgroup::remove`].
 #[derive(Debug)]
 pub struct MachineCgroup {
     name: String,
     parts: Vec<Part>,
     keep_unit: bool,
+    /// The device program attached to the machine's cgroup2 directory, detached again at
+    /// removal when that directory outlives the machine (the unit's, with `--keep-unit`).
+    device_program: Option<OwnedFd>,
 }
 
 #[derive(Debug)]
@@ -225,7 +219,7 @@ impl MachineCgroup {
         // A launcher in the root cgroup has no unit whose cgroup it could keep: writing
         // "supervisor" and "payload" there would change the host's own cgroup root.
         let keep_unit = keep_unit && hierarchies.iter().any(|h| h.v2 && h.own != "/");
-        let mut me = Self { name: name.to_owned(), parts: Vec::new(), keep_unit };
+        let mut me = Self { name: name.to_owned(), parts: Vec::new(), keep_unit, device_program: None };
         for h in hierarchies {
             let own = h.own_dir();
             let (machine, parent) = if keep_unit {
@@ -258,6 +252,10 @@ impl MachineCgroup {
                 remove_tree(&payload, Duration::ZERO)?;
             }
             make_dirs(&part.hierarchy, &part.machine)?;
+            if part.hierarchy.is("devices") {
+                // Before the machine cgroup has children: v1 refuses a new default-deny then.
+                restrict_v1_devices(&part.machine, self.keep_unit)?;
+            }
             if self.keep_unit {
                 let supervisor = part.machine.join("supervisor");
                 make_dirs(&part.hierarchy, &supervisor)?;
@@ -269,10 +267,42 @@ impl MachineCgroup {
                 enable_controllers(from, &part.machine)?;
             }
             if part.hierarchy.is("devices") {
-                restrict_devices(&payload)?;
+                restrict_v1_devices(&payload, false)?;
             }
         }
-        Ok(())
+        self.attach_device_program()
+    }
+
+    /// The device program on the machine's cgroup2 directory, above the guest's cgroup root.
+    fn attach_device_program(&mut self) -> Result<(), CgroupError> {
+        let dir = self.parts[0].machine.clone();
+        let attached = (|| {
+            let prog = crate::sys::linux::bpf_load_device_program(
+                &devices::program(&devices::MACHINE_DEVICES),
+                "mctl_devices",
+            )?;
+            let cg = fs::File::open(&dir)?;
+            crate::sys::linux::bpf_attach_device_program(prog.as_fd(), cg.as_fd())?;
+            Ok::<_, io::Error>(prog)
+        })();
+        match attached {
+            Ok(prog) => {
+                self.device_program = Some(prog);
+                Ok(())
+            }
+            // Inside another machine, whose filter keeps `bpf` from us: its device policy
+            // already holds for everything below it, this machine included.
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) && runs_under_seccomp() => {
+                tracing::debug!("no device program of our own ({e}); the enclosing sandbox's applies");
+                Ok(())
+            }
+            // A kernel without cgroup BPF: the v1 controller, where there is one, still holds.
+            Err(e) if self.parts.iter().any(|p| p.hierarchy.is("devices")) => {
+                tracing::debug!("no device program ({e}); the v1 devices controller holds the policy");
+                Ok(())
+            }
+            Err(source) => Err(CgroupError::DevicePolicy { path: dir, source }),
+        }
     }
 
     /// The payload's v1 `tasks` files. Writing `0` there moves the writing thread without the
@@ -318,6 +348,13 @@ impl MachineCgroup {
 
     fn remove_all(&self, patience: Duration) -> Result<(), CgroupError> {
         let mut first_err = None;
+        if self.keep_unit
+            && let Some(prog) = &self.device_program
+            && let Ok(cg) = fs::File::open(&self.parts[0].machine)
+        {
+            // The unit's cgroup stays; the program goes with the machine.
+            let _ = crate::sys::linux::bpf_detach_device_program(prog.as_fd(), cg.as_fd());
+        }
         for part in &self.parts {
             let target = if self.keep_unit { part.payload() } else { part.machine.clone() };
             if let Err(e) = remove_tree(&target, patience) {
@@ -351,7 +388,22 @@ fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
 
 /// `mkdir -p` that also gives new v1 cpuset cgroups their parent's CPUs and memory nodes
 /// (a cpuset cgroup without them accepts no processes).
+///
+/// The shared parent (`mctl`) is removed by whichever launcher leaves it empty, possibly between
+/// our creating it and using it: a step that finds a directory gone starts over.
 fn make_dirs(h: &Hierarchy, dir: &Path) -> Result<(), CgroupError> {
+    let mut attempts = 0;
+    loop {
+        match make_dirs_once(h, dir) {
+            Err(CgroupError::Io { source, .. }) if source.kind() == ErrorKind::NotFound && attempts < 20 => {
+                attempts += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn make_dirs_once(h: &Hierarchy, dir: &Path) -> Result<(), CgroupError> {
     let mut missing = Vec::new();
     let mut cur = dir;
     while !cur.exists() {
@@ -370,7 +422,7 @@ fn make_dirs(h: &Hierarchy, dir: &Path) -> Result<(), CgroupError> {
         if h.is("cpuset") {
             let parent = d.parent().unwrap_or(Path::new("/"));
             for f in ["cpuset.cpus", "cpuset.mems"] {
-                let cur = fs::read_to_string(d.join(f)).unwrap_or_default();
+                let cur = fs::read_to_string(d.join(f)).map_err(io_err("read", &d.join(f)))?;
                 if cur.trim().is_empty() {
                     let v = fs::read_to_string(parent.join(f)).map_err(io_err("read", &parent.join(f)))?;
                     write(&d.join(f), v.trim())?;
@@ -405,12 +457,29 @@ fn enable_controllers(from: &Path, to: &Path) -> Result<(), CgroupError> {
     Ok(())
 }
 
-fn restrict_devices(payload: &Path) -> Result<(), CgroupError> {
-    write(&payload.join("devices.deny"), "a")?;
-    for rule in DEVICE_ALLOW {
-        write(&payload.join("devices.allow"), rule)?;
+/// Puts the machine's device list on a v1 `devices` cgroup. With `unless_restricted`, a cgroup
+/// that already has a list (a unit's, under its service manager's device policy) keeps it.
+fn restrict_v1_devices(dir: &Path, unless_restricted: bool) -> Result<(), CgroupError> {
+    if unless_restricted {
+        let list = dir.join("devices.list");
+        let current = fs::read_to_string(&list).map_err(io_err("read", &list))?;
+        if current.trim() != "a *:* rwm" {
+            return Ok(());
+        }
+    }
+    write(&dir.join("devices.deny"), "a")?;
+    for rule in &devices::MACHINE_DEVICES {
+        write(&dir.join("devices.allow"), &rule.v1_line())?;
     }
     Ok(())
+}
+
+/// Whether this process runs under a seccomp filter (inside another machine, typically).
+fn runs_under_seccomp() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Seccomp:")).map(|v| v.trim() != "0"))
+        .unwrap_or(false)
 }
 
 /// Moves the calling thread into the v1 cgroups `pid` is in (a single-threaded caller moves

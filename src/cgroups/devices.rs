@@ -1,0 +1,223 @@
+//! The devices a machine may create and open: one allow-list, written as the v1 `devices`
+//! controller's rules and compiled into the cgroup2 device program (`BPF_PROG_TYPE_CGROUP_DEVICE`)
+//! that runc and systemd attach on pure cgroup v2 hosts.
+//!
+//! Both go on the machine's cgroup, the parent of the payload cgroup that is the root of the
+//! guest's cgroup namespace: a guest can see and write the files of its own root (and mount
+//! the v1 `devices` hierarchy to do so), but a cgroup may never allow more than its parent.
+
+use crate::sys::linux::BpfInsn;
+
+/// Character or block device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// `c`
+    Char,
+    /// `b`
+    Block,
+}
+
+/// Access bits, as the kernel numbers them for device programs.
+pub const MKNOD: u8 = 1;
+/// Read access.
+pub const READ: u8 = 2;
+/// Write access.
+pub const WRITE: u8 = 4;
+
+/// One allowed device (or range of minors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceRule {
+    /// Character or block.
+    pub kind: DeviceKind,
+    /// Major number.
+    pub major: u32,
+    /// Minor number, `None` for all of them.
+    pub minor: Option<u32>,
+    /// [`MKNOD`] | [`READ`] | [`WRITE`].
+    pub access: u8,
+}
+
+const fn chr(major: u32, minor: u32) -> DeviceRule {
+    DeviceRule { kind: DeviceKind::Char, major, minor: Some(minor), access: MKNOD | READ | WRITE }
+}
+
+const fn pty_slaves(major: u32) -> DeviceRule {
+    DeviceRule { kind: DeviceKind::Char, major, minor: None, access: READ | WRITE }
+}
+
+/// nspawn's `DevicePolicy=closed` list (null, zero, full, random, urandom, tty, ptmx, net/tun, the
+/// inaccessible 0:0 nodes) plus every pty slave major.
+pub const MACHINE_DEVICES: [DeviceRule; 18] = [
+    chr(1, 3),
+    chr(1, 5),
+    chr(1, 7),
+    chr(1, 8),
+    chr(1, 9),
+    chr(5, 0),
+    chr(5, 2),
+    chr(10, 200),
+    chr(0, 0),
+    DeviceRule { kind: DeviceKind::Block, major: 0, minor: Some(0), access: MKNOD | READ | WRITE },
+    pty_slaves(136),
+    pty_slaves(137),
+    pty_slaves(138),
+    pty_slaves(139),
+    pty_slaves(140),
+    pty_slaves(141),
+    pty_slaves(142),
+    pty_slaves(143),
+];
+
+impl DeviceRule {
+    /// The rule as a line for v1 `devices.allow`, e.g. `c 1:3 rwm`.
+    pub fn v1_line(&self) -> String {
+        let kind = match self.kind {
+            DeviceKind::Char => 'c',
+            DeviceKind::Block => 'b',
+        };
+        let minor = self.minor.map_or("*".to_owned(), |m| m.to_string());
+        let mut access = String::new();
+        for (bit, ch) in [(READ, 'r'), (WRITE, 'w'), (MKNOD, 'm')] {
+            if self.access & bit != 0 {
+                access.push(ch);
+            }
+        }
+        format!("{kind} {}:{minor} {access}", self.major)
+    }
+}
+
+// eBPF opcodes used below (linux/bpf.h, linux/bpf_common.h).
+const LDX_MEM_W: u8 = 0x61; // BPF_LDX | BPF_MEM | BPF_W
+const ALU32_AND_K: u8 = 0x54; // BPF_ALU | BPF_AND | BPF_K
+const ALU32_RSH_K: u8 = 0x74; // BPF_ALU | BPF_RSH | BPF_K
+const ALU64_AND_K: u8 = 0x57; // BPF_ALU64 | BPF_AND | BPF_K
+const MOV64_X: u8 = 0xbf; // BPF_ALU64 | BPF_MOV | BPF_X
+const MOV64_K: u8 = 0xb7; // BPF_ALU64 | BPF_MOV | BPF_K
+const JNE_K: u8 = 0x55; // BPF_JMP | BPF_JNE | BPF_K
+const EXIT: u8 = 0x95; // BPF_JMP | BPF_EXIT
+
+// Registers the program keeps the request in (r1 holds the context on entry, then scratch).
+const R_TYPE: u8 = 2;
+const R_ACCESS: u8 = 3;
+const R_MAJOR: u8 = 4;
+const R_MINOR: u8 = 5;
+
+const BPF_DEVCG_DEV_BLOCK: i32 = 1;
+const BPF_DEVCG_DEV_CHAR: i32 = 2;
+
+fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> BpfInsn {
+    BpfInsn { code, regs: dst | (src << 4), off, imm }
+}
+
+/// The device program for `rules`: returns 1 (allow) when one rule covers the request, else 0.
+/// The context is `struct bpf_cgroup_dev_ctx { u32 access_type; u32 major; u32 minor; }` with
+/// `access_type = access << 16 | type`.
+pub fn program(rules: &[DeviceRule]) -> Vec<BpfInsn> {
+    let mut p = vec![
+        insn(LDX_MEM_W, R_TYPE, 1, 0, 0),
+        insn(ALU32_AND_K, R_TYPE, 0, 0, 0xffff),
+        insn(LDX_MEM_W, R_ACCESS, 1, 0, 0),
+        insn(ALU32_RSH_K, R_ACCESS, 0, 0, 16),
+        insn(LDX_MEM_W, R_MAJOR, 1, 4, 0),
+        insn(LDX_MEM_W, R_MINOR, 1, 8, 0),
+    ];
+    for rule in rules {
+        // Each test jumps past the rest of this rule's block when it does not match; the
+        // offsets are filled in once the block's length is known.
+        let mut block = Vec::new();
+        let mut jumps = Vec::new();
+        let kind = match rule.kind {
+            DeviceKind::Char => BPF_DEVCG_DEV_CHAR,
+            DeviceKind::Block => BPF_DEVCG_DEV_BLOCK,
+        };
+        jumps.push(block.len());
+        block.push(insn(JNE_K, R_TYPE, 0, 0, kind));
+        if rule.access & (MKNOD | READ | WRITE) != MKNOD | READ | WRITE {
+            // Any requested bit outside the rule's: no match.
+            block.push(insn(MOV64_X, 1, R_ACCESS, 0, 0));
+            block.push(insn(ALU64_AND_K, 1, 0, 0, i32::from(!rule.access & 7)));
+            jumps.push(block.len());
+            block.push(insn(JNE_K, 1, 0, 0, 0));
+        }
+        jumps.push(block.len());
+        block.push(insn(JNE_K, R_MAJOR, 0, 0, rule.major as i32));
+        if let Some(minor) = rule.minor {
+            jumps.push(block.len());
+            block.push(insn(JNE_K, R_MINOR, 0, 0, minor as i32));
+        }
+        block.push(insn(MOV64_K, 0, 0, 0, 1));
+        block.push(insn(EXIT, 0, 0, 0, 0));
+        let len = block.len();
+        for j in jumps {
+            block[j].off = (len - j - 1) as i16;
+        }
+        p.extend(block);
+    }
+    p.push(insn(MOV64_K, 0, 0, 0, 0));
+    p.push(insn(EXIT, 0, 0, 0, 0));
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs the subset of eBPF that [`program`] emits.
+    fn run(prog: &[BpfInsn], kind: DeviceKind, access: u8, major: u32, minor: u32) -> u64 {
+        let ty = match kind {
+            DeviceKind::Char => 2u64,
+            DeviceKind::Block => 1,
+        };
+        let ctx = [(u64::from(access) << 16) | ty, u64::from(major), u64::from(minor)];
+        let mut r = [0u64; 11];
+        let mut pc = 0usize;
+        loop {
+            let i = prog[pc];
+            let (dst, src) = ((i.regs & 0xf) as usize, (i.regs >> 4) as usize);
+            let imm = i.imm as i64 as u64;
+            match i.code {
+                LDX_MEM_W => {
+                    assert_eq!(src, 1, "loads come from the context");
+                    r[dst] = ctx[(i.off / 4) as usize] & 0xffff_ffff;
+                }
+                ALU32_AND_K => r[dst] = (r[dst] & imm) & 0xffff_ffff,
+                ALU32_RSH_K => r[dst] = (r[dst] & 0xffff_ffff) >> imm,
+                ALU64_AND_K => r[dst] &= imm,
+                MOV64_X => r[dst] = r[src],
+                MOV64_K => r[dst] = imm,
+                JNE_K => {
+                    if r[dst] != imm {
+                        pc += i.off as usize;
+                    }
+                }
+                EXIT => return r[0],
+                other => panic!("unexpected opcode {other:#x}"),
+            }
+            pc += 1;
+        }
+    }
+
+    #[test]
+    fn v1_lines_match_the_kernel_syntax() {
+        let lines: Vec<String> = MACHINE_DEVICES.iter().map(DeviceRule::v1_line).collect();
+        assert_eq!(lines[0], "c 1:3 rwm");
+        assert_eq!(lines[9], "b 0:0 rwm");
+        assert_eq!(lines[10], "c 136:* rw");
+    }
+
+    #[test]
+    fn the_program_allows_exactly_the_list() {
+        let p = program(&MACHINE_DEVICES);
+        let rw = READ | WRITE;
+        assert_eq!(run(&p, DeviceKind::Char, rw, 1, 3), 1, "/dev/null");
+        assert_eq!(run(&p, DeviceKind::Char, MKNOD, 1, 9), 1, "mknod /dev/urandom");
+        assert_eq!(run(&p, DeviceKind::Char, rw, 136, 7), 1, "a pty slave");
+        assert_eq!(run(&p, DeviceKind::Char, MKNOD, 136, 7), 0, "mknod of a pty slave");
+        assert_eq!(run(&p, DeviceKind::Char, WRITE, 1, 11), 0, "/dev/kmsg");
+        assert_eq!(run(&p, DeviceKind::Block, READ, 1, 3), 0, "a block device with null's numbers");
+        assert_eq!(run(&p, DeviceKind::Block, READ, 254, 0), 0, "a disk");
+        assert_eq!(run(&p, DeviceKind::Block, MKNOD, 8, 0), 0, "mknod of a disk");
+        assert_eq!(run(&p, DeviceKind::Char, READ, 10, 229), 0, "/dev/fuse");
+        assert_eq!(run(&p, DeviceKind::Char, READ, 0, 0), 1, "the inaccessible node");
+    }
+}

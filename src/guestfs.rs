@@ -1,0 +1,140 @@
+//! Reading files a guest controls, from a privileged host process.
+//!
+//! Everything in a machine's tree is the guest's to change: a file can become a FIFO (whose
+//! `open` blocks until someone writes), a device, a huge file, or a symlink to a host path.
+//! So every such read here resolves the path inside the machine's root (the kernel keeps `..`
+//! and symlinks from leaving it), opens without blocking and without taking a controlling
+//! terminal, accepts only regular files, and reads at most a cap.
+
+use std::io::{self, Read};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+
+use crate::sys::linux::open_in_root;
+
+/// What went wrong reading a guest file.
+#[derive(Debug, thiserror::Error)]
+pub enum GuestFileError {
+    /// The path could not be opened inside the root (missing, a loop, denied).
+    #[error("cannot open {}: {source}", path.display())]
+    Open {
+        /// The path inside the machine.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// Not a regular file (a FIFO, a device, a directory, a socket).
+    #[error("{} is not a regular file", path.display())]
+    NotRegular {
+        /// The path inside the machine.
+        path: PathBuf,
+    },
+    /// Larger than the cap.
+    #[error("{} is larger than {limit} bytes", path.display())]
+    TooLarge {
+        /// The path inside the machine.
+        path: PathBuf,
+        /// The cap.
+        limit: usize,
+    },
+    /// Reading failed.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The path inside the machine.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl GuestFileError {
+    /// Whether the file simply does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, GuestFileError::Open { source, .. } if source.kind() == io::ErrorKind::NotFound)
+    }
+}
+
+/// Reads `path` (as seen inside the machine) below the machine's root directory `root`, at
+/// most `limit` bytes of a regular file.
+pub fn read(root: BorrowedFd<'_>, path: &Path, limit: usize) -> Result<Vec<u8>, GuestFileError> {
+    let fd = open_in_root(root, path, libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .map_err(|source| GuestFileError::Open { path: path.to_owned(), source })?;
+    let st = nix::sys::stat::fstat(fd.as_fd())
+        .map_err(|e| GuestFileError::Read { path: path.to_owned(), source: e.into() })?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(GuestFileError::NotRegular { path: path.to_owned() });
+    }
+    let mut out = Vec::new();
+    std::fs::File::from(fd)
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|source| GuestFileError::Read { path: path.to_owned(), source })?;
+    if out.len() > limit {
+        return Err(GuestFileError::TooLarge { path: path.to_owned(), limit });
+    }
+    Ok(out)
+}
+
+/// [`read`] as text (invalid UTF-8 replaced).
+pub fn read_string(root: BorrowedFd<'_>, path: &Path, limit: usize) -> Result<String, GuestFileError> {
+    read(root, path, limit).map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+/// The first of `paths` that exists, as text; the last error if none can be read.
+pub fn read_first(root: BorrowedFd<'_>, paths: &[&str], limit: usize) -> Result<String, GuestFileError> {
+    let mut last = None;
+    for p in paths {
+        match read_string(root, Path::new(p), limit) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| GuestFileError::Open {
+        path: PathBuf::from("/"),
+        source: io::ErrorKind::NotFound.into(),
+    }))
+}
+
+/// Where an os-release file may be, in the order systemd reads them.
+pub const OS_RELEASE_PATHS: [&str; 2] = ["/etc/os-release", "/usr/lib/os-release"];
+
+/// Enough for any real os-release, passwd or group file.
+pub const SMALL_FILE_LIMIT: usize = 1024 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root(dir: &Path) -> std::fs::File {
+        std::fs::File::open(dir).unwrap()
+    }
+
+    #[test]
+    fn regular_files_inside_the_root_only() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("etc")).unwrap();
+        std::fs::write(d.path().join("etc/passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
+        nix::unistd::mkfifo(&d.path().join("etc/group"), nix::sys::stat::Mode::from_bits_truncate(0o644))
+            .unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", d.path().join("etc/link")).unwrap();
+        std::os::unix::fs::symlink("../../../../../../etc/hostname", d.path().join("etc/out")).unwrap();
+        let r = root(d.path());
+        assert!(read_string(r.as_fd(), Path::new("/etc/passwd"), 100).unwrap().starts_with("root:"));
+        // A FIFO is refused at once, not waited on.
+        assert!(matches!(
+            read(r.as_fd(), Path::new("/etc/group"), 100),
+            Err(GuestFileError::NotRegular { .. })
+        ));
+        // Absolute symlinks resolve inside the root.
+        assert!(read_string(r.as_fd(), Path::new("/etc/link"), 100).unwrap().starts_with("root:"));
+        // `..` stops at the root: the host's /etc/hostname is out of reach.
+        assert!(read(r.as_fd(), Path::new("/etc/out"), 100).unwrap_err().is_not_found());
+        assert!(matches!(
+            read(r.as_fd(), Path::new("/etc/passwd"), 5),
+            Err(GuestFileError::TooLarge { limit: 5, .. })
+        ));
+        assert!(matches!(read(r.as_fd(), Path::new("/etc"), 100), Err(GuestFileError::NotRegular { .. })));
+    }
+}
