@@ -126,3 +126,36 @@ fn bad_options() {
     fails_with(&["boot", "-D", d, "--user=tester"], "--user cannot be used with boot");
     assert_no_leaks("opts", &dir);
 }
+
+/// `-M NAME` without `-D` boots `<store>/NAME`; a store entry that is a symlink is refused and
+/// nothing is created where it points.
+#[test]
+fn an_image_name_runs_the_store_entry_but_never_follows_a_symlink() {
+    let s = scratch();
+    let store = s.path().join("store");
+    std::fs::create_dir(&store).unwrap();
+    copy_tree(busybox_tree(), &store, "good");
+    let o = mctl()
+        .env("MCTL_IMAGE_STORE", &store)
+        .args(["run", "-q", "--register=no", "-M", "good", "--", "/bin/sh", "-c", "echo $(hostname)"])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&o).trim(), "good", "{}", stderr(&o));
+
+    let elsewhere = s.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, store.join("evil")).unwrap();
+    let o = mctl()
+        .env("MCTL_IMAGE_STORE", &store)
+        .args(["run", "-q", "--register=no", "-M", "evil", "--", "/bin/true"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("is a symlink"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0, "something was created behind the symlink");
+
+    let o =
+        mctl().env("MCTL_IMAGE_STORE", &store).args(["run", "-q", "-M", "ghost", "true"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no image ghost in"), "{}", stderr(&o));
+}

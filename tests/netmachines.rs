@@ -258,6 +258,35 @@ fn port_forwards_reach_the_guest_from_the_host_side_and_localhost() {
     let _ = udp_server.kill();
     let _ = tcp_server.wait();
     let _ = udp_server.wait();
+
+    // route_localnet on the host side must not open the host's loopback to the guest: a
+    // guest that routes 127.0.0.1 out of host0 reaches nothing bound to the host's loopback.
+    let mut listener = host
+        .cmd("python3")
+        .args([
+            "-c",
+            "import socket, sys\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('127.0.0.1', 9999)); s.settimeout(3)\nprint('ready', flush=True)\ntry:\n print(s.recvfrom(100)[0].decode())\nexcept socket.timeout:\n print('nothing')",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(listener.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    // The host's tools (python3) in the guest's network namespace.
+    let sent = Command::new("nsenter").arg("-t").arg(m.leader.to_string()).args(["-n", "sh", "-c"]).arg(format!(
+        "sysctl -qw net.ipv4.conf.host0.route_localnet=1 && ip rule add pref 10 to 127.0.0.1 lookup 100 && \
+         ip rule add pref 1000 lookup local && ip rule del pref 0 && \
+         ip route add 127.0.0.1/32 via {gw} dev host0 table 100 && \
+         python3 -c \"import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); [s.sendto(b'leak', ('127.0.0.1', 9999)) for _ in range(3)]\""
+    )).output().unwrap();
+    assert!(sent.status.success(), "{}", stderr(&sent));
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "nothing", "the guest reached a service on the host's loopback");
+    let _ = listener.wait();
+
     // A port already forwarded is refused for a second machine, which leaves nothing.
     let dir = env.tree("web2");
     let o = host

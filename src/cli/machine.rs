@@ -30,6 +30,29 @@ pub fn run(a: RunArgs, cfg: &CliConfig) -> Result<i32, CliError> {
     Ok(crate::launcher::launch(&spec)?)
 }
 
+/// The directory of image `name` in the store. A store entry that is a symlink is refused, as
+/// the image commands refuse it: following it would make `dev`, `proc`, `run`, `sys` and `tmp`
+/// wherever it points.
+fn store_image_dir(store: &std::path::Path, name: &str) -> Result<PathBuf, CliError> {
+    let path = store.join(name);
+    match std::fs::symlink_metadata(&path) {
+        Ok(m) if m.file_type().is_symlink() => Err(CliError::new(format!(
+            "image {name} ({}) is a symlink: only directories in the image store are images \
+             (boot a directory elsewhere with -D DIR)",
+            path.display()
+        ))),
+        Ok(m) if !m.is_dir() => {
+            Err(CliError::new(format!("image {name} ({}) is not a directory", path.display())))
+        }
+        Ok(_) => Ok(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(CliError::new(format!(
+            "no image {name} in {} (see mctl list-images, or give a directory with -D DIR)",
+            store.display()
+        ))),
+        Err(e) => Err(CliError::new(format!("cannot inspect {}: {e}", path.display()))),
+    }
+}
+
 fn bad(e: impl std::fmt::Display) -> CliError {
     CliError::new(e.to_string())
 }
@@ -43,7 +66,7 @@ pub fn build_spec(m: MachineArgs, payload: Payload, cfg: &CliConfig) -> Result<L
         .transpose()?;
     let dir = match (&m.directory, &given_name) {
         (Some(d), _) => d.clone(),
-        (None, Some(n)) => cfg.image_store.join(n.as_str()),
+        (None, Some(n)) => store_image_dir(&cfg.image_store, n.as_str())?,
         (None, None) => {
             return Err(CliError::new(
                 "no machine given: use -D DIR (a root directory) or -M NAME (an image)",

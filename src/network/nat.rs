@@ -7,7 +7,13 @@
 //!   from the host's own localhost, once DNAT sent them out of the host-side link);
 //! - `map ports`: `proto . host port : machine address . machine port`; `prerouting` (traffic
 //!   arriving from outside) and `output` (the host's own traffic, including to 127.0.0.1) DNAT
-//!   anything addressed to a local address of the host through it.
+//!   anything addressed to a local address of the host through it;
+//! - `chain loopback_guard`: forwards from the host's localhost need `route_localnet` on the
+//!   host side of the link, which would also let the guest (and anyone on a user's bridge) send
+//!   packets to 127.0.0.1 and reach services the host binds to loopback only. Before conntrack
+//!   and NAT (priority raw) every packet for 127.0.0.0/8 that did not arrive on `lo` is
+//!   dropped; replies to forwarded localhost connections still carry the host side's address
+//!   at that point, so forwards keep working.
 //!
 //! A machine's teardown deletes exactly its elements (their keys are unique to it: its
 //! address, its host ports); the launcher that removes the last user deletes the table. The
@@ -79,6 +85,8 @@ add chain ip {t} prerouting {{ type nat hook prerouting priority dstnat; policy 
 add rule ip {t} prerouting fib daddr type local dnat ip to meta l4proto . th dport map @ports
 add chain ip {t} output {{ type nat hook output priority -100; policy accept; }}
 add rule ip {t} output fib daddr type local dnat ip to meta l4proto . th dport map @ports
+add chain ip {t} loopback_guard {{ type filter hook prerouting priority raw; policy accept; comment \"route_localnet lets 127.0.0.0/8 in from outside: only lo may\"; }}
+add rule ip {t} loopback_guard iifname != \"lo\" ip daddr 127.0.0.0/8 drop
 "
     )
 }
