@@ -21,7 +21,8 @@ fn exit_status_and_signals_pass_through() {
     assert_eq!(run_in(&dir, &[], &["true"]).status.code(), Some(0));
     // Killed by signal N: 128+N. (A PID 1 cannot be killed from inside its namespace, so the
     // command runs as PID 2 here; a PID 1 killed from outside is covered below.)
-    assert_eq!(run_in(&dir, &["--as-pid2"], &["sh", "-c", "kill -KILL $$"]).status.code(), Some(137));
+    let o = run_in(&dir, &["--as-pid2"], &["sh", "-c", "kill -KILL $$"]);
+    assert_eq!(o.status.code(), Some(137), "{}", stderr(&o));
     let o = run_in(&dir, &["--as-pid2"], &["sh", "-c", "kill -TERM $$"]);
     assert_eq!(o.status.code(), Some(143), "{}", stderr(&o));
     assert_eq!(run_in(&dir, &["--as-pid2"], &["sh", "-c", "exit 7"]).status.code(), Some(7));
@@ -71,10 +72,15 @@ fn command_is_pid1_or_pid2_in_its_own_namespaces() {
 }
 
 /// Runs `sh -c "<trap>; echo up; loop"` in the machine and returns once "up" was printed.
-fn run_until_up(dir: &std::path::Path, trap: &str) -> (std::process::Child, std::process::ChildStdout) {
+fn run_until_up(
+    dir: &std::path::Path,
+    opts: &[&str],
+    trap: &str,
+) -> (std::process::Child, std::process::ChildStdout) {
     let mut child = mctl()
         .args(["run", "-q", "-D"])
         .arg(dir)
+        .args(opts)
         .args(["--", "sh", "-c", &format!("{trap}; echo up; while :; do sleep 0.1; done")])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -88,22 +94,54 @@ fn run_until_up(dir: &std::path::Path, trap: &str) -> (std::process::Child, std:
 }
 
 #[test]
-fn sigterm_to_mctl_reaches_the_command() {
+fn sigterm_to_mctl_reaches_the_command_with_kill_signal_sigterm() {
     let (_s, dir) = tree("rsig");
-    let (mut child, out) = run_until_up(&dir, "trap 'echo got-term; exit 42' TERM");
+    let (mut child, out) =
+        run_until_up(&dir, &["--kill-signal=SIGTERM"], "trap 'echo got-term; exit 42' TERM");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)
         .unwrap();
     assert_eq!(read_all(out), "got-term\n");
     assert_eq!(child.wait().unwrap().code(), Some(42));
 }
 
+/// A command is PID 1 of its namespace and ignores signals it has no handler for; by default
+/// SIGTERM to mctl therefore sends SIGKILL (nspawn's default for non-boot machines), so stopping
+/// the launcher always stops the command.
+#[test]
+fn sigterm_to_mctl_stops_a_command_without_handlers() {
+    let (_s, dir) = tree("rsigk");
+    for sig in [nix::sys::signal::Signal::SIGTERM, nix::sys::signal::Signal::SIGINT] {
+        let mut child = mctl()
+            .args(["run", "-q", "-D"])
+            .arg(&dir)
+            .args(["--", "sh", "-c", "echo up; exec sleep 100"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let mut buf = [0u8; 3];
+        std::io::Read::read_exact(&mut out, &mut buf).unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+        let st = wait_exit(&mut child, Duration::from_secs(10)).unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!("mctl run ignored {sig}: the command kept running");
+        });
+        assert_eq!(st.code(), Some(137), "{sig}");
+        assert_no_leaks("rsigk", &dir);
+    }
+}
+
 #[test]
 fn second_sigterm_kills_a_command_that_ignores_the_first() {
     let (_s, dir) = tree("rsig2");
-    let (mut child, _out) = run_until_up(&dir, "trap '' TERM");
+    let (mut child, mut out) = run_until_up(&dir, &["--kill-signal=SIGTERM"], "trap 'echo ignored' TERM");
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // The command saw it and carries on.
+    let mut buf = [0u8; 8];
+    std::io::Read::read_exact(&mut out, &mut buf).unwrap();
+    assert_eq!(&buf, b"ignored\n");
     assert!(child.try_wait().unwrap().is_none(), "the first SIGTERM should only be passed on");
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(137));
@@ -245,4 +283,31 @@ fn killing_the_launcher_takes_the_machine_down() {
     // The next launch of the same name removes the stale cgroup the killed launcher left.
     assert_eq!(run_in(&dir, &[], &["true"]).status.code(), Some(0));
     assert_no_leaks("rkill", &dir);
+}
+
+/// `ip netns exec NS mctl ...` mounts a fresh /sys without /sys/fs/cgroup; mctl mounts the
+/// hierarchies in a mount namespace of its own and runs the machine in NS's network.
+#[test]
+fn runs_under_ip_netns_exec() {
+    let (_s, dir) = tree("rnetns");
+    let ns = format!("mctl-test-{}", std::process::id());
+    struct Netns(String);
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    assert!(std::process::Command::new("ip").args(["netns", "add", &ns]).status().unwrap().success());
+    let _guard = Netns(ns.clone());
+    let o = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns, env!("CARGO_BIN_EXE_mctl"), "run", "-q", "--register=no", "-D"])
+        .arg(&dir)
+        .args(["--", "sh", "-c", "grep -c '^0::/$' /proc/self/cgroup; ip -o link | grep -c ': '"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Its own cgroup (the root of its cgroup namespace) and only NS's loopback.
+    assert_eq!(stdout(&o), "1\n1\n", "{}", stderr(&o));
+    assert_no_leaks("rnetns", &dir);
 }

@@ -117,6 +117,75 @@ pub fn detect(cfg: &CgroupConfig) -> Result<Vec<Hierarchy>, CgroupError> {
     parse_hierarchies(&mountinfo, &membership, &cfg.fs_root)
 }
 
+/// Makes this process's cgroup hierarchies visible under `cfg.fs_root` when its mount namespace
+/// has none there (`ip netns exec` mounts a fresh `/sys` without `/sys/fs/cgroup`): moves the
+/// process into a mount namespace of its own (never changing the caller's), then mounts the
+/// hierarchies `/proc/self/cgroup` names, laid out as on the host (cgroup2 alone, or a tmpfs
+/// with the v1 hierarchies and cgroup2 at `unified`). Returns whether it mounted anything.
+/// Call while single-threaded (unshare of a mount namespace needs that).
+pub fn mount_if_missing(cfg: &CgroupConfig) -> Result<bool, CgroupError> {
+    use nix::mount::{MsFlags, mount};
+    match detect(cfg) {
+        Err(CgroupError::NoUnified(_)) => {}
+        _ => return Ok(false),
+    }
+    let membership = fs::read_to_string(&cfg.self_cgroup).map_err(io_err("read", &cfg.self_cgroup))?;
+    let v1: Vec<&str> =
+        membership.lines().filter_map(|l| l.split(':').nth(1)).filter(|ctl| !ctl.is_empty()).collect();
+    let root = &cfg.fs_root;
+    let mnt = |step: &'static str, path: &Path| {
+        let path = path.to_owned();
+        move |e: nix::Error| CgroupError::Io { step, path, source: e.into() }
+    };
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(mnt("create a mount namespace for", root))?;
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
+        .map_err(mnt("make / a slave mount for", root))?;
+    if v1.is_empty() {
+        mount(
+            Some("cgroup2"),
+            root,
+            Some("cgroup2"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        )
+        .map_err(mnt("mount cgroup2 on", root))?;
+        return Ok(true);
+    }
+    mount(
+        Some("tmpfs"),
+        root,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=755"),
+    )
+    .map_err(mnt("mount a tmpfs on", root))?;
+    for ctl in v1 {
+        let dir = root.join(ctl.strip_prefix("name=").unwrap_or(ctl));
+        fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        let opts = if ctl.starts_with("name=") { format!("none,{ctl}") } else { ctl.to_owned() };
+        mount(
+            Some("cgroup"),
+            &dir,
+            Some("cgroup"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some(opts.as_str()),
+        )
+        .map_err(mnt("mount a v1 cgroup hierarchy on", &dir))?;
+    }
+    let unified = root.join("unified");
+    fs::create_dir_all(&unified).map_err(io_err("create", &unified))?;
+    mount(
+        Some("cgroup2"),
+        &unified,
+        Some("cgroup2"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(mnt("mount cgroup2 on", &unified))?;
+    Ok(true)
+}
+
 fn parse_hierarchies(
     mountinfo: &str,
     membership: &str,

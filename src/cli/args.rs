@@ -377,8 +377,10 @@ pub struct MachineArgs {
     /// with '~' names calls to deny instead. Space-separated; may be given several times.
     #[arg(long = "system-call-filter", value_name = "LIST", allow_hyphen_values = true)]
     pub system_call_filter: Vec<String>,
-    /// Signal sent to PID 1 when mctl is asked to stop (default: SIGRTMIN+3 for boot, the
-    /// received signal for run).
+    /// Signal sent to PID 1 when mctl gets SIGTERM or SIGINT (a second one kills it). Default:
+    /// SIGRTMIN+3 for boot (systemd's halt request), SIGKILL for run, as nspawn: a command is
+    /// PID 1 and ignores signals it has no handler for, so stopping mctl must stop it. Give
+    /// --kill-signal=SIGTERM to let a command shut down by itself.
     #[arg(long, value_name = "SIGNAL")]
     pub kill_signal: Option<String>,
     /// Stay in the caller's cgroup (a service unit's) and exit 133 when the machine reboots.

@@ -210,8 +210,11 @@ fn supervise(chan: &Channel, helper: Pid, sigfd: &SignalFd, interactive: bool) -
     }
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(|e| CliError::new(e.to_string()))?;
     epoll.add(sigfd, EpollEvent::new(EpollFlags::EPOLLIN, 1)).map_err(|e| CliError::new(e.to_string()))?;
-    if let Some(c) = &console {
-        c.register(&epoll).map_err(|e| CliError::new(e.to_string()))?;
+    if let Some(c) = console.as_mut()
+        && c.register(&epoll).map_err(|e| CliError::new(e.to_string()))? == ConsoleEvent::Escape
+        && let Some(pid) = command
+    {
+        let _ = linux::send_signal(pid.as_raw(), libc::SIGKILL);
     }
     let _ = interactive;
     let mut events = [EpollEvent::empty(); 16];

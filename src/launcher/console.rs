@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::time::{Duration, Instant};
 
@@ -36,18 +36,29 @@ pub enum ConsoleEvent {
     Escape,
 }
 
+/// How the launcher's stdin or stdout is driven.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drive {
+    /// A private non-blocking reopening, watched by epoll (pipes, ttys).
+    Poll,
+    /// A socket: watched by epoll, read and written with MSG_DONTWAIT (a socket cannot be
+    /// reopened, and its shared file description must stay blocking for the caller).
+    Socket,
+    /// Not pollable (regular files, /dev/null): written synchronously, read once up to EOF.
+    Sync,
+}
+
 #[derive(Debug)]
 struct Output {
     fd: OwnedFd,
-    /// Non-blocking and pollable (pipes, ttys); otherwise written synchronously (files).
-    pollable: bool,
+    drive: Drive,
 }
 
 /// The launcher's side of the console.
 #[derive(Debug)]
 pub struct Console {
     master: OwnedFd,
-    input: Option<OwnedFd>,
+    input: Option<Output>,
     output: Option<Output>,
     to_output: Vec<u8>,
     to_master: Vec<u8>,
@@ -78,12 +89,50 @@ fn reopen_std(fd: i32, write: bool) -> io::Result<Output> {
             .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
             .open(&path);
         if let Ok(f) = f {
-            return Ok(Output { fd: f.into(), pollable: true });
+            // A character device epoll refuses (/dev/null) becomes Sync in `register`.
+            return Ok(Output { fd: f.into(), drive: Drive::Poll });
         }
     }
     // SAFETY: fd 0/1/2 are open for the launcher's whole life; dup gives us our own fd.
     let dup = nix::unistd::dup(unsafe { BorrowedFd::borrow_raw(fd) })?;
-    Ok(Output { fd: dup, pollable: false })
+    let drive = if ft.is_socket() { Drive::Socket } else { Drive::Sync };
+    Ok(Output { fd: dup, drive })
+}
+
+/// Adds `out` to `epoll` for `flags`; an fd epoll refuses (EPERM: files, /dev/null) is driven
+/// synchronously instead.
+fn watch(epoll: &Epoll, out: &mut Output, flags: EpollFlags, token: u64) -> io::Result<()> {
+    if out.drive == Drive::Sync {
+        return Ok(());
+    }
+    match epoll.add(&out.fd, EpollEvent::new(flags, token)) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EPERM) => {
+            out.drive = Drive::Sync;
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn read_from(inp: &Output, buf: &mut [u8]) -> nix::Result<usize> {
+    match inp.drive {
+        Drive::Socket => {
+            nix::sys::socket::recv(inp.fd.as_raw_fd(), buf, nix::sys::socket::MsgFlags::MSG_DONTWAIT)
+        }
+        _ => nix::unistd::read(&inp.fd, buf),
+    }
+}
+
+fn write_to(out: &Output, buf: &[u8]) -> nix::Result<usize> {
+    match out.drive {
+        Drive::Socket => nix::sys::socket::send(
+            out.fd.as_raw_fd(),
+            buf,
+            nix::sys::socket::MsgFlags::MSG_DONTWAIT | nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+        ),
+        _ => nix::unistd::write(&out.fd, buf),
+    }
 }
 
 impl Console {
@@ -109,8 +158,7 @@ impl Console {
                     saved_termios = Some(saved);
                 }
             }
-            let inp = reopen_std(0, false)?;
-            input = Some(inp.fd);
+            input = Some(reopen_std(0, false)?);
         }
         let me = Self {
             master,
@@ -128,8 +176,9 @@ impl Console {
         Ok(me)
     }
 
-    /// Registers the console's fds with `epoll`.
-    pub fn register(&self, epoll: &Epoll) -> io::Result<()> {
+    /// Registers the console's fds with `epoll`. A stdin epoll cannot watch (a regular file,
+    /// /dev/null) is forwarded once, up to its end.
+    pub fn register(&mut self, epoll: &Epoll) -> io::Result<ConsoleEvent> {
         let et = EpollFlags::EPOLLET;
         // Edge-triggered: while no process has the console open, the master reports a hangup
         // continuously; level-triggered polling would spin.
@@ -137,14 +186,21 @@ impl Console {
             &self.master,
             EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT | et, TOKEN_MASTER),
         )?;
-        if let Some(inp) = &self.input {
-            // stdin may be a file (not pollable); then it is simply not forwarded.
-            let _ = epoll.add(inp, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_INPUT));
+        if let Some(out) = self.output.as_mut() {
+            watch(epoll, out, EpollFlags::EPOLLOUT | et, TOKEN_OUTPUT)?;
         }
-        if let Some(out) = self.output.as_ref().filter(|o| o.pollable) {
-            epoll.add(&out.fd, EpollEvent::new(EpollFlags::EPOLLOUT | et, TOKEN_OUTPUT))?;
+        if let Some(inp) = self.input.as_mut() {
+            watch(epoll, inp, EpollFlags::EPOLLIN, TOKEN_INPUT)?;
+            if inp.drive == Drive::Sync {
+                let escape = self.read_input();
+                self.flush_master();
+                self.input = None;
+                if escape {
+                    return Ok(ConsoleEvent::Escape);
+                }
+            }
         }
-        Ok(())
+        Ok(ConsoleEvent::None)
     }
 
     /// Copies the launcher terminal's window size to the console.
@@ -210,7 +266,7 @@ impl Console {
             if self.to_master.len() > 64 * 1024 {
                 return false;
             }
-            match nix::unistd::read(inp, &mut buf) {
+            match read_from(inp, &mut buf) {
                 Ok(0) => {
                     self.input = None;
                     return false;
@@ -266,7 +322,7 @@ impl Console {
             return;
         };
         while !self.to_output.is_empty() {
-            match nix::unistd::write(&out.fd, &self.to_output) {
+            match write_to(out, &self.to_output) {
                 Ok(n) => {
                     self.last_byte = self.to_output.get(n.wrapping_sub(1)).copied().or(self.last_byte);
                     self.to_output.drain(..n);
@@ -287,7 +343,7 @@ impl Console {
     pub fn finish(mut self) {
         self.read_master();
         if let Some(out) = &self.output
-            && out.pollable
+            && out.drive == Drive::Poll
         {
             // The machine is gone, so blocking cannot stall it any more: hand the rest to a
             // slow reader instead of dropping it.
@@ -300,7 +356,7 @@ impl Console {
         if (was_raw || self.last_byte.is_some_and(|b| b != b'\n'))
             && let Some(out) = &self.output
         {
-            let _ = nix::unistd::write(&out.fd, b"\n");
+            let _ = write_to(out, b"\n");
         }
         if self.dropped > 0 {
             tracing::warn!(bytes = self.dropped, "console output was dropped because stdout did not keep up");

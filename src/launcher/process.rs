@@ -106,6 +106,11 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32, LaunchError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(LaunchError::NotRoot);
     }
+    // Still single-threaded: a mount namespace without cgroup hierarchies (`ip netns exec`)
+    // gets them mounted in a namespace of the launcher's own.
+    if crate::cgroups::mount_if_missing(&spec.cgroup)? {
+        tracing::debug!("mounted the cgroup hierarchies in a mount namespace of our own");
+    }
     // Machines that never write the image may share it.
     let tree = Tree::open_and_lock(&spec.root, spec.image_untouched())?;
     if !spec.image_untouched() && linux::is_immutable(&spec.root).unwrap_or(false) {
@@ -393,8 +398,10 @@ fn supervise(
     epoll
         .add(notify.fd(), EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_NOTIFY))
         .map_err(LaunchError::setup("watch notify socket"))?;
-    if let Some(c) = &console {
-        c.register(&epoll).map_err(|e| LaunchError::Setup("watch the console", e))?;
+    if let Some(c) = console.as_mut()
+        && c.register(&epoll).map_err(|e| LaunchError::Setup("watch the console", e))? == ConsoleEvent::Escape
+    {
+        let _ = kill(pid1, Signal::SIGKILL);
     }
     let mut stop_requests = 0;
     let mut ready = false;
@@ -480,18 +487,19 @@ const STOP_REPEAT_MS: u16 = 250;
 /// `request_stop`'s count for a repeated first request.
 const REPEAT_STOP: u32 = 0;
 
-/// First SIGTERM/SIGINT: ask PID 1 to stop (the guest's halt request when booted, the same
-/// signal for a command); second: kill it. `count` 0 repeats the first request quietly.
+/// First SIGTERM/SIGINT: ask PID 1 to stop (`--kill-signal`; by default the guest's halt
+/// request when booted, SIGKILL for a command, as nspawn); second: kill it. `count` 0 repeats
+/// the first request quietly.
 fn request_stop(spec: &LaunchSpec, pid1: Pid, received: Signal, count: u32) {
     let first = spec.kill_signal.unwrap_or(if spec.is_boot() {
         SignalNumber::halt()
     } else {
-        SignalNumber(received as i32)
+        SignalNumber(libc::SIGKILL)
     });
     let sig = if count <= 1 { first.0 } else { Signal::SIGKILL as i32 };
     // nix's Signal cannot name realtime signals (the halt request is one).
     let _ = linux::send_signal(pid1.as_raw(), sig);
-    if count == 1 && !spec.quiet {
+    if count == 1 && !spec.quiet && sig != libc::SIGKILL {
         tracing::info!(
             "sent {} to the machine's PID 1; send {} again to kill it at once",
             SignalNumber(sig).name(),
