@@ -655,18 +655,24 @@ const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
 const BPF_CGROUP_DEVICE: u32 = 6;
 const BPF_F_ALLOW_MULTI: u32 = 2;
 
-/// Loads a `BPF_PROG_TYPE_CGROUP_DEVICE` program; a verifier refusal carries its log.
+/// Loads a `BPF_PROG_TYPE_CGROUP_DEVICE` program; a verifier refusal carries its log (the load
+/// is repeated with logging only then: a logged load costs the verifier milliseconds).
 pub fn bpf_load_device_program(insns: &[BpfInsn], name: &str) -> io::Result<OwnedFd> {
+    bpf_load_device_program_logged(insns, name, false)
+        .or_else(|_| bpf_load_device_program_logged(insns, name, true))
+}
+
+fn bpf_load_device_program_logged(insns: &[BpfInsn], name: &str, logged: bool) -> io::Result<OwnedFd> {
     let license = c"MIT";
-    let mut log = vec![0u8; 64 * 1024];
+    let mut log = vec![0u8; if logged { 64 * 1024 } else { 0 }];
     let mut attr = BpfProgLoadAttr {
         prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
         insn_cnt: u32::try_from(insns.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
-        log_level: 1,
+        log_level: u32::from(logged),
         log_size: log.len() as u32,
-        log_buf: log.as_mut_ptr() as u64,
+        log_buf: if logged { log.as_mut_ptr() as u64 } else { 0 },
         expected_attach_type: BPF_CGROUP_DEVICE,
         ..Default::default()
     };
