@@ -152,7 +152,9 @@ fn volatile_modes_and_overlay_mounts() {
     entries.sort();
     assert_eq!(entries, ["low1", "low2", "up"]);
 
-    // --volatile=yes: a tmpfs root with the image's /usr (the Debian tree has merged /usr).
+    // --volatile=yes: a tmpfs root with the image's /usr (the Debian tree has merged /usr); it
+    // runs on the shared fixture, which must come out unchanged.
+    let fixture_before = tree_digest(debian_tree());
     let o = mctl()
         .args(["run", "-q", "--volatile=yes", "-D"])
         .arg(debian_tree())
@@ -167,6 +169,7 @@ fn volatile_modes_and_overlay_mounts() {
         .output()
         .unwrap();
     assert_eq!(stdout(&o), "etc-rw\nusr-ro\n/usr/bin/dpkg\n", "{}", stderr(&o));
+    assert_eq!(tree_digest(debian_tree()), fixture_before, "a volatile run changed the shared fixture");
 
     assert_no_leaks("vol", &dir);
     assert_no_scratch_left(s.path());

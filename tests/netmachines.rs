@@ -197,19 +197,23 @@ fn veth_machine_talks_to_the_host_and_through_nat() {
     assert!(stdout(&m.exec("ip -6 addr show host0")).contains("fe80::"));
 
     // NAT: the outside namespace sees the host's address, not the guest's.
-    let seen = outside
+    let mut seen = outside
         .cmd("python3")
         .args([
             "-c",
-            "import socket; s=socket.socket(); s.bind(('198.51.100.2', 9999)); s.listen(1); s.settimeout(10); c,a=s.accept(); print(a[0], c.recv(100).decode().strip())",
+            "import socket; s=socket.socket(); s.bind(('198.51.100.2', 9999)); s.listen(1); s.settimeout(10); print('ready', flush=True); c,a=s.accept(); print(a[0], c.recv(100).decode().strip())",
         ])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let mut seen_out = std::io::BufReader::new(seen.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut seen_out, &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
     let o = m.exec("echo hello | nc -w2 198.51.100.2 9999");
     assert!(o.status.success(), "{}", stderr(&o));
-    let got = String::from_utf8(seen.wait_with_output().unwrap().stdout).unwrap();
+    let got = read_all(seen_out);
+    let _ = seen.wait();
     assert_eq!(got.trim(), "198.51.100.1 hello", "source address seen outside");
     m.stop();
     assert_clean(&host, &env);
@@ -233,17 +237,23 @@ fn port_forwards_reach_the_guest_from_the_host_side_and_localhost() {
             .arg(m.leader.to_string())
             .args(["-n", "python3", "-c", script])
             .stdin(Stdio::null())
+            .stdout(Stdio::piped())
             .spawn()
             .unwrap()
     };
     let mut tcp_server = serve(
-        "import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', 80)); s.listen(8)\nwhile True:\n c,_=s.accept(); c.sendall(b'tcp-ok\\n'); c.close()",
+        "import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', 80)); s.listen(8); print('ready', flush=True)\nwhile True:\n c,_=s.accept(); c.sendall(b'tcp-ok\\n'); c.close()",
     );
     let mut udp_server = serve(
-        "import socket\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 53))\nwhile True:\n d,a=s.recvfrom(100); s.sendto(b'udp-ok', a)",
+        "import socket\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 53)); print('ready', flush=True)\nwhile True:\n d,a=s.recvfrom(100); s.sendto(b'udp-ok', a)",
     );
+    for server in [&mut tcp_server, &mut udp_server] {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(server.stdout.as_mut().unwrap()), &mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready");
+    }
     let gw = stdout(&m.exec("ip route | awk '/default/ {print $3}'")).trim().to_owned();
-    std::thread::sleep(Duration::from_millis(300));
     for addr in [gw.as_str(), "127.0.0.1"] {
         let tcp = host.sh(&format!(
             "python3 -c \"import socket; c=socket.create_connection(('{addr}', 8080), timeout=5); print(c.recv(100).decode().strip())\""

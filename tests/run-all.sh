@@ -8,9 +8,13 @@ set -eu
 cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" != 0 ]; then
-    echo "run-all.sh: the integration tests need root (namespaces, mounts, cgroups);" >&2
-    echo "run-all.sh: running the unit tests only" >&2
-    exec cargo test --locked --lib
+    if [ "${MCTL_TESTS_UNIT_ONLY:-}" = 1 ]; then
+        echo "run-all.sh: MCTL_TESTS_UNIT_ONLY=1: the unit tests only (no integration test runs)" >&2
+        exec cargo test --locked --lib
+    fi
+    echo "run-all.sh: the integration tests need root (namespaces, mounts, cgroups): run as root," >&2
+    echo "run-all.sh: or set MCTL_TESTS_UNIT_ONLY=1 to run only the unit tests" >&2
+    exit 1
 fi
 
 need="debootstrap busybox-static systemd-container dbus util-linux nftables iproute2 libseccomp-dev"
@@ -28,4 +32,19 @@ bootstrap/cached.sh debian bookworm >/dev/null
 
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
-cargo test --locked --no-fail-fast -- --test-threads=2
+# The summary counts what ran, so a suite that silently ran nothing cannot pass unnoticed.
+log=$(mktemp)
+rc=$(mktemp)
+trap 'rm -f "$log" "$rc"' EXIT
+{ cargo test --locked --no-fail-fast -- --test-threads=2; echo $? > "$rc"; } 2>&1 | tee "$log"
+awk '
+    /Running unittests/ { kind = "unit" }
+    /Running tests\// { kind = "integration"; files++ }
+    /Doc-tests/ { kind = "doc" }
+    /^test result:/ { n[kind] += $4; failed += $6 }
+    END {
+        printf "run-all.sh: %d integration tests in %d files, %d unit tests, %d failed\n",
+            n["integration"], files, n["unit"], failed
+        if (n["integration"] == 0) { print "run-all.sh: no integration test ran"; exit 1 }
+    }' "$log" || exit 1
+exit "$(cat "$rc")"

@@ -53,6 +53,8 @@ fn result<'a>(report: &'a str, probe: &str) -> &'a str {
 
 #[test]
 fn the_default_sandbox_keeps_a_guest_root_from_the_host() {
+    // The probes run on the shared fixture (read-only): it must come out unchanged.
+    let fixture_before = tree_digest(debian_tree());
     let dev = host_root_device();
     let report = probe(&[], &["all", &dev]);
     let probes = [
@@ -90,6 +92,7 @@ fn the_default_sandbox_keeps_a_guest_root_from_the_host() {
     // ... and the filter can also take calls away.
     let closed = probe(&["--system-call-filter=~@mount"], &["devices-v1"]);
     assert_eq!(result(&closed, "devices-v1"), "denied (EPERM)", "{closed}");
+    assert_eq!(tree_digest(debian_tree()), fixture_before, "the probes changed the shared fixture");
 }
 
 #[test]

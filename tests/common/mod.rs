@@ -12,9 +12,16 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+/// Where tests point the system bus when they start no bus of their own: nothing listens
+/// there, so a launcher never registers with whatever manager the host runs (tests that want a
+/// manager set the address of their own [`TestBus`], which overrides this).
+pub const NO_BUS: &str = "unix:path=/nonexistent/mctl-tests-have-no-bus-here";
+
 /// The mctl binary under test.
 pub fn mctl() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_mctl"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mctl"));
+    c.env("DBUS_SYSTEM_BUS_ADDRESS", NO_BUS);
+    c
 }
 
 fn repo() -> PathBuf {
@@ -81,26 +88,45 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// Asserts that nothing of machine `name` (rooted at `dir`) is left on the host: no cgroup in
-/// any hierarchy, no mount under its directory, no process of its own.
+/// Asserts that nothing of machine `name` (rooted at `dir`) is left on the host: no cgroup of
+/// that name below a `mctl` directory in any hierarchy (at any depth), no mount at or below its
+/// directory in the host's mount namespace (this test's: the launcher's own mounts live in
+/// namespaces that die with it, so a mount could only leak here). Places that cannot be read
+/// fail the check. Processes: see [`machine_processes`] and [`assert_processes_gone`].
 pub fn assert_no_leaks(name: &str, dir: &Path) {
-    let mut leftovers = Vec::new();
-    if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
-        for h in rd.flatten() {
-            find_named(&h.path(), name, 0, &mut leftovers);
-        }
-    }
+    let leftovers = machine_cgroups(name);
     assert!(leftovers.is_empty(), "cgroups of machine {name} left behind: {leftovers:?}");
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("read /proc/self/mountinfo");
     let d = dir.to_string_lossy();
-    assert!(!mountinfo.lines().any(|l| l.contains(&*d)), "mounts under {d} left behind");
+    let left: Vec<&str> = mountinfo
+        .lines()
+        .filter(|l| l.split(' ').nth(4).is_some_and(|m| m == d || m.starts_with(&format!("{d}/"))))
+        .collect();
+    assert!(left.is_empty(), "mounts under {d} left behind: {left:?}");
 }
 
-fn find_named(dir: &Path, name: &str, depth: usize, out: &mut Vec<PathBuf>) {
-    if depth > 6 {
-        return;
+/// Every cgroup directory named `name` whose parent is a `mctl` directory, in every hierarchy.
+pub fn machine_cgroups(name: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let rd = std::fs::read_dir("/sys/fs/cgroup").expect("read /sys/fs/cgroup");
+    let mut roots: Vec<PathBuf> = rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    // Pure cgroup v2: /sys/fs/cgroup itself is the hierarchy.
+    roots.push(PathBuf::from("/sys/fs/cgroup"));
+    for r in roots {
+        find_named(&r, name, &mut out);
     }
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn find_named(dir: &Path, name: &str, out: &mut Vec<PathBuf>) {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        // A cgroup removed while we walk is fine; anything else is a check that cannot see.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        Err(e) => panic!("cannot read {}: {e}", dir.display()),
+    };
     for e in rd.flatten() {
         if !e.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
@@ -109,8 +135,63 @@ fn find_named(dir: &Path, name: &str, depth: usize, out: &mut Vec<PathBuf>) {
         if p.file_name().is_some_and(|f| f == name) && p.parent().is_some_and(|pp| pp.ends_with("mctl")) {
             out.push(p.clone());
         }
-        find_named(&p, name, depth + 1, out);
+        find_named(&p, name, out);
     }
+}
+
+/// The processes of machine `name` (pid and start time), from its cgroups' `cgroup.procs`.
+pub fn machine_processes(name: &str) -> Vec<(i32, u64)> {
+    let mut pids = Vec::new();
+    for cg in machine_cgroups(name) {
+        collect_procs(&cg, &mut pids);
+    }
+    pids.sort();
+    pids.dedup();
+    pids.into_iter().filter_map(|p| start_time(p).map(|t| (p, t))).collect()
+}
+
+/// The processes in the cgroup2 cgroup of `leader` (a machine's payload cgroup) and below.
+pub fn leader_cgroup_processes(leader: i32) -> Vec<(i32, u64)> {
+    let own = std::fs::read_to_string(format!("/proc/{leader}/cgroup")).expect("read the leader's cgroup");
+    let rel =
+        own.lines().find_map(|l| l.strip_prefix("0::")).expect("a cgroup2 line").trim_start_matches('/');
+    let unified = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .iter()
+        .map(Path::new)
+        .find(|p| p.join("cgroup.procs").exists())
+        .expect("a cgroup2 hierarchy");
+    let mut pids = Vec::new();
+    collect_procs(&unified.join(rel), &mut pids);
+    pids.sort();
+    pids.into_iter().filter_map(|p| start_time(p).map(|t| (p, t))).collect()
+}
+
+fn collect_procs(dir: &Path, out: &mut Vec<i32>) {
+    if let Ok(s) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+        out.extend(s.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+    }
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                collect_procs(&e.path(), out);
+            }
+        }
+    }
+}
+
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..].split(' ').nth(19)?.parse().ok()
+}
+
+/// Asserts that every process of `procs` (from [`machine_processes`]) is gone (a pid reused by
+/// a later process does not count).
+pub fn assert_processes_gone(procs: &[(i32, u64)]) {
+    let alive =
+        || -> Vec<(i32, u64)> { procs.iter().copied().filter(|(p, t)| start_time(*p) == Some(*t)).collect() };
+    wait_until(Duration::from_secs(5), || alive().is_empty());
+    let left = alive();
+    assert!(left.is_empty(), "processes of the machine outlived it: {left:?}");
 }
 
 /// A notify socket standing in for systemd: records what `mctl boot` reports upwards.
@@ -291,11 +372,16 @@ impl Machine {
         Some(st)
     }
 
-    /// SIGTERM to mctl and wait for its exit status.
+    /// SIGTERM to mctl and wait for its exit status; every process the machine had is gone then.
     pub fn stop(&mut self) -> ExitStatus {
+        let procs = leader_cgroup_processes(self.leader);
+        assert!(!procs.is_empty(), "machine {} has no processes in its cgroup", self.name);
         self.signal_launcher(libc::SIGTERM);
-        self.wait(Duration::from_secs(60))
-            .unwrap_or_else(|| panic!("mctl did not exit after SIGTERM; log:\n{}", self.log_text()))
+        let st = self
+            .wait(Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("mctl did not exit after SIGTERM; log:\n{}", self.log_text()));
+        assert_processes_gone(&procs);
+        st
     }
 }
 
