@@ -84,16 +84,15 @@ pub fn grantable(wanted: &CapsHashSet) -> (CapsHashSet, Vec<Capability>) {
     (wanted.intersection(&bounding).copied().collect(), missing)
 }
 
-/// Drops every capability outside `keep` from the bounding and inheritable sets, so that the
-/// exec'ed payload ends up with exactly `keep`.
+/// Makes `keep` the bounding and the inheritable set, so that the exec'ed payload (root) ends
+/// up with exactly `keep` in its permitted, effective and inheritable sets, as under nspawn.
 pub fn apply_bounding_set(keep: &CapsHashSet) -> Result<(), caps::errors::CapsError> {
     for cap in caps::all() {
         if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
             caps::drop(None, CapSet::Bounding, cap)?;
         }
     }
-    let inheritable: CapsHashSet = caps::read(None, CapSet::Inheritable)?;
-    caps::set(None, CapSet::Inheritable, &inheritable.intersection(keep).copied().collect())
+    caps::set(None, CapSet::Inheritable, keep)
 }
 
 /// Limits the permitted, effective and inheritable sets to `keep` (the bounding set should be
