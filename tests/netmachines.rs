@@ -160,14 +160,22 @@ impl Drop for Running {
     }
 }
 
+/// Nothing of the machines' networks is left. A veth pair goes with its machine's network
+/// namespace, which the kernel dismantles a few milliseconds after the launcher's exit (as with
+/// nspawn), and its state file with it: allowed a short while, not forever.
 fn assert_clean(ns: &Ns, env: &Env) {
-    let links = ns.sh("ip -o link show | grep -E ' (ve|vb|vz)-' || true");
-    assert!(links.trim().is_empty(), "links left: {links}");
+    let links = || ns.sh("ip -o link show | grep -E ' (ve|vb|vz)-' || true");
+    let states = || -> Vec<std::ffi::OsString> {
+        std::fs::read_dir(env.run.join("network/machines"))
+            .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default()
+    };
+    wait_until(Duration::from_secs(3), || links().trim().is_empty() && states().is_empty());
+    let left = links();
+    assert!(left.trim().is_empty(), "links left: {left}");
     let rules = ns.sh("nft list ruleset");
     assert!(!rules.contains("table ip mctl"), "nft table left: {rules}");
-    let left: Vec<_> = std::fs::read_dir(env.run.join("network/machines"))
-        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
+    let left = states();
     assert!(left.is_empty(), "network state left: {left:?}");
 }
 
@@ -326,7 +334,10 @@ fn machines_on_a_bridge_and_on_a_zone_ping_each_other() {
     assert!(b.exec(&format!("ping -c1 -W2 {ia}")).status.success(), "b cannot ping a");
     a.stop();
     b.stop();
-    assert!(host.sh("ip -o link show master br0").trim().is_empty(), "ports left on br0");
+    assert!(
+        wait_until(Duration::from_secs(3), || host.sh("ip -o link show master br0").trim().is_empty()),
+        "ports left on br0"
+    );
 
     let za = Running::start(&host, &env, "za", &["--network-zone=lab"], "sleep 60");
     let zb = Running::start(&host, &env, "zb", &["--network-zone=lab"], "sleep 60");

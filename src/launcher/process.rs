@@ -370,7 +370,7 @@ fn run_once(
     let status = status?;
     // PID 1 is reaped; links, addresses and forwards go before a reboot's next run.
     if let Some(net) = net {
-        net.teardown();
+        net.teardown_after_exit();
     }
     let outcome = decode(spec, status);
     tell_supervisor(&[

@@ -65,16 +65,12 @@
 //!    first would let the new outer child inherit the namespace handle). Dropping it does the
 //!    same; the outer child must leave with `exit_now` so it never drops a copy.
 //!
-//! # Performance (bench/network.py)
-//! Measured 2026-11-30 on the 2-CPU Debian 12 VM (kernel 6.18), load average ~1.8, medians of
-//! 31, one machine per process as in `mctl run`: setup 4.4 ms after [`prepare`] (1.3 ms,
-//! overlapping the outer child), 6.2 ms without; teardown 14.8 ms; setup + teardown 19.4 ms.
-//! Setup is a handful of netlink round trips (the veth pair, its peer created straight into
-//! the machine's namespace: 0.8 ms) plus one libnftables batch (1.0 ms, on a thread of its
-//! own, overlapping the links). Teardown is bound by the kernel: the last machine deletes the
-//! nftables table, and closing that nftables socket waits for an RCU grace period (~11 ms).
-//! Deleting a veth pair explicitly would wait longer (~15-30 ms; 33 ms median when PID 1 still
-//! runs), hence leaving it to the namespace's end.
+//! # Cost (bench/network.py and bench/launch.py measure it)
+//! Setup is a handful of netlink round trips plus one libnftables batch on a thread of its own.
+//! Teardown is bound by the kernel's RCU grace periods, which the launcher does not wait for:
+//! the veth pair goes with the namespace (above), and the close of the nftables socket that
+//! deleted the table (which flushes nf_tables' destroy work) is left to a short-lived child
+//! ([`nft_run_closing`](crate::sys::linux::nft_run_closing)).
 //!
 //! [`setup`] and teardown run their tokio work through
 //! [`block_on_thread`](crate::bus::client::block_on_thread) (one call each), so the parent is
@@ -235,8 +231,22 @@ impl MachineNetwork {
         }
     }
 
+    /// [`teardown`](Self::teardown) once PID 1 has exited and was reaped: the veth pair is left
+    /// to die with the machine's namespace (as with nspawn), sparing the launcher the RCU grace
+    /// period an explicit deletion waits for; its state stays `dismantling` (holding the link
+    /// name and subnet) until the kernel has removed it, so nothing can reuse them early.
+    pub fn teardown_after_exit(mut self) {
+        for e in self.teardown_inner(true) {
+            tracing::warn!("{e}");
+        }
+    }
+
     /// Like [`teardown`](Self::teardown), but returns the problems instead of logging them.
     pub fn teardown_report(&mut self) -> Vec<NetworkError> {
+        self.teardown_inner(false)
+    }
+
+    fn teardown_inner(&mut self, pid1_reaped: bool) -> Vec<NetworkError> {
         let Some(st) = self.state.take() else {
             self.guest_ns = None;
             return Vec::new();
@@ -244,10 +254,7 @@ impl MachineNetwork {
         let dir = self.state_dir.clone();
         let guest_ns = self.guest_ns.take();
         let host_ns = self.host_ns.take();
-        // Deleted explicitly even when the namespace's death would remove the pair later:
-        // "nothing outlives the machine" must hold when the launcher exits, not eventually.
-        // (It costs an RCU grace period, about 15 ms here.)
-        let leave_pair = false;
+        let leave_pair = pid1_reaped;
         crate::bus::client::block_on_thread(move || async move {
             let sd = match StateDir::lock(&dir) {
                 Ok(sd) => sd,
@@ -827,6 +834,19 @@ async fn undo(
         };
         if let Err(e) = sd.write_machine(&left) {
             errors.push(e.into());
+        } else if let (Some(host), Ok(meta)) =
+            (&st.host_link, std::fs::metadata(sd.machine_path(&st.machine)))
+        {
+            // Forgotten as soon as the kernel has removed the pair (a few ms after the
+            // namespace's last user is gone), by a child that outlives us that long; else by
+            // the next launch's sweep.
+            crate::sys::linux::forget_when_link_gone(
+                host,
+                &sd.lock_path(),
+                &sd.machine_path(&st.machine),
+                meta.ino(),
+                std::time::Duration::from_secs(2),
+            );
         }
     } else {
         sd.remove_machine(&st.machine);

@@ -29,7 +29,7 @@
 use std::fmt::Write;
 use std::net::Ipv4Addr;
 
-use crate::sys::linux::{NftError, nft_run};
+use crate::sys::linux::{NftError, nft_run_closing};
 
 use super::spec::PortForward;
 
@@ -126,7 +126,11 @@ pub fn preload(machine: &str) -> Result<(), NatError> {
 }
 
 fn run(step: &'static str, machine: &str, cmds: &str) -> Result<(), NatError> {
-    nft_run(cmds).map_err(|e| match e {
+    run_closing(step, machine, cmds, false)
+}
+
+fn run_closing(step: &'static str, machine: &str, cmds: &str, in_background: bool) -> Result<(), NatError> {
+    nft_run_closing(cmds, in_background).map_err(|e| match e {
         NftError::Unavailable(message) => NatError::Unavailable { machine: machine.to_owned(), message },
         NftError::Failed(message) => NatError::Failed { step, machine: machine.to_owned(), message },
     })
@@ -150,7 +154,9 @@ pub fn add(e: &NatEntries, table_exists: bool) -> Result<(), NatError> {
 /// Entries already gone are fine: this also runs for half-done setups and stale states.
 pub fn remove(e: &NatEntries, last: bool) -> Result<(), NatError> {
     if last {
-        return match run("delete table", &e.machine, &format!("delete table ip {TABLE}")) {
+        // The table's destruction completes in the kernel after the socket closes; the
+        // launcher does not wait for that (see nft_run_closing).
+        return match run_closing("delete table", &e.machine, &format!("delete table ip {TABLE}"), true) {
             Err(NatError::Failed { message, .. }) if message.contains("No such file or directory") => Ok(()),
             other => other,
         };

@@ -214,7 +214,13 @@ impl StateDir {
         Ok(StateDir { root: root.to_owned(), _lock: lock })
     }
 
-    fn machine_path(&self, name: &str) -> PathBuf {
+    /// The lock file.
+    pub fn lock_path(&self) -> PathBuf {
+        self.root.join("lock")
+    }
+
+    /// The state file of machine `name`.
+    pub fn machine_path(&self, name: &str) -> PathBuf {
         self.root.join("machines").join(format!("{name}.json"))
     }
 

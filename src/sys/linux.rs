@@ -542,7 +542,17 @@ fn nft_lib() -> Result<&'static Libnftables, NftError> {
 /// in the calling thread's network namespace. In-process because a fork and exec of `nft`
 /// costs about 4 ms per change, the library well under 1 ms.
 pub fn nft_run(commands: &str) -> Result<(), NftError> {
+    nft_run_closing(commands, false)
+}
+
+/// [`nft_run`], with the close of the context's netlink socket handed to a short-lived child
+/// process when `close_in_background`: after a batch that deletes a table, the kernel flushes
+/// nf_tables' destroy work (an RCU grace period, ~17 ms) when that socket is released, and the
+/// launcher need not wait for it. The child holds nothing else and exits at once; the batch
+/// itself is complete when this returns. (Its zombie is reaped when the launcher exits.)
+pub fn nft_run_closing(commands: &str, close_in_background: bool) -> Result<(), NftError> {
     let lib = nft_lib()?;
+    let before = if close_in_background { open_fds() } else { Vec::new() };
     let cmds = CString::new(commands).map_err(|_| NftError::Failed("command contains a NUL byte".into()))?;
     // SAFETY: the context is created, used and freed on this thread only, within this block;
     // `cmds` is NUL-terminated and outlives the call; the error buffer belongs to the context
@@ -564,8 +574,41 @@ pub fn nft_run(commands: &str) -> Result<(), NftError> {
                 if p.is_null() { String::new() } else { CStr::from_ptr(p).to_string_lossy().into_owned() };
             Err(NftError::Failed(msg.trim().to_owned()))
         };
+        if close_in_background {
+            let keep: Vec<RawFd> = open_fds().into_iter().filter(|fd| !before.contains(fd)).collect();
+            hold_and_exit_child(&keep);
+        }
         (lib.ctx_free)(ctx);
         result
+    }
+}
+
+/// This process's open file descriptors.
+fn open_fds() -> Vec<RawFd> {
+    fs::read_dir("/proc/thread-self/fd")
+        .map(|rd| rd.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Forks a child that closes every descriptor but `keep` and exits, so that the last reference
+/// to `keep`'s files goes with it rather than with us.
+fn hold_and_exit_child(keep: &[RawFd]) {
+    let max = open_fds().into_iter().max().unwrap_or(0);
+    // SAFETY: the child runs only async-signal-safe calls (close, _exit) on integers computed
+    // before the fork, so the parent's other threads and their locks cannot matter to it.
+    match unsafe { libc::fork() } {
+        0 => {
+            for fd in 0..=max {
+                if !keep.contains(&fd) {
+                    // SAFETY: closing descriptors of this single-threaded child only.
+                    unsafe { libc::close(fd) };
+                }
+            }
+            // SAFETY: _exit ends the child without running the parent's atexit handlers.
+            unsafe { libc::_exit(0) }
+        }
+        // Fork failed: the parent simply pays for the close itself.
+        _ => {}
     }
 }
 
@@ -747,4 +790,68 @@ pub fn pty_peer(master: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     }
     // SAFETY: the kernel just returned this fd to us; we are its only owner.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Forks a child that outlives the caller's work for a moment: it waits (up to `patience`)
+/// until this thread's network namespace has no link named `ifname`, then, holding the flock
+/// of `lock`, removes `file` if it is still the inode `ino` (nobody replaced it), and exits.
+/// The child holds no other descriptor of ours (pipes of the caller close on time).
+pub fn forget_when_link_gone(
+    ifname: &str,
+    lock: &Path,
+    file: &Path,
+    ino: u64,
+    patience: std::time::Duration,
+) {
+    let (Ok(name), Ok(lock), Ok(file)) = (CString::new(ifname), cpath(lock), cpath(file)) else { return };
+    if name.as_bytes().len() >= libc::IFNAMSIZ {
+        return;
+    }
+    // SAFETY: socket(2) with constant arguments; the fd is checked below.
+    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if sock < 0 {
+        return;
+    }
+    // SAFETY: ifreq is plain data; zeroed is valid. The name fits (checked above).
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
+        *d = *s as libc::c_char;
+    }
+    let rounds = (patience.as_millis() / 2).max(1) as u32;
+    let max = open_fds().into_iter().max().unwrap_or(0);
+    // SAFETY: the child uses only async-signal-safe system calls (close, ioctl, nanosleep,
+    // open, flock, stat, unlink, _exit) on data prepared before the fork, so the parent's other
+    // threads and their locks cannot matter to it.
+    match unsafe { libc::fork() } {
+        0 => unsafe {
+            for fd in 0..=max {
+                if fd != sock {
+                    libc::close(fd);
+                }
+            }
+            let pause = libc::timespec { tv_sec: 0, tv_nsec: 2_000_000 };
+            let mut gone = false;
+            for _ in 0..rounds {
+                if libc::ioctl(sock, libc::SIOCGIFINDEX, &mut req) < 0 {
+                    gone = true;
+                    break;
+                }
+                libc::nanosleep(&pause, std::ptr::null_mut());
+            }
+            if gone {
+                let l = libc::open(lock.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if l >= 0 && libc::flock(l, libc::LOCK_EX) == 0 {
+                    let mut st: libc::stat = std::mem::zeroed();
+                    if libc::stat(file.as_ptr(), &mut st) == 0 && st.st_ino == ino {
+                        libc::unlink(file.as_ptr());
+                    }
+                }
+            }
+            libc::_exit(0)
+        },
+        _ => {
+            // SAFETY: our copy of the socket, not used again.
+            unsafe { libc::close(sock) };
+        }
+    }
 }
