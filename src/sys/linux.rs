@@ -595,20 +595,17 @@ fn open_fds() -> Vec<RawFd> {
 fn hold_and_exit_child(keep: &[RawFd]) {
     let max = open_fds().into_iter().max().unwrap_or(0);
     // SAFETY: the child runs only async-signal-safe calls (close, _exit) on integers computed
-    // before the fork, so the parent's other threads and their locks cannot matter to it.
-    match unsafe { libc::fork() } {
-        0 => {
-            for fd in 0..=max {
-                if !keep.contains(&fd) {
-                    // SAFETY: closing descriptors of this single-threaded child only.
-                    unsafe { libc::close(fd) };
-                }
+    // before the fork, so the parent's other threads and their locks cannot matter to it. If
+    // the fork fails, the parent simply pays for the close itself.
+    if unsafe { libc::fork() } == 0 {
+        for fd in 0..=max {
+            if !keep.contains(&fd) {
+                // SAFETY: closing descriptors of this single-threaded child only.
+                unsafe { libc::close(fd) };
             }
-            // SAFETY: _exit ends the child without running the parent's atexit handlers.
-            unsafe { libc::_exit(0) }
         }
-        // Fork failed: the parent simply pays for the close itself.
-        _ => {}
+        // SAFETY: _exit ends the child without running the parent's atexit handlers.
+        unsafe { libc::_exit(0) }
     }
 }
 
@@ -819,10 +816,12 @@ pub fn forget_when_link_gone(
     }
     let rounds = (patience.as_millis() / 2).max(1) as u32;
     let max = open_fds().into_iter().max().unwrap_or(0);
-    // SAFETY: the child uses only async-signal-safe system calls (close, ioctl, nanosleep,
-    // open, flock, stat, unlink, _exit) on data prepared before the fork, so the parent's other
-    // threads and their locks cannot matter to it.
+    // SAFETY: fork(2); what the child does is below.
     match unsafe { libc::fork() } {
+        // SAFETY: the child uses only async-signal-safe system calls (close, ioctl, nanosleep,
+        // open, flock, stat, unlink, _exit) on data prepared before the fork, so the parent's
+        // other threads and their locks cannot matter to it; `req`, `lock` and `file` are
+        // live copies in the child's memory.
         0 => unsafe {
             for fd in 0..=max {
                 if fd != sock {
