@@ -551,6 +551,43 @@ fn runs_under_seccomp() -> bool {
         .unwrap_or(false)
 }
 
+/// A cgroup2 directory a process entering a machine runs in (`mctl shell`): below the
+/// machine's cgroup, so its processes count as the machine's, and removed again when dropped
+/// (once its processes are gone).
+#[derive(Debug)]
+pub struct EntryCgroup {
+    dir: PathBuf,
+}
+
+impl EntryCgroup {
+    /// `<machine cgroup>/<prefix>-<our pid>` in the cgroup2 hierarchy; `machine_cgroup` is the
+    /// machine's cgroup as `/proc/PID/cgroup` shows it. `None` for a machine without a cgroup
+    /// of its own (the root) or when it cannot be made: the command then runs in ours.
+    pub fn create(cfg: &CgroupConfig, machine_cgroup: &str, prefix: &str) -> Option<EntryCgroup> {
+        if machine_cgroup.trim_matches('/').is_empty() {
+            return None;
+        }
+        let mount = detect(cfg).ok()?.into_iter().find(|h| h.v2)?.mount;
+        let dir = mount
+            .join(machine_cgroup.trim_start_matches('/'))
+            .join(format!("{prefix}-{}", std::process::id()));
+        fs::create_dir(&dir).ok()?;
+        Some(EntryCgroup { dir })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for EntryCgroup {
+    fn drop(&mut self) {
+        // Its last process may still be exiting.
+        let _ = remove_tree(&self.dir, Duration::from_secs(1));
+    }
+}
+
 /// Moves the calling thread into the v1 cgroups `pid` is in (a single-threaded caller moves
 /// with it); the cgroup2 membership is left alone. Used to put `mctl shell` beside a machine's
 /// processes on hybrid hosts.

@@ -6,18 +6,14 @@
 //! machine's mount namespace and passed back as a file descriptor), so neither the API
 //! filesystems nor bind mounts on top of the tree end up in the image.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::path::Path;
-
-use nix::sched::{CloneFlags, setns};
 
 use crate::bus::OWN_NAME;
 use crate::bus::client::{block_on_thread, system_bus};
 use crate::bus::proxy::{self, Manager1Proxy, MctlManager1Proxy};
 use crate::images::interrupt;
 use crate::images::store::{self, ImageStore};
-use crate::launcher::channel::{Channel, Message};
-use crate::sys::linux::{self, Forked};
 
 use super::manage::describe;
 use super::{CliConfig, CliError};
@@ -68,41 +64,6 @@ impl Drop for Frozen<'_> {
     }
 }
 
-/// A detached clone of the root mount of `leader`'s mount namespace.
-fn root_mount_of(leader: u32) -> Result<OwnedFd, CliError> {
-    let ns = std::fs::File::open(format!("/proc/{leader}/ns/mnt"))
-        .map_err(|e| CliError::new(format!("cannot open the machine's mount namespace: {e}")))?;
-    let (ours, theirs) = Channel::pair().map_err(|e| CliError::new(e.to_string()))?;
-    match linux::fork().map_err(|e| CliError::new(format!("cannot fork: {e}")))? {
-        Forked::Child => {
-            drop(ours);
-            // Only in the machine's own mount namespace may its mounts be cloned.
-            let code = match setns(ns.as_fd(), CloneFlags::CLONE_NEWNS)
-                .map_err(std::io::Error::from)
-                .and_then(|()| linux::open_tree(Path::new("/"), false))
-            {
-                Ok(fd) => theirs.send(&Message::RootMount, &[fd.as_fd()]).map(|_| 0).unwrap_or(1),
-                Err(e) => {
-                    let msg = format!("cannot take the machine's root mount: {e}");
-                    let _ = theirs.send(&Message::Failed { error: msg, exit_code: 1 }, &[]);
-                    1
-                }
-            };
-            linux::exit_now(code)
-        }
-        Forked::Parent(pid) => {
-            drop(theirs);
-            let got = ours.recv();
-            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-            match got {
-                Ok(Some((Message::RootMount, mut fds))) if fds.len() == 1 => Ok(fds.remove(0)),
-                Ok(Some((Message::Failed { error, .. }, _))) => Err(CliError::new(error)),
-                other => Err(CliError::new(format!("cannot take the machine's root mount: {other:?}"))),
-            }
-        }
-    }
-}
-
 /// `mctl commit MACHINE IMAGE`.
 pub fn commit(machine: &str, image: &str, cfg: &CliConfig) -> Result<i32, CliError> {
     if !nix::unistd::geteuid().is_root() {
@@ -115,7 +76,7 @@ pub fn commit(machine: &str, image: &str, cfg: &CliConfig) -> Result<i32, CliErr
     let store = ImageStore::new(store_root);
     store.ensure_absent(image).map_err(|e| CliError::new(e.to_string()))?;
     let leader = leader_of(machine)?;
-    let root = root_mount_of(leader)?;
+    let root = crate::launcher::enter::root_mount_of(leader).map_err(|e| CliError::new(e.to_string()))?;
     // Signals from here on remove the half-made image (and the guard thaws the machine).
     interrupt::install().map_err(|e| CliError::new(format!("cannot install signal handlers: {e}")))?;
     let tmp = store.temp_image("commit", image).map_err(|e| CliError::new(e.to_string()))?;

@@ -52,7 +52,7 @@ pub enum ChannelError {
 
 /// One end of the channel.
 #[derive(Debug)]
-pub struct Channel {
+struct Channel {
     fd: OwnedFd,
 }
 
@@ -108,13 +108,180 @@ impl Channel {
         }
         Ok(Some((serde_json::from_slice(&buf[..len])?, fds)))
     }
+}
 
-    /// Receives a message that must carry exactly one fd.
-    pub fn recv_fd(&self, expected: &'static str, want: &Message) -> Result<OwnedFd, ChannelError> {
-        match self.recv()? {
-            Some((m, mut fds)) if &m == want && fds.len() == 1 => Ok(fds.remove(0)),
-            Some((m, _)) => Err(ChannelError::Unexpected { expected, got: Some(m) }),
-            None => Err(ChannelError::Unexpected { expected, got: None }),
+/// A child's failure as it reported it, or a broken channel.
+#[derive(Debug, thiserror::Error)]
+pub enum ChildReport {
+    /// The child reported a failed step.
+    #[error("{error}")]
+    Failed {
+        /// What failed, with its cause.
+        error: String,
+        /// What the parent should exit with.
+        exit_code: i32,
+    },
+    /// The channel broke or carried something unexpected.
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+}
+
+impl ChildReport {
+    /// The exit status this report asks for.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ChildReport::Failed { exit_code, .. } => *exit_code,
+            ChildReport::Channel(_) => 1,
+        }
+    }
+}
+
+/// What the outer child of a launch hands over before the payload may run.
+#[derive(Debug)]
+pub struct MachineSetup {
+    /// The guest's notify socket (bound to `/run/host/notify` inside).
+    pub notify: OwnedFd,
+    /// The console pty master, unless the console is `pipe`.
+    pub console: Option<OwnedFd>,
+    /// The machine's PID 1 (host pid).
+    pub pid1: i32,
+}
+
+/// What a process entering a machine hands over before its command runs.
+#[derive(Debug, Default)]
+pub struct Entered {
+    /// The pty master of the command's terminal, when interactive.
+    pub console: Option<OwnedFd>,
+    /// The command's pid (host pid).
+    pub command: Option<i32>,
+}
+
+/// A channel between a parent and the child it forks: [`ParentEnd`] stays with the parent,
+/// [`ChildEnd`] goes with the child. Both ends are close-on-exec, so a child that executes its
+/// payload closes its end: the parent reads that as success.
+pub fn pair() -> Result<(ParentEnd, ChildEnd), ChannelError> {
+    let (a, b) = Channel::pair()?;
+    Ok((ParentEnd(a), ChildEnd(b)))
+}
+
+/// The parent's end: each method waits for one step of the child.
+#[derive(Debug)]
+pub struct ParentEnd(Channel);
+
+impl ParentEnd {
+    fn next(&self, expected: &'static str) -> Result<(Message, Vec<OwnedFd>), ChildReport> {
+        match self.0.recv()? {
+            Some((Message::Failed { error, exit_code }, _)) => Err(ChildReport::Failed { error, exit_code }),
+            Some(m) => Ok(m),
+            None => Err(ChannelError::Unexpected { expected, got: None }.into()),
+        }
+    }
+
+    /// The outer child's reports, up to the machine's PID 1.
+    pub fn wait_pid1(&self) -> Result<MachineSetup, ChildReport> {
+        let (mut notify, mut console) = (None, None);
+        loop {
+            match self.next("machine setup")? {
+                (Message::NotifySocket, mut fds) if fds.len() == 1 => notify = fds.pop(),
+                (Message::ConsoleMaster, mut fds) if fds.len() == 1 => console = fds.pop(),
+                (Message::InnerPid(pid1), _) => {
+                    let notify =
+                        notify.ok_or(ChannelError::Unexpected { expected: "notify socket", got: None })?;
+                    return Ok(MachineSetup { notify, console, pid1 });
+                }
+                (other, _) => {
+                    return Err(
+                        ChannelError::Unexpected { expected: "machine setup", got: Some(other) }.into()
+                    );
+                }
+            }
+        }
+    }
+
+    /// Tells the machine's PID 1 to execute its payload.
+    pub fn go(&self) -> Result<(), ChannelError> {
+        self.0.send(&Message::Go, &[])
+    }
+
+    /// Waits until the child has executed its payload (it closes its end by doing so).
+    pub fn wait_exec(&self) -> Result<(), ChildReport> {
+        match self.0.recv()? {
+            None => Ok(()),
+            Some((Message::Failed { error, exit_code }, _)) => Err(ChildReport::Failed { error, exit_code }),
+            Some((other, _)) => Err(ChannelError::Unexpected { expected: "exec", got: Some(other) }.into()),
+        }
+    }
+
+    /// The reports of a process entering a machine, until its command runs.
+    pub fn wait_entered(&self) -> Result<Entered, ChildReport> {
+        let mut entered = Entered::default();
+        loop {
+            match self.0.recv()? {
+                None => return Ok(entered),
+                Some((Message::Failed { error, exit_code }, _)) => {
+                    return Err(ChildReport::Failed { error, exit_code });
+                }
+                Some((Message::ConsoleMaster, mut fds)) if fds.len() == 1 => entered.console = fds.pop(),
+                Some((Message::InnerPid(pid), _)) => entered.command = Some(pid),
+                Some((other, _)) => {
+                    return Err(ChannelError::Unexpected { expected: "the command", got: Some(other) }.into());
+                }
+            }
+        }
+    }
+
+    /// A detached mount of a machine's root, from a child in its mount namespace.
+    pub fn wait_root_mount(&self) -> Result<OwnedFd, ChildReport> {
+        match self.next("the machine's root")? {
+            (Message::RootMount, mut fds) if fds.len() == 1 => Ok(fds.remove(0)),
+            (other, _) => {
+                Err(ChannelError::Unexpected { expected: "the machine's root", got: Some(other) }.into())
+            }
+        }
+    }
+}
+
+/// The child's end: each method reports one step.
+#[derive(Debug)]
+pub struct ChildEnd(Channel);
+
+impl ChildEnd {
+    /// The underlying fd (to poll for the parent going away).
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.0.fd()
+    }
+
+    /// Reports a failed step; the child exits next.
+    pub fn failed(&self, error: &impl std::fmt::Display, exit_code: i32) {
+        let _ = self.0.send(&Message::Failed { error: error.to_string(), exit_code }, &[]);
+    }
+
+    /// Hands over the guest's notify socket.
+    pub fn notify_socket(&self, fd: BorrowedFd<'_>) -> Result<(), ChannelError> {
+        self.0.send(&Message::NotifySocket, &[fd])
+    }
+
+    /// Hands over a console or terminal pty master.
+    pub fn console_master(&self, fd: BorrowedFd<'_>) -> Result<(), ChannelError> {
+        self.0.send(&Message::ConsoleMaster, &[fd])
+    }
+
+    /// Reports the pid of the machine's PID 1 or of an entering command.
+    pub fn pid(&self, pid: i32) -> Result<(), ChannelError> {
+        self.0.send(&Message::InnerPid(pid), &[])
+    }
+
+    /// Hands over a detached mount of the machine's root.
+    pub fn root_mount(&self, fd: BorrowedFd<'_>) -> Result<(), ChannelError> {
+        self.0.send(&Message::RootMount, &[fd])
+    }
+
+    /// Waits for the parent's go; `false` when the parent went away instead.
+    pub fn wait_go(&self) -> Result<bool, ChannelError> {
+        match self.0.recv()? {
+            Some((Message::Go, _)) => Ok(true),
+            None => Ok(false),
+            Some((other, _)) => Err(ChannelError::Unexpected { expected: "go", got: Some(other) }),
         }
     }
 }
@@ -125,22 +292,41 @@ mod tests {
     use std::io::{Read, Seek, Write};
 
     #[test]
-    fn messages_and_fds_cross() {
-        let (a, b) = Channel::pair().unwrap();
+    fn each_step_crosses_with_its_fds() {
+        let (parent, child) = pair().unwrap();
         let mut file = tempfile_in_tmp();
         file.write_all(b"hello").unwrap();
         use std::os::fd::AsFd;
-        a.send(&Message::NotifySocket, &[file.as_fd()]).unwrap();
-        let fd = b.recv_fd("notify socket", &Message::NotifySocket).unwrap();
-        let mut f = std::fs::File::from(fd);
+        child.notify_socket(file.as_fd()).unwrap();
+        child.console_master(file.as_fd()).unwrap();
+        child.pid(42).unwrap();
+        let setup = parent.wait_pid1().unwrap();
+        assert_eq!(setup.pid1, 42);
+        assert!(setup.console.is_some());
+        let mut f = std::fs::File::from(setup.notify);
         f.rewind().unwrap();
         let mut s = String::new();
         f.read_to_string(&mut s).unwrap();
         assert_eq!(s, "hello");
-        a.send(&Message::Failed { error: "x".into(), exit_code: 3 }, &[]).unwrap();
-        assert!(matches!(b.recv().unwrap(), Some((Message::Failed { exit_code: 3, .. }, _))));
-        drop(a);
-        assert!(b.recv().unwrap().is_none());
+        parent.go().unwrap();
+        assert!(child.wait_go().unwrap());
+        child.failed(&"no init", 3);
+        assert!(matches!(parent.wait_exec(), Err(ChildReport::Failed { exit_code: 3, .. })));
+        drop(child);
+        assert!(parent.wait_exec().is_ok(), "end of file means the payload runs");
+    }
+
+    #[test]
+    fn a_child_that_goes_away_is_an_error_until_exec() {
+        let (parent, child) = pair().unwrap();
+        drop(child);
+        assert!(matches!(
+            parent.wait_pid1(),
+            Err(ChildReport::Channel(ChannelError::Unexpected { got: None, .. }))
+        ));
+        let (parent, child) = pair().unwrap();
+        drop(parent);
+        assert!(!child.wait_go().unwrap());
     }
 
     fn tempfile_in_tmp() -> std::fs::File {

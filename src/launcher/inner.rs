@@ -11,7 +11,7 @@ use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, sigprocmask};
 
 use crate::sys::linux::{self, Forked, LinuxSys};
 
-use super::channel::{Channel, Message};
+use super::channel::ChildEnd;
 use super::exec::{self, cstring};
 use super::identity::INIT_CANDIDATES;
 use super::mounts::{self, Trees};
@@ -20,16 +20,16 @@ use super::spec::Payload;
 use super::{ChildContext, ChildError};
 
 /// Runs PID 1's setup and execs; reports failures to the launcher and exits.
-pub(super) fn run(ctx: &ChildContext<'_>, chan: &Channel, console: Option<&str>) -> ! {
+pub(super) fn run(ctx: &ChildContext<'_>, chan: &ChildEnd, console: Option<&str>) -> ! {
     let err = match inner(ctx, chan, console) {
         Ok(never) => match never {},
         Err(e) => e,
     };
-    let _ = chan.send(&Message::Failed { error: err.to_string(), exit_code: err.exit_code() }, &[]);
+    chan.failed(&err, err.exit_code());
     linux::exit_now(err.exit_code())
 }
 
-fn inner(ctx: &ChildContext<'_>, chan: &Channel, console: Option<&str>) -> Result<Infallible, ChildError> {
+fn inner(ctx: &ChildContext<'_>, chan: &ChildEnd, console: Option<&str>) -> Result<Infallible, ChildError> {
     // The launcher placed us in the payload cgroup; that becomes the root the guest sees.
     unshare(CloneFlags::CLONE_NEWCGROUP)
         .map_err(|e| ChildError::Step("create cgroup namespace", e.into()))?;
@@ -39,13 +39,9 @@ fn inner(ctx: &ChildContext<'_>, chan: &Channel, console: Option<&str>) -> Resul
         &mounts::inner_plan(&ctx.boot_id, ctx.spec.network.needs_netns()),
     )?;
 
-    match chan.recv()? {
-        Some((Message::Go, _)) => {}
+    if !chan.wait_go()? {
         // The launcher went away: nothing to run for.
-        None => linux::exit_now(1),
-        Some((other, _)) => {
-            return Err(super::channel::ChannelError::Unexpected { expected: "go", got: Some(other) }.into());
-        }
+        linux::exit_now(1);
     }
     // By now the outer child has exited and the launcher adopted us, so this ties the
     // machine's life to the launcher's.
@@ -77,7 +73,7 @@ fn inner(ctx: &ChildContext<'_>, chan: &Channel, console: Option<&str>) -> Resul
 }
 
 /// Whether the launcher's end of the channel is closed.
-fn launcher_gone(chan: &Channel) -> bool {
+fn launcher_gone(chan: &ChildEnd) -> bool {
     let mut fds = [PollFd::new(chan.fd(), PollFlags::POLLIN)];
     poll(&mut fds, PollTimeout::ZERO).is_ok()
         && fds[0].revents().is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR))

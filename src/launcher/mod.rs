@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 pub mod channel;
 pub mod console;
+pub mod enter;
+pub mod events;
 pub(crate) mod exec;
 pub mod identity;
 mod inner;

@@ -12,7 +12,7 @@ use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, bind, setsoc
 
 use crate::sys::linux::{self, Forked, LinuxSys};
 
-use super::channel::{Channel, Message};
+use super::channel::ChildEnd;
 use super::inner;
 use super::mounts::{self, TreeId, Trees};
 use super::spec::{ConsoleMode, Volatile};
@@ -20,17 +20,17 @@ use super::{ChildContext, ChildError};
 use crate::network::NetworkMode;
 
 /// Runs the outer child and exits; never returns.
-pub(super) fn run(ctx: &ChildContext<'_>, chan: &Channel) -> ! {
+pub(super) fn run(ctx: &ChildContext<'_>, chan: &ChildEnd) -> ! {
     match outer(ctx, chan) {
         Ok(()) => linux::exit_now(0),
         Err(e) => {
-            let _ = chan.send(&Message::Failed { error: e.to_string(), exit_code: e.exit_code() }, &[]);
+            chan.failed(&e, e.exit_code());
             linux::exit_now(1)
         }
     }
 }
 
-fn outer(ctx: &ChildContext<'_>, chan: &Channel) -> Result<(), ChildError> {
+fn outer(ctx: &ChildContext<'_>, chan: &ChildEnd) -> Result<(), ChildError> {
     // If the launcher dies during setup, so does its half-built machine.
     linux::set_parent_death_signal(Signal::SIGKILL).map_err(ChildError::step("set parent death signal"))?;
     for file in &ctx.join_cgroup_files {
@@ -74,7 +74,7 @@ fn outer(ctx: &ChildContext<'_>, chan: &Channel) -> Result<(), ChildError> {
     bind(notify.as_raw_fd(), &addr).map_err(|e| ChildError::Step("bind notify socket", e.into()))?;
     setsockopt(&notify, sockopt::PassCred, &true)
         .map_err(|e| ChildError::Step("enable notify credentials", e.into()))?;
-    chan.send(&Message::NotifySocket, &[notify.as_fd()])?;
+    chan.notify_socket(notify.as_fd())?;
     drop(notify);
 
     let console = if ctx.spec.console == ConsoleMode::Pipe {
@@ -85,7 +85,7 @@ fn outer(ctx: &ChildContext<'_>, chan: &Channel) -> Result<(), ChildError> {
         let slave = format!("/dev/pts/{n}");
         std::os::unix::fs::symlink(format!("pts/{n}"), "/dev/console")
             .map_err(ChildError::step("create /dev/console"))?;
-        chan.send(&Message::ConsoleMaster, &[master.as_fd()])?;
+        chan.console_master(master.as_fd())?;
         Some(slave)
     };
 
@@ -94,7 +94,7 @@ fn outer(ctx: &ChildContext<'_>, chan: &Channel) -> Result<(), ChildError> {
     nix::unistd::sethostname(ctx.spec.hostname()).map_err(|e| ChildError::Step("set hostname", e.into()))?;
     match linux::fork().map_err(ChildError::step("fork the machine's PID 1"))? {
         Forked::Child => inner::run(ctx, chan, console.as_deref()),
-        Forked::Parent(pid) => chan.send(&Message::InnerPid(pid), &[])?,
+        Forked::Parent(pid) => chan.pid(pid)?,
     }
     Ok(())
 }

@@ -5,9 +5,8 @@ use std::io;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 
-use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use sd_notify::NotifyState;
@@ -16,8 +15,9 @@ use crate::network;
 use crate::signals::SignalNumber;
 use crate::sys::linux::{self, Forked};
 
-use super::channel::{Channel, ChannelError, Message};
-use super::console::{Console, ConsoleEvent};
+use super::channel::{self, ChannelError, ChildReport, MachineSetup, ParentEnd};
+use super::console::Console;
+use super::events::{self, Event, Events};
 use super::identity::{Tree, TreeError, host_os_env};
 use super::mounts::HostFacts;
 use super::notify::{GuestNotice, NotifyRelay, tell_supervisor};
@@ -73,6 +73,15 @@ pub enum LaunchError {
     },
 }
 
+impl From<ChildReport> for LaunchError {
+    fn from(r: ChildReport) -> Self {
+        match r {
+            ChildReport::Failed { error, exit_code } => LaunchError::Child { error, exit_code },
+            ChildReport::Channel(e) => LaunchError::Channel(e),
+        }
+    }
+}
+
 impl LaunchError {
     /// The launcher's exit status for this error.
     pub fn exit_code(&self) -> i32 {
@@ -80,10 +89,6 @@ impl LaunchError {
             LaunchError::Child { exit_code, .. } => *exit_code,
             _ => 1,
         }
-    }
-
-    fn setup(what: &'static str) -> impl FnOnce(nix::Error) -> LaunchError {
-        move |e| LaunchError::Setup(what, e.into())
     }
 }
 
@@ -96,9 +101,6 @@ enum Outcome {
 
 /// Exit status that tells a service manager "reboot me" (`RestartForceExitStatus=133`).
 pub const EXIT_REBOOT: i32 = 133;
-
-const TOKEN_SIGNAL: u64 = 1;
-const TOKEN_NOTIFY: u64 = 2;
 
 /// Boots or runs the machine described by `spec` until it ends; returns the exit status
 /// (see the CLI's documentation of `mctl boot` and `mctl run`).
@@ -163,13 +165,7 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32, LaunchError> {
 
     linux::set_child_subreaper().map_err(|e| LaunchError::Setup("become child subreaper", e))?;
     // Signals are handled synchronously through a signalfd; the children undo this mask.
-    let mut mask = SigSet::empty();
-    for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGWINCH] {
-        mask.add(s);
-    }
-    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None).map_err(LaunchError::setup("block signals"))?;
-    let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
-        .map_err(LaunchError::setup("create signalfd"))?;
+    let sigfd = events::signalfd().map_err(|e| LaunchError::Setup("handle signals through a signalfd", e))?;
 
     let mut first_run = true;
     loop {
@@ -246,6 +242,7 @@ fn register_machine(
 }
 
 /// Children that must not outlive a failed launch.
+#[derive(Debug, Default)]
 struct Reaper {
     pids: Vec<Pid>,
 }
@@ -259,128 +256,154 @@ impl Drop for Reaper {
     }
 }
 
+/// One run of the machine, phase by phase: [`spawn`](Run::spawn) (its cgroup and the outer
+/// child), [`connect`](Run::connect) (PID 1, network, registration), [`start`](Run::start) (the
+/// payload executes), [`supervise`], [`end`](Run::end). Whatever a failed phase leaves is undone
+/// when the run is dropped, in field order: children killed, network torn down, cgroup removed.
+struct Run<'a> {
+    spec: &'a LaunchSpec,
+    children: Reaper,
+    net: Option<network::MachineNetwork>,
+    registered: bool,
+    /// Always present until [`Run::end`] removes it.
+    cgroup: Option<MachineCgroup>,
+}
+
+impl Drop for Run<'_> {
+    fn drop(&mut self) {
+        if self.registered {
+            register::unregister(self.spec.name.as_str());
+        }
+    }
+}
+
 fn run_once(
     mut ctx: ChildContext<'_>,
     sigfd: &SignalFd,
     announce: bool,
     record: &mut LaunchRecord,
 ) -> Result<Outcome, LaunchError> {
-    let spec = ctx.spec;
-    let cgroup = MachineCgroup::create(&spec.cgroup, spec.name.as_str(), spec.keep_unit)?;
-    let (dirs, parents) = cgroup.owned_dirs();
-    record.set_cgroups(dirs, parents).map_err(|e| LaunchError::Setup("record the launch", e))?;
-    if announce {
-        eprintln!("Spawning container {} on {}.", spec.name, spec.root.display());
-        if spec.console == ConsoleMode::Interactive {
-            eprintln!("Press ^] three times within 1s to kill container.");
-        }
-    }
-    ctx.join_cgroup_files = cgroup.payload_v1_tasks();
-    let (ours, theirs) = Channel::pair()?;
-    let mut reaper = Reaper { pids: Vec::new() };
-    let unified = cgroup.unified_payload_dir();
-    let unified_fd =
-        std::fs::File::open(&unified).map_err(|e| LaunchError::Setup("open the payload cgroup", e))?;
-    let forked = match linux::fork_into_cgroup(unified_fd.as_fd()) {
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EINVAL | libc::E2BIG)) => {
-            // Kernel without CLONE_INTO_CGROUP: the child moves itself.
-            ctx.join_cgroup_files.insert(0, unified.join("cgroup.procs"));
-            linux::fork()
-        }
-        other => other,
-    };
-    let outer_pid = match forked.map_err(|e| LaunchError::Setup("fork", e))? {
-        Forked::Child => {
-            drop(ours);
-            outer::run(&ctx, &theirs)
-        }
-        Forked::Parent(pid) => Pid::from_raw(pid),
-    };
-    reaper.pids.push(outer_pid);
-    drop(theirs);
-    if spec.network.needs_netns() {
-        // Sweeps dead launchers' leftovers and loads nftables while the child builds the tree.
-        network::prepare(&spec.network, spec.name.as_str())?;
-    }
+    let (mut run, parent) = Run::spawn(&mut ctx, announce, record)?;
+    let setup = run.connect(&parent, &ctx)?;
+    let pid1 = Pid::from_raw(setup.pid1);
+    let (notify, console) = run.start(&parent, setup)?;
+    let status = supervise(ctx.spec, pid1, sigfd, &notify, console);
+    run.end(status?)
+}
 
-    let mut notify_fd = None;
-    let mut master = None;
-    let pid1 = loop {
-        match ours.recv()? {
-            Some((Message::NotifySocket, mut fds)) if fds.len() == 1 => notify_fd = fds.pop(),
-            Some((Message::ConsoleMaster, mut fds)) if fds.len() == 1 => master = fds.pop(),
-            Some((Message::InnerPid(pid), _)) => break Pid::from_raw(pid),
-            Some((Message::Failed { error, exit_code }, _)) => {
-                return Err(LaunchError::Child { error, exit_code });
-            }
-            Some((other, _)) => {
-                return Err(ChannelError::Unexpected { expected: "machine setup", got: Some(other) }.into());
-            }
-            None => {
-                return Err(LaunchError::Child {
-                    error: "machine setup ended without a report".to_owned(),
-                    exit_code: 1,
-                });
+impl<'a> Run<'a> {
+    /// The machine's cgroup and the outer child, forked into it; returns the parent's end of
+    /// the channel to it.
+    fn spawn(
+        ctx: &mut ChildContext<'a>,
+        announce: bool,
+        record: &mut LaunchRecord,
+    ) -> Result<(Run<'a>, ParentEnd), LaunchError> {
+        let spec = ctx.spec;
+        let cgroup = MachineCgroup::create(&spec.cgroup, spec.name.as_str(), spec.keep_unit)?;
+        let (dirs, parents) = cgroup.owned_dirs();
+        record.set_cgroups(dirs, parents).map_err(|e| LaunchError::Setup("record the launch", e))?;
+        if announce {
+            eprintln!("Spawning container {} on {}.", spec.name, spec.root.display());
+            if spec.console == ConsoleMode::Interactive {
+                eprintln!("Press ^] three times within 1s to kill container.");
             }
         }
-    };
-    reaper.pids.push(pid1);
-    // The outer child exits right after reporting; PID 1 is then ours (we are its subreaper).
-    let _ = waitpid(outer_pid, None);
-    reaper.pids.retain(|p| *p != outer_pid);
-    // Connected before the payload runs: a machine must not start half-connected.
-    let net = if spec.network.needs_netns() {
-        Some(network::setup(&spec.network, spec.name.as_str(), pid1.as_raw())?)
-    } else {
-        None
-    };
-    let netif = net.as_ref().map(|n| n.host_ifindices()).unwrap_or_default();
-    // Registered before the payload runs, so a refusal stops the machine before it starts.
-    let registered = register_machine(spec, &ctx.uuid, pid1.as_raw(), netif)?;
-    let notify = NotifyRelay::new(
-        notify_fd.ok_or(ChannelError::Unexpected { expected: "notify socket", got: None })?,
-        pid1.as_raw(),
-    );
-
-    ours.send(&Message::Go, &[])?;
-    // The channel is close-on-exec: end-of-file means the payload is running.
-    if let Some((Message::Failed { error, exit_code }, _)) = ours.recv()? {
-        return Err(LaunchError::Child { error, exit_code });
-    }
-    reaper.pids.clear();
-
-    let console = match master {
-        Some(m) if spec.console != ConsoleMode::Pipe => {
-            Some(Console::new(m, spec.console).map_err(|e| LaunchError::Setup("set up the console", e))?)
+        ctx.join_cgroup_files = cgroup.payload_v1_tasks();
+        let unified = cgroup.unified_payload_dir();
+        let mut run =
+            Run { spec, children: Reaper::default(), net: None, registered: false, cgroup: Some(cgroup) };
+        let (parent, child) = channel::pair()?;
+        let unified_fd =
+            std::fs::File::open(&unified).map_err(|e| LaunchError::Setup("open the payload cgroup", e))?;
+        let forked = match linux::fork_into_cgroup(unified_fd.as_fd()) {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EINVAL | libc::E2BIG)) => {
+                // Kernel without CLONE_INTO_CGROUP: the child moves itself.
+                ctx.join_cgroup_files.insert(0, unified.join("cgroup.procs"));
+                linux::fork()
+            }
+            other => other,
+        };
+        match forked.map_err(|e| LaunchError::Setup("fork", e))? {
+            Forked::Child => {
+                drop(parent);
+                outer::run(ctx, &child)
+            }
+            Forked::Parent(pid) => run.children.pids.push(Pid::from_raw(pid)),
         }
-        _ => None,
-    };
-    tell_supervisor(&[
-        NotifyState::Status("Container running."),
-        NotifyState::Custom(&format!("X_MCTL_LEADER_PID={pid1}")),
-    ]);
-    if !spec.notify_ready || !spec.is_boot() {
-        tell_supervisor(&[NotifyState::Ready]);
+        Ok((run, parent))
     }
 
-    let status = supervise(spec, pid1, sigfd, &notify, console);
-    if registered {
-        register::unregister(spec.name.as_str());
+    /// Waits for the machine's PID 1, then connects it: its network, its registration. Both
+    /// happen before the payload runs: a machine must not start half-connected, and a refused
+    /// registration stops it before it starts.
+    fn connect(&mut self, parent: &ParentEnd, ctx: &ChildContext<'_>) -> Result<MachineSetup, LaunchError> {
+        let spec = self.spec;
+        if spec.network.needs_netns() {
+            // Sweeps dead launchers' leftovers and loads nftables while the child builds the tree.
+            network::prepare(&spec.network, spec.name.as_str())?;
+        }
+        let setup = parent.wait_pid1()?;
+        let outer = self.children.pids[0];
+        self.children.pids.push(Pid::from_raw(setup.pid1));
+        // The outer child exits right after reporting; PID 1 is then ours (we are its subreaper).
+        let _ = waitpid(outer, None);
+        self.children.pids.retain(|p| *p != outer);
+        if spec.network.needs_netns() {
+            self.net = Some(network::setup(&spec.network, spec.name.as_str(), setup.pid1)?);
+        }
+        let netif = self.net.as_ref().map(|n| n.host_ifindices()).unwrap_or_default();
+        self.registered = register_machine(spec, &ctx.uuid, setup.pid1, netif)?;
+        Ok(setup)
     }
-    let status = status?;
-    // PID 1 is reaped; links, addresses and forwards go before a reboot's next run.
-    if let Some(net) = net {
-        net.teardown_after_exit();
+
+    /// Lets PID 1 execute the payload and wires up its notify socket and console.
+    fn start(
+        &mut self,
+        parent: &ParentEnd,
+        setup: MachineSetup,
+    ) -> Result<(NotifyRelay, Option<Console>), LaunchError> {
+        let spec = self.spec;
+        parent.go()?;
+        parent.wait_exec()?;
+        // From here on PID 1 lives until the machine ends; it is no failed launch's leftover.
+        self.children.pids.clear();
+        let notify = NotifyRelay::new(setup.notify, setup.pid1);
+        let console = match setup.console {
+            Some(m) if spec.console != ConsoleMode::Pipe => {
+                Some(Console::new(m, spec.console).map_err(|e| LaunchError::Setup("set up the console", e))?)
+            }
+            _ => None,
+        };
+        tell_supervisor(&[
+            NotifyState::Status("Container running."),
+            NotifyState::Custom(&format!("X_MCTL_LEADER_PID={}", setup.pid1)),
+        ]);
+        if !spec.notify_ready || !spec.is_boot() {
+            tell_supervisor(&[NotifyState::Ready]);
+        }
+        Ok((notify, console))
     }
-    let outcome = decode(spec, status);
-    tell_supervisor(&[
-        NotifyState::Stopping,
-        NotifyState::Status(if outcome == Outcome::Reboot { "Restarting..." } else { "Terminating..." }),
-    ]);
-    if let Err(e) = cgroup.remove() {
-        tracing::warn!("{e}");
+
+    /// PID 1 has exited and was reaped: the machine is unregistered, its network and cgroup
+    /// go (before a reboot's next run).
+    fn end(mut self, status: WaitStatus) -> Result<Outcome, LaunchError> {
+        if std::mem::take(&mut self.registered) {
+            register::unregister(self.spec.name.as_str());
+        }
+        if let Some(net) = self.net.take() {
+            net.teardown_after_exit();
+        }
+        let outcome = decode(self.spec, status);
+        tell_supervisor(&[
+            NotifyState::Stopping,
+            NotifyState::Status(if outcome == Outcome::Reboot { "Restarting..." } else { "Terminating..." }),
+        ]);
+        if let Some(Err(e)) = self.cgroup.take().map(MachineCgroup::remove) {
+            tracing::warn!("{e}");
+        }
+        Ok(outcome)
     }
-    Ok(outcome)
 }
 
 /// Runs the event loop until PID 1 has exited; returns its wait status.
@@ -389,23 +412,12 @@ fn supervise(
     pid1: Pid,
     sigfd: &SignalFd,
     notify: &NotifyRelay,
-    mut console: Option<Console>,
+    console: Option<Console>,
 ) -> Result<WaitStatus, LaunchError> {
-    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(LaunchError::setup("create epoll"))?;
-    epoll
-        .add(sigfd, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_SIGNAL))
-        .map_err(LaunchError::setup("watch signals"))?;
-    epoll
-        .add(notify.fd(), EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_NOTIFY))
-        .map_err(LaunchError::setup("watch notify socket"))?;
-    if let Some(c) = console.as_mut()
-        && c.register(&epoll).map_err(|e| LaunchError::Setup("watch the console", e))? == ConsoleEvent::Escape
-    {
-        let _ = kill(pid1, Signal::SIGKILL);
-    }
+    let mut events = Events::new(sigfd, Some(notify.fd()), console)
+        .map_err(|e| LaunchError::Setup("watch signals, the notify socket and the console", e))?;
     let mut stop_requests = 0;
     let mut ready = false;
-    let mut events = [EpollEvent::empty(); 16];
     let status = 'run: loop {
         if let Some(status) = exited(pid1) {
             break 'run status;
@@ -414,38 +426,16 @@ fn supervise(
         // dropped (PID 1 ignores signals it has no handler for), so until the guest has said
         // READY=1 the request is repeated.
         let unconfirmed_stop = spec.is_boot() && stop_requests == 1 && !ready;
-        let timeout = if unconfirmed_stop { EpollTimeout::from(STOP_REPEAT_MS) } else { EpollTimeout::NONE };
-        let n = match epoll.wait(&mut events, timeout) {
-            Ok(0) if unconfirmed_stop => {
-                request_stop(spec, pid1, Signal::SIGTERM, REPEAT_STOP);
-                continue;
-            }
-            Ok(n) => n,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(LaunchError::Setup("wait for events", e.into())),
-        };
-        for ev in &events[..n] {
-            match ev.data() {
-                TOKEN_SIGNAL => {
-                    while let Ok(Some(info)) = sigfd.read_signal() {
-                        let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
-                            continue;
-                        };
-                        match sig {
-                            Signal::SIGCHLD => {}
-                            Signal::SIGWINCH => {
-                                if let Some(c) = &console {
-                                    c.resize();
-                                }
-                            }
-                            _ => {
-                                stop_requests += 1;
-                                request_stop(spec, pid1, sig, stop_requests);
-                            }
-                        }
-                    }
+        let timeout = unconfirmed_stop.then_some(STOP_REPEAT_MS);
+        for event in events.wait(timeout).map_err(|e| LaunchError::Setup("wait for events", e))? {
+            match event {
+                Event::Timeout => request_stop(spec, pid1, Signal::SIGTERM, REPEAT_STOP),
+                Event::Child => {}
+                Event::Signal(sig) => {
+                    stop_requests += 1;
+                    request_stop(spec, pid1, sig, stop_requests);
                 }
-                TOKEN_NOTIFY => {
+                Event::Extra => {
                     for notice in notify.drain() {
                         match notice {
                             GuestNotice::Ready if !ready => {
@@ -465,19 +455,13 @@ fn supervise(
                         }
                     }
                 }
-                token => {
-                    if let Some(c) = console.as_mut()
-                        && c.handle(token) == ConsoleEvent::Escape
-                    {
-                        let _ = kill(pid1, Signal::SIGKILL);
-                    }
+                Event::Escape => {
+                    let _ = kill(pid1, Signal::SIGKILL);
                 }
             }
         }
     };
-    if let Some(c) = console {
-        c.finish();
-    }
+    events.finish();
     report(spec, status);
     Ok(status)
 }

@@ -1,0 +1,305 @@
+//! Entering a running machine: `mctl shell` (and later the OCI runtime's exec) runs a command in
+//! a machine's namespaces and a cgroup below its own; `mctl commit` takes its root mount.
+//!
+//! Process structure: the caller (host, supervises and forwards the terminal) → helper (joins
+//! the cgroup and namespaces; a pid namespace applies to children only) → the command (a
+//! process of the machine). The command is in the machine's pid namespace before it executes,
+//! where the guest's root can see it and, holding CAP_SYS_PTRACE, attach to it. So everything a
+//! guest could reach through it is the guest's already by then: the caller runs from a sealed
+//! in-memory copy of mctl (no host file behind `/proc/PID/exe`; see
+//! [`ensure_running_from_sealed_copy`](crate::sys::linux::ensure_running_from_sealed_copy)), the
+//! helper is non-dumpable and takes the machine's capabilities and system call filter before it
+//! forks, and no guest file that could stall it is read (passwd through `guestfs`).
+
+use std::convert::Infallible;
+use std::fs;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::sched::{CloneFlags, setns};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use crate::sys::linux::{self, Forked};
+
+use super::channel::{self, ChildEnd, ChildReport};
+use super::console::Console;
+use super::events::{self, Event, Events};
+use super::spec::ConsoleMode;
+use super::{ChildError, exec, security};
+
+/// Entering failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EnterError {
+    /// A step on the caller's side.
+    #[error("cannot {step}: {source}")]
+    Step {
+        /// What was being done.
+        step: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The helper or the command reported a failed step.
+    #[error(transparent)]
+    Child(#[from] ChildReport),
+}
+
+impl EnterError {
+    fn step(step: &'static str) -> impl FnOnce(std::io::Error) -> EnterError {
+        move |source| EnterError::Step { step, source }
+    }
+
+    /// The exit status for this failure (127/126 for a command that cannot be found or run).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            EnterError::Child(r) => r.exit_code(),
+            EnterError::Step { .. } => 1,
+        }
+    }
+}
+
+/// What to run in which machine, and with what.
+#[derive(Debug)]
+pub struct EnterSpec {
+    /// The machine's leader (its PID 1), whose namespaces are joined.
+    pub leader: u32,
+    /// The user to run as (name or uid in the machine's passwd).
+    pub user: String,
+    /// The command; empty for the user's login shell.
+    pub command: Vec<String>,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+    /// Give the command a terminal of the machine's devpts, forwarded to ours.
+    pub interactive: bool,
+    /// A cgroup2 directory below the machine's to run in (and the v1 cgroups of the leader).
+    pub cgroup: Option<PathBuf>,
+    /// The machine's bounding set: the most the command may hold.
+    pub bounding: caps::CapsHashSet,
+    /// The machine's system call filter.
+    pub seccomp: crate::seccomp::SyscallFilter,
+}
+
+/// The namespaces a command entering a machine joins, in the order it joins them.
+const NAMESPACES: [(&str, CloneFlags); 6] = [
+    ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+    ("ipc", CloneFlags::CLONE_NEWIPC),
+    ("uts", CloneFlags::CLONE_NEWUTS),
+    ("net", CloneFlags::CLONE_NEWNET),
+    ("pid", CloneFlags::CLONE_NEWPID),
+    ("mnt", CloneFlags::CLONE_NEWNS),
+];
+
+/// Runs `spec.command` in the machine and supervises it (signals to us go to it, its terminal
+/// is forwarded); returns its exit status (128+N for signal N).
+pub fn run(spec: &EnterSpec) -> Result<i32, EnterError> {
+    // Opened before forking: they stay valid even if the leader exits now.
+    let mut namespaces = Vec::new();
+    for (ns, flag) in NAMESPACES {
+        let f = fs::File::open(format!("/proc/{}/ns/{ns}", spec.leader))
+            .map_err(EnterError::step("open the machine's namespaces"))?;
+        namespaces.push((f, flag));
+    }
+    let sigfd = events::signalfd().map_err(EnterError::step("handle signals through a signalfd"))?;
+    let (parent, child) = channel::pair().map_err(ChildReport::Channel)?;
+    let helper = match linux::fork().map_err(EnterError::step("fork"))? {
+        Forked::Child => {
+            drop(parent);
+            helper_main(spec, namespaces, &child)
+        }
+        Forked::Parent(pid) => Pid::from_raw(pid),
+    };
+    drop(child);
+    drop(namespaces);
+    let entered = match parent.wait_entered() {
+        Ok(e) => e,
+        Err(e) => {
+            let _ = waitpid(helper, None);
+            return Err(e.into());
+        }
+    };
+    let console = match entered.console {
+        Some(m) => {
+            Some(Console::new(m, ConsoleMode::Interactive).map_err(EnterError::step("set up the terminal"))?)
+        }
+        None => None,
+    };
+    let command = entered.command.map(Pid::from_raw);
+    let mut events =
+        Events::new(&sigfd, None, console).map_err(EnterError::step("watch signals and the terminal"))?;
+    let status = loop {
+        if let Ok(s @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) =
+            waitpid(helper, Some(WaitPidFlag::WNOHANG))
+        {
+            break s;
+        }
+        for event in events.wait(None).map_err(EnterError::step("wait for events"))? {
+            match (event, command) {
+                (Event::Signal(sig), Some(pid)) => {
+                    let _ = linux::send_signal(pid.as_raw(), sig as i32);
+                }
+                (Event::Escape, Some(pid)) => {
+                    let _ = linux::send_signal(pid.as_raw(), libc::SIGKILL);
+                }
+                _ => {}
+            }
+        }
+    };
+    events.finish();
+    Ok(match status {
+        WaitStatus::Exited(_, code) => code,
+        WaitStatus::Signaled(_, sig, _) => 128 + sig as i32,
+        _ => 1,
+    })
+}
+
+/// The helper: joins cgroup and namespaces, allocates the terminal, becomes no more than a
+/// process of the machine, forks the command, waits for it and exits with its status.
+fn helper_main(spec: &EnterSpec, namespaces: Vec<(fs::File, CloneFlags)>, chan: &ChildEnd) -> ! {
+    let report = |e: ChildError| -> ! {
+        chan.failed(&e, e.exit_code());
+        linux::exit_now(e.exit_code())
+    };
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        report(ChildError::Step("make the helper non-dumpable", e.into()));
+    }
+    if let Some(dir) = &spec.cgroup {
+        let procs = dir.join("cgroup.procs");
+        if let Err(e) = fs::write(&procs, "0") {
+            report(ChildError::PathStep { step: "join cgroup", path: procs, source: e });
+        }
+        if let Err(e) = crate::cgroups::join_v1_cgroups_of(&Default::default(), spec.leader) {
+            report(ChildError::Message(e.to_string()));
+        }
+    }
+    for (f, flag) in &namespaces {
+        if let Err(e) = setns(f.as_fd(), *flag) {
+            report(ChildError::Step("enter the machine's namespaces", e.into()));
+        }
+    }
+    drop(namespaces);
+    let user = exec::lookup_in_machine(&spec.user).unwrap_or_else(|e| report(e));
+    let tty = if spec.interactive {
+        let slave = linux::open_pty_master(Path::new("/dev/pts/ptmx")).and_then(|(master, _)| {
+            let slave = linux::pty_peer(master.as_fd())?;
+            chan.console_master(master.as_fd()).map_err(std::io::Error::other)?;
+            Ok(slave)
+        });
+        Some(slave.unwrap_or_else(|e| report(ChildError::Step("allocate a terminal in the machine", e))))
+    } else {
+        None
+    };
+    if let Err(e) = confine(spec) {
+        report(e);
+    }
+    match linux::fork() {
+        Ok(Forked::Child) => {
+            let e = match run_command(spec, user, tty) {
+                Ok(never) => match never {},
+                Err(e) => e,
+            };
+            report(e)
+        }
+        Ok(Forked::Parent(pid)) => {
+            let _ = chan.pid(pid);
+            let _ = linux::close_fds_from(3);
+            let code = match waitpid(Pid::from_raw(pid), None) {
+                Ok(WaitStatus::Exited(_, c)) => c,
+                Ok(WaitStatus::Signaled(_, s, _)) => 128 + s as i32,
+                _ => 1,
+            };
+            linux::exit_now(code)
+        }
+        Err(e) => report(ChildError::Step("fork the command", e)),
+    }
+}
+
+/// Takes this process down to the machine's privileges: its bounding set, its system call
+/// filter, and no capability outside that set in any set.
+fn confine(spec: &EnterSpec) -> Result<(), ChildError> {
+    security::apply_bounding_set(&spec.bounding)
+        .map_err(|e| ChildError::Message(format!("cannot drop capabilities: {e}")))?;
+    // Loaded while CAP_SYS_ADMIN is still effective (the machine may not keep it).
+    spec.seccomp.load().map_err(ChildError::step("load the system call filter"))?;
+    security::limit_capabilities(&spec.bounding)
+        .map_err(|e| ChildError::Message(format!("cannot drop capabilities: {e}")))
+}
+
+fn run_command(
+    spec: &EnterSpec,
+    user: super::identity::User,
+    tty: Option<OwnedFd>,
+) -> Result<Infallible, ChildError> {
+    nix::unistd::setsid().map_err(|e| ChildError::Step("create session", e.into()))?;
+    if let Some(tty) = tty {
+        exec::attach_terminal_fd(tty)?;
+    }
+    let mut signals = SigSet::empty();
+    for s in Signal::iterator() {
+        signals.add(s);
+    }
+    let _ = sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&signals), None);
+    let mut env = vec![
+        ("PATH".to_owned(), super::DEFAULT_PATH.to_owned()),
+        ("container".to_owned(), "mctl".to_owned()),
+    ];
+    if let Ok(term) = std::env::var("TERM") {
+        env.push(("TERM".to_owned(), term));
+    }
+    let home = exec::become_user(user, &mut env)?;
+    for (k, v) in &spec.env {
+        exec::set_env(&mut env, k, v);
+    }
+    if nix::unistd::chdir(home.as_str()).is_err() {
+        let _ = nix::unistd::chdir("/");
+    }
+    let envp = exec::envp(&env);
+    linux::cloexec_fds_from(3).map_err(ChildError::step("close inherited file descriptors"))?;
+    if spec.command.is_empty() {
+        // The user's login shell, named with a leading '-' as login(1) does.
+        let shell = env
+            .iter()
+            .find(|(k, _)| k == "SHELL")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| "/bin/sh".into());
+        let base =
+            Path::new(&shell).file_name().map(|b| b.to_string_lossy().into_owned()).unwrap_or_default();
+        let argv = [exec::cstring(&format!("-{base}"))];
+        let err = linux::execve(&exec::cstring(&shell), &argv, &envp);
+        return Err(ChildError::Exec(shell, err));
+    }
+    Err(exec::exec_search(&spec.command, &env, &envp))
+}
+
+/// A detached clone of the root mount of `leader`'s mount namespace (its root alone: neither
+/// the API filesystems nor bind mounts on top of it), taken by a child that joins only that
+/// namespace (it is never visible in the machine's pid namespace).
+pub fn root_mount_of(leader: u32) -> Result<OwnedFd, EnterError> {
+    let ns = fs::File::open(format!("/proc/{leader}/ns/mnt"))
+        .map_err(EnterError::step("open the machine's mount namespace"))?;
+    let (parent, child) = channel::pair().map_err(ChildReport::Channel)?;
+    match linux::fork().map_err(EnterError::step("fork"))? {
+        Forked::Child => {
+            drop(parent);
+            // Only in the machine's own mount namespace may its mounts be cloned.
+            let taken = setns(ns.as_fd(), CloneFlags::CLONE_NEWNS)
+                .map_err(std::io::Error::from)
+                .and_then(|()| linux::open_tree(Path::new("/"), false));
+            let code = match taken {
+                Ok(fd) => child.root_mount(fd.as_fd()).map(|_| 0).unwrap_or(1),
+                Err(e) => {
+                    child.failed(&format!("cannot take the machine's root mount: {e}"), 1);
+                    1
+                }
+            };
+            linux::exit_now(code)
+        }
+        Forked::Parent(pid) => {
+            drop(child);
+            let got = parent.wait_root_mount();
+            let _ = waitpid(Pid::from_raw(pid), None);
+            Ok(got?)
+        }
+    }
+}
