@@ -1,0 +1,204 @@
+//! Making a planned network real: links, addresses, routes, NAT, moved interfaces.
+
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+
+use super::link::{LinkError, Rt, set_sysctl};
+use super::nat::{self, NatEntries};
+use super::plan::{self, BridgeFacts, Plan};
+use super::spec::{GUEST_IFNAME, NetworkMode, NetworkSpec, mac_address};
+use super::state::{self, MachineState, MovedLink, StateDir, SysctlChange};
+use super::teardown::{has_stale, settle, sweep, undo};
+use super::{MachineNetwork, NetworkError};
+
+pub(super) async fn setup_async(
+    spec: &NetworkSpec,
+    machine: &str,
+    pid: i32,
+) -> Result<MachineNetwork, NetworkError> {
+    let open = |p: String| File::open(p).map_err(|source| NetworkError::Netns { pid, source });
+    let guest_ns = open(format!("/proc/{pid}/ns/net"))?;
+    // This thread was spawned by the launcher's thread: it is in the launcher's namespace.
+    let host_ns = open("/proc/thread-self/ns/net".to_owned())?;
+    let id = |f: &File| f.metadata().map(|m| (m.dev(), m.ino())).ok();
+    if id(&guest_ns) == id(&host_ns) {
+        return Err(NetworkError::SharedNetns(pid));
+    }
+    let sd = StateDir::lock(&spec.state_dir)?;
+    let rt = Rt::connect()?;
+    if has_stale(&sd) {
+        for e in sweep(&rt, &sd).await {
+            tracing::warn!("{e}");
+        }
+    }
+    if let Some(s) = sd.machine(machine) {
+        if !s.dismantling {
+            return Err(NetworkError::Busy { machine: machine.to_owned(), pid: s.owner.pid });
+        }
+        // The previous run's pair is on its way out with its namespace (a reboot): wait for
+        // it, or remove it if something keeps that namespace alive.
+        for e in settle(&rt, &sd, &s, std::time::Duration::from_secs(1)).await {
+            tracing::warn!("{e}");
+        }
+    }
+    let live = sd.machines();
+    let segments = sd.segments();
+    for p in &spec.ports {
+        if let Some(o) =
+            live.iter().find(|m| m.ports.iter().any(|q| q.proto == p.proto && q.host_port == p.host_port))
+        {
+            return Err(NetworkError::PortTaken {
+                proto: p.proto,
+                port: p.host_port,
+                owner: o.machine.clone(),
+            });
+        }
+    }
+    let mut st = MachineState::new(machine);
+    st.leader = state::Owner::of(pid);
+    for ifname in &spec.interfaces {
+        let l = rt.link(ifname).await?.ok_or_else(|| LinkError::NoInterface(ifname.clone()))?;
+        st.moved.push(MovedLink { name: ifname.clone(), index: l.index, was_up: l.up });
+    }
+    let bridge = match &spec.mode {
+        NetworkMode::Bridge(br) => match rt.link(br).await? {
+            Some(l) => Some(BridgeFacts {
+                index: l.index,
+                addresses: rt.ipv4_addresses(l.index, br).await?,
+                kind: l.kind,
+            }),
+            None => None,
+        },
+        _ => None,
+    };
+    let plan = plan::plan(spec, machine, &mut st, &live, &segments, bridge.as_ref())?;
+    if let Some(seg) = &plan.new_segment {
+        sd.write_segment(seg)?;
+    }
+    if let Err(e) = sd.write_machine(&st) {
+        if let Some(seg) = &plan.new_segment {
+            sd.remove_segment(&seg.key);
+        }
+        return Err(e.into());
+    }
+    let table_exists = live.iter().any(|m| m.nat);
+    let done = execute(&rt, spec, &mut st, &plan, &guest_ns, &host_ns, table_exists).await;
+    match done.and_then(|()| sd.write_machine(&st).map_err(NetworkError::from)) {
+        Ok(()) => Ok(MachineNetwork {
+            state_dir: spec.state_dir.clone(),
+            state: Some(st),
+            guest_ns: Some(guest_ns),
+            host_ns: Some(host_ns),
+            netns_path: None,
+        }),
+        Err(e) => {
+            for u in undo(&rt, &sd, &st, Some(&guest_ns), Some(&host_ns), false).await {
+                tracing::warn!("{u}");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Makes it so; `st` is updated with what the kernel assigned (indices, previous sysctls).
+async fn execute(
+    rt: &Rt,
+    spec: &NetworkSpec,
+    st: &mut MachineState,
+    plan: &Plan,
+    guest_ns: &File,
+    host_ns: &File,
+    table_exists: bool,
+) -> Result<(), NetworkError> {
+    // nftables runs on its own thread meanwhile: it does not depend on the links.
+    let nat = st.guest_addr.filter(|_| st.nat).map(|g| {
+        let entries = NatEntries { machine: st.machine.clone(), guest: g.addr(), ports: st.ports.clone() };
+        std::thread::spawn(move || nat::add(&entries, table_exists))
+    });
+    let links = setup_links(rt, spec, st, plan, guest_ns, host_ns).await;
+    let nat = match nat.map(|h| h.join()) {
+        None => Ok(()),
+        Some(Ok(r)) => r.map_err(NetworkError::from),
+        Some(Err(_)) => Err(NetworkError::Thread("nftables")),
+    };
+    links?;
+    nat
+}
+
+async fn setup_links(
+    rt: &Rt,
+    spec: &NetworkSpec,
+    st: &mut MachineState,
+    plan: &Plan,
+    guest_ns: &File,
+    host_ns: &File,
+) -> Result<(), NetworkError> {
+    let mut master = plan.master;
+    if let Some((bridge, addr)) = &plan.zone_bridge {
+        let index = match rt.link(bridge).await? {
+            Some(l) if l.kind.as_deref() == Some("bridge") => l.index,
+            Some(l) => {
+                return Err(LinkError::NotABridge {
+                    name: bridge.clone(),
+                    kind: l.kind.unwrap_or_else(|| "physical".into()),
+                }
+                .into());
+            }
+            None => {
+                rt.add_bridge(bridge).await?;
+                rt.link(bridge).await?.ok_or_else(|| LinkError::NoBridge(bridge.clone()))?.index
+            }
+        };
+        if let Some(a) = addr
+            && !rt.ipv4_addresses(index, bridge).await?.contains(a)
+        {
+            rt.add_address(index, bridge, *a).await?;
+        }
+        master = Some(index);
+    }
+    if let Some(host) = st.host_link.clone() {
+        let machine = st.machine.clone();
+        rt.add_veth(
+            &host,
+            mac_address(&machine, "host"),
+            GUEST_IFNAME,
+            mac_address(&machine, "guest"),
+            guest_ns,
+            master,
+        )
+        .await?;
+        let index = rt.link(&host).await?.ok_or_else(|| LinkError::NoInterface(host.clone()))?.index;
+        st.host_ifindex = Some(index);
+        if let Some(a) = st.host_addr {
+            rt.add_address(index, &host, a).await?;
+        }
+    }
+    if let Some(l) = &plan.localnet_link {
+        let path = format!("/proc/sys/net/ipv4/conf/{l}/route_localnet");
+        let previous = set_sysctl(&path, "1")?;
+        // Only a user's bridge outlives the machine; mctl's own links take the value along.
+        if let NetworkMode::Bridge(br) = &spec.mode {
+            st.route_localnet = Some(SysctlChange { ifname: br.clone(), previous });
+        }
+    }
+    if st.nat {
+        set_sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
+    }
+    for m in &st.moved {
+        rt.move_to(m.index, &m.name, guest_ns).await?;
+    }
+    let g = Rt::connect_in(guest_ns, host_ns, &format!("machine {}", st.machine))?;
+    g.set_up(1, "lo", true).await?;
+    if st.host_link.is_some() {
+        let index =
+            g.link(GUEST_IFNAME).await?.ok_or_else(|| LinkError::NoInterface(GUEST_IFNAME.into()))?.index;
+        g.set_up(index, GUEST_IFNAME, true).await?;
+        if let Some(a) = st.guest_addr {
+            g.add_address(index, GUEST_IFNAME, a).await?;
+        }
+        if let Some(gw) = st.gateway {
+            g.add_default_route(index, gw).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,241 @@
+//! Undoing a machine's network, at its end or for a launcher that died, and sweeping what dead
+//! launchers left.
+
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use super::NetworkError;
+use super::link::{self, LinkError, Rt, set_sysctl};
+use super::nat::{self, NatEntries};
+use super::spec::mac_address;
+use super::state::{MachineState, Segment, StateDir};
+
+pub(super) fn has_stale(sd: &StateDir) -> bool {
+    let machines = sd.machines();
+    machines.iter().any(|m| !m.owner.alive() || m.dismantling)
+        || sd.segments().iter().any(|s| !machines.iter().any(|m| m.segment.as_ref() == Some(&s.key)))
+}
+
+/// Undoes the states of dead owners and drops segments nobody uses; the lock is held.
+pub(super) async fn sweep(rt: &Rt, sd: &StateDir) -> Vec<NetworkError> {
+    let mut errors = Vec::new();
+    // Pairs left to the kernel (the normal end of a veth machine): forget them once gone.
+    for st in sd.machines().into_iter().filter(|m| m.dismantling) {
+        match our_pair(rt, &st).await {
+            Ok(None) => sd.remove_machine(&st.machine),
+            Ok(Some(_)) => {}
+            Err(e) => errors.push(e.into()),
+        }
+    }
+    for st in sd.machines().into_iter().filter(|m| !m.owner.alive()) {
+        tracing::info!(
+            "removing the network leftovers of machine {} (launcher pid {} is gone)",
+            st.machine,
+            st.owner.pid
+        );
+        // If the machine outlived its launcher, its namespace is still reachable.
+        let guest =
+            st.leader.filter(|l| l.alive()).and_then(|l| File::open(format!("/proc/{}/ns/net", l.pid)).ok());
+        let host = File::open("/proc/thread-self/ns/net").ok();
+        errors.extend(undo(rt, sd, &st, guest.as_ref(), host.as_ref(), false).await);
+    }
+    let machines = sd.machines();
+    for seg in sd.segments() {
+        if !machines.iter().any(|m| m.segment.as_ref() == Some(&seg.key)) {
+            errors.extend(drop_segment(rt, sd, &seg).await);
+        }
+    }
+    errors
+}
+
+/// Undoes `st` (also a half-made one); the lock is held. `guest_ns` is `None` for a dead
+/// launcher's machine that is gone too: its moved links went back to the kernel (physical
+/// ones to the initial namespace) or were destroyed with the namespace.
+pub(super) async fn undo(
+    rt: &Rt,
+    sd: &StateDir,
+    st: &MachineState,
+    guest_ns: Option<&File>,
+    host_ns: Option<&File>,
+    leave_pair: bool,
+) -> Vec<NetworkError> {
+    let mut errors: Vec<NetworkError> = Vec::new();
+    let others: Vec<MachineState> =
+        sd.machines().into_iter().filter(|m| m.machine != st.machine && m.owner.alive()).collect();
+    // Links go back first, while the machine's namespace is certainly alive.
+    if !st.moved.is_empty() {
+        match (guest_ns, host_ns) {
+            (Some(g), Some(h)) => errors.extend(give_back(rt, st, g, h).await),
+            _ => {
+                for m in &st.moved {
+                    if rt.link(&m.name).await.ok().flatten().is_none() {
+                        errors.push(LinkError::InterfaceGone(m.name.clone()).into());
+                    }
+                }
+            }
+        }
+    }
+    // NAT entries and the veth pair are removed in parallel: both wait for an RCU grace
+    // period in the kernel, and the waits overlap.
+    let nat = st.guest_addr.filter(|_| st.nat).map(|g| {
+        let entries = NatEntries { machine: st.machine.clone(), guest: g.addr(), ports: st.ports.clone() };
+        let last = !others.iter().any(|m| m.nat);
+        std::thread::spawn(move || nat::remove(&entries, last))
+    });
+    if let Some(host) = st.host_link.as_ref().filter(|_| !leave_pair) {
+        match our_pair(rt, st).await {
+            Ok(Some(_)) => {
+                if let Err(e) = rt.delete(host).await {
+                    errors.push(e.into());
+                }
+            }
+            Ok(None) => {}
+            Err(e) => errors.push(e.into()),
+        }
+    }
+    match nat.map(|h| h.join()) {
+        Some(Ok(Err(e))) => errors.push(e.into()),
+        Some(Err(_)) => errors.push(NetworkError::Thread("nftables")),
+        _ => {}
+    }
+    if let Some(key) = &st.segment
+        && !others.iter().any(|m| m.segment.as_ref() == Some(key))
+        && let Some(seg) = sd.segment(key)
+    {
+        errors.extend(drop_segment(rt, sd, &seg).await);
+    }
+    if let Some(ch) = &st.route_localnet {
+        let still_used =
+            others.iter().any(|m| m.route_localnet.as_ref().is_some_and(|o| o.ifname == ch.ifname));
+        if !still_used {
+            let path = format!("/proc/sys/net/ipv4/conf/{}/route_localnet", ch.ifname);
+            if let Err(e) = set_sysctl(&path, &ch.previous)
+                && Path::new(&path).exists()
+            {
+                errors.push(e.into());
+            }
+        }
+    }
+    if leave_pair && st.host_link.is_some() {
+        // Keeps the subnet and the link name leased until the pair is gone.
+        let left = MachineState {
+            dismantling: true,
+            nat: false,
+            ports: Vec::new(),
+            route_localnet: None,
+            moved: Vec::new(),
+            segment: None,
+            ..st.clone()
+        };
+        if let Err(e) = sd.write_machine(&left) {
+            errors.push(e.into());
+        } else if let (Some(host), Ok(meta)) =
+            (&st.host_link, std::fs::metadata(sd.machine_path(&st.machine)))
+        {
+            // Forgotten as soon as the kernel has removed the pair (a few ms after the
+            // namespace's last user is gone), by a child that outlives us that long; else by
+            // the next launch's sweep.
+            crate::sys::linux::forget_when_link_gone(
+                host,
+                &sd.lock_path(),
+                &sd.machine_path(&st.machine),
+                meta.ino(),
+                std::time::Duration::from_secs(2),
+            );
+        }
+    } else {
+        sd.remove_machine(&st.machine);
+    }
+    errors
+}
+
+/// The machine's veth pair, if it still exists: the host-side link with the machine's name,
+/// kind veth and the machine's MAC. A link that merely has the name (setup failed because it
+/// existed) is someone else's and is never touched.
+async fn our_pair(rt: &Rt, st: &MachineState) -> Result<Option<link::LinkSummary>, LinkError> {
+    let Some(host) = &st.host_link else { return Ok(None) };
+    let mine = mac_address(&st.machine, "host").to_vec();
+    Ok(rt.link(host).await?.filter(|l| l.kind.as_deref() == Some("veth") && l.mac.as_ref() == Some(&mine)))
+}
+
+/// Waits up to `patience` for a dismantling machine's pair to go with its namespace, deletes
+/// it if it does not (something else holds the namespace), and forgets the state.
+pub(super) async fn settle(
+    rt: &Rt,
+    sd: &StateDir,
+    st: &MachineState,
+    patience: std::time::Duration,
+) -> Vec<NetworkError> {
+    let deadline = std::time::Instant::now() + patience;
+    let mut errors: Vec<NetworkError> = Vec::new();
+    loop {
+        match our_pair(rt, st).await {
+            Ok(None) => break,
+            Ok(Some(_)) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            Ok(Some(_)) => {
+                if let Some(host) = &st.host_link
+                    && let Err(e) = rt.delete(host).await
+                {
+                    errors.push(e.into());
+                }
+                break;
+            }
+            Err(e) => {
+                errors.push(e.into());
+                break;
+            }
+        }
+    }
+    sd.remove_machine(&st.machine);
+    errors
+}
+
+async fn drop_segment(rt: &Rt, sd: &StateDir, seg: &Segment) -> Vec<NetworkError> {
+    let mut errors = Vec::new();
+    if seg.owns_bridge
+        && let Err(e) = rt.delete(&seg.bridge).await
+    {
+        errors.push(e.into());
+    }
+    sd.remove_segment(&seg.key);
+    errors
+}
+
+/// Moves `--network-interface` links back from the machine to the launcher's namespace.
+async fn give_back(rt: &Rt, st: &MachineState, guest_ns: &File, host_ns: &File) -> Vec<NetworkError> {
+    let result = async {
+        let g = Rt::connect_in(guest_ns, host_ns, &format!("machine {}", st.machine))?;
+        let mut missing = Vec::new();
+        for m in &st.moved {
+            match g.link(&m.name).await? {
+                Some(l) => g.move_to(l.index, &m.name, host_ns).await?,
+                None => missing.push(m.name.clone()),
+            }
+        }
+        Ok::<_, LinkError>(missing)
+    }
+    .await;
+    let mut errors = Vec::new();
+    match result {
+        Ok(missing) => {
+            for m in &st.moved {
+                if missing.contains(&m.name) {
+                    // Never moved (setup failed before), or gone from the machine.
+                    if rt.link(&m.name).await.ok().flatten().is_none() {
+                        errors.push(LinkError::InterfaceGone(m.name.clone()).into());
+                    }
+                } else if m.was_up
+                    && let Ok(Some(l)) = rt.link(&m.name).await
+                    && let Err(e) = rt.set_up(l.index, &m.name, true).await
+                {
+                    errors.push(e.into());
+                }
+            }
+        }
+        Err(e) => errors.push(e.into()),
+    }
+    errors
+}
