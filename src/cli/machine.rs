@@ -59,6 +59,57 @@ fn bad(e: impl std::fmt::Display) -> CliError {
 
 /// Validates the options and resolves defaults into a [`LaunchSpec`].
 pub fn build_spec(m: MachineArgs, payload: Payload, cfg: &CliConfig) -> Result<LaunchSpec, CliError> {
+    let (root, name) = root_and_name(&m, cfg)?;
+    if let Some(h) = &m.hostname {
+        names::validate(h).map_err(|e| CliError::new(format!("invalid hostname '{h}': {e}")))?;
+    }
+    let mounts = Mounts::parse(&m)?;
+    let env = m.setenv.iter().map(|e| spec::parse_setenv(e)).collect::<Result<Vec<_>, _>>().map_err(bad)?;
+    let (capabilities, syscall_filter) = privileges(&m)?;
+    let kill_signal = m.kill_signal.as_deref().map(str::parse::<SignalNumber>).transpose().map_err(bad)?;
+    if let Some(d) = &m.chdir
+        && !d.is_absolute()
+    {
+        return Err(CliError::new(format!("--chdir '{}' must be an absolute path", d.display())));
+    }
+    let network = network_spec(&m, cfg)?;
+    let boot = matches!(payload, Payload::Boot { .. });
+    if boot && m.user.is_some() {
+        return Err(CliError::new("--user cannot be used with boot: init must run as root"));
+    }
+    let console = m.console.unwrap_or_else(|| default_console(boot));
+    Ok(LaunchSpec {
+        root,
+        name,
+        hostname: m.hostname,
+        uuid: m.uuid,
+        payload,
+        binds: mounts.binds,
+        tmpfs: mounts.tmpfs,
+        env,
+        chdir: m.chdir,
+        user: m.user,
+        read_only: m.read_only,
+        ephemeral: m.ephemeral,
+        volatile: m.volatile.unwrap_or_default(),
+        overlays: mounts.overlays,
+        runtime_dir: cfg.runtime_dir.clone(),
+        capabilities,
+        syscall_filter,
+        kill_signal,
+        keep_unit: m.keep_unit,
+        quiet: m.quiet,
+        console,
+        notify_ready: m.notify_ready == YesNo::Yes,
+        cgroup: CgroupConfig::default(),
+        register: m.register,
+        network,
+    })
+}
+
+/// The machine's root directory (`-D`, or the image `-M` names) and its name (`-M`, or derived
+/// from the directory; a fresh one for `-x` of an image).
+fn root_and_name(m: &MachineArgs, cfg: &CliConfig) -> Result<(PathBuf, MachineName), CliError> {
     let given_name = m
         .machine
         .as_deref()
@@ -94,26 +145,41 @@ pub fn build_spec(m: MachineArgs, payload: Payload, cfg: &CliConfig) -> Result<L
             if m.ephemeral { ephemeral_name(&name)? } else { name }
         }
     };
-    if let Some(h) = &m.hostname {
-        names::validate(h).map_err(|e| CliError::new(format!("invalid hostname '{h}': {e}")))?;
+    Ok((root, name))
+}
+
+/// `--bind`, `--bind-ro`, `--overlay`, `--overlay-ro`, `--tmpfs`.
+struct Mounts {
+    binds: Vec<spec::BindMount>,
+    overlays: Vec<spec::OverlayMount>,
+    tmpfs: Vec<spec::TmpfsMount>,
+}
+
+impl Mounts {
+    fn parse(m: &MachineArgs) -> Result<Mounts, CliError> {
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+        let mut binds = Vec::new();
+        for b in &m.bind {
+            binds.push(spec::parse_bind(b, false, &cwd).map_err(bad)?);
+        }
+        for b in &m.bind_ro {
+            binds.push(spec::parse_bind(b, true, &cwd).map_err(bad)?);
+        }
+        let mut overlays = Vec::new();
+        for o in &m.overlay {
+            overlays.push(spec::parse_overlay(o, false).map_err(bad)?);
+        }
+        for o in &m.overlay_ro {
+            overlays.push(spec::parse_overlay(o, true).map_err(bad)?);
+        }
+        let tmpfs =
+            m.tmpfs.iter().map(|t| spec::parse_tmpfs(t)).collect::<Result<Vec<_>, _>>().map_err(bad)?;
+        Ok(Mounts { binds, overlays, tmpfs })
     }
-    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
-    let mut binds = Vec::new();
-    for b in &m.bind {
-        binds.push(spec::parse_bind(b, false, &cwd).map_err(bad)?);
-    }
-    for b in &m.bind_ro {
-        binds.push(spec::parse_bind(b, true, &cwd).map_err(bad)?);
-    }
-    let mut overlays = Vec::new();
-    for o in &m.overlay {
-        overlays.push(spec::parse_overlay(o, false).map_err(bad)?);
-    }
-    for o in &m.overlay_ro {
-        overlays.push(spec::parse_overlay(o, true).map_err(bad)?);
-    }
-    let tmpfs = m.tmpfs.iter().map(|t| spec::parse_tmpfs(t)).collect::<Result<Vec<_>, _>>().map_err(bad)?;
-    let env = m.setenv.iter().map(|e| spec::parse_setenv(e)).collect::<Result<Vec<_>, _>>().map_err(bad)?;
+}
+
+/// `--capability`, `--drop-capability`, `--system-call-filter`.
+fn privileges(m: &MachineArgs) -> Result<(CapabilityAdjust, crate::seccomp::FilterChanges), CliError> {
     let mut capabilities = CapabilityAdjust::default();
     for c in &m.capability {
         capabilities.add.extend(parse_caps(c).map_err(bad)?);
@@ -127,45 +193,7 @@ pub fn build_spec(m: MachineArgs, payload: Payload, cfg: &CliConfig) -> Result<L
             .add_option(f)
             .map_err(|e| CliError::new(format!("invalid --system-call-filter '{f}': {e}")))?;
     }
-    let kill_signal = m.kill_signal.as_deref().map(str::parse::<SignalNumber>).transpose().map_err(bad)?;
-    if let Some(d) = &m.chdir
-        && !d.is_absolute()
-    {
-        return Err(CliError::new(format!("--chdir '{}' must be an absolute path", d.display())));
-    }
-    let network = network_spec(&m, cfg)?;
-    let boot = matches!(payload, Payload::Boot { .. });
-    if boot && m.user.is_some() {
-        return Err(CliError::new("--user cannot be used with boot: init must run as root"));
-    }
-    let console = m.console.unwrap_or_else(|| default_console(boot));
-    Ok(LaunchSpec {
-        root,
-        name,
-        hostname: m.hostname,
-        uuid: m.uuid,
-        payload,
-        binds,
-        tmpfs,
-        env,
-        chdir: m.chdir,
-        user: m.user,
-        read_only: m.read_only,
-        ephemeral: m.ephemeral,
-        volatile: m.volatile.unwrap_or_default(),
-        overlays,
-        runtime_dir: cfg.runtime_dir.clone(),
-        capabilities,
-        syscall_filter,
-        kill_signal,
-        keep_unit: m.keep_unit,
-        quiet: m.quiet,
-        console,
-        notify_ready: m.notify_ready == YesNo::Yes,
-        cgroup: CgroupConfig::default(),
-        register: m.register,
-        network,
-    })
+    Ok((capabilities, syscall_filter))
 }
 
 /// The network options as a [`NetworkSpec`]; one mode at most.

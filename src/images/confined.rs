@@ -233,65 +233,61 @@ impl TreeWriter {
         match node {
             Node::Dir => self.add_dir(&parent, name, path, &parent_rel.join(name), meta),
             Node::File { size } => self.add_file(&parent, name, path, size, meta, content),
-            Node::Symlink(target) => {
-                self.create(&parent, name, path, false, |p| rfs::symlinkat(target, p, name))?;
-                rfs::chownat(
-                    &parent,
-                    name,
-                    Some(uid(meta.uid)),
-                    Some(gid(meta.gid)),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )
-                .map_err(io_err("cannot change the owner of", path))?;
-                if !meta.xattrs.is_empty() {
-                    let fd = rfs::openat(
-                        &parent,
-                        name,
-                        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                        Mode::empty(),
-                    )
-                    .map_err(io_err("cannot open", path))?;
-                    set_xattrs_path(&proc_path(&fd), path, meta)?;
-                }
-                rfs::utimensat(&parent, name, &timestamps(meta.mtime), AtFlags::SYMLINK_NOFOLLOW)
-                    .map_err(io_err("cannot set the times of", path))
-            }
+            Node::Symlink(target) => self.add_symlink(&parent, name, path, target, meta),
             Node::HardLink(target) => self.add_hardlink(&parent, name, path, target),
-            Node::Char(_) | Node::Block(_) | Node::Fifo => {
-                let (ft, dev) = match node {
-                    Node::Char(dev) => (FileType::CharacterDevice, dev),
-                    Node::Block(dev) => (FileType::BlockDevice, dev),
-                    _ => (FileType::Fifo, 0),
-                };
-                self.create(&parent, name, path, false, |p| {
-                    rfs::mknodat(p, name, ft, Mode::from_raw_mode(0o600), dev)
-                })?;
-                rfs::chownat(
-                    &parent,
-                    name,
-                    Some(uid(meta.uid)),
-                    Some(gid(meta.gid)),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )
-                .map_err(io_err("cannot change the owner of", path))?;
-                // No fchmodat(AT_SYMLINK_NOFOLLOW) on older kernels, and opening a device or a
-                // fifo for real could block or act: go through an O_PATH fd's /proc entry, which
-                // names exactly the inode we created.
-                let fd = rfs::openat(
-                    &parent,
-                    name,
-                    OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(io_err("cannot open", path))?;
-                let p = proc_path(&fd);
-                set_xattrs_path(&p, path, meta)?;
-                rfs::chmod(p.as_str(), Mode::from_raw_mode(meta.mode & 0o7777))
-                    .map_err(io_err("cannot set the mode of", path))?;
-                rfs::utimensat(&parent, name, &timestamps(meta.mtime), AtFlags::SYMLINK_NOFOLLOW)
-                    .map_err(io_err("cannot set the times of", path))
-            }
+            Node::Char(dev) => self.add_special(&parent, name, path, FileType::CharacterDevice, dev, meta),
+            Node::Block(dev) => self.add_special(&parent, name, path, FileType::BlockDevice, dev, meta),
+            Node::Fifo => self.add_special(&parent, name, path, FileType::Fifo, 0, meta),
         }
+    }
+
+    fn add_symlink(
+        &mut self,
+        parent: &OwnedFd,
+        name: &OsStr,
+        path: &Path,
+        target: &Path,
+        meta: &Meta,
+    ) -> Result<(), WriteError> {
+        self.create(parent, name, path, false, |p| rfs::symlinkat(target, p, name))?;
+        rfs::chownat(parent, name, Some(uid(meta.uid)), Some(gid(meta.gid)), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(io_err("cannot change the owner of", path))?;
+        if !meta.xattrs.is_empty() {
+            let fd =
+                rfs::openat(parent, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+                    .map_err(io_err("cannot open", path))?;
+            set_xattrs_path(&proc_path(&fd), path, meta)?;
+        }
+        rfs::utimensat(parent, name, &timestamps(meta.mtime), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(io_err("cannot set the times of", path))
+    }
+
+    /// A device node or a fifo.
+    fn add_special(
+        &mut self,
+        parent: &OwnedFd,
+        name: &OsStr,
+        path: &Path,
+        ft: FileType,
+        dev: u64,
+        meta: &Meta,
+    ) -> Result<(), WriteError> {
+        self.create(parent, name, path, false, |p| {
+            rfs::mknodat(p, name, ft, Mode::from_raw_mode(0o600), dev)
+        })?;
+        rfs::chownat(parent, name, Some(uid(meta.uid)), Some(gid(meta.gid)), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(io_err("cannot change the owner of", path))?;
+        // No fchmodat(AT_SYMLINK_NOFOLLOW) on older kernels, and opening a device or a fifo for
+        // real could block or act: go through an O_PATH fd's /proc entry, which names exactly
+        // the inode we created.
+        let fd = rfs::openat(parent, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+            .map_err(io_err("cannot open", path))?;
+        let p = proc_path(&fd);
+        set_xattrs_path(&p, path, meta)?;
+        rfs::chmod(p.as_str(), Mode::from_raw_mode(meta.mode & 0o7777))
+            .map_err(io_err("cannot set the mode of", path))?;
+        rfs::utimensat(parent, name, &timestamps(meta.mtime), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(io_err("cannot set the times of", path))
     }
 
     /// Sets directory mtimes (after their contents changed them). Call once at the end.

@@ -579,13 +579,37 @@ fn download(
     let result = tar_import::extract_with(tee, tmp.path(), expected.is_some());
     progress.finish_and_clear();
     let st = std::mem::take(&mut *state.lock().unwrap_or_else(|e| e.into_inner()));
+    let digest = verify(url, result, &st, len, expected)?;
+    if let (Some(c), Some(t)) = (cache, cache_tmp) {
+        if let Some(e) = &st.cache_error {
+            tracing::warn!("not caching the download: {e}");
+        } else {
+            let meta = CacheMeta { url: url.to_string(), etag, last_modified, sha256: digest, size: st.got };
+            let saved = t.commit(|p| std::fs::rename(p, &c.data)).and_then(|()| c.store_meta(&meta));
+            if let Err(e) = saved {
+                tracing::warn!("cannot save the download in the cache {}: {e}", c.dir.display());
+                c.forget();
+            }
+        }
+    }
+    Ok(store.commit(tmp, name)?)
+}
+
+/// Checks that the extraction succeeded on the whole, announced body with the expected digest;
+/// returns the digest. A failure says what really happened (a broken connection or a damaged
+/// download shows up as a broken archive first).
+fn verify(
+    url: &Url,
+    extracted: Result<(), tar_import::ImportError>,
+    st: &TeeState,
+    len: Option<u64>,
+    expected: Option<&str>,
+) -> Result<String, PullError> {
     let transfer = |detail: String| PullError::Transfer { url: url.to_string(), got: st.got, detail };
-    if let Err(e) = result {
+    if let Err(e) = extracted {
         if let Some(i) = e.interrupted() {
             return Err(i.into());
         }
-        // A broken connection or a damaged download shows up as a broken archive; say what
-        // really happened.
         if let Some(detail) = &st.error {
             return Err(transfer(detail.clone()));
         }
@@ -614,19 +638,7 @@ fn download(
     {
         return Err(PullError::Mismatch { url: url.to_string(), expected: exp.to_owned(), actual: digest });
     }
-    if let (Some(c), Some(t)) = (cache, cache_tmp) {
-        if let Some(e) = &st.cache_error {
-            tracing::warn!("not caching the download: {e}");
-        } else {
-            let meta = CacheMeta { url: url.to_string(), etag, last_modified, sha256: digest, size: st.got };
-            let saved = t.commit(|p| std::fs::rename(p, &c.data)).and_then(|()| c.store_meta(&meta));
-            if let Err(e) = saved {
-                tracing::warn!("cannot save the download in the cache {}: {e}", c.dir.display());
-                c.forget();
-            }
-        }
-    }
-    Ok(store.commit(tmp, name)?)
+    Ok(digest)
 }
 
 #[cfg(test)]

@@ -113,25 +113,7 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32, LaunchError> {
     if crate::cgroups::mount_if_missing(&spec.cgroup)? {
         tracing::debug!("mounted the cgroup hierarchies in a mount namespace of our own");
     }
-    // Machines that never write the image may share it.
-    let tree = Tree::open_and_lock(&spec.root, spec.image_untouched())?;
-    if !spec.image_untouched() && linux::is_immutable(&spec.root).unwrap_or(false) {
-        return Err(LaunchError::ReadOnlyImage(spec.root.clone()));
-    }
-    if spec.is_boot() {
-        if !tree.has_os_release() {
-            return Err(TreeError::NoOsRelease(spec.root.clone()).into());
-        }
-        tree.find_init()?;
-    }
-    if let Some(b) = spec.binds.iter().find(|b| !b.source.exists()) {
-        return Err(LaunchError::BindSource(b.source.clone()));
-    }
-    for o in &spec.overlays {
-        if let Some(missing) = o.lowers.iter().chain(o.upper.iter()).find(|p| !p.is_dir()) {
-            return Err(LaunchError::OverlaySource(missing.clone()));
-        }
-    }
+    let tree = preflight(spec)?;
     // Leftovers of launchers that were killed go first; then this launch records its own.
     record::sweep(&spec.runtime_dir);
     let workdirs =
@@ -139,22 +121,7 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32, LaunchError> {
     let mut record = LaunchRecord::create(&spec.runtime_dir, spec.needs_scratch(), workdirs)
         .map_err(|e| LaunchError::Setup("record the launch", e))?;
     let uuid = tree.machine_id().or(spec.uuid).unwrap_or_else(uuid::Uuid::new_v4);
-    let mut wanted = spec.capabilities.wanted();
-    if spec.network.needs_netns() && !spec.capabilities.drop.contains(&caps::Capability::CAP_NET_ADMIN) {
-        // Its own network is the machine's to configure (nspawn does the same).
-        wanted.insert(caps::Capability::CAP_NET_ADMIN);
-    }
-    let (capabilities, missing) = security::grantable(&wanted);
-    if !missing.is_empty() {
-        // Only what was asked for explicitly deserves a warning; a default capability the
-        // host lacks (CAP_SYS_RESOURCE on some VMs) is routine.
-        let names: Vec<String> = missing.iter().map(|c| c.to_string()).collect();
-        if missing.iter().any(|c| spec.capabilities.add.contains(c)) {
-            tracing::warn!("the host does not grant {}; the machine runs without", names.join(", "));
-        } else {
-            tracing::debug!("the host does not grant {}; the machine runs without", names.join(", "));
-        }
-    }
+    let capabilities = machine_capabilities(spec);
     let seccomp = crate::seccomp::SyscallFilter::for_machine(
         &capabilities,
         &spec.syscall_filter,
@@ -187,6 +154,52 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32, LaunchError> {
             Outcome::Reboot => continue,
         }
     }
+}
+
+/// Checks what must hold before anything is created; returns the machine's tree, locked
+/// (shared by machines that never write the image).
+fn preflight(spec: &LaunchSpec) -> Result<Tree, LaunchError> {
+    let tree = Tree::open_and_lock(&spec.root, spec.image_untouched())?;
+    if !spec.image_untouched() && linux::is_immutable(&spec.root).unwrap_or(false) {
+        return Err(LaunchError::ReadOnlyImage(spec.root.clone()));
+    }
+    if spec.is_boot() {
+        if !tree.has_os_release() {
+            return Err(TreeError::NoOsRelease(spec.root.clone()).into());
+        }
+        tree.find_init()?;
+    }
+    if let Some(b) = spec.binds.iter().find(|b| !b.source.exists()) {
+        return Err(LaunchError::BindSource(b.source.clone()));
+    }
+    for o in &spec.overlays {
+        if let Some(missing) = o.lowers.iter().chain(o.upper.iter()).find(|p| !p.is_dir()) {
+            return Err(LaunchError::OverlaySource(missing.clone()));
+        }
+    }
+    Ok(tree)
+}
+
+/// The capabilities the machine keeps: the spec's set (plus CAP_NET_ADMIN with a network of its
+/// own, as nspawn), as far as the host grants them.
+fn machine_capabilities(spec: &LaunchSpec) -> caps::CapsHashSet {
+    let mut wanted = spec.capabilities.wanted();
+    if spec.network.needs_netns() && !spec.capabilities.drop.contains(&caps::Capability::CAP_NET_ADMIN) {
+        // Its own network is the machine's to configure (nspawn does the same).
+        wanted.insert(caps::Capability::CAP_NET_ADMIN);
+    }
+    let (capabilities, missing) = security::grantable(&wanted);
+    if !missing.is_empty() {
+        // Only what was asked for explicitly deserves a warning; a default capability the
+        // host lacks (CAP_SYS_RESOURCE on some VMs) is routine.
+        let names: Vec<String> = missing.iter().map(|c| c.to_string()).collect();
+        if missing.iter().any(|c| spec.capabilities.add.contains(c)) {
+            tracing::warn!("the host does not grant {}; the machine runs without", names.join(", "));
+        } else {
+            tracing::debug!("the host does not grant {}; the machine runs without", names.join(", "));
+        }
+    }
+    capabilities
 }
 
 /// The environment PID 1 starts with (nspawn's set, `container=mctl`).

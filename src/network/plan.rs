@@ -46,6 +46,14 @@ pub(super) struct Plan {
     pub localnet_link: Option<String>,
 }
 
+/// What every kind of plan reads.
+struct Inputs<'a> {
+    spec: &'a NetworkSpec,
+    live: &'a [MachineState],
+    segments: &'a [Segment],
+    leases: Vec<Lease>,
+}
+
 /// Decides names and addresses; fills `st`. Pure: what it needs of the kernel (a user's bridge)
 /// comes in `bridge`.
 pub(super) fn plan(
@@ -71,130 +79,13 @@ pub(super) fn plan(
         });
     }
     st.host_link = Some(host_link.clone());
-    let leases = leases(live, segments);
+    let inputs = Inputs { spec, live, segments, leases: leases(live, segments) };
     match &spec.mode {
-        NetworkMode::Veth => {
-            let p = addr::point_to_point(spec.pool, &leases, spec.address, spec.gateway)?;
-            st.subnet = Some(p.subnet);
-            st.host_addr = Some(p.host);
-            st.guest_addr = Some(p.guest);
-            st.gateway = Some(p.host.addr());
-            st.nat = true;
-            plan.localnet_link = Some(host_link);
-        }
-        NetworkMode::Zone(zone) => {
-            let key = format!("zone-{zone}");
-            let bridge = link_name("vz-", zone);
-            if let Some(o) = segments.iter().find(|s| s.bridge == bridge && s.key != key) {
-                return Err(NetworkError::LinkNameTaken {
-                    link: bridge,
-                    what: format!("zone {zone}"),
-                    owner: segment_owner(&o.key),
-                });
-            }
-            let seg = match segments.iter().find(|s| s.key == key) {
-                Some(s) => s.clone(),
-                None => {
-                    let (subnet, gateway) = match spec.address {
-                        Some(a) => {
-                            let subnet = a.trunc();
-                            addr::check_subnet(spec.pool, a, &leases)?;
-                            let gw = addr::segment_host(subnet, "", &[(a.addr(), String::new())], None)?;
-                            (subnet, gw)
-                        }
-                        None => {
-                            let subnet =
-                                addr::allocate_subnet(spec.pool, addr::SEGMENT_PREFIX, &leases, true)?;
-                            (subnet, addr::segment_host(subnet, "", &[], None)?)
-                        }
-                    };
-                    let seg = Segment {
-                        key,
-                        bridge: bridge.clone(),
-                        subnet,
-                        gateway: Some(gateway),
-                        owns_bridge: true,
-                    };
-                    plan.new_segment = Some(seg.clone());
-                    seg
-                }
-            };
-            let gw = seg.gateway.expect("zones have a gateway");
-            let mut used = vec![(gw, format!("zone {zone}'s bridge {bridge}"))];
-            used.extend(members(live, &seg.key));
-            let guest = addr::segment_host(
-                seg.subnet,
-                &format!("zone {zone}"),
-                &used,
-                spec.address.map(|a| a.addr()),
-            )?;
-            st.guest_addr = Some(Ipv4Net::new(guest, seg.subnet.prefix_len()).expect("valid prefix"));
-            st.gateway = Some(spec.gateway.unwrap_or(gw));
-            st.segment = Some(seg.key.clone());
-            st.bridge = Some(bridge.clone());
-            st.nat = true;
-            plan.zone_bridge =
-                Some((bridge.clone(), Some(Ipv4Net::new(gw, seg.subnet.prefix_len()).expect("valid"))));
-            plan.localnet_link = Some(bridge);
-        }
+        NetworkMode::Veth => plan_veth(&inputs, host_link, st, &mut plan)?,
+        NetworkMode::Zone(zone) => plan_zone(&inputs, zone, st, &mut plan)?,
         NetworkMode::Bridge(br) => {
-            let l = bridge.ok_or_else(|| LinkError::NoBridge(br.clone()))?;
-            if l.kind.as_deref() != Some("bridge") {
-                return Err(LinkError::NotABridge {
-                    name: br.clone(),
-                    kind: l.kind.clone().unwrap_or_else(|| "physical".into()),
-                }
-                .into());
-            }
-            plan.master = Some(l.index);
-            st.bridge = Some(br.clone());
-            let own = &l.addresses;
-            let owner = format!("bridge {br}");
-            if let Some(first) = own.first() {
-                let subnet = first.trunc();
-                let mut used: Vec<(Ipv4Addr, String)> =
-                    own.iter().map(|a| (a.addr(), format!("bridge {br} itself"))).collect();
-                used.extend(
-                    live.iter()
-                        .filter(|m| m.bridge.as_deref() == Some(br))
-                        .filter_map(|m| m.guest_addr.map(|a| (a.addr(), format!("machine {}", m.machine)))),
-                );
-                let guest = addr::segment_host(subnet, &owner, &used, spec.address.map(|a| a.addr()))?;
-                st.guest_addr = Some(Ipv4Net::new(guest, subnet.prefix_len()).expect("valid prefix"));
-                let gw = spec.gateway.unwrap_or(first.addr());
-                if !is_host_of(gw, subnet) {
-                    return Err(SpecError::BadGateway { gateway: gw, address: subnet }.into());
-                }
-                st.gateway = Some(gw);
-                st.nat = true;
-                plan.localnet_link = Some(br.clone());
-            } else {
-                if !spec.ports.is_empty() {
-                    return Err(NetworkError::PortsNeedBridgeAddress(br.clone()));
-                }
-                let key = format!("bridge-{br}");
-                let seg = match segments.iter().find(|s| s.key == key) {
-                    Some(s) => s.clone(),
-                    None => {
-                        let subnet = match spec.address {
-                            Some(a) => {
-                                addr::check_subnet(spec.pool, a, &leases)?;
-                                a.trunc()
-                            }
-                            None => addr::allocate_subnet(spec.pool, addr::SEGMENT_PREFIX, &leases, true)?,
-                        };
-                        let seg =
-                            Segment { key, bridge: br.clone(), subnet, gateway: None, owns_bridge: false };
-                        plan.new_segment = Some(seg.clone());
-                        seg
-                    }
-                };
-                let used: Vec<_> = members(live, &seg.key).collect();
-                let guest = addr::segment_host(seg.subnet, &owner, &used, spec.address.map(|a| a.addr()))?;
-                st.guest_addr = Some(Ipv4Net::new(guest, seg.subnet.prefix_len()).expect("valid prefix"));
-                st.gateway = spec.gateway;
-                st.segment = Some(seg.key);
-            }
+            let facts = bridge.ok_or_else(|| LinkError::NoBridge(br.clone()))?;
+            plan_bridge(&inputs, br, facts, st, &mut plan)?;
         }
         _ => unreachable!("host_prefix returned early"),
     }
@@ -203,6 +94,153 @@ pub(super) fn plan(
         plan.localnet_link = None;
     }
     Ok(plan)
+}
+
+/// `--network-veth`: a /30 of its own, the host side as gateway, NAT.
+fn plan_veth(
+    i: &Inputs<'_>,
+    host_link: String,
+    st: &mut MachineState,
+    plan: &mut Plan,
+) -> Result<(), NetworkError> {
+    let p = addr::point_to_point(i.spec.pool, &i.leases, i.spec.address, i.spec.gateway)?;
+    st.subnet = Some(p.subnet);
+    st.host_addr = Some(p.host);
+    st.guest_addr = Some(p.guest);
+    st.gateway = Some(p.host.addr());
+    st.nat = true;
+    plan.localnet_link = Some(host_link);
+    Ok(())
+}
+
+/// `--network-zone=ZONE`: the zone's bridge `vz-ZONE` (made by its first machine) with a /24,
+/// the bridge as gateway, NAT.
+fn plan_zone(i: &Inputs<'_>, zone: &str, st: &mut MachineState, plan: &mut Plan) -> Result<(), NetworkError> {
+    let spec = i.spec;
+    let key = format!("zone-{zone}");
+    let bridge = link_name("vz-", zone);
+    if let Some(o) = i.segments.iter().find(|s| s.bridge == bridge && s.key != key) {
+        return Err(NetworkError::LinkNameTaken {
+            link: bridge,
+            what: format!("zone {zone}"),
+            owner: segment_owner(&o.key),
+        });
+    }
+    let seg = match i.segments.iter().find(|s| s.key == key) {
+        Some(s) => s.clone(),
+        None => {
+            let (subnet, gateway) = match spec.address {
+                Some(a) => {
+                    let subnet = a.trunc();
+                    addr::check_subnet(spec.pool, a, &i.leases)?;
+                    (subnet, addr::segment_host(subnet, "", &[(a.addr(), String::new())], None)?)
+                }
+                None => {
+                    let subnet = addr::allocate_subnet(spec.pool, addr::SEGMENT_PREFIX, &i.leases, true)?;
+                    (subnet, addr::segment_host(subnet, "", &[], None)?)
+                }
+            };
+            let seg =
+                Segment { key, bridge: bridge.clone(), subnet, gateway: Some(gateway), owns_bridge: true };
+            plan.new_segment = Some(seg.clone());
+            seg
+        }
+    };
+    let gw = seg.gateway.expect("zones have a gateway");
+    let mut used = vec![(gw, format!("zone {zone}'s bridge {bridge}"))];
+    used.extend(members(i.live, &seg.key));
+    let guest =
+        addr::segment_host(seg.subnet, &format!("zone {zone}"), &used, spec.address.map(|a| a.addr()))?;
+    st.guest_addr = Some(Ipv4Net::new(guest, seg.subnet.prefix_len()).expect("valid prefix"));
+    st.gateway = Some(spec.gateway.unwrap_or(gw));
+    st.segment = Some(seg.key.clone());
+    st.bridge = Some(bridge.clone());
+    st.nat = true;
+    plan.zone_bridge =
+        Some((bridge.clone(), Some(Ipv4Net::new(gw, seg.subnet.prefix_len()).expect("valid"))));
+    plan.localnet_link = Some(bridge);
+    Ok(())
+}
+
+/// `--network-bridge=BR`: a port on the user's bridge; addresses in the bridge's own subnet
+/// when it has one (and NAT through it), else in a segment of its own from the pool.
+fn plan_bridge(
+    i: &Inputs<'_>,
+    br: &str,
+    facts: &BridgeFacts,
+    st: &mut MachineState,
+    plan: &mut Plan,
+) -> Result<(), NetworkError> {
+    let spec = i.spec;
+    if facts.kind.as_deref() != Some("bridge") {
+        return Err(LinkError::NotABridge {
+            name: br.to_owned(),
+            kind: facts.kind.clone().unwrap_or_else(|| "physical".into()),
+        }
+        .into());
+    }
+    plan.master = Some(facts.index);
+    st.bridge = Some(br.to_owned());
+    let owner = format!("bridge {br}");
+    let Some(first) = facts.addresses.first() else {
+        return plan_bare_bridge(i, br, st, plan);
+    };
+    let subnet = first.trunc();
+    let mut used: Vec<(Ipv4Addr, String)> =
+        facts.addresses.iter().map(|a| (a.addr(), format!("bridge {br} itself"))).collect();
+    used.extend(
+        i.live
+            .iter()
+            .filter(|m| m.bridge.as_deref() == Some(br))
+            .filter_map(|m| m.guest_addr.map(|a| (a.addr(), format!("machine {}", m.machine)))),
+    );
+    let guest = addr::segment_host(subnet, &owner, &used, spec.address.map(|a| a.addr()))?;
+    st.guest_addr = Some(Ipv4Net::new(guest, subnet.prefix_len()).expect("valid prefix"));
+    let gw = spec.gateway.unwrap_or(first.addr());
+    if !is_host_of(gw, subnet) {
+        return Err(SpecError::BadGateway { gateway: gw, address: subnet }.into());
+    }
+    st.gateway = Some(gw);
+    st.nat = true;
+    plan.localnet_link = Some(br.to_owned());
+    Ok(())
+}
+
+/// A user's bridge without an IPv4 address: its machines share a segment from the pool and
+/// talk among themselves (no NAT, no forwards: the host has no address there).
+fn plan_bare_bridge(
+    i: &Inputs<'_>,
+    br: &str,
+    st: &mut MachineState,
+    plan: &mut Plan,
+) -> Result<(), NetworkError> {
+    let spec = i.spec;
+    if !spec.ports.is_empty() {
+        return Err(NetworkError::PortsNeedBridgeAddress(br.to_owned()));
+    }
+    let key = format!("bridge-{br}");
+    let seg = match i.segments.iter().find(|s| s.key == key) {
+        Some(s) => s.clone(),
+        None => {
+            let subnet = match spec.address {
+                Some(a) => {
+                    addr::check_subnet(spec.pool, a, &i.leases)?;
+                    a.trunc()
+                }
+                None => addr::allocate_subnet(spec.pool, addr::SEGMENT_PREFIX, &i.leases, true)?,
+            };
+            let seg = Segment { key, bridge: br.to_owned(), subnet, gateway: None, owns_bridge: false };
+            plan.new_segment = Some(seg.clone());
+            seg
+        }
+    };
+    let used: Vec<_> = members(i.live, &seg.key).collect();
+    let guest =
+        addr::segment_host(seg.subnet, &format!("bridge {br}"), &used, spec.address.map(|a| a.addr()))?;
+    st.guest_addr = Some(Ipv4Net::new(guest, seg.subnet.prefix_len()).expect("valid prefix"));
+    st.gateway = spec.gateway;
+    st.segment = Some(seg.key);
+    Ok(())
 }
 
 fn members<'a>(live: &'a [MachineState], key: &'a str) -> impl Iterator<Item = (Ipv4Addr, String)> + 'a {

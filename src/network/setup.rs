@@ -26,34 +26,9 @@ pub(super) async fn setup_async(
     }
     let sd = StateDir::lock(&spec.state_dir)?;
     let rt = Rt::connect()?;
-    if has_stale(&sd) {
-        for e in sweep(&rt, &sd).await {
-            tracing::warn!("{e}");
-        }
-    }
-    if let Some(s) = sd.machine(machine) {
-        if !s.dismantling {
-            return Err(NetworkError::Busy { machine: machine.to_owned(), pid: s.owner.pid });
-        }
-        // The previous run's pair is on its way out with its namespace (a reboot): wait for
-        // it, or remove it if something keeps that namespace alive.
-        for e in settle(&rt, &sd, &s, std::time::Duration::from_secs(1)).await {
-            tracing::warn!("{e}");
-        }
-    }
+    make_room(&rt, &sd, spec, machine).await?;
     let live = sd.machines();
     let segments = sd.segments();
-    for p in &spec.ports {
-        if let Some(o) =
-            live.iter().find(|m| m.ports.iter().any(|q| q.proto == p.proto && q.host_port == p.host_port))
-        {
-            return Err(NetworkError::PortTaken {
-                proto: p.proto,
-                port: p.host_port,
-                owner: o.machine.clone(),
-            });
-        }
-    }
     let mut st = MachineState::new(machine);
     st.leader = state::Owner::of(pid);
     for ifname in &spec.interfaces {
@@ -98,6 +73,39 @@ pub(super) async fn setup_async(
             Err(e)
         }
     }
+}
+
+/// Clears the way for `machine`: dead launchers' leftovers go, the previous run's pair (a
+/// reboot) is waited for; the name and the host ports must not be another live machine's.
+async fn make_room(rt: &Rt, sd: &StateDir, spec: &NetworkSpec, machine: &str) -> Result<(), NetworkError> {
+    if has_stale(sd) {
+        for e in sweep(rt, sd).await {
+            tracing::warn!("{e}");
+        }
+    }
+    if let Some(s) = sd.machine(machine) {
+        if !s.dismantling {
+            return Err(NetworkError::Busy { machine: machine.to_owned(), pid: s.owner.pid });
+        }
+        // The previous run's pair is on its way out with its namespace (a reboot): wait for
+        // it, or remove it if something keeps that namespace alive.
+        for e in settle(rt, sd, &s, std::time::Duration::from_secs(1)).await {
+            tracing::warn!("{e}");
+        }
+    }
+    let live = sd.machines();
+    for p in &spec.ports {
+        if let Some(o) =
+            live.iter().find(|m| m.ports.iter().any(|q| q.proto == p.proto && q.host_port == p.host_port))
+        {
+            return Err(NetworkError::PortTaken {
+                proto: p.proto,
+                port: p.host_port,
+                owner: o.machine.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Makes it so; `st` is updated with what the kernel assigned (indices, previous sysctls).

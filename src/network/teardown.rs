@@ -105,6 +105,14 @@ pub(super) async fn undo(
     {
         errors.extend(drop_segment(rt, sd, &seg).await);
     }
+    errors.extend(restore_route_localnet(st, &others));
+    errors.extend(forget_or_dismantle(sd, st, leave_pair));
+    errors
+}
+
+/// Gives a user's bridge its `route_localnet` back once no live machine needs it.
+fn restore_route_localnet(st: &MachineState, others: &[MachineState]) -> Vec<NetworkError> {
+    let mut errors = Vec::new();
     if let Some(ch) = &st.route_localnet {
         let still_used =
             others.iter().any(|m| m.route_localnet.as_ref().is_some_and(|o| o.ifname == ch.ifname));
@@ -117,6 +125,13 @@ pub(super) async fn undo(
             }
         }
     }
+    errors
+}
+
+/// Forgets the machine's state, or with `leave_pair` marks it `dismantling` (the pair's name
+/// and subnet stay leased until the kernel has removed the pair with the namespace).
+fn forget_or_dismantle(sd: &StateDir, st: &MachineState, leave_pair: bool) -> Vec<NetworkError> {
+    let mut errors = Vec::new();
     if leave_pair && st.host_link.is_some() {
         // Keeps the subnet and the link name leased until the pair is gone.
         let left = MachineState {
