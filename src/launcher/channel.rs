@@ -2,7 +2,7 @@
 //! with file descriptors passed alongside (SCM_RIGHTS).
 
 use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{
     AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, sendmsg,
@@ -92,9 +92,7 @@ impl Channel {
                     let mut fds = Vec::new();
                     for c in r.cmsgs()? {
                         if let ControlMessageOwned::ScmRights(list) = c {
-                            // SAFETY: SCM_RIGHTS just installed these fds in our table; nothing
-                            // else refers to them, so wrapping them hands us sole ownership.
-                            fds.extend(list.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                            fds.extend(list.into_iter().map(crate::sys::linux::own_received_fd));
                         }
                     }
                     break (r.bytes, fds);

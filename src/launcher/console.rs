@@ -93,8 +93,10 @@ fn reopen_std(fd: i32, write: bool) -> io::Result<Output> {
             return Ok(Output { fd: f.into(), drive: Drive::Poll });
         }
     }
-    // SAFETY: fd 0/1/2 are open for the launcher's whole life; dup gives us our own fd.
-    let dup = nix::unistd::dup(unsafe { BorrowedFd::borrow_raw(fd) })?;
+    let dup = match fd {
+        0 => nix::unistd::dup(io::stdin().as_fd())?,
+        _ => nix::unistd::dup(io::stdout().as_fd())?,
+    };
     let drive = if ft.is_socket() { Drive::Socket } else { Drive::Sync };
     Ok(Output { fd: dup, drive })
 }

@@ -39,9 +39,9 @@ pub(crate) fn attach_terminal_fd(tty: std::os::fd::OwnedFd) -> Result<(), ChildE
         .and_then(|()| nix::unistd::dup2_stderr(&tty))
         .map_err(|e| ChildError::Step("attach terminal", e.into()))?;
     drop(tty);
-    // SAFETY: fd 0 was just made a duplicate of the terminal and stays open.
-    let stdin = unsafe { std::os::fd::BorrowedFd::borrow_raw(0) };
-    linux::set_controlling_tty(stdin).map_err(ChildError::step("make the terminal the controlling terminal"))
+    // fd 0 is now a duplicate of the terminal.
+    linux::set_controlling_tty(std::io::stdin().as_fd())
+        .map_err(ChildError::step("make the terminal the controlling terminal"))
 }
 
 /// Looks `who` (a name or uid) up in the passwd and group files of the machine whose root is

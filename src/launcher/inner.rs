@@ -7,7 +7,7 @@ use std::path::Path;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sched::{CloneFlags, unshare};
-use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, sigprocmask};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
 
 use crate::sys::linux::{self, Forked, LinuxSys};
 
@@ -83,13 +83,7 @@ fn launcher_gone(chan: &ChildEnd) -> bool {
 fn reset_signals() -> Result<(), ChildError> {
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
         .map_err(|e| ChildError::Step("reset signal mask", e.into()))?;
-    for sig in Signal::iterator() {
-        if sig != Signal::SIGKILL && sig != Signal::SIGSTOP {
-            // SAFETY: installing SIG_DFL runs no handler code, so no async-signal-safety
-            // requirement applies.
-            let _ = unsafe { nix::sys::signal::signal(sig, SigHandler::SigDfl) };
-        }
-    }
+    linux::reset_signal_dispositions();
     Ok(())
 }
 

@@ -101,19 +101,16 @@ fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
 /// Clones the mount at `path` (recursively when `recursive`) into a detached tree that can be
 /// attached elsewhere with [`move_mount`], even after the caller changed its root.
 pub fn open_tree(path: &Path, recursive: bool) -> io::Result<OwnedFd> {
-    let c = cpath(path)?;
-    let mut flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC;
+    use rustix::mount::OpenTreeFlags;
+    let mut flags = OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC;
     if recursive {
-        flags |= libc::AT_RECURSIVE as libc::c_uint;
+        flags |= OpenTreeFlags::AT_RECURSIVE;
     }
-    // SAFETY: `c` is a NUL-terminated path that outlives the call; open_tree only reads it and
-    // returns a new fd that nothing else owns, which we wrap immediately.
-    let fd = check(unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) })?;
-    // SAFETY: the kernel just returned this fd to us; we are its only owner.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    Ok(rustix::mount::open_tree(rustix::fs::CWD, path, flags)?)
 }
 
 /// Makes every mount of the detached tree `tree` read-only (recursively when `recursive`).
+/// (A raw mount_setattr(2): rustix has no wrapper for it.)
 pub fn set_tree_readonly(tree: BorrowedFd<'_>, recursive: bool) -> io::Result<()> {
     let attr =
         libc::mount_attr { attr_set: libc::MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: 0 };
@@ -138,51 +135,37 @@ pub fn set_tree_readonly(tree: BorrowedFd<'_>, recursive: bool) -> io::Result<()
 
 /// Attaches the detached mount `tree` at `target` (resolved in the caller's root).
 pub fn move_mount(tree: BorrowedFd<'_>, target: &Path) -> io::Result<()> {
-    let c = cpath(target)?;
-    // SAFETY: both paths are NUL-terminated and live for the call; `tree` is a live fd.
-    check(unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            libc::MOVE_MOUNT_F_EMPTY_PATH,
-        )
-    })?;
+    rustix::mount::move_mount(
+        tree,
+        "",
+        rustix::fs::CWD,
+        target,
+        rustix::mount::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )?;
     Ok(())
 }
 
 /// Opens `path` beneath `root` with the kernel confining the walk to `root`: `..`, absolute
 /// symlinks and magic links cannot lead outside it.
 pub fn open_in_root(root: BorrowedFd<'_>, path: &Path, flags: libc::c_int) -> io::Result<OwnedFd> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
     let rel = path.strip_prefix("/").unwrap_or(path);
     let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
-    let c = cpath(rel)?;
-    // SAFETY: open_how is plain data; zeroed is a valid value that we then fill in.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (flags | libc::O_CLOEXEC) as u64;
-    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
-    // SAFETY: `c` and `how` live for the call and the size matches the struct we pass.
-    let fd = check(unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            root.as_raw_fd(),
-            c.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    })?;
-    // SAFETY: the kernel just returned this fd to us; we are its only owner.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    let oflags = OFlags::from_bits_retain(flags as u32) | OFlags::CLOEXEC;
+    Ok(rustix::fs::openat2(
+        root,
+        rel,
+        oflags,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    )?)
 }
 
 /// A pidfd for `pid`.
 pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes two integers and returns a new fd or -1.
-    let fd = check(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
-    // SAFETY: the kernel just returned this fd to us; we are its only owner.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    let pid =
+        rustix::process::Pid::from_raw(pid).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    Ok(rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?)
 }
 
 /// A pidfd for `pid`, registered with the current tokio runtime: it becomes readable when
@@ -233,17 +216,12 @@ pub fn format_local_time(secs: u64) -> String {
 /// marks a read-only image.
 pub fn is_immutable(path: &Path) -> io::Result<bool> {
     let f = fs::File::open(path)?;
-    let mut flags: libc::c_long = 0;
-    // SAFETY: FS_IOC_GETFLAGS writes one long through the pointer, which points at our local;
-    // the fd stays open for the call.
-    if unsafe { libc::ioctl(f.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) } < 0 {
-        let e = io::Error::last_os_error();
+    match rustix::fs::ioctl_getflags(&f) {
+        Ok(flags) => Ok(flags.contains(rustix::fs::IFlags::IMMUTABLE)),
         // Filesystems without inode flags cannot mark anything immutable.
-        return if e.raw_os_error() == Some(libc::ENOTTY) { Ok(false) } else { Err(e) };
+        Err(rustix::io::Errno::NOTTY) => Ok(false),
+        Err(e) => Err(e.into()),
     }
-    // FS_IMMUTABLE_FL from linux/fs.h.
-    const FS_IMMUTABLE_FL: libc::c_long = 0x10;
-    Ok(flags & FS_IMMUTABLE_FL != 0)
 }
 
 /// The result of [`fork`].
@@ -372,43 +350,43 @@ pub fn open_pty_master(ptmx: &Path) -> io::Result<(OwnedFd, u32)> {
         .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
         .open(ptmx)?;
     let fd = OwnedFd::from(f);
-    let mut unlock: libc::c_int = 0;
-    // SAFETY: TIOCSPTLCK reads one c_int through the pointer, which points at our local.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSPTLCK, &mut unlock) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut n: libc::c_uint = 0;
-    // SAFETY: TIOCGPTN writes one c_uint through the pointer, which points at our local.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGPTN, &mut n) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    rustix::pty::unlockpt(&fd)?;
+    // The slave's name in this devpts instance is its number.
+    let name = rustix::pty::ptsname(&fd, Vec::new())?;
+    let n = name
+        .to_str()
+        .ok()
+        .and_then(|s| s.rsplit('/').next())
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| io::Error::other("the pty has no number"))?;
     Ok((fd, n))
 }
 
 /// Makes the terminal on `fd` the controlling terminal of this (session leader) process.
 pub fn set_controlling_tty(fd: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: TIOCSCTTY takes an integer argument (0: do not steal); `fd` is live.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSCTTY, 0) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    Ok(rustix::process::ioctl_tiocsctty(fd)?)
 }
 
 /// The window size of the terminal on `fd`, if it is one.
 pub fn window_size(fd: BorrowedFd<'_>) -> Option<libc::winsize> {
-    // SAFETY: winsize is plain data; zeroed is valid.
-    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-    // SAFETY: TIOCGWINSZ writes a winsize through the pointer, which points at our local.
-    (unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) } == 0).then_some(ws)
+    let ws = rustix::termios::tcgetwinsize(fd).ok()?;
+    Some(libc::winsize {
+        ws_row: ws.ws_row,
+        ws_col: ws.ws_col,
+        ws_xpixel: ws.ws_xpixel,
+        ws_ypixel: ws.ws_ypixel,
+    })
 }
 
 /// Sets the window size of the terminal on `fd`.
 pub fn set_window_size(fd: BorrowedFd<'_>, ws: &libc::winsize) -> io::Result<()> {
-    // SAFETY: TIOCSWINSZ reads a winsize through the pointer, which points at a live value.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, ws as *const libc::winsize) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    let ws = rustix::termios::Winsize {
+        ws_row: ws.ws_row,
+        ws_col: ws.ws_col,
+        ws_xpixel: ws.ws_xpixel,
+        ws_ypixel: ws.ws_ypixel,
+    };
+    Ok(rustix::termios::tcsetwinsize(fd, ws)?)
 }
 
 /// Makes this process run from a sealed in-memory copy of its executable, re-executing itself
@@ -421,19 +399,13 @@ pub fn ensure_running_from_sealed_copy() -> io::Result<()> {
         return Ok(());
     }
     let mut src = fs::File::open("/proc/self/exe")?;
-    // SAFETY: the name is a static NUL-terminated string; memfd_create returns a new fd.
-    let fd = unsafe { libc::memfd_create(c"mctl".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just returned this fd to us; we are its only owner.
-    let memfd = unsafe { OwnedFd::from_raw_fd(fd) };
+    use rustix::fs::{MemfdFlags, SealFlags};
+    let memfd = rustix::fs::memfd_create("mctl", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
     io::copy(&mut src, &mut fs::File::from(memfd.try_clone()?))?;
-    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
-    // SAFETY: F_ADD_SEALS takes an integer argument; the fd is live.
-    if unsafe { libc::fcntl(memfd.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    rustix::fs::fcntl_add_seals(
+        &memfd,
+        SealFlags::SEAL | SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE,
+    )?;
     let argv: Vec<CString> = std::env::args_os().filter_map(|a| CString::new(a.as_bytes()).ok()).collect();
     let envp: Vec<CString> = std::env::vars_os()
         .filter_map(|(k, v)| {
@@ -485,50 +457,27 @@ struct Libnftables {
     buffer_error: NftCtxBuffer,
     error_buffer: NftCtxGetBuffer,
     run_cmd: NftRunCmd,
-}
-
-fn dl_error() -> String {
-    // SAFETY: dlerror returns NULL or a NUL-terminated string owned by libdl that stays valid
-    // until the next dl* call on this thread; it is copied before any such call.
-    let p = unsafe { libc::dlerror() };
-    if p.is_null() {
-        "unknown dlopen error".to_owned()
-    } else {
-        // SAFETY: non-NULL, NUL-terminated (see above).
-        unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
-    }
+    /// Keeps the library (and so the function pointers above) loaded.
+    _lib: libloading::Library,
 }
 
 fn load_libnftables() -> Result<Libnftables, String> {
-    // SAFETY: a constant NUL-terminated name. The handle is never closed, so every symbol taken
-    // from it stays valid for the life of the process. libnftables has no constructors with
-    // requirements on the caller.
-    let handle = unsafe { libc::dlopen(c"libnftables.so.1".as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
-    if handle.is_null() {
-        return Err(dl_error());
-    }
-    let sym = |name: &CStr| {
-        // SAFETY: `handle` is a live dlopen handle and `name` is NUL-terminated.
-        let p = unsafe { libc::dlsym(handle, name.as_ptr()) };
-        if p.is_null() { Err(format!("libnftables.so.1 has no {}", name.to_string_lossy())) } else { Ok(p) }
-    };
+    // SAFETY: loading libnftables runs its initialisers, which have no requirements on the
+    // caller. The library is kept in a static for the life of the process (see nft_lib), so the
+    // symbols taken from it stay valid.
+    let lib = unsafe { libloading::Library::new("libnftables.so.1") }.map_err(|e| e.to_string())?;
     // SAFETY: each symbol is a function with exactly the signature of its type alias in
-    // <nftables/libnftables.h>, unchanged since libnftables.so.1 (0.9.0); on Linux a function
-    // pointer has the size and representation of the data pointer dlsym returns.
+    // <nftables/libnftables.h>, unchanged since libnftables.so.1 (0.9.0).
     unsafe {
+        let f = |e: libloading::Error| e.to_string();
         Ok(Libnftables {
-            ctx_new: std::mem::transmute::<*mut libc::c_void, NftCtxNew>(sym(c"nft_ctx_new")?),
-            ctx_free: std::mem::transmute::<*mut libc::c_void, NftCtxFree>(sym(c"nft_ctx_free")?),
-            buffer_output: std::mem::transmute::<*mut libc::c_void, NftCtxBuffer>(sym(
-                c"nft_ctx_buffer_output",
-            )?),
-            buffer_error: std::mem::transmute::<*mut libc::c_void, NftCtxBuffer>(sym(
-                c"nft_ctx_buffer_error",
-            )?),
-            error_buffer: std::mem::transmute::<*mut libc::c_void, NftCtxGetBuffer>(sym(
-                c"nft_ctx_get_error_buffer",
-            )?),
-            run_cmd: std::mem::transmute::<*mut libc::c_void, NftRunCmd>(sym(c"nft_run_cmd_from_buffer")?),
+            ctx_new: *lib.get::<NftCtxNew>(b"nft_ctx_new\0").map_err(f)?,
+            ctx_free: *lib.get::<NftCtxFree>(b"nft_ctx_free\0").map_err(f)?,
+            buffer_output: *lib.get::<NftCtxBuffer>(b"nft_ctx_buffer_output\0").map_err(f)?,
+            buffer_error: *lib.get::<NftCtxBuffer>(b"nft_ctx_buffer_error\0").map_err(f)?,
+            error_buffer: *lib.get::<NftCtxGetBuffer>(b"nft_ctx_get_error_buffer\0").map_err(f)?,
+            run_cmd: *lib.get::<NftRunCmd>(b"nft_run_cmd_from_buffer\0").map_err(f)?,
+            _lib: lib,
         })
     }
 }
@@ -779,14 +728,11 @@ pub fn bpf_detach_device_program(prog: BorrowedFd<'_>, cgroup: BorrowedFd<'_>) -
 /// The slave side of the pty whose master is `master` (TIOCGPTPEER): no path lookup, so nothing
 /// mounted over `/dev/pts` can hand back another file.
 pub fn pty_peer(master: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
-    // SAFETY: TIOCGPTPEER takes open flags as an integer argument and returns a new fd or -1.
-    let fd = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, flags) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just returned this fd to us; we are its only owner.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    use rustix::pty::OpenptFlags;
+    Ok(rustix::pty::ioctl_tiocgptpeer(
+        master,
+        OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC,
+    )?)
 }
 
 /// Forks a child that outlives the caller's work for a moment: it waits (up to `patience`)
@@ -851,6 +797,25 @@ pub fn forget_when_link_gone(
         _ => {
             // SAFETY: our copy of the socket, not used again.
             unsafe { libc::close(sock) };
+        }
+    }
+}
+
+/// Takes ownership of a descriptor that SCM_RIGHTS just installed in our table.
+pub fn own_received_fd(fd: RawFd) -> OwnedFd {
+    // SAFETY: the kernel installed this fd for us with the message; nothing else refers to it,
+    // so wrapping it hands us sole ownership.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// Puts every signal back to its default disposition (exec keeps ignored signals ignored).
+pub fn reset_signal_dispositions() {
+    use nix::sys::signal::{SigHandler, Signal};
+    for sig in Signal::iterator() {
+        if sig != Signal::SIGKILL && sig != Signal::SIGSTOP {
+            // SAFETY: installing SIG_DFL runs no handler code, so no async-signal-safety
+            // requirement applies.
+            let _ = unsafe { nix::sys::signal::signal(sig, SigHandler::SigDfl) };
         }
     }
 }

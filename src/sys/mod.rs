@@ -10,6 +10,7 @@ use std::path::Path;
 
 use nix::mount::{MntFlags, MsFlags};
 
+#[cfg(test)]
 pub mod fake;
 pub mod linux;
 
