@@ -100,15 +100,6 @@ pub fn in_pidns_of(pid: u32, leader: u32) -> bool {
     }
 }
 
-/// The effective capabilities of a process.
-pub fn effective_caps(pid: u32) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("CapEff:")).map(|v| v.trim().to_owned()))
-        .and_then(|v| u64::from_str_radix(&v, 16).ok())
-        .unwrap_or(0)
-}
-
 /// The process's command name.
 pub fn comm(pid: u32) -> String {
     fs::read_to_string(format!("/proc/{pid}/comm")).map(|s| s.trim().to_owned()).unwrap_or_default()

@@ -57,6 +57,7 @@ def capexec(binary, calls):
         # itself lives on in the child (Python's sockets are close-on-exec).
         devnull = os.open("/dev/null", os.O_RDWR)
         os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
         os.execv(binary, [binary, "60"])
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
