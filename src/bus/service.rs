@@ -552,7 +552,7 @@ impl Service {
         match member {
             "GetMachineControlGroup" => {
                 let (name,): (String,) = msg.body().deserialize()?;
-                self.reply(hdr, &self.mgr.get(&name)?.cgroup).await
+                self.reply(hdr, &self.mgr.control_group(&name)?).await
             }
             "FreezeMachine" | "ThawMachine" => {
                 let (name,): (String,) = msg.body().deserialize()?;

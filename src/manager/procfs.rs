@@ -39,6 +39,29 @@ pub fn unit_from_cgroup(cgroup: &str, name: &str) -> String {
     if last.ends_with(".service") || last.ends_with(".scope") { last.to_owned() } else { String::new() }
 }
 
+/// Whether `cgroup` is one mctl's launcher made for machine `name`: `.../mctl/NAME/payload`,
+/// or `<unit>/payload` with `--keep-unit` (in a cgroup named like a unit). Any other cgroup a
+/// registered leader happens to be in (a service's, a session's) is not the machine's to kill
+/// or freeze.
+pub fn is_machine_cgroup(cgroup: &str, name: &str) -> bool {
+    let Some(parent) = cgroup.trim_end_matches('/').strip_suffix("/payload") else { return false };
+    if parent == format!("/mctl/{name}") || parent.ends_with(&format!("/mctl/{name}")) {
+        return true;
+    }
+    let last = parent.rsplit('/').next().unwrap_or("");
+    last.ends_with(".service") || last.ends_with(".scope")
+}
+
+/// Whether `pid` is PID 1 of a pid namespace below ours: `NSpid` lists its pid in each
+/// namespace from ours down to its own.
+pub fn is_pidns_init(pid: u32) -> bool {
+    let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else { return false };
+    status.lines().find_map(|l| l.strip_prefix("NSpid:")).is_some_and(|v| {
+        let ids: Vec<&str> = v.split_whitespace().collect();
+        ids.len() > 1 && ids.last() == Some(&"1")
+    })
+}
+
 /// The machine's os-release, read through its root with every path confined to it.
 pub fn os_release(pid: u32) -> io::Result<Vec<(String, String)>> {
     let root = fs::File::open(format!("/proc/{pid}/root"))?;
@@ -125,12 +148,28 @@ mod tests {
     }
 
     #[test]
+    fn machine_cgroups() {
+        assert!(is_machine_cgroup("/mctl/web/payload", "web"));
+        assert!(is_machine_cgroup("/user.slice/session-3.scope/mctl/web/payload", "web"));
+        assert!(is_machine_cgroup("/system.slice/mctl@web.service/payload", "web"));
+        assert!(is_machine_cgroup("/system.slice/mctl@web.service/payload/", "web"));
+        // Another machine's, a service's own, a cgroup merely ending in `payload`, the root.
+        assert!(!is_machine_cgroup("/mctl/other/payload", "web"));
+        assert!(!is_machine_cgroup("/system.slice/ssh.service", "web"));
+        assert!(!is_machine_cgroup("/mh-shared/payload", "web"));
+        assert!(!is_machine_cgroup("/payload", "web"));
+        assert!(!is_machine_cgroup("/", "web"));
+        assert!(!is_machine_cgroup("", "web"));
+    }
+
+    #[test]
     fn own_process_facts() {
         let me = std::process::id();
         assert!(start_time(me).is_some());
         assert!(shares_host_netns(me));
         let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
         assert!(in_pidns_of(child.id(), me));
+        assert!(!is_pidns_init(child.id()) && !is_pidns_init(me));
         child.kill().unwrap();
         child.wait().unwrap();
         assert_eq!(uid_shift(me).unwrap(), 0);
