@@ -302,8 +302,9 @@ fn an_unprivileged_flood_stays_bounded_and_root_is_served() {
     // The flood did reach mctld (and was turned away there).
     assert!(summary.iter().any(|l| l.starts_with("GetMachine error")), "{summary:?}");
     assert!(summary.iter().any(|l| l.starts_with("ListMachinesDetailed")), "{summary:?}");
-    assert!(rss_kib < 400 * 1024, "mctld grew to {} MiB", rss_kib / 1024);
-    assert!(threads < 40, "mctld ran {threads} threads");
+    // Bounds: a few messages of the bus's maximum size in zbus's queue, 16 blocking threads.
+    assert!(rss_kib < 256 * 1024, "mctld grew to {} MiB", rss_kib / 1024);
+    assert!(threads < 32, "mctld ran {threads} threads");
     assert!(
         calls >= 5 && slowest < Duration::from_secs(2),
         "root's mctl list: {calls} calls, slowest {slowest:?}"

@@ -16,6 +16,7 @@ use crate::sys::linux;
 pub mod auth;
 pub mod images;
 pub mod machine;
+pub mod pool;
 pub mod procfs;
 pub mod store;
 
@@ -47,9 +48,25 @@ pub enum ManagerError {
     /// The caller may not do this.
     #[error("{0}")]
     AccessDenied(String),
+    /// Too much work in progress (of this caller's class); try again later.
+    #[error("{0}")]
+    LimitsExceeded(String),
+    /// The work did not finish in time.
+    #[error("{0}")]
+    TimedOut(String),
     /// Anything else.
     #[error("{0}")]
     Failed(String),
+}
+
+impl From<pool::PoolError> for ManagerError {
+    fn from(e: pool::PoolError) -> Self {
+        match e {
+            pool::PoolError::Busy => ManagerError::LimitsExceeded(format!("Cannot do this now: {e}")),
+            pool::PoolError::TimedOut(_) => ManagerError::TimedOut(format!("Gave up: {e}")),
+            pool::PoolError::Panicked(_) => ManagerError::Failed(e.to_string()),
+        }
+    }
 }
 
 /// Which processes belong to a machine: a registered leader may be any host process, and
@@ -475,8 +492,10 @@ impl Manager {
     /// The machine's os-release fields.
     pub fn os_release(&self, name: &str) -> Result<Vec<(String, String)>, ManagerError> {
         let m = self.get(name)?;
-        procfs::os_release(m.leader)
-            .map_err(|_| ManagerError::Failed("Machine does not contain OS release information".into()))
+        procfs::os_release(m.leader).map_err(|e| {
+            let what = "Machine does not contain OS release information";
+            ManagerError::Failed(if e.is_not_found() { what.into() } else { format!("{what}: {e}") })
+        })
     }
 
     /// The machine's UID shift.
@@ -533,15 +552,22 @@ impl Manager {
         // Reading a thousand os-release files is most of the cost: spread it over the CPUs.
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
         let chunk = machines.len().div_ceil(threads).max(64);
-        let os: Vec<(String, String)> = std::thread::scope(|scope| {
-            let workers: Vec<_> = machines
-                .chunks(chunk)
-                .map(|part| {
-                    scope.spawn(move || part.iter().map(|m| os_id_and_version(m.leader)).collect::<Vec<_>>())
-                })
-                .collect();
-            workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
-        });
+        let os: Vec<(String, String)> = if machines.len() <= chunk {
+            // One chunk: no thread of its own (the caller's is a bounded blocking one).
+            machines.iter().map(|m| os_id_and_version(m.leader)).collect()
+        } else {
+            std::thread::scope(|scope| {
+                let workers: Vec<_> = machines
+                    .chunks(chunk)
+                    .map(|part| {
+                        scope.spawn(move || {
+                            part.iter().map(|m| os_id_and_version(m.leader)).collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
+            })
+        };
         machines
             .into_iter()
             .zip(private)

@@ -1,13 +1,12 @@
 //! What the manager learns about a machine from `/proc` of its leader.
 
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 
+use crate::guestfs::{self, GuestFileError};
 use crate::launcher::identity::parse_os_release;
-use crate::sys::linux::open_in_root;
 
 /// The process's start time in clock ticks since boot (field 22 of `/proc/PID/stat`); tells a
 /// process from a later one that reuses its pid.
@@ -62,21 +61,13 @@ pub fn is_pidns_init(pid: u32) -> bool {
     })
 }
 
-/// The machine's os-release, read through its root with every path confined to it.
-pub fn os_release(pid: u32) -> io::Result<Vec<(String, String)>> {
-    let root = fs::File::open(format!("/proc/{pid}/root"))?;
-    let mut last = io::Error::from(io::ErrorKind::NotFound);
-    for p in ["/etc/os-release", "/usr/lib/os-release"] {
-        match open_in_root(root.as_fd(), Path::new(p), libc::O_RDONLY) {
-            Ok(fd) => {
-                let mut s = String::new();
-                fs::File::from(fd).take(64 * 1024).read_to_string(&mut s)?;
-                return Ok(parse_os_release(&s));
-            }
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
+/// The machine's os-release, read through its root as a guest file: confined to the root,
+/// never waiting on a FIFO, regular files only, size capped (see [`guestfs`]).
+pub fn os_release(pid: u32) -> Result<Vec<(String, String)>, GuestFileError> {
+    let root = fs::File::open(format!("/proc/{pid}/root"))
+        .map_err(|source| GuestFileError::Open { path: "/".into(), source })?;
+    let text = guestfs::read_first(root.as_fd(), &guestfs::OS_RELEASE_PATHS, guestfs::SMALL_FILE_LIMIT)?;
+    Ok(parse_os_release(&text))
 }
 
 /// The machine's UID shift: 0 without a user namespace.
