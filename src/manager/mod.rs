@@ -435,10 +435,8 @@ impl Manager {
     /// The machine's own cgroup directory, if it has one: a cgroup mctl's launcher made for it,
     /// never one its leader merely shares with other processes.
     pub fn machine_cgroup_dir(&self, m: &Machine) -> Option<PathBuf> {
-        if !procfs::is_machine_cgroup(&m.cgroup, &m.name) {
-            return None;
-        }
-        let dir = self.unified_mount.as_ref()?.join(m.cgroup.trim_start_matches('/'));
+        let own = procfs::machine_cgroup(&m.cgroup, &m.name)?;
+        let dir = self.unified_mount.as_ref()?.join(own.trim_start_matches('/'));
         dir.is_dir().then_some(dir)
     }
 
@@ -446,7 +444,8 @@ impl Manager {
     /// no client lists, enters or changes another cgroup in its name.
     pub fn control_group(&self, name: &str) -> Result<String, ManagerError> {
         let m = self.get(name)?;
-        Ok(if self.machine_cgroup_dir(&m).is_some() { m.cgroup } else { String::new() })
+        let own = procfs::machine_cgroup(&m.cgroup, &m.name).unwrap_or_default().to_owned();
+        Ok(if self.machine_cgroup_dir(&m).is_some() { own } else { String::new() })
     }
 
     fn set_state(&self, name: &str, state: State) {

@@ -38,17 +38,23 @@ pub fn unit_from_cgroup(cgroup: &str, name: &str) -> String {
     if last.ends_with(".service") || last.ends_with(".scope") { last.to_owned() } else { String::new() }
 }
 
-/// Whether `cgroup` is one mctl's launcher made for machine `name`: `.../mctl/NAME/payload`,
-/// or `<unit>/payload` with `--keep-unit` (in a cgroup named like a unit). Any other cgroup a
-/// registered leader happens to be in (a service's, a session's) is not the machine's to kill
-/// or freeze.
-pub fn is_machine_cgroup(cgroup: &str, name: &str) -> bool {
-    let Some(parent) = cgroup.trim_end_matches('/').strip_suffix("/payload") else { return false };
-    if parent == format!("/mctl/{name}") || parent.ends_with(&format!("/mctl/{name}")) {
-        return true;
-    }
-    let last = parent.rsplit('/').next().unwrap_or("");
-    last.ends_with(".service") || last.ends_with(".scope")
+/// The cgroup mctl's launcher made for machine `name`, if `cgroup` (its leader's) is in one:
+/// `.../mctl/NAME/payload`, or `<unit>/payload` with `--keep-unit` (in a cgroup named like a
+/// unit), or a cgroup below either (the guest's init may have moved itself down). Any other
+/// cgroup a registered leader happens to be in (a service's, a session's) is not the machine's
+/// to kill or freeze.
+pub fn machine_cgroup<'a>(cgroup: &'a str, name: &str) -> Option<&'a str> {
+    let c = cgroup.trim_end_matches('/');
+    let own = format!("/mctl/{name}");
+    c.match_indices("/payload").map(|(i, _)| i).find_map(|i| {
+        let (parent, rest) = (&c[..i], &c[i + "/payload".len()..]);
+        if !(rest.is_empty() || rest.starts_with('/')) {
+            return None;
+        }
+        let last = parent.rsplit('/').next().unwrap_or("");
+        let made_by_mctl = parent.ends_with(&own) || last.ends_with(".service") || last.ends_with(".scope");
+        made_by_mctl.then_some(&c[..i + "/payload".len()])
+    })
 }
 
 /// Whether `pid` is PID 1 of a pid namespace below ours: `NSpid` lists its pid in each
@@ -140,17 +146,26 @@ mod tests {
 
     #[test]
     fn machine_cgroups() {
-        assert!(is_machine_cgroup("/mctl/web/payload", "web"));
-        assert!(is_machine_cgroup("/user.slice/session-3.scope/mctl/web/payload", "web"));
-        assert!(is_machine_cgroup("/system.slice/mctl@web.service/payload", "web"));
-        assert!(is_machine_cgroup("/system.slice/mctl@web.service/payload/", "web"));
-        // Another machine's, a service's own, a cgroup merely ending in `payload`, the root.
-        assert!(!is_machine_cgroup("/mctl/other/payload", "web"));
-        assert!(!is_machine_cgroup("/system.slice/ssh.service", "web"));
-        assert!(!is_machine_cgroup("/mh-shared/payload", "web"));
-        assert!(!is_machine_cgroup("/payload", "web"));
-        assert!(!is_machine_cgroup("/", "web"));
-        assert!(!is_machine_cgroup("", "web"));
+        let mc = machine_cgroup;
+        assert_eq!(mc("/mctl/web/payload", "web"), Some("/mctl/web/payload"));
+        assert_eq!(
+            mc("/user.slice/session-3.scope/mctl/web/payload", "web"),
+            Some("/user.slice/session-3.scope/mctl/web/payload")
+        );
+        assert_eq!(
+            mc("/system.slice/mctl@web.service/payload/", "web"),
+            Some("/system.slice/mctl@web.service/payload")
+        );
+        // Below the payload: the payload is the machine's cgroup.
+        assert_eq!(mc("/mctl/web/payload/init.scope", "web"), Some("/mctl/web/payload"));
+        // Another machine's, a service's own, a cgroup merely named `payload`, the root.
+        assert_eq!(mc("/mctl/other/payload", "web"), None);
+        assert_eq!(mc("/system.slice/ssh.service", "web"), None);
+        assert_eq!(mc("/mh-shared/payload", "web"), None);
+        assert_eq!(mc("/mctl/web/payloads", "web"), None);
+        assert_eq!(mc("/payload", "web"), None);
+        assert_eq!(mc("/", "web"), None);
+        assert_eq!(mc("", "web"), None);
     }
 
     #[test]
