@@ -37,7 +37,19 @@ impl Drop for Killed {
     }
 }
 
-/// A scratch directory nobody can enter (the attack script and binaries live there).
+/// Clears the immutable flag of a store's images when the test ends: a successful attack
+/// (MarkImageReadOnly) would otherwise leave a scratch directory nobody can remove.
+struct Mutable(PathBuf);
+
+impl Drop for Mutable {
+    fn drop(&mut self) {
+        for e in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
+            let _ = Command::new("chattr").arg("-i").arg(e.path()).output();
+        }
+    }
+}
+
+/// A scratch directory anybody can enter (the attack script and binaries live there).
 fn scratch_for_nobody() -> tempfile::TempDir {
     let s = scratch();
     std::fs::set_permissions(s.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -112,6 +124,7 @@ fn a_capability_gained_after_connecting_grants_nothing() {
     let store = s.path().join("store");
     std::fs::create_dir(&store).unwrap();
     copy_tree(busybox_tree(), &store, "mhimg");
+    let _mutable = Mutable(store.clone());
     let mctld_dir = s.path().join("mctld");
     std::fs::create_dir(&mctld_dir).unwrap();
     let _mctld = Mctld::start_args(&bus, &mctld_dir, &["--pool-path", store.to_str().unwrap()]);
