@@ -4,9 +4,23 @@
 
 use std::path::PathBuf;
 
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+use crate::bus::limits::Limits;
 use crate::bus::service::Service;
 use crate::bus::{COMPAT_NAME, OWN_NAME};
+use crate::manager::pool::{BlockingPool, PoolConfig};
 use crate::manager::{Manager, ManagerConfig};
+
+/// Messages zbus may hold unread for mctld's dispatcher: each may be as large as the bus
+/// allows (32 MiB on a system bus), and the dispatcher takes them off at once.
+const MAX_QUEUED: usize = 4;
+
+/// The runtime's blocking threads: the pool's slots and a few for anything else.
+pub fn blocking_threads() -> usize {
+    PoolConfig::default().threads() + 4
+}
 
 /// mctld's settings.
 #[derive(Debug, Clone, clap::Parser)]
@@ -41,9 +55,44 @@ pub enum DaemonError {
     /// The manager could not start.
     #[error("{0}")]
     Manager(#[from] crate::manager::ManagerError),
+    /// The bus thread could not be started.
+    #[error("cannot start the bus thread: {0}")]
+    Thread(#[source] std::io::Error),
     /// Signal handling could not be set up.
     #[error("cannot handle signals: {0}")]
     Signals(#[source] std::io::Error),
+}
+
+/// Connects to the system bus from a thread of its own, where zbus's socket reader then runs:
+/// mctld drains its socket at once however busy its workers are. While it does not, the bus
+/// daemon queues the calls for mctld, and past its limit turns away everybody's calls to mctld
+/// (root's included) and even its own replies to mctld.
+async fn connect_on_own_thread() -> Result<zbus::Connection, DaemonError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("mctld-bus".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(zbus::Error::InputOutput(Arc::new(e))));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let conn = zbus::connection::Builder::system()
+                    .max_queued(NonZeroUsize::new(MAX_QUEUED).expect("not zero"))
+                    .build()
+                    .await;
+                let _ = tx.send(conn);
+                // Drives the connection's reader for the life of the process.
+                std::future::pending::<()>().await
+            })
+        })
+        .map_err(DaemonError::Thread)?;
+    rx.await
+        .unwrap_or_else(|_| Err(zbus::Error::Failure("the bus thread ended".into())))
+        .map_err(DaemonError::Connect)
 }
 
 /// Runs mctld until it is told to stop.
@@ -51,8 +100,9 @@ pub async fn run(args: DaemonArgs) -> Result<(), DaemonError> {
     let cfg =
         ManagerConfig { state_dir: args.state_dir, pool_path: args.pool_path, ..ManagerConfig::default() };
     let mgr = Manager::new(&cfg)?;
-    let conn = zbus::connection::Builder::system().build().await.map_err(DaemonError::Connect)?;
-    let service = Service::new(conn.clone(), mgr.clone());
+    let conn = connect_on_own_thread().await?;
+    let pool = Arc::new(BlockingPool::new(PoolConfig::default()));
+    let service = Service::new(conn.clone(), mgr.clone(), pool, Limits::default());
     // Subscribe before taking names, so that calls racing the name acquisition are not lost.
     let stream = zbus::MessageStream::from(&conn);
     let serving = tokio::spawn({

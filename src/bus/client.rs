@@ -58,3 +58,27 @@ pub fn is_no_manager(e: &zbus::Error) -> bool {
         Some("org.freedesktop.DBus.Error.ServiceUnknown" | "org.freedesktop.DBus.Error.NameHasNoOwner")
     ) || matches!(e, zbus::Error::InputOutput(_) | zbus::Error::Address(_) | zbus::Error::Handshake(_))
 }
+
+/// Makes a read-only call, asking again for up to `patience` while it is turned away for load:
+/// the bus daemon refuses calls to a manager whose queue there is full (another caller
+/// flooding it), and mctld refuses calls beyond its limits; neither call was carried out.
+pub async fn retry_when_busy<T, F, Fut>(patience: Duration, mut call: F) -> zbus::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = zbus::Result<T>>,
+{
+    let deadline = std::time::Instant::now() + patience;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        match call().await {
+            Err(e)
+                if error_name(&e).as_deref() == Some("org.freedesktop.DBus.Error.LimitsExceeded")
+                    && std::time::Instant::now() + pause < deadline =>
+            {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            other => return other,
+        }
+    }
+}

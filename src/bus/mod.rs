@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod introspect;
+pub mod limits;
 pub mod paths;
 pub mod proxy;
 pub mod service;

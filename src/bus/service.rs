@@ -4,9 +4,15 @@
 //! interface name and rejects the empty one machinectl sends (meaning "all interfaces"), and it
 //! returns properties in hash order where machinectl prints them in reply order. So mctld routes
 //! calls itself: a thin adapter from messages to [`Manager`] calls, with machined's error names.
+//!
+//! Every caller may send anything (the bus policy lets anyone look): calls are admitted within
+//! [`Limits`] before any work, and blocking work runs in the manager's bounded
+//! [`BlockingPool`], in the caller's class, so that no unprivileged caller can exhaust memory,
+//! threads or the workers, or delay root.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde::Serialize;
@@ -15,9 +21,11 @@ use zbus::message::{Header, Type as MsgType};
 use zbus::{Connection, Message, OwnedObjectPath, OwnedVariant, Variant};
 
 use crate::images::store::ImageInfo;
+use crate::manager::pool::{BlockingPool, Class};
 use crate::manager::{Caller, Event, Machine, Manager, ManagerError, RegisterRequest};
 
 use super::introspect::{self, IMAGE, Interface, MACHINE, MANAGER, MCTL_MANAGER};
+use super::limits::{Admission, Limits, Ticket};
 use super::paths::{self, IMAGE_DIR, MACHINE_DIR, MANAGER_PATH};
 use super::proxy::MachineDetails;
 
@@ -59,6 +67,8 @@ impl From<ManagerError> for CallError {
             ManagerError::NoPrivateNetworking(_) => "org.freedesktop.machine1.NoPrivateNetworking",
             ManagerError::InvalidArgs(_) => "org.freedesktop.DBus.Error.InvalidArgs",
             ManagerError::AccessDenied(_) => "org.freedesktop.DBus.Error.AccessDenied",
+            ManagerError::LimitsExceeded(_) => "org.freedesktop.DBus.Error.LimitsExceeded",
+            ManagerError::TimedOut(_) => "org.freedesktop.DBus.Error.TimedOut",
             ManagerError::Failed(_) => "org.freedesktop.DBus.Error.Failed",
         };
         CallError(name, e.to_string())
@@ -161,11 +171,34 @@ enum Object {
     Image(ImageInfo),
 }
 
+/// How long reading a guest's or an image's files may take (they are small; a read that takes
+/// longer is stuck on something the guest controls).
+const GUEST_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Refusals (of oversized calls, of calls beyond a connection's limit) waiting to be sent.
+const MAX_PENDING_REFUSALS: usize = 1024;
+
+/// Sends refusals in batches (few writes however many there are), apart from the dispatcher.
+async fn send_refusals(conn: Connection, mut pending: tokio::sync::mpsc::Receiver<Message>) {
+    let mut batch = Vec::new();
+    while pending.recv_many(&mut batch, 256).await > 0 {
+        let _ = conn.send_all(&batch).await;
+        batch.clear();
+    }
+}
+
+/// How long one request for a caller's credentials may take, and how often it is made.
+const CREDENTIALS_TIMEOUT: Duration = Duration::from_secs(1);
+const CREDENTIALS_ATTEMPTS: u32 = 4;
+/// How long gathering every machine's OS and addresses may take.
+const OVERVIEW_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// The service: a connection serving the manager.
 #[derive(Clone)]
 pub struct Service {
     conn: Connection,
     mgr: Arc<Manager>,
+    admission: Arc<Admission>,
+    pool: Arc<BlockingPool>,
 }
 
 impl std::fmt::Debug for Service {
@@ -175,9 +208,10 @@ impl std::fmt::Debug for Service {
 }
 
 impl Service {
-    /// Wraps a connection (already on the bus, names not yet requested).
-    pub fn new(conn: Connection, mgr: Arc<Manager>) -> Self {
-        Self { conn, mgr }
+    /// Wraps a connection (already on the bus, names not yet requested); blocking work runs in
+    /// `pool`, calls are admitted within `limits`.
+    pub fn new(conn: Connection, mgr: Arc<Manager>, pool: Arc<BlockingPool>, limits: Limits) -> Self {
+        Self { conn, mgr, admission: Admission::new(limits), pool }
     }
 
     /// Serves calls and emits signals until the connection closes. `stream` must be created
@@ -196,14 +230,39 @@ impl Service {
                 }
             })
         };
+        let (refusals, pending) = tokio::sync::mpsc::channel(MAX_PENDING_REFUSALS);
+        let refuser = tokio::spawn(send_refusals(self.conn.clone(), pending));
         while let Some(msg) = stream.next().await {
             let Ok(msg) = msg else { continue };
             if msg.message_type() != MsgType::MethodCall {
                 continue;
             }
-            let me = self.clone();
-            tokio::spawn(async move { me.handle(msg).await });
+            // Admission happens here, before anything else is held for the call. This loop
+            // never waits for the bus: replies to mctld's own calls arrive through the queue it
+            // drains, and while it does not drain it, mctld's queue in the bus daemon fills and
+            // the daemon turns away everybody's calls to mctld, root's included.
+            let hdr = msg.header();
+            let sender = hdr.sender().map(|s| s.as_str().to_owned()).unwrap_or_default();
+            match self.admission.admit(&sender, msg.data().len()) {
+                Ok(ticket) => {
+                    let me = self.clone();
+                    drop(hdr);
+                    tokio::spawn(async move { me.handle(msg, ticket).await });
+                }
+                Err(refusal) => {
+                    let mut reply = zbus::Message::error(&hdr, refusal.error_name());
+                    if let Some(me) = self.conn.unique_name() {
+                        reply = reply.sender(me.as_ref());
+                    }
+                    // With too many refusals unsent, the flooding caller gets none: its call
+                    // times out in the bus daemon instead.
+                    if let Ok(reply) = reply.build(&(refusal.message(),)) {
+                        let _ = refusals.try_send(reply);
+                    }
+                }
+            }
         }
+        refuser.abort();
         signals.abort();
     }
 
@@ -219,12 +278,27 @@ impl Service {
             .await;
     }
 
-    async fn handle(&self, msg: Message) {
+    /// Serves one admitted call; its place in flight is given back when this ends.
+    async fn handle(&self, msg: Message, _ticket: Ticket) {
         let hdr = msg.header();
         let result = self.dispatch(&msg, &hdr).await;
         if let Err(CallError(name, text)) = result {
             let _ = self.conn.reply_error(&hdr, name, &text).await;
         }
+    }
+
+    /// Runs `work` in the blocking pool, in the caller's class, giving up after `limit`.
+    async fn blocking<T, F>(&self, hdr: &Header<'_>, limit: Option<Duration>, work: F) -> Result<T, CallError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Manager, &Caller) -> Result<T, ManagerError> + Send + 'static,
+    {
+        let caller = self.caller(hdr).await?;
+        let class = if caller.is_privileged() { Class::Privileged } else { Class::Unprivileged };
+        let mgr = self.mgr.clone();
+        let result =
+            self.pool.run(class, limit, move || work(&mgr, &caller)).await.map_err(ManagerError::from)?;
+        Ok(result?)
     }
 
     fn resolve(&self, path: &str, caller_pid: impl FnOnce() -> Option<u32>) -> Option<Object> {
@@ -261,14 +335,43 @@ impl Service {
         }
     }
 
+    /// The caller's connection as the bus daemon knows it (uid and pid recorded when it
+    /// connected), remembered while the connection has calls in flight.
     async fn caller(&self, hdr: &Header<'_>) -> Result<Caller, CallError> {
         let sender = hdr.sender().ok_or_else(|| CallError::invalid_args("message without sender"))?;
-        let dbus = zbus::fdo::DBusProxy::new(&self.conn).await?;
-        let creds = dbus.get_connection_credentials(sender.clone().into()).await.map_err(|e| {
+        if let Some(c) = self.admission.caller(sender.as_str()) {
+            return Ok(c);
+        }
+        let dbus = zbus::fdo::DBusProxy::builder(&self.conn)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await?;
+        let denied = |e: String| {
             CallError("org.freedesktop.DBus.Error.AccessDenied", format!("cannot identify caller: {e}"))
-        })?;
+        };
+        // The bus daemon drops its reply when mctld's queue there is full (a flood of large
+        // calls): ask again rather than wait forever.
+        let mut attempt = 0;
+        let creds = loop {
+            attempt += 1;
+            match tokio::time::timeout(
+                CREDENTIALS_TIMEOUT,
+                dbus.get_connection_credentials(sender.clone().into()),
+            )
+            .await
+            {
+                Ok(Ok(creds)) => break creds,
+                Ok(Err(e)) => return Err(denied(e.to_string())),
+                Err(_) if attempt < CREDENTIALS_ATTEMPTS => continue,
+                Err(_) => return Err(denied("the bus did not answer".into())),
+            }
+        };
         match (creds.unix_user_id(), creds.process_id()) {
-            (Some(uid), Some(pid)) => Ok(Caller { uid, pid }),
+            (Some(uid), Some(pid)) => {
+                let c = Caller { uid, pid };
+                self.admission.remember(sender.as_str(), c);
+                Ok(c)
+            }
             _ => Err(CallError("org.freedesktop.DBus.Error.AccessDenied", "cannot identify caller".into())),
         }
     }
@@ -436,8 +539,7 @@ impl Service {
             }
             "GetImageOSRelease" => {
                 let (name,): (String,) = body.deserialize()?;
-                let fields: HashMap<String, String> = mgr.image_os_release(&name)?.into_iter().collect();
-                self.reply(hdr, &fields).await
+                self.image_os_release(hdr, name).await
             }
             "RemoveImage" | "RenameImage" | "CloneImage" | "MarkImageReadOnly" => {
                 let (name, op) = match member {
@@ -491,12 +593,11 @@ impl Service {
             }
             "GetMachineAddresses" => {
                 let (name,): (String,) = body.deserialize()?;
-                self.reply(hdr, &mgr.addresses(&name)?).await
+                self.addresses(hdr, name).await
             }
             "GetMachineOSRelease" => {
                 let (name,): (String,) = body.deserialize()?;
-                let fields: HashMap<String, String> = mgr.os_release(&name)?.into_iter().collect();
-                self.reply(hdr, &fields).await
+                self.os_release(hdr, name).await
             }
             "GetMachineUIDShift" => {
                 let (name,): (String,) = body.deserialize()?;
@@ -519,10 +620,7 @@ impl Service {
                 ImageOp::Clone(to, ro)
             }
             "MarkReadOnly" => ImageOp::ReadOnly(body.deserialize::<(bool,)>()?.0),
-            "GetOSRelease" => {
-                let fields: HashMap<String, String> = self.mgr.image_os_release(name)?.into_iter().collect();
-                return self.reply(hdr, &fields).await;
-            }
+            "GetOSRelease" => return self.image_os_release(hdr, name.to_owned()).await,
             _ => {
                 return Err(CallError(
                     "org.freedesktop.DBus.Error.UnknownMethod",
@@ -533,36 +631,56 @@ impl Service {
         self.image_op(hdr, name.to_owned(), op).await
     }
 
-    /// Runs an image change off the async runtime (a clone copies a whole tree).
+    /// Runs an image change off the async runtime (a clone copies a whole tree: no time limit).
     async fn image_op(&self, hdr: &Header<'_>, name: String, op: ImageOp) -> Reply {
-        let caller = self.caller(hdr).await?;
-        let mgr = self.mgr.clone();
-        tokio::task::spawn_blocking(move || match op {
-            ImageOp::Remove => mgr.remove_image(&name, &caller),
-            ImageOp::Rename(to) => mgr.rename_image(&name, &to, &caller),
-            ImageOp::Clone(to, ro) => mgr.clone_image(&name, &to, ro, &caller),
-            ImageOp::ReadOnly(ro) => mgr.mark_image_read_only(&name, ro, &caller),
+        self.blocking(hdr, None, move |mgr, caller| match op {
+            ImageOp::Remove => mgr.remove_image(&name, caller),
+            ImageOp::Rename(to) => mgr.rename_image(&name, &to, caller),
+            ImageOp::Clone(to, ro) => mgr.clone_image(&name, &to, ro, caller),
+            ImageOp::ReadOnly(ro) => mgr.mark_image_read_only(&name, ro, caller),
         })
-        .await
-        .map_err(|e| CallError("org.freedesktop.DBus.Error.Failed", e.to_string()))??;
+        .await?;
         self.reply(hdr, &()).await
+    }
+
+    /// A machine's os-release: a file the guest controls.
+    async fn os_release(&self, hdr: &Header<'_>, name: String) -> Reply {
+        let fields: HashMap<String, String> = self
+            .blocking(hdr, Some(GUEST_READ_TIMEOUT), move |mgr, _| mgr.os_release(&name))
+            .await?
+            .into_iter()
+            .collect();
+        self.reply(hdr, &fields).await
+    }
+
+    /// An image's os-release: a file whatever ran in the image may have changed.
+    async fn image_os_release(&self, hdr: &Header<'_>, name: String) -> Reply {
+        let fields: HashMap<String, String> = self
+            .blocking(hdr, Some(GUEST_READ_TIMEOUT), move |mgr, _| mgr.image_os_release(&name))
+            .await?
+            .into_iter()
+            .collect();
+        self.reply(hdr, &fields).await
+    }
+
+    /// A machine's addresses, read from a thread that joins its network namespace.
+    async fn addresses(&self, hdr: &Header<'_>, name: String) -> Reply {
+        let addresses =
+            self.blocking(hdr, Some(GUEST_READ_TIMEOUT), move |mgr, _| mgr.addresses(&name)).await?;
+        self.reply(hdr, &addresses).await
     }
 
     async fn mctl_call(&self, msg: &Message, hdr: &Header<'_>, member: &str) -> Reply {
         match member {
             "GetMachineControlGroup" => {
                 let (name,): (String,) = msg.body().deserialize()?;
-                self.reply(hdr, &self.mgr.get(&name)?.cgroup).await
+                self.reply(hdr, &self.mgr.control_group(&name)?).await
             }
             "FreezeMachine" | "ThawMachine" => {
                 let (name,): (String,) = msg.body().deserialize()?;
-                let caller = self.caller(hdr).await?;
-                let mgr = self.mgr.clone();
                 let frozen = member == "FreezeMachine";
-                // Waiting for the freezer blocks; keep it off the runtime's workers.
-                tokio::task::spawn_blocking(move || mgr.freeze(&name, frozen, &caller))
-                    .await
-                    .map_err(|e| CallError("org.freedesktop.DBus.Error.Failed", e.to_string()))??;
+                // Waiting for the freezer blocks (with a deadline of its own).
+                self.blocking(hdr, None, move |mgr, caller| mgr.freeze(&name, frozen, caller)).await?;
                 self.reply(hdr, &()).await
             }
             "IsMachineFrozen" => {
@@ -571,11 +689,10 @@ impl Service {
                 self.reply(hdr, &self.mgr.is_frozen(&m)).await
             }
             "ListMachinesDetailed" => {
-                let mgr = self.mgr.clone();
                 // Reads every machine's os-release and joins network namespaces: blocking work.
-                let rows: Vec<MachineDetails> = tokio::task::spawn_blocking(move || mgr.overview())
-                    .await
-                    .map_err(|e| CallError("org.freedesktop.DBus.Error.Failed", e.to_string()))?
+                let rows: Vec<MachineDetails> = self
+                    .blocking(hdr, Some(OVERVIEW_TIMEOUT), |mgr, _| Ok(mgr.overview()))
+                    .await?
                     .into_iter()
                     .map(|o| (o.name, o.class, o.service, o.os_id, o.version_id, o.addresses))
                     .collect();
@@ -600,11 +717,8 @@ impl Service {
                 mgr.kill(name, &who, signal, &self.caller(hdr).await?)?;
                 self.reply(hdr, &()).await
             }
-            "GetAddresses" => self.reply(hdr, &mgr.addresses(name)?).await,
-            "GetOSRelease" => {
-                let fields: HashMap<String, String> = mgr.os_release(name)?.into_iter().collect();
-                self.reply(hdr, &fields).await
-            }
+            "GetAddresses" => self.addresses(hdr, name.to_owned()).await,
+            "GetOSRelease" => self.os_release(hdr, name.to_owned()).await,
             "GetUIDShift" => self.reply(hdr, &mgr.uid_shift(name)?).await,
             _ => Err(CallError(
                 "org.freedesktop.DBus.Error.UnknownMethod",

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use zbus::{Connection, OwnedVariant};
 
-use crate::bus::client::{block_on_thread, error_message, is_no_manager, system_bus};
+use crate::bus::client::{block_on_thread, error_message, is_no_manager, retry_when_busy, system_bus};
 use crate::bus::proxy::{self, Manager1Proxy, MctlManager1Proxy};
 use crate::bus::{OWN_NAME, introspect};
 use crate::signals::SignalNumber;
@@ -14,6 +14,9 @@ use crate::signals::SignalNumber;
 use super::CliError;
 use super::args::{KillArgs, ListArgs, OutputFormat, ShowArgs};
 use super::output::{self, emit};
+
+/// How long `list` keeps asking while its call is turned away for load (someone flooding mctld).
+const BUSY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The message of a D-Bus error (what machined's clients print).
 pub fn describe(e: &zbus::Error) -> String {
@@ -61,7 +64,7 @@ pub fn list(a: &ListArgs) -> Result<i32, CliError> {
     let rows = with_bus(|conn| async move {
         // One call for everything; per-machine calls only for a manager without it.
         let mctl = MctlManager1Proxy::new(&conn).await.map_err(unreachable)?;
-        let machines = match mctl.list_machines_detailed().await {
+        let machines = match retry_when_busy(BUSY_PATIENCE, || mctl.list_machines_detailed()).await {
             Ok(machines) => machines,
             Err(e)
                 if crate::bus::client::error_name(&e).as_deref()

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -17,6 +17,7 @@ use rustix::fs::{self as rfs, AtFlags, IFlags, Mode, OFlags, RenameFlags, StatxF
 use super::confined::{Meta, Node, TreeWriter, WriteError};
 use super::interrupt::{self, Interrupted, Temporary};
 use super::walk::{self, Kind, WalkError};
+use crate::guestfs;
 use crate::launcher::identity::parse_os_release;
 use crate::names::{self, NameError};
 
@@ -70,6 +71,9 @@ pub enum StoreError {
     /// A signal arrived.
     #[error(transparent)]
     Interrupted(#[from] Interrupted),
+    /// A file inside the image (written by whatever ran in it) could not be read.
+    #[error(transparent)]
+    ImageFile(#[from] crate::guestfs::GuestFileError),
 }
 
 fn io_err<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
@@ -244,26 +248,17 @@ impl ImageStore {
         }
     }
 
-    /// The image's os-release fields (`/etc/os-release`, else `/usr/lib/os-release`), read
-    /// with the kernel confining the lookup to the image (its symlinks resolve inside it).
+    /// The image's os-release fields (`/etc/os-release`, else `/usr/lib/os-release`; none if
+    /// neither exists). Whatever ran in the image may have made them FIFOs, devices, huge files
+    /// or symlinks out of it: they are read as guest files (confined, regular files only).
     pub fn os_release(&self, name: &str) -> Result<Vec<(String, String)>, StoreError> {
         let info = self.get(name)?;
         let root = open_dir(&info.path)?;
-        for p in ["etc/os-release", "usr/lib/os-release"] {
-            let Ok(fd) = crate::sys::linux::open_in_root(
-                std::os::fd::AsFd::as_fd(&root),
-                Path::new(p),
-                libc::O_RDONLY | libc::O_NOCTTY | libc::O_NONBLOCK,
-            ) else {
-                continue;
-            };
-            let mut text = String::new();
-            // os-release is a few hundred bytes; anything huge is not one.
-            let _ =
-                io::Read::read_to_string(&mut io::Read::take(std::fs::File::from(fd), 64 * 1024), &mut text);
-            return Ok(parse_os_release(&text));
+        match guestfs::read_first(root.as_fd(), &guestfs::OS_RELEASE_PATHS, guestfs::SMALL_FILE_LIMIT) {
+            Ok(text) => Ok(parse_os_release(&text)),
+            Err(e) if e.is_not_found() => Ok(Vec::new()),
+            Err(e) => Err(e.into()),
         }
-        Ok(Vec::new())
     }
 
     /// Whether image `name` is read-only.

@@ -1,5 +1,5 @@
 //! The image side of the manager: machined's image API over the image store, with the same
-//! authorization rule (changing images needs root or CAP_SYS_ADMIN).
+//! authorization rule (changing images needs root).
 
 use crate::images::store::{ImageInfo, StoreError};
 

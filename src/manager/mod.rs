@@ -16,6 +16,7 @@ use crate::sys::linux;
 pub mod auth;
 pub mod images;
 pub mod machine;
+pub mod pool;
 pub mod procfs;
 pub mod store;
 
@@ -47,9 +48,49 @@ pub enum ManagerError {
     /// The caller may not do this.
     #[error("{0}")]
     AccessDenied(String),
+    /// Too much work in progress (of this caller's class); try again later.
+    #[error("{0}")]
+    LimitsExceeded(String),
+    /// The work did not finish in time.
+    #[error("{0}")]
+    TimedOut(String),
     /// Anything else.
     #[error("{0}")]
     Failed(String),
+}
+
+impl From<pool::PoolError> for ManagerError {
+    fn from(e: pool::PoolError) -> Self {
+        match e {
+            pool::PoolError::Busy => ManagerError::LimitsExceeded(format!("Cannot do this now: {e}")),
+            pool::PoolError::TimedOut(_) => ManagerError::TimedOut(format!("Gave up: {e}")),
+            pool::PoolError::Panicked(_) => ManagerError::Failed(e.to_string()),
+        }
+    }
+}
+
+/// Which processes belong to a machine: a registered leader may be any host process, and
+/// killing its whole cgroup (a service's, say) would kill bystanders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Everything in the cgroup mctl's launcher made for the machine.
+    Cgroup(PathBuf),
+    /// Everything in the pid namespace whose PID 1 the leader is.
+    PidNamespace,
+    /// The leader alone.
+    Leader,
+}
+
+impl Scope {
+    /// The machine's own cgroup if it has one, else the leader's pid namespace if the leader
+    /// is its PID 1 (not mctld's namespace), else the leader alone.
+    pub fn decide(own_cgroup: Option<PathBuf>, leader_is_pidns_init: bool) -> Scope {
+        match (own_cgroup, leader_is_pidns_init) {
+            (Some(dir), _) => Scope::Cgroup(dir),
+            (None, true) => Scope::PidNamespace,
+            (None, false) => Scope::Leader,
+        }
+    }
 }
 
 /// What happened to the registry (the bus adapter turns these into signals).
@@ -288,22 +329,28 @@ impl Manager {
         Ok(())
     }
 
-    /// Ends every process of the machine (`TerminateMachine`); the machine disappears when its
-    /// leader is gone, and its launcher cleans up.
+    /// Ends every process of the machine (`TerminateMachine`), and nothing else (see
+    /// [`Scope`]); the machine disappears when its leader is gone, and its launcher cleans up.
     pub fn terminate(&self, name: &str, caller: &Caller) -> Result<(), ManagerError> {
         let m = self.get(name)?;
         caller.authorize(Action::Manage)?;
         self.set_state(name, State::Closing);
-        let killed_by_cgroup = self
-            .machine_cgroup_dir(&m)
-            .map(|dir| fs::write(dir.join("cgroup.kill"), "1").is_ok())
-            .unwrap_or(false);
-        if !killed_by_cgroup {
-            // The leader is PID 1 of the machine's pid namespace: the kernel ends the rest.
-            linux::send_signal(m.leader as i32, libc::SIGKILL)
-                .map_err(|e| ManagerError::Failed(format!("Failed to kill machine {name}: {e}")))?;
+        let failed = |e: std::io::Error| ManagerError::Failed(format!("Failed to kill machine {name}: {e}"));
+        match self.scope(&m) {
+            Scope::Cgroup(dir) => {
+                if fs::write(dir.join("cgroup.kill"), "1").is_err() {
+                    // No cgroup.kill (before Linux 5.14): one by one.
+                    for pid in cgroups::pids_in(&dir) {
+                        let _ = linux::send_signal(pid, libc::SIGKILL);
+                    }
+                }
+                Ok(())
+            }
+            // As PID 1 of its namespace, the leader takes every other process there with it.
+            Scope::PidNamespace | Scope::Leader => {
+                linux::send_signal(m.leader as i32, libc::SIGKILL).map_err(failed)
+            }
         }
-        Ok(())
     }
 
     /// Sends `signal` to the leader or to every process of the machine (`KillMachine`).
@@ -335,9 +382,9 @@ impl Manager {
     pub fn freeze(&self, name: &str, frozen: bool, caller: &Caller) -> Result<(), ManagerError> {
         let m = self.get(name)?;
         caller.authorize(Action::Manage)?;
-        let dir = self.machine_cgroup_dir(&m).ok_or_else(|| {
-            ManagerError::Failed(format!("Machine {name} has no cgroup of its own to freeze"))
-        })?;
+        let Scope::Cgroup(dir) = self.scope(&m) else {
+            return Err(ManagerError::Failed(format!("Machine {name} has no cgroup of its own to freeze")));
+        };
         let want = if frozen { "1" } else { "0" };
         fs::write(dir.join("cgroup.freeze"), want).map_err(|e| {
             ManagerError::Failed(format!(
@@ -368,29 +415,37 @@ impl Manager {
             .is_some_and(|e| e.lines().any(|l| l == "frozen 1"))
     }
 
-    /// Every process of the machine: its cgroup's when it has one of its own, else its pid
-    /// namespace's when that is not the host's, else just the leader.
+    /// Every process of the machine (see [`Scope`]).
     pub fn processes(&self, m: &Machine) -> Vec<i32> {
-        if let Some(dir) = self.machine_cgroup_dir(m) {
-            let pids = cgroups::pids_in(&dir);
-            if !pids.is_empty() {
-                return pids;
+        match self.scope(m) {
+            Scope::Cgroup(dir) => {
+                let pids = cgroups::pids_in(&dir);
+                if pids.is_empty() { vec![m.leader as i32] } else { pids }
             }
+            Scope::PidNamespace => procfs::pids_in_pidns(m.leader),
+            Scope::Leader => vec![m.leader as i32],
         }
-        if !procfs::in_pidns_of(m.leader, std::process::id()) {
-            return procfs::pids_in_pidns(m.leader);
-        }
-        vec![m.leader as i32]
     }
 
-    /// The machine's own cgroup directory, if it has one (never the root cgroup).
+    /// What belongs to the machine, for killing, freezing and listing its processes.
+    pub fn scope(&self, m: &Machine) -> Scope {
+        Scope::decide(self.machine_cgroup_dir(m), procfs::is_pidns_init(m.leader))
+    }
+
+    /// The machine's own cgroup directory, if it has one: a cgroup mctl's launcher made for it,
+    /// never one its leader merely shares with other processes.
     pub fn machine_cgroup_dir(&self, m: &Machine) -> Option<PathBuf> {
-        let rel = m.cgroup.trim_start_matches('/');
-        if rel.is_empty() {
-            return None;
-        }
-        let dir = self.unified_mount.as_ref()?.join(rel);
+        let own = procfs::machine_cgroup(&m.cgroup, &m.name)?;
+        let dir = self.unified_mount.as_ref()?.join(own.trim_start_matches('/'));
         dir.is_dir().then_some(dir)
+    }
+
+    /// The machine's own cgroup (`GetMachineControlGroup`): empty when it has none, so that
+    /// no client lists, enters or changes another cgroup in its name.
+    pub fn control_group(&self, name: &str) -> Result<String, ManagerError> {
+        let m = self.get(name)?;
+        let own = procfs::machine_cgroup(&m.cgroup, &m.name).unwrap_or_default().to_owned();
+        Ok(if self.machine_cgroup_dir(&m).is_some() { own } else { String::new() })
     }
 
     fn set_state(&self, name: &str, state: State) {
@@ -436,8 +491,10 @@ impl Manager {
     /// The machine's os-release fields.
     pub fn os_release(&self, name: &str) -> Result<Vec<(String, String)>, ManagerError> {
         let m = self.get(name)?;
-        procfs::os_release(m.leader)
-            .map_err(|_| ManagerError::Failed("Machine does not contain OS release information".into()))
+        procfs::os_release(m.leader).map_err(|e| {
+            let what = "Machine does not contain OS release information";
+            ManagerError::Failed(if e.is_not_found() { what.into() } else { format!("{what}: {e}") })
+        })
     }
 
     /// The machine's UID shift.
@@ -494,15 +551,22 @@ impl Manager {
         // Reading a thousand os-release files is most of the cost: spread it over the CPUs.
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
         let chunk = machines.len().div_ceil(threads).max(64);
-        let os: Vec<(String, String)> = std::thread::scope(|scope| {
-            let workers: Vec<_> = machines
-                .chunks(chunk)
-                .map(|part| {
-                    scope.spawn(move || part.iter().map(|m| os_id_and_version(m.leader)).collect::<Vec<_>>())
-                })
-                .collect();
-            workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
-        });
+        let os: Vec<(String, String)> = if machines.len() <= chunk {
+            // One chunk: no thread of its own (the caller's is a bounded blocking one).
+            machines.iter().map(|m| os_id_and_version(m.leader)).collect()
+        } else {
+            std::thread::scope(|scope| {
+                let workers: Vec<_> = machines
+                    .chunks(chunk)
+                    .map(|part| {
+                        scope.spawn(move || {
+                            part.iter().map(|m| os_id_and_version(m.leader)).collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
+            })
+        };
         machines
             .into_iter()
             .zip(private)
@@ -577,4 +641,18 @@ fn interface_addresses() -> std::io::Result<Addresses> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kill_scope() {
+        let dir = PathBuf::from("/sys/fs/cgroup/mctl/web/payload");
+        assert_eq!(Scope::decide(Some(dir.clone()), true), Scope::Cgroup(dir.clone()));
+        assert_eq!(Scope::decide(Some(dir.clone()), false), Scope::Cgroup(dir));
+        assert_eq!(Scope::decide(None, true), Scope::PidNamespace);
+        assert_eq!(Scope::decide(None, false), Scope::Leader);
+    }
 }

@@ -1,13 +1,12 @@
 //! What the manager learns about a machine from `/proc` of its leader.
 
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 
+use crate::guestfs::{self, GuestFileError};
 use crate::launcher::identity::parse_os_release;
-use crate::sys::linux::open_in_root;
 
 /// The process's start time in clock ticks since boot (field 22 of `/proc/PID/stat`); tells a
 /// process from a later one that reuses its pid.
@@ -39,21 +38,42 @@ pub fn unit_from_cgroup(cgroup: &str, name: &str) -> String {
     if last.ends_with(".service") || last.ends_with(".scope") { last.to_owned() } else { String::new() }
 }
 
-/// The machine's os-release, read through its root with every path confined to it.
-pub fn os_release(pid: u32) -> io::Result<Vec<(String, String)>> {
-    let root = fs::File::open(format!("/proc/{pid}/root"))?;
-    let mut last = io::Error::from(io::ErrorKind::NotFound);
-    for p in ["/etc/os-release", "/usr/lib/os-release"] {
-        match open_in_root(root.as_fd(), Path::new(p), libc::O_RDONLY) {
-            Ok(fd) => {
-                let mut s = String::new();
-                fs::File::from(fd).take(64 * 1024).read_to_string(&mut s)?;
-                return Ok(parse_os_release(&s));
-            }
-            Err(e) => last = e,
+/// The cgroup mctl's launcher made for machine `name`, if `cgroup` (its leader's) is in one:
+/// `.../mctl/NAME/payload`, or `<unit>/payload` with `--keep-unit` (in a cgroup named like a
+/// unit), or a cgroup below either (the guest's init may have moved itself down). Any other
+/// cgroup a registered leader happens to be in (a service's, a session's) is not the machine's
+/// to kill or freeze.
+pub fn machine_cgroup<'a>(cgroup: &'a str, name: &str) -> Option<&'a str> {
+    let c = cgroup.trim_end_matches('/');
+    let own = format!("/mctl/{name}");
+    c.match_indices("/payload").map(|(i, _)| i).find_map(|i| {
+        let (parent, rest) = (&c[..i], &c[i + "/payload".len()..]);
+        if !(rest.is_empty() || rest.starts_with('/')) {
+            return None;
         }
-    }
-    Err(last)
+        let last = parent.rsplit('/').next().unwrap_or("");
+        let made_by_mctl = parent.ends_with(&own) || last.ends_with(".service") || last.ends_with(".scope");
+        made_by_mctl.then_some(&c[..i + "/payload".len()])
+    })
+}
+
+/// Whether `pid` is PID 1 of a pid namespace below ours: `NSpid` lists its pid in each
+/// namespace from ours down to its own.
+pub fn is_pidns_init(pid: u32) -> bool {
+    let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else { return false };
+    status.lines().find_map(|l| l.strip_prefix("NSpid:")).is_some_and(|v| {
+        let ids: Vec<&str> = v.split_whitespace().collect();
+        ids.len() > 1 && ids.last() == Some(&"1")
+    })
+}
+
+/// The machine's os-release, read through its root as a guest file: confined to the root,
+/// never waiting on a FIFO, regular files only, size capped (see [`guestfs`]).
+pub fn os_release(pid: u32) -> Result<Vec<(String, String)>, GuestFileError> {
+    let root = fs::File::open(format!("/proc/{pid}/root"))
+        .map_err(|source| GuestFileError::Open { path: "/".into(), source })?;
+    let text = guestfs::read_first(root.as_fd(), &guestfs::OS_RELEASE_PATHS, guestfs::SMALL_FILE_LIMIT)?;
+    Ok(parse_os_release(&text))
 }
 
 /// The machine's UID shift: 0 without a user namespace.
@@ -100,15 +120,6 @@ pub fn in_pidns_of(pid: u32, leader: u32) -> bool {
     }
 }
 
-/// The effective capabilities of a process.
-pub fn effective_caps(pid: u32) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("CapEff:")).map(|v| v.trim().to_owned()))
-        .and_then(|v| u64::from_str_radix(&v, 16).ok())
-        .unwrap_or(0)
-}
-
 /// The process's command name.
 pub fn comm(pid: u32) -> String {
     fs::read_to_string(format!("/proc/{pid}/comm")).map(|s| s.trim().to_owned()).unwrap_or_default()
@@ -134,12 +145,37 @@ mod tests {
     }
 
     #[test]
+    fn machine_cgroups() {
+        let mc = machine_cgroup;
+        assert_eq!(mc("/mctl/web/payload", "web"), Some("/mctl/web/payload"));
+        assert_eq!(
+            mc("/user.slice/session-3.scope/mctl/web/payload", "web"),
+            Some("/user.slice/session-3.scope/mctl/web/payload")
+        );
+        assert_eq!(
+            mc("/system.slice/mctl@web.service/payload/", "web"),
+            Some("/system.slice/mctl@web.service/payload")
+        );
+        // Below the payload: the payload is the machine's cgroup.
+        assert_eq!(mc("/mctl/web/payload/init.scope", "web"), Some("/mctl/web/payload"));
+        // Another machine's, a service's own, a cgroup merely named `payload`, the root.
+        assert_eq!(mc("/mctl/other/payload", "web"), None);
+        assert_eq!(mc("/system.slice/ssh.service", "web"), None);
+        assert_eq!(mc("/mh-shared/payload", "web"), None);
+        assert_eq!(mc("/mctl/web/payloads", "web"), None);
+        assert_eq!(mc("/payload", "web"), None);
+        assert_eq!(mc("/", "web"), None);
+        assert_eq!(mc("", "web"), None);
+    }
+
+    #[test]
     fn own_process_facts() {
         let me = std::process::id();
         assert!(start_time(me).is_some());
         assert!(shares_host_netns(me));
         let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
         assert!(in_pidns_of(child.id(), me));
+        assert!(!is_pidns_init(child.id()) && !is_pidns_init(me));
         child.kill().unwrap();
         child.wait().unwrap();
         assert_eq!(uid_shift(me).unwrap(), 0);

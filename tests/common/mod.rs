@@ -421,13 +421,19 @@ pub struct TestBus {
 
 impl TestBus {
     pub fn start(dir: &Path) -> TestBus {
+        Self::start_with(dir, "")
+    }
+
+    /// A bus with `extra` configuration after mctl's policy (e.g. a mandatory policy that lets
+    /// every call through to mctld, so that mctld's own checks are what a test sees).
+    pub fn start_with(dir: &Path, extra: &str) -> TestBus {
         let socket = dir.join("system_bus_socket");
         let config = dir.join("bus.conf");
         let policy = repo().join("dbus/org.mctl.Machine1.conf");
         let template = include_str!("../data/system-bus.conf.in");
         let text = template
             .replace("@SOCKET@", &socket.display().to_string())
-            .replace("@EXTRA@", &format!("<include>{}</include>", policy.display()));
+            .replace("@EXTRA@", &format!("<include>{}</include>{extra}", policy.display()));
         std::fs::write(&config, text).unwrap();
         let mut child = Command::new("dbus-daemon")
             .arg(format!("--config-file={}", config.display()))
@@ -491,6 +497,11 @@ impl Mctld {
         Mctld { child: Some(child), state_dir: dir.join("state") }
     }
 
+    /// mctld's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("mctld running").id()
+    }
+
     /// Kills mctld with SIGKILL (machines keep running).
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -507,7 +518,11 @@ impl Drop for Mctld {
                 nix::unistd::Pid::from_raw(c.id() as i32),
                 nix::sys::signal::Signal::SIGTERM,
             );
-            let _ = c.wait();
+            // A wedged mctld (the bug a test found) must not hang the test run.
+            if wait_exit(&mut c, Duration::from_secs(10)).is_none() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
         }
     }
 }
