@@ -920,52 +920,65 @@ fn full_and_read_only_stores_are_refused_cleanly() {
     env.assert_clean("full store", &["many.tar", "one.tar", "bb.tar"]);
 }
 
+/// Sends `sig` to an import whose input stalls half-way; asserts it ends with 128+`sig` and
+/// leaves nothing in the store.
+fn interrupt_an_import(env: &Env, sig: i32) {
+    // An archive that arrives slowly: half of it, then the writer stalls.
+    let archive = RawTar::new().file("a", &vec![1u8; 256 * 1024]).file("b", &vec![2u8; 256 * 1024]).finish();
+    let mut child = env
+        .cmd()
+        .args(["import-tar", "-", "slow"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(&archive[..300 * 1024]).unwrap();
+    input.flush().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || env
+            .listing(&env.store)
+            .iter()
+            .any(|n| n.to_string_lossy().starts_with(".#import-slow"))),
+        "the import did not start"
+    );
+    let t = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::try_from(sig).unwrap(),
+    )
+    .unwrap();
+    let mut killed = false;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if t.elapsed() > Duration::from_secs(15) && !killed {
+            let _ = child.kill();
+            killed = true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    drop(input);
+    assert!(!killed, "mctl did not end after signal {sig}");
+    assert_eq!(status.code(), Some(128 + sig), "signal {sig}: {status:?}");
+    assert!(env.images().is_empty());
+    env.assert_clean(&format!("import interrupted by signal {sig}"), &[]);
+}
+
 #[test]
 fn an_interrupted_import_leaves_nothing() {
     let env = Env::new();
-    // An archive that arrives slowly: half of it, then the writer stalls.
-    let archive = RawTar::new().file("a", &vec![1u8; 256 * 1024]).file("b", &vec![2u8; 256 * 1024]).finish();
     for sig in [libc::SIGTERM, libc::SIGINT] {
-        let mut child = env
-            .cmd()
-            .args(["import-tar", "-", "slow"])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut input = child.stdin.take().unwrap();
-        input.write_all(&archive[..300 * 1024]).unwrap();
-        input.flush().unwrap();
-        assert!(
-            wait_until(Duration::from_secs(10), || env
-                .listing(&env.store)
-                .iter()
-                .any(|n| n.to_string_lossy().starts_with(".#import-slow"))),
-            "the import did not start"
-        );
-        let t = Instant::now();
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::try_from(sig).unwrap(),
-        )
-        .unwrap();
-        let mut killed = false;
-        let status = loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                break st;
-            }
-            if t.elapsed() > Duration::from_secs(15) && !killed {
-                let _ = child.kill();
-                killed = true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        drop(input);
-        assert!(!killed, "mctl did not end after signal {sig}");
-        assert_eq!(status.code(), Some(128 + sig), "signal {sig}");
-        assert!(env.images().is_empty());
-        env.assert_clean("interrupted import", &[]);
+        interrupt_an_import(&env, sig);
     }
+}
+
+/// SIGHUP (the terminal going away) interrupts an import as cleanly as SIGINT and SIGTERM.
+#[test]
+fn sighup_during_an_import_leaves_nothing() {
+    let env = Env::new();
+    interrupt_an_import(&env, libc::SIGHUP);
 }
 
 #[test]
