@@ -736,6 +736,49 @@ fn pull_tar_verifies_and_caches() {
     env.assert_clean("pull", &["www"]);
 }
 
+/// A pull whose server sends Last-Modified and no ETag: the second pull of an unchanged file
+/// revalidates with If-Modified-Since alone, gets a 304 and downloads nothing; a changed file
+/// is downloaded again.
+#[test]
+fn pull_revalidated_by_last_modified_alone_downloads_nothing() {
+    let env = Env::new();
+    let (srv, www, size) = serve_busybox(&env);
+    srv.set_rule("/img/bb.tar.gz", Rule::NoEtag);
+    let url = srv.url("/img/bb.tar.gz");
+    env.ok(&["pull-tar", &url, "rclm"]);
+    assert_eq!(srv.stats("/img/bb.tar.gz").body_bytes, size);
+    // What the cache kept to revalidate with: a date, no entity tag.
+    let meta: Vec<PathBuf> = std::fs::read_dir(&env.cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    assert_eq!(meta.len(), 1);
+    let meta = std::fs::read_to_string(&meta[0]).unwrap();
+    assert!(meta.contains("GMT") && !meta.contains(&format!("{size:x}-")), "cache record: {meta}");
+
+    // The server answers 304 only to an If-Modified-Since that matches (there is no ETag to send).
+    let o = env.ok(&["pull-tar", &url, "rclm-again"]);
+    let st = srv.stats("/img/bb.tar.gz");
+    assert_eq!((st.requests, st.not_modified, st.body_bytes), (2, 1, size), "{}", stderr(&o));
+    assert_same_tree(busybox_tree(), &env.image("rclm-again"));
+
+    // A newer Last-Modified: downloaded again.
+    let later = std::time::SystemTime::now() + Duration::from_secs(5);
+    std::fs::File::options()
+        .write(true)
+        .open(www.join("img/bb.tar.gz"))
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    env.ok(&["pull-tar", &url, "rclm-third"]);
+    let st = srv.stats("/img/bb.tar.gz");
+    assert_eq!((st.requests, st.not_modified, st.body_bytes), (3, 1, 2 * size));
+    assert_eq!(env.images(), ["rclm", "rclm-again", "rclm-third"]);
+    env.assert_clean("pull by Last-Modified", &["www"]);
+}
+
 #[test]
 fn pull_tar_failures_leave_nothing() {
     let env = Env::new();
