@@ -779,6 +779,88 @@ fn pull_revalidated_by_last_modified_alone_downloads_nothing() {
     env.assert_clean("pull by Last-Modified", &["www"]);
 }
 
+/// Sets every mtime under `root` to whole seconds (what a tar header keeps), so that trees
+/// compare by [`tree_digest`] after a round trip through an archive.
+fn whole_second_mtimes(root: &Path) {
+    let mut stack = vec![root.to_owned()];
+    while let Some(p) = stack.pop() {
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        if m.is_dir() {
+            stack.extend(std::fs::read_dir(&p).unwrap().flatten().map(|e| e.path()));
+        }
+        let t = |s: i64| rustix::fs::Timespec { tv_sec: s, tv_nsec: 0 };
+        let times = rustix::fs::Timestamps { last_access: t(m.atime()), last_modification: t(m.mtime()) };
+        rustix::fs::utimensat(rustix::fs::CWD, &p, &times, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).unwrap();
+    }
+}
+
+/// `export-tar --format=tar|gzip|xz|zstd` writes what `file` recognises and GNU tar extracts
+/// (compression detected by tar itself), whatever the file's name; each imports back to the
+/// same tree.
+#[test]
+fn export_formats_are_read_by_file_and_gnu_tar_and_import_back() {
+    let env = Env::new();
+    let src = env.image("rcexp");
+    rich_tree(&src);
+    whole_second_mtimes(&src);
+    let digest = tree_digest(&src);
+    let mut extra = Vec::new();
+    for (format, file_says) in [
+        ("tar", "POSIX tar archive"),
+        ("gzip", "gzip compressed data"),
+        ("xz", "XZ compressed data"),
+        ("zstd", "Zstandard compressed data"),
+    ] {
+        // No extension: the option alone decides.
+        let archive = env.path().join(format!("rcexp-{format}.img"));
+        env.ok(&["export-tar", "rcexp", &archive.to_string_lossy(), &format!("--format={format}")]);
+        let o = Command::new("file").arg("-b").arg(&archive).output().unwrap();
+        assert!(stdout(&o).starts_with(file_says), "{format}: file says {}", stdout(&o));
+        // Decompressed by the format's own tool, the content is a tar archive.
+        let tool = match format {
+            "gzip" => "gzip -dc",
+            "xz" => "xz -dc",
+            "zstd" => "zstd -qdc",
+            _ => "cat",
+        };
+        let o = Command::new("sh")
+            .arg("-c")
+            .arg(format!("{tool} \"$1\" | file -b -"))
+            .arg("sh")
+            .arg(&archive)
+            .output()
+            .unwrap();
+        assert!(
+            stdout(&o).starts_with("POSIX tar archive"),
+            "{format}: {tool} | file says {}{}",
+            stdout(&o),
+            stderr(&o)
+        );
+        let extracted = env.path().join(format!("gnu-{format}"));
+        std::fs::create_dir(&extracted).unwrap();
+        gnu_tar(&[
+            "--xattrs",
+            "--xattrs-include=*",
+            "--numeric-owner",
+            "-xpf",
+            &archive.to_string_lossy(),
+            "-C",
+            &extracted.to_string_lossy(),
+        ]);
+        // GNU tar gives the top directory the archive's "." entry; the rest is compared whole.
+        assert_eq!(tree_digest(&extracted), digest, "{format}: GNU tar extracted a different tree");
+        assert_same_tree(&src, &extracted);
+        let name = format!("rcexp-back-{format}");
+        env.ok(&["import-tar", &archive.to_string_lossy(), &name]);
+        assert_eq!(tree_digest(&env.image(&name)), digest, "{format}: imported a different tree");
+        assert_same_tree(&src, &env.image(&name));
+        extra.push(format!("rcexp-{format}.img"));
+        extra.push(format!("gnu-{format}"));
+    }
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    env.assert_clean("export formats", &extra);
+}
+
 #[test]
 fn pull_tar_failures_leave_nothing() {
     let env = Env::new();
