@@ -185,3 +185,143 @@ fn a_stop_request_before_systemd_is_up_still_powers_off() {
     assert!(rest.contains("Container bootearly has been shut down."), "{first}{rest}");
     assert_no_leaks("bootearly", &dir);
 }
+
+/// Every process of a booted machine: PID 1's cgroup (`init.scope` under systemd, so
+/// `leader_cgroup_processes` alone sees only PID 1) and everything in the machine's cgroups.
+fn all_processes(m: &Machine) -> Vec<(i32, u64)> {
+    let mut procs = leader_cgroup_processes(m.leader);
+    procs.extend(machine_processes(&m.name));
+    procs.sort();
+    procs.dedup();
+    procs
+}
+
+/// Whether a process of the machine has `needle` as its command line (arguments joined by
+/// spaces, with a trailing one).
+fn machine_runs(m: &Machine, needle: &str) -> bool {
+    all_processes(m).iter().any(|(pid, _)| proc_field(*pid, "cmdline").replace('\0', " ") == needle)
+}
+
+/// SIGINT to `mctl boot` is the same halt request as SIGTERM: systemd shuts down, mctl exits 0.
+#[test]
+fn sigint_powers_the_guest_off_cleanly() {
+    let s = scratch();
+    let dir = copy_tree(debian_tree(), s.path(), "rcsigint");
+    let mut m = Machine::boot(&dir, s.path(), &[]);
+    let procs = all_processes(&m);
+    assert!(procs.len() > 3, "a booted systemd has more processes: {procs:?}");
+    m.signal_launcher(libc::SIGINT);
+    let st = m
+        .wait(Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("mctl did not exit after SIGINT; log:\n{}", m.log_text()));
+    let log = m.log_text();
+    assert_eq!(st.code(), Some(0), "{st:?}; log:\n{log}");
+    assert!(log.contains("Reached target") && log.contains("System Halt"), "no clean shutdown:\n{log}");
+    assert!(log.contains("Container rcsigint has been shut down."), "{log}");
+    assert_processes_gone(&procs);
+    assert_no_leaks("rcsigint", &dir);
+}
+
+/// A unit whose stop takes ten minutes: a guest that stops cleanly keeps running that long.
+fn add_slow_stop_unit(dir: &std::path::Path) {
+    let units = dir.join("etc/systemd/system");
+    std::fs::write(
+        units.join("rc-slowstop.service"),
+        "[Service]\nExecStart=/bin/sleep infinity\nExecStop=/bin/sleep 600\nTimeoutStopSec=900\n\
+         [Install]\nWantedBy=multi-user.target\n",
+    )
+    .unwrap();
+    let wants = units.join("multi-user.target.wants");
+    std::fs::create_dir_all(&wants).unwrap();
+    std::os::unix::fs::symlink("../rc-slowstop.service", wants.join("rc-slowstop.service")).unwrap();
+}
+
+/// The first SIGTERM asks systemd to halt; a second one while it is shutting down kills PID 1
+/// at once (the guest's slow unit would keep a clean shutdown going for ten minutes).
+#[test]
+fn a_second_sigterm_kills_a_shutting_down_guest_at_once() {
+    let s = scratch();
+    let dir = copy_tree(debian_tree(), s.path(), "rcsigterm2");
+    add_slow_stop_unit(&dir);
+    let mut m = Machine::boot(&dir, s.path(), &[]);
+    assert_eq!(m.sh("systemctl is-active rc-slowstop.service"), "active", "log:\n{}", m.log_text());
+    let mut procs = all_processes(&m);
+    m.signal_launcher(libc::SIGTERM);
+    // The shutdown has begun: the slow unit's stop command runs.
+    assert!(
+        wait_until(Duration::from_secs(30), || machine_runs(&m, "/bin/sleep 600 ")),
+        "the guest did not start shutting down; log:\n{}",
+        m.log_text()
+    );
+    procs.extend(all_processes(&m));
+    assert!(m.child.as_mut().unwrap().try_wait().unwrap().is_none(), "mctl ended after one SIGTERM");
+    let t = Instant::now();
+    m.signal_launcher(libc::SIGTERM);
+    let st = m
+        .wait(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("a second SIGTERM did not kill the guest; log:\n{}", m.log_text()));
+    assert!(t.elapsed() < Duration::from_secs(10));
+    let log = m.log_text();
+    assert_eq!(st.code(), Some(137), "{st:?}; log:\n{log}");
+    assert!(log.contains("Container rcsigterm2 terminated by signal SIGKILL."), "{log}");
+    assert_processes_gone(&procs);
+    assert_no_leaks("rcsigterm2", &dir);
+}
+
+/// Removes the cgroups a killed launcher left for machine `name`, should the test fail before
+/// the next launch of that name removes them itself.
+struct StaleCgroups(&'static str);
+
+impl Drop for StaleCgroups {
+    fn drop(&mut self) {
+        let mut dirs: Vec<std::path::PathBuf> =
+            machine_cgroups(self.0).iter().flat_map(|d| dirs_below(d)).collect();
+        // Deepest first; a cgroup that still has processes stays (and the test failed anyway).
+        dirs.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for d in dirs {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+/// `dir` and every directory below it.
+fn dirs_below(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![dir.to_owned()];
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.extend(dirs_below(&e.path()));
+            }
+        }
+    }
+    out
+}
+
+/// SIGKILL to `mctl boot` takes the booted guest down with it (every process of the machine
+/// ends, not only PID 1), and the next launch of the same name boots.
+#[test]
+fn a_killed_launcher_takes_its_booted_guest_down_and_the_name_boots_again() {
+    let _stale = StaleCgroups("rckilled");
+    let s = scratch();
+    let dir = copy_tree(debian_tree(), s.path(), "rckilled");
+    let first = s.path().join("first");
+    std::fs::create_dir(&first).unwrap();
+    let mut m = Machine::boot(&dir, &first, &[]);
+    assert_eq!(m.sh("systemctl is-system-running --wait"), "running", "log:\n{}", m.log_text());
+    let procs = all_processes(&m);
+    assert!(procs.len() > 3, "a booted systemd has more processes: {procs:?}");
+    let mut child = m.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_processes_gone(&procs);
+    drop(m);
+
+    let second = s.path().join("second");
+    std::fs::create_dir(&second).unwrap();
+    let mut m = Machine::boot(&dir, &second, &[]);
+    assert_eq!(m.sh("systemctl is-system-running --wait"), "running", "log:\n{}", m.log_text());
+    assert_eq!(m.sh("hostname"), "rckilled");
+    let st = m.stop();
+    assert_eq!(st.code(), Some(0), "log:\n{}", m.log_text());
+    assert_no_leaks("rckilled", &dir);
+}
