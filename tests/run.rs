@@ -311,3 +311,63 @@ fn runs_under_ip_netns_exec() {
     assert_eq!(stdout(&o), "1\n1\n", "{}", stderr(&o));
     assert_no_leaks("rnetns", &dir);
 }
+
+/// `mctl run -q -M NAME OPTS -D DIR -- sleep 60` in the background; returns once PID 1 runs.
+fn start_sleeper(
+    dir: &std::path::Path,
+    notify_dir: &std::path::Path,
+    name: &str,
+    opts: &[&str],
+) -> (Guarded, i32) {
+    std::fs::create_dir_all(notify_dir).unwrap();
+    let mut notify = NotifyListener::new(notify_dir);
+    let mut child = Guarded(
+        mctl()
+            .args(["run", "-q", "-M", name])
+            .args(opts)
+            .arg("-D")
+            .arg(dir)
+            .args(["--", "sleep", "60"])
+            .env("NOTIFY_SOCKET", &notify.path)
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let Some(leader) = notify.wait_leader(0, Duration::from_secs(20)) else {
+        stop_launcher(&mut child);
+        panic!("machine {name} did not start: {}", read_all(child.stderr.take().unwrap()));
+    };
+    (child, leader)
+}
+
+fn alive(pid: i32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// `--read-only` machines take a shared lock on their tree: two run on one tree at once, while
+/// a writable launch of it is refused as locked (and a writable machine locks out read-only ones).
+#[test]
+fn read_only_machines_share_a_tree_a_writable_launch_finds_locked() {
+    let (s, dir) = tree("rcshared");
+    let (mut a, leader_a) = start_sleeper(&dir, &s.path().join("a"), "rcsha", &["--read-only"]);
+    let (mut b, leader_b) = start_sleeper(&dir, &s.path().join("b"), "rcshb", &["--read-only"]);
+    assert!(alive(leader_a) && alive(leader_b), "both read-only machines run at once");
+    let o = run_in(&dir, &["-M", "rcshw"], &["true"]);
+    assert_eq!(o.status.code(), Some(1), "a writable launch ran beside read-only ones: {}", stderr(&o));
+    assert!(stderr(&o).contains("is already in use by a running machine (it is locked)"), "{}", stderr(&o));
+    assert_no_leaks("rcshw", &dir);
+    assert!(alive(leader_a) && alive(leader_b));
+    assert_eq!(stop_launcher(&mut a).code(), Some(137));
+    assert_eq!(stop_launcher(&mut b).code(), Some(137));
+
+    // Once they are gone the writable launch works, and holds the lock alone.
+    let (mut w, _) = start_sleeper(&dir, &s.path().join("w"), "rcshw", &[]);
+    let o = run_in(&dir, &["-M", "rcsha", "--read-only"], &["true"]);
+    assert_eq!(o.status.code(), Some(1), "a read-only launch ran beside a writable one: {}", stderr(&o));
+    assert!(stderr(&o).contains("it is locked"), "{}", stderr(&o));
+    assert_eq!(stop_launcher(&mut w).code(), Some(137));
+    for name in ["rcsha", "rcshb", "rcshw"] {
+        assert_no_leaks(name, &dir);
+    }
+}
