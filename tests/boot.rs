@@ -325,3 +325,23 @@ fn a_killed_launcher_takes_its_booted_guest_down_and_the_name_boots_again() {
     assert_eq!(st.code(), Some(0), "log:\n{}", m.log_text());
     assert_no_leaks("rckilled", &dir);
 }
+
+/// A tree without a machine ID takes `--uuid` as its UUID, and the booted systemd takes it as
+/// its machine ID; `/dev/shm` is a tmpfs and `/run/host/notify` the notify socket.
+#[test]
+fn uuid_becomes_the_machine_id_of_a_tree_without_one() {
+    let s = scratch();
+    let dir = copy_tree(debian_tree(), s.path(), "rcuuidboot");
+    assert_eq!(std::fs::read(dir.join("etc/machine-id")).unwrap(), b"", "the fixture has a machine ID");
+    let uuid = "5a1e7c0d-2b3f-4e6a-9c8d-0f1e2d3c4b5a";
+    let mut m = Machine::boot(&dir, s.path(), &[&format!("--uuid={uuid}")]);
+    let environ = proc_field(m.leader, "environ");
+    assert!(environ.split('\0').any(|v| v == format!("container_uuid={uuid}")), "{environ:?}");
+    assert_eq!(m.sh("cat /run/host/container-uuid"), uuid);
+    assert_eq!(m.sh("cat /etc/machine-id"), uuid.replace('-', ""));
+    assert_eq!(m.sh("findmnt -n -o FSTYPE /dev/shm"), "tmpfs");
+    assert_eq!(m.sh("test -S /run/host/notify && echo socket"), "socket");
+    let st = m.stop();
+    assert_eq!(st.code(), Some(0), "log:\n{}", m.log_text());
+    assert_no_leaks("rcuuidboot", &dir);
+}

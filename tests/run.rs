@@ -371,3 +371,36 @@ fn read_only_machines_share_a_tree_a_writable_launch_finds_locked() {
         assert_no_leaks(name, &dir);
     }
 }
+
+/// What a command sees of its identity: `/dev/shm` a tmpfs, `/run/host/notify` a socket, the
+/// UUID in `/run/host/container-uuid` and `$container_uuid`: `--uuid` for a tree without a
+/// machine ID, a fresh random one per run without it, the tree's own machine ID when it has one.
+#[test]
+fn dev_shm_notify_socket_and_the_machine_uuid() {
+    let (_s, dir) = tree("rcuuid");
+    assert_eq!(std::fs::read(dir.join("etc/machine-id")).unwrap(), b"", "the fixture has a machine ID");
+    let script = "awk '$2 == \"/dev/shm\" {print $3}' /proc/mounts; [ -S /run/host/notify ] && echo notify-socket; \
+                  cat /run/host/container-uuid; echo \"$container_uuid\"";
+    let ids = |opts: &[&str]| -> String {
+        let o = run_in(&dir, opts, &["sh", "-c", script]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let out = stdout(&o);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 4, "{out}");
+        assert_eq!(&lines[..2], ["tmpfs", "notify-socket"], "{out}");
+        assert_eq!(lines[2], lines[3], "/run/host/container-uuid and $container_uuid differ");
+        lines[2].to_owned()
+    };
+    assert_eq!(ids(&["--uuid=0123456789abcdef0123456789abcdef"]), "01234567-89ab-cdef-0123-456789abcdef");
+    let (r1, r2) = (ids(&[]), ids(&[]));
+    for r in [&r1, &r2] {
+        let u = uuid::Uuid::parse_str(r).unwrap_or_else(|e| panic!("{r}: {e}"));
+        assert_eq!(u.get_version_num(), 4, "{r} is not random");
+    }
+    assert_ne!(r1, r2, "two runs of a tree without a machine ID got the same UUID");
+    // The tree's machine ID takes precedence over --uuid (as with nspawn).
+    std::fs::write(dir.join("etc/machine-id"), "fedcba9876543210fedcba9876543210\n").unwrap();
+    assert_eq!(ids(&["--uuid=0123456789abcdef0123456789abcdef"]), "fedcba98-7654-3210-fedc-ba9876543210");
+    assert_eq!(ids(&[]), "fedcba98-7654-3210-fedc-ba9876543210");
+    assert_no_leaks("rcuuid", &dir);
+}
