@@ -404,3 +404,111 @@ fn dev_shm_notify_socket_and_the_machine_uuid() {
     assert_eq!(ids(&[]), "fedcba98-7654-3210-fedc-ba9876543210");
     assert_no_leaks("rcuuid", &dir);
 }
+
+/// The v1 hierarchies mounted on this host: (mount point, super options), one mount each.
+fn v1_hierarchies() -> Vec<(std::path::PathBuf, Vec<String>)> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mut seen = std::collections::HashSet::new();
+    mountinfo
+        .lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let mut r = right.split(' ');
+            if r.next()? != "cgroup" {
+                return None;
+            }
+            let opts: Vec<String> = r.nth(1)?.split(',').map(str::to_owned).collect();
+            Some((std::path::PathBuf::from(left.split(' ').nth(4)?), opts))
+        })
+        .filter(|(_, opts)| seen.insert(opts.clone()))
+        .collect()
+}
+
+/// `/proc/PID/cgroup` as (hierarchy id, controllers, path).
+fn proc_cgroups(pid: u32) -> Vec<(String, String, String)> {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut f = l.splitn(3, ':');
+            (f.next().unwrap().to_owned(), f.next().unwrap().to_owned(), f.next().unwrap().to_owned())
+        })
+        .collect()
+}
+
+/// Checks the layout of this (hybrid) host: on a hybrid host (v1 controllers, the named
+/// systemd hierarchy, cgroup2 at /sys/fs/cgroup/unified) the machine has
+/// `<launcher's cgroup>/mctl/NAME/payload` in every v1 hierarchy and in cgroup2 while it runs,
+/// and the v1 `devices.list` of the payload (and of the machine cgroup) is exactly the
+/// allow-list of `src/cgroups/devices.rs`. On a pure-v2 host it asserts that there is no v1
+/// hierarchy at all, and checks the cgroup2 path alone.
+#[test]
+fn on_hybrid_hosts_the_machine_has_a_cgroup_in_every_v1_hierarchy_and_the_device_list() {
+    let (s, dir) = tree("rccgroups");
+    let v1 = v1_hierarchies();
+    let own = proc_cgroups(std::process::id());
+    let hybrid = !v1.is_empty();
+    if hybrid {
+        // What a hybrid host looks like (this VM's layout).
+        assert!(
+            std::path::Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists(),
+            "no cgroup2 at unified"
+        );
+        assert!(v1.iter().any(|(_, o)| o.iter().any(|o| o == "name=systemd")), "no named systemd hierarchy");
+        assert!(v1.iter().any(|(_, o)| o.iter().any(|o| o == "devices")), "no v1 devices controller");
+        assert_eq!(own.iter().filter(|(id, _, _)| id != "0").count(), v1.len(), "{own:?} vs {v1:?}");
+    } else {
+        // Pure cgroup v2: the kernel shows this process in the unified hierarchy only.
+        assert_eq!(own.iter().map(|(id, c, _)| (id.as_str(), c.as_str())).collect::<Vec<_>>(), [("0", "")]);
+    }
+
+    let (mut child, leader) = start_sleeper(&dir, &s.path().join("n"), "rccgroups", &[]);
+    let launcher = proc_cgroups(child.id());
+    let machine = proc_cgroups(leader as u32);
+    assert_eq!(launcher.len(), machine.len(), "{launcher:?} vs {machine:?}");
+    for ((id, controllers, path), (mid, mcontrollers, mpath)) in launcher.iter().zip(&machine) {
+        assert_eq!((id, controllers), (mid, mcontrollers));
+        let want = format!("{}/mctl/rccgroups/payload", path.trim_end_matches('/'));
+        assert_eq!(*mpath, want, "hierarchy {id}:{controllers}");
+        // The directory is there and holds PID 1.
+        let mount = if id == "0" {
+            ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+                .iter()
+                .map(std::path::PathBuf::from)
+                .find(|p| p.join("cgroup.procs").exists() && p.join("cgroup.controllers").exists())
+                .expect("a cgroup2 mount")
+        } else {
+            v1.iter()
+                .find(|(_, opts)| controllers.split(',').all(|c| opts.iter().any(|o| o == c)))
+                .unwrap_or_else(|| panic!("no mount for hierarchy {id}:{controllers}"))
+                .0
+                .clone()
+        };
+        let payload = mount.join(want.trim_start_matches('/'));
+        let procs = std::fs::read_to_string(payload.join("cgroup.procs"))
+            .unwrap_or_else(|e| panic!("{}: {e}", payload.display()));
+        assert!(procs.lines().any(|l| l == leader.to_string()), "PID 1 not in {}", payload.display());
+        if controllers == "devices" {
+            let mut allowed: Vec<String> =
+                mctl::cgroups::devices::MACHINE_DEVICES.iter().map(|r| r.v1_line()).collect();
+            allowed.sort();
+            assert!(allowed.contains(&"c 1:3 rwm".to_owned()) && allowed.contains(&"c 136:* rw".to_owned()));
+            for cg in [payload.clone(), payload.parent().unwrap().to_owned()] {
+                let mut list: Vec<String> = std::fs::read_to_string(cg.join("devices.list"))
+                    .unwrap()
+                    .lines()
+                    .map(str::to_owned)
+                    .collect();
+                list.sort();
+                assert_eq!(list, allowed, "devices.list of {}", cg.display());
+            }
+        }
+    }
+    if hybrid {
+        let v1_seen = machine.iter().filter(|(id, _, _)| id != "0").count();
+        assert_eq!(v1_seen, v1.len(), "the machine is not in every v1 hierarchy: {machine:?}");
+        assert!(machine.iter().any(|(_, c, _)| c == "devices"));
+    }
+    assert_eq!(stop_launcher(&mut child).code(), Some(137));
+    assert_no_leaks("rccgroups", &dir);
+}
