@@ -345,3 +345,41 @@ fn uuid_becomes_the_machine_id_of_a_tree_without_one() {
     assert_eq!(st.code(), Some(0), "log:\n{}", m.log_text());
     assert_no_leaks("rcuuidboot", &dir);
 }
+
+/// `mctl boot -M NAME` without `-D` boots `<store>/NAME`, the store being `$MCTL_IMAGE_STORE`.
+#[test]
+fn boot_by_name_alone_boots_the_image_in_the_store() {
+    let s = scratch();
+    let store = s.path().join("store");
+    std::fs::create_dir(&store).unwrap();
+    let dir = copy_tree(debian_tree(), &store, "rcbyname");
+    std::fs::write(dir.join("etc/rc-marker"), "from-the-store\n").unwrap();
+    let notify = NotifyListener::new(s.path());
+    let log = s.path().join("console.log");
+    let child = mctl()
+        .args(["boot", "--console=read-only", "-M", "rcbyname"])
+        .env("MCTL_IMAGE_STORE", &store)
+        .env("NOTIFY_SOCKET", &notify.path)
+        .current_dir(s.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::options().create(true).append(true).open(&log).unwrap())
+        // Both appending, so the console output that follows does not overwrite stderr's first line.
+        .stderr(std::fs::File::options().append(true).open(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut m =
+        Machine { child: Some(child), leader: 0, notify, name: "rcbyname".into(), dir: dir.clone(), log };
+    m.leader =
+        m.notify.wait_leader(0, BOOT_TIMEOUT).unwrap_or_else(|| panic!("no leader; log:\n{}", m.log_text()));
+    assert!(m.notify.wait_for("READY=1", BOOT_TIMEOUT).is_some(), "not ready; log:\n{}", m.log_text());
+    assert!(
+        m.log_text().contains(&format!("Spawning container rcbyname on {}.", dir.display())),
+        "{}",
+        m.log_text()
+    );
+    assert_eq!(m.sh("cat /etc/rc-marker"), "from-the-store");
+    assert_eq!(m.sh("hostname"), "rcbyname");
+    let st = m.stop();
+    assert_eq!(st.code(), Some(0), "log:\n{}", m.log_text());
+    assert_no_leaks("rcbyname", &dir);
+}
