@@ -185,3 +185,201 @@ fn a_stop_request_before_systemd_is_up_still_powers_off() {
     assert!(rest.contains("Container bootearly has been shut down."), "{first}{rest}");
     assert_no_leaks("bootearly", &dir);
 }
+
+/// Every process of a booted machine: PID 1's cgroup (`init.scope` under systemd, so
+/// `leader_cgroup_processes` alone sees only PID 1) and everything in the machine's cgroups.
+fn all_processes(m: &Machine) -> Vec<(i32, u64)> {
+    let mut procs = leader_cgroup_processes(m.leader);
+    procs.extend(machine_processes(&m.name));
+    procs.sort();
+    procs.dedup();
+    procs
+}
+
+/// Whether a process of the machine has `needle` as its command line (arguments joined by
+/// spaces, with a trailing one).
+fn machine_runs(m: &Machine, needle: &str) -> bool {
+    all_processes(m).iter().any(|(pid, _)| proc_field(*pid, "cmdline").replace('\0', " ") == needle)
+}
+
+/// SIGINT to `mctl boot` is the same halt request as SIGTERM: systemd shuts down, mctl exits 0.
+#[test]
+fn sigint_powers_the_guest_off_cleanly() {
+    let s = scratch();
+    let dir = copy_tree(debian_tree(), s.path(), "rcsigint");
+    let mut m = Machine::boot(&dir, s.path(), &[]);
+    let procs = all_processes(&m);
+    assert!(procs.len() > 3, "a booted systemd has more processes: {procs:?}");
+    m.signal_launcher(libc::SIGINT);
+    let st = m
+        .wait(Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("mctl did not exit after SIGINT; log:\n{}", m.log_text()));
+    let log = m.log_text();
+    assert_eq!(st.code(), Some(0), "{st:?}; log:\n{log}");
+    assert!(log.contains("Reached target") && log.contains("System Halt"), "no clean shutdown:\n{log}");
+    assert!(log.contains("Container rcsigint has been shut down."), "{log}");
+    assert_processes_gone(&procs);
+    assert_no_leaks("rcsigint", &dir);
+}
+
+/// A unit whose stop takes ten minutes: a guest that stops cleanly keeps running that long.
+fn add_slow_stop_unit(dir: &std::path::Path) {
+    let units = dir.join("etc/systemd/system");
+    std::fs::write(
+        units.join("rc-slowstop.service"),
+        "[Service]\nExecStart=/bin/sleep infinity\nExecStop=/bin/sleep 600\nTimeoutStopSec=900\n\
+         [Install]\nWantedBy=multi-user.target\n",
+    )
+    .unwrap();
+    let wants = units.join("multi-user.target.wants");
+    std::fs::create_dir_all(&wants).unwrap();
+    std::os::unix::fs::symlink("../rc-slowstop.service", wants.join("rc-slowstop.service")).unwrap();
+}
+
+/// The first SIGTERM asks systemd to halt; a second one while it is shutting down kills PID 1
+/// at once (the guest's slow unit would keep a clean shutdown going for ten minutes).
+#[test]
+fn a_second_sigterm_kills_a_shutting_down_guest_at_once() {
+    let s = scratch();
+    let dir = copy_tree(debian_tree(), s.path(), "rcsigterm2");
+    add_slow_stop_unit(&dir);
+    let mut m = Machine::boot(&dir, s.path(), &[]);
+    assert_eq!(m.sh("systemctl is-active rc-slowstop.service"), "active", "log:\n{}", m.log_text());
+    let mut procs = all_processes(&m);
+    m.signal_launcher(libc::SIGTERM);
+    // The shutdown has begun: the slow unit's stop command runs.
+    assert!(
+        wait_until(Duration::from_secs(30), || machine_runs(&m, "/bin/sleep 600 ")),
+        "the guest did not start shutting down; log:\n{}",
+        m.log_text()
+    );
+    procs.extend(all_processes(&m));
+    assert!(m.child.as_mut().unwrap().try_wait().unwrap().is_none(), "mctl ended after one SIGTERM");
+    let t = Instant::now();
+    m.signal_launcher(libc::SIGTERM);
+    let st = m
+        .wait(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("a second SIGTERM did not kill the guest; log:\n{}", m.log_text()));
+    assert!(t.elapsed() < Duration::from_secs(10));
+    let log = m.log_text();
+    assert_eq!(st.code(), Some(137), "{st:?}; log:\n{log}");
+    assert!(log.contains("Container rcsigterm2 terminated by signal SIGKILL."), "{log}");
+    assert_processes_gone(&procs);
+    assert_no_leaks("rcsigterm2", &dir);
+}
+
+/// Removes the cgroups a killed launcher left for machine `name`, should the test fail before
+/// the next launch of that name removes them itself.
+struct StaleCgroups(&'static str);
+
+impl Drop for StaleCgroups {
+    fn drop(&mut self) {
+        let mut dirs: Vec<std::path::PathBuf> =
+            machine_cgroups(self.0).iter().flat_map(|d| dirs_below(d)).collect();
+        // Deepest first; a cgroup that still has processes stays (and the test failed anyway).
+        dirs.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for d in dirs {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+/// `dir` and every directory below it.
+fn dirs_below(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![dir.to_owned()];
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.extend(dirs_below(&e.path()));
+            }
+        }
+    }
+    out
+}
+
+/// SIGKILL to `mctl boot` takes the booted guest down with it (every process of the machine
+/// ends, not only PID 1), and the next launch of the same name boots.
+#[test]
+fn a_killed_launcher_takes_its_booted_guest_down_and_the_name_boots_again() {
+    let _stale = StaleCgroups("rckilled");
+    let s = scratch();
+    let dir = copy_tree(debian_tree(), s.path(), "rckilled");
+    let first = s.path().join("first");
+    std::fs::create_dir(&first).unwrap();
+    let mut m = Machine::boot(&dir, &first, &[]);
+    assert_eq!(m.sh("systemctl is-system-running --wait"), "running", "log:\n{}", m.log_text());
+    let procs = all_processes(&m);
+    assert!(procs.len() > 3, "a booted systemd has more processes: {procs:?}");
+    let mut child = m.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_processes_gone(&procs);
+    drop(m);
+
+    let second = s.path().join("second");
+    std::fs::create_dir(&second).unwrap();
+    let mut m = Machine::boot(&dir, &second, &[]);
+    assert_eq!(m.sh("systemctl is-system-running --wait"), "running", "log:\n{}", m.log_text());
+    assert_eq!(m.sh("hostname"), "rckilled");
+    let st = m.stop();
+    assert_eq!(st.code(), Some(0), "log:\n{}", m.log_text());
+    assert_no_leaks("rckilled", &dir);
+}
+
+/// A tree without a machine ID takes `--uuid` as its UUID, and the booted systemd takes it as
+/// its machine ID; `/dev/shm` is a tmpfs and `/run/host/notify` the notify socket.
+#[test]
+fn uuid_becomes_the_machine_id_of_a_tree_without_one() {
+    let s = scratch();
+    let dir = copy_tree(debian_tree(), s.path(), "rcuuidboot");
+    assert_eq!(std::fs::read(dir.join("etc/machine-id")).unwrap(), b"", "the fixture has a machine ID");
+    let uuid = "5a1e7c0d-2b3f-4e6a-9c8d-0f1e2d3c4b5a";
+    let mut m = Machine::boot(&dir, s.path(), &[&format!("--uuid={uuid}")]);
+    let environ = proc_field(m.leader, "environ");
+    assert!(environ.split('\0').any(|v| v == format!("container_uuid={uuid}")), "{environ:?}");
+    assert_eq!(m.sh("cat /run/host/container-uuid"), uuid);
+    assert_eq!(m.sh("cat /etc/machine-id"), uuid.replace('-', ""));
+    assert_eq!(m.sh("findmnt -n -o FSTYPE /dev/shm"), "tmpfs");
+    assert_eq!(m.sh("test -S /run/host/notify && echo socket"), "socket");
+    let st = m.stop();
+    assert_eq!(st.code(), Some(0), "log:\n{}", m.log_text());
+    assert_no_leaks("rcuuidboot", &dir);
+}
+
+/// `mctl boot -M NAME` without `-D` boots `<store>/NAME`, the store being `$MCTL_IMAGE_STORE`.
+#[test]
+fn boot_by_name_alone_boots_the_image_in_the_store() {
+    let s = scratch();
+    let store = s.path().join("store");
+    std::fs::create_dir(&store).unwrap();
+    let dir = copy_tree(debian_tree(), &store, "rcbyname");
+    std::fs::write(dir.join("etc/rc-marker"), "from-the-store\n").unwrap();
+    let notify = NotifyListener::new(s.path());
+    let log = s.path().join("console.log");
+    let child = mctl()
+        .args(["boot", "--console=read-only", "-M", "rcbyname"])
+        .env("MCTL_IMAGE_STORE", &store)
+        .env("NOTIFY_SOCKET", &notify.path)
+        .current_dir(s.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::options().create(true).append(true).open(&log).unwrap())
+        // Both appending, so the console output that follows does not overwrite stderr's first line.
+        .stderr(std::fs::File::options().append(true).open(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut m =
+        Machine { child: Some(child), leader: 0, notify, name: "rcbyname".into(), dir: dir.clone(), log };
+    m.leader =
+        m.notify.wait_leader(0, BOOT_TIMEOUT).unwrap_or_else(|| panic!("no leader; log:\n{}", m.log_text()));
+    assert!(m.notify.wait_for("READY=1", BOOT_TIMEOUT).is_some(), "not ready; log:\n{}", m.log_text());
+    assert!(
+        m.log_text().contains(&format!("Spawning container rcbyname on {}.", dir.display())),
+        "{}",
+        m.log_text()
+    );
+    assert_eq!(m.sh("cat /etc/rc-marker"), "from-the-store");
+    assert_eq!(m.sh("hostname"), "rcbyname");
+    let st = m.stop();
+    assert_eq!(st.code(), Some(0), "log:\n{}", m.log_text());
+    assert_no_leaks("rcbyname", &dir);
+}

@@ -736,6 +736,131 @@ fn pull_tar_verifies_and_caches() {
     env.assert_clean("pull", &["www"]);
 }
 
+/// A pull whose server sends Last-Modified and no ETag: the second pull of an unchanged file
+/// revalidates with If-Modified-Since alone, gets a 304 and downloads nothing; a changed file
+/// is downloaded again.
+#[test]
+fn pull_revalidated_by_last_modified_alone_downloads_nothing() {
+    let env = Env::new();
+    let (srv, www, size) = serve_busybox(&env);
+    srv.set_rule("/img/bb.tar.gz", Rule::NoEtag);
+    let url = srv.url("/img/bb.tar.gz");
+    env.ok(&["pull-tar", &url, "rclm"]);
+    assert_eq!(srv.stats("/img/bb.tar.gz").body_bytes, size);
+    // What the cache kept to revalidate with: a date, no entity tag.
+    let meta: Vec<PathBuf> = std::fs::read_dir(&env.cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    assert_eq!(meta.len(), 1);
+    let meta = std::fs::read_to_string(&meta[0]).unwrap();
+    assert!(meta.contains("GMT") && !meta.contains(&format!("{size:x}-")), "cache record: {meta}");
+
+    // The server answers 304 only to an If-Modified-Since that matches (there is no ETag to send).
+    let o = env.ok(&["pull-tar", &url, "rclm-again"]);
+    let st = srv.stats("/img/bb.tar.gz");
+    assert_eq!((st.requests, st.not_modified, st.body_bytes), (2, 1, size), "{}", stderr(&o));
+    assert_same_tree(busybox_tree(), &env.image("rclm-again"));
+
+    // A newer Last-Modified: downloaded again.
+    let later = std::time::SystemTime::now() + Duration::from_secs(5);
+    std::fs::File::options()
+        .write(true)
+        .open(www.join("img/bb.tar.gz"))
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    env.ok(&["pull-tar", &url, "rclm-third"]);
+    let st = srv.stats("/img/bb.tar.gz");
+    assert_eq!((st.requests, st.not_modified, st.body_bytes), (3, 1, 2 * size));
+    assert_eq!(env.images(), ["rclm", "rclm-again", "rclm-third"]);
+    env.assert_clean("pull by Last-Modified", &["www"]);
+}
+
+/// Sets every mtime under `root` to whole seconds (what a tar header keeps), so that trees
+/// compare by [`tree_digest`] after a round trip through an archive.
+fn whole_second_mtimes(root: &Path) {
+    let mut stack = vec![root.to_owned()];
+    while let Some(p) = stack.pop() {
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        if m.is_dir() {
+            stack.extend(std::fs::read_dir(&p).unwrap().flatten().map(|e| e.path()));
+        }
+        let t = |s: i64| rustix::fs::Timespec { tv_sec: s, tv_nsec: 0 };
+        let times = rustix::fs::Timestamps { last_access: t(m.atime()), last_modification: t(m.mtime()) };
+        rustix::fs::utimensat(rustix::fs::CWD, &p, &times, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).unwrap();
+    }
+}
+
+/// `export-tar --format=tar|gzip|xz|zstd` writes what `file` recognises and GNU tar extracts
+/// (compression detected by tar itself), whatever the file's name; each imports back to the
+/// same tree.
+#[test]
+fn export_formats_are_read_by_file_and_gnu_tar_and_import_back() {
+    let env = Env::new();
+    let src = env.image("rcexp");
+    rich_tree(&src);
+    whole_second_mtimes(&src);
+    let digest = tree_digest(&src);
+    let mut extra = Vec::new();
+    for (format, file_says) in [
+        ("tar", "POSIX tar archive"),
+        ("gzip", "gzip compressed data"),
+        ("xz", "XZ compressed data"),
+        ("zstd", "Zstandard compressed data"),
+    ] {
+        // No extension: the option alone decides.
+        let archive = env.path().join(format!("rcexp-{format}.img"));
+        env.ok(&["export-tar", "rcexp", &archive.to_string_lossy(), &format!("--format={format}")]);
+        let o = Command::new("file").arg("-b").arg(&archive).output().unwrap();
+        assert!(stdout(&o).starts_with(file_says), "{format}: file says {}", stdout(&o));
+        // Decompressed by the format's own tool, the content is a tar archive.
+        let tool = match format {
+            "gzip" => "gzip -dc",
+            "xz" => "xz -dc",
+            "zstd" => "zstd -qdc",
+            _ => "cat",
+        };
+        let o = Command::new("sh")
+            .arg("-c")
+            .arg(format!("{tool} \"$1\" | file -b -"))
+            .arg("sh")
+            .arg(&archive)
+            .output()
+            .unwrap();
+        assert!(
+            stdout(&o).starts_with("POSIX tar archive"),
+            "{format}: {tool} | file says {}{}",
+            stdout(&o),
+            stderr(&o)
+        );
+        let extracted = env.path().join(format!("gnu-{format}"));
+        std::fs::create_dir(&extracted).unwrap();
+        gnu_tar(&[
+            "--xattrs",
+            "--xattrs-include=*",
+            "--numeric-owner",
+            "-xpf",
+            &archive.to_string_lossy(),
+            "-C",
+            &extracted.to_string_lossy(),
+        ]);
+        // GNU tar gives the top directory the archive's "." entry; the rest is compared whole.
+        assert_eq!(tree_digest(&extracted), digest, "{format}: GNU tar extracted a different tree");
+        assert_same_tree(&src, &extracted);
+        let name = format!("rcexp-back-{format}");
+        env.ok(&["import-tar", &archive.to_string_lossy(), &name]);
+        assert_eq!(tree_digest(&env.image(&name)), digest, "{format}: imported a different tree");
+        assert_same_tree(&src, &env.image(&name));
+        extra.push(format!("rcexp-{format}.img"));
+        extra.push(format!("gnu-{format}"));
+    }
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    env.assert_clean("export formats", &extra);
+}
+
 #[test]
 fn pull_tar_failures_leave_nothing() {
     let env = Env::new();
@@ -920,52 +1045,65 @@ fn full_and_read_only_stores_are_refused_cleanly() {
     env.assert_clean("full store", &["many.tar", "one.tar", "bb.tar"]);
 }
 
+/// Sends `sig` to an import whose input stalls half-way; asserts it ends with 128+`sig` and
+/// leaves nothing in the store.
+fn interrupt_an_import(env: &Env, sig: i32) {
+    // An archive that arrives slowly: half of it, then the writer stalls.
+    let archive = RawTar::new().file("a", &vec![1u8; 256 * 1024]).file("b", &vec![2u8; 256 * 1024]).finish();
+    let mut child = env
+        .cmd()
+        .args(["import-tar", "-", "slow"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(&archive[..300 * 1024]).unwrap();
+    input.flush().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || env
+            .listing(&env.store)
+            .iter()
+            .any(|n| n.to_string_lossy().starts_with(".#import-slow"))),
+        "the import did not start"
+    );
+    let t = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::try_from(sig).unwrap(),
+    )
+    .unwrap();
+    let mut killed = false;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if t.elapsed() > Duration::from_secs(15) && !killed {
+            let _ = child.kill();
+            killed = true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    drop(input);
+    assert!(!killed, "mctl did not end after signal {sig}");
+    assert_eq!(status.code(), Some(128 + sig), "signal {sig}: {status:?}");
+    assert!(env.images().is_empty());
+    env.assert_clean(&format!("import interrupted by signal {sig}"), &[]);
+}
+
 #[test]
 fn an_interrupted_import_leaves_nothing() {
     let env = Env::new();
-    // An archive that arrives slowly: half of it, then the writer stalls.
-    let archive = RawTar::new().file("a", &vec![1u8; 256 * 1024]).file("b", &vec![2u8; 256 * 1024]).finish();
     for sig in [libc::SIGTERM, libc::SIGINT] {
-        let mut child = env
-            .cmd()
-            .args(["import-tar", "-", "slow"])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut input = child.stdin.take().unwrap();
-        input.write_all(&archive[..300 * 1024]).unwrap();
-        input.flush().unwrap();
-        assert!(
-            wait_until(Duration::from_secs(10), || env
-                .listing(&env.store)
-                .iter()
-                .any(|n| n.to_string_lossy().starts_with(".#import-slow"))),
-            "the import did not start"
-        );
-        let t = Instant::now();
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::try_from(sig).unwrap(),
-        )
-        .unwrap();
-        let mut killed = false;
-        let status = loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                break st;
-            }
-            if t.elapsed() > Duration::from_secs(15) && !killed {
-                let _ = child.kill();
-                killed = true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        drop(input);
-        assert!(!killed, "mctl did not end after signal {sig}");
-        assert_eq!(status.code(), Some(128 + sig), "signal {sig}");
-        assert!(env.images().is_empty());
-        env.assert_clean("interrupted import", &[]);
+        interrupt_an_import(&env, sig);
     }
+}
+
+/// SIGHUP (the terminal going away) interrupts an import as cleanly as SIGINT and SIGTERM.
+#[test]
+fn sighup_during_an_import_leaves_nothing() {
+    let env = Env::new();
+    interrupt_an_import(&env, libc::SIGHUP);
 }
 
 #[test]

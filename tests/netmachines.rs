@@ -99,6 +99,18 @@ struct Running {
 
 impl Running {
     fn start(ns: &Ns, env: &Env, name: &str, opts: &[&str], script: &str) -> Running {
+        Self::start_env(ns, env, name, opts, script, &[])
+    }
+
+    /// [`Running::start`] with extra environment variables for mctl.
+    fn start_env(
+        ns: &Ns,
+        env: &Env,
+        name: &str,
+        opts: &[&str],
+        script: &str,
+        vars: &[(&str, &str)],
+    ) -> Running {
         let dir = env.tree(name);
         let notify_dir = env.s.path().join(format!("notify-{name}"));
         std::fs::create_dir(&notify_dir).unwrap();
@@ -110,6 +122,7 @@ impl Running {
             .args(opts)
             .args(["--", "sh", "-c", script])
             .env("NOTIFY_SOCKET", &notify.path)
+            .envs(vars.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -517,5 +530,144 @@ fn the_manager_reports_the_guests_addresses() {
     assert_eq!(stdout(&o).trim(), format!("ai 1 {}", ifindex.trim()), "{}", stderr(&o));
     stop_launcher(&mut launcher);
     assert_no_leaks("addr", &dir);
+    assert_clean(&host, &env);
+}
+
+/// The guest's default gateway.
+fn default_gateway(m: &Running) -> String {
+    stdout(&m.exec("ip route | awk '/^default/ {print $3}'")).trim().to_owned()
+}
+
+/// `host0`'s IPv4 address with its prefix.
+fn guest_cidr(m: &Running) -> String {
+    let out = stdout(&m.exec("ip -4 -o addr show host0"));
+    out.split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no address: {out}"))
+        .to_owned()
+}
+
+/// `-n` is `--network-veth` and `-p` is `--port` (a forward that carries traffic); the pool
+/// comes from `--address-pool` or `$MCTL_ADDRESS_POOL`; `--address` with `--gateway` sets the
+/// guest's address and the host side's (the gateway), not the pool's defaults.
+#[test]
+fn short_options_address_pools_and_explicit_addresses() {
+    let env = Env::new();
+    let host = Ns::new(true);
+
+    let m = Running::start(&host, &env, "rcshort", &["-n", "-p", "8081:80"], "sleep 60");
+    assert!(host.sh("ip -o link show ve-rcshort").contains("ve-rcshort"), "-n made no veth");
+    assert!(guest_cidr(&m).starts_with("10.213."), "{}", guest_cidr(&m));
+    let mut server = Command::new("nsenter")
+        .arg("-t")
+        .arg(m.leader.to_string())
+        .args(["-n", "python3", "-c"])
+        .arg(
+            "import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', 80)); s.listen(1); print('ready', flush=True)\nc,_=s.accept(); c.sendall(b'forwarded\\n'); c.close()",
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(server.stdout.as_mut().unwrap()), &mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let gw = default_gateway(&m);
+    let got = host.try_sh(&format!(
+        "python3 -c \"import socket; c=socket.create_connection(('{gw}', 8081), timeout=5); print(c.recv(100).decode().strip())\""
+    ));
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(stdout(&got).trim(), "forwarded", "-p 8081:80 did not forward: {}", stderr(&got));
+    m.stop();
+
+    // --address-pool: a /30 from that pool, the host side .1 as the default route.
+    let m = Running::start(&host, &env, "rcpool", &["-n", "--address-pool=10.77.0.0/16"], "sleep 60");
+    let cidr = guest_cidr(&m);
+    assert!(cidr.starts_with("10.77.") && cidr.ends_with(".2/30"), "{cidr}");
+    let gw = default_gateway(&m);
+    assert!(gw.starts_with("10.77.") && gw.ends_with(".1"), "{gw}");
+    assert!(m.exec(&format!("ping -c1 -W2 {gw}")).status.success(), "no route to the host side");
+    m.stop();
+
+    // $MCTL_ADDRESS_POOL, the option's default.
+    let m = Running::start_env(
+        &host,
+        &env,
+        "rcenvpool",
+        &["-n"],
+        "sleep 60",
+        &[("MCTL_ADDRESS_POOL", "10.78.0.0/24")],
+    );
+    let cidr = guest_cidr(&m);
+    assert!(cidr.starts_with("10.78.0.") && cidr.ends_with("/30"), "{cidr}");
+    m.stop();
+
+    // --address with --gateway: the guest's address, and a gateway other than the first host.
+    let m = Running::start(
+        &host,
+        &env,
+        "rcaddr",
+        &["-n", "--address=10.213.200.6/29", "--gateway=10.213.200.3"],
+        "sleep 60",
+    );
+    assert_eq!(guest_cidr(&m), "10.213.200.6/29");
+    assert_eq!(default_gateway(&m), "10.213.200.3");
+    assert!(host.sh("ip -4 -o addr show ve-rcaddr").contains("inet 10.213.200.3/29"), "host side address");
+    assert!(m.exec("ping -c1 -W2 10.213.200.3").status.success(), "the gateway does not answer");
+    m.stop();
+    assert_clean(&host, &env);
+}
+
+/// `host0`'s IPv6 link-local address, once duplicate address detection is done with it.
+fn link_local(m: &Running) -> String {
+    let mut last = String::new();
+    let done = wait_until(Duration::from_secs(10), || {
+        // The host's iproute2 in the guest's network namespace.
+        let o = Command::new("nsenter")
+            .arg("-t")
+            .arg(m.leader.to_string())
+            .args(["-n", "ip", "-6", "-o", "addr", "show", "dev", "host0", "scope", "link"])
+            .output()
+            .unwrap();
+        last = stdout(&o);
+        last.contains("fe80::") && !last.contains("tentative")
+    });
+    assert!(done, "{}: no usable link-local address: {last}", m.name);
+    let cidr = last.split_whitespace().skip_while(|w| *w != "inet6").nth(1).unwrap();
+    cidr.split('/').next().unwrap().to_owned()
+}
+
+/// Guest to guest over IPv6 link-local addresses (`fe80::…%host0`), with no configuration,
+/// across a user's bridge and across a zone.
+#[test]
+fn ipv6_link_local_works_across_a_bridge_and_a_zone() {
+    let env = Env::new();
+    let host = Ns::new(true);
+    host.sh("ip link add rcbr6 type bridge && ip link set rcbr6 up");
+    for (a, b, opt) in
+        [("rcb6a", "rcb6b", "--network-bridge=rcbr6"), ("rcz6a", "rcz6b", "--network-zone=rc6")]
+    {
+        let ma = Running::start(&host, &env, a, &[opt], "sleep 60");
+        let mb = Running::start(&host, &env, b, &[opt], "sleep 60");
+        let (la, lb) = (link_local(&ma), link_local(&mb));
+        assert_ne!(la, lb);
+        for (from, to) in [(&ma, &lb), (&mb, &la)] {
+            let o = from.exec(&format!("ping -6 -c1 -W2 {to}%host0"));
+            assert!(
+                o.status.success(),
+                "{opt}: {} cannot ping {to}: {}{}",
+                from.name,
+                stdout(&o),
+                stderr(&o)
+            );
+        }
+        ma.stop();
+        mb.stop();
+    }
+    assert!(host.sh("ip -o link show master rcbr6").trim().is_empty(), "ports left on the bridge");
+    assert!(host.try_sh("ip link show vz-rc6").status.code() != Some(0), "the zone outlived its machines");
     assert_clean(&host, &env);
 }

@@ -311,3 +311,204 @@ fn runs_under_ip_netns_exec() {
     assert_eq!(stdout(&o), "1\n1\n", "{}", stderr(&o));
     assert_no_leaks("rnetns", &dir);
 }
+
+/// `mctl run -q -M NAME OPTS -D DIR -- sleep 60` in the background; returns once PID 1 runs.
+fn start_sleeper(
+    dir: &std::path::Path,
+    notify_dir: &std::path::Path,
+    name: &str,
+    opts: &[&str],
+) -> (Guarded, i32) {
+    std::fs::create_dir_all(notify_dir).unwrap();
+    let mut notify = NotifyListener::new(notify_dir);
+    let mut child = Guarded(
+        mctl()
+            .args(["run", "-q", "-M", name])
+            .args(opts)
+            .arg("-D")
+            .arg(dir)
+            .args(["--", "sleep", "60"])
+            .env("NOTIFY_SOCKET", &notify.path)
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let Some(leader) = notify.wait_leader(0, Duration::from_secs(20)) else {
+        stop_launcher(&mut child);
+        panic!("machine {name} did not start: {}", read_all(child.stderr.take().unwrap()));
+    };
+    (child, leader)
+}
+
+fn alive(pid: i32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// `--read-only` machines take a shared lock on their tree: two run on one tree at once, while
+/// a writable launch of it is refused as locked (and a writable machine locks out read-only ones).
+#[test]
+fn read_only_machines_share_a_tree_a_writable_launch_finds_locked() {
+    let (s, dir) = tree("rcshared");
+    let (mut a, leader_a) = start_sleeper(&dir, &s.path().join("a"), "rcsha", &["--read-only"]);
+    let (mut b, leader_b) = start_sleeper(&dir, &s.path().join("b"), "rcshb", &["--read-only"]);
+    assert!(alive(leader_a) && alive(leader_b), "both read-only machines run at once");
+    let o = run_in(&dir, &["-M", "rcshw"], &["true"]);
+    assert_eq!(o.status.code(), Some(1), "a writable launch ran beside read-only ones: {}", stderr(&o));
+    assert!(stderr(&o).contains("is already in use by a running machine (it is locked)"), "{}", stderr(&o));
+    assert_no_leaks("rcshw", &dir);
+    assert!(alive(leader_a) && alive(leader_b));
+    assert_eq!(stop_launcher(&mut a).code(), Some(137));
+    assert_eq!(stop_launcher(&mut b).code(), Some(137));
+
+    // Once they are gone the writable launch works, and holds the lock alone.
+    let (mut w, _) = start_sleeper(&dir, &s.path().join("w"), "rcshw", &[]);
+    let o = run_in(&dir, &["-M", "rcsha", "--read-only"], &["true"]);
+    assert_eq!(o.status.code(), Some(1), "a read-only launch ran beside a writable one: {}", stderr(&o));
+    assert!(stderr(&o).contains("it is locked"), "{}", stderr(&o));
+    assert_eq!(stop_launcher(&mut w).code(), Some(137));
+    for name in ["rcsha", "rcshb", "rcshw"] {
+        assert_no_leaks(name, &dir);
+    }
+}
+
+/// What a command sees of its identity: `/dev/shm` a tmpfs, `/run/host/notify` a socket, the
+/// UUID in `/run/host/container-uuid` and `$container_uuid`: `--uuid` for a tree without a
+/// machine ID, a fresh random one per run without it, the tree's own machine ID when it has one.
+#[test]
+fn dev_shm_notify_socket_and_the_machine_uuid() {
+    let (_s, dir) = tree("rcuuid");
+    assert_eq!(std::fs::read(dir.join("etc/machine-id")).unwrap(), b"", "the fixture has a machine ID");
+    let script = "awk '$2 == \"/dev/shm\" {print $3}' /proc/mounts; [ -S /run/host/notify ] && echo notify-socket; \
+                  cat /run/host/container-uuid; echo \"$container_uuid\"";
+    let ids = |opts: &[&str]| -> String {
+        let o = run_in(&dir, opts, &["sh", "-c", script]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let out = stdout(&o);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 4, "{out}");
+        assert_eq!(&lines[..2], ["tmpfs", "notify-socket"], "{out}");
+        assert_eq!(lines[2], lines[3], "/run/host/container-uuid and $container_uuid differ");
+        lines[2].to_owned()
+    };
+    assert_eq!(ids(&["--uuid=0123456789abcdef0123456789abcdef"]), "01234567-89ab-cdef-0123-456789abcdef");
+    let (r1, r2) = (ids(&[]), ids(&[]));
+    for r in [&r1, &r2] {
+        let u = uuid::Uuid::parse_str(r).unwrap_or_else(|e| panic!("{r}: {e}"));
+        assert_eq!(u.get_version_num(), 4, "{r} is not random");
+    }
+    assert_ne!(r1, r2, "two runs of a tree without a machine ID got the same UUID");
+    // The tree's machine ID takes precedence over --uuid (as with nspawn).
+    std::fs::write(dir.join("etc/machine-id"), "fedcba9876543210fedcba9876543210\n").unwrap();
+    assert_eq!(ids(&["--uuid=0123456789abcdef0123456789abcdef"]), "fedcba98-7654-3210-fedc-ba9876543210");
+    assert_eq!(ids(&[]), "fedcba98-7654-3210-fedc-ba9876543210");
+    assert_no_leaks("rcuuid", &dir);
+}
+
+/// The v1 hierarchies mounted on this host: (mount point, super options), one mount each.
+fn v1_hierarchies() -> Vec<(std::path::PathBuf, Vec<String>)> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mut seen = std::collections::HashSet::new();
+    mountinfo
+        .lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let mut r = right.split(' ');
+            if r.next()? != "cgroup" {
+                return None;
+            }
+            let opts: Vec<String> = r.nth(1)?.split(',').map(str::to_owned).collect();
+            Some((std::path::PathBuf::from(left.split(' ').nth(4)?), opts))
+        })
+        .filter(|(_, opts)| seen.insert(opts.clone()))
+        .collect()
+}
+
+/// `/proc/PID/cgroup` as (hierarchy id, controllers, path).
+fn proc_cgroups(pid: u32) -> Vec<(String, String, String)> {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut f = l.splitn(3, ':');
+            (f.next().unwrap().to_owned(), f.next().unwrap().to_owned(), f.next().unwrap().to_owned())
+        })
+        .collect()
+}
+
+/// Checks the layout of this (hybrid) host: on a hybrid host (v1 controllers, the named
+/// systemd hierarchy, cgroup2 at /sys/fs/cgroup/unified) the machine has
+/// `<launcher's cgroup>/mctl/NAME/payload` in every v1 hierarchy and in cgroup2 while it runs,
+/// and the v1 `devices.list` of the payload (and of the machine cgroup) is exactly the
+/// allow-list of `src/cgroups/devices.rs`. On a pure-v2 host it asserts that there is no v1
+/// hierarchy at all, and checks the cgroup2 path alone.
+#[test]
+fn on_hybrid_hosts_the_machine_has_a_cgroup_in_every_v1_hierarchy_and_the_device_list() {
+    let (s, dir) = tree("rccgroups");
+    let v1 = v1_hierarchies();
+    let own = proc_cgroups(std::process::id());
+    let hybrid = !v1.is_empty();
+    if hybrid {
+        // What a hybrid host looks like (this VM's layout).
+        assert!(
+            std::path::Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists(),
+            "no cgroup2 at unified"
+        );
+        assert!(v1.iter().any(|(_, o)| o.iter().any(|o| o == "name=systemd")), "no named systemd hierarchy");
+        assert!(v1.iter().any(|(_, o)| o.iter().any(|o| o == "devices")), "no v1 devices controller");
+        assert_eq!(own.iter().filter(|(id, _, _)| id != "0").count(), v1.len(), "{own:?} vs {v1:?}");
+    } else {
+        // Pure cgroup v2: the kernel shows this process in the unified hierarchy only.
+        assert_eq!(own.iter().map(|(id, c, _)| (id.as_str(), c.as_str())).collect::<Vec<_>>(), [("0", "")]);
+    }
+
+    let (mut child, leader) = start_sleeper(&dir, &s.path().join("n"), "rccgroups", &[]);
+    let launcher = proc_cgroups(child.id());
+    let machine = proc_cgroups(leader as u32);
+    assert_eq!(launcher.len(), machine.len(), "{launcher:?} vs {machine:?}");
+    for ((id, controllers, path), (mid, mcontrollers, mpath)) in launcher.iter().zip(&machine) {
+        assert_eq!((id, controllers), (mid, mcontrollers));
+        let want = format!("{}/mctl/rccgroups/payload", path.trim_end_matches('/'));
+        assert_eq!(*mpath, want, "hierarchy {id}:{controllers}");
+        // The directory is there and holds PID 1.
+        let mount = if id == "0" {
+            ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+                .iter()
+                .map(std::path::PathBuf::from)
+                .find(|p| p.join("cgroup.procs").exists() && p.join("cgroup.controllers").exists())
+                .expect("a cgroup2 mount")
+        } else {
+            v1.iter()
+                .find(|(_, opts)| controllers.split(',').all(|c| opts.iter().any(|o| o == c)))
+                .unwrap_or_else(|| panic!("no mount for hierarchy {id}:{controllers}"))
+                .0
+                .clone()
+        };
+        let payload = mount.join(want.trim_start_matches('/'));
+        let procs = std::fs::read_to_string(payload.join("cgroup.procs"))
+            .unwrap_or_else(|e| panic!("{}: {e}", payload.display()));
+        assert!(procs.lines().any(|l| l == leader.to_string()), "PID 1 not in {}", payload.display());
+        if controllers == "devices" {
+            let mut allowed: Vec<String> =
+                mctl::cgroups::devices::MACHINE_DEVICES.iter().map(|r| r.v1_line()).collect();
+            allowed.sort();
+            assert!(allowed.contains(&"c 1:3 rwm".to_owned()) && allowed.contains(&"c 136:* rw".to_owned()));
+            for cg in [payload.clone(), payload.parent().unwrap().to_owned()] {
+                let mut list: Vec<String> = std::fs::read_to_string(cg.join("devices.list"))
+                    .unwrap()
+                    .lines()
+                    .map(str::to_owned)
+                    .collect();
+                list.sort();
+                assert_eq!(list, allowed, "devices.list of {}", cg.display());
+            }
+        }
+    }
+    if hybrid {
+        let v1_seen = machine.iter().filter(|(id, _, _)| id != "0").count();
+        assert_eq!(v1_seen, v1.len(), "the machine is not in every v1 hierarchy: {machine:?}");
+        assert!(machine.iter().any(|(_, c, _)| c == "devices"));
+    }
+    assert_eq!(stop_launcher(&mut child).code(), Some(137));
+    assert_no_leaks("rccgroups", &dir);
+}

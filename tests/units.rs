@@ -165,3 +165,123 @@ fn systemd_verbs_say_when_there_is_no_systemd() {
         assert_eq!(err.lines().count(), 1);
     }
 }
+
+/// Where `bootstrap/install.sh` puts things.
+const INSTALLED: [&str; 7] = [
+    "/usr/local/bin/mctl",
+    "/usr/local/bin/mctld",
+    "/usr/local/lib/systemd/system/mctl@.service",
+    "/usr/local/lib/systemd/system/mctld.service",
+    "/usr/local/lib/systemd/system/mctl-machines.target",
+    "/etc/dbus-1/system.d/org.mctl.Machine1.conf",
+    "/usr/local/share/dbus-1/system-services/org.mctl.Machine1.service",
+];
+
+/// What the host has at `path` (inode, size, mtime), to show it unchanged afterwards.
+fn host_state(path: &str) -> Option<(u64, u64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).ok().map(|m| (m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+}
+
+/// `bootstrap/install.sh` has no prefix: it installs system-wide. So it runs in a private
+/// mount namespace where `/usr/local`, `/etc`, `/var/lib` and the source tree are overlays
+/// whose writes land in a tmpfs, and `/run` is an empty tmpfs (no systemd, no bus to reload):
+/// nothing changes on the host. Without `MCTL_BUILD_DIR` it builds with `cargo build
+/// --release --locked` in the source tree and installs from `target/release`; a release build
+/// takes minutes, so `cargo` is a stand-in that checks how it was called and puts the binaries
+/// under test in `target/release`. The files land with their modes, `systemd-analyze verify`
+/// accepts the units, and `--uninstall` removes every file again.
+#[test]
+fn install_sh_with_its_default_build_directory() {
+    let s = scratch();
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let build = Path::new(env!("CARGO_BIN_EXE_mctl")).parent().unwrap().to_owned();
+    let standin = s.path().join("bin");
+    std::fs::create_dir(&standin).unwrap();
+    let cargo_log = s.path().join("cargo.log");
+    std::fs::write(
+        standin.join("cargo"),
+        // The "release build": the binaries under test, marked so that only a copy taken from
+        // target/release can match.
+        "#!/bin/sh\necho \"$PWD $*\" >> \"$CARGO_LOG\"\n[ \"$*\" = \"build --release --locked\" ] || exit 2\n\
+         mkdir -p target/release\nfor b in mctl mctld; do\n\
+         cp \"$BUILD/$b\" target/release/ && printf '\\nrc-standin-release-build\\n' >> target/release/$b\ndone\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(standin.join("cargo"), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .unwrap();
+    let layers = s.path().join("layers");
+    std::fs::create_dir(&layers).unwrap();
+    let before: Vec<_> = INSTALLED.iter().map(|p| host_state(p)).collect();
+    let release_before = host_state(&format!("{repo}/target/release/mctl"));
+
+    let script = r#"
+        set -eu
+        mount -t tmpfs tmpfs "$LAYERS"
+        for d in /usr/local /etc /var/lib "$REPO"; do
+            n=$(echo "$d" | tr / _)
+            mkdir -p "$LAYERS/$n/upper" "$LAYERS/$n/work"
+            mount -t overlay overlay -o "lowerdir=$d,upperdir=$LAYERS/$n/upper,workdir=$LAYERS/$n/work" "$d"
+        done
+        mount -t tmpfs tmpfs /run
+        PATH="$STANDIN:$PATH" "$REPO/bootstrap/install.sh"
+        for f in $FILES; do stat -c "%a %u:%g %n" "$f"; done
+        for b in mctl mctld; do
+            cmp "$REPO/target/release/$b" "/usr/local/bin/$b"
+            [ "$(tail -n 1 "/usr/local/bin/$b")" = rc-standin-release-build ]
+        done
+        /usr/local/bin/mctl --version
+        cmp "$REPO/units/mctl@.service" /usr/local/lib/systemd/system/mctl@.service
+        cmp "$REPO/units/mctld.service" /usr/local/lib/systemd/system/mctld.service
+        cmp "$REPO/units/mctl-machines.target" /usr/local/lib/systemd/system/mctl-machines.target
+        cmp "$REPO/dbus/org.mctl.Machine1.conf" /etc/dbus-1/system.d/org.mctl.Machine1.conf
+        cmp "$REPO/dbus/org.mctl.Machine1.service" /usr/local/share/dbus-1/system-services/org.mctl.Machine1.service
+        test -d /var/lib/machines && echo "machines dir"
+        if command -v systemd-analyze >/dev/null; then
+            cd /usr/local/lib/systemd/system
+            if v=$(systemd-analyze verify mctl@.service mctld.service mctl-machines.target mctl@rcinst.service 2>&1); then
+                echo "verify ok"
+            else
+                echo "verify failed"
+            fi
+            [ -z "$v" ] || printf 'verify said: %s\n' "$v"
+        else
+            echo "verify ok (no systemd-analyze)"
+        fi
+        "$REPO/bootstrap/install.sh" --uninstall
+        for f in $FILES; do [ ! -e "$f" ] || echo "left: $f"; done
+        echo done
+    "#;
+    let o = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", script])
+        .env_remove("MCTL_BUILD_DIR")
+        .env("LAYERS", &layers)
+        .env("REPO", repo)
+        .env("BUILD", &build)
+        .env("STANDIN", &standin)
+        .env("CARGO_LOG", &cargo_log)
+        .env("FILES", INSTALLED.join(" "))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let out = common::stdout(&o);
+    assert!(o.status.success() && out.ends_with("done\n"), "{out}{}", common::stderr(&o));
+    assert_eq!(std::fs::read_to_string(&cargo_log).unwrap(), format!("{repo} build --release --locked\n"));
+    let modes: Vec<String> = INSTALLED
+        .iter()
+        .map(|p| format!("{} 0:0 {p}", if p.contains("/bin/") { "755" } else { "644" }))
+        .collect();
+    for m in &modes {
+        assert!(out.lines().any(|l| l == m), "not installed as `{m}`:\n{out}");
+    }
+    assert!(out.contains("machines dir\n"), "{out}");
+    assert!(out.contains("verify ok"), "systemd-analyze verify:\n{out}");
+    assert!(!out.contains("verify said"), "systemd-analyze verify:\n{out}");
+    assert!(!out.contains("left: "), "--uninstall left files:\n{out}");
+    // The host is as it was.
+    let after: Vec<_> = INSTALLED.iter().map(|p| host_state(p)).collect();
+    assert_eq!(before, after, "the install changed the host");
+    assert_eq!(host_state(&format!("{repo}/target/release/mctl")), release_before, "the source tree changed");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&*layers.to_string_lossy()), "a mount was left behind");
+}

@@ -19,6 +19,9 @@ pub enum Rule {
     NotFound,
     /// Announce the full length, send this many body bytes, then close the connection.
     CutAfter(u64),
+    /// Send no ETag: Last-Modified is the only validator (a conditional request can only
+    /// succeed through If-Modified-Since).
+    NoEtag,
 }
 
 /// What the server did for one path.
@@ -157,14 +160,16 @@ fn handle(st: &State, conn: TcpStream) -> std::io::Result<()> {
     let fresh = headers.get("if-none-match").is_some_and(|v| v.split(',').any(|t| t.trim() == etag))
         || (!headers.contains_key("if-none-match")
             && headers.get("if-modified-since") == Some(&last_modified));
+    let etag_header =
+        if matches!(rule, Some(Rule::NoEtag)) { String::new() } else { format!("ETag: {etag}\r\n") };
     if fresh {
         count(&|s| s.not_modified += 1);
-        write!(out, "HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\nConnection: close\r\n\r\n")?;
+        write!(out, "HTTP/1.1 304 Not Modified\r\n{etag_header}Connection: close\r\n\r\n")?;
         return Ok(());
     }
     write!(
         out,
-        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nETag: {etag}\r\n\
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\n{etag_header}\
          Last-Modified: {last_modified}\r\nConnection: close\r\n\r\n",
         meta.len()
     )?;

@@ -155,6 +155,12 @@ pub fn leader_cgroup_processes(leader: i32) -> Vec<(i32, u64)> {
     let own = std::fs::read_to_string(format!("/proc/{leader}/cgroup")).expect("read the leader's cgroup");
     let rel =
         own.lines().find_map(|l| l.strip_prefix("0::")).expect("a cgroup2 line").trim_start_matches('/');
+    // A booted guest's systemd moves itself below the payload cgroup (init.scope): take the
+    // whole payload cgroup, the root of the guest's cgroup namespace.
+    let rel = match rel.rfind("/payload/") {
+        Some(i) => &rel[..i + "/payload".len()],
+        None => rel,
+    };
     let unified = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
         .iter()
         .map(Path::new)
@@ -311,7 +317,7 @@ impl Machine {
             .args(opts)
             .env("NOTIFY_SOCKET", &notify.path)
             .stdin(Stdio::null())
-            .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .stdout(Stdio::from(std::fs::File::options().create(true).append(true).open(&log).unwrap()))
             .stderr(Stdio::from(std::fs::File::options().append(true).open(&log).unwrap()))
             .spawn()
             .expect("spawn mctl boot");
