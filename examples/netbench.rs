@@ -86,13 +86,13 @@ fn main() {
         };
         p("block_on_thread (empty)", &mut || {
             let t = Instant::now();
-            mctl::bus::client::block_on_thread(|| async {});
+            mctl::runtime::block_on_thread(|| async {});
             t.elapsed()
         });
         let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).unwrap();
         p("netlink connection in the machine's namespace", &mut || {
             let ns = ns.try_clone().unwrap();
-            mctl::bus::client::block_on_thread(move || async move {
+            mctl::runtime::block_on_thread(move || async move {
                 let home = std::fs::File::open("/proc/thread-self/ns/net").unwrap();
                 let t = Instant::now();
                 Rt::connect_in(&ns, &home, "bench").unwrap();
@@ -117,7 +117,7 @@ fn main() {
         });
         let rt_ops = |add: bool| {
             let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).unwrap();
-            mctl::bus::client::block_on_thread(move || async move {
+            mctl::runtime::block_on_thread(move || async move {
                 let rt = Rt::connect().unwrap();
                 let t = Instant::now();
                 if add {

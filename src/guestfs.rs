@@ -97,9 +97,6 @@ pub fn read_first(root: BorrowedFd<'_>, paths: &[&str], limit: usize) -> Result<
     }))
 }
 
-/// Where an os-release file may be, in the order systemd reads them.
-pub const OS_RELEASE_PATHS: [&str; 2] = ["/etc/os-release", "/usr/lib/os-release"];
-
 /// Enough for any real os-release, passwd or group file.
 pub const SMALL_FILE_LIMIT: usize = 1024 * 1024;
 

@@ -6,25 +6,6 @@
 use std::future::Future;
 use std::time::Duration;
 
-/// Runs `f` to completion on a fresh thread and runtime; `None` if the thread panicked or the
-/// runtime could not start.
-pub fn block_on_thread<F, Fut, T>(f: F) -> Option<T>
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = T>,
-    T: Send + 'static,
-{
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-        let out = rt.block_on(f());
-        rt.shutdown_timeout(Duration::from_millis(200));
-        Some(out)
-    })
-    .join()
-    .ok()
-    .flatten()
-}
-
 /// Connects to the system bus (`$DBUS_SYSTEM_BUS_ADDRESS`, or the standard socket).
 pub async fn system_bus() -> zbus::Result<zbus::Connection> {
     zbus::connection::Builder::system().build().await

@@ -10,10 +10,11 @@ use std::os::fd::AsFd;
 use std::path::Path;
 
 use crate::bus::OWN_NAME;
-use crate::bus::client::{block_on_thread, system_bus};
+use crate::bus::client::system_bus;
 use crate::bus::proxy::{self, Manager1Proxy, MctlManager1Proxy};
 use crate::images::interrupt;
 use crate::images::store::{self, ImageStore};
+use crate::runtime::block_on_thread;
 
 use super::manage::describe;
 use super::{CliConfig, CliError};

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 
 use zbus::{Connection, OwnedVariant};
 
-use crate::bus::client::{block_on_thread, error_message, is_no_manager, retry_when_busy, system_bus};
+use crate::bus::client::{error_message, is_no_manager, retry_when_busy, system_bus};
 use crate::bus::proxy::{self, Manager1Proxy, MctlManager1Proxy};
 use crate::bus::{OWN_NAME, introspect};
+use crate::runtime::block_on_thread;
 use crate::signals::SignalNumber;
 
 use super::CliError;
@@ -279,7 +280,7 @@ pub fn status(names: &[String]) -> Result<i32, CliError> {
         }
         let leader = prop_u64(&props, "Leader") as u32;
         if leader > 0 {
-            out.push_str(&format!("\t  Leader: {leader} ({})\n", crate::manager::procfs::comm(leader)));
+            out.push_str(&format!("\t  Leader: {leader} ({})\n", crate::procfs::comm(leader)));
         }
         let (service, class) = (prop_str(&props, "Service"), prop_str(&props, "Class"));
         if service.is_empty() {

@@ -25,7 +25,7 @@ struct Target {
 
 fn lookup(name: &str) -> Result<Target, CliError> {
     let name = name.to_owned();
-    crate::bus::client::block_on_thread(move || async move {
+    crate::runtime::block_on_thread(move || async move {
         let conn = crate::bus::client::system_bus().await.map_err(|e| {
             CliError::new(format!(
                 "cannot reach mctld on the system bus: {} (is mctld running?)",

@@ -3,9 +3,10 @@
 
 use futures_util::StreamExt;
 
-use crate::bus::client::{block_on_thread, error_message, system_bus};
+use crate::bus::client::{error_message, system_bus};
 use crate::bus::proxy::Systemd1Proxy;
 use crate::names;
+use crate::runtime::block_on_thread;
 
 use super::{CliConfig, CliError};
 

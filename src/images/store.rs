@@ -18,8 +18,8 @@ use super::confined::{Meta, Node, TreeWriter, WriteError};
 use super::interrupt::{self, Interrupted, Temporary};
 use super::walk::{self, Kind, WalkError};
 use crate::guestfs;
-use crate::launcher::identity::parse_os_release;
 use crate::names::{self, NameError};
+use crate::osrelease::parse_os_release;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -254,7 +254,7 @@ impl ImageStore {
     pub fn os_release(&self, name: &str) -> Result<Vec<(String, String)>, StoreError> {
         let info = self.get(name)?;
         let root = open_dir(&info.path)?;
-        match guestfs::read_first(root.as_fd(), &guestfs::OS_RELEASE_PATHS, guestfs::SMALL_FILE_LIMIT) {
+        match guestfs::read_first(root.as_fd(), &crate::osrelease::PATHS, guestfs::SMALL_FILE_LIMIT) {
             Ok(text) => Ok(parse_os_release(&text)),
             Err(e) if e.is_not_found() => Ok(Vec::new()),
             Err(e) => Err(e.into()),

@@ -91,7 +91,7 @@ impl Tree {
 
     /// The os-release file's contents, if any.
     pub fn os_release(&self) -> Option<String> {
-        guestfs::read_first(self.lock.as_fd(), &guestfs::OS_RELEASE_PATHS, guestfs::SMALL_FILE_LIMIT).ok()
+        guestfs::read_first(self.lock.as_fd(), &crate::osrelease::PATHS, guestfs::SMALL_FILE_LIMIT).ok()
     }
 
     /// The first init candidate that is an executable file.
@@ -122,36 +122,6 @@ pub fn parse_machine_id(s: &str) -> Option<uuid::Uuid> {
     }
     let id = uuid::Uuid::parse_str(s).ok()?;
     (!id.is_nil()).then_some(id)
-}
-
-/// The `container_host_*` variables nspawn passes: four os-release keys of the host.
-pub fn host_os_env(os_release: &str) -> Vec<(String, String)> {
-    const KEYS: [&str; 4] = ["ID", "VERSION_ID", "BUILD_ID", "VARIANT_ID"];
-    parse_os_release(os_release)
-        .into_iter()
-        .filter(|(k, _)| KEYS.contains(&k.as_str()))
-        .map(|(k, v)| (format!("container_host_{}", k.to_ascii_lowercase()), v))
-        .collect()
-}
-
-/// Parses os-release `KEY=value` lines (quotes removed).
-pub fn parse_os_release(s: &str) -> Vec<(String, String)> {
-    s.lines()
-        .filter_map(|l| {
-            let l = l.trim();
-            if l.starts_with('#') {
-                return None;
-            }
-            let (k, v) = l.split_once('=')?;
-            let v = v.trim();
-            let v = v
-                .strip_prefix('"')
-                .and_then(|x| x.strip_suffix('"'))
-                .or_else(|| v.strip_prefix('\'').and_then(|x| x.strip_suffix('\'')))
-                .unwrap_or(v);
-            Some((k.trim().to_owned(), v.replace("\\\"", "\"")))
-        })
-        .collect()
 }
 
 /// A user inside the machine.
@@ -212,18 +182,6 @@ mod tests {
         assert!(parse_machine_id("").is_none());
         assert!(parse_machine_id("uninitialized").is_none());
         assert!(parse_machine_id(&"0".repeat(32)).is_none());
-    }
-
-    #[test]
-    fn host_env_from_os_release() {
-        let env = host_os_env("PRETTY_NAME=\"Debian GNU/Linux 12\"\nID=debian\nVERSION_ID=\"12\"\n");
-        assert_eq!(
-            env,
-            vec![
-                ("container_host_id".to_owned(), "debian".to_owned()),
-                ("container_host_version_id".to_owned(), "12".to_owned())
-            ]
-        );
     }
 
     #[test]

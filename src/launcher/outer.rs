@@ -135,9 +135,9 @@ fn ro_tree(path: &Path, recursive: bool, ro: bool) -> Result<std::os::fd::OwnedF
 fn open_host_trees(ctx: &ChildContext<'_>) -> Result<Trees, ChildError> {
     let mut trees = Trees::default();
     let os_release =
-        ["/etc/os-release", "/usr/lib/os-release"].iter().map(Path::new).find(|p| p.exists()).ok_or_else(
-            || ChildError::Step("find the host's os-release", std::io::ErrorKind::NotFound.into()),
-        )?;
+        crate::osrelease::PATHS.iter().map(Path::new).find(|p| p.exists()).ok_or_else(|| {
+            ChildError::Step("find the host's os-release", std::io::ErrorKind::NotFound.into())
+        })?;
     trees.insert(TreeId::OsRelease, ro_tree(os_release, false, true)?);
     let resolv = Path::new("/etc/resolv.conf");
     if resolv.exists() {

@@ -18,7 +18,7 @@ use crate::sys::linux::{self, Forked};
 use super::channel::{self, ChannelError, ChildReport, MachineSetup, ParentEnd};
 use super::console::Console;
 use super::events::{self, Event, Events};
-use super::identity::{Tree, TreeError, host_os_env};
+use super::identity::{Tree, TreeError};
 use super::mounts::HostFacts;
 use super::notify::{GuestNotice, NotifyRelay, tell_supervisor};
 use super::record::{self, LaunchRecord};
@@ -26,6 +26,7 @@ use super::register::{self, MachineInfo, RegisterError, RegisterMode};
 use super::spec::{ConsoleMode, LaunchSpec, Payload};
 use super::{ChildContext, DEFAULT_PATH, outer, security};
 use crate::cgroups::{CgroupError, MachineCgroup};
+use crate::osrelease;
 
 /// Why a launch failed before or while the machine ran.
 #[derive(Debug, thiserror::Error)]
@@ -219,9 +220,7 @@ fn base_env(spec: &LaunchSpec, uuid: &uuid::Uuid) -> Vec<(String, String)> {
     if !spec.is_boot() {
         env.push(("LANG".to_owned(), "C.UTF-8".to_owned()));
     }
-    let host_os =
-        ["/etc/os-release", "/usr/lib/os-release"].iter().find_map(|p| std::fs::read_to_string(p).ok());
-    env.extend(host_os_env(&host_os.unwrap_or_default()));
+    env.extend(osrelease::host_os_env(&osrelease::host().unwrap_or_default()));
     env
 }
 

@@ -7,7 +7,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use crate::manager::procfs::start_time;
+use crate::procfs::start_time;
 
 use crate::cgroups;
 

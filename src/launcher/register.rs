@@ -3,8 +3,9 @@
 //! The launcher forks after registering (again on every reboot), and forking is only sound
 //! while single-threaded, so each call goes through [`block_on_thread`].
 
-use crate::bus::client::{block_on_thread, error_message, is_no_manager, system_bus};
+use crate::bus::client::{error_message, is_no_manager, system_bus};
 use crate::bus::proxy::Manager1Proxy;
+use crate::runtime::block_on_thread;
 
 /// `--register=`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -11,13 +11,13 @@ use tokio::sync::broadcast;
 
 use crate::cgroups::{self, CgroupConfig};
 use crate::names;
+use crate::procfs;
 use crate::sys::linux;
 
 pub mod auth;
 pub mod images;
 pub mod machine;
 pub mod pool;
-pub mod procfs;
 pub mod store;
 
 pub use auth::{Action, Caller};

@@ -73,7 +73,7 @@
 //! ([`nft_run_closing`](crate::sys::linux::nft_run_closing)).
 //!
 //! [`setup`] and teardown run their tokio work through
-//! [`block_on_thread`](crate::bus::client::block_on_thread) (one call each), so the parent is
+//! [`block_on_thread`](crate::runtime::block_on_thread) (one call each), so the parent is
 //! single-threaded again when they return.
 
 use std::fs::File;
@@ -259,7 +259,7 @@ impl MachineNetwork {
         let guest_ns = self.guest_ns.take();
         let host_ns = self.host_ns.take();
         let leave_pair = pid1_reaped;
-        crate::bus::client::block_on_thread(move || async move {
+        crate::runtime::block_on_thread(move || async move {
             let sd = match StateDir::lock(&dir) {
                 Ok(sd) => sd,
                 Err(e) => return vec![e.into()],
@@ -315,7 +315,7 @@ pub fn setup(spec: &NetworkSpec, machine: &str, pid: i32) -> Result<MachineNetwo
     }
     let spec = spec.clone();
     let machine = machine.to_owned();
-    crate::bus::client::block_on_thread(move || async move { setup_async(&spec, &machine, pid).await })
+    crate::runtime::block_on_thread(move || async move { setup_async(&spec, &machine, pid).await })
         .unwrap_or(Err(NetworkError::Thread("setup")))
 }
 
@@ -341,7 +341,7 @@ pub fn cleanup_stale_report(state_dir: &Path) -> Vec<NetworkError> {
     }
     drop(sd);
     let dir = state_dir.to_owned();
-    crate::bus::client::block_on_thread(move || async move {
+    crate::runtime::block_on_thread(move || async move {
         let sd = match StateDir::lock(&dir) {
             Ok(sd) => sd,
             Err(e) => return vec![e.into()],

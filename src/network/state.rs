@@ -78,10 +78,7 @@ impl Owner {
 }
 
 fn start_time(pid: i32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces and parentheses: skip past the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(19)?.parse().ok()
+    crate::procfs::start_time(u32::try_from(pid).ok()?)
 }
 
 /// A link moved into the machine with `--network-interface`.

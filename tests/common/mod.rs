@@ -186,8 +186,7 @@ fn collect_procs(dir: &Path, out: &mut Vec<i32>) {
 }
 
 fn start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 2..].split(' ').nth(19)?.parse().ok()
+    mctl::procfs::start_time(u32::try_from(pid).ok()?)
 }
 
 /// Asserts that every process of `procs` (from [`machine_processes`]) is gone (a pid reused by

@@ -6,7 +6,7 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 
 use crate::guestfs::{self, GuestFileError};
-use crate::launcher::identity::parse_os_release;
+use crate::osrelease::parse_os_release;
 
 /// The process's start time in clock ticks since boot (field 22 of `/proc/PID/stat`); tells a
 /// process from a later one that reuses its pid.
@@ -72,7 +72,7 @@ pub fn is_pidns_init(pid: u32) -> bool {
 pub fn os_release(pid: u32) -> Result<Vec<(String, String)>, GuestFileError> {
     let root = fs::File::open(format!("/proc/{pid}/root"))
         .map_err(|source| GuestFileError::Open { path: "/".into(), source })?;
-    let text = guestfs::read_first(root.as_fd(), &guestfs::OS_RELEASE_PATHS, guestfs::SMALL_FILE_LIMIT)?;
+    let text = guestfs::read_first(root.as_fd(), &crate::osrelease::PATHS, guestfs::SMALL_FILE_LIMIT)?;
     Ok(parse_os_release(&text))
 }
 
