@@ -2,7 +2,7 @@
 //! persistence under `/run/mctl/machines`, lifetime tracking of each leader through a pidfd,
 //! and the operations machinectl offers (terminate, kill, os-release, addresses).
 
-use std::collections::BTreeMap;
+use registry::Registry;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use tokio::sync::broadcast;
 
 use crate::cgroups::{self, CgroupConfig};
-use crate::names;
 use crate::procfs;
 use crate::sys::linux;
 
@@ -18,6 +17,7 @@ pub mod auth;
 pub mod images;
 pub mod machine;
 pub mod pool;
+pub mod registry;
 pub mod store;
 
 pub use auth::{Action, Caller};
@@ -142,22 +142,28 @@ pub struct RegisterRequest {
     pub netif: Vec<i32>,
 }
 
-struct Entry {
-    machine: Machine,
-    watcher: Option<tokio::task::AbortHandle>,
+/// The task watching a machine's leader, aborted when the machine leaves the registry.
+#[derive(Debug)]
+struct Watcher(Option<tokio::task::AbortHandle>);
+
+impl Watcher {
+    /// Lets the task run on (it is the one ending).
+    fn disarm(mut self) {
+        self.0.take();
+    }
 }
 
-impl Drop for Entry {
+impl Drop for Watcher {
     fn drop(&mut self) {
-        if let Some(w) = self.watcher.take() {
-            w.abort();
+        if let Some(h) = self.0.take() {
+            h.abort();
         }
     }
 }
 
 /// The registry of machines.
 pub struct Manager {
-    machines: Mutex<BTreeMap<String, Entry>>,
+    machines: Mutex<Registry<Watcher>>,
     store: Store,
     events: broadcast::Sender<Event>,
     unified_mount: Option<PathBuf>,
@@ -168,7 +174,9 @@ pub struct Manager {
 
 impl std::fmt::Debug for Manager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Manager").field("machines", &self.lock().keys().collect::<Vec<_>>()).finish()
+        f.debug_struct("Manager")
+            .field("machines", &self.lock().machines().map(|m| &m.name).collect::<Vec<_>>())
+            .finish()
     }
 }
 
@@ -180,7 +188,7 @@ impl Manager {
             cgroups::detect(&cfg.cgroup).ok().and_then(|hs| hs.into_iter().find(|h| h.v2)).map(|h| h.mount);
         let (events, _) = broadcast::channel(256);
         Ok(Arc::new_cyclic(|me| Manager {
-            machines: Mutex::new(BTreeMap::new()),
+            machines: Mutex::new(Registry::default()),
             store,
             events,
             unified_mount,
@@ -190,7 +198,7 @@ impl Manager {
         }))
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
+    fn lock(&self) -> MutexGuard<'_, Registry<Watcher>> {
         self.machines.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -221,7 +229,9 @@ impl Manager {
                 let _ = self.store.remove(&name);
                 continue;
             }
-            self.lock().insert(name.clone(), Entry { machine: m, watcher });
+            if self.lock().insert(m, watcher).is_err() {
+                continue;
+            }
             let _ = self.events.send(Event::New(name.clone()));
             adopted.push(name);
         }
@@ -229,7 +239,7 @@ impl Manager {
     }
 
     /// Watches the leader's pidfd; when it exits, the machine is removed at once.
-    fn watch(&self, m: &Machine) -> Option<tokio::task::AbortHandle> {
+    fn watch(&self, m: &Machine) -> Option<Watcher> {
         let afd = linux::async_pidfd(m.leader as i32).ok()?;
         let me = self.me.clone();
         let (name, leader) = (m.name.clone(), m.leader);
@@ -240,21 +250,17 @@ impl Manager {
                 me.leader_exited(&name, leader);
             }
         });
-        Some(task.abort_handle())
+        Some(Watcher(Some(task.abort_handle())))
     }
 
     fn leader_exited(&self, name: &str, leader: u32) {
-        let removed = {
-            let mut map = self.lock();
-            match map.get_mut(name) {
-                Some(e) if e.machine.leader == leader => {
-                    // This task is the watcher itself: it must not be aborted by the drop.
-                    e.watcher.take();
-                    map.remove(name)
-                }
-                _ => None,
+        let removed = self.lock().remove_exited(name, leader).map(|(m, watcher)| {
+            // This task is the watcher itself: it must not abort itself on the way out.
+            if let Some(w) = watcher {
+                w.disarm();
             }
-        };
+            m
+        });
         if removed.is_some() {
             let _ = self.store.remove(name);
             let _ = self.events.send(Event::Removed(name.to_owned()));
@@ -264,57 +270,38 @@ impl Manager {
     /// Registers a machine (`RegisterMachine[WithNetwork]`), validating as machined does.
     pub fn register(&self, req: RegisterRequest, caller: &Caller) -> Result<Machine, ManagerError> {
         caller.authorize(Action::Register)?;
-        if names::validate(&req.name).is_err() {
-            return Err(ManagerError::InvalidArgs("Invalid machine name".into()));
-        }
-        let id: Option<[u8; 16]> = match req.id.len() {
-            0 => None,
-            16 => Some(req.id.as_slice().try_into().expect("length checked")),
-            _ => return Err(ManagerError::InvalidArgs("Invalid machine ID parameter".into())),
-        };
-        if let Some(bad) = req.netif.iter().find(|i| **i <= 0) {
-            return Err(ManagerError::InvalidArgs(format!("Invalid network interface index {bad}")));
-        }
-        let class = Class::parse(&req.class)
-            .ok_or_else(|| ManagerError::InvalidArgs("Invalid machine class parameter".into()))?;
-        let leader = match req.leader {
-            1 => return Err(ManagerError::InvalidArgs("Invalid leader PID".into())),
-            0 => caller.pid,
-            l => l,
-        };
-        if !req.root_directory.is_empty() && !req.root_directory.starts_with('/') {
-            return Err(ManagerError::InvalidArgs("Root directory must be empty or an absolute path".into()));
-        }
+        let v = registry::validate(req, caller.pid)?;
+        let leader = v.leader;
         let leader_start = procfs::start_time(leader)
             .ok_or_else(|| ManagerError::InvalidArgs(format!("Leader PID {leader} does not exist")))?;
         let cgroup = procfs::cgroup2_path(leader).unwrap_or_default();
         let machine = Machine {
-            unit: procfs::unit_from_cgroup(&cgroup, &req.name),
-            name: req.name.clone(),
-            id,
+            unit: procfs::unit_from_cgroup(&cgroup, &v.name),
+            name: v.name.clone(),
+            id: v.id,
             timestamp: linux::clock_us(libc::CLOCK_REALTIME),
             timestamp_monotonic: linux::clock_us(libc::CLOCK_MONOTONIC),
-            service: req.service,
+            service: v.service,
             leader,
             leader_start,
-            class,
-            root_directory: req.root_directory,
-            netif: req.netif,
+            class: v.class,
+            root_directory: v.root_directory,
+            netif: v.netif,
             state: State::Running,
             cgroup,
         };
         {
             let mut map = self.lock();
-            if map.contains_key(&req.name) {
-                return Err(ManagerError::MachineExists(req.name));
+            if map.contains(&v.name) {
+                return Err(ManagerError::MachineExists(v.name));
             }
             let watcher = self
                 .watch(&machine)
                 .ok_or_else(|| ManagerError::InvalidArgs(format!("Leader PID {leader} does not exist")))?;
             self.store.save(&machine).map_err(|e| ManagerError::Failed(e.to_string()))?;
-            map.insert(req.name.clone(), Entry { machine: machine.clone(), watcher: Some(watcher) });
+            map.insert(machine.clone(), Some(watcher))?;
         }
-        let _ = self.events.send(Event::New(req.name));
+        let _ = self.events.send(Event::New(v.name));
         Ok(machine)
     }
 
@@ -451,22 +438,19 @@ impl Manager {
     fn set_state(&self, name: &str, state: State) {
         let mut map = self.lock();
         if let Some(e) = map.get_mut(name) {
-            e.machine.state = state;
-            let _ = self.store.save(&e.machine);
+            e.state = state;
+            let _ = self.store.save(e);
         }
     }
 
     /// One machine.
     pub fn get(&self, name: &str) -> Result<Machine, ManagerError> {
-        self.lock()
-            .get(name)
-            .map(|e| e.machine.clone())
-            .ok_or_else(|| ManagerError::NoSuchMachine(name.to_owned()))
+        self.lock().get(name).cloned().ok_or_else(|| ManagerError::NoSuchMachine(name.to_owned()))
     }
 
     /// Every machine, by name.
     pub fn list(&self) -> Vec<Machine> {
-        self.lock().values().map(|e| e.machine.clone()).collect()
+        self.lock().machines().cloned().collect()
     }
 
     /// The machine `pid` belongs to (`GetMachineByPID`).
@@ -479,9 +463,7 @@ impl Manager {
         machines
             .into_iter()
             .find(|m| {
-                (!m.cgroup.is_empty()
-                    && m.cgroup != "/"
-                    && (cg == m.cgroup || cg.starts_with(&format!("{}/", m.cgroup))))
+                registry::in_machine_cgroup(&m.cgroup, &cg)
                     || (!procfs::in_pidns_of(m.leader, std::process::id())
                         && procfs::in_pidns_of(pid, m.leader))
             })
