@@ -105,9 +105,10 @@ pub async fn run(args: DaemonArgs) -> Result<(), DaemonError> {
     let service = Service::new(conn.clone(), mgr.clone(), pool, Limits::default());
     // Subscribe before taking names, so that calls racing the name acquisition are not lost.
     let stream = zbus::MessageStream::from(&conn);
+    let events = mgr.subscribe();
     let serving = tokio::spawn({
         let service = service.clone();
-        async move { service.run(stream).await }
+        async move { service.run(stream, events).await }
     });
     // Survivors of a previous mctld are adopted (and announced) once signals can be emitted.
     let adopted = mgr.recover();

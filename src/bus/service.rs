@@ -55,6 +55,11 @@ impl CallError {
     fn invalid_args(msg: impl Into<String>) -> Self {
         CallError("org.freedesktop.DBus.Error.InvalidArgs", msg.into())
     }
+
+    /// A message body that does not decode as the method's arguments: the caller's error.
+    fn bad_body(e: zbus::Error) -> Self {
+        CallError::invalid_args(format!("Invalid arguments: {e}"))
+    }
 }
 
 impl From<ManagerError> for CallError {
@@ -76,8 +81,10 @@ impl From<ManagerError> for CallError {
 }
 
 impl From<zbus::Error> for CallError {
+    /// A failure of ours (a broken connection, a failed reply), never the caller's argument:
+    /// bodies that do not decode go through [`CallError::bad_body`].
     fn from(e: zbus::Error) -> Self {
-        CallError::invalid_args(format!("Invalid arguments: {e}"))
+        CallError("org.freedesktop.DBus.Error.Failed", format!("Failed: {e}"))
     }
 }
 
@@ -215,11 +222,16 @@ impl Service {
     }
 
     /// Serves calls and emits signals until the connection closes. `stream` must be created
-    /// before the bus names are requested, so that no early call is missed.
-    pub async fn run(&self, mut stream: zbus::MessageStream) {
+    /// before the bus names are requested, so that no early call is missed, and `events`
+    /// (the manager's) before anything is registered or re-adopted, so that no early event is.
+    pub async fn run(
+        &self,
+        mut stream: zbus::MessageStream,
+        events: tokio::sync::broadcast::Receiver<crate::manager::Event>,
+    ) {
         let signals = {
             let me = self.clone();
-            let mut rx = self.mgr.subscribe();
+            let mut rx = events;
             tokio::spawn(async move {
                 loop {
                     match rx.recv().await {
@@ -462,7 +474,7 @@ impl Service {
         };
         match member {
             "GetAll" => {
-                let (iface,): (String,) = msg.body().deserialize()?;
+                let (iface,): (String,) = msg.body().deserialize().map_err(CallError::bad_body)?;
                 if iface.is_empty() {
                     // sd-bus semantics: every interface of the object, in order.
                     let mut out = Vec::new();
@@ -480,7 +492,7 @@ impl Service {
                 }
             }
             "Get" => {
-                let (iface, prop): (String, String) = msg.body().deserialize()?;
+                let (iface, prop): (String, String) = msg.body().deserialize().map_err(CallError::bad_body)?;
                 let props = all_props(&iface).ok_or_else(|| {
                     CallError(
                         "org.freedesktop.DBus.Error.UnknownInterface",
@@ -518,12 +530,12 @@ impl Service {
                 self.reply(hdr, &list).await
             }
             "GetMachine" => {
-                let (name,): (String,) = body.deserialize()?;
+                let (name,): (String,) = body.deserialize().map_err(CallError::bad_body)?;
                 let m = mgr.get(&name)?;
                 self.reply(hdr, &opath(paths::machine_path(&m.name))).await
             }
             "GetMachineByPID" => {
-                let (pid,): (u32,) = body.deserialize()?;
+                let (pid,): (u32,) = body.deserialize().map_err(CallError::bad_body)?;
                 let pid = if pid == 0 { self.caller(hdr).await?.pid } else { pid };
                 let m = mgr.by_pid(pid)?;
                 self.reply(hdr, &opath(paths::machine_path(&m.name))).await
@@ -533,30 +545,30 @@ impl Service {
                 self.reply(hdr, &list).await
             }
             "GetImage" => {
-                let (name,): (String,) = body.deserialize()?;
+                let (name,): (String,) = body.deserialize().map_err(CallError::bad_body)?;
                 let i = mgr.get_image(&name)?;
                 self.reply(hdr, &opath(paths::image_path(&i.name))).await
             }
             "GetImageOSRelease" => {
-                let (name,): (String,) = body.deserialize()?;
+                let (name,): (String,) = body.deserialize().map_err(CallError::bad_body)?;
                 self.image_os_release(hdr, name).await
             }
             "RemoveImage" | "RenameImage" | "CloneImage" | "MarkImageReadOnly" => {
                 let (name, op) = match member {
                     "RemoveImage" => {
-                        let (n,): (String,) = body.deserialize()?;
+                        let (n,): (String,) = body.deserialize().map_err(CallError::bad_body)?;
                         (n, ImageOp::Remove)
                     }
                     "RenameImage" => {
-                        let (n, to): (String, String) = body.deserialize()?;
+                        let (n, to): (String, String) = body.deserialize().map_err(CallError::bad_body)?;
                         (n, ImageOp::Rename(to))
                     }
                     "CloneImage" => {
-                        let (n, to, ro): (String, String, bool) = body.deserialize()?;
+                        let (n, to, ro): (String, String, bool) = body.deserialize().map_err(CallError::bad_body)?;
                         (n, ImageOp::Clone(to, ro))
                     }
                     _ => {
-                        let (n, ro): (String, bool) = body.deserialize()?;
+                        let (n, ro): (String, bool) = body.deserialize().map_err(CallError::bad_body)?;
                         (n, ImageOp::ReadOnly(ro))
                     }
                 };
@@ -565,10 +577,10 @@ impl Service {
             "RegisterMachine" | "RegisterMachineWithNetwork" => {
                 let (name, id, service, class, leader, root_directory, netif) = if member == "RegisterMachine"
                 {
-                    let (n, i, s, c, l, r): RegisterArgs = body.deserialize()?;
+                    let (n, i, s, c, l, r): RegisterArgs = body.deserialize().map_err(CallError::bad_body)?;
                     (n, i, s, c, l, r, Vec::new())
                 } else {
-                    body.deserialize::<RegisterNetworkArgs>()?
+                    body.deserialize::<RegisterNetworkArgs>().map_err(CallError::bad_body)?
                 };
                 let req = RegisterRequest { name, id, service, class, leader, root_directory, netif };
                 let caller = self.caller(hdr).await?;
@@ -577,30 +589,30 @@ impl Service {
                 self.reply(hdr, &opath(paths::machine_path(&m.name))).await
             }
             "UnregisterMachine" => {
-                let (name,): (String,) = body.deserialize()?;
+                let (name,): (String,) = body.deserialize().map_err(CallError::bad_body)?;
                 mgr.unregister(&name, &self.caller(hdr).await?)?;
                 self.reply(hdr, &()).await
             }
             "TerminateMachine" => {
-                let (name,): (String,) = body.deserialize()?;
+                let (name,): (String,) = body.deserialize().map_err(CallError::bad_body)?;
                 mgr.terminate(&name, &self.caller(hdr).await?)?;
                 self.reply(hdr, &()).await
             }
             "KillMachine" => {
-                let (name, who, signal): (String, String, i32) = body.deserialize()?;
+                let (name, who, signal): (String, String, i32) = body.deserialize().map_err(CallError::bad_body)?;
                 mgr.kill(&name, &who, signal, &self.caller(hdr).await?)?;
                 self.reply(hdr, &()).await
             }
             "GetMachineAddresses" => {
-                let (name,): (String,) = body.deserialize()?;
+                let (name,): (String,) = body.deserialize().map_err(CallError::bad_body)?;
                 self.addresses(hdr, name).await
             }
             "GetMachineOSRelease" => {
-                let (name,): (String,) = body.deserialize()?;
+                let (name,): (String,) = body.deserialize().map_err(CallError::bad_body)?;
                 self.os_release(hdr, name).await
             }
             "GetMachineUIDShift" => {
-                let (name,): (String,) = body.deserialize()?;
+                let (name,): (String,) = body.deserialize().map_err(CallError::bad_body)?;
                 self.reply(hdr, &mgr.uid_shift(&name)?).await
             }
             _ => Err(CallError(
@@ -614,12 +626,12 @@ impl Service {
         let body = msg.body();
         let op = match member {
             "Remove" => ImageOp::Remove,
-            "Rename" => ImageOp::Rename(body.deserialize::<(String,)>()?.0),
+            "Rename" => ImageOp::Rename(body.deserialize::<(String,)>().map_err(CallError::bad_body)?.0),
             "Clone" => {
-                let (to, ro): (String, bool) = body.deserialize()?;
+                let (to, ro): (String, bool) = body.deserialize().map_err(CallError::bad_body)?;
                 ImageOp::Clone(to, ro)
             }
-            "MarkReadOnly" => ImageOp::ReadOnly(body.deserialize::<(bool,)>()?.0),
+            "MarkReadOnly" => ImageOp::ReadOnly(body.deserialize::<(bool,)>().map_err(CallError::bad_body)?.0),
             "GetOSRelease" => return self.image_os_release(hdr, name.to_owned()).await,
             _ => {
                 return Err(CallError(
@@ -673,18 +685,18 @@ impl Service {
     async fn mctl_call(&self, msg: &Message, hdr: &Header<'_>, member: &str) -> Reply {
         match member {
             "GetMachineControlGroup" => {
-                let (name,): (String,) = msg.body().deserialize()?;
+                let (name,): (String,) = msg.body().deserialize().map_err(CallError::bad_body)?;
                 self.reply(hdr, &self.mgr.control_group(&name)?).await
             }
             "FreezeMachine" | "ThawMachine" => {
-                let (name,): (String,) = msg.body().deserialize()?;
+                let (name,): (String,) = msg.body().deserialize().map_err(CallError::bad_body)?;
                 let frozen = member == "FreezeMachine";
                 // Waiting for the freezer blocks (with a deadline of its own).
                 self.blocking(hdr, None, move |mgr, caller| mgr.freeze(&name, frozen, caller)).await?;
                 self.reply(hdr, &()).await
             }
             "IsMachineFrozen" => {
-                let (name,): (String,) = msg.body().deserialize()?;
+                let (name,): (String,) = msg.body().deserialize().map_err(CallError::bad_body)?;
                 let m = self.mgr.get(&name)?;
                 self.reply(hdr, &self.mgr.is_frozen(&m)).await
             }
@@ -713,7 +725,7 @@ impl Service {
                 self.reply(hdr, &()).await
             }
             "Kill" => {
-                let (who, signal): (String, i32) = msg.body().deserialize()?;
+                let (who, signal): (String, i32) = msg.body().deserialize().map_err(CallError::bad_body)?;
                 mgr.kill(name, &who, signal, &self.caller(hdr).await?)?;
                 self.reply(hdr, &()).await
             }
