@@ -36,7 +36,8 @@ cargo clippy --locked --all-targets -- -D warnings
 log=$(mktemp)
 rc=$(mktemp)
 trap 'rm -f "$log" "$rc"' EXIT
-{ cargo test --locked --no-fail-fast -- --test-threads=2; echo $? > "$rc"; } 2>&1 | tee "$log"
+# (|| keeps set -e from ending the block before the status is written.)
+{ status=0; cargo test --locked --no-fail-fast -- --test-threads=2 || status=$?; echo "$status" > "$rc"; } 2>&1 | tee "$log"
 awk '
     /Running unittests/ { kind = "unit" }
     /Running tests\// { kind = "integration"; files++ }
