@@ -1,6 +1,7 @@
 //! D-Bus adapters: the machine1 service mctld offers and the client proxies the CLI and the
 //! launcher use. Thin over [`crate::manager`]; no domain logic lives here.
 
+mod calls;
 pub mod client;
 pub mod introspect;
 pub mod limits;

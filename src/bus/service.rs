@@ -22,8 +22,9 @@ use zbus::{Connection, Message, OwnedObjectPath, OwnedVariant, Variant};
 
 use crate::images::store::ImageInfo;
 use crate::manager::pool::{BlockingPool, Class};
-use crate::manager::{Caller, Event, Machine, Manager, ManagerError, RegisterRequest};
+use crate::manager::{Caller, Event, Machine, Manager, ManagerError};
 
+use super::calls::{DecodeError, ImageOp, ManagerCall};
 use super::introspect::{self, IMAGE, Interface, MACHINE, MANAGER, MCTL_MANAGER};
 use super::limits::{Admission, Limits, Ticket};
 use super::paths::{self, IMAGE_DIR, MACHINE_DIR, MANAGER_PATH};
@@ -90,11 +91,6 @@ impl From<zbus::Error> for CallError {
 
 type Reply = Result<(), CallError>;
 
-/// `RegisterMachine`'s arguments: name, id, service, class, leader, root directory.
-type RegisterArgs = (String, Vec<u8>, String, String, u32, String);
-/// `RegisterMachineWithNetwork`'s: the same plus interface indices.
-type RegisterNetworkArgs = (String, Vec<u8>, String, String, u32, String, Vec<i32>);
-
 fn ov<'a>(v: impl Into<Variant<'a>>) -> OwnedVariant {
     OwnedVariant::try_from(v.into()).expect("plain values have no fds")
 }
@@ -156,14 +152,6 @@ fn manager_props(mgr: &Manager) -> Props {
 
 fn opath(s: String) -> OwnedObjectPath {
     OwnedObjectPath::try_from(s).expect("escaped labels are valid object path elements")
-}
-
-/// A change to an image.
-enum ImageOp {
-    Remove,
-    Rename(String),
-    Clone(String, bool),
-    ReadOnly(bool),
 }
 
 /// What lives at an object path.
@@ -492,7 +480,8 @@ impl Service {
                 }
             }
             "Get" => {
-                let (iface, prop): (String, String) = msg.body().deserialize().map_err(CallError::bad_body)?;
+                let (iface, prop): (String, String) =
+                    msg.body().deserialize().map_err(CallError::bad_body)?;
                 let props = all_props(&iface).ok_or_else(|| {
                     CallError(
                         "org.freedesktop.DBus.Error.UnknownInterface",
@@ -515,10 +504,19 @@ impl Service {
     }
 
     async fn manager_call(&self, msg: &Message, hdr: &Header<'_>, member: &str) -> Reply {
-        let body = msg.body();
         let mgr = &self.mgr;
-        match member {
-            "ListMachines" => {
+        let call = match ManagerCall::decode(member, &msg.body()) {
+            Ok(c) => c,
+            Err(DecodeError::BadBody(e)) => return Err(CallError::bad_body(e)),
+            Err(DecodeError::UnknownMethod) => {
+                return Err(CallError(
+                    "org.freedesktop.DBus.Error.UnknownMethod",
+                    format!("Unknown method {member}."),
+                ));
+            }
+        };
+        match call {
+            ManagerCall::ListMachines => {
                 let list: Vec<(String, String, String, OwnedObjectPath)> = mgr
                     .list()
                     .into_iter()
@@ -529,96 +527,46 @@ impl Service {
                     .collect();
                 self.reply(hdr, &list).await
             }
-            "GetMachine" => {
-                let (name,): (String,) = body.deserialize().map_err(CallError::bad_body)?;
+            ManagerCall::GetMachine(name) => {
                 let m = mgr.get(&name)?;
                 self.reply(hdr, &opath(paths::machine_path(&m.name))).await
             }
-            "GetMachineByPID" => {
-                let (pid,): (u32,) = body.deserialize().map_err(CallError::bad_body)?;
+            ManagerCall::GetMachineByPid(pid) => {
                 let pid = if pid == 0 { self.caller(hdr).await?.pid } else { pid };
                 let m = mgr.by_pid(pid)?;
                 self.reply(hdr, &opath(paths::machine_path(&m.name))).await
             }
-            "ListImages" => {
+            ManagerCall::ListImages => {
                 let list: Vec<ImageEntry> = mgr.list_images()?.iter().map(image_entry).collect();
                 self.reply(hdr, &list).await
             }
-            "GetImage" => {
-                let (name,): (String,) = body.deserialize().map_err(CallError::bad_body)?;
+            ManagerCall::GetImage(name) => {
                 let i = mgr.get_image(&name)?;
                 self.reply(hdr, &opath(paths::image_path(&i.name))).await
             }
-            "GetImageOSRelease" => {
-                let (name,): (String,) = body.deserialize().map_err(CallError::bad_body)?;
-                self.image_os_release(hdr, name).await
-            }
-            "RemoveImage" | "RenameImage" | "CloneImage" | "MarkImageReadOnly" => {
-                let (name, op) = match member {
-                    "RemoveImage" => {
-                        let (n,): (String,) = body.deserialize().map_err(CallError::bad_body)?;
-                        (n, ImageOp::Remove)
-                    }
-                    "RenameImage" => {
-                        let (n, to): (String, String) = body.deserialize().map_err(CallError::bad_body)?;
-                        (n, ImageOp::Rename(to))
-                    }
-                    "CloneImage" => {
-                        let (n, to, ro): (String, String, bool) = body.deserialize().map_err(CallError::bad_body)?;
-                        (n, ImageOp::Clone(to, ro))
-                    }
-                    _ => {
-                        let (n, ro): (String, bool) = body.deserialize().map_err(CallError::bad_body)?;
-                        (n, ImageOp::ReadOnly(ro))
-                    }
-                };
-                self.image_op(hdr, name, op).await
-            }
-            "RegisterMachine" | "RegisterMachineWithNetwork" => {
-                let (name, id, service, class, leader, root_directory, netif) = if member == "RegisterMachine"
-                {
-                    let (n, i, s, c, l, r): RegisterArgs = body.deserialize().map_err(CallError::bad_body)?;
-                    (n, i, s, c, l, r, Vec::new())
-                } else {
-                    body.deserialize::<RegisterNetworkArgs>().map_err(CallError::bad_body)?
-                };
-                let req = RegisterRequest { name, id, service, class, leader, root_directory, netif };
+            ManagerCall::GetImageOsRelease(name) => self.image_os_release(hdr, name).await,
+            ManagerCall::Image(name, op) => self.image_op(hdr, name, op).await,
+            ManagerCall::Register(req) => {
                 let caller = self.caller(hdr).await?;
                 let m = mgr.register(req, &caller)?;
                 tracing::info!(machine = %m.name, leader = m.leader, "machine registered");
                 self.reply(hdr, &opath(paths::machine_path(&m.name))).await
             }
-            "UnregisterMachine" => {
-                let (name,): (String,) = body.deserialize().map_err(CallError::bad_body)?;
+            ManagerCall::Unregister(name) => {
                 mgr.unregister(&name, &self.caller(hdr).await?)?;
                 self.reply(hdr, &()).await
             }
-            "TerminateMachine" => {
-                let (name,): (String,) = body.deserialize().map_err(CallError::bad_body)?;
+            ManagerCall::Terminate(name) => {
                 mgr.terminate(&name, &self.caller(hdr).await?)?;
                 self.reply(hdr, &()).await
             }
-            "KillMachine" => {
-                let (name, who, signal): (String, String, i32) = body.deserialize().map_err(CallError::bad_body)?;
+            ManagerCall::Kill { name, who, signal } => {
                 mgr.kill(&name, &who, signal, &self.caller(hdr).await?)?;
                 self.reply(hdr, &()).await
             }
-            "GetMachineAddresses" => {
-                let (name,): (String,) = body.deserialize().map_err(CallError::bad_body)?;
-                self.addresses(hdr, name).await
-            }
-            "GetMachineOSRelease" => {
-                let (name,): (String,) = body.deserialize().map_err(CallError::bad_body)?;
-                self.os_release(hdr, name).await
-            }
-            "GetMachineUIDShift" => {
-                let (name,): (String,) = body.deserialize().map_err(CallError::bad_body)?;
-                self.reply(hdr, &mgr.uid_shift(&name)?).await
-            }
-            _ => Err(CallError(
-                "org.freedesktop.DBus.Error.UnknownMethod",
-                format!("Unknown method {member}."),
-            )),
+            ManagerCall::Addresses(name) => self.addresses(hdr, name).await,
+            ManagerCall::OsRelease(name) => self.os_release(hdr, name).await,
+            ManagerCall::UidShift(name) => self.reply(hdr, &mgr.uid_shift(&name)?).await,
         }
     }
 
@@ -631,7 +579,9 @@ impl Service {
                 let (to, ro): (String, bool) = body.deserialize().map_err(CallError::bad_body)?;
                 ImageOp::Clone(to, ro)
             }
-            "MarkReadOnly" => ImageOp::ReadOnly(body.deserialize::<(bool,)>().map_err(CallError::bad_body)?.0),
+            "MarkReadOnly" => {
+                ImageOp::ReadOnly(body.deserialize::<(bool,)>().map_err(CallError::bad_body)?.0)
+            }
             "GetOSRelease" => return self.image_os_release(hdr, name.to_owned()).await,
             _ => {
                 return Err(CallError(

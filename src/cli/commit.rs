@@ -73,11 +73,14 @@ pub fn commit(machine: &str, image: &str, cfg: &CliConfig) -> Result<i32, CliErr
         ));
     }
     // Absolute, because the copy below runs with the working directory in the machine's root.
-    let store_root = std::path::absolute(&cfg.image_store).map_err(|e| CliError::new(e.to_string()))?;
+    let store_root = std::path::absolute(&cfg.image_store).map_err(|e| {
+        CliError::new(format!("cannot resolve the image store {}: {e}", cfg.image_store.display()))
+    })?;
     let store = ImageStore::new(store_root);
     store.ensure_absent(image).map_err(|e| CliError::new(e.to_string()))?;
     let leader = leader_of(machine)?;
-    let root = crate::launcher::enter::root_mount_of(leader).map_err(|e| CliError::new(e.to_string()))?;
+    let root = crate::launcher::enter::root_mount_of(leader)
+        .map_err(|e| CliError::new(format!("cannot take the root of machine {machine}: {e}")))?;
     // Signals from here on remove the half-made image (and the guard thaws the machine).
     interrupt::install().map_err(|e| CliError::new(format!("cannot install signal handlers: {e}")))?;
     let tmp = store.temp_image("commit", image).map_err(|e| CliError::new(e.to_string()))?;

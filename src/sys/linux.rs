@@ -77,10 +77,13 @@ impl Sys for LinuxSys {
     fn pivot_root(&self, new_root: &Path) -> io::Result<()> {
         // pivot_root(".", ".") stacks the old root on top of the new one; unmounting "."
         // then detaches the old root, so nothing of the host's tree stays reachable.
-        nix::unistd::chdir(new_root)?;
-        nix::unistd::pivot_root(".", ".")?;
-        nix::mount::umount2(".", MntFlags::MNT_DETACH)?;
-        nix::unistd::chdir("/")?;
+        let step = |what: &'static str| {
+            move |e: nix::Error| io::Error::new(io::Error::from(e).kind(), format!("{what}: {e}"))
+        };
+        nix::unistd::chdir(new_root).map_err(step("change into the new root"))?;
+        nix::unistd::pivot_root(".", ".").map_err(step("pivot_root"))?;
+        nix::mount::umount2(".", MntFlags::MNT_DETACH).map_err(step("detach the old root"))?;
+        nix::unistd::chdir("/").map_err(step("change to /"))?;
         Ok(())
     }
 
