@@ -247,7 +247,7 @@ fn run_command(
     if let Ok(term) = std::env::var("TERM") {
         env.push(("TERM".to_owned(), term));
     }
-    let home = exec::become_user(user, &mut env)?;
+    let home = exec::become_user(&crate::sys::linux::LinuxSys, user, &mut env)?;
     for (k, v) in &spec.env {
         exec::set_env(&mut env, k, v);
     }

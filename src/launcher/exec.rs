@@ -7,9 +7,7 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use nix::unistd::{Gid, Uid};
-
-use crate::sys::linux;
+use crate::sys::{Sys, linux};
 
 use super::identity::{User, lookup_user};
 use super::{ChildError, DEFAULT_PATH};
@@ -61,11 +59,14 @@ pub(crate) fn lookup_in_machine(who: &str) -> Result<User, ChildError> {
 }
 
 /// Switches to `user`; sets HOME, USER, LOGNAME and SHELL in `env`; returns the home directory.
-pub(crate) fn become_user(user: User, env: &mut Vec<(String, String)>) -> Result<String, ChildError> {
-    let groups: Vec<Gid> = user.groups.iter().map(|g| Gid::from_raw(*g)).collect();
-    nix::unistd::setgroups(&groups).map_err(|e| ChildError::Step("set supplementary groups", e.into()))?;
-    nix::unistd::setgid(Gid::from_raw(user.gid)).map_err(|e| ChildError::Step("set group id", e.into()))?;
-    nix::unistd::setuid(Uid::from_raw(user.uid)).map_err(|e| ChildError::Step("set user id", e.into()))?;
+pub(crate) fn become_user(
+    sys: &impl Sys,
+    user: User,
+    env: &mut Vec<(String, String)>,
+) -> Result<String, ChildError> {
+    sys.set_identity(user.uid, user.gid, &user.groups).map_err(|e| {
+        ChildError::Message(format!("cannot become user {} ({}:{}): {e}", user.name, user.uid, user.gid))
+    })?;
     set_env(env, "HOME", &user.home);
     set_env(env, "USER", &user.name);
     set_env(env, "LOGNAME", &user.name);
@@ -106,5 +107,34 @@ pub(crate) fn exec_search(argv: &[String], env: &[(String, String)], envp: &[CSt
     match denied {
         Some((full, err)) => ChildError::Exec(full, err),
         None => ChildError::NotFound(cmd.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::fake::FakeSys;
+
+    #[test]
+    fn becoming_a_user_sets_the_identity_and_the_environment() {
+        let sys = FakeSys::new();
+        let user = User {
+            name: "tester".into(),
+            uid: 1000,
+            gid: 1000,
+            home: "/home/tester".into(),
+            shell: "/bin/sh".into(),
+            groups: vec![100],
+        };
+        let mut env = vec![("HOME".to_owned(), "/root".to_owned())];
+        assert_eq!(become_user(&sys, user.clone(), &mut env).unwrap(), "/home/tester");
+        assert_eq!(sys.calls(), ["identity 1000:1000 [100]"]);
+        assert!(
+            env.contains(&("HOME".into(), "/home/tester".into()))
+                && env.contains(&("USER".into(), "tester".into()))
+        );
+        sys.fail_on("identity", libc::EPERM);
+        let err = become_user(&sys, user, &mut env).unwrap_err();
+        assert!(err.to_string().starts_with("cannot become user tester (1000:1000)"), "{err}");
     }
 }

@@ -6,9 +6,10 @@ use std::convert::Infallible;
 use std::path::Path;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sched::{CloneFlags, unshare};
+use nix::sched::CloneFlags;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
 
+use crate::sys::Sys;
 use crate::sys::linux::{self, Forked, LinuxSys};
 
 use super::channel::ChildEnd;
@@ -30,14 +31,7 @@ pub(super) fn run(ctx: &ChildContext<'_>, chan: &ChildEnd, console: Option<&str>
 }
 
 fn inner(ctx: &ChildContext<'_>, chan: &ChildEnd, console: Option<&str>) -> Result<Infallible, ChildError> {
-    // The launcher placed us in the payload cgroup; that becomes the root the guest sees.
-    unshare(CloneFlags::CLONE_NEWCGROUP)
-        .map_err(|e| ChildError::Step("create cgroup namespace", e.into()))?;
-    mounts::apply(
-        &LinuxSys,
-        &Trees::default(),
-        &mounts::inner_plan(&ctx.boot_id, ctx.spec.network.needs_netns()),
-    )?;
+    mount_api_filesystems(&LinuxSys, &ctx.boot_id, ctx.spec.network.needs_netns())?;
 
     if !chan.wait_go()? {
         // The launcher went away: nothing to run for.
@@ -72,6 +66,14 @@ fn inner(ctx: &ChildContext<'_>, chan: &ChildEnd, console: Option<&str>) -> Resu
     }
 }
 
+/// The cgroup namespace (the launcher placed us in the payload cgroup; that becomes the root
+/// the guest sees), then what must be mounted from inside the new pid namespace (/proc, /sys).
+fn mount_api_filesystems(sys: &impl Sys, boot_id: &uuid::Uuid, own_network: bool) -> Result<(), ChildError> {
+    sys.unshare(CloneFlags::CLONE_NEWCGROUP).map_err(ChildError::step("create cgroup namespace"))?;
+    mounts::apply(sys, &Trees::default(), &mounts::inner_plan(boot_id, own_network))?;
+    Ok(())
+}
+
 /// Whether the launcher's end of the channel is closed.
 fn launcher_gone(chan: &ChildEnd) -> bool {
     let mut fds = [PollFd::new(chan.fd(), PollFlags::POLLIN)];
@@ -96,7 +98,7 @@ fn exec_payload(ctx: &ChildContext<'_>, console: Option<&str>) -> Result<Infalli
 
     let mut env = ctx.env.clone();
     let home = match &ctx.spec.user {
-        Some(who) => Some(exec::become_user(exec::lookup_in_machine(who)?, &mut env)?),
+        Some(who) => Some(exec::become_user(&LinuxSys, exec::lookup_in_machine(who)?, &mut env)?),
         None => None,
     };
     // User-given variables win over everything mctl sets.
@@ -128,5 +130,24 @@ fn exec_payload(ctx: &ChildContext<'_>, console: Option<&str>) -> Result<Infalli
             Err(ChildError::Exec(init.to_owned(), err))
         }
         Payload::Command { argv, .. } => Err(exec::exec_search(argv, &env, &envp)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::fake::FakeSys;
+
+    #[test]
+    fn the_cgroup_namespace_comes_before_proc_sys_and_cgroup2() {
+        let sys = FakeSys::new();
+        mount_api_filesystems(&sys, &uuid::Uuid::nil(), false).unwrap();
+        let calls = sys.calls();
+        assert_eq!(calls[0], "unshare CloneFlags(CLONE_NEWCGROUP)");
+        let cgroup2 = calls.iter().position(|c| c.contains(" cgroup2 ")).expect("cgroup2 mounted");
+        assert!(cgroup2 > 0);
+        sys.fail_on("unshare", libc::EPERM);
+        let err = mount_api_filesystems(&sys, &uuid::Uuid::nil(), false).unwrap_err();
+        assert!(err.to_string().starts_with("cannot create cgroup namespace"), "{err}");
     }
 }

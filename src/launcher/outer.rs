@@ -6,16 +6,17 @@ use std::fs;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 
-use nix::sched::{CloneFlags, unshare};
+use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, bind, setsockopt, socket, sockopt};
 
+use crate::sys::Sys;
 use crate::sys::linux::{self, Forked, LinuxSys};
 
 use super::channel::ChildEnd;
 use super::inner;
 use super::mounts::{self, TreeId, Trees};
-use super::spec::{ConsoleMode, Volatile};
+use super::spec::{ConsoleMode, LaunchSpec, Volatile};
 use super::{ChildContext, ChildError};
 use crate::network::NetworkMode;
 
@@ -36,12 +37,11 @@ fn outer(ctx: &ChildContext<'_>, chan: &ChildEnd) -> Result<(), ChildError> {
     for file in &ctx.join_cgroup_files {
         fs::write(file, "0").map_err(ChildError::path_step("join cgroup", file))?;
     }
-    unshare(CloneFlags::CLONE_NEWNS).map_err(|e| ChildError::Step("create mount namespace", e.into()))?;
-    // Before any mount: sysfs shows the network namespace of whoever mounts it.
-    enter_network_namespace(ctx)?;
     let sys = LinuxSys;
-    // Receive mounts from the host but never send any back to it.
-    mounts::apply(&sys, &Trees::default(), &mounts::isolate_plan())?;
+    enter_namespaces(&sys, ctx.spec)?;
+    if ctx.spec.network.needs_netns() {
+        crate::network::loopback_up().map_err(ChildError::step("bring up loopback"))?;
+    }
     let mut trees = open_host_trees(ctx)?;
     if let Some(scratch) = &ctx.scratch {
         if ctx.spec.volatile == Volatile::Yes {
@@ -89,9 +89,7 @@ fn outer(ctx: &ChildContext<'_>, chan: &ChildEnd) -> Result<(), ChildError> {
         Some(slave)
     };
 
-    unshare(CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC)
-        .map_err(|e| ChildError::Step("create pid, uts and ipc namespaces", e.into()))?;
-    nix::unistd::sethostname(ctx.spec.hostname()).map_err(|e| ChildError::Step("set hostname", e.into()))?;
+    machine_namespaces(&sys, ctx.spec)?;
     match linux::fork().map_err(ChildError::step("fork the machine's PID 1"))? {
         Forked::Child => inner::run(ctx, chan, console.as_deref()),
         Forked::Parent(pid) => chan.pid(pid)?,
@@ -99,25 +97,30 @@ fn outer(ctx: &ChildContext<'_>, chan: &ChildEnd) -> Result<(), ChildError> {
     Ok(())
 }
 
-/// A network namespace of the machine's own (`--private-network`, veth, bridge, zone, moved
-/// interfaces) or an existing one (`--network-namespace-path`), with loopback up.
-fn enter_network_namespace(ctx: &ChildContext<'_>) -> Result<(), ChildError> {
-    let net = &ctx.spec.network;
-    if !net.needs_netns() {
-        return Ok(());
+/// The child's own mount namespace, receiving the host's mounts but sending none back, and
+/// the machine's network namespace: a new one (`--private-network`, veth, bridge, zone, moved
+/// interfaces) or an existing one (`--network-namespace-path`). The network namespace comes
+/// before any mount: sysfs shows the network namespace of whoever mounts it.
+fn enter_namespaces(sys: &impl Sys, spec: &LaunchSpec) -> Result<(), ChildError> {
+    sys.unshare(CloneFlags::CLONE_NEWNS).map_err(ChildError::step("create mount namespace"))?;
+    if spec.network.needs_netns() {
+        if let NetworkMode::NamespacePath(path) = &spec.network.mode {
+            let ns = fs::File::open(path).map_err(ChildError::path_step("open network namespace", path))?;
+            sys.setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
+                .map_err(ChildError::path_step("join network namespace", path))?;
+        } else {
+            sys.unshare(CloneFlags::CLONE_NEWNET).map_err(ChildError::step("create network namespace"))?;
+        }
     }
-    if let NetworkMode::NamespacePath(path) = &net.mode {
-        let ns = fs::File::open(path).map_err(ChildError::path_step("open network namespace", path))?;
-        nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|e| ChildError::PathStep {
-            step: "join network namespace",
-            path: path.clone(),
-            source: e.into(),
-        })?;
-    } else {
-        unshare(CloneFlags::CLONE_NEWNET)
-            .map_err(|e| ChildError::Step("create network namespace", e.into()))?;
-    }
-    crate::network::loopback_up().map_err(ChildError::step("bring up loopback"))
+    mounts::apply(sys, &Trees::default(), &mounts::isolate_plan())?;
+    Ok(())
+}
+
+/// The pid, uts and ipc namespaces the machine's PID 1 is forked into next, and its hostname.
+fn machine_namespaces(sys: &impl Sys, spec: &LaunchSpec) -> Result<(), ChildError> {
+    sys.unshare(CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC)
+        .map_err(ChildError::step("create pid, uts and ipc namespaces"))?;
+    sys.sethostname(spec.hostname()).map_err(ChildError::step("set hostname"))
 }
 
 /// A detached copy of the mount tree at `path` (read-only when `ro`).
@@ -147,4 +150,45 @@ fn open_host_trees(ctx: &ChildContext<'_>) -> Result<Trees, ChildError> {
         trees.insert(TreeId::Bind(i), ro_tree(&b.source, b.recursive, b.read_only)?);
     }
     Ok(trees)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::network::{NetworkMode, NetworkSpec};
+    use crate::sys::fake::FakeSys;
+
+    #[test]
+    fn namespaces_come_before_any_mount_and_the_network_before_sysfs() {
+        let sys = FakeSys::new();
+        let mut spec = LaunchSpec::for_test(Path::new("/m"));
+        spec.network = NetworkSpec::new(NetworkMode::Private);
+        enter_namespaces(&sys, &spec).unwrap();
+        let calls = sys.calls();
+        assert_eq!(calls[0], "unshare CloneFlags(CLONE_NEWNS)");
+        assert_eq!(calls[1], "unshare CloneFlags(CLONE_NEWNET)");
+        assert_eq!(calls[2], "mount - / - MsFlags(MS_REC | MS_SLAVE) -");
+    }
+
+    #[test]
+    fn the_hosts_network_means_no_network_namespace() {
+        let sys = FakeSys::new();
+        enter_namespaces(&sys, &LaunchSpec::for_test(Path::new("/m"))).unwrap();
+        assert!(!sys.calls().iter().any(|c| c.contains("NEWNET")), "{:?}", sys.calls());
+    }
+
+    #[test]
+    fn the_machine_gets_its_namespaces_and_hostname() {
+        let sys = FakeSys::new();
+        let mut spec = LaunchSpec::for_test(Path::new("/m"));
+        spec.hostname = Some("web1".into());
+        machine_namespaces(&sys, &spec).unwrap();
+        assert_eq!(
+            sys.calls(),
+            ["unshare CloneFlags(CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID)", "sethostname web1"]
+        );
+        sys.fail_on("sethostname", libc::EPERM);
+        let err = machine_namespaces(&sys, &spec).unwrap_err();
+        assert_eq!(err.to_string(), "cannot set hostname: Operation not permitted (os error 1)");
+    }
 }

@@ -142,6 +142,40 @@ pub struct LaunchSpec {
     pub network: crate::network::NetworkSpec,
 }
 
+#[cfg(test)]
+impl LaunchSpec {
+    /// A plain `run` of `/bin/true` in `root`, named `test`, with every option at its default.
+    pub fn for_test(root: &Path) -> LaunchSpec {
+        LaunchSpec {
+            root: root.to_owned(),
+            name: MachineName::new("test").expect("a valid name"),
+            hostname: None,
+            uuid: None,
+            payload: Payload::Command { argv: vec!["/bin/true".into()], as_pid2: false },
+            binds: Vec::new(),
+            tmpfs: Vec::new(),
+            env: Vec::new(),
+            chdir: None,
+            user: None,
+            read_only: false,
+            ephemeral: false,
+            volatile: Volatile::No,
+            overlays: Vec::new(),
+            runtime_dir: PathBuf::from("/run/mctl"),
+            capabilities: CapabilityAdjust::default(),
+            syscall_filter: crate::seccomp::FilterChanges::default(),
+            kill_signal: None,
+            keep_unit: false,
+            quiet: true,
+            console: ConsoleMode::Pipe,
+            notify_ready: false,
+            cgroup: CgroupConfig::default(),
+            register: super::register::RegisterMode::No,
+            network: crate::network::NetworkSpec::new(crate::network::NetworkMode::Host),
+        }
+    }
+}
+
 impl LaunchSpec {
     /// The hostname the machine gets.
     pub fn hostname(&self) -> &str {

@@ -7,6 +7,7 @@ use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags};
+use nix::sched::CloneFlags;
 
 use super::{NodeKind, Sys};
 
@@ -120,5 +121,21 @@ impl Sys for FakeSys {
 
     fn attach(&self, _tree: BorrowedFd<'_>, target: &Path) -> io::Result<()> {
         self.record(target, format!("attach {}", target.display()))
+    }
+
+    fn unshare(&self, flags: CloneFlags) -> io::Result<()> {
+        self.record(Path::new("unshare"), format!("unshare {flags:?}"))
+    }
+
+    fn setns(&self, _ns: BorrowedFd<'_>, kind: CloneFlags) -> io::Result<()> {
+        self.record(Path::new("setns"), format!("setns {kind:?}"))
+    }
+
+    fn sethostname(&self, name: &str) -> io::Result<()> {
+        self.record(Path::new("sethostname"), format!("sethostname {name}"))
+    }
+
+    fn set_identity(&self, uid: u32, gid: u32, groups: &[u32]) -> io::Result<()> {
+        self.record(Path::new("identity"), format!("identity {uid}:{gid} {groups:?}"))
     }
 }

@@ -95,6 +95,27 @@ impl Sys for LinuxSys {
     fn attach(&self, tree: BorrowedFd<'_>, target: &Path) -> io::Result<()> {
         move_mount(tree, target)
     }
+
+    fn unshare(&self, flags: nix::sched::CloneFlags) -> io::Result<()> {
+        Ok(nix::sched::unshare(flags)?)
+    }
+
+    fn setns(&self, ns: BorrowedFd<'_>, kind: nix::sched::CloneFlags) -> io::Result<()> {
+        Ok(nix::sched::setns(ns, kind)?)
+    }
+
+    fn sethostname(&self, name: &str) -> io::Result<()> {
+        Ok(nix::unistd::sethostname(name)?)
+    }
+
+    fn set_identity(&self, uid: u32, gid: u32, groups: &[u32]) -> io::Result<()> {
+        use nix::unistd::{Gid, Uid};
+        let groups: Vec<Gid> = groups.iter().map(|g| Gid::from_raw(*g)).collect();
+        nix::unistd::setgroups(&groups)?;
+        nix::unistd::setgid(Gid::from_raw(gid))?;
+        nix::unistd::setuid(Uid::from_raw(uid))?;
+        Ok(())
+    }
 }
 
 fn check(ret: libc::c_long) -> io::Result<libc::c_long> {

@@ -9,6 +9,7 @@ use std::os::fd::BorrowedFd;
 use std::path::Path;
 
 use nix::mount::{MntFlags, MsFlags};
+use nix::sched::CloneFlags;
 
 #[cfg(test)]
 pub mod fake;
@@ -59,4 +60,12 @@ pub trait Sys {
     fn tree_is_dir(&self, tree: BorrowedFd<'_>) -> io::Result<bool>;
     /// Attaches a detached mount (from `open_tree`) at `target`.
     fn attach(&self, tree: BorrowedFd<'_>, target: &Path) -> io::Result<()>;
+    /// unshare(2).
+    fn unshare(&self, flags: CloneFlags) -> io::Result<()>;
+    /// setns(2) into the namespace `ns` is a handle of.
+    fn setns(&self, ns: BorrowedFd<'_>, kind: CloneFlags) -> io::Result<()>;
+    /// sethostname(2).
+    fn sethostname(&self, name: &str) -> io::Result<()>;
+    /// Becomes `uid`/`gid` with the supplementary `groups` (setgroups, setgid, setuid).
+    fn set_identity(&self, uid: u32, gid: u32, groups: &[u32]) -> io::Result<()>;
 }
