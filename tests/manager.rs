@@ -293,9 +293,22 @@ fn mctl_cli_manages_machines() {
     assert!(!common::stdout(&run_mctl(&bus, &["status", "mcli"])).contains("Frozen"));
     assert_eq!(common::stdout(&run_mctl(&bus, &["shell", "mcli", "/bin/echo", "thawed"])), "thawed\n");
 
-    // kill: signals reach the named processes.
-    let o = run_mctl(&bus, &["kill", "--kill-whom=leader", "-s", "SIGCONT", "mcli"]);
+    // kill: signals reach the named processes, and only them. A guest service records what
+    // it gets; the leader alone (systemd: SIGUSR2 dumps its state) must not reach it, all
+    // must. The leader-only signal goes first, so had it reached the service, its file would be
+    // there by the time the second signal's is.
+    m.sh("rm -f /run/got-usr1 /run/got-usr2; systemd-run --unit=trapper sh -c 'trap \"touch /run/got-usr1\" USR1; trap \"touch /run/got-usr2\" USR2; touch /run/trapping; while :; do sleep 0.1; done'");
+    assert!(wait_until(Duration::from_secs(10), || m.sh("test -e /run/trapping && echo yes") == "yes"));
+    let o = run_mctl(&bus, &["kill", "--kill-whom=leader", "-s", "SIGUSR2", "mcli"]);
     assert_eq!(o.status.code(), Some(0), "{}", common::stderr(&o));
+    let o = run_mctl(&bus, &["kill", "--kill-whom=all", "-s", "SIGUSR1", "mcli"]);
+    assert_eq!(o.status.code(), Some(0), "{}", common::stderr(&o));
+    assert!(
+        wait_until(Duration::from_secs(10), || m.sh("test -e /run/got-usr1 && echo yes") == "yes"),
+        "--kill-whom=all did not reach the guest's service"
+    );
+    assert_eq!(m.sh("test -e /run/got-usr2 && echo reached"), "", "--kill-whom=leader reached a service");
+    m.sh("systemctl stop trapper");
     let o = run_mctl(&bus, &["kill", "-s", "NOPE", "mcli"]);
     assert!(common::stderr(&o).contains("unknown signal"));
 
