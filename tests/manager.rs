@@ -40,6 +40,58 @@ fn reference(file: &str) -> String {
     std::fs::read_to_string(format!("{}/tests/data/machined-252/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
 
+/// machined 252 Manager methods mctld does not serve yet (issue 15 adds the session and copy
+/// verbs; the pool, image-metadata and user-mapping calls are not planned yet).
+const MANAGER_NOT_YET: [&str; 21] = [
+    "CreateMachine",
+    "CreateMachineWithNetwork",
+    "OpenMachinePTY",
+    "OpenMachineLogin",
+    "OpenMachineShell",
+    "BindMountMachine",
+    "CopyFromMachine",
+    "CopyToMachine",
+    "CopyFromMachineWithFlags",
+    "CopyToMachineWithFlags",
+    "OpenMachineRootDirectory",
+    "GetImageHostname",
+    "GetImageMachineID",
+    "GetImageMachineInfo",
+    "SetPoolLimit",
+    "SetImageLimit",
+    "CleanPool",
+    "MapFromMachineUser",
+    "MapToMachineUser",
+    "MapFromMachineGroup",
+    "MapToMachineGroup",
+];
+
+/// The same for a machine object.
+const MACHINE_NOT_YET: [&str; 9] = [
+    "OpenPTY",
+    "OpenLogin",
+    "OpenShell",
+    "BindMount",
+    "CopyFrom",
+    "CopyTo",
+    "CopyFromWithFlags",
+    "CopyToWithFlags",
+    "OpenRootDirectory",
+];
+
+/// The method names of an interface block.
+fn method_names(block: &str) -> Vec<String> {
+    block
+        .match_indices("<method name=\"")
+        .map(|(i, m)| block[i + m.len()..].split('"').next().unwrap().to_owned())
+        .collect()
+}
+
+/// The lines of an interface block that start with `tag` (signals, properties), trimmed.
+fn member_lines(block: &str, tag: &str) -> Vec<String> {
+    block.lines().map(str::trim).filter(|l| l.starts_with(tag)).map(str::to_owned).collect()
+}
+
 #[test]
 fn machinectl_and_busctl_work_against_mctld() {
     let s = scratch();
@@ -166,22 +218,41 @@ fn machinectl_and_busctl_work_against_mctld() {
         ] {
             assert_eq!(interface_block(&ours, std_iface), interface_block(&theirs, std_iface));
         }
-        for method in [
-            "GetMachine",
-            "GetImage",
-            "GetMachineByPID",
-            "ListMachines",
-            "ListImages",
-            "RegisterMachine",
-            "RegisterMachineWithNetwork",
-            "UnregisterMachine",
-            "TerminateMachine",
-            "KillMachine",
-            "GetMachineAddresses",
-            "GetMachineOSRelease",
-            "GetMachineUIDShift",
+        // Every method of machined's Manager and Machine interfaces: the same signature and
+        // annotations, or listed here as not implemented yet (and then really absent).
+        let manager_iface = "org.freedesktop.machine1.Manager";
+        let machine_iface = "org.freedesktop.machine1.Machine";
+        for (iface, theirs_xml, ours_xml, missing) in [
+            (manager_iface, &theirs, &ours, MANAGER_NOT_YET.as_slice()),
+            (machine_iface, &theirs_machine, &ours_machine, MACHINE_NOT_YET.as_slice()),
         ] {
-            assert_eq!(method_block(&ours, method), method_block(&theirs, method), "method {method}");
+            let their_block = interface_block(theirs_xml, iface);
+            let our_block = interface_block(ours_xml, iface);
+            for method in method_names(their_block) {
+                if missing.contains(&method.as_str()) {
+                    assert!(
+                        !our_block.contains(&format!("<method name=\"{method}\"")),
+                        "{method} is listed as missing"
+                    );
+                } else {
+                    assert_eq!(
+                        method_block(our_block, &method),
+                        method_block(their_block, &method),
+                        "{iface}.{method}"
+                    );
+                }
+            }
+            // Signals and properties likewise, in machined's order.
+            assert_eq!(
+                member_lines(our_block, "<signal"),
+                member_lines(their_block, "<signal"),
+                "{iface} signals"
+            );
+            assert_eq!(
+                member_lines(our_block, "<property"),
+                member_lines(their_block, "<property"),
+                "{iface} properties"
+            );
         }
         let props = |x: &str| -> String {
             let block = interface_block(x, "org.freedesktop.machine1.Machine");
