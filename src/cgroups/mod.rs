@@ -488,13 +488,20 @@ fn make_dirs_once(h: &Hierarchy, dir: &Path) -> Result<(), CgroupError> {
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
             Err(e) => return Err(io_err("create", d)(e)),
         }
-        if h.is("cpuset") {
-            let parent = d.parent().unwrap_or(Path::new("/"));
+    }
+    if h.is("cpuset") {
+        // Every directory from the hierarchy's root down, not only the ones we made: another
+        // launcher may have made the shared parent an instant ago and not filled it in yet.
+        let rel = dir.strip_prefix(&h.mount).unwrap_or(Path::new(""));
+        let mut cur = h.mount.clone();
+        for c in rel.components() {
+            let parent = cur.clone();
+            cur.push(c);
             for f in ["cpuset.cpus", "cpuset.mems"] {
-                let cur = fs::read_to_string(d.join(f)).map_err(io_err("read", &d.join(f)))?;
-                if cur.trim().is_empty() {
+                let now = fs::read_to_string(cur.join(f)).map_err(io_err("read", &cur.join(f)))?;
+                if now.trim().is_empty() {
                     let v = fs::read_to_string(parent.join(f)).map_err(io_err("read", &parent.join(f)))?;
-                    write(&d.join(f), v.trim())?;
+                    write(&cur.join(f), v.trim())?;
                 }
             }
         }
