@@ -54,7 +54,8 @@ impl Sink {
 
 /// Runs mctl with `args`, its stdin of kind `input` carrying "hello" (then end of input) and its
 /// stdout of kind `output`; returns the exit code and what stdout showed.
-fn launch(scratch: &Path, args: &[&str], input: Kind, output: Kind) -> (Option<i32>, Option<String>) {
+/// Exit code, what the output showed (None when it cannot be read back) and stderr.
+fn launch(scratch: &Path, args: &[&str], input: Kind, output: Kind) -> (Option<i32>, Option<String>, String) {
     let mut cmd = mctl();
     cmd.args(args).stderr(Stdio::piped());
     let pty = (input == Kind::Tty || output == Kind::Tty).then(|| nix::pty::openpty(None, None).unwrap());
@@ -175,7 +176,7 @@ fn launch(scratch: &Path, args: &[&str], input: Kind, output: Kind) -> (Option<i
         "stdin {input:?}, stdout {output:?}: {e}"
     );
     let shown = sink.collect().map(|rest| String::from_utf8_lossy(&early).into_owned() + &rest);
-    (status.code(), shown)
+    (status.code(), shown, e)
 }
 
 #[test]
@@ -195,8 +196,8 @@ fn run_works_with_any_stdin_and_stdout() {
                 "-c",
                 "echo ran; cat",
             ];
-            let (code, out) = launch(s.path(), &args, input, output);
-            assert_eq!(code, Some(0), "stdin {input:?}, stdout {output:?}: {out:?}");
+            let (code, out, err) = launch(s.path(), &args, input, output);
+            assert_eq!(code, Some(0), "stdin {input:?}, stdout {output:?}: {out:?}, stderr {err}");
             if let Some(out) = out {
                 assert!(out.contains("ran"), "stdin {input:?}, stdout {output:?}: {out:?}");
                 if input != Kind::Null {
@@ -218,8 +219,8 @@ fn boot_works_with_any_stdin_and_stdout() {
     for input in KINDS {
         for output in KINDS {
             let args = ["boot", "-q", "--register=no", "-D", dir.to_str().unwrap()];
-            let (code, out) = launch(s.path(), &args, input, output);
-            assert_eq!(code, Some(0), "stdin {input:?}, stdout {output:?}: {out:?}");
+            let (code, out, err) = launch(s.path(), &args, input, output);
+            assert_eq!(code, Some(0), "stdin {input:?}, stdout {output:?}: {out:?}, stderr {err}");
             if let Some(out) = out {
                 assert!(out.contains("booted-ok"), "stdin {input:?}, stdout {output:?}: {out:?}");
             }

@@ -160,17 +160,10 @@ fn resolve_flags() -> ResolveFlags {
     ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_XDEV
 }
 
-/// openat2 beneath `root`, retrying the EAGAIN the kernel returns when a rename raced with
-/// the walk.
+/// openat2 beneath `root`.
 fn open_beneath(root: &OwnedFd, rel: &Path, flags: OFlags) -> rustix::io::Result<OwnedFd> {
     let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
-    let mut tries = 0;
-    loop {
-        match rfs::openat2(root, rel, flags | OFlags::CLOEXEC, Mode::empty(), resolve_flags()) {
-            Err(rustix::io::Errno::AGAIN) if tries < 16 => tries += 1,
-            other => return other,
-        }
-    }
+    crate::sys::linux::openat2_retrying(root, rel, flags | OFlags::CLOEXEC, resolve_flags())
 }
 
 fn proc_path(fd: &OwnedFd) -> String {

@@ -172,17 +172,30 @@ pub fn move_mount(tree: BorrowedFd<'_>, target: &Path) -> io::Result<()> {
 /// Opens `path` beneath `root` with the kernel confining the walk to `root`: `..`, absolute
 /// symlinks and magic links cannot lead outside it.
 pub fn open_in_root(root: BorrowedFd<'_>, path: &Path, flags: libc::c_int) -> io::Result<OwnedFd> {
-    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    use rustix::fs::{OFlags, ResolveFlags};
     let rel = path.strip_prefix("/").unwrap_or(path);
     let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
     let oflags = OFlags::from_bits_retain(flags as u32) | OFlags::CLOEXEC;
-    Ok(rustix::fs::openat2(
-        root,
-        rel,
-        oflags,
-        Mode::empty(),
-        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-    )?)
+    Ok(openat2_retrying(root, rel, oflags, ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS)?)
+}
+
+/// openat2, tried again on the EAGAIN a scoped lookup (RESOLVE_IN_ROOT or _BENEATH) returns
+/// when any mount or rename on the system raced with its walk (openat2(2)): other machines
+/// starting do exactly that.
+pub fn openat2_retrying(
+    dir: impl AsFd,
+    path: &Path,
+    flags: rustix::fs::OFlags,
+    how: rustix::fs::ResolveFlags,
+) -> rustix::io::Result<OwnedFd> {
+    let dir = dir.as_fd();
+    let mut tries = 0;
+    loop {
+        match rustix::fs::openat2(dir, path, flags, rustix::fs::Mode::empty(), how) {
+            Err(rustix::io::Errno::AGAIN) if tries < 64 => tries += 1,
+            r => return r,
+        }
+    }
 }
 
 /// A pidfd for `pid`.
