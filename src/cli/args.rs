@@ -74,6 +74,112 @@ pub enum Command {
     PullLxc(PullLxcArgs),
     /// Build a new image with a bootstrap recipe (debootstrap or mmdebstrap).
     Bootstrap(BootstrapArgs),
+    /// Pull an OCI image from a registry: [docker://]REGISTRY/REPO[:TAG|@sha256:DIGEST].
+    PullOci(PullOciArgs),
+    /// Import an OCI image layout (directory or tar) or a docker save archive.
+    ImportOci(ImportOciArgs),
+    /// Export an image as an OCI image layout (a directory, or a tar if PATH ends in .tar).
+    ExportOci(ExportOciArgs),
+    /// Push an image to a registry as an OCI image.
+    PushOci(PushOciArgs),
+    /// Remove downloaded blobs no image uses from the pull cache.
+    PruneCache,
+    /// Write an OCI runtime bundle (config.json and rootfs) of an image.
+    OciBundle(OciBundleArgs),
+}
+
+/// yes/no, also spelled true/false (podman's --tls-verify=false).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Toggle {
+    /// Yes.
+    #[value(alias = "true")]
+    Yes,
+    /// No.
+    #[value(alias = "false")]
+    No,
+}
+
+/// Registry options of pull-oci and push-oci.
+#[derive(Debug, Args)]
+pub struct RegistryArgs {
+    /// Verify TLS certificates and refuse plain HTTP (allowed anyway for loopback registries).
+    #[arg(long, value_enum, default_value = "yes", value_name = "yes|no")]
+    pub tls_verify: Toggle,
+    /// Read registry credentials from this file (auth.json format) instead of the usual ones.
+    #[arg(long, value_name = "FILE")]
+    pub authfile: Option<PathBuf>,
+}
+
+/// `mctl pull-oci`.
+#[derive(Debug, Args)]
+pub struct PullOciArgs {
+    /// The image: [docker://]REGISTRY/REPO[:TAG|@sha256:DIGEST].
+    pub reference: String,
+    /// The new image's name (default: the repository's last component).
+    pub name: Option<String>,
+    /// The platform to pick from a multi-platform image (default: this machine's).
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+    /// Registry options.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Layers downloaded in parallel.
+    #[arg(long, default_value = "4")]
+    pub jobs: usize,
+    /// Mark the new image read-only.
+    #[arg(long)]
+    pub read_only: bool,
+}
+
+/// `mctl import-oci`.
+#[derive(Debug, Args)]
+pub struct ImportOciArgs {
+    /// An OCI image layout (directory or tar) or a docker save archive.
+    pub path: PathBuf,
+    /// The new image's name (default: from the image's name or tag, else the file name).
+    pub name: Option<String>,
+    /// Which image of a layout or archive with several: its ref name or tag.
+    #[arg(long = "ref", value_name = "REF")]
+    pub reference: Option<String>,
+    /// The platform to pick from a multi-platform image (default: this machine's).
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+    /// Mark the new image read-only.
+    #[arg(long)]
+    pub read_only: bool,
+}
+
+/// `mctl export-oci`.
+#[derive(Debug, Args)]
+pub struct ExportOciArgs {
+    /// The image.
+    pub name: String,
+    /// The layout to write (must not exist): a directory, or a tar if it ends in .tar.
+    pub path: PathBuf,
+    /// The image's ref name in the layout.
+    #[arg(long = "ref", value_name = "REF", default_value = "latest")]
+    pub reference: String,
+}
+
+/// `mctl push-oci`.
+#[derive(Debug, Args)]
+pub struct PushOciArgs {
+    /// The image.
+    pub image: String,
+    /// Where to: [docker://]REGISTRY/REPO[:TAG].
+    pub reference: String,
+    /// Registry options.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// `mctl oci-bundle`.
+#[derive(Debug, Args)]
+pub struct OciBundleArgs {
+    /// The image.
+    pub name: String,
+    /// The bundle directory to create (must not exist).
+    pub dir: PathBuf,
 }
 
 /// `mctl list-images`.
@@ -277,6 +383,10 @@ pub struct CommitArgs {
     pub machine: String,
     /// The new image's name.
     pub image: String,
+    /// Record what the machine changed since its image as one new OCI layer on top of the
+    /// image's layers (the new image can then be pushed or exported as layers).
+    #[arg(long)]
+    pub oci: bool,
 }
 
 /// `mctl kill`.
@@ -450,7 +560,8 @@ pub struct RunArgs {
     /// Run a minimal reaper as PID 1 and the command as PID 2.
     #[arg(long)]
     pub as_pid2: bool,
-    /// The command and its arguments.
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "COMMAND")]
+    /// The command and its arguments (default, for an OCI image given with -M: its
+    /// entrypoint and command, with its environment, working directory and user).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 }

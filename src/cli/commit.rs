@@ -20,6 +20,11 @@ use super::manage::describe;
 use super::{CliConfig, CliError};
 
 fn leader_of(machine: &str) -> Result<u32, CliError> {
+    Ok(leader_and_root(machine)?.0)
+}
+
+/// The machine's leader and its root directory (as the launcher registered it).
+fn leader_and_root(machine: &str) -> Result<(u32, String), CliError> {
     let machine = machine.to_owned();
     block_on_thread(move || async move {
         let conn =
@@ -29,8 +34,12 @@ fn leader_of(machine: &str) -> Result<u32, CliError> {
         let props = proxy::all_properties(&conn, OWN_NAME, path.as_str())
             .await
             .map_err(|e| CliError::new(describe(&e)))?;
+        let root = match props.get("RootDirectory").map(|v| &**v) {
+            Some(zbus::Variant::Str(r)) => r.to_string(),
+            _ => String::new(),
+        };
         match props.get("Leader").map(|v| &**v) {
-            Some(zbus::Variant::U32(l)) => Ok(*l),
+            Some(zbus::Variant::U32(l)) => Ok((*l, root)),
             _ => Err(CliError::new(format!("machine {machine} has no leader"))),
         }
     })
@@ -94,5 +103,78 @@ pub fn commit(machine: &str, image: &str, cfg: &CliConfig) -> Result<i32, CliErr
             .map_err(|e| CliError::new(format!("cannot copy machine {machine}: {e}")))?;
     }
     store.commit(tmp, image).map_err(|e| CliError::new(e.to_string()))?;
+    Ok(0)
+}
+
+/// Whether the root mount of the machine whose leader is `leader` is an overlay over
+/// `lower` (an ephemeral or `--volatile=overlay` machine of that image).
+fn root_is_overlay_of(leader: u32, lower: &Path) -> Result<bool, CliError> {
+    let path = format!("/proc/{leader}/mountinfo");
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| CliError::new(format!("cannot read {path}: {e}")))?;
+    // The last mount on / is the one on top.
+    let root = text.lines().filter(|l| l.split(' ').nth(4) == Some("/")).last();
+    let Some((_, tail)) = root.and_then(|l| l.split_once(" - ")) else { return Ok(false) };
+    let mut f = tail.split(' ');
+    let (fstype, _source, options) = (f.next(), f.next(), f.next().unwrap_or(""));
+    let lower = lower.to_string_lossy();
+    Ok(fstype == Some("overlay") && options.split(',').any(|o| o.strip_prefix("lowerdir=") == Some(&lower)))
+}
+
+/// `mctl commit --oci MACHINE IMAGE`: the machine's changes since its image become one new
+/// layer on top of the image's layers. For an ephemeral machine the image directory is the
+/// overlay's unchanged lower layer and the comparison is against it; a machine that runs its
+/// image directly is compared with the image's layers unpacked afresh. (The overlay's upper
+/// directory itself lives in the launcher's private scratch tmpfs, out of reach.)
+pub fn commit_oci(machine: &str, image: &str, cfg: &CliConfig) -> Result<i32, CliError> {
+    use crate::images::oci::{blobs::BlobStore, commit as oci_commit};
+    if !nix::unistd::geteuid().is_root() {
+        return Err(CliError::new(
+            "mctl commit must run as root (it reads a machine's tree and writes the image store)",
+        ));
+    }
+    let store_root = std::path::absolute(&cfg.image_store).map_err(|e| {
+        CliError::new(format!("cannot resolve the image store {}: {e}", cfg.image_store.display()))
+    })?;
+    let store = ImageStore::new(&store_root);
+    store.ensure_absent(image).map_err(|e| CliError::new(e.to_string()))?;
+    let (leader, root_dir) = leader_and_root(machine)?;
+    let root_dir = Path::new(&root_dir);
+    let canonical_store = std::fs::canonicalize(&store_root).unwrap_or(store_root.clone());
+    let base = root_dir
+        .parent()
+        .filter(|p| *p == canonical_store)
+        .and_then(|_| root_dir.file_name())
+        .and_then(|n| n.to_str())
+        .filter(|n| crate::names::validate(n).is_ok())
+        .ok_or_else(|| {
+            CliError::new(format!(
+                "machine {machine} runs {}, which is not an image of the store {}: commit --oci records changes \
+                 against the image a machine was started from (mctl run/boot -M IMAGE)",
+                root_dir.display(),
+                store_root.display()
+            ))
+        })?
+        .to_owned();
+    let ephemeral = root_is_overlay_of(leader, root_dir)?;
+    let root = crate::launcher::enter::root_mount_of(leader)
+        .map_err(|e| CliError::new(format!("cannot take the root of machine {machine}: {e}")))?;
+    interrupt::install().map_err(|e| CliError::new(format!("cannot install signal handlers: {e}")))?;
+    let blobs = BlobStore::open(&cfg.pull_cache).map_err(|e| super::oci::oci_err("commit --oci", e))?;
+    set_frozen(machine, true)?;
+    let _thaw = Frozen(machine);
+    nix::unistd::fchdir(root.as_fd())
+        .map_err(|e| CliError::new(format!("cannot enter the machine's root: {e}")))?;
+    let info = oci_commit::commit_layer(
+        &store,
+        &base,
+        ephemeral,
+        Path::new("."),
+        image,
+        &format!("commit:{machine}"),
+        &blobs,
+    )
+    .map_err(|e| super::oci::oci_err("commit --oci", e))?;
+    tracing::info!("committed machine {machine} as image '{}' (one layer over {base})", info.name);
     Ok(0)
 }

@@ -163,6 +163,7 @@ pub fn image_status(names: &[String], cfg: &CliConfig) -> Result<i32, CliError> 
         out.push_str(&format!("\t   Usage: {}\n", dash(i.usage, format_bytes)));
         out.push_str(&format!("\t Created: {}\n", time(i.created_us)));
         out.push_str(&format!("\tModified: {}\n", time(i.modified_us)));
+        out.push_str(&super::oci::status_lines(&s, name));
     }
     emit(&out);
     Ok(0)

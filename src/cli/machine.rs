@@ -21,7 +21,12 @@ pub fn boot(a: BootArgs, cfg: &CliConfig) -> Result<i32, CliError> {
 
 /// `mctl run`.
 pub fn run(a: RunArgs, cfg: &CliConfig) -> Result<i32, CliError> {
-    let spec = build_spec(a.machine, Payload::Command { argv: a.command, as_pid2: a.as_pid2 }, cfg)?;
+    let (mut machine, mut argv) = (a.machine, a.command);
+    if argv.is_empty() {
+        // No command: an OCI image's own (entrypoint, env, working directory, user).
+        super::oci::fill_from_image(&mut machine, &mut argv, cfg)?;
+    }
+    let spec = build_spec(machine, Payload::Command { argv, as_pid2: a.as_pid2 }, cfg)?;
     if a.as_pid2 {
         // The reaper stays in the machine for its whole life; it must not map the host's binary.
         crate::sys::linux::ensure_running_from_sealed_copy()

@@ -7,6 +7,7 @@ pub mod commit;
 pub mod images;
 pub mod machine;
 pub mod manage;
+pub mod oci;
 pub mod output;
 pub mod shell;
 pub mod units;
@@ -80,6 +81,7 @@ pub fn run(cli: Cli, cfg: &CliConfig) -> Result<i32, CliError> {
         }
         args::Command::Reboot(a) => manage::signal_leader(&a.names, libc::SIGINT),
         args::Command::Shell(a) => shell::shell(&a, cfg),
+        args::Command::Commit(a) if a.oci => commit::commit_oci(&a.machine, &a.image, cfg),
         args::Command::Commit(a) => commit::commit(&a.machine, &a.image, cfg),
         args::Command::Freeze(a) => manage::freeze(&a.names, true),
         args::Command::Thaw(a) => manage::freeze(&a.names, false),
@@ -98,6 +100,12 @@ pub fn run(cli: Cli, cfg: &CliConfig) -> Result<i32, CliError> {
         args::Command::PullTar(a) => images::pull_tar(&a, cfg),
         args::Command::PullLxc(a) => images::pull_lxc(&a, cfg),
         args::Command::Bootstrap(a) => images::bootstrap(&a, cfg),
+        args::Command::PullOci(a) => oci::pull_oci(&a, cfg),
+        args::Command::ImportOci(a) => oci::import_oci(&a, cfg),
+        args::Command::ExportOci(a) => oci::export_oci(&a, cfg),
+        args::Command::PushOci(a) => oci::push_oci(&a, cfg),
+        args::Command::PruneCache => oci::prune_cache(cfg),
+        args::Command::OciBundle(a) => oci::oci_bundle(&a, cfg),
     }
 }
 

@@ -140,6 +140,9 @@ pub struct TreeWriter {
     /// Bytes free in the filesystem when we started, and what we wrote since.
     free: u64,
     used: u64,
+    /// Layer mode (OCI layers applied one over the other): a non-directory replaces a
+    /// directory, and directories removed by a later layer are not an error at the end.
+    layers: bool,
 }
 
 /// The parent path and final name of a member name, after refusing absolute names. `None`
@@ -193,7 +196,116 @@ impl TreeWriter {
             dir_times: Vec::new(),
             free: vfs.f_bavail.saturating_mul(vfs.f_frsize),
             used: 0,
+            layers: false,
         })
+    }
+
+    /// A writer for layers applied one over the other (see [`TreeWriter::remove`] and
+    /// [`TreeWriter::clear_dir`] for whiteouts): an entry replaces whatever is in its way,
+    /// directories included, as OCI layers require.
+    pub fn for_layers(root: &Path) -> Result<Self, WriteError> {
+        let mut w = Self::new(root)?;
+        w.layers = true;
+        Ok(w)
+    }
+
+    /// Measures the free space again (between layers, which may have removed files).
+    pub fn refresh_free(&mut self) -> Result<(), WriteError> {
+        let vfs =
+            rfs::fstatvfs(&self.root).map_err(io_err("cannot get the free space of", Path::new(".")))?;
+        self.free = vfs.f_bavail.saturating_mul(vfs.f_frsize);
+        self.used = 0;
+        Ok(())
+    }
+
+    /// Removes the entry `path` (a directory with everything in it) if it exists; returns
+    /// whether it did. The path resolves beneath the root like every other, so a whiteout can
+    /// neither climb out nor pass through a symlink.
+    pub fn remove(&mut self, path: &Path) -> Result<bool, WriteError> {
+        let (parent_rel, Some(name)) = split(path)? else {
+            return Err(WriteError::BadName(path.to_owned()));
+        };
+        let parent = match open_beneath(&self.root, &parent_rel, OFlags::PATH | OFlags::DIRECTORY) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => return Ok(false),
+            Err(e) => return Err(self.resolve_error(path, e)),
+        };
+        let st = match rfs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(rustix::io::Errno::NOENT) => return Ok(false),
+            Err(e) => return Err(io_err("cannot inspect", path)(e)),
+        };
+        // Cached parents may be what goes away.
+        self.parents.clear();
+        if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+            self.remove_tree(&parent_rel.join(name))?;
+        } else {
+            rfs::unlinkat(&parent, name, AtFlags::empty()).map_err(io_err("cannot remove", path))?;
+        }
+        Ok(true)
+    }
+
+    /// Removes everything below the directory `dir` for which `keep` (given the path relative
+    /// to the root) is false; kept directories are searched too. An opaque whiteout: `keep`
+    /// says what the current layer itself wrote.
+    pub fn clear_dir(&mut self, dir: &Path, keep: &dyn Fn(&Path) -> bool) -> Result<(), WriteError> {
+        self.parents.clear();
+        let (parent_rel, name) = split(dir)?;
+        let dir = match name {
+            Some(n) => parent_rel.join(n),
+            None => PathBuf::new(),
+        };
+        let mut stack = vec![dir];
+        while let Some(d) = stack.pop() {
+            let fd = match open_beneath(&self.root, &d, OFlags::RDONLY | OFlags::DIRECTORY) {
+                Ok(fd) => fd,
+                // Nothing below to hide.
+                Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => continue,
+                Err(e) => return Err(self.resolve_error(&d, e)),
+            };
+            for name in dir_names(&fd, &d)? {
+                let child = d.join(&name);
+                let st = rfs::statat(&fd, &name, AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(io_err("cannot inspect", &child))?;
+                let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
+                if keep(&child) {
+                    if is_dir {
+                        stack.push(child);
+                    }
+                } else if is_dir {
+                    self.remove_tree(&child)?;
+                } else {
+                    rfs::unlinkat(&fd, &name, AtFlags::empty()).map_err(io_err("cannot remove", &child))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the directory `rel` and everything in it, depth first without recursion (a
+    /// hostile tree may be deep) and without holding a descriptor per level.
+    fn remove_tree(&mut self, rel: &Path) -> Result<(), WriteError> {
+        let mut stack: Vec<(PathBuf, bool)> = vec![(rel.to_owned(), false)];
+        while let Some((dir, emptied)) = stack.pop() {
+            if emptied {
+                let (parent_rel, Some(name)) = split(&dir)? else { continue };
+                let parent = open_beneath(&self.root, &parent_rel, OFlags::PATH | OFlags::DIRECTORY)
+                    .map_err(|e| self.resolve_error(&dir, e))?;
+                rfs::unlinkat(&parent, name, AtFlags::REMOVEDIR).map_err(io_err("cannot remove", &dir))?;
+                continue;
+            }
+            stack.push((dir.clone(), true));
+            let fd = open_beneath(&self.root, &dir, OFlags::RDONLY | OFlags::DIRECTORY)
+                .map_err(|e| self.resolve_error(&dir, e))?;
+            for name in dir_names(&fd, &dir)? {
+                match rfs::unlinkat(&fd, &name, AtFlags::empty()) {
+                    Ok(()) => {}
+                    Err(rustix::io::Errno::ISDIR) => stack.push((dir.join(&name), false)),
+                    Err(e) => return Err(io_err("cannot remove", &dir.join(&name))(e)),
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Creates the entry `path` (relative to the root). For files, `content` writes the data
@@ -289,8 +401,16 @@ impl TreeWriter {
         // Deepest first does not matter for mtimes of the directories themselves: setting a
         // directory's times does not touch its parent's.
         for (rel, mtime) in std::mem::take(&mut self.dir_times) {
-            let fd = open_beneath(&self.root, &rel, OFlags::RDONLY | OFlags::DIRECTORY)
-                .map_err(io_err("cannot open", &rel))?;
+            let fd = match open_beneath(&self.root, &rel, OFlags::RDONLY | OFlags::DIRECTORY) {
+                Ok(fd) => fd,
+                // A later layer removed or replaced it.
+                Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP)
+                    if self.layers =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(io_err("cannot open", &rel)(e)),
+            };
             rfs::futimens(&fd, &timestamps(mtime)).map_err(io_err("cannot set the times of", &rel))?;
         }
         Ok(())
@@ -388,7 +508,16 @@ impl TreeWriter {
         let st =
             rfs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW).map_err(io_err("cannot inspect", path))?;
         if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
-            return if dir_ok { Ok(true) } else { Err(WriteError::ReplaceDir(path.to_owned())) };
+            if dir_ok {
+                return Ok(true);
+            }
+            if !self.layers {
+                return Err(WriteError::ReplaceDir(path.to_owned()));
+            }
+            self.parents.clear();
+            let (parent_rel, _) = split(path)?;
+            self.remove_tree(&parent_rel.join(name))?;
+            return Ok(false);
         }
         rfs::unlinkat(parent, name, AtFlags::empty()).map_err(io_err("cannot replace", path))?;
         // A cached parent may have been reached through what we just replaced.
@@ -509,6 +638,19 @@ impl TreeWriter {
         rfs::fchmod(fd, Mode::from_raw_mode(meta.mode & 0o7777))
             .map_err(io_err("cannot set the mode of", path))
     }
+}
+
+/// The names in a directory, without `.` and `..` (read whole before anything is changed).
+fn dir_names(fd: &OwnedFd, path: &Path) -> Result<Vec<OsString>, WriteError> {
+    let mut out = Vec::new();
+    for e in rfs::Dir::read_from(fd).map_err(io_err("cannot read the directory", path))? {
+        let e = e.map_err(io_err("cannot read the directory", path))?;
+        let n = e.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            out.push(<OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(n).to_owned());
+        }
+    }
+    Ok(out)
 }
 
 fn set_xattrs_path(proc: &str, path: &Path, meta: &Meta) -> Result<(), WriteError> {

@@ -15,6 +15,7 @@ pub mod compress;
 pub mod confined;
 pub mod interrupt;
 pub mod lxc;
+pub mod oci;
 pub mod pull;
 pub mod store;
 pub mod tar_export;

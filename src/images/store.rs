@@ -357,6 +357,7 @@ impl ImageStore {
         let tmp = self.temp_image("clone", dst)?;
         copy_tree(&from.path, tmp.path())?;
         let info = self.commit(tmp, dst)?;
+        super::oci::meta::cloned(self, src, dst);
         if read_only {
             self.set_read_only(dst, true)?;
             return self.get(dst);
@@ -379,6 +380,7 @@ impl ImageStore {
                 e => StoreError::Io { step: "cannot rename", path: from.path.clone(), source: e.into() },
             },
         )?;
+        super::oci::meta::renamed(self, old, new);
         self.get(new)
     }
 
@@ -402,6 +404,7 @@ impl ImageStore {
             let _ = rfs::renameat_with(rfs::CWD, &hidden, rfs::CWD, &info.path, RenameFlags::NOREPLACE);
             return Err(io_err("cannot remove", &info.path)(e));
         }
+        super::oci::meta::forget(self, name);
         Ok(())
     }
 }

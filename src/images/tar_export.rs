@@ -154,7 +154,7 @@ fn member_name(rel: &Path) -> PathBuf {
     if rel.as_os_str().is_empty() { PathBuf::from(".") } else { rel.to_owned() }
 }
 
-fn add<W: Write>(
+pub(crate) fn add<W: Write>(
     b: &mut tar::Builder<W>,
     f: &Found<'_>,
     links: &mut HashMap<(u64, u64), PathBuf>,

@@ -114,13 +114,13 @@ pub fn import_tar<R: Read + Send + 'static>(
 }
 
 /// Size of the chunks the decompression thread hands over, and of the copy buffer.
-const CHUNK: usize = 1 << 20;
+pub(crate) const CHUNK: usize = 1 << 20;
 /// Chunks in flight between the threads.
 const IN_FLIGHT: usize = 4;
 
 /// Reads the chunks the decompression thread sends, and hands the emptied buffers back (new
 /// 1 MiB buffers would cost a page fault per page, every time).
-struct ChannelReader {
+pub(crate) struct ChannelReader {
     rx: Receiver<io::Result<Vec<u8>>>,
     back: Sender<Vec<u8>>,
     cur: Vec<u8>,
@@ -217,6 +217,42 @@ pub fn extract_with<R: Read + Send + 'static>(
     dest: &Path,
     drain_on_abort: bool,
 ) -> Result<(), ImportError> {
+    let mut writer = TreeWriter::new(dest)?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut root_seen = false;
+    for_each_entry(input, drain_on_abort, |entry| {
+        root_seen |= add_entry(&mut writer, entry, &mut buf, false)?;
+        Ok(())
+    })?;
+    if !root_seen {
+        // No "./" entry: the root gets the usual mode instead of the temporary's 0700.
+        set_root_mode(dest)?;
+    }
+    writer.finish()?;
+    Ok(())
+}
+
+/// Gives `dest` mode 0755 (an image root whose archive had no entry for it).
+pub(crate) fn set_root_mode(dest: &Path) -> Result<(), ImportError> {
+    std::fs::set_permissions(dest, std::os::unix::fs::PermissionsExt::from_mode(0o755)).map_err(|e| {
+        ImportError::Entry(WriteError::Io {
+            step: "cannot set the mode of",
+            path: dest.to_owned(),
+            source: e,
+        })
+    })
+}
+
+/// The entry of the tarball being read.
+pub(crate) type StreamEntry<'a> = tar::Entry<'a, ChannelReader>;
+
+/// Calls `each` on every entry of the tarball read from `input` (plain, gzip, xz or zstd,
+/// decompressed on a thread of its own), then checks that the archive ended properly.
+pub(crate) fn for_each_entry<R: Read + Send + 'static>(
+    input: R,
+    drain_on_abort: bool,
+    each: impl FnMut(&mut StreamEntry<'_>) -> Result<(), ImportError>,
+) -> Result<(), ImportError> {
     let (format, peeked) = compress::peek(input)?;
     let decoder = Decoder::new(format, peeked)?;
     let (tx, rx) = sync_channel(IN_FLIGHT);
@@ -228,17 +264,17 @@ pub fn extract_with<R: Read + Send + 'static>(
     let reader = ChannelReader { rx, back: back_tx, cur: Vec::new(), pos: 0, done: false, hit_eof: false };
     // Dropping the archive (inside) closes the channel, which lets the thread end; on success
     // it has ended already.
-    let result = unpack(tar::Archive::new(reader), dest);
+    let result = entries(tar::Archive::new(reader), each);
     if result.is_ok() || drain_on_abort {
         let _ = pumper.join();
     }
     result
 }
 
-fn unpack(mut archive: tar::Archive<ChannelReader>, dest: &Path) -> Result<(), ImportError> {
-    let mut writer = TreeWriter::new(dest)?;
-    let mut buf = vec![0u8; CHUNK];
-    let mut root_seen = false;
+fn entries(
+    mut archive: tar::Archive<ChannelReader>,
+    mut each: impl FnMut(&mut StreamEntry<'_>) -> Result<(), ImportError>,
+) -> Result<(), ImportError> {
     let mut entries = 0u64;
     for entry in archive.entries().map_err(read_error)? {
         interrupt::check()?;
@@ -250,7 +286,7 @@ fn unpack(mut archive: tar::Archive<ChannelReader>, dest: &Path) -> Result<(), I
             e => e,
         })?;
         entries += 1;
-        root_seen |= add_entry(&mut writer, &mut entry, &mut buf)?;
+        each(&mut entry)?;
     }
     let mut reader = archive.into_inner();
     if reader.hit_eof {
@@ -263,17 +299,6 @@ fn unpack(mut archive: tar::Archive<ChannelReader>, dest: &Path) -> Result<(), I
     // Whatever follows the end marker (padding, the compressed stream's trailer with its
     // checksum) must still read cleanly.
     io::copy(&mut reader, &mut io::sink()).map_err(read_error)?;
-    if !root_seen {
-        // No "./" entry: the root gets the usual mode instead of the temporary's 0700.
-        std::fs::set_permissions(dest, std::os::unix::fs::PermissionsExt::from_mode(0o755)).map_err(|e| {
-            ImportError::Entry(WriteError::Io {
-                step: "cannot set the mode of",
-                path: dest.to_owned(),
-                source: e,
-            })
-        })?;
-    }
-    writer.finish()?;
     Ok(())
 }
 
@@ -281,14 +306,21 @@ fn bad(path: &Path, what: impl std::fmt::Display) -> ImportError {
     ImportError::BadEntry { path: path.to_owned(), what: what.to_string() }
 }
 
-/// Writes one entry; returns whether it was the root directory itself.
-fn add_entry<R: Read>(
+/// Writes one entry; returns whether it was the root directory itself. With
+/// `drop_overlay_xattrs`, `trusted.overlay.*` attributes are left out: they steer overlayfs
+/// (redirects, opaque directories, metacopy) when the tree is used as a lower layer, and an
+/// OCI layer has no business setting them.
+pub(crate) fn add_entry<R: Read>(
     writer: &mut TreeWriter,
     entry: &mut tar::Entry<'_, R>,
     buf: &mut [u8],
+    drop_overlay_xattrs: bool,
 ) -> Result<bool, ImportError> {
     let path = PathBuf::from(OsStr::from_bytes(&entry.path_bytes())).to_owned();
-    let meta = entry_meta(entry, &path)?;
+    let mut meta = entry_meta(entry, &path)?;
+    if drop_overlay_xattrs {
+        meta.xattrs.retain(|(k, _)| !k.as_bytes().starts_with(b"trusted.overlay."));
+    }
     let link = entry.link_name_bytes().map(|l| PathBuf::from(OsStr::from_bytes(&l)));
     let h = entry.header();
     let etype = h.entry_type();
@@ -312,7 +344,7 @@ fn add_entry<R: Read>(
         EntryType::XGlobalHeader => return Ok(false),
         other => return Err(bad(&path, format!("unsupported entry type {:?}", other.as_byte() as char))),
     };
-    let is_root = matches!(node, Node::Dir) && path.components().all(|c| c == std::path::Component::CurDir);
+    let is_root = matches!(node, Node::Dir) && is_root_path(&path);
     let mut source_error = None;
     let result = writer.add(&path, node, &meta, |out| copy_entry(entry, out, buf, &mut source_error));
     if let Err(e) = result {
@@ -323,6 +355,11 @@ fn add_entry<R: Read>(
         return Err(e.into());
     }
     Ok(is_root)
+}
+
+/// Whether a member name denotes the root itself (`.`, `./`, empty).
+pub(crate) fn is_root_path(path: &Path) -> bool {
+    path.components().all(|c| c == std::path::Component::CurDir)
 }
 
 /// Copies an entry's data, checking for signals between chunks. Read errors are kept in

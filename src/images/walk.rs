@@ -151,7 +151,10 @@ fn sized(mut get: impl FnMut(&mut [u8]) -> rustix::io::Result<usize>) -> rustix:
     }
 }
 
-fn fd_xattrs(fd: std::os::fd::BorrowedFd<'_>, path: &Path) -> Result<Vec<(OsString, Vec<u8>)>, WalkError> {
+pub(crate) fn fd_xattrs(
+    fd: std::os::fd::BorrowedFd<'_>,
+    path: &Path,
+) -> Result<Vec<(OsString, Vec<u8>)>, WalkError> {
     let names = match sized(|b| rfs::flistxattr(fd, b)) {
         Ok(n) => n,
         Err(e) if no_xattrs(e) => return Ok(Vec::new()),
@@ -169,7 +172,7 @@ fn fd_xattrs(fd: std::os::fd::BorrowedFd<'_>, path: &Path) -> Result<Vec<(OsStri
     Ok(out)
 }
 
-fn path_xattrs(proc: &str, path: &Path) -> Result<Vec<(OsString, Vec<u8>)>, WalkError> {
+pub(crate) fn path_xattrs(proc: &str, path: &Path) -> Result<Vec<(OsString, Vec<u8>)>, WalkError> {
     let names = match sized(|b| rfs::listxattr(proc, b)) {
         Ok(n) => n,
         Err(e) if no_xattrs(e) => return Ok(Vec::new()),
