@@ -113,7 +113,7 @@ fn root_is_overlay_of(leader: u32, lower: &Path) -> Result<bool, CliError> {
     let text =
         std::fs::read_to_string(&path).map_err(|e| CliError::new(format!("cannot read {path}: {e}")))?;
     // The last mount on / is the one on top.
-    let root = text.lines().filter(|l| l.split(' ').nth(4) == Some("/")).last();
+    let root = text.lines().rfind(|l| l.split(' ').nth(4) == Some("/"));
     let Some((_, tail)) = root.and_then(|l| l.split_once(" - ")) else { return Ok(false) };
     let mut f = tail.split(' ');
     let (fstype, _source, options) = (f.next(), f.next(), f.next().unwrap_or(""));

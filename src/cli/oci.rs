@@ -73,6 +73,7 @@ pub fn pull_oci(a: &PullOciArgs, cfg: &CliConfig) -> Result<i32, CliError> {
     let opts = OciPullOptions {
         registry: registry_options(&a.registry),
         platform: platform(a.platform.as_deref())?,
+        platform_required: a.platform.is_some(),
         cache: cfg.pull_cache.clone(),
         progress: std::io::stderr().is_terminal(),
         jobs: a.jobs,

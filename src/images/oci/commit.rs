@@ -81,6 +81,7 @@ pub fn commit_layer(
     layers.push(layer.desc);
     let record = ImageMeta {
         source: source.to_owned(),
+        layers_from: base_meta.layers_from.clone().or_else(|| Some(base_meta.source.clone())),
         manifest_digest: None,
         config: Desc { media_type: base_meta.config.media_type.clone(), digest, size: text.len() as u64 },
         config_text: text,

@@ -496,6 +496,7 @@ pub fn import_oci(
     applier.finish().map_err(|e| OciError::Layer { digest: "-".into(), source: e })?;
     let record = ImageMeta {
         source: found.source,
+        layers_from: None,
         manifest_digest: found.manifest_digest,
         config: found.config,
         config_text,
@@ -573,6 +574,7 @@ pub fn record_or_tree_layer(
     let digest = blobs.put(text.as_bytes(), None, name)?;
     Ok(ImageMeta {
         source: format!("image:{name}"),
+        layers_from: None,
         manifest_digest: None,
         config: Desc { media_type: OCI_CONFIG.into(), digest, size: text.len() as u64 },
         config_text: text,

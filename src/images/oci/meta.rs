@@ -51,6 +51,10 @@ impl TreeId {
 pub struct ImageMeta {
     /// Where it came from: a reference, `oci:PATH`, `docker-archive:PATH`, `commit:MACHINE`.
     pub source: String,
+    /// The registry reference the base layers came from, when it is not `source` (a commit
+    /// of a pulled image): a push to the same registry mounts them from there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers_from: Option<String>,
     /// The digest of the manifest it was pulled or imported by.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest_digest: Option<Digest>,
@@ -256,6 +260,7 @@ mod tests {
             "WorkingDir":"/srv","User":"1000:1000","ExposedPorts":{"80/tcp":{}}}}"#;
         let m = ImageMeta {
             source: "x".into(),
+            layers_from: None,
             manifest_digest: None,
             config: Desc {
                 media_type: super::super::manifest::OCI_CONFIG.into(),
@@ -280,6 +285,7 @@ mod tests {
         let text = "{}";
         let m = ImageMeta {
             source: "x".into(),
+            layers_from: None,
             manifest_digest: None,
             config: Desc { media_type: "t".into(), digest: Digest::of(text.as_bytes()), size: 2 },
             config_text: text.into(),

@@ -37,6 +37,9 @@ pub struct OciPullOptions {
     pub registry: RegistryOptions,
     /// The platform to pick from an index.
     pub platform: Platform,
+    /// The platform was asked for (--platform): an image for another one is refused rather
+    /// than pulled with a warning.
+    pub platform_required: bool,
     /// The pull cache (the blob store is its `oci/`).
     pub cache: PathBuf,
     /// Show progress on stderr.
@@ -392,6 +395,13 @@ pub fn pull_oci(
     let config_text = check_config(&config_bytes, &config, &layers, &what)?;
     let image_config = meta::parse_config(&config_bytes, &format!("the configuration of {what}"))?;
     let (os, arch) = (image_config.os().to_string(), image_config.architecture().to_string());
+    if (os != opts.platform.os || arch != opts.platform.arch) && opts.platform_required {
+        return Err(OciError::NoPlatform {
+            reference: r.to_string(),
+            wanted: opts.platform.to_string(),
+            available: format!("{os}/{arch}"),
+        });
+    }
     if os != opts.platform.os || arch != opts.platform.arch {
         tracing::warn!("{r} is an image for {os}/{arch}, not {}", opts.platform);
     }
@@ -409,6 +419,7 @@ pub fn pull_oci(
     applier.finish().map_err(|e| OciError::Layer { digest: "-".into(), source: e })?;
     let record = ImageMeta {
         source: r.to_string(),
+        layers_from: None,
         manifest_digest: Some(manifest_digest),
         config,
         config_text,

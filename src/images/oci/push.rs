@@ -51,7 +51,7 @@ pub fn push_oci(store: &ImageStore, image: &str, dest: &str, opts: &PushOptions)
     let blobs = BlobStore::open(&opts.cache)?;
     let m = record_or_tree_layer(store, image, &blobs)?;
     // A repository of the same registry the image came from: its blobs can be mounted.
-    let mount_from = Reference::parse(&m.source)
+    let mount_from = Reference::parse(m.layers_from.as_deref().unwrap_or(&m.source))
         .ok()
         .filter(|s| s.registry == r.registry && s.repository != r.repository)
         .map(|s| s.repository);

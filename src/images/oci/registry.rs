@@ -139,6 +139,9 @@ fn request_error(step: &'static str, url: &Url, e: &reqwest::Error) -> OciError 
     OciError::Request { step, url: url.to_string(), detail: chain(e) }
 }
 
+/// A manifest's bytes, its Content-Type and the digest the registry claims for it.
+pub type FetchedManifest = (Vec<u8>, Option<String>, Option<String>);
+
 impl Registry {
     /// Connects to `registry` (its API at `api_host`) for `scopes`, answering the auth
     /// challenge the `/v2/` ping returns; credentials are those for `registry/cred_repo`.
@@ -354,10 +357,9 @@ impl Registry {
             // Credentials only to the registry itself (an upload Location may be elsewhere).
             if url.host_str() == self.base.host_str()
                 && url.port_or_known_default() == self.base.port_or_known_default()
+                && let Some(a) = self.authorization.lock().unwrap_or_else(|e| e.into_inner()).clone()
             {
-                if let Some(a) = self.authorization.lock().unwrap_or_else(|e| e.into_inner()).clone() {
-                    req = req.header(AUTHORIZATION, a);
-                }
+                req = req.header(AUTHORIZATION, a);
             }
             let resp = req.send().map_err(|e| request_error(step, url, &e))?;
             if resp.status() != StatusCode::UNAUTHORIZED || retried {
@@ -382,16 +384,22 @@ impl Registry {
     }
 
     /// Fetches a manifest or index: its bytes, the Content-Type and the digest the registry
-    /// claims for it.
-    pub fn get_manifest(
-        &self,
-        repo: &str,
-        reference: &str,
-    ) -> Result<(Vec<u8>, Option<String>, Option<String>), OciError> {
+    /// claims for it (Docker-Content-Digest).
+    pub fn get_manifest(&self, repo: &str, reference: &str) -> Result<FetchedManifest, OciError> {
         let url = self.url(&format!("{repo}/manifests/{reference}"));
         let resp = self.send("fetching the manifest", &url, || {
             self.client.get(url.clone()).header(ACCEPT, MANIFEST_ACCEPT)
         })?;
+        if resp.status() == StatusCode::NOT_FOUND && !self.repository_exists(repo) {
+            // Registries answer MANIFEST_UNKNOWN for a repository they never heard of too:
+            // name the wrong part.
+            return Err(OciError::Registry {
+                step: "fetching the manifest",
+                url: url.to_string(),
+                detail: "HTTP 404 Not Found: the repository does not exist on this registry: check its name"
+                    .into(),
+            });
+        }
         if !resp.status().is_success() {
             return Err(status_error("fetching the manifest", &url, resp));
         }
@@ -410,6 +418,16 @@ impl Registry {
             });
         }
         Ok((body, ctype, claimed))
+    }
+
+    /// Whether the registry knows `repo` (its tag list is there); `true` when that cannot be
+    /// told, so that only a clear answer changes an error message.
+    fn repository_exists(&self, repo: &str) -> bool {
+        let url = self.url(&format!("{repo}/tags/list"));
+        match self.send("listing the tags", &url, || self.client.get(url.clone())) {
+            Ok(resp) => resp.status() != StatusCode::NOT_FOUND,
+            Err(_) => true,
+        }
     }
 
     /// `GET` blob `d`, from byte `from` on (a Range request when not 0). The caller checks
