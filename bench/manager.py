@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """mctld at 1000 machines, side by side with the real systemd-machined.
 
-    bench/manager.py [--count N] [--runs N]
+    bench/manager.py [--count N] [--runs N] [--state-on DIR]
 
 Needs root, a release build with examples (cargo build --release --examples), dbus-daemon
 and systemd-container. Starts two private system-like buses: one with mctld
 --machined-compat (bus policy from dbus/), one with systemd-machined (in a private mount
 namespace with a tmpfs /run, as it wants /run/systemd); mctld's state directory is on a
-tmpfs too (/dev/shm), as /run/mctl is on a systemd host. Then:
+tmpfs too (/dev/shm), as /run/mctl is on a systemd host. With --state-on DIR (a directory on
+a disk file system, e.g. /var/tmp), both keep their state there instead: mctld's state
+directory and machined's /run (bind-mounted from DIR), as on hosts whose /run is not a tmpfs.
+Then:
   1. idle RSS of both managers;
   2. registers N machines with each (examples/regbench: N sleeping leaders, each in its own
      scope cgroup, registered one call after another);
@@ -129,6 +132,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--count", type=int, default=1000)
     ap.add_argument("--runs", type=int, default=11)
+    ap.add_argument("--state-on", help="keep both managers' state in this directory (default: tmpfs)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench needs root")
@@ -149,8 +153,15 @@ def run(args, stack, scratch):
     mctl_bus = start_bus(stack, scratch, "mctl", policy)
     env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=mctl_bus)
     # State on a tmpfs, as /run is on a systemd host (and as machined's is here).
-    state = tempfile.mkdtemp(prefix="mctl-bench-state.", dir="/dev/shm")
+    state = tempfile.mkdtemp(prefix="mctl-bench-state.", dir=args.state_on or "/dev/shm")
     stack.dirs.append(state)
+    private_run = PRIVATE_RUN
+    if args.state_on:
+        machined_run = tempfile.mkdtemp(prefix="mctl-bench-machined-run.", dir=args.state_on)
+        stack.dirs.append(machined_run)
+        private_run = [a.replace("mount -t tmpfs tmpfs /run", f"mount --bind {machined_run} /run")
+                       for a in PRIVATE_RUN]
+    print(f"state on {args.state_on or '/dev/shm (tmpfs)'}")
     mctld = subprocess.Popen([MCTLD, "--machined-compat", "--state-dir", state,
                               "--pool-path", os.path.join(scratch, "pool")],
                              env=env, stderr=subprocess.DEVNULL)
@@ -160,7 +171,7 @@ def run(args, stack, scratch):
     machined = machined_bus = None
     if MACHINED:
         machined_bus = start_bus(stack, scratch, "machined", MACHINED_POLICY)
-        machined = subprocess.Popen(PRIVATE_RUN + [MACHINED], env=dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=machined_bus),
+        machined = subprocess.Popen(private_run + [MACHINED], env=dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=machined_bus),
                                     stderr=subprocess.DEVNULL)
         stack.procs.append(machined)
         wait_for_name(machined_bus, "org.freedesktop.machine1")
@@ -193,7 +204,11 @@ def run(args, stack, scratch):
     t_mctl = timed([MCTL, "list", "--no-legend"], mctl_bus, args.runs, n)
     t_mctl_json = timed([MCTL, "list", "-o", "json"], mctl_bus, args.runs)
     t_mc_mctld = timed(PRIVATE_RUN + ["machinectl", "list", "--no-pager"], mctl_bus, args.runs, n)
-    print(f"  mctl list             {t_mctl:8.1f} ms   (-o json {t_mctl_json:.1f} ms)")
+    busctl = ["busctl", "--system", "call", "org.mctl.Machine1", "/org/freedesktop/machine1"]
+    t_names = timed(busctl + ["org.freedesktop.machine1.Manager", "ListMachines"], mctl_bus, args.runs)
+    t_detailed = timed(busctl + ["org.mctl.Manager1", "ListMachinesDetailed"], mctl_bus, args.runs)
+    print(f"  mctl list             {t_mctl:8.1f} ms   (-o json {t_mctl_json:.1f} ms; busctl: ListMachines "
+          f"{t_names:.1f} ms, ListMachinesDetailed {t_detailed:.1f} ms)")
     line = f"  machinectl list       {t_mc_mctld:8.1f} ms against mctld"
     if machined:
         t_mc_machined = timed(PRIVATE_RUN + ["machinectl", "list", "--no-pager"], machined_bus, args.runs, n)
