@@ -828,3 +828,52 @@ fn commit_oci_of_an_ephemeral_machine_is_one_layer_that_pushes_and_pulls_back() 
     assert!(!o.status.success() && stderr(&o).contains("nosuchmachine"), "{}", stderr(&o));
     env.assert_clean("after commit and push");
 }
+
+#[test]
+fn gzip_zstd_and_plain_layers_apply_in_order() {
+    let env = Env::new();
+    let reg = env.registry.addr.clone();
+    let first = RawTar::new().dir("data").file("data/gz", b"from gzip\n").file("data/doomed", b"x").finish();
+    let second = RawTar::new().file("data/zst", b"from zstd\n").file("data/.wh.doomed", b"").finish();
+    let third = RawTar::new().file("data/plain", b"from a plain tar\n").finish();
+    let diff = |t: &[u8]| format!("sha256:{}", sha256_hex(t));
+    push_raw(
+        &reg,
+        "oci/codecs",
+        "v1",
+        &config_for(&[diff(&first), diff(&second), diff(&third)]),
+        &[
+            ("application/vnd.oci.image.layer.v1.tar+gzip", gzip(&first)),
+            ("application/vnd.oci.image.layer.v1.tar+zstd", zstd::encode_all(&second[..], 3).unwrap()),
+            ("application/vnd.oci.image.layer.v1.tar", third.clone()),
+        ],
+    );
+    env.ok(&["pull-oci", &format!("{reg}/oci/codecs:v1"), "ocicodecs"]);
+    let read = |p: &str| std::fs::read_to_string(env.image(&format!("ocicodecs/{p}"))).unwrap();
+    assert_eq!(read("data/gz"), "from gzip\n");
+    assert_eq!(read("data/zst"), "from zstd\n");
+    assert_eq!(read("data/plain"), "from a plain tar\n");
+    assert!(!env.image("ocicodecs/data/doomed").exists(), "the zstd layer's whiteout was not applied");
+    assert!(!env.image("ocicodecs/data/.wh.doomed").exists());
+    // A zstd layer whose content is not what the configuration's diff ID says: refused.
+    let other = RawTar::new().file("data/zst", b"something else\n").finish();
+    push_raw(
+        &reg,
+        "oci/codecs",
+        "lying",
+        &config_for(&[diff(&first), diff(&second)]),
+        &[
+            ("application/vnd.oci.image.layer.v1.tar+gzip", gzip(&first)),
+            ("application/vnd.oci.image.layer.v1.tar+zstd", zstd::encode_all(&other[..], 3).unwrap()),
+        ],
+    );
+    let o = env.mctl(&["pull-oci", &format!("{reg}/oci/codecs:lying"), "ocilying"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("diff ID"),
+        "a layer that is not its diff ID: {}",
+        stderr(&o)
+    );
+    assert!(!env.images().contains(&"ocilying".to_owned()));
+    env.ok(&["remove", "ocicodecs"]);
+    env.assert_clean("after codecs");
+}

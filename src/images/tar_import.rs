@@ -23,6 +23,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 
+use sha2::{Digest as _, Sha256};
 use tar::EntryType;
 
 use super::compress::{self, CompressError, Decoder};
@@ -167,7 +168,8 @@ fn pump<R: Read>(
     tx: SyncSender<io::Result<Vec<u8>>>,
     back: Receiver<Vec<u8>>,
     drain_on_abort: bool,
-) {
+    mut hasher: Option<Sha256>,
+) -> Option<[u8; 32]> {
     let drain = |d: Decoder<R>| io::copy(&mut d.into_source(), &mut io::sink());
     loop {
         let mut chunk = back.try_recv().unwrap_or_default();
@@ -183,7 +185,7 @@ fn pump<R: Read>(
                     if drain_on_abort {
                         let _ = drain(d);
                     }
-                    return;
+                    return None;
                 }
             }
         }
@@ -191,17 +193,22 @@ fn pump<R: Read>(
             break;
         }
         chunk.truncate(filled);
+        if let Some(h) = hasher.as_mut() {
+            h.update(&chunk);
+        }
         if tx.send(Ok(chunk)).is_err() {
             // The extraction stopped.
             if drain_on_abort {
                 let _ = drain(d);
             }
-            return;
+            return None;
         }
     }
     if let Err(e) = drain(d) {
         let _ = tx.send(Err(e));
+        return None;
     }
+    hasher.map(|h| h.finalize().into())
 }
 
 /// Unpacks the tarball read from `input` into the existing empty directory `dest`.
@@ -253,22 +260,42 @@ pub(crate) fn for_each_entry<R: Read + Send + 'static>(
     drain_on_abort: bool,
     each: impl FnMut(&mut StreamEntry<'_>) -> Result<(), ImportError>,
 ) -> Result<(), ImportError> {
+    each_entry(input, drain_on_abort, None, each).map(drop)
+}
+
+/// [`for_each_entry`], also returning the SHA-256 of the whole uncompressed stream (an OCI
+/// layer's diff ID), hashed on the decompressing thread.
+pub(crate) fn for_each_entry_hashed<R: Read + Send + 'static>(
+    input: R,
+    each: impl FnMut(&mut StreamEntry<'_>) -> Result<(), ImportError>,
+) -> Result<[u8; 32], ImportError> {
+    let digest = each_entry(input, false, Some(Sha256::new()), each)?;
+    Ok(digest.unwrap_or_default())
+}
+
+fn each_entry<R: Read + Send + 'static>(
+    input: R,
+    drain_on_abort: bool,
+    hasher: Option<Sha256>,
+    each: impl FnMut(&mut StreamEntry<'_>) -> Result<(), ImportError>,
+) -> Result<Option<[u8; 32]>, ImportError> {
     let (format, peeked) = compress::peek(input)?;
     let decoder = Decoder::new(format, peeked)?;
     let (tx, rx) = sync_channel(IN_FLIGHT);
     let (back_tx, back_rx) = channel();
     let pumper = std::thread::Builder::new()
         .name("mctl-decompress".into())
-        .spawn(move || pump(decoder, tx, back_rx, drain_on_abort))
+        .spawn(move || pump(decoder, tx, back_rx, drain_on_abort, hasher))
         .map_err(ImportError::Read)?;
     let reader = ChannelReader { rx, back: back_tx, cur: Vec::new(), pos: 0, done: false, hit_eof: false };
     // Dropping the archive (inside) closes the channel, which lets the thread end; on success
     // it has ended already.
     let result = entries(tar::Archive::new(reader), each);
     if result.is_ok() || drain_on_abort {
-        let _ = pumper.join();
+        let digest = pumper.join().ok().flatten();
+        return result.map(|()| digest);
     }
-    result
+    result.map(|()| None)
 }
 
 fn entries(

@@ -16,6 +16,8 @@ use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
+use super::OciError;
+use super::digest::Digest;
 use crate::images::confined::TreeWriter;
 use crate::images::tar_import::{self, ImportError};
 
@@ -38,6 +40,18 @@ fn normalize(p: &Path) -> PathBuf {
     out
 }
 
+/// Holds layer `layer`'s diff ID as applied against what the image's configuration says.
+pub fn check_diff_id(layer: &Digest, expected: Option<&String>, actual: &Digest) -> Result<(), OciError> {
+    match expected {
+        Some(e) if e == actual.as_str() => Ok(()),
+        e => Err(OciError::DigestMismatch {
+            what: format!("the uncompressed layer {layer} (its diff ID in the image configuration)"),
+            expected: e.cloned().unwrap_or_else(|| "no diff ID".into()),
+            actual: actual.to_string(),
+        }),
+    }
+}
+
 /// Applies layers to one tree.
 #[derive(Debug)]
 pub struct LayerApplier {
@@ -58,12 +72,13 @@ impl LayerApplier {
         })
     }
 
-    /// Applies the layer read from `input` (plain, gzip or zstd tar).
-    pub fn apply(&mut self, input: impl Read + Send + 'static) -> Result<(), ImportError> {
+    /// Applies the layer read from `input` (plain, gzip or zstd tar); returns its diff ID (the
+    /// digest of the uncompressed tar), for the caller to hold against the configuration's.
+    pub fn apply(&mut self, input: impl Read + Send + 'static) -> Result<Digest, ImportError> {
         self.writer.refresh_free()?;
         let mut written: HashSet<PathBuf> = HashSet::new();
         let (writer, buf, root_seen) = (&mut self.writer, &mut self.buf, &mut self.root_seen);
-        tar_import::for_each_entry(input, false, |entry| {
+        let sha = tar_import::for_each_entry_hashed(input, |entry| {
             let path = PathBuf::from(OsStr::from_bytes(&entry.path_bytes()));
             let name = path.file_name().map(OsStr::as_bytes).unwrap_or(b"");
             if let Some(target) = name.strip_prefix(WHITEOUT) {
@@ -86,7 +101,8 @@ impl LayerApplier {
             *root_seen |= tar_import::add_entry(writer, entry, buf, true)?;
             written.insert(normalize(&path));
             Ok(())
-        })
+        })?;
+        Ok(Digest::from_sha256(sha))
     }
 
     /// Finishes the tree: directory times, and the usual root mode if no layer gave one.

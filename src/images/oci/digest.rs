@@ -36,6 +36,11 @@ impl Digest {
         Digest(format!("sha256:{}", hex::encode(h.finalize())))
     }
 
+    /// From a finished SHA-256.
+    pub fn from_sha256(sha: [u8; 32]) -> Self {
+        Digest(format!("sha256:{}", hex::encode(sha)))
+    }
+
     /// The hex part (a file name in the blob store).
     pub fn hex(&self) -> &str {
         &self.0[7..]

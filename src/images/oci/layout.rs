@@ -489,9 +489,13 @@ pub fn import_oci(
     let tmp = store.temp_image("import", &name)?;
     let mut applier =
         LayerApplier::new(tmp.path()).map_err(|e| OciError::Layer { digest: "-".into(), source: e })?;
-    for l in &found.layers {
+    let parsed = super::meta::parse_config(&found.config_bytes, &what)?;
+    let diff_ids = parsed.rootfs().diff_ids();
+    for (i, l) in found.layers.iter().enumerate() {
         let input = blobs.open_verified(&l.digest)?;
-        applier.apply(input).map_err(|e| OciError::Layer { digest: l.digest.to_string(), source: e })?;
+        let diff_id =
+            applier.apply(input).map_err(|e| OciError::Layer { digest: l.digest.to_string(), source: e })?;
+        super::apply::check_diff_id(&l.digest, diff_ids.get(i), &diff_id)?;
     }
     applier.finish().map_err(|e| OciError::Layer { digest: "-".into(), source: e })?;
     let record = ImageMeta {

@@ -20,7 +20,7 @@ use reqwest::header::CONTENT_RANGE;
 use sha2::{Digest as _, Sha256};
 
 use super::OciError;
-use super::apply::LayerApplier;
+use super::apply::{LayerApplier, check_diff_id};
 use super::blobs::BlobStore;
 use super::digest::Digest;
 use super::manifest::{self, CONFIG_LIMIT, Desc, Kind, Platform};
@@ -410,10 +410,13 @@ pub fn pull_oci(
     let mut applier =
         LayerApplier::new(tmp.path()).map_err(|e| OciError::Layer { digest: "-".into(), source: e })?;
     let status = progress.line(String::new());
+    let diff_ids = image_config.rootfs().diff_ids();
     fetch_in_order(&reg, &r.repository, &blobs, &layers, opts.jobs, &progress, |i, l| {
         status.set_message(format!("applying layer {}/{} ({})", i + 1, layers.len(), short(&l.digest)));
         let input = blobs.open_verified(&l.digest)?;
-        applier.apply(input).map_err(|e| OciError::Layer { digest: l.digest.to_string(), source: e })
+        let diff_id =
+            applier.apply(input).map_err(|e| OciError::Layer { digest: l.digest.to_string(), source: e })?;
+        check_diff_id(&l.digest, diff_ids.get(i), &diff_id)
     })?;
     status.finish_and_clear();
     applier.finish().map_err(|e| OciError::Layer { digest: "-".into(), source: e })?;
