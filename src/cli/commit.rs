@@ -74,17 +74,22 @@ impl Drop for Frozen<'_> {
     }
 }
 
-/// `mctl commit MACHINE IMAGE`.
-pub fn commit(machine: &str, image: &str, cfg: &CliConfig) -> Result<i32, CliError> {
+/// The image store as an absolute path (the copy runs with the working directory in the
+/// machine's root), after checking that we are root (commit reads a machine's tree).
+fn absolute_store(cfg: &CliConfig) -> Result<std::path::PathBuf, CliError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(CliError::new(
             "mctl commit must run as root (it reads a machine's tree and writes the image store)",
         ));
     }
-    // Absolute, because the copy below runs with the working directory in the machine's root.
-    let store_root = std::path::absolute(&cfg.image_store).map_err(|e| {
+    std::path::absolute(&cfg.image_store).map_err(|e| {
         CliError::new(format!("cannot resolve the image store {}: {e}", cfg.image_store.display()))
-    })?;
+    })
+}
+
+/// `mctl commit MACHINE IMAGE`.
+pub fn commit(machine: &str, image: &str, cfg: &CliConfig) -> Result<i32, CliError> {
+    let store_root = absolute_store(cfg)?;
     let store = ImageStore::new(store_root);
     store.ensure_absent(image).map_err(|e| CliError::new(e.to_string()))?;
     let leader = leader_of(machine)?;
@@ -128,14 +133,7 @@ fn root_is_overlay_of(leader: u32, lower: &Path) -> Result<bool, CliError> {
 /// directory itself lives in the launcher's private scratch tmpfs, out of reach.)
 pub fn commit_oci(machine: &str, image: &str, cfg: &CliConfig) -> Result<i32, CliError> {
     use crate::images::oci::{blobs::BlobStore, commit as oci_commit};
-    if !nix::unistd::geteuid().is_root() {
-        return Err(CliError::new(
-            "mctl commit must run as root (it reads a machine's tree and writes the image store)",
-        ));
-    }
-    let store_root = std::path::absolute(&cfg.image_store).map_err(|e| {
-        CliError::new(format!("cannot resolve the image store {}: {e}", cfg.image_store.display()))
-    })?;
+    let store_root = absolute_store(cfg)?;
     let store = ImageStore::new(&store_root);
     store.ensure_absent(image).map_err(|e| CliError::new(e.to_string()))?;
     let (leader, root_dir) = leader_and_root(machine)?;

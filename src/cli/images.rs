@@ -22,13 +22,13 @@ use super::args::{
 use super::output::{self, emit};
 use super::{CliConfig, CliError};
 
-fn store(cfg: &CliConfig) -> ImageStore {
+pub(super) fn store(cfg: &CliConfig) -> ImageStore {
     ImageStore::new(&cfg.image_store)
 }
 
 /// Verbs that change the store need root: image trees hold files of every owner, device nodes
 /// and capabilities, and the immutable flag needs CAP_LINUX_IMMUTABLE.
-fn need_root(verb: &str) -> Result<(), CliError> {
+pub(super) fn need_root(verb: &str) -> Result<(), CliError> {
     if rustix::process::geteuid().is_root() {
         Ok(())
     } else {
@@ -37,11 +37,11 @@ fn need_root(verb: &str) -> Result<(), CliError> {
 }
 
 /// Signals during a long operation must leave no temporary behind (see `images::interrupt`).
-fn catch_signals() -> Result<(), CliError> {
+pub(super) fn catch_signals() -> Result<(), CliError> {
     interrupt::install().map_err(|e| CliError::new(format!("cannot install signal handlers: {e}")))
 }
 
-fn interrupted(i: Interrupted) -> CliError {
+pub(super) fn interrupted(i: Interrupted) -> CliError {
     CliError { message: "interrupted; nothing was left behind".into(), exit_code: i.exit_code() }
 }
 

@@ -18,33 +18,14 @@ use crate::images::oci::{OciError, auth, bundle};
 use super::args::{
     ExportOciArgs, ImportOciArgs, MachineArgs, OciBundleArgs, PullOciArgs, PushOciArgs, RegistryArgs, Toggle,
 };
-use super::images::format_bytes;
+use super::images::{catch_signals, format_bytes, interrupted, need_root, store};
 use super::output::emit;
 use super::{CliConfig, CliError};
-
-fn store(cfg: &CliConfig) -> ImageStore {
-    ImageStore::new(&cfg.image_store)
-}
-
-fn need_root(verb: &str) -> Result<(), CliError> {
-    if rustix::process::geteuid().is_root() {
-        Ok(())
-    } else {
-        Err(CliError::new(format!("mctl {verb} changes the image store and must be run as root")))
-    }
-}
-
-fn catch_signals() -> Result<(), CliError> {
-    crate::images::interrupt::install()
-        .map_err(|e| CliError::new(format!("cannot install signal handlers: {e}")))
-}
 
 /// An OCI failure for the user: an interruption keeps its exit status.
 pub(super) fn oci_err(verb: &str, e: OciError) -> CliError {
     match e.interrupted() {
-        Some(i) => {
-            CliError { message: "interrupted; nothing was left behind".into(), exit_code: i.exit_code() }
-        }
+        Some(i) => interrupted(i),
         None => CliError::new(format!("{verb} failed: {e}")),
     }
 }
