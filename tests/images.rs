@@ -56,13 +56,7 @@ impl Env {
     }
 
     fn cmd(&self) -> Command {
-        let mut c = mctl();
-        c.env("MCTL_IMAGE_STORE", &self.store).env("MCTL_PULL_CACHE", &self.cache).env("MCTL_LOG", "info");
-        for p in ["http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "all_proxy"] {
-            c.env_remove(p);
-        }
-        c.stdin(Stdio::null());
-        c
+        mctl_with_store(&self.store, &self.cache)
     }
 
     fn mctl(&self, args: &[&str]) -> Output {
@@ -71,17 +65,12 @@ impl Env {
 
     /// Runs mctl and asserts success.
     fn ok(&self, args: &[&str]) -> Output {
-        let o = self.mctl(args);
-        assert!(o.status.success(), "mctl {args:?} failed: {}", stderr(&o));
-        o
+        output_ok(self.cmd(), args)
     }
 
     /// Runs mctl, asserts failure with `needle` in the message.
     fn fails(&self, args: &[&str], needle: &str) -> Output {
-        let o = self.mctl(args);
-        assert!(!o.status.success(), "mctl {args:?} succeeded; stderr: {}", stderr(&o));
-        assert!(stderr(&o).contains(needle), "mctl {args:?}: expected '{needle}' in: {}", stderr(&o));
-        o
+        output_fails(self.cmd(), args, needle)
     }
 
     /// The images (visible entries) in the store.

@@ -58,20 +58,13 @@ impl Env {
     }
 
     fn cmd(&self) -> Command {
-        let mut c = mctl();
-        c.env("MCTL_IMAGE_STORE", &self.store)
-            .env("MCTL_PULL_CACHE", &self.cache)
-            .env("MCTL_LOG", "info")
-            // Credentials only from the test's own files.
-            .env("XDG_RUNTIME_DIR", &self.xdg)
+        let mut c = mctl_with_store(&self.store, &self.cache);
+        // Credentials only from the test's own files.
+        c.env("XDG_RUNTIME_DIR", &self.xdg)
             .env("HOME", self.path())
             .env_remove("REGISTRY_AUTH_FILE")
             .env_remove("DOCKER_CONFIG")
             .env_remove("XDG_CONFIG_HOME");
-        for p in ["http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "all_proxy"] {
-            c.env_remove(p);
-        }
-        c.stdin(Stdio::null());
         c
     }
 
@@ -80,16 +73,11 @@ impl Env {
     }
 
     fn ok(&self, args: &[&str]) -> Output {
-        let o = self.mctl(args);
-        assert!(o.status.success(), "mctl {args:?} failed: {}", stderr(&o));
-        o
+        output_ok(self.cmd(), args)
     }
 
     fn fails(&self, args: &[&str], needle: &str) -> Output {
-        let o = self.mctl(args);
-        assert!(!o.status.success(), "mctl {args:?} succeeded; stderr: {}", stderr(&o));
-        assert!(stderr(&o).contains(needle), "mctl {args:?}: expected '{needle}' in: {}", stderr(&o));
-        o
+        output_fails(self.cmd(), args, needle)
     }
 
     fn image(&self, name: &str) -> PathBuf {

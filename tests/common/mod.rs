@@ -24,6 +24,34 @@ pub fn mctl() -> Command {
     c
 }
 
+/// mctl with an image store and pull cache of a test's own, logging at info, no proxies,
+/// stdin from /dev/null.
+pub fn mctl_with_store(store: &Path, cache: &Path) -> Command {
+    let mut c = mctl();
+    c.env("MCTL_IMAGE_STORE", store).env("MCTL_PULL_CACHE", cache).env("MCTL_LOG", "info");
+    for p in ["http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "all_proxy"] {
+        c.env_remove(p);
+    }
+    c.stdin(Stdio::null());
+    c
+}
+
+/// Runs `cmd` and asserts success.
+pub fn output_ok(mut cmd: Command, args: &[&str]) -> Output {
+    let o = cmd.args(args).output().expect("spawn mctl");
+    assert!(o.status.success(), "mctl {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+    o
+}
+
+/// Runs `cmd`, asserts failure with `needle` in its stderr.
+pub fn output_fails(mut cmd: Command, args: &[&str], needle: &str) -> Output {
+    let o = cmd.args(args).output().expect("spawn mctl");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "mctl {args:?} succeeded; stderr: {err}");
+    assert!(err.contains(needle), "mctl {args:?}: expected '{needle}' in: {err}");
+    o
+}
+
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
