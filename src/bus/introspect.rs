@@ -17,11 +17,11 @@ pub struct Method {
 /// An interface.
 #[derive(Debug)]
 pub struct Interface {
-    /// Name.
+    /// D-Bus interface name (`org.freedesktop.machine1.Manager`).
     pub name: &'static str,
     /// Read-only properties: name, signature, emits-changed value (`const` or `false`).
     pub properties: &'static [(&'static str, &'static str, &'static str)],
-    /// Methods.
+    /// The methods mctld serves on it (a subset of machined's), in the XML's order.
     pub methods: &'static [Method],
     /// Signals: name and args.
     pub signals: &'static [(&'static str, &'static [(&'static str, &'static str)])],

@@ -91,10 +91,10 @@ pub enum Command {
 /// yes/no, also spelled true/false (podman's --tls-verify=false).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Toggle {
-    /// Yes.
+    /// On (also accepted as true).
     #[value(alias = "true")]
     Yes,
-    /// No.
+    /// Off (also accepted as false).
     #[value(alias = "false")]
     No,
 }
@@ -420,9 +420,9 @@ pub struct ShellArgs {
 /// `yes` or `no`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum YesNo {
-    /// Yes.
+    /// On (spelled yes only: true is not accepted here).
     Yes,
-    /// No.
+    /// Off (spelled no only: false is not accepted here).
     No,
 }
 

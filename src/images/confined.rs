@@ -94,9 +94,9 @@ fn io_err<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(rustix::io::Err
 pub struct Meta {
     /// Permission bits including setuid, setgid and sticky.
     pub mode: u32,
-    /// Owner.
+    /// Numeric owner uid, applied as is (user names in archives are never looked up).
     pub uid: u32,
-    /// Group.
+    /// Numeric group gid, applied as is (group names in archives are never looked up).
     pub gid: u32,
     /// Modification time: seconds and nanoseconds since the epoch.
     pub mtime: (i64, u32),

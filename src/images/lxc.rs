@@ -37,13 +37,13 @@ pub enum LxcError {
     NotFound {
         /// The server.
         server: String,
-        /// Distribution.
+        /// Distribution asked for (`debian`), matched exactly against the index.
         dist: String,
-        /// Release.
+        /// Release asked for (`bookworm`).
         release: String,
-        /// Architecture.
+        /// Architecture asked for, in Debian's names (`amd64`, `arm64`).
         arch: String,
-        /// Variant.
+        /// Variant asked for (`default` unless `--variant` was given).
         variant: String,
     },
     /// An index line points somewhere odd.
@@ -128,13 +128,13 @@ pub fn host_arch() -> &'static str {
 pub struct LxcRequest {
     /// The server's base URL.
     pub server: String,
-    /// Distribution.
+    /// Distribution as the index names it (`debian`, `alpine`); matched exactly.
     pub dist: String,
-    /// Release.
+    /// Release as the index names it (`bookworm`, `3.20`).
     pub release: String,
-    /// Architecture.
+    /// Architecture in Debian's names (`amd64`); the CLI defaults to [`host_arch`].
     pub arch: String,
-    /// Variant.
+    /// Image variant (`default`, `cloud`); the CLI's default is `default`.
     pub variant: String,
 }
 

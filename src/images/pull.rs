@@ -38,7 +38,7 @@ pub enum Verify {
 /// Settings of a pull.
 #[derive(Debug, Clone)]
 pub struct PullOptions {
-    /// Verification.
+    /// Whether to check the download against its published SHA-256 (`--verify`).
     pub verify: Verify,
     /// The download cache directory; `None` for no cache.
     pub cache: Option<PathBuf>,

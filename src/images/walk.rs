@@ -32,7 +32,7 @@ fn err<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(rustix::io::Errno)
 /// The kind of a file found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// Directory.
+    /// Directory, visited before its entries (a mount point inside the tree looks empty).
     Dir,
     /// Regular file.
     File,

@@ -30,7 +30,7 @@ pub const TOKEN_OUTPUT: u64 = 12;
 /// What the launcher should do after a console event.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ConsoleEvent {
-    /// Nothing.
+    /// Keep going: bytes were moved (or buffered), no escape sequence completed.
     None,
     /// The user typed the escape sequence.
     Escape,

@@ -127,7 +127,7 @@ pub fn parse_machine_id(s: &str) -> Option<uuid::Uuid> {
 /// A user inside the machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
-    /// Name.
+    /// Login name from the machine's passwd; the uid's digits when it has no entry there.
     pub name: String,
     /// uid.
     pub uid: u32,

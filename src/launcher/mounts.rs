@@ -56,31 +56,31 @@ impl Trees {
 pub enum Step {
     /// `mkdir -p`.
     MkDir {
-        /// Directory.
+        /// Directory to create with its parents (host path before the pivot, machine path after).
         path: PathBuf,
         /// Mode of created directories.
         mode: u32,
     },
     /// A mount; `optional` ones are skipped when the target does not exist.
     Mount {
-        /// Source.
+        /// Bind source or fs name (`tmpfs`); `None` for remounts and propagation changes.
         source: Option<String>,
         /// Mount point.
         target: PathBuf,
         /// Filesystem type.
         fstype: Option<String>,
-        /// Flags.
+        /// mount(2)'s `MS_*` flags, bind, remount and propagation ones included.
         flags: MsFlags,
-        /// Options.
+        /// mount(2)'s data string (`mode=755,size=4m`, `lowerdir=…`); `None` for none.
         data: Option<String>,
         /// Skip when the target is missing.
         optional: bool,
     },
     /// A device node, fifo or socket inode.
     MkNod {
-        /// Path.
+        /// Where to create the node; an existing file there makes the step fail.
         path: PathBuf,
-        /// Kind.
+        /// Char or block device, fifo or socket (the `S_IF*` type given to mknod).
         kind: NodeKind,
         /// Exact mode.
         mode: u32,
@@ -98,16 +98,16 @@ pub enum Step {
     },
     /// A file with fixed contents.
     WriteFile {
-        /// Path.
+        /// File to create or truncate (its parent must exist).
         path: PathBuf,
-        /// Contents.
+        /// The bytes written, in full (`mctl\n` for `/run/host/container-manager`).
         contents: Vec<u8>,
         /// Exact mode.
         mode: u32,
     },
     /// Removes a file.
     Remove {
-        /// Path.
+        /// File to unlink (not a directory); a missing one makes the step fail.
         path: PathBuf,
     },
     /// Attaches a detached host mount, creating the mount point unless `only_if_exists`.

@@ -21,7 +21,7 @@ pub enum RegisterMode {
 /// What the manager learns about a machine.
 #[derive(Debug, Clone)]
 pub struct MachineInfo {
-    /// Name.
+    /// Machine name, already validated; mctld lists and looks the machine up by it.
     pub name: String,
     /// UUID.
     pub id: uuid::Uuid,

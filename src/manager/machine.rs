@@ -68,13 +68,13 @@ pub struct Machine {
     pub leader: u32,
     /// The leader's start time (clock ticks since boot), to tell it from a reused pid.
     pub leader_start: u64,
-    /// Class.
+    /// Container or VM, as registered (`CLASS=` in the state file).
     pub class: Class,
     /// Root directory on the host, or "".
     pub root_directory: String,
     /// Host-side interface indices.
     pub netif: Vec<i32>,
-    /// State.
+    /// `running`, or `closing` once termination was requested (`STATE=` in the state file).
     pub state: State,
     /// The leader's cgroup2 path at registration (the machine's payload cgroup).
     pub cgroup: String,

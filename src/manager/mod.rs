@@ -126,7 +126,7 @@ impl Default for ManagerConfig {
 /// A registration request (the arguments of `RegisterMachineWithNetwork`).
 #[derive(Debug, Clone)]
 pub struct RegisterRequest {
-    /// Name.
+    /// Machine name as the caller sent it, unchecked until `registry::validate`.
     pub name: String,
     /// 0 or 16 bytes.
     pub id: Vec<u8>,
@@ -502,7 +502,7 @@ pub type Addresses = Vec<(i32, Vec<u8>)>;
 /// One row of [`Manager::overview`]: what `mctl list` shows of a machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MachineOverview {
-    /// Name.
+    /// Machine name; [`Manager::overview`] returns the rows sorted by it.
     pub name: String,
     /// Class (`container`, `vm`).
     pub class: String,

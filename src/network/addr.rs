@@ -23,15 +23,15 @@ pub enum AddrError {
     /// `--address` outside the pool.
     #[error("address {address} is outside the address pool {pool}")]
     OutsidePool {
-        /// Requested.
+        /// The `--address` as given, with its prefix (`10.99.0.2/30`).
         address: Ipv4Net,
-        /// Pool.
+        /// The address pool (`--address-pool`, default 10.213.0.0/16).
         pool: Ipv4Net,
     },
     /// `--address` outside the subnet of the bridge or zone the machine joins.
     #[error("address {address} is outside the subnet {subnet} of {owner}")]
     OutsideSubnet {
-        /// Requested.
+        /// The `--address` host, its prefix dropped (the segment's prefix applies).
         address: Ipv4Addr,
         /// The segment's subnet.
         subnet: Ipv4Net,
@@ -41,7 +41,7 @@ pub enum AddrError {
     /// `--address` whose subnet overlaps a lease.
     #[error("address {address} overlaps {leased}, leased to {owner}")]
     Overlaps {
-        /// Requested.
+        /// The `--address` as given, with its prefix (its whole subnet must be free).
         address: Ipv4Net,
         /// The lease in the way.
         leased: Ipv4Net,
@@ -51,7 +51,7 @@ pub enum AddrError {
     /// `--address` already given to someone on the same segment.
     #[error("address {address} is already used by {owner}")]
     InUse {
-        /// Requested.
+        /// The `--address` host, its prefix dropped.
         address: Ipv4Addr,
         /// Its holder.
         owner: String,
@@ -59,7 +59,7 @@ pub enum AddrError {
     /// Nothing left of the requested size.
     #[error("address pool {pool} has no free /{prefix} subnet left")]
     PoolExhausted {
-        /// Pool.
+        /// The address pool searched (`--address-pool`, default 10.213.0.0/16).
         pool: Ipv4Net,
         /// Requested size.
         prefix: u8,

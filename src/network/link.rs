@@ -40,7 +40,7 @@ pub enum LinkError {
     /// `--network-bridge` names a link of another kind.
     #[error("{name} is not a bridge (link kind: {kind})")]
     NotABridge {
-        /// Link.
+        /// The link: the `--network-bridge` value, or a zone's own `vz-` bridge.
         name: String,
         /// Its kind.
         kind: String,
@@ -56,7 +56,7 @@ pub enum LinkError {
     Sysctl {
         /// The /proc/sys path.
         path: PathBuf,
-        /// Why.
+        /// The I/O error's text, from reading or from writing the file.
         reason: String,
     },
     /// Entering the machine's namespace.
@@ -66,7 +66,7 @@ pub enum LinkError {
         step: &'static str,
         /// Whose namespace.
         what: String,
-        /// Why.
+        /// The setns(2) errno's description.
         reason: String,
     },
 }
@@ -107,7 +107,7 @@ fn is_gone(e: &rtnetlink::Error) -> bool {
 /// What [`Rt::link`] tells about a link.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkSummary {
-    /// Index.
+    /// Interface index in the namespace the query ran in (`lo` is always 1).
     pub index: u32,
     /// `IFLA_INFO_KIND` ("bridge", "veth"), `None` for physical links.
     pub kind: Option<String>,

@@ -127,9 +127,9 @@ pub enum NetworkError {
     /// A host port another machine forwards.
     #[error("host port {proto}:{port} is already forwarded to machine {owner}")]
     PortTaken {
-        /// Protocol.
+        /// Protocol of the clashing forward (`tcp` or `udp`).
         proto: Proto,
-        /// Port.
+        /// The host port, already in another live machine's forwards.
         port: u16,
         /// The machine holding it.
         owner: String,
@@ -137,7 +137,7 @@ pub enum NetworkError {
     /// The machine already has a network (a launcher for the same name is running).
     #[error("machine {machine} already has a network, set up by launcher pid {pid}")]
     Busy {
-        /// Machine.
+        /// Machine name whose network state another live launcher still holds.
         machine: String,
         /// The launcher holding it.
         pid: i32,
@@ -160,7 +160,7 @@ pub enum NetworkError {
     Netns {
         /// Machine PID 1.
         pid: i32,
-        /// Why.
+        /// The error opening `/proc/PID/ns/net` (or the launcher's own namespace file).
         #[source]
         source: io::Error,
     },

@@ -42,7 +42,7 @@ pub enum NatError {
     /// libnftables is missing.
     #[error("cannot use nftables for machine {machine}: {message} (is the nftables package installed?)")]
     Unavailable {
-        /// Machine.
+        /// Machine the change or preload was for (used in the message only).
         machine: String,
         /// The loader's message.
         message: String,
@@ -52,7 +52,7 @@ pub enum NatError {
     Failed {
         /// What was being done.
         step: &'static str,
-        /// Machine.
+        /// Machine whose elements (commented `machine NAME`) were being changed.
         machine: String,
         /// nft's message.
         message: String,

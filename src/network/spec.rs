@@ -62,7 +62,7 @@ impl fmt::Display for Proto {
 /// `--port=[tcp:|udp:]HOSTPORT[:GUESTPORT]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct PortForward {
-    /// Protocol.
+    /// Protocol: TCP unless the `--port` value starts with `udp:`.
     pub proto: Proto,
     /// Port on the host's addresses (including 127.0.0.1).
     pub host_port: u16,
@@ -111,9 +111,9 @@ pub enum SpecError {
     /// `--gateway` outside the address's subnet.
     #[error("gateway {gateway} is not a host of {address}'s subnet, or is the address itself")]
     BadGateway {
-        /// Gateway.
+        /// The `--gateway` given, or a user bridge's own address when none was.
         gateway: Ipv4Addr,
-        /// Address.
+        /// The `--address` with its prefix, or the user bridge's subnet.
         address: Ipv4Net,
     },
     /// `--gateway` without `--address`.

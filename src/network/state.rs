@@ -39,7 +39,7 @@ pub enum StateError {
     Parse {
         /// The path.
         path: PathBuf,
-        /// Why.
+        /// The JSON error, with its line and column in the file.
         #[source]
         source: serde_json::Error,
     },

@@ -635,7 +635,7 @@ pub fn raw_syscall_errno(nr: libc::c_long, a: i64) -> Option<i32> {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BpfInsn {
-    /// Opcode.
+    /// Opcode: class, operation and source bits OR'd (`0xb7` = `BPF_ALU64 | BPF_MOV | BPF_K`).
     pub code: u8,
     /// Destination register (low nibble) and source register (high nibble).
     pub regs: u8,

@@ -38,7 +38,7 @@ pub struct NewLayer {
     pub diff_id: Digest,
     /// Entries added or changed, and whiteouts.
     pub changed: u64,
-    /// Whiteouts.
+    /// Whiteouts written: one per removed file or subtree (also counted in `changed`).
     pub removed: u64,
 }
 

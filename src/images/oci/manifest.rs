@@ -48,7 +48,7 @@ pub struct Desc {
     /// Media type.
     #[serde(rename = "mediaType")]
     pub media_type: String,
-    /// Digest.
+    /// `sha256:` digest of the blob as stored (compressed, for a gzip layer).
     pub digest: Digest,
     /// Size in bytes.
     pub size: u64,

@@ -140,7 +140,7 @@ pub enum OciError {
     Layer {
         /// The layer's digest.
         digest: String,
-        /// Why.
+        /// What the tar importer reported (bad compression, a refused or unwritable entry, …).
         source: ImportError,
     },
     /// Reading a tree failed.
