@@ -91,10 +91,10 @@ pub enum Command {
 /// yes/no, also spelled true/false (podman's --tls-verify=false).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Toggle {
-    /// On (also accepted as true).
+    /// Turn it on (`true` works too, as in podman).
     #[value(alias = "true")]
     Yes,
-    /// Off (also accepted as false).
+    /// Turn it off (`false` works too, as in podman).
     #[value(alias = "false")]
     No,
 }
@@ -420,9 +420,9 @@ pub struct ShellArgs {
 /// `yes` or `no`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum YesNo {
-    /// On (spelled yes only: true is not accepted here).
+    /// Turn it on.
     Yes,
-    /// Off (spelled no only: false is not accepted here).
+    /// Turn it off.
     No,
 }
 
