@@ -130,27 +130,6 @@ struct Snap {
     links: Vec<PathBuf>,
 }
 
-fn xattrs_of(p: &Path) -> Vec<(OsString, Vec<u8>)> {
-    let mut names = vec![0u8; 64 * 1024];
-    let n = match rustix::fs::llistxattr(p, &mut names[..]) {
-        Ok(n) => n,
-        Err(_) => return Vec::new(),
-    };
-    let mut out: Vec<(OsString, Vec<u8>)> = names[..n]
-        .split(|b| *b == 0)
-        .filter(|n| !n.is_empty())
-        .map(|name| {
-            let name = std::ffi::OsStr::from_bytes(name).to_owned();
-            let mut v = vec![0u8; 64 * 1024];
-            let len = rustix::fs::lgetxattr(p, name.as_os_str(), &mut v[..]).unwrap();
-            v.truncate(len);
-            (name, v)
-        })
-        .collect();
-    out.sort();
-    out
-}
-
 /// Everything about a tree that an image copy must keep.
 fn snapshot(root: &Path) -> BTreeMap<PathBuf, Snap> {
     let mut out = BTreeMap::new();
@@ -319,12 +298,6 @@ impl RawTar {
         self.0.extend_from_slice(&[0u8; 1024]);
         self.0
     }
-}
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    e.write_all(data).unwrap();
-    e.finish().unwrap()
 }
 
 fn gnu_tar(args: &[&str]) {

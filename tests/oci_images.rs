@@ -180,24 +180,6 @@ struct Snap {
     xattrs: Vec<(OsString, Vec<u8>)>,
 }
 
-fn xattrs_of(p: &Path) -> Vec<(OsString, Vec<u8>)> {
-    let mut names = vec![0u8; 64 * 1024];
-    let Ok(n) = rustix::fs::llistxattr(p, &mut names[..]) else { return Vec::new() };
-    let mut out: Vec<(OsString, Vec<u8>)> = names[..n]
-        .split(|b| *b == 0)
-        .filter(|n| !n.is_empty())
-        .map(|name| {
-            let name = std::ffi::OsStr::from_bytes(name).to_owned();
-            let mut v = vec![0u8; 64 * 1024];
-            let len = rustix::fs::lgetxattr(p, name.as_os_str(), &mut v[..]).unwrap();
-            v.truncate(len);
-            (name, v)
-        })
-        .collect();
-    out.sort();
-    out
-}
-
 fn snapshot(root: &Path) -> BTreeMap<PathBuf, Snap> {
     let mut out = BTreeMap::new();
     let mut stack = vec![PathBuf::new()];

@@ -5,7 +5,9 @@
 
 pub mod http;
 
-use std::io::Read;
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -784,4 +786,33 @@ impl Drop for Guarded {
             stop_launcher(&mut self.0);
         }
     }
+}
+
+/// Every extended attribute of `p` (not following a symlink), sorted by name.
+pub fn xattrs_of(p: &Path) -> Vec<(OsString, Vec<u8>)> {
+    let mut names = vec![0u8; 64 * 1024];
+    let n = match rustix::fs::llistxattr(p, &mut names[..]) {
+        Ok(n) => n,
+        Err(_) => return Vec::new(),
+    };
+    let mut out: Vec<(OsString, Vec<u8>)> = names[..n]
+        .split(|b| *b == 0)
+        .filter(|n| !n.is_empty())
+        .map(|name| {
+            let name = std::ffi::OsStr::from_bytes(name).to_owned();
+            let mut v = vec![0u8; 64 * 1024];
+            let len = rustix::fs::lgetxattr(p, name.as_os_str(), &mut v[..]).unwrap();
+            v.truncate(len);
+            (name, v)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// `data` gzip-compressed.
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
 }

@@ -582,12 +582,6 @@ impl RawTar {
     }
 }
 
-pub fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    e.write_all(data).unwrap();
-    e.finish().unwrap()
-}
-
 /// The member names of a gzip'd layer.
 pub fn layer_members(gz: &[u8]) -> Vec<String> {
     let mut a = tar::Archive::new(flate2::read::GzDecoder::new(gz));
