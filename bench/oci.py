@@ -14,22 +14,15 @@ for podman), so every side downloads every layer, checks it, and unpacks it into
 (podman: its layer store). Prints the median of each side and the ratio peer/mctl (>= 1.0:
 mctl is at least as fast).
 """
-import argparse, os, shutil, socket, statistics, subprocess, tempfile, time, urllib.request
+import argparse, os, shutil, statistics, subprocess, tempfile, time, urllib.request
 
+from images import free_port  # noqa: E402
 from launch import MCTL, tree  # noqa: E402
 
 
 def run(cmd, env=None, cwd=None):
     subprocess.run(cmd, check=True, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
                    stdout=subprocess.DEVNULL)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def start_registry(work):
