@@ -22,3 +22,4 @@ pub mod runtime;
 pub mod seccomp;
 pub mod signals;
 pub mod sys;
+pub mod userns;

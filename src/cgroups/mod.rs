@@ -381,6 +381,22 @@ impl MachineCgroup {
         self.parts.iter().filter(|p| !p.hierarchy.v2).map(|p| p.payload().join("tasks")).collect()
     }
 
+    /// Delegates the payload's cgroup2 directory to the machine's root (host ids `uid`/`gid`) in
+    /// a user namespace, as systemd delegates to a user: the directory and the files that
+    /// create, populate and enable controllers below it. The guest sees no v1 hierarchy.
+    pub fn delegate_payload(&self, uid: u32, gid: u32) -> Result<(), CgroupError> {
+        let dir = self.unified_payload_dir();
+        for name in [".", "cgroup.procs", "cgroup.threads", "cgroup.subtree_control"] {
+            let path = dir.join(name);
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(|source| CgroupError::Io {
+                step: "delegate",
+                path,
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
     /// The payload's cgroup2 directory (for `fork_into_cgroup`).
     pub fn unified_payload_dir(&self) -> PathBuf {
         self.parts[0].payload()

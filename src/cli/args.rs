@@ -477,6 +477,18 @@ pub struct MachineArgs {
     /// A read-only overlay mount: LOWER[:LOWER...]:DEST.
     #[arg(long = "overlay-ro", value_name = "LOWER:DEST")]
     pub overlay_ro: Vec<String>,
+    /// A user namespace: no, yes (the range follows the owner of the root directory), pick (a
+    /// free range of 65536 ids, the image's previous one when free), identity, or UID[:COUNT].
+    /// The machine's root then has no privilege on the host.
+    #[arg(long, value_name = "MODE", num_args = 0..=1, default_missing_value = "yes")]
+    pub private_users: Option<crate::userns::PrivateUsers>,
+    /// Same as --private-users=pick.
+    #[arg(short = 'U')]
+    pub private_users_pick: bool,
+    /// How the image's files appear owned inside a user namespace: map (an idmapped mount, the
+    /// tree on disk unchanged), chown, off, or auto (map where the file system can).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub private_users_ownership: Option<crate::userns::Ownership>,
     /// Capabilities to grant on top of the defaults (comma-separated, or "all").
     #[arg(long, value_name = "CAPS")]
     pub capability: Vec<String>,

@@ -83,6 +83,18 @@ pub fn build_spec(m: MachineArgs, payload: Payload, cfg: &CliConfig) -> Result<L
         return Err(CliError::new("--user cannot be used with boot: init must run as root"));
     }
     let console = m.console.unwrap_or_else(|| default_console(boot));
+    // -U is pick, unless --private-users says otherwise (nspawn's rule).
+    let private_users = match (m.private_users, m.private_users_pick) {
+        (Some(p), _) => p,
+        (None, true) => crate::userns::PrivateUsers::Pick,
+        (None, false) => crate::userns::PrivateUsers::No,
+    };
+    let private_users_ownership = m.private_users_ownership.unwrap_or_default();
+    if private_users_ownership == crate::userns::Ownership::Chown {
+        return Err(CliError::new(
+            "--private-users-ownership=chown is not supported yet: use map (the default) or off",
+        ));
+    }
     Ok(LaunchSpec {
         root,
         name,
@@ -109,6 +121,8 @@ pub fn build_spec(m: MachineArgs, payload: Payload, cfg: &CliConfig) -> Result<L
         cgroup: CgroupConfig::default(),
         register: m.register,
         network,
+        private_users,
+        private_users_ownership,
     })
 }
 

@@ -3,6 +3,7 @@
 //! drops privileges and execs init (or the command, or the reaper with `--as-pid2`).
 
 use std::convert::Infallible;
+use std::os::fd::BorrowedFd;
 use std::path::Path;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -16,13 +17,40 @@ use super::channel::ChildEnd;
 use super::exec::{self, cstring};
 use super::identity::INIT_CANDIDATES;
 use super::mounts::{self, Trees};
+use super::private_users;
 use super::security;
 use super::spec::Payload;
 use super::{ChildContext, ChildError};
 
 /// Runs PID 1's setup and execs; reports failures to the launcher and exits.
 pub(super) fn run(ctx: &ChildContext<'_>, chan: &ChildEnd, console: Option<&str>) -> ! {
-    let err = match inner(ctx, chan, console) {
+    let result = mount_api_filesystems(&LinuxSys, &ctx.boot_id, ctx.spec.network.needs_netns(), None)
+        .and_then(|()| inner(ctx, chan, console));
+    fail(chan, result)
+}
+
+/// [`run`] for PID 1 in a user namespace of its own, forked before the tree was built: it waits
+/// for the outer child to complete it (API file systems included), then becomes root of its
+/// user namespace and sets its hostname there.
+pub(super) fn run_in_user_namespace(
+    ctx: &ChildContext<'_>,
+    chan: &ChildEnd,
+    console: Option<&str>,
+    wait: private_users::Pid1Wait,
+) -> ! {
+    let result = wait
+        .wait_until_ready()
+        .and_then(|()| {
+            // The copied mounts became slaves of the host's; the guest's services need / shared.
+            mounts::apply(&LinuxSys, &Trees::default(), &[mounts::share_root()])?;
+            LinuxSys.sethostname(ctx.spec.hostname()).map_err(ChildError::step("set hostname"))
+        })
+        .and_then(|()| inner(ctx, chan, console));
+    fail(chan, result)
+}
+
+fn fail(chan: &ChildEnd, result: Result<Infallible, ChildError>) -> ! {
+    let err = match result {
         Ok(never) => match never {},
         Err(e) => e,
     };
@@ -31,8 +59,6 @@ pub(super) fn run(ctx: &ChildContext<'_>, chan: &ChildEnd, console: Option<&str>
 }
 
 fn inner(ctx: &ChildContext<'_>, chan: &ChildEnd, console: Option<&str>) -> Result<Infallible, ChildError> {
-    mount_api_filesystems(&LinuxSys, &ctx.boot_id, ctx.spec.network.needs_netns())?;
-
     if !chan.wait_go()? {
         // The launcher went away: nothing to run for.
         linux::exit_now(1);
@@ -67,9 +93,19 @@ fn inner(ctx: &ChildContext<'_>, chan: &ChildEnd, console: Option<&str>) -> Resu
 }
 
 /// The cgroup namespace (the launcher placed us in the payload cgroup; that becomes the root
-/// the guest sees), then what must be mounted from inside the new pid namespace (/proc, /sys).
-fn mount_api_filesystems(sys: &impl Sys, boot_id: &uuid::Uuid, own_network: bool) -> Result<(), ChildError> {
-    sys.unshare(CloneFlags::CLONE_NEWCGROUP).map_err(ChildError::step("create cgroup namespace"))?;
+/// the guest sees; with a user namespace, the one made in it, `cgroupns`), then what must be
+/// mounted from inside the new pid namespace (/proc, /sys).
+pub(super) fn mount_api_filesystems(
+    sys: &impl Sys,
+    boot_id: &uuid::Uuid,
+    own_network: bool,
+    cgroupns: Option<BorrowedFd<'_>>,
+) -> Result<(), ChildError> {
+    match cgroupns {
+        Some(fd) => sys.setns(fd, CloneFlags::CLONE_NEWCGROUP),
+        None => sys.unshare(CloneFlags::CLONE_NEWCGROUP),
+    }
+    .map_err(ChildError::step("create cgroup namespace"))?;
     mounts::apply(sys, &Trees::default(), &mounts::inner_plan(boot_id, own_network))?;
     Ok(())
 }
@@ -141,13 +177,13 @@ mod tests {
     #[test]
     fn the_cgroup_namespace_comes_before_proc_sys_and_cgroup2() {
         let sys = FakeSys::new();
-        mount_api_filesystems(&sys, &uuid::Uuid::nil(), false).unwrap();
+        mount_api_filesystems(&sys, &uuid::Uuid::nil(), false, None).unwrap();
         let calls = sys.calls();
         assert_eq!(calls[0], "unshare CloneFlags(CLONE_NEWCGROUP)");
         let cgroup2 = calls.iter().position(|c| c.contains(" cgroup2 ")).expect("cgroup2 mounted");
         assert!(cgroup2 > 0);
         sys.fail_on("unshare", libc::EPERM);
-        let err = mount_api_filesystems(&sys, &uuid::Uuid::nil(), false).unwrap_err();
+        let err = mount_api_filesystems(&sys, &uuid::Uuid::nil(), false, None).unwrap_err();
         assert!(err.to_string().starts_with("cannot create cgroup namespace"), "{err}");
     }
 }

@@ -20,6 +20,7 @@ mod inner;
 pub mod mounts;
 pub mod notify;
 mod outer;
+mod private_users;
 pub mod process;
 pub mod record;
 pub mod register;
@@ -50,6 +51,8 @@ struct ChildContext<'a> {
     /// mount namespace), when the spec needs one.
     scratch: Option<PathBuf>,
     env: Vec<(String, String)>,
+    /// The host ids the machine's user namespace maps onto (`--private-users`).
+    private_users: Option<crate::userns::IdRange>,
 }
 
 /// A setup step in a child that failed; reported to the parent as text.

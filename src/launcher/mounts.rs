@@ -20,6 +20,7 @@ use nix::mount::MsFlags;
 use crate::sys::{NodeKind, Sys};
 
 use super::spec::{LaunchSpec, Volatile};
+use crate::userns::IdRange;
 
 /// A host file or directory brought into the machine as a detached mount.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -34,6 +35,8 @@ pub enum TreeId {
     Overlay(usize),
     /// The image's `/usr`, for `--volatile=yes`.
     ImageUsr,
+    /// The image itself, idmapped for a machine with a user namespace.
+    Root,
 }
 
 /// Detached mounts, opened before the root switch.
@@ -119,6 +122,15 @@ pub enum Step {
         /// Skip when the target does not exist (or the tree was not opened).
         only_if_exists: bool,
     },
+    /// Changes the owner of `path` (not following a symlink).
+    Chown {
+        /// The file.
+        path: PathBuf,
+        /// The new owner.
+        uid: u32,
+        /// The new group.
+        gid: u32,
+    },
     /// `pivot_root` into `new_root`, detaching the old root.
     PivotRoot {
         /// The new root.
@@ -148,6 +160,7 @@ impl fmt::Display for Step {
             Step::Attach { tree, target, .. } => {
                 write!(f, "mount host {tree:?} on {}", target.display())
             }
+            Step::Chown { path, .. } => write!(f, "change the owner of {}", path.display()),
             Step::PivotRoot { new_root } => write!(f, "pivot_root into {}", new_root.display()),
         }
     }
@@ -208,6 +221,7 @@ fn apply_one(sys: &dyn Sys, trees: &Trees, step: &Step) -> io::Result<()> {
             }
             sys.attach(fd.as_fd(), target)
         }
+        Step::Chown { path, uid, gid } => sys.lchown(path, *uid, *gid),
         Step::PivotRoot { new_root } => sys.pivot_root(new_root),
     }
 }
@@ -280,9 +294,14 @@ pub fn isolate_plan() -> Vec<Step> {
     }]
 }
 
-/// Makes `root` a mount point of its own (read-only with `read_only`) and pivots into it.
-pub fn root_plan(root: &Path, read_only: bool) -> Vec<Step> {
-    let mut steps = vec![bind_self(root, false)];
+/// Makes `root` a mount point of its own (read-only with `read_only`) and pivots into it;
+/// `idmapped`: the mount is the detached idmapped tree [`TreeId::Root`].
+pub fn root_plan(root: &Path, read_only: bool, idmapped: bool) -> Vec<Step> {
+    let mut steps = vec![if idmapped {
+        Step::Attach { tree: TreeId::Root, target: root.to_owned(), only_if_exists: false }
+    } else {
+        bind_self(root, false)
+    }];
     if read_only {
         steps.push(remount_ro(root, MsFlags::empty(), false));
     }
@@ -321,8 +340,10 @@ fn overlay_step(lowers: &[PathBuf], upper_work: Option<(PathBuf, PathBuf)>, targ
 
 /// Before the pivot, on host paths: a scratch tmpfs (private to the launch's mount namespace)
 /// holding throwaway overlay layers, the root overlay for `-x`/`--volatile=overlay`, the tmpfs
-/// root of `--volatile=yes`, and the `--overlay` mounts, assembled for attaching later.
-pub fn scratch_plan(spec: &LaunchSpec, scratch: &Path) -> Vec<Step> {
+/// root of `--volatile=yes`, and the `--overlay` mounts, assembled for attaching later. With a
+/// user namespace (`owner`), the root overlay's lower layer is the idmapped image and the
+/// machine's root owns the tmpfs root and upper layer.
+pub fn scratch_plan(spec: &LaunchSpec, scratch: &Path, owner: Option<IdRange>) -> Vec<Step> {
     let mut s = vec![Step::Mount {
         source: Some("tmpfs".into()),
         target: scratch.to_owned(),
@@ -335,14 +356,23 @@ pub fn scratch_plan(spec: &LaunchSpec, scratch: &Path) -> Vec<Step> {
         let (upper, work) = (scratch.join("root.upper"), scratch.join("root.work"));
         s.push(Step::MkDir { path: upper.clone(), mode: 0o755 });
         s.push(Step::MkDir { path: work.clone(), mode: 0o700 });
-        s.push(overlay_step(std::slice::from_ref(&spec.root), Some((upper, work)), spec.root.clone()));
+        let lower = match owner {
+            Some(range) => {
+                let lower = scratch.join("root.lower");
+                s.push(Step::Attach { tree: TreeId::Root, target: lower.clone(), only_if_exists: false });
+                s.push(Step::Chown { path: upper.clone(), uid: range.start, gid: range.start });
+                lower
+            }
+            None => spec.root.clone(),
+        };
+        s.push(overlay_step(std::slice::from_ref(&lower), Some((upper, work)), spec.root.clone()));
     } else if spec.volatile == Volatile::Yes {
         s.push(Step::Mount {
             source: Some("tmpfs".into()),
             target: spec.root.clone(),
             fstype: Some("tmpfs".into()),
             flags: MsFlags::MS_NOSUID,
-            data: Some("mode=0755".into()),
+            data: Some(owned("mode=0755", owner)),
             optional: false,
         });
     }
@@ -378,18 +408,47 @@ pub fn scratch_plan(spec: &LaunchSpec, scratch: &Path) -> Vec<Step> {
     s
 }
 
-/// API filesystems and user mounts, run after the pivot; `uuid` is the machine's UUID.
-pub fn outer_plan(spec: &LaunchSpec, uuid: &uuid::Uuid, host: &HostFacts) -> Vec<Step> {
+/// A tmpfs's mount options, owned by the machine's root when it has a user namespace.
+fn owned(options: &str, owner: Option<IdRange>) -> String {
+    match owner {
+        Some(r) => format!("{options},uid={},gid={}", r.start, r.start),
+        None => options.to_owned(),
+    }
+}
+
+/// The `tty` group of Debian and systemd (`/dev/pts/*` belong to it).
+pub const TTY_GID: u32 = 5;
+
+/// API filesystems and user mounts, run after the pivot; `uuid` is the machine's UUID, `owner`
+/// its user namespace's range (its root owns the file systems made here).
+pub fn outer_plan(
+    spec: &LaunchSpec,
+    uuid: &uuid::Uuid,
+    host: &HostFacts,
+    owner: Option<IdRange>,
+) -> Vec<Step> {
+    let mount = |fstype: &str, target: &str, flags: MsFlags, data: &str| {
+        let data = if fstype == "tmpfs" { owned(data, owner) } else { data.to_owned() };
+        mount(fstype, target, flags, &data)
+    };
+    let tty_gid = owner.map_or(TTY_GID, |r| r.start + TTY_GID);
     let strict = MsFlags::MS_STRICTATIME;
     let mut s = Vec::new();
     if spec.volatile == Volatile::Yes {
         // A tmpfs root: the image's /usr, and the merged-/usr links an OS expects.
         s.push(Step::Attach { tree: TreeId::ImageUsr, target: p("/usr"), only_if_exists: false });
         for dir in ["bin", "sbin", "lib", "lib64"] {
-            s.push(Step::Symlink { target: p(&format!("usr/{dir}")), link: p(&format!("/{dir}")) });
+            let link = p(&format!("/{dir}"));
+            s.push(Step::Symlink { target: p(&format!("usr/{dir}")), link: link.clone() });
+            if let Some(r) = owner {
+                s.push(Step::Chown { path: link, uid: r.start, gid: r.start });
+            }
         }
         for (dir, mode) in [("/etc", 0o755), ("/var", 0o755), ("/root", 0o700)] {
             s.push(mkdir(dir, mode));
+            if let Some(r) = owner {
+                s.push(Step::Chown { path: p(dir), uid: r.start, gid: r.start });
+            }
         }
     }
     s.extend([
@@ -437,7 +496,7 @@ pub fn outer_plan(spec: &LaunchSpec, uuid: &uuid::Uuid, host: &HostFacts) -> Vec
             "devpts",
             "/dev/pts",
             MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-            "newinstance,ptmxmode=0666,mode=620,gid=5",
+            &format!("newinstance,ptmxmode=0666,mode=620,gid={tty_gid}"),
         ),
         mkdir("/dev/mqueue", 0o755),
         mkdir("/dev/hugepages", 0o755),
@@ -488,7 +547,7 @@ pub fn outer_plan(spec: &LaunchSpec, uuid: &uuid::Uuid, host: &HostFacts) -> Vec
             target: t.dest.clone(),
             fstype: Some("tmpfs".into()),
             flags: NOSUID_NODEV,
-            data: Some(t.options.clone()),
+            data: Some(owned(&t.options, owner)),
             optional: false,
         });
     }
@@ -557,18 +616,22 @@ pub fn inner_plan(boot_id: &uuid::Uuid, own_netns: bool) -> Vec<Step> {
         mount("mqueue", "/dev/mqueue", NOSUID_NODEV_NOEXEC, ""),
         mount("cgroup2", "/sys/fs/cgroup", NOSUID_NODEV_NOEXEC, ""),
         remount_ro(Path::new("/run/host"), NOSUID_NODEV_NOEXEC, false),
-        // systemd does not make / shared inside a container; without it, mounts made later
-        // never reach services that run in their own mount namespace.
-        Step::Mount {
-            source: None,
-            target: p("/"),
-            fstype: None,
-            flags: MsFlags::MS_SHARED | MsFlags::MS_REC,
-            data: None,
-            optional: false,
-        },
+        share_root(),
     ]);
     s
+}
+
+/// Makes every mount shared. systemd does not make / shared inside a container; without it,
+/// mounts made later never reach services that run in their own mount namespace.
+pub fn share_root() -> Step {
+    Step::Mount {
+        source: None,
+        target: p("/"),
+        fstype: None,
+        flags: MsFlags::MS_SHARED | MsFlags::MS_REC,
+        data: None,
+        optional: false,
+    }
 }
 
 #[cfg(test)]
@@ -582,12 +645,49 @@ mod tests {
 
     #[test]
     fn root_plan_pivots_last_and_honours_read_only() {
-        let rw = root_plan(Path::new("/m/root"), false);
+        let rw = root_plan(Path::new("/m/root"), false, false);
         assert!(matches!(rw.last(), Some(Step::PivotRoot { .. })));
         assert_eq!(rw.len(), 2);
-        let ro = root_plan(Path::new("/m/root"), true);
+        let ro = root_plan(Path::new("/m/root"), true, false);
         assert_eq!(ro.len(), 3);
         assert!(matches!(&ro[1], Step::Mount { flags, .. } if flags.contains(MsFlags::MS_RDONLY)));
+        let idmapped = root_plan(Path::new("/m/root"), true, true);
+        assert!(matches!(&idmapped[0], Step::Attach { tree: TreeId::Root, .. }));
+        assert!(matches!(&idmapped[1], Step::Mount { flags, .. } if flags.contains(MsFlags::MS_RDONLY)));
+    }
+
+    #[test]
+    fn a_user_namespaces_root_owns_the_machines_file_systems() {
+        let range = IdRange { start: 0x90000, count: 65536 };
+        let mut spec = LaunchSpec::for_test(Path::new("/m/root"));
+        spec.tmpfs.push(super::super::spec::TmpfsMount { dest: p("/srv"), options: "mode=0755".into() });
+        let steps = outer_plan(&spec, &uuid::Uuid::nil(), &HostFacts::default(), Some(range));
+        let data_of = |target: &str| {
+            steps
+                .iter()
+                .find_map(|s| match s {
+                    Step::Mount { target: t, data, .. } if t == Path::new(target) => data.clone(),
+                    _ => None,
+                })
+                .expect("mounted")
+        };
+        for tmpfs in ["/tmp", "/dev", "/dev/shm", "/run", "/run/host", "/srv"] {
+            assert!(data_of(tmpfs).ends_with(",uid=589824,gid=589824"), "{tmpfs}: {}", data_of(tmpfs));
+        }
+        assert!(data_of("/dev/pts").contains("gid=589829"), "{}", data_of("/dev/pts"));
+        let plain = outer_plan(&spec, &uuid::Uuid::nil(), &HostFacts::default(), None);
+        assert!(!plain.iter().any(|s| matches!(s, Step::Mount { data: Some(d), .. } if d.contains("uid="))));
+
+        // -x: the overlay's lower layer is the idmapped image, its upper layer the machine's.
+        spec.ephemeral = true;
+        let scratch = scratch_plan(&spec, Path::new("/s"), Some(range));
+        assert!(scratch.iter().any(
+            |s| matches!(s, Step::Attach { tree: TreeId::Root, target, .. } if target == Path::new("/s/root.lower"))
+        ));
+        assert!(scratch.iter().any(|s| matches!(s, Step::Chown { uid: 589824, .. })));
+        assert!(scratch.iter().any(
+            |s| matches!(s, Step::Mount { data: Some(d), .. } if d.starts_with("lowerdir=/s/root.lower,"))
+        ));
     }
 
     #[test]

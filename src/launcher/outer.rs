@@ -16,9 +16,11 @@ use crate::sys::linux::{self, Forked, LinuxSys};
 use super::channel::ChildEnd;
 use super::inner;
 use super::mounts::{self, TreeId, Trees};
+use super::private_users;
 use super::spec::{ConsoleMode, LaunchSpec, Volatile};
 use super::{ChildContext, ChildError};
 use crate::network::NetworkMode;
+use crate::userns::Ownership;
 
 /// Runs the outer child and exits; never returns.
 pub(super) fn run(ctx: &ChildContext<'_>, chan: &ChildEnd) -> ! {
@@ -38,18 +40,52 @@ fn outer(ctx: &ChildContext<'_>, chan: &ChildEnd) -> Result<(), ChildError> {
         fs::write(file, "0").map_err(ChildError::path_step("join cgroup", file))?;
     }
     let sys = LinuxSys;
+    let userns = ctx.private_users.is_some();
     enter_namespaces(&sys, ctx.spec)?;
-    if ctx.spec.network.needs_netns() {
-        crate::network::loopback_up().map_err(ChildError::step("bring up loopback"))?;
-    }
+    // With a user namespace PID 1 is forked first, here in the payload cgroup (its cgroup
+    // namespace's root): the image is mounted through its user namespace's id maps.
+    let own_network =
+        ctx.spec.network.needs_netns() && !matches!(ctx.spec.network.mode, NetworkMode::NamespacePath(_));
+    let pid1 = match ctx.private_users {
+        Some(range) => match private_users::fork_pid1(range, own_network)? {
+            Ok(pid1) => {
+                if let Some(net) = &pid1.net {
+                    // Before any mount: sysfs shows the network namespace of whoever mounts it.
+                    sys.setns(net.as_fd(), CloneFlags::CLONE_NEWNET)
+                        .map_err(ChildError::step("join the machine's network namespace"))?;
+                }
+                Some(pid1)
+            }
+            Err(wait) => {
+                let console = (ctx.spec.console != ConsoleMode::Pipe).then_some("/dev/console");
+                inner::run_in_user_namespace(ctx, chan, console, wait)
+            }
+        },
+        None => None,
+    };
     let mut trees = open_host_trees(ctx)?;
+    // --private-users-ownership=off: the machine sees the image's ownership as it is on disk.
+    let idmap =
+        pid1.as_ref().filter(|_| ctx.spec.private_users_ownership != Ownership::Off).map(|p| p.user.as_fd());
+    if userns {
+        let root = &ctx.spec.root;
+        let tree = match idmap {
+            Some(userns) => private_users::idmapped_tree(root, userns, false)?,
+            None => ro_tree(root, false, false)?,
+        };
+        trees.insert(TreeId::Root, tree);
+    }
     if let Some(scratch) = &ctx.scratch {
         if ctx.spec.volatile == Volatile::Yes {
             // Taken before the tmpfs covers the image.
             let usr = ctx.spec.root.join("usr");
-            trees.insert(TreeId::ImageUsr, ro_tree(&usr, true, true)?);
+            let tree = match idmap {
+                Some(userns) => private_users::idmapped_tree(&usr, userns, true)?,
+                None => ro_tree(&usr, true, true)?,
+            };
+            trees.insert(TreeId::ImageUsr, tree);
         }
-        mounts::apply(&sys, &trees, &mounts::scratch_plan(ctx.spec, scratch))?;
+        mounts::apply(&sys, &trees, &mounts::scratch_plan(ctx.spec, scratch, ctx.private_users))?;
         for (i, o) in ctx.spec.overlays.iter().enumerate() {
             trees.insert(
                 TreeId::Overlay(i),
@@ -58,9 +94,15 @@ fn outer(ctx: &ChildContext<'_>, chan: &ChildEnd) -> Result<(), ChildError> {
         }
     }
     let read_only = ctx.spec.read_only || ctx.spec.volatile == Volatile::State;
-    mounts::apply(&sys, &trees, &mounts::root_plan(&ctx.spec.root, read_only))?;
-    mounts::apply(&sys, &trees, &mounts::outer_plan(ctx.spec, &ctx.uuid, &ctx.host))?;
+    let idmapped_root = userns && !ctx.spec.root_overlay() && ctx.spec.volatile != Volatile::Yes;
+    mounts::apply(&sys, &trees, &mounts::root_plan(&ctx.spec.root, read_only, idmapped_root))?;
+    mounts::apply(&sys, &trees, &mounts::outer_plan(ctx.spec, &ctx.uuid, &ctx.host, ctx.private_users))?;
     drop(trees);
+    if let Some(range) = ctx.private_users {
+        for dir in ["/dev", "/run", "/run/host"] {
+            private_users::hand_over(Path::new(dir), range)?;
+        }
+    }
 
     let notify = socket(
         AddressFamily::Unix,
@@ -74,6 +116,11 @@ fn outer(ctx: &ChildContext<'_>, chan: &ChildEnd) -> Result<(), ChildError> {
     bind(notify.as_raw_fd(), &addr).map_err(|e| ChildError::Step("bind notify socket", e.into()))?;
     setsockopt(&notify, sockopt::PassCred, &true)
         .map_err(|e| ChildError::Step("enable notify credentials", e.into()))?;
+    if let Some(range) = ctx.private_users {
+        // The guest's systemd sends to it as the machine's root.
+        std::os::unix::fs::lchown(super::notify::GUEST_NOTIFY_PATH, Some(range.start), Some(range.start))
+            .map_err(ChildError::step("hand over the notify socket"))?;
+    }
     chan.notify_socket(notify.as_fd())?;
     drop(notify);
 
@@ -83,12 +130,21 @@ fn outer(ctx: &ChildContext<'_>, chan: &ChildEnd) -> Result<(), ChildError> {
         let (master, n) = linux::open_pty_master(Path::new("/dev/pts/ptmx"))
             .map_err(ChildError::step("allocate console pty"))?;
         let slave = format!("/dev/pts/{n}");
+        if let Some(range) = ctx.private_users {
+            std::os::unix::fs::chown(&slave, Some(range.start), Some(range.start + mounts::TTY_GID))
+                .map_err(ChildError::step("hand over the console"))?;
+        }
         std::os::unix::fs::symlink(format!("pts/{n}"), "/dev/console")
             .map_err(ChildError::step("create /dev/console"))?;
         chan.console_master(master.as_fd())?;
         Some(slave)
     };
 
+    if let Some(pid1) = pid1 {
+        pid1.mount_api_filesystems(&ctx.boot_id, ctx.spec.network.needs_netns())?;
+        chan.pid(pid1.pid)?;
+        return pid1.release();
+    }
     machine_namespaces(&sys, ctx.spec)?;
     match linux::fork().map_err(ChildError::step("fork the machine's PID 1"))? {
         Forked::Child => inner::run(ctx, chan, console.as_deref()),
@@ -108,7 +164,8 @@ fn enter_namespaces(sys: &impl Sys, spec: &LaunchSpec) -> Result<(), ChildError>
             let ns = fs::File::open(path).map_err(ChildError::path_step("open network namespace", path))?;
             sys.setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
                 .map_err(ChildError::path_step("join network namespace", path))?;
-        } else {
+        } else if !spec.private_users.enabled() {
+            // (With a user namespace, the machine's is made inside it: see private_users.)
             sys.unshare(CloneFlags::CLONE_NEWNET).map_err(ChildError::step("create network namespace"))?;
         }
     }

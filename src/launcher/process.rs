@@ -49,6 +49,9 @@ pub enum LaunchError {
     /// A cgroup problem.
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    /// No id range for `--private-users`.
+    #[error(transparent)]
+    PrivateUsers(#[from] crate::userns::RangeError),
     /// The system call filter could not be built.
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::SeccompError),
@@ -130,6 +133,14 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32, LaunchError> {
     )?;
     let host = HostFacts { has_tun: std::path::Path::new("/dev/net/tun").exists() };
     let env = base_env(spec, &uuid);
+    // Chosen once: a reboot keeps the range. The lock keeps other launchers from picking the
+    // same range until this machine's user namespace exists.
+    let mut private_users = crate::userns::choose(
+        spec.private_users,
+        &spec.root,
+        &crate::userns::HostIds::default(),
+        &spec.runtime_dir,
+    )?;
 
     linux::set_child_subreaper().map_err(|e| LaunchError::Setup("become child subreaper", e))?;
     // Signals are handled synchronously through a signalfd; the children undo this mask.
@@ -147,9 +158,10 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32, LaunchError> {
             seccomp: seccomp.clone(),
             env: env.clone(),
             scratch: spec.needs_scratch().then(|| record.scratch_dir().to_owned()),
+            private_users: private_users.as_ref().map(|c| c.range),
         };
         let announce = std::mem::take(&mut first_run) && !spec.quiet;
-        match run_once(ctx, &sigfd, announce, &mut record)? {
+        match run_once(ctx, &sigfd, announce, &mut record, &mut private_users)? {
             Outcome::Exit(code) => return Ok(code),
             Outcome::Reboot if spec.keep_unit => return Ok(EXIT_REBOOT),
             Outcome::Reboot => continue,
@@ -294,9 +306,14 @@ fn run_once(
     sigfd: &SignalFd,
     announce: bool,
     record: &mut LaunchRecord,
+    private_users: &mut Option<crate::userns::Chosen>,
 ) -> Result<Outcome, LaunchError> {
     let (mut run, parent) = Run::spawn(&mut ctx, announce, record)?;
     let setup = run.connect(&parent, &ctx)?;
+    if let Some(chosen) = private_users {
+        // PID 1 runs in the user namespace now: other launchers see its range as taken.
+        chosen.release();
+    }
     let pid1 = Pid::from_raw(setup.pid1);
     let (notify, console) = run.start(&parent, setup)?;
     let status = supervise(ctx.spec, pid1, sigfd, &notify, console);
@@ -322,6 +339,9 @@ impl<'a> Run<'a> {
             }
         }
         ctx.join_cgroup_files = cgroup.payload_v1_tasks();
+        if let Some(range) = ctx.private_users {
+            cgroup.delegate_payload(range.start, range.start)?;
+        }
         let unified = cgroup.unified_payload_dir();
         let mut run =
             Run { spec, children: Reaper::default(), net: None, registered: false, cgroup: Some(cgroup) };

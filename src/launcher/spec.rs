@@ -140,6 +140,10 @@ pub struct LaunchSpec {
     pub register: super::register::RegisterMode,
     /// The machine's network.
     pub network: crate::network::NetworkSpec,
+    /// `--private-users`: a user namespace, and which ids it maps onto.
+    pub private_users: crate::userns::PrivateUsers,
+    /// `--private-users-ownership`: how the image's files appear owned inside.
+    pub private_users_ownership: crate::userns::Ownership,
 }
 
 #[cfg(test)]
@@ -172,6 +176,8 @@ impl LaunchSpec {
             cgroup: CgroupConfig::default(),
             register: super::register::RegisterMode::No,
             network: crate::network::NetworkSpec::new(crate::network::NetworkMode::Host),
+            private_users: crate::userns::PrivateUsers::No,
+            private_users_ownership: crate::userns::Ownership::Auto,
         }
     }
 }

@@ -92,6 +92,10 @@ impl Sys for FakeSys {
         self.record(path, format!("mknod {} {:?} {:o} {}:{}", path.display(), kind, mode, major, minor))
     }
 
+    fn lchown(&self, path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+        self.record(path, format!("lchown {} {uid}:{gid}", path.display()))
+    }
+
     fn symlink(&self, target: &Path, link: &Path) -> io::Result<()> {
         self.record(link, format!("symlink {} -> {}", link.display(), target.display()))
     }

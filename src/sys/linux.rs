@@ -56,6 +56,10 @@ impl Sys for LinuxSys {
         fs::set_permissions(path, fs::Permissions::from_mode(mode))
     }
 
+    fn lchown(&self, path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+    }
+
     fn symlink(&self, target: &Path, link: &Path) -> io::Result<()> {
         std::os::unix::fs::symlink(target, link)
     }
@@ -134,23 +138,41 @@ pub fn open_tree(path: &Path, recursive: bool) -> io::Result<OwnedFd> {
 }
 
 /// Makes every mount of the detached tree `tree` read-only (recursively when `recursive`).
-/// (A raw mount_setattr(2): rustix has no wrapper for it.)
 pub fn set_tree_readonly(tree: BorrowedFd<'_>, recursive: bool) -> io::Result<()> {
     let attr =
         libc::mount_attr { attr_set: libc::MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: 0 };
+    mount_setattr(tree, recursive, &attr)
+}
+
+/// Makes the detached tree `tree` (a single mount) an idmapped mount through the id maps of the
+/// user namespace `userns`: files owned by id N on disk appear owned by the host id that N maps
+/// to, and files created through it are stored with the id mapped back.
+pub fn set_tree_idmap(tree: BorrowedFd<'_>, userns: BorrowedFd<'_>) -> io::Result<()> {
+    let attr = libc::mount_attr {
+        attr_set: libc::MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    mount_setattr(tree, false, &attr)
+}
+
+/// mount_setattr(2) on the detached tree `tree` (rustix has no wrapper for it).
+fn mount_setattr(tree: BorrowedFd<'_>, recursive: bool, attr: &libc::mount_attr) -> io::Result<()> {
     let mut flags = libc::AT_EMPTY_PATH;
     if recursive {
         flags |= libc::AT_RECURSIVE;
     }
-    // SAFETY: `attr` is a valid mount_attr on our stack, its size is passed alongside, the
-    // empty path is a static NUL-terminated string and `tree` is a live fd borrowed for the call.
+    // SAFETY: `attr` is a valid mount_attr borrowed for the call, its size is passed alongside,
+    // the empty path is a static NUL-terminated string and `tree` (and any userns fd inside
+    // `attr`) are live fds borrowed for the call.
     check(unsafe {
         libc::syscall(
             libc::SYS_mount_setattr,
             tree.as_raw_fd(),
             c"".as_ptr(),
             flags,
-            &attr as *const libc::mount_attr,
+            attr as *const libc::mount_attr,
             std::mem::size_of::<libc::mount_attr>(),
         )
     })?;
@@ -322,13 +344,19 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 /// first taker waits for an RCU grace period (about 10 ms); being born there does not.
 /// Fails with ENOSYS or EINVAL on kernels before 5.7. Call only while single-threaded.
 pub fn fork_into_cgroup(cgroup: BorrowedFd<'_>) -> io::Result<Forked> {
+    clone3_fork(CLONE_INTO_CGROUP, cgroup.as_raw_fd() as u64)
+}
+
+/// fork(2) whose child starts in new namespaces (`CLONE_NEW*` flags). With CLONE_NEWUSER the
+/// other new namespaces are owned by the new user namespace, whose root the child is. Call
+/// only while single-threaded.
+pub fn fork_into_namespaces(namespaces: nix::sched::CloneFlags) -> io::Result<Forked> {
+    clone3_fork(namespaces.bits() as u32 as u64, 0)
+}
+
+fn clone3_fork(flags: u64, cgroup: u64) -> io::Result<Forked> {
     ensure_single_threaded()?;
-    let args = CloneArgs {
-        flags: CLONE_INTO_CGROUP,
-        exit_signal: libc::SIGCHLD as u64,
-        cgroup: cgroup.as_raw_fd() as u64,
-        ..CloneArgs::default()
-    };
+    let args = CloneArgs { flags, exit_signal: libc::SIGCHLD as u64, cgroup, ..CloneArgs::default() };
     // SAFETY: `args` is a valid clone_args of the size passed. Without CLONE_VM the child gets
     // a copy-on-write copy of this single-threaded process and returns here on the same stack,
     // exactly as with fork(). glibc's fork-time bookkeeping is skipped: there are no other

@@ -47,6 +47,8 @@ pub trait Sys {
     fn mknod(&self, path: &Path, kind: NodeKind, mode: u32, major: u32, minor: u32) -> io::Result<()>;
     /// symlink(2): `link` pointing at `target`.
     fn symlink(&self, target: &Path, link: &Path) -> io::Result<()>;
+    /// lchown(2).
+    fn lchown(&self, path: &Path, uid: u32, gid: u32) -> io::Result<()>;
     /// Creates or truncates `path` with `contents` and exactly `mode`.
     fn write_file(&self, path: &Path, contents: &[u8], mode: u32) -> io::Result<()>;
     /// Whether `path` exists (following symlinks).

@@ -1,0 +1,228 @@
+//! A machine with a user namespace of its own (`--private-users`).
+//!
+//! Every other namespace of the machine must be owned by its user namespace, or the guest's
+//! root could not use them (set its hostname, configure its network, mount in its mount
+//! namespace, mount a procfs of its own). So the outer child forks PID 1 early, straight into
+//! new user, pid, uts, ipc and cgroup namespaces (and network, unless it joins one), writes its
+//! id maps, and builds the machine's tree as host root while PID 1 waits: the image through an
+//! idmapped mount made with PID 1's user namespace, sysfs from inside its network namespace.
+//! A short-lived helper forked into PID 1's pid namespace mounts `/proc` and the rest of the
+//! API file systems. Then PID 1 becomes root of its user namespace and takes a mount namespace
+//! of its own there, in which every mount made so far is locked: the guest cannot unmount a
+//! mask or make a read-only mount writable.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+
+use nix::sched::CloneFlags;
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use crate::sys::linux::{self, Forked, LinuxSys};
+use crate::userns::IdRange;
+
+use super::ChildError;
+
+/// PID 1 of a machine with a user namespace, waiting until its tree is ready.
+#[derive(Debug)]
+pub(super) struct WaitingPid1 {
+    /// Its pid on the host.
+    pub pid: i32,
+    /// Its user namespace (for idmapped mounts).
+    pub user: OwnedFd,
+    /// Its network namespace, when it has one of its own.
+    pub net: Option<OwnedFd>,
+    /// Its pid, cgroup and ipc namespaces (opened while the host's /proc is still reachable).
+    pid_cgroup_ipc: [OwnedFd; 3],
+    go: File,
+}
+
+/// What the forked PID 1 gets: the end it waits on.
+#[derive(Debug)]
+pub(super) struct Pid1Wait(File);
+
+/// Forks PID 1 into its namespaces (a network namespace of its own with `own_network`) and maps
+/// `range` into its user namespace. The child returns `Err(wait)`, and must call
+/// [`Pid1Wait::wait_until_ready`] before anything else.
+pub(super) fn fork_pid1(
+    range: IdRange,
+    own_network: bool,
+) -> Result<Result<WaitingPid1, Pid1Wait>, ChildError> {
+    let step = ChildError::step;
+    let (wait, go) = pipe()?;
+    let mut flags = CloneFlags::CLONE_NEWUSER
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWCGROUP;
+    if own_network {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    let pid = match linux::fork_into_namespaces(flags).map_err(step("fork the machine's PID 1"))? {
+        Forked::Child => {
+            drop(go);
+            return Ok(Err(Pid1Wait(wait)));
+        }
+        Forked::Parent(pid) => pid,
+    };
+    drop(wait);
+    // From here on, a failure drops `go`: PID 1 sees the pipe close and exits.
+    // A privileged writer may map any range, and setgroups(2) stays allowed inside.
+    for map in ["uid_map", "gid_map"] {
+        let path = format!("/proc/{pid}/{map}");
+        std::fs::write(&path, range.map_line())
+            .map_err(|e| ChildError::Message(format!("cannot write {path} ({range}): {e}")))?;
+    }
+    Ok(Ok(WaitingPid1 {
+        pid,
+        user: open_ns(pid, "user")?,
+        net: own_network.then(|| open_ns(pid, "net")).transpose()?,
+        pid_cgroup_ipc: [open_ns(pid, "pid")?, open_ns(pid, "cgroup")?, open_ns(pid, "ipc")?],
+        go,
+    }))
+}
+
+fn open_ns(pid: i32, ns: &str) -> Result<OwnedFd, ChildError> {
+    let path = format!("/proc/{pid}/ns/{ns}");
+    File::open(&path).map(OwnedFd::from).map_err(|e| ChildError::PathStep {
+        step: "open namespace",
+        path: path.into(),
+        source: e,
+    })
+}
+
+fn pipe() -> Result<(File, File), ChildError> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| ChildError::Step("create a pipe", e.into()))?;
+    Ok((File::from(r), File::from(w)))
+}
+
+impl WaitingPid1 {
+    /// Mounts `/proc`, its masks, cgroup2 and mqueue for PID 1 (see `mounts::inner_plan`), as
+    /// host root, from a helper forked into PID 1's pid namespace that joins its cgroup and ipc
+    /// namespaces. The outer child stays in the pid namespace it was born in.
+    pub(super) fn mount_api_filesystems(
+        &self,
+        boot_id: &uuid::Uuid,
+        own_network: bool,
+    ) -> Result<(), ChildError> {
+        let [pidns, cgroupns, ipcns] = &self.pid_cgroup_ipc;
+        nix::sched::setns(pidns.as_fd(), CloneFlags::CLONE_NEWPID)
+            .map_err(|e| ChildError::Step("join the machine's pid namespace", e.into()))?;
+        let (mut report, mut failure) = pipe()?;
+        match linux::fork().map_err(ChildError::step("fork the API file system helper"))? {
+            Forked::Child => {
+                drop(report);
+                let done = nix::sched::setns(ipcns.as_fd(), CloneFlags::CLONE_NEWIPC)
+                    .map_err(|e| ChildError::Step("join the machine's ipc namespace", e.into()))
+                    .and_then(|()| {
+                        super::inner::mount_api_filesystems(
+                            &LinuxSys,
+                            boot_id,
+                            own_network,
+                            Some(cgroupns.as_fd()),
+                        )
+                    });
+                match done {
+                    Ok(()) => linux::exit_now(0),
+                    Err(e) => {
+                        let _ = failure.write_all(e.to_string().as_bytes());
+                        linux::exit_now(1)
+                    }
+                }
+            }
+            Forked::Parent(helper) => {
+                drop(failure);
+                let mut message = String::new();
+                let _ = report.read_to_string(&mut message);
+                let status = waitpid(Pid::from_raw(helper), None);
+                if !message.is_empty() {
+                    return Err(ChildError::Message(message));
+                }
+                if !matches!(status, Ok(WaitStatus::Exited(_, 0))) {
+                    return Err(ChildError::Message(format!("the API file system helper ended: {status:?}")));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Lets PID 1 go on: its tree is complete.
+    pub(super) fn release(mut self) -> Result<(), ChildError> {
+        self.go.write_all(b"g").map_err(ChildError::step("let the machine's PID 1 go on"))
+    }
+}
+
+impl Pid1Wait {
+    /// Waits for the outer child to complete the tree (exits quietly if it failed: it reports),
+    /// then becomes root of the user namespace, and takes a mount namespace of its own in it.
+    pub(super) fn wait_until_ready(mut self) -> Result<(), ChildError> {
+        let mut byte = [0u8; 1];
+        if self.0.read(&mut byte).ok() != Some(1) {
+            linux::exit_now(1);
+        }
+        // Born with host root's ids, which the namespace does not map: take its root's.
+        let root_gid = nix::unistd::Gid::from_raw(0);
+        let root_uid = nix::unistd::Uid::from_raw(0);
+        nix::unistd::setgroups(&[]).map_err(|e| ChildError::Step("clear supplementary groups", e.into()))?;
+        nix::unistd::setresgid(root_gid, root_gid, root_gid)
+            .map_err(|e| ChildError::Step("become the machine's root group", e.into()))?;
+        nix::unistd::setresuid(root_uid, root_uid, root_uid)
+            .map_err(|e| ChildError::Step("become the machine's root", e.into()))?;
+        nix::sched::unshare(CloneFlags::CLONE_NEWNS)
+            .map_err(|e| ChildError::Step("create the machine's mount namespace", e.into()))?;
+        Ok(())
+    }
+}
+
+/// A detached, idmapped clone of the mount at `path` (read-only when `read_only`): the files of
+/// the image appear owned by the machine's ids, while the tree on disk keeps its own.
+pub(super) fn idmapped_tree(
+    path: &Path,
+    userns: BorrowedFd<'_>,
+    read_only: bool,
+) -> Result<OwnedFd, ChildError> {
+    let fd = linux::open_tree(path, false).map_err(ChildError::path_step("open", path))?;
+    linux::set_tree_idmap(fd.as_fd(), userns).map_err(|e| {
+        let hint = match e.raw_os_error() {
+            Some(libc::EINVAL | libc::EOPNOTSUPP | libc::ENOSYS) => {
+                " (the file system or kernel cannot idmap mounts; use --private-users-ownership=chown)"
+            }
+            _ => "",
+        };
+        ChildError::Message(format!("cannot make an idmapped mount of {}: {e}{hint}", path.display()))
+    })?;
+    if read_only {
+        linux::set_tree_readonly(fd.as_fd(), false).map_err(ChildError::path_step("make read-only", path))?;
+    }
+    Ok(fd)
+}
+
+/// Gives the machine's root the files host root created for it in the machine's own file
+/// systems (`/dev`, `/run`): entries on the same file system as `dir` owned by host root, not
+/// following symlinks or crossing into other mounts (host files bound there stay as they are).
+pub(super) fn hand_over(dir: &Path, range: IdRange) -> Result<(), ChildError> {
+    use std::os::unix::fs::MetadataExt;
+    let top = std::fs::symlink_metadata(dir).map_err(ChildError::path_step("inspect", dir))?;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path).map_err(ChildError::path_step("inspect", &path))?;
+        if meta.dev() != top.dev() {
+            continue;
+        }
+        if meta.uid() == 0 || meta.gid() == 0 {
+            let uid = if meta.uid() == 0 { range.start } else { meta.uid() };
+            let gid = if meta.gid() == 0 { range.start } else { meta.gid() };
+            std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
+                .map_err(ChildError::path_step("hand over", &path))?;
+        }
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path).map_err(ChildError::path_step("read", &path))? {
+                stack.push(entry.map_err(ChildError::path_step("read", &path))?.path());
+            }
+        }
+    }
+    Ok(())
+}
