@@ -231,6 +231,95 @@ fn devices_v1() -> String {
     }
 }
 
+/// A host kernel setting written with the value it has (nothing changes if the write works).
+const SYSFS_SETTING: &str = "kernel/mm/ksm/sleep_millisecs";
+const PROC_SETTING: &str = "/proc/sys/vm/swappiness";
+
+/// Writes `path` its own current value; `ESCAPED` if the kernel took it.
+fn write_back(name: &str, path: &str) -> String {
+    let value = match std::fs::read(path) {
+        Ok(v) => v,
+        Err(e) => {
+            return format!(
+                "{name}: denied (cannot read {path}: {})",
+                errno_name(e.raw_os_error().unwrap_or(0))
+            );
+        }
+    };
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &value))
+    {
+        Ok(()) => format!("{name}: ESCAPED (wrote {path})"),
+        Err(e) => format!("{name}: denied ({})", errno_name(e.raw_os_error().unwrap_or(0))),
+    }
+}
+
+fn mount_at(fstype: &std::ffi::CStr, dir: &str) -> Result<CString, ()> {
+    let _ = std::fs::create_dir_all(dir);
+    let target = CString::new(dir).unwrap();
+    let r = unsafe { libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    if r < 0 { Err(()) } else { Ok(target) }
+}
+
+/// Makes the machine's /sys writable again, then writes a host setting through it.
+fn sysfs_remount() -> String {
+    let flags = libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    if unsafe { libc::mount(c"sysfs".as_ptr(), c"/sys".as_ptr(), std::ptr::null(), flags, std::ptr::null()) }
+        < 0
+    {
+        let bind = flags | libc::MS_BIND;
+        if unsafe {
+            libc::mount(std::ptr::null(), c"/sys".as_ptr(), std::ptr::null(), bind, std::ptr::null())
+        } < 0
+        {
+            return denied("sysfs-remount");
+        }
+    }
+    write_back("sysfs-remount", &format!("/sys/{SYSFS_SETTING}"))
+}
+
+/// Mounts a sysfs of its own and writes a host setting through it.
+fn sysfs_fresh() -> String {
+    let dir = "/tmp/mctl-escape-sysfs";
+    let Ok(target) = mount_at(c"sysfs", dir) else { return denied("sysfs-fresh") };
+    let r = write_back("sysfs-fresh", &format!("{dir}/{SYSFS_SETTING}"));
+    unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    r
+}
+
+/// Mounts cgroup2 afresh and looks for cgroups above the machine's own (the host's
+/// `init.scope`, `system.slice`, `machine.slice` sit at the top of the hierarchy).
+fn cgroup_outside() -> String {
+    let dir = "/tmp/mctl-escape-cgroup";
+    let Ok(target) = mount_at(c"cgroup2", dir) else { return denied("cgroup-outside") };
+    let outside = ["init.scope", "system.slice", "machine.slice", "user.slice"].iter().find(|d| {
+        Path::new(&format!("{dir}/{d}")).exists() && !Path::new(&format!("/sys/fs/cgroup/{d}")).exists()
+    });
+    unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    match outside {
+        Some(d) => format!("cgroup-outside: ESCAPED (sees the host's {d})"),
+        None => "cgroup-outside: denied (only its own cgroups)".into(),
+    }
+}
+
+/// Counts the processes /proc shows (the machine's own are a handful).
+fn host_processes() -> String {
+    let n = std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+                .count()
+        })
+        .unwrap_or(0);
+    if n > 20 {
+        format!("host-processes: ESCAPED (sees {n} processes)")
+    } else {
+        format!("host-processes: denied (sees {n})")
+    }
+}
+
 fn run(probe: &str, arg: Option<&str>) -> String {
     match probe {
         "handle-root" => handle_root(),
@@ -255,11 +344,17 @@ fn run(probe: &str, arg: Option<&str>) -> String {
             )
         }
         "devices-v1" => devices_v1(),
+        "proc-sys" => write_back("proc-sys", PROC_SETTING),
+        "sysfs-write" => write_back("sysfs-write", &format!("/sys/{SYSFS_SETTING}")),
+        "sysfs-remount" => sysfs_remount(),
+        "sysfs-fresh" => sysfs_fresh(),
+        "cgroup-outside" => cgroup_outside(),
+        "host-processes" => host_processes(),
         other => format!("{other}: unknown probe"),
     }
 }
 
-const ALL: [&str; 12] = [
+const ALL: [&str; 18] = [
     "handle-root",
     "handle-cgroup",
     "keyring",
@@ -272,6 +367,13 @@ const ALL: [&str; 12] = [
     "kmsg",
     "devices-v1",
     "block",
+    "proc-sys",
+    "sysfs-write",
+    "cgroup-outside",
+    "host-processes",
+    // Last: in a machine without a user namespace these may make its /sys writable.
+    "sysfs-fresh",
+    "sysfs-remount",
 ];
 
 /// Stalls the next exec of `path` with a fanotify permission event and reports the process

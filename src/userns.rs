@@ -283,12 +283,14 @@ impl Chosen {
 }
 
 /// Resolves `--private-users` for the tree at `root` (None: no user namespace). `lock_dir` holds
-/// the lock file shared by every launcher.
+/// the lock file shared by every launcher. A picked range is recorded on the tree when
+/// `remember` (not for a launch that must leave the image untouched).
 pub fn choose(
     mode: PrivateUsers,
     root: &Path,
     host: &HostIds,
     lock_dir: &Path,
+    remember: bool,
 ) -> Result<Option<Chosen>, RangeError> {
     let fixed = |range| Ok(Some(Chosen { range, _lock: None }));
     match mode {
@@ -320,8 +322,8 @@ pub fn choose(
                     .map(|start| IdRange { start, count: RANGE_SIZE }),
             );
             let range = host.first_free(candidates).ok_or(RangeError::Exhausted)?;
-            if previous != Some(range) {
-                remember(root, &range);
+            if remember && previous != Some(range) {
+                record(root, &range);
             }
             Ok(Some(Chosen { range, _lock: Some(lock) }))
         }
@@ -348,7 +350,7 @@ fn remembered(root: &Path) -> Option<IdRange> {
 }
 
 /// Records the picked range on the image (best effort: a read-only image picks afresh).
-fn remember(root: &Path, range: &IdRange) {
+fn record(root: &Path, range: &IdRange) {
     let value = range.start.to_string();
     if let Err(e) = rustix::fs::setxattr(root, RANGE_XATTR, value.as_bytes(), rustix::fs::XattrFlags::empty())
     {
@@ -417,7 +419,7 @@ mod tests {
         let (dir, host) =
             fake_host("root:x:0:0::/root:/bin/sh\nbig:x:600000:600000::/:/bin/sh\n", "mctl:655360:65536\n");
         let root = tempfile::tempdir().unwrap();
-        let chosen = choose(PrivateUsers::Pick, root.path(), &host, dir.path()).unwrap().unwrap();
+        let chosen = choose(PrivateUsers::Pick, root.path(), &host, dir.path(), true).unwrap().unwrap();
         assert_eq!(chosen.range, IdRange { start: 0xB0000, count: RANGE_SIZE });
     }
 
@@ -425,29 +427,14 @@ mod tests {
     fn a_fixed_range_in_use_is_refused_with_its_user() {
         let (dir, host) = fake_host("big:x:600000:600000::/:/bin/sh\n", "");
         let root = tempfile::tempdir().unwrap();
-        let e =
-            choose(PrivateUsers::Fixed(IdRange { start: 530000, count: 10 }), root.path(), &host, dir.path())
-                .unwrap_err()
-                .to_string();
+        let fixed = |start, count| {
+            choose(PrivateUsers::Fixed(IdRange { start, count }), root.path(), &host, dir.path(), true)
+        };
+        let e = fixed(530000, 10).unwrap_err().to_string();
         assert!(e.contains("process 42"), "{e}");
-        let e = choose(
-            PrivateUsers::Fixed(IdRange { start: 589824, count: 65536 }),
-            root.path(),
-            &host,
-            dir.path(),
-        )
-        .unwrap_err()
-        .to_string();
+        let e = fixed(589824, 65536).unwrap_err().to_string();
         assert!(e.contains("host user big (600000)"), "{e}");
-        assert!(
-            choose(
-                PrivateUsers::Fixed(IdRange { start: 0x200000, count: 65536 }),
-                root.path(),
-                &host,
-                dir.path()
-            )
-            .is_ok()
-        );
+        assert!(fixed(0x200000, 65536).is_ok());
     }
 
     #[test]
@@ -455,7 +442,7 @@ mod tests {
         let (dir, host) = fake_host("", "");
         let root = tempfile::tempdir().unwrap();
         std::os::unix::fs::chown(root.path(), Some(0x90000 + 5), None).ok();
-        let chosen = choose(PrivateUsers::FromRoot, root.path(), &host, dir.path()).unwrap().unwrap();
+        let chosen = choose(PrivateUsers::FromRoot, root.path(), &host, dir.path(), true).unwrap().unwrap();
         use std::os::unix::fs::MetadataExt;
         let owner = std::fs::metadata(root.path()).unwrap().uid();
         assert_eq!(chosen.range, IdRange { start: owner & 0xFFFF_0000, count: RANGE_SIZE });

@@ -70,6 +70,10 @@ fn the_default_sandbox_keeps_a_guest_root_from_the_host() {
         "kmsg",
         "devices-v1",
         "block",
+        "proc-sys",
+        "sysfs-write",
+        "cgroup-outside",
+        "host-processes",
     ];
     for p in probes {
         assert!(result(&report, p).starts_with("denied"), "{p} got through:\n{report}");
@@ -93,6 +97,22 @@ fn the_default_sandbox_keeps_a_guest_root_from_the_host() {
     let closed = probe(&["--system-call-filter=~@mount"], &["devices-v1"]);
     assert_eq!(result(&closed, "devices-v1"), "denied (EPERM)", "{closed}");
     assert_eq!(tree_digest(debian_tree()), fixture_before, "the probes changed the shared fixture");
+}
+
+/// With a user namespace (`-U`) the guest's root holds no capability on the host: every probe
+/// fails, the two that get through without one (a remounted or fresh sysfs, as under nspawn
+/// without `-U`) included.
+#[test]
+fn in_a_user_namespace_no_probe_reaches_the_host() {
+    let dev = host_root_device();
+    let plain = probe(&[], &["sysfs-fresh"]);
+    assert!(plain.starts_with("sysfs-fresh: ESCAPED"), "the probe is blind: {plain}");
+    let report = probe(&["-U"], &["all", &dev]);
+    let lines: Vec<&str> = report.lines().collect();
+    assert_eq!(lines.len(), 18, "every probe ran:\n{report}");
+    for line in lines {
+        assert!(line.contains(": denied"), "got through with -U: {line}\n{report}");
+    }
 }
 
 #[test]

@@ -101,6 +101,13 @@ pub fn run(spec: &EnterSpec) -> Result<i32, EnterError> {
             .map_err(EnterError::step("open the machine's namespaces"))?;
         namespaces.push((f, flag));
     }
+    // A machine with a user namespace of its own (--private-users): joined last, once host
+    // root has joined the rest, and only then does the helper hold the machine's root's ids.
+    let userns = fs::File::open(format!("/proc/{}/ns/user", spec.leader))
+        .map_err(EnterError::step("open the machine's namespaces"))?;
+    if !same_file(&userns, Path::new("/proc/self/ns/user")) {
+        namespaces.push((userns, CloneFlags::CLONE_NEWUSER));
+    }
     let sigfd = events::signalfd().map_err(EnterError::step("handle signals through a signalfd"))?;
     let (parent, child) = channel::pair().map_err(ChildReport::Channel)?;
     let helper = match linux::fork().map_err(EnterError::step("fork"))? {
@@ -177,6 +184,11 @@ fn helper_main(spec: &EnterSpec, namespaces: Vec<(fs::File, CloneFlags)>, chan: 
         if let Err(e) = setns(f.as_fd(), *flag) {
             report(ChildError::Step("enter the machine's namespaces", e.into()));
         }
+        if *flag == CloneFlags::CLONE_NEWUSER
+            && let Err(e) = security::become_namespace_root()
+        {
+            report(ChildError::Step("become root of the machine's user namespace", e));
+        }
     }
     drop(namespaces);
     let user = exec::lookup_in_machine(&spec.user).unwrap_or_else(|e| report(e));
@@ -212,6 +224,15 @@ fn helper_main(spec: &EnterSpec, namespaces: Vec<(fs::File, CloneFlags)>, chan: 
             linux::exit_now(code)
         }
         Err(e) => report(ChildError::Step("fork the command", e)),
+    }
+}
+
+/// Whether `f` is the file at `path` (namespaces compare by inode).
+fn same_file(f: &fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (f.metadata(), fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
     }
 }
 

@@ -163,14 +163,7 @@ impl Pid1Wait {
         if self.0.read(&mut byte).ok() != Some(1) {
             linux::exit_now(1);
         }
-        // Born with host root's ids, which the namespace does not map: take its root's.
-        let root_gid = nix::unistd::Gid::from_raw(0);
-        let root_uid = nix::unistd::Uid::from_raw(0);
-        nix::unistd::setgroups(&[]).map_err(|e| ChildError::Step("clear supplementary groups", e.into()))?;
-        nix::unistd::setresgid(root_gid, root_gid, root_gid)
-            .map_err(|e| ChildError::Step("become the machine's root group", e.into()))?;
-        nix::unistd::setresuid(root_uid, root_uid, root_uid)
-            .map_err(|e| ChildError::Step("become the machine's root", e.into()))?;
+        super::security::become_namespace_root().map_err(ChildError::step("become the machine's root"))?;
         nix::sched::unshare(CloneFlags::CLONE_NEWNS)
             .map_err(|e| ChildError::Step("create the machine's mount namespace", e.into()))?;
         Ok(())

@@ -140,6 +140,7 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32, LaunchError> {
         &spec.root,
         &crate::userns::HostIds::default(),
         &spec.runtime_dir,
+        !spec.image_untouched(),
     )?;
 
     linux::set_child_subreaper().map_err(|e| LaunchError::Setup("become child subreaper", e))?;

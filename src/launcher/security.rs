@@ -125,6 +125,16 @@ pub fn apply_machine_rlimits() -> nix::Result<()> {
     Ok(())
 }
 
+/// Takes the ids of root in the user namespace this process was born into or joined: host
+/// root's ids are not mapped there, and a process holding them would own host root's files.
+pub(crate) fn become_namespace_root() -> std::io::Result<()> {
+    let (uid, gid) = (nix::unistd::Uid::from_raw(0), nix::unistd::Gid::from_raw(0));
+    nix::unistd::setgroups(&[])?;
+    nix::unistd::setresgid(gid, gid, gid)?;
+    nix::unistd::setresuid(uid, uid, uid)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,258 @@
+//! Machines with a user namespace of their own (`-U`, `--private-users`): a real bookworm
+//! boots in one through an idmapped mount, its processes run under the picked range on the
+//! host, its image keeps its ownership on disk, mctld and the real machinectl report the shift,
+//! and bad ranges are refused.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use common::*;
+
+/// A command inside a machine, entered with all its namespaces (its user namespace included,
+/// as its root) the way `nsenter -a` does.
+fn exec_as_guest_root(m: &Machine, script: &str) -> Output {
+    Command::new("nsenter")
+        .args(["-t", &m.leader.to_string(), "-a", "--", "/bin/sh", "-c", script])
+        .stdin(Stdio::null())
+        .output()
+        .expect("nsenter")
+}
+
+fn guest_sh(m: &Machine, script: &str) -> String {
+    let o = exec_as_guest_root(m, script);
+    format!("{}{}", stdout(&o), stderr(&o)).trim().to_owned()
+}
+
+/// The range (start, count) of a process's user namespace, from its uid_map.
+fn uid_range(pid: i32) -> (u32, u32) {
+    let map = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).expect("read uid_map");
+    let f: Vec<u32> = map.split_whitespace().map(|x| x.parse().unwrap()).collect();
+    assert_eq!(f.len(), 3, "one line of three fields in {map:?}");
+    assert_eq!(f[0], 0);
+    (f[1], f[2])
+}
+
+/// The real uid of a host process (from /proc/PID/status).
+fn host_uid(pid: i32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().next()?.parse().ok()
+}
+
+/// Files and directories of `root` owned by an id outside 0..65535.
+fn shifted_files(root: &Path) -> Vec<String> {
+    let out = Command::new("find")
+        .arg(root)
+        .args(["-xdev", "(", "-uid", "+65535", "-o", "-gid", "+65535", ")", "-print"])
+        .output()
+        .unwrap();
+    stdout(&out).lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn bookworm_boots_in_a_user_namespace_and_its_image_keeps_its_ownership() {
+    let s = scratch();
+    let dir = copy_tree(debian_tree(), s.path(), "usern");
+    let bus = TestBus::start(s.path());
+    let _mctld = Mctld::start(&bus, s.path(), true);
+    let boot_dir = s.path().join("boot");
+    std::fs::create_dir(&boot_dir).unwrap();
+    let mut m = Machine::boot_on(Some(&bus.address), &dir, &boot_dir, &["-U"]);
+    let (start, count) = uid_range(m.leader);
+    assert_eq!(count, 65536);
+    assert!(start >= 0x80000 && start % 65536 == 0, "picked {start}");
+
+    // systemd is fully up, nothing failed.
+    let state = guest_sh(&m, "systemctl is-system-running --wait");
+    assert_eq!(state, "running", "failed units: {}", guest_sh(&m, "systemctl --failed --no-pager"));
+    assert_eq!(guest_sh(&m, "systemctl list-units --state=failed --plain --no-legend"), "");
+    // Inside it is root; on the host every process of it runs under the range.
+    assert_eq!(guest_sh(&m, "id -u; cat /proc/self/uid_map | tr -s ' '"), format!("0\n 0 {start} 65536"));
+    let procs = leader_cgroup_processes(m.leader);
+    assert!(procs.len() > 3, "a booted systemd has services: {procs:?}");
+    for (pid, _) in &procs {
+        if let Some(uid) = host_uid(*pid) {
+            assert!((start..start + 65536).contains(&uid), "process {pid} runs as host uid {uid}");
+        }
+    }
+    // Its root has capabilities only in its own namespace: the host's hostname stays.
+    let host_name = nix::unistd::gethostname().unwrap();
+    assert_eq!(guest_sh(&m, "hostname renamed-inside && hostname"), "renamed-inside");
+    assert_eq!(nix::unistd::gethostname().unwrap(), host_name);
+
+    // mctld and the real machinectl report the shift.
+    let o = busctl(
+        &bus,
+        &[
+            "call",
+            "org.freedesktop.machine1",
+            "/org/freedesktop/machine1",
+            "org.freedesktop.machine1.Manager",
+            "GetMachineUIDShift",
+            "s",
+            "usern",
+        ],
+    );
+    assert_eq!(stdout(&o).trim(), format!("u {start}"), "{}", stderr(&o));
+    let o = machinectl(&bus, &["status", "usern"]);
+    assert!(stdout(&o).contains(&format!("UID Shift: {start}")), "{}", stdout(&o));
+
+    // mctl shell enters as a process of the machine: its root inside, the range's on the host.
+    let o = mctl()
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+        .args(["shell", "nobody@usern", "/bin/sh", "-c", "id -un; id -u; cat /proc/self/uid_map | tr -s ' '"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&o), format!("nobody\n65534\n 0 {start} 65536\n"), "{}", stderr(&o));
+    let o = mctl()
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+        .args(["shell", "usern", "/bin/sh", "-c", "touch /root/by-shell; stat -c %u /root/by-shell"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&o), "0\n", "{}", stderr(&o));
+
+    // What the guest writes lands on disk with the guest's ids, not the host's.
+    assert_eq!(guest_sh(&m, "touch /root/made-inside && chown 1000:1000 /root/made-inside && echo ok"), "ok");
+    m.stop();
+    let made = std::fs::metadata(dir.join("root/made-inside")).unwrap();
+    assert_eq!((made.uid(), made.gid()), (1000, 1000));
+    assert_eq!(std::fs::metadata(dir.join("root/by-shell")).unwrap().uid(), 0);
+    let shifted = shifted_files(&dir);
+    assert!(shifted.is_empty(), "files with host ids in the image: {shifted:?}");
+    assert_no_leaks("usern", &dir);
+
+    // The image remembers its range: the next -U boot gets the same one.
+    let boot_again = s.path().join("boot-again");
+    std::fs::create_dir(&boot_again).unwrap();
+    let mut again = Machine::boot_on(Some(&bus.address), &dir, &boot_again, &["-U"]);
+    assert_eq!(uid_range(again.leader), (start, 65536));
+    again.stop();
+}
+
+#[test]
+fn two_ephemeral_machines_of_one_image_run_at_once_under_different_ranges() {
+    let before = tree_digest(debian_tree());
+    let s = scratch();
+    let (d1, d2) = (s.path().join("one"), s.path().join("two"));
+    std::fs::create_dir(&d1).unwrap();
+    std::fs::create_dir(&d2).unwrap();
+    let mut one = Machine::boot(debian_tree(), &d1, &["-U", "-x", "-M", "userns-one", "--register=no"]);
+    let mut two = Machine::boot(debian_tree(), &d2, &["-U", "-x", "-M", "userns-two", "--register=no"]);
+    let (a, b) = (uid_range(one.leader), uid_range(two.leader));
+    assert_ne!(a.0, b.0, "both machines got {a:?}");
+    assert!(a.0.abs_diff(b.0) >= 65536, "ranges {a:?} and {b:?} overlap");
+    for m in [&one, &two] {
+        assert_eq!(guest_sh(m, "systemctl is-system-running --wait"), "running");
+        // The overlay's writes are the guest's root's.
+        assert_eq!(guest_sh(m, "touch /etc/scratch && stat -c %u:%g /etc/scratch /etc/passwd"), "0:0\n0:0");
+    }
+    one.stop();
+    two.stop();
+    assert_eq!(tree_digest(debian_tree()), before, "an ephemeral boot changed the image");
+}
+
+#[test]
+fn private_users_values_and_ranges_follow_nspawn() {
+    let tree = busybox_tree();
+    let map = |opts: &[&str]| {
+        let mut all = vec!["--register=no", "--read-only", "-M", "userns-values"];
+        all.extend_from_slice(opts);
+        let o = run_in(tree, &all, &["cat", "/proc/self/uid_map"]);
+        assert!(o.status.success(), "{opts:?}: {}", stderr(&o));
+        stdout(&o).split_whitespace().map(str::to_owned).collect::<Vec<_>>().join(" ")
+    };
+    assert_eq!(map(&[]), "0 0 4294967295");
+    assert_eq!(map(&["--private-users=no"]), "0 0 4294967295");
+    assert_eq!(map(&["--private-users=identity"]), "0 0 65536");
+    assert_eq!(map(&["--private-users=1900544:1000"]), "0 1900544 1000");
+    // yes: the range of the owner of the root directory (0 here).
+    assert_eq!(map(&["--private-users"]), "0 0 65536");
+
+    // Without an idmapped mount (ownership off) the image's files are nobody's inside.
+    let o = run_in(
+        tree,
+        &[
+            "--register=no",
+            "--read-only",
+            "-M",
+            "userns-values",
+            "--private-users=1900544",
+            "--private-users-ownership=off",
+        ],
+        &["stat", "-c", "%u", "/bin"],
+    );
+    assert_eq!(stdout(&o).trim(), "65534", "{}", stderr(&o));
+    let o = run_in(
+        tree,
+        &["--register=no", "--read-only", "-M", "userns-values", "-U"],
+        &["stat", "-c", "%u", "/bin"],
+    );
+    assert_eq!(stdout(&o).trim(), "0", "{}", stderr(&o));
+}
+
+#[test]
+fn bad_ranges_and_values_are_refused_with_nothing_changed() {
+    let tree = busybox_tree();
+    let before = tree_digest(tree);
+    for (opt, needle) in [
+        ("--private-users=maybe", "invalid --private-users 'maybe'"),
+        ("--private-users=100000:0", "the range is empty"),
+        ("--private-users=4294967000:65536", "runs past the last user id"),
+        // The host's own users.
+        ("--private-users=1:1000", "overlaps host user"),
+        ("--private-users-ownership=sideways", "invalid value 'sideways'"),
+    ] {
+        let o = run_in(tree, &["--register=no", "--read-only", "-M", "userns-bad", opt], &["/bin/true"]);
+        assert!(!o.status.success(), "{opt} was accepted");
+        assert!(stderr(&o).contains(needle), "{opt}: {}", stderr(&o));
+    }
+    // A range a running user-namespaced machine uses.
+    let s = scratch();
+    let mut sleeper = mctl()
+        .args([
+            "run",
+            "-q",
+            "--register=no",
+            "--read-only",
+            "-M",
+            "userns-first",
+            "--private-users=2031616",
+            "-D",
+        ])
+        .arg(tree)
+        .args(["--", "sleep", "60"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let leader_up = wait_until(std::time::Duration::from_secs(10), || {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            std::fs::read_to_string(e.path().join("uid_map"))
+                .is_ok_and(|m| m.split_whitespace().nth(1) == Some("2031616"))
+        })
+    });
+    assert!(leader_up, "the first machine did not start");
+    let o = run_in(
+        tree,
+        &["--register=no", "--read-only", "-M", "userns-bad", "--private-users=2097152:65536"],
+        &["/bin/true"],
+    );
+    assert!(o.status.success(), "a free range next to it: {}", stderr(&o));
+    let o = run_in(
+        tree,
+        &["--register=no", "--read-only", "-M", "userns-bad", "--private-users=2040000:100"],
+        &["/bin/true"],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("overlaps the user namespace of process"), "{}", stderr(&o));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sleeper.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = wait_exit(&mut sleeper, std::time::Duration::from_secs(10));
+    drop(s);
+    assert_eq!(tree_digest(tree), before, "a refused launch changed the image");
+}
