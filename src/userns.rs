@@ -20,9 +20,6 @@ pub const RANGE_SIZE: u32 = 0x10000;
 /// Where picking starts and ends (nspawn's container range, 0x80000..0x6FFFFFFF).
 const PICK_FIRST: u32 = 0x0008_0000;
 const PICK_LAST: u32 = 0x6FFF_0000;
-/// The extended attribute on an image's root directory that remembers its picked range, so an
-/// image boots under the same ids each time (nspawn keeps this in the tree's ownership).
-pub const RANGE_XATTR: &str = "trusted.mctl.private-users";
 
 /// Host ids `start..start+count`, onto which a machine's ids `0..count` map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -283,14 +280,15 @@ impl Chosen {
 }
 
 /// Resolves `--private-users` for the tree at `root` (None: no user namespace). `lock_dir` holds
-/// the lock file shared by every launcher. A picked range is recorded on the tree when
-/// `remember` (not for a launch that must leave the image untouched).
+/// the lock file shared by every launcher; `memory` the range each tree picked last, so an
+/// image boots under the same ids each time (nspawn keeps this in the tree's ownership; here the
+/// image stays as it is).
 pub fn choose(
     mode: PrivateUsers,
     root: &Path,
     host: &HostIds,
     lock_dir: &Path,
-    remember: bool,
+    memory: &Path,
 ) -> Result<Option<Chosen>, RangeError> {
     let fixed = |range| Ok(Some(Chosen { range, _lock: None }));
     match mode {
@@ -315,15 +313,16 @@ pub fn choose(
         }
         PrivateUsers::Pick => {
             let lock = lock(lock_dir)?;
-            let previous = remembered(root);
+            let memory = memory_file(memory, root);
+            let previous = remembered(&memory);
             let candidates = previous.into_iter().chain(
                 (PICK_FIRST..=PICK_LAST)
                     .step_by(RANGE_SIZE as usize)
                     .map(|start| IdRange { start, count: RANGE_SIZE }),
             );
             let range = host.first_free(candidates).ok_or(RangeError::Exhausted)?;
-            if remember && previous != Some(range) {
-                record(root, &range);
+            if previous != Some(range) {
+                record(&memory, root, &range);
             }
             Ok(Some(Chosen { range, _lock: Some(lock) }))
         }
@@ -339,22 +338,31 @@ fn lock(dir: &Path) -> Result<Flock<File>, RangeError> {
     Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| io("lock", e.into()))
 }
 
-/// The range the image booted with last time, if it recorded one that may be picked.
-fn remembered(root: &Path) -> Option<IdRange> {
-    let mut value = [0u8; 16];
-    let n = rustix::fs::getxattr(root, RANGE_XATTR, &mut value[..]).ok()?;
-    let start: u32 = std::str::from_utf8(&value[..n]).ok()?.trim().parse().ok()?;
-    // Anything a guest could have written there is only a wish: it must be a pick candidate.
+/// The file remembering the range of the tree at `root`: named by a hash of its path.
+fn memory_file(dir: &Path, root: &Path) -> PathBuf {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(root.as_os_str().as_encoded_bytes());
+    dir.join(hex::encode(&digest[..16]))
+}
+
+/// The range the image booted with last time, if one was recorded that may be picked.
+fn remembered(file: &Path) -> Option<IdRange> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let start: u32 = text.lines().next()?.trim().parse().ok()?;
     let valid = (PICK_FIRST..=PICK_LAST).contains(&start) && start.is_multiple_of(RANGE_SIZE);
     valid.then_some(IdRange { start, count: RANGE_SIZE })
 }
 
-/// Records the picked range on the image (best effort: a read-only image picks afresh).
-fn record(root: &Path, range: &IdRange) {
-    let value = range.start.to_string();
-    if let Err(e) = rustix::fs::setxattr(root, RANGE_XATTR, value.as_bytes(), rustix::fs::XattrFlags::empty())
-    {
-        tracing::debug!("cannot record the picked id range on {}: {e}", root.display());
+/// Records the picked range (best effort: without it the next boot picks afresh).
+fn record(file: &Path, root: &Path, range: &IdRange) {
+    let text = format!("{}\n{}\n", range.start, root.display());
+    let written = file.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| {
+        let tmp = file.with_extension("tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, file)
+    });
+    if let Err(e) = written {
+        tracing::debug!("cannot record the picked id range in {}: {e}", file.display());
     }
 }
 
@@ -419,8 +427,31 @@ mod tests {
         let (dir, host) =
             fake_host("root:x:0:0::/root:/bin/sh\nbig:x:600000:600000::/:/bin/sh\n", "mctl:655360:65536\n");
         let root = tempfile::tempdir().unwrap();
-        let chosen = choose(PrivateUsers::Pick, root.path(), &host, dir.path(), true).unwrap().unwrap();
+        let chosen = choose(PrivateUsers::Pick, root.path(), &host, dir.path(), dir.path()).unwrap().unwrap();
         assert_eq!(chosen.range, IdRange { start: 0xB0000, count: RANGE_SIZE });
+    }
+
+    #[test]
+    fn a_tree_gets_its_previous_range_while_it_is_free() {
+        let (dir, host) = fake_host("", "");
+        let memory = dir.path().join("memory");
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let pick = |root: &Path| {
+            choose(PrivateUsers::Pick, root, &host, dir.path(), &memory).unwrap().unwrap().range
+        };
+        let first = pick(a.path());
+        assert_eq!(first.start, 0x90000);
+        // Another tree, while the first one's range is taken by its machine.
+        std::fs::write(dir.path().join("proc/42/uid_map"), "0 589824 65536\n").unwrap();
+        let other = pick(b.path());
+        assert_eq!(other.start, 0x80000);
+        // Free again: the first tree gets its range back, the other keeps its own.
+        std::fs::write(dir.path().join("proc/42/uid_map"), "0 0 4294967295\n").unwrap();
+        assert_eq!(pick(a.path()), first);
+        assert_eq!(pick(b.path()), other);
+        // A bad record is ignored: the first free range.
+        std::fs::write(memory_file(&memory, a.path()), "12345\n").unwrap();
+        assert_eq!(pick(a.path()).start, 0x80000);
     }
 
     #[test]
@@ -428,7 +459,7 @@ mod tests {
         let (dir, host) = fake_host("big:x:600000:600000::/:/bin/sh\n", "");
         let root = tempfile::tempdir().unwrap();
         let fixed = |start, count| {
-            choose(PrivateUsers::Fixed(IdRange { start, count }), root.path(), &host, dir.path(), true)
+            choose(PrivateUsers::Fixed(IdRange { start, count }), root.path(), &host, dir.path(), dir.path())
         };
         let e = fixed(530000, 10).unwrap_err().to_string();
         assert!(e.contains("process 42"), "{e}");
@@ -442,7 +473,8 @@ mod tests {
         let (dir, host) = fake_host("", "");
         let root = tempfile::tempdir().unwrap();
         std::os::unix::fs::chown(root.path(), Some(0x90000 + 5), None).ok();
-        let chosen = choose(PrivateUsers::FromRoot, root.path(), &host, dir.path(), true).unwrap().unwrap();
+        let chosen =
+            choose(PrivateUsers::FromRoot, root.path(), &host, dir.path(), dir.path()).unwrap().unwrap();
         use std::os::unix::fs::MetadataExt;
         let owner = std::fs::metadata(root.path()).unwrap().uid();
         assert_eq!(chosen.range, IdRange { start: owner & 0xFFFF_0000, count: RANGE_SIZE });

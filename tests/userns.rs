@@ -59,7 +59,10 @@ fn bookworm_boots_in_a_user_namespace_and_its_image_keeps_its_ownership() {
     let _mctld = Mctld::start(&bus, s.path(), true);
     let boot_dir = s.path().join("boot");
     std::fs::create_dir(&boot_dir).unwrap();
-    let mut m = Machine::boot_on(Some(&bus.address), &dir, &boot_dir, &["-U"]);
+    let state = s.path().join("state");
+    let env =
+        [("DBUS_SYSTEM_BUS_ADDRESS", bus.address.as_str()), ("MCTL_STATE_DIR", state.to_str().unwrap())];
+    let mut m = Machine::boot_env(&dir, &boot_dir, &["-U"], &env);
     let (start, count) = uid_range(m.leader);
     assert_eq!(count, 65536);
     assert!(start >= 0x80000 && start % 65536 == 0, "picked {start}");
@@ -98,6 +101,8 @@ fn bookworm_boots_in_a_user_namespace_and_its_image_keeps_its_ownership() {
     assert_eq!(stdout(&o).trim(), format!("u {start}"), "{}", stderr(&o));
     let o = machinectl(&bus, &["status", "usern"]);
     assert!(stdout(&o).contains(&format!("UID Shift: {start}")), "{}", stdout(&o));
+    let o = mctl().env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address).args(["status", "usern"]).output().unwrap();
+    assert!(stdout(&o).contains(&format!("UID Shift: {start}")), "{}{}", stdout(&o), stderr(&o));
 
     // mctl shell enters as a process of the machine: its root inside, the range's on the host.
     let o = mctl()
@@ -125,10 +130,10 @@ fn bookworm_boots_in_a_user_namespace_and_its_image_keeps_its_ownership() {
     assert!(shifted.is_empty(), "files with host ids in the image: {shifted:?}");
     assert_no_leaks("usern", &dir);
 
-    // The image remembers its range: the next -U boot gets the same one.
+    // The image keeps its range (remembered outside it): the next -U boot gets the same one.
     let boot_again = s.path().join("boot-again");
     std::fs::create_dir(&boot_again).unwrap();
-    let mut again = Machine::boot_on(Some(&bus.address), &dir, &boot_again, &["-U"]);
+    let mut again = Machine::boot_env(&dir, &boot_again, &["-U"], &env);
     assert_eq!(uid_range(again.leader), (start, 65536));
     again.stop();
 }

@@ -111,6 +111,7 @@ pub fn build_spec(m: MachineArgs, payload: Payload, cfg: &CliConfig) -> Result<L
         volatile: m.volatile.unwrap_or_default(),
         overlays: mounts.overlays,
         runtime_dir: cfg.runtime_dir.clone(),
+        state_dir: cfg.state_dir.clone(),
         capabilities,
         syscall_filter,
         kill_signal,

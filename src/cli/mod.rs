@@ -24,6 +24,9 @@ pub struct CliConfig {
     pub runtime_dir: PathBuf,
     /// The download cache of pulls (`$MCTL_PULL_CACHE`, default `/var/cache/mctl/pull`).
     pub pull_cache: PathBuf,
+    /// State kept across boots of the host (`$MCTL_STATE_DIR`, default `/var/lib/mctl`): the id
+    /// range each image had.
+    pub state_dir: PathBuf,
 }
 
 impl CliConfig {
@@ -39,6 +42,9 @@ impl CliConfig {
             pull_cache: std::env::var_os("MCTL_PULL_CACHE")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("/var/cache/mctl/pull")),
+            state_dir: std::env::var_os("MCTL_STATE_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/var/lib/mctl")),
         }
     }
 }

@@ -140,7 +140,7 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32, LaunchError> {
         &spec.root,
         &crate::userns::HostIds::default(),
         &spec.runtime_dir,
-        !spec.image_untouched(),
+        &spec.state_dir.join("private-users"),
     )?;
 
     linux::set_child_subreaper().map_err(|e| LaunchError::Setup("become child subreaper", e))?;
@@ -201,6 +201,14 @@ fn machine_capabilities(spec: &LaunchSpec) -> caps::CapsHashSet {
     if spec.network.needs_netns() && !spec.capabilities.drop.contains(&caps::Capability::CAP_NET_ADMIN) {
         // Its own network is the machine's to configure (nspawn does the same).
         wanted.insert(caps::Capability::CAP_NET_ADMIN);
+    }
+    if spec.private_users.enabled()
+        && !spec.network.needs_netns()
+        && !spec.capabilities.add.contains(&caps::Capability::CAP_NET_BIND_SERVICE)
+    {
+        // Held in its own user namespace it would not reach the host's network namespace
+        // anyway; nspawn drops it too.
+        wanted.remove(&caps::Capability::CAP_NET_BIND_SERVICE);
     }
     let (capabilities, missing) = security::grantable(&wanted);
     if !missing.is_empty() {

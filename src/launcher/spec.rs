@@ -120,6 +120,8 @@ pub struct LaunchSpec {
     pub overlays: Vec<OverlayMount>,
     /// Runtime directory on the host for per-launch scratch mount points (`/run/mctl`).
     pub runtime_dir: PathBuf,
+    /// Where state that outlives a boot of the host lives (the id range each image had).
+    pub state_dir: PathBuf,
     /// Capability changes against the default set.
     pub capabilities: CapabilityAdjust,
     /// Changes to the default system call filter (`--system-call-filter=`).
@@ -166,6 +168,7 @@ impl LaunchSpec {
             volatile: Volatile::No,
             overlays: Vec::new(),
             runtime_dir: PathBuf::from("/run/mctl"),
+            state_dir: PathBuf::from("/var/lib/mctl"),
             capabilities: CapabilityAdjust::default(),
             syscall_filter: crate::seccomp::FilterChanges::default(),
             kill_signal: None,
