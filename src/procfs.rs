@@ -78,13 +78,19 @@ pub fn os_release(pid: u32) -> Result<Vec<(String, String)>, GuestFileError> {
 
 /// The machine's UID shift: 0 without a user namespace.
 pub fn uid_shift(pid: u32) -> io::Result<u32> {
+    Ok(user_namespace_range(pid)?.map_or(0, |r| r.start))
+}
+
+/// The host ids the user namespace of `pid` maps its ids 0.. onto (None: the host's own
+/// namespace, or a map not of that form).
+pub fn user_namespace_range(pid: u32) -> io::Result<Option<crate::userns::IdRange>> {
     let map = fs::read_to_string(format!("/proc/{pid}/uid_map"))?;
-    let first: Vec<u64> =
+    let first: Vec<u32> =
         map.lines().next().unwrap_or("").split_whitespace().filter_map(|f| f.parse().ok()).collect();
-    Ok(match first.as_slice() {
-        [0, 0, 4294967295] => 0,
-        [0, outside, _] => u32::try_from(*outside).unwrap_or(0),
-        _ => 0,
+    Ok(match first[..] {
+        [0, 0, u32::MAX] => None,
+        [0, start, count] => Some(crate::userns::IdRange { start, count }),
+        _ => None,
     })
 }
 

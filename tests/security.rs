@@ -278,3 +278,20 @@ fn mctl_shell_refuses_a_fifo_passwd_at_once() {
     let err = read_all(shell.stderr.take().unwrap());
     assert!(err.contains("/etc/passwd is not a regular file"), "{err}");
 }
+
+/// `--no-new-privileges` (nspawn's option): off by default, as nspawn; on when asked, and then
+/// neither setuid binaries nor file capabilities give anything.
+#[test]
+fn no_new_privileges_is_set_when_asked() {
+    let status = |opts: &[&str]| {
+        let mut all = vec!["--register=no", "--read-only", "-M", "nnp"];
+        all.extend_from_slice(opts);
+        let o = run_in(busybox_tree(), &all, &["grep", "NoNewPrivs", "/proc/self/status"]);
+        assert!(o.status.success(), "{opts:?}: {}", stderr(&o));
+        stdout(&o).split_whitespace().last().unwrap_or_default().to_owned()
+    };
+    assert_eq!(status(&[]), "0");
+    assert_eq!(status(&["--no-new-privileges"]), "1");
+    assert_eq!(status(&["--no-new-privileges=yes", "-U"]), "1");
+    assert_eq!(status(&["--no-new-privileges=no"]), "0");
+}

@@ -120,6 +120,21 @@ fn bookworm_boots_in_a_user_namespace_and_its_image_keeps_its_ownership() {
         .unwrap();
     assert_eq!(stdout(&o), "0\n", "{}", stderr(&o));
 
+    // A commit of it is an image with the machine's own ids, not the host ids it runs under.
+    let store = s.path().join("store");
+    std::fs::create_dir(&store).unwrap();
+    assert_eq!(guest_sh(&m, "touch /root/committed && chown 1000:1000 /root/committed && echo ok"), "ok");
+    let o = mctl()
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+        .env("MCTL_IMAGE_STORE", &store)
+        .args(["commit", "usern", "usern-copy"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "commit: {}", stderr(&o));
+    let copied = std::fs::metadata(store.join("usern-copy/root/committed")).unwrap();
+    assert_eq!((copied.uid(), copied.gid()), (1000, 1000));
+    assert!(shifted_files(&store.join("usern-copy")).is_empty(), "host ids in the commit");
+
     // What the guest writes lands on disk with the guest's ids, not the host's.
     assert_eq!(guest_sh(&m, "touch /root/made-inside && chown 1000:1000 /root/made-inside && echo ok"), "ok");
     m.stop();
@@ -260,4 +275,36 @@ fn bad_ranges_and_values_are_refused_with_nothing_changed() {
     let _ = wait_exit(&mut sleeper, std::time::Duration::from_secs(10));
     drop(s);
     assert_eq!(tree_digest(tree), before, "a refused launch changed the image");
+}
+
+#[test]
+fn chown_ownership_shifts_the_tree_once_and_across_ranges() {
+    let s = scratch();
+    let dir = copy_tree(busybox_tree(), s.path(), "userns-chown");
+    let owner = |p: &str| std::fs::symlink_metadata(dir.join(p)).unwrap().uid();
+    let inside = |opts: &[&str]| {
+        let mut all = vec!["--register=no"];
+        all.extend_from_slice(opts);
+        let o = run_in(&dir, &all, &["stat", "-c", "%u", "/bin", "/etc/passwd"]);
+        assert!(o.status.success(), "{opts:?}: {}", stderr(&o));
+        stdout(&o).split_whitespace().map(str::to_owned).collect::<Vec<_>>()
+    };
+    assert_eq!(inside(&["--private-users=1900544", "--private-users-ownership=chown"]), ["0", "0"]);
+    assert_eq!((owner("bin"), owner("etc/passwd"), owner("")), (1900544, 1900544, 1900544));
+    // Again: nothing to do. Another range: shifted across.
+    assert_eq!(inside(&["--private-users=1900544", "--private-users-ownership=chown"]), ["0", "0"]);
+    assert_eq!(inside(&["--private-users=2031616", "--private-users-ownership=chown"]), ["0", "0"]);
+    assert_eq!((owner("bin"), owner("etc/passwd")), (2031616, 2031616));
+    // yes: the range follows the tree's owner, so a chowned tree finds its own.
+    assert_eq!(inside(&["--private-users=yes", "--private-users-ownership=off"]), ["0", "0"]);
+    // Back to the host's ids.
+    assert_eq!(inside(&["--private-users=identity", "--private-users-ownership=chown"]), ["0", "0"]);
+    assert_eq!((owner("bin"), owner("")), (0, 0));
+    assert_eq!(tree_digest(&dir), tree_digest(busybox_tree()), "the round trip changed the tree");
+
+    // An image that must stay as it is cannot be chowned.
+    let o = run_in(&dir, &["--register=no", "-x", "-U", "--private-users-ownership=chown"], &["/bin/true"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("cannot be chowned"), "{}", stderr(&o));
+    assert_eq!(owner("bin"), 0);
 }

@@ -550,6 +550,10 @@ pub struct MachineArgs {
     /// Report readiness upwards only when the machine's init does (boot).
     #[arg(long, value_enum, default_value = "yes")]
     pub notify_ready: YesNo,
+    /// Set the no_new_privs flag on the payload: nothing it executes gains privileges
+    /// (setuid/setgid bits and file capabilities are ignored). Breaks sudo, su and ping.
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "yes", value_name = "BOOL")]
+    pub no_new_privileges: Option<YesNo>,
 }
 
 /// `mctl boot`.

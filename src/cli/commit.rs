@@ -107,8 +107,22 @@ pub fn commit(machine: &str, image: &str, cfg: &CliConfig) -> Result<i32, CliErr
         store::copy_tree(Path::new("."), tmp.path())
             .map_err(|e| CliError::new(format!("cannot copy machine {machine}: {e}")))?;
     }
+    if let Some(range) = user_namespace_of(leader)? {
+        // Seen through the machine's idmapped mount its files carry host ids: the image gets
+        // the machine's own.
+        let shift = crate::images::shift::Shift { from: range, to: 0 };
+        crate::images::shift::shift_tree(tmp.path(), shift)
+            .map_err(|e| CliError::new(format!("cannot give the commit of {machine} its own ids: {e}")))?;
+    }
     store.commit(tmp, image).map_err(|e| CliError::new(e.to_string()))?;
     Ok(0)
+}
+
+/// The host ids the user namespace of the machine whose leader is `leader` maps onto (None:
+/// it has none).
+fn user_namespace_of(leader: u32) -> Result<Option<crate::userns::IdRange>, CliError> {
+    crate::procfs::user_namespace_range(leader)
+        .map_err(|e| CliError::new(format!("cannot read the id map of process {leader}: {e}")))
 }
 
 /// Whether the root mount of the machine whose leader is `leader` is an overlay over
@@ -154,6 +168,12 @@ pub fn commit_oci(machine: &str, image: &str, cfg: &CliConfig) -> Result<i32, Cl
             ))
         })?
         .to_owned();
+    if user_namespace_of(leader)?.is_some() {
+        return Err(CliError::new(format!(
+            "machine {machine} runs in a user namespace: commit --oci does not support that yet; \
+             use mctl commit (a directory image) instead"
+        )));
+    }
     let ephemeral = root_is_overlay_of(leader, root_dir)?;
     let root = crate::launcher::enter::root_mount_of(leader)
         .map_err(|e| CliError::new(format!("cannot take the root of machine {machine}: {e}")))?;

@@ -90,11 +90,6 @@ pub fn build_spec(m: MachineArgs, payload: Payload, cfg: &CliConfig) -> Result<L
         (None, false) => crate::userns::PrivateUsers::No,
     };
     let private_users_ownership = m.private_users_ownership.unwrap_or_default();
-    if private_users_ownership == crate::userns::Ownership::Chown {
-        return Err(CliError::new(
-            "--private-users-ownership=chown is not supported yet: use map (the default) or off",
-        ));
-    }
     Ok(LaunchSpec {
         root,
         name,
@@ -124,6 +119,7 @@ pub fn build_spec(m: MachineArgs, payload: Payload, cfg: &CliConfig) -> Result<L
         network,
         private_users,
         private_users_ownership,
+        no_new_privileges: m.no_new_privileges == Some(YesNo::Yes),
     })
 }
 

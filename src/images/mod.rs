@@ -17,6 +17,7 @@ pub mod interrupt;
 pub mod lxc;
 pub mod oci;
 pub mod pull;
+pub mod shift;
 pub mod store;
 pub mod tar_export;
 pub mod tar_import;

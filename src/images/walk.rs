@@ -98,6 +98,36 @@ impl Found<'_> {
         Ok(File::from(fd))
     }
 
+    /// Changes its owner (a symlink's own, not its target's).
+    pub fn set_owner(&self, uid: u32, gid: u32) -> Result<(), WalkError> {
+        let (u, g) = (rustix::process::Uid::from_raw(uid), rustix::process::Gid::from_raw(gid));
+        rfs::chownat(self.parent, self.name, Some(u), Some(g), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(err("cannot change the owner of", self.path))
+    }
+
+    /// Sets its mode (not for symlinks, which have none of their own).
+    pub fn set_mode(&self, mode: u32) -> Result<(), WalkError> {
+        rfs::chmodat(self.parent, self.name, Mode::from_raw_mode(mode), AtFlags::empty())
+            .map_err(err("cannot change the mode of", self.path))
+    }
+
+    /// Sets (or with `None` removes) an extended attribute, through an fd of the inode itself.
+    pub fn set_xattr(&self, name: &OsStr, value: Option<&[u8]>) -> Result<(), WalkError> {
+        let fd = rfs::openat(
+            self.parent,
+            self.name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(err("cannot open", self.path))?;
+        let proc = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        match value {
+            Some(v) => rfs::setxattr(proc.as_str(), name, v, rfs::XattrFlags::empty()),
+            None => rfs::removexattr(proc.as_str(), name),
+        }
+        .map_err(err("cannot set an extended attribute of", self.path))
+    }
+
     /// A symlink's target.
     pub fn read_link(&self) -> Result<PathBuf, WalkError> {
         let t = rfs::readlinkat(self.parent, self.name, Vec::new())
@@ -196,7 +226,8 @@ pub fn open_dir(root: &Path) -> Result<OwnedFd, WalkError> {
 }
 
 /// Visits `root` and everything below it, parents before children, names sorted. The walk
-/// stays on the root's filesystem (a mount point inside is visited as an empty directory).
+/// stays on the root's filesystem (a mount point inside is visited as an empty directory; a
+/// file mounted over one is left out).
 pub fn walk<E: From<WalkError>>(
     root: &Path,
     mut visit: impl FnMut(&Found<'_>) -> Result<(), E>,
@@ -249,8 +280,12 @@ fn walk_dir<E: From<WalkError>>(
             if st.st_dev == dev {
                 walk_dir(root, &sub, dev, rel, visit)?;
             }
-        } else {
+        } else if st.st_dev == dev {
             visit(&Found { path: &path, rel, stat: &st, parent: dir, name: &name, dir: None })?;
+        } else {
+            // A file mounted over one of the tree's (a bind mount in a running machine): not
+            // the tree's own, and what it covers cannot be seen.
+            tracing::debug!("skipping {}: a mount of another file system", path.display());
         }
         rel.pop();
     }

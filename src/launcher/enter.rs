@@ -293,9 +293,9 @@ fn run_command(
     Err(exec::exec_search(&spec.command, &env, &envp))
 }
 
-/// A detached clone of the root mount of `leader`'s mount namespace (its root alone: neither
-/// the API filesystems nor bind mounts on top of it), taken by a child that joins only that
-/// namespace (it is never visible in the machine's pid namespace).
+/// A detached clone of the root mount of `leader`'s mount namespace (its root alone, or with the
+/// mounts locked on top of it in a machine with a user namespace), taken by a child that joins
+/// only that namespace (it is never visible in the machine's pid namespace).
 pub fn root_mount_of(leader: u32) -> Result<OwnedFd, EnterError> {
     let ns = fs::File::open(format!("/proc/{leader}/ns/mnt"))
         .map_err(EnterError::step("open the machine's mount namespace"))?;
@@ -303,10 +303,19 @@ pub fn root_mount_of(leader: u32) -> Result<OwnedFd, EnterError> {
     match linux::fork().map_err(EnterError::step("fork"))? {
         Forked::Child => {
             drop(parent);
-            // Only in the machine's own mount namespace may its mounts be cloned.
-            let taken = setns(ns.as_fd(), CloneFlags::CLONE_NEWNS)
-                .map_err(std::io::Error::from)
-                .and_then(|()| linux::open_tree(Path::new("/"), false));
+            // Only in the machine's own mount namespace may its mounts be cloned. In a machine
+            // with a user namespace the mounts on top are locked to its root, which cannot be
+            // cloned without them (EINVAL): then with them (the walks that read the tree stay
+            // on its file system; files mounted over its own are lost to them).
+            let taken =
+                setns(ns.as_fd(), CloneFlags::CLONE_NEWNS).map_err(std::io::Error::from).and_then(|()| {
+                    match linux::open_tree(Path::new("/"), false) {
+                        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                            linux::open_tree(Path::new("/"), true)
+                        }
+                        other => other,
+                    }
+                });
             let code = match taken {
                 Ok(fd) => child.root_mount(fd.as_fd()).map(|_| 0).unwrap_or(1),
                 Err(e) => {

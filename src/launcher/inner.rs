@@ -72,6 +72,9 @@ fn inner(ctx: &ChildContext<'_>, chan: &ChildEnd, console: Option<&str>) -> Resu
     security::apply_bounding_set(&ctx.capabilities)
         .map_err(|e| ChildError::Message(format!("cannot drop capabilities: {e}")))?;
     reset_signals()?;
+    if ctx.spec.no_new_privileges {
+        nix::sys::prctl::set_no_new_privs().map_err(|e| ChildError::Step("set no_new_privs", e.into()))?;
+    }
     // Last: the steps above may use calls the machine may not (the reaper of --as-pid2 runs
     // under the filter too).
     ctx.seccomp.load().map_err(ChildError::step("load the system call filter"))?;

@@ -53,6 +53,8 @@ struct ChildContext<'a> {
     env: Vec<(String, String)>,
     /// The host ids the machine's user namespace maps onto (`--private-users`).
     private_users: Option<crate::userns::IdRange>,
+    /// Whether the image is mounted idmapped through that user namespace.
+    idmap: bool,
 }
 
 /// A setup step in a child that failed; reported to the parent as text.

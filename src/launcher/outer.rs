@@ -20,7 +20,6 @@ use super::private_users;
 use super::spec::{ConsoleMode, LaunchSpec, Volatile};
 use super::{ChildContext, ChildError};
 use crate::network::NetworkMode;
-use crate::userns::Ownership;
 
 /// Runs the outer child and exits; never returns.
 pub(super) fn run(ctx: &ChildContext<'_>, chan: &ChildEnd) -> ! {
@@ -64,9 +63,8 @@ fn outer(ctx: &ChildContext<'_>, chan: &ChildEnd) -> Result<(), ChildError> {
         None => None,
     };
     let mut trees = open_host_trees(ctx)?;
-    // --private-users-ownership=off: the machine sees the image's ownership as it is on disk.
-    let idmap =
-        pid1.as_ref().filter(|_| ctx.spec.private_users_ownership != Ownership::Off).map(|p| p.user.as_fd());
+    // Without idmapping (ownership off, or a chowned tree) the machine sees the files as on disk.
+    let idmap = pid1.as_ref().filter(|_| ctx.idmap).map(|p| p.user.as_fd());
     if userns {
         let root = &ctx.spec.root;
         let tree = match idmap {

@@ -170,6 +170,47 @@ impl Pid1Wait {
     }
 }
 
+/// Whether the file system at `path` can be mounted idmapped (`--private-users-ownership=auto`
+/// chooses between map and chown by this): an idmapped clone is made and dropped, through a
+/// throwaway user namespace of a child that exits at once.
+pub(super) fn idmap_supported(path: &Path) -> bool {
+    let Ok((wait, go)) = pipe() else { return false };
+    let pid = match linux::fork() {
+        Ok(Forked::Child) => {
+            drop(go);
+            let mut byte = [0u8; 1];
+            if nix::sched::unshare(CloneFlags::CLONE_NEWUSER).is_ok() {
+                // Held until the parent has used the namespace (the pipe closes).
+                let _ = (&wait).read(&mut byte);
+            }
+            linux::exit_now(0)
+        }
+        Ok(Forked::Parent(pid)) => pid,
+        Err(_) => return false,
+    };
+    drop(wait);
+    let supported = (|| {
+        // The child is in its namespace once its map can be written.
+        let probe_range = IdRange { start: crate::userns::RANGE_SIZE, count: crate::userns::RANGE_SIZE };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while std::fs::write(format!("/proc/{pid}/uid_map"), probe_range.map_line()).is_err() {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::yield_now();
+        }
+        if std::fs::write(format!("/proc/{pid}/gid_map"), probe_range.map_line()).is_err() {
+            return false;
+        }
+        let Ok(userns) = open_ns(pid, "user") else { return false };
+        linux::open_tree(path, false)
+            .is_ok_and(|tree| linux::set_tree_idmap(tree.as_fd(), userns.as_fd()).is_ok())
+    })();
+    drop(go);
+    let _ = waitpid(Pid::from_raw(pid), None);
+    supported
+}
+
 /// A detached, idmapped clone of the mount at `path` (read-only when `read_only`): the files of
 /// the image appear owned by the machine's ids, while the tree on disk keeps its own.
 pub(super) fn idmapped_tree(

@@ -49,6 +49,12 @@ pub enum LaunchError {
     /// A cgroup problem.
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    /// `--private-users-ownership=chown` for an image that must stay as it is.
+    #[error(
+        "{0} cannot be chowned into the machine's id range: -x, --read-only and --volatile leave the image \
+         as it is (its file system cannot be idmapped, or --private-users-ownership=chown was given)"
+    )]
+    ChownUntouched(PathBuf),
     /// No id range for `--private-users`.
     #[error(transparent)]
     PrivateUsers(#[from] crate::userns::RangeError),
@@ -142,6 +148,10 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32, LaunchError> {
         &spec.runtime_dir,
         &spec.state_dir.join("private-users"),
     )?;
+    let idmap = match &private_users {
+        Some(chosen) => image_ownership(spec, chosen.range)?,
+        None => false,
+    };
 
     linux::set_child_subreaper().map_err(|e| LaunchError::Setup("become child subreaper", e))?;
     // Signals are handled synchronously through a signalfd; the children undo this mask.
@@ -160,6 +170,7 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32, LaunchError> {
             env: env.clone(),
             scratch: spec.needs_scratch().then(|| record.scratch_dir().to_owned()),
             private_users: private_users.as_ref().map(|c| c.range),
+            idmap,
         };
         let announce = std::mem::take(&mut first_run) && !spec.quiet;
         match run_once(ctx, &sigfd, announce, &mut record, &mut private_users)? {
@@ -192,6 +203,28 @@ fn preflight(spec: &LaunchSpec) -> Result<Tree, LaunchError> {
         }
     }
     Ok(tree)
+}
+
+/// How the image's files get the machine's ids (`--private-users-ownership`): returns whether
+/// the root is mounted idmapped; `chown` (and `auto` where the file system cannot be
+/// idmapped) shifts the tree itself into `range` first.
+fn image_ownership(spec: &LaunchSpec, range: crate::userns::IdRange) -> Result<bool, LaunchError> {
+    use crate::userns::Ownership;
+    let chown = match spec.private_users_ownership {
+        Ownership::Off => return Ok(false),
+        Ownership::Map => return Ok(true),
+        Ownership::Chown => true,
+        Ownership::Auto => !super::private_users::idmap_supported(&spec.root),
+    };
+    if !chown {
+        return Ok(true);
+    }
+    if spec.image_untouched() {
+        return Err(LaunchError::ChownUntouched(spec.root.clone()));
+    }
+    crate::images::shift::shift_image(&spec.root, range.start)
+        .map_err(|e| LaunchError::Setup("change the ownership of the image", e.source))?;
+    Ok(false)
 }
 
 /// The capabilities the machine keeps: the spec's set (plus CAP_NET_ADMIN with a network of its

@@ -146,6 +146,8 @@ pub struct LaunchSpec {
     pub private_users: crate::userns::PrivateUsers,
     /// `--private-users-ownership`: how the image's files appear owned inside.
     pub private_users_ownership: crate::userns::Ownership,
+    /// `--no-new-privileges`: the payload runs with the no_new_privs flag.
+    pub no_new_privileges: bool,
 }
 
 #[cfg(test)]
@@ -181,6 +183,7 @@ impl LaunchSpec {
             network: crate::network::NetworkSpec::new(crate::network::NetworkMode::Host),
             private_users: crate::userns::PrivateUsers::No,
             private_users_ownership: crate::userns::Ownership::Auto,
+            no_new_privileges: false,
         }
     }
 }
