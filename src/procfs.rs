@@ -131,6 +131,12 @@ pub fn comm(pid: u32) -> String {
     fs::read_to_string(format!("/proc/{pid}/comm")).map(|s| s.trim().to_owned()).unwrap_or_default()
 }
 
+/// A path field of `/proc/PID/mountinfo` with its octal escapes (space, tab, newline,
+/// backslash) decoded.
+pub fn unescape_mountinfo(s: &str) -> String {
+    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -73,6 +73,8 @@ fn persistent_machines_under_a_real_systemd() {
     let status = ok(&m, &["mctl", "status", "inner"]);
     assert!(status.contains("Unit: mctl@inner.service"), "{status}");
     assert!(status.contains("CGroup: /machine.slice/mctl@inner.service/payload"), "{status}");
+    // The template runs it in a user namespace of its own (-U), as nspawn's does.
+    assert!(status.contains("UID Shift: "), "{status}");
     assert_eq!(m.sh("mctl shell inner systemctl is-system-running --wait"), "running");
     assert_eq!(m.sh("mctl shell inner systemctl --failed --no-legend --plain"), "");
 

@@ -308,3 +308,27 @@ fn chown_ownership_shifts_the_tree_once_and_across_ranges() {
     assert!(stderr(&o).contains("cannot be chowned"), "{}", stderr(&o));
     assert_eq!(owner("bin"), 0);
 }
+
+#[test]
+fn an_idmap_bind_shows_host_files_with_the_machines_ids() {
+    let s = scratch();
+    let shared = s.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::write(shared.join("note"), "hello").unwrap();
+    let tree = busybox_tree();
+    // (The tree is shared read-only: the bind goes on a directory it has.)
+    let script = "stat -c %u /home/note; touch /home/written 2>/dev/null && echo wrote || echo refused";
+    let base = ["--register=no", "--read-only", "-M", "userns-bind", "-U"];
+    let plain = format!("{}:/home", shared.display());
+    let o = run_in(tree, &[&base[..], &["--bind", &plain]].concat(), &["sh", "-c", script]);
+    assert_eq!(stdout(&o), "65534\nrefused\n", "{}", stderr(&o));
+    let idmapped = format!("{}:/home:idmap", shared.display());
+    let o = run_in(tree, &[&base[..], &["--bind", &idmapped]].concat(), &["sh", "-c", script]);
+    assert_eq!(stdout(&o), "0\nwrote\n", "{}", stderr(&o));
+    // Written as the machine's root, stored as the host's: the ids map back.
+    assert_eq!(std::fs::metadata(shared.join("written")).unwrap().uid(), 0);
+    let o =
+        run_in(tree, &["--register=no", "--read-only", "-M", "userns-bind", "--bind", &idmapped], &["true"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("idmap needs a user namespace"), "{}", stderr(&o));
+}

@@ -211,7 +211,7 @@ fn parse_hierarchies(
         else {
             continue;
         };
-        let mount = PathBuf::from(unescape_mountinfo(mount));
+        let mount = PathBuf::from(crate::procfs::unescape_mountinfo(mount));
         if !mount.starts_with(fs_root) {
             continue;
         }
@@ -248,10 +248,6 @@ fn parse_hierarchies(
     // The v2 hierarchy first: it is the one the guest sees and the one we report.
     out.sort_by_key(|h| !h.v2);
     Ok(out)
-}
-
-fn unescape_mountinfo(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 }
 
 /// A machine's cgroup in every hierarchy, removed again by [`MachineCgroup::remove`].

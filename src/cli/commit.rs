@@ -108,6 +108,7 @@ pub fn commit(machine: &str, image: &str, cfg: &CliConfig) -> Result<i32, CliErr
             .map_err(|e| CliError::new(format!("cannot copy machine {machine}: {e}")))?;
     }
     if let Some(range) = user_namespace_of(leader)? {
+        drop_files_mounted_over(leader, tmp.path())?;
         // Seen through the machine's idmapped mount its files carry host ids: the image gets
         // the machine's own.
         let shift = crate::images::shift::Shift { from: range, to: 0 };
@@ -116,6 +117,24 @@ pub fn commit(machine: &str, image: &str, cfg: &CliConfig) -> Result<i32, CliErr
     }
     store.commit(tmp, image).map_err(|e| CliError::new(e.to_string()))?;
     Ok(0)
+}
+
+/// Removes from the copy `dir` of a machine's root the files something was mounted over in the
+/// machine (its root came with its mounts: a machine with a user namespace): what the copy holds
+/// there is the mounted file (the host's resolv.conf, a bound file), not the machine's own.
+fn drop_files_mounted_over(leader: u32, dir: &Path) -> Result<(), CliError> {
+    let path = format!("/proc/{leader}/mountinfo");
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| CliError::new(format!("cannot read {path}: {e}")))?;
+    for point in text.lines().filter_map(|l| l.split(' ').nth(4)) {
+        let rel = crate::procfs::unescape_mountinfo(point);
+        let copied = dir.join(rel.trim_start_matches('/'));
+        if rel != "/" && std::fs::symlink_metadata(&copied).is_ok_and(|m| !m.is_dir()) {
+            std::fs::remove_file(&copied)
+                .map_err(|e| CliError::new(format!("cannot remove {}: {e}", copied.display())))?;
+        }
+    }
+    Ok(())
 }
 
 /// The host ids the user namespace of the machine whose leader is `leader` maps onto (None:

@@ -90,6 +90,14 @@ pub fn build_spec(m: MachineArgs, payload: Payload, cfg: &CliConfig) -> Result<L
         (None, false) => crate::userns::PrivateUsers::No,
     };
     let private_users_ownership = m.private_users_ownership.unwrap_or_default();
+    if !private_users.enabled()
+        && let Some(b) = mounts.binds.iter().find(|b| b.idmap)
+    {
+        return Err(CliError::new(format!(
+            "--bind {}: idmap needs a user namespace (--private-users or -U)",
+            b.source.display()
+        )));
+    }
     Ok(LaunchSpec {
         root,
         name,

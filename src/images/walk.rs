@@ -226,8 +226,7 @@ pub fn open_dir(root: &Path) -> Result<OwnedFd, WalkError> {
 }
 
 /// Visits `root` and everything below it, parents before children, names sorted. The walk
-/// stays on the root's filesystem (a mount point inside is visited as an empty directory; a
-/// file mounted over one is left out).
+/// stays on the root's filesystem (a mount point inside is visited as an empty directory).
 pub fn walk<E: From<WalkError>>(
     root: &Path,
     mut visit: impl FnMut(&Found<'_>) -> Result<(), E>,
@@ -280,12 +279,8 @@ fn walk_dir<E: From<WalkError>>(
             if st.st_dev == dev {
                 walk_dir(root, &sub, dev, rel, visit)?;
             }
-        } else if st.st_dev == dev {
-            visit(&Found { path: &path, rel, stat: &st, parent: dir, name: &name, dir: None })?;
         } else {
-            // A file mounted over one of the tree's (a bind mount in a running machine): not
-            // the tree's own, and what it covers cannot be seen.
-            tracing::debug!("skipping {}: a mount of another file system", path.display());
+            visit(&Found { path: &path, rel, stat: &st, parent: dir, name: &name, dir: None })?;
         }
         rel.pop();
     }

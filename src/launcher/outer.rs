@@ -3,7 +3,7 @@
 //! namespaces and exits. Everything that needs host privilege or host paths happens here.
 
 use std::fs;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::Path;
 
 use nix::sched::CloneFlags;
@@ -62,7 +62,10 @@ fn outer(ctx: &ChildContext<'_>, chan: &ChildEnd) -> Result<(), ChildError> {
         },
         None => None,
     };
-    let mut trees = open_host_trees(ctx)?;
+    if ctx.spec.network.needs_netns() {
+        crate::network::loopback_up().map_err(ChildError::step("bring up loopback"))?;
+    }
+    let mut trees = open_host_trees(ctx, pid1.as_ref().map(|p| p.user.as_fd()))?;
     // Without idmapping (ownership off, or a chowned tree) the machine sees the files as on disk.
     let idmap = pid1.as_ref().filter(|_| ctx.idmap).map(|p| p.user.as_fd());
     if userns {
@@ -189,8 +192,9 @@ fn ro_tree(path: &Path, recursive: bool, ro: bool) -> Result<std::os::fd::OwnedF
 }
 
 /// Host files the machine gets, opened as detached mounts while host paths are still
-/// reachable; read-only ones are made so before they are attached.
-fn open_host_trees(ctx: &ChildContext<'_>) -> Result<Trees, ChildError> {
+/// reachable; read-only ones are made so before they are attached, `idmap` binds are mounted
+/// through the machine's user namespace `userns`.
+fn open_host_trees(ctx: &ChildContext<'_>, userns: Option<BorrowedFd<'_>>) -> Result<Trees, ChildError> {
     let mut trees = Trees::default();
     let os_release =
         crate::osrelease::PATHS.iter().map(Path::new).find(|p| p.exists()).ok_or_else(|| {
@@ -202,7 +206,11 @@ fn open_host_trees(ctx: &ChildContext<'_>) -> Result<Trees, ChildError> {
         trees.insert(TreeId::ResolvConf, ro_tree(resolv, false, true)?);
     }
     for (i, b) in ctx.spec.binds.iter().enumerate() {
-        trees.insert(TreeId::Bind(i), ro_tree(&b.source, b.recursive, b.read_only)?);
+        let tree = match userns.filter(|_| b.idmap) {
+            Some(userns) => private_users::idmapped_tree(&b.source, userns, b.read_only)?,
+            None => ro_tree(&b.source, b.recursive, b.read_only)?,
+        };
+        trees.insert(TreeId::Bind(i), tree);
     }
     Ok(trees)
 }

@@ -49,6 +49,9 @@ pub struct BindMount {
     pub read_only: bool,
     /// Submounts of the source come along (`rbind`, the default).
     pub recursive: bool,
+    /// Mounted idmapped through the machine's user namespace (`idmap`): host files owned by
+    /// 0..N appear owned by the machine's ids 0..N.
+    pub idmap: bool,
 }
 
 /// `--volatile=`: how much of the image is kept from being written (nspawn's modes).
@@ -273,7 +276,8 @@ fn check_dest(what: &'static str, dest: &Path) -> Result<(), SpecError> {
     Ok(())
 }
 
-/// Parses `SRC[:DST[:OPTIONS]]` (nspawn's `--bind` syntax; OPTIONS is `rbind` or `norbind`).
+/// Parses `SRC[:DST[:OPTIONS]]` (nspawn's `--bind` syntax; OPTIONS are `rbind` or `norbind`,
+/// and `idmap` or `noidmap`).
 /// A relative SRC is taken relative to `cwd`.
 pub fn parse_bind(arg: &str, read_only: bool, cwd: &Path) -> Result<BindMount, SpecError> {
     let what = if read_only { "--bind-ro" } else { "--bind" };
@@ -284,12 +288,14 @@ pub fn parse_bind(arg: &str, read_only: bool, cwd: &Path) -> Result<BindMount, S
         Some(d) if !d.is_empty() => absolute(what, d)?,
         _ => absolute(what, &source.to_string_lossy())?,
     };
-    let mut recursive = true;
+    let (mut recursive, mut idmap) = (true, false);
     if let Some(opts) = parts.next() {
         for opt in opts.split(',').filter(|o| !o.is_empty()) {
             match opt {
                 "rbind" => recursive = true,
                 "norbind" => recursive = false,
+                "idmap" => idmap = true,
+                "noidmap" => idmap = false,
                 other => {
                     return Err(SpecError::UnknownOption { what, option: other.to_owned() });
                 }
@@ -297,7 +303,7 @@ pub fn parse_bind(arg: &str, read_only: bool, cwd: &Path) -> Result<BindMount, S
         }
     }
     check_dest(what, &dest)?;
-    Ok(BindMount { source, dest, read_only, recursive })
+    Ok(BindMount { source, dest, read_only, recursive, idmap })
 }
 
 /// Parses nspawn's `--overlay` syntax: `LOWER[:LOWER...]:UPPER:DEST` (an empty UPPER means a
@@ -366,12 +372,26 @@ mod tests {
         let cwd = Path::new("/work");
         assert_eq!(
             parse_bind("/a", false, cwd).unwrap(),
-            BindMount { source: "/a".into(), dest: "/a".into(), read_only: false, recursive: true }
+            BindMount {
+                source: "/a".into(),
+                dest: "/a".into(),
+                read_only: false,
+                recursive: true,
+                idmap: false
+            }
         );
         assert_eq!(
             parse_bind("rel:/x/:norbind", true, cwd).unwrap(),
-            BindMount { source: "/work/rel".into(), dest: "/x".into(), read_only: true, recursive: false }
+            BindMount {
+                source: "/work/rel".into(),
+                dest: "/x".into(),
+                read_only: true,
+                recursive: false,
+                idmap: false
+            }
         );
+        let b = parse_bind("/a:/b:norbind,idmap", false, cwd).unwrap();
+        assert!(b.idmap && !b.recursive);
         assert!(matches!(parse_bind("/a:x", false, cwd), Err(SpecError::NotAbsolute { .. })));
         assert!(matches!(parse_bind("/a:/b:idmapx", false, cwd), Err(SpecError::UnknownOption { .. })));
         assert!(matches!(parse_bind("/a:/proc", false, cwd), Err(SpecError::ReservedDest { .. })));
