@@ -671,3 +671,28 @@ fn ipv6_link_local_works_across_a_bridge_and_a_zone() {
     assert!(host.try_sh("ip link show vz-rc6").status.code() != Some(0), "the zone outlived its machines");
     assert_clean(&host, &env);
 }
+
+/// With a user namespace (-U) the machine's network namespace is its own: its root configures
+/// it, while the host still wires it up.
+#[test]
+fn a_user_namespaced_machine_owns_its_network() {
+    let env = Env::new();
+    let host = Ns::new(true);
+    let m = Running::start(&host, &env, "vmu", &["--network-veth", "-U"], "sleep 60");
+    let guest = m.ipv4();
+    assert!(guest.starts_with("10.213."), "{guest}");
+    assert!(
+        host.try_sh(&format!("busybox ping -c1 -W2 {guest}")).status.success(),
+        "host cannot ping the guest"
+    );
+    let uid_map = stdout(&m.exec("cat /proc/self/uid_map"));
+    assert_ne!(uid_map.split_whitespace().nth(1), Some("0"), "not in a user namespace: {uid_map}");
+    let o =
+        m.exec("ip link set host0 mtu 1400 && ip addr add 10.99.0.1/32 dev host0 && ip -o link show host0");
+    assert!(stdout(&o).contains("mtu 1400"), "the guest's root cannot configure its network: {}", stderr(&o));
+    // Its network sysctls are its own to set.
+    let o = m.exec("sysctl -w net.ipv4.conf.host0.forwarding=1 >/dev/null && echo changed");
+    assert_eq!(stdout(&o).trim(), "changed", "{}", stderr(&o));
+    m.stop();
+    assert_clean(&host, &env);
+}
