@@ -81,6 +81,12 @@ pub fn uid_shift(pid: u32) -> io::Result<u32> {
     Ok(user_namespace_range(pid)?.map_or(0, |r| r.start))
 }
 
+/// Whether this process runs in a user namespace other than the host's (inside a machine
+/// with one).
+pub fn in_user_namespace() -> bool {
+    user_namespace_range(std::process::id()).is_ok_and(|r| r.is_some())
+}
+
 /// The host ids the user namespace of `pid` maps its ids 0.. onto (None: the host's own
 /// namespace, or a map not of that form).
 pub fn user_namespace_range(pid: u32) -> io::Result<Option<crate::userns::IdRange>> {

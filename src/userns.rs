@@ -147,6 +147,17 @@ pub enum RangeError {
     /// Every candidate is taken.
     #[error("no free range of {RANGE_SIZE} user ids is left between {PICK_FIRST} and {PICK_LAST}")]
     Exhausted,
+    /// Inside a machine with a user namespace of its own: only its ids can be mapped again.
+    #[error(
+        "the id range {range} is not among the {available} ids this machine's user namespace maps; a nested \
+         machine needs a range inside them (--private-users=UID:COUNT), or none"
+    )]
+    OutsideNamespace {
+        /// The asked-for range.
+        range: IdRange,
+        /// How many ids this namespace maps (0..available).
+        available: u32,
+    },
     /// A file needed for the choice could not be read or locked.
     #[error("cannot {step} {}: {source}", path.display())]
     Io {
@@ -284,6 +295,24 @@ impl Chosen {
 /// image boots under the same ids each time (nspawn keeps this in the tree's ownership; here the
 /// image stays as it is).
 pub fn choose(
+    mode: PrivateUsers,
+    root: &Path,
+    host: &HostIds,
+    lock_dir: &Path,
+    memory: &Path,
+) -> Result<Option<Chosen>, RangeError> {
+    let chosen = choose_anywhere(mode, root, host, lock_dir, memory)?;
+    // Inside a user namespace (a nested machine) only the ids it maps exist.
+    if let Some(c) = &chosen
+        && let Ok(Some(own)) = crate::procfs::user_namespace_range(std::process::id())
+        && c.range.end() > u64::from(own.count)
+    {
+        return Err(RangeError::OutsideNamespace { range: c.range, available: own.count });
+    }
+    Ok(chosen)
+}
+
+fn choose_anywhere(
     mode: PrivateUsers,
     root: &Path,
     host: &HostIds,

@@ -332,3 +332,61 @@ fn an_idmap_bind_shows_host_files_with_the_machines_ids() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("idmap needs a user namespace"), "{}", stderr(&o));
 }
+
+/// The payload cgroup (host path) of a booted machine whose leader is `leader`.
+fn payload_cgroup(leader: i32) -> std::path::PathBuf {
+    let own = std::fs::read_to_string(format!("/proc/{leader}/cgroup")).unwrap();
+    let rel = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap().trim_start_matches('/');
+    let rel = &rel[..rel.rfind("/payload").expect("a payload cgroup") + "/payload".len()];
+    let unified = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .iter()
+        .map(Path::new)
+        .find(|p| p.join("cgroup.procs").exists())
+        .unwrap();
+    unified.join(rel)
+}
+
+#[test]
+fn a_user_namespaced_machine_runs_machines_of_its_own() {
+    let s = scratch();
+    let dir = copy_tree(debian_tree(), s.path(), "userns-nest");
+    std::fs::create_dir_all(dir.join("var/lib/machines")).unwrap();
+    copy_tree(busybox_tree(), &dir.join("var/lib/machines"), "inner");
+    let boot_dir = s.path().join("boot");
+    std::fs::create_dir(&boot_dir).unwrap();
+    let bind = format!("{}:/usr/local/bin/mctl", env!("CARGO_BIN_EXE_mctl"));
+    let mut m = Machine::boot(&dir, &boot_dir, &["-U", "--register=no", "--bind-ro", &bind]);
+    // As a process of the machine (in its cgroup, all its namespaces), as its root.
+    let inside = |script: &str| {
+        let cg = payload_cgroup(m.leader);
+        let o = Command::new("sh")
+            .args([
+                "-c",
+                "echo $$ > \"$1/cgroup.procs\" && exec nsenter -t \"$2\" -a -- /bin/sh -c \"$3\"",
+                "sh",
+            ])
+            .arg(&cg)
+            .arg(m.leader.to_string())
+            .arg(script)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        format!("{}{}", stdout(&o), stderr(&o))
+    };
+    // A procfs of its own (what pid namespaces inside need) can be mounted.
+    assert_eq!(
+        inside("unshare -p -f --mount-proc sh -c 'echo $$; ls /proc | grep -c \"^[0-9]\"'").trim(),
+        "1\n3",
+        "sh, ls and grep: the new namespace's only processes"
+    );
+    let out = inside(
+        "mctl run -q --register=no -D /var/lib/machines/inner -- sh -c 'ps | wc -l; cat /dev/null && echo devices; hostname'",
+    );
+    // ps: its header, sh, ps and wc: the nested machine's own processes only.
+    assert_eq!(out, "4\ndevices\ninner\n");
+    // Its ids are all there is: a nested user namespace must fit in them.
+    let out = inside("mctl run -q --register=no -U -D /var/lib/machines/inner -- true; echo rc=$?");
+    assert!(out.contains("a nested machine needs a range inside them") && out.contains("rc=1"), "{out}");
+    m.stop();
+    assert_no_leaks("userns-nest", &dir);
+}

@@ -355,9 +355,13 @@ impl MachineCgroup {
                 self.device_program = Some(prog);
                 Ok(())
             }
-            // Inside another machine, whose filter keeps `bpf` from us: its device policy
-            // already holds for everything below it, this machine included.
-            Err(e) if e.raw_os_error() == Some(libc::EPERM) && runs_under_seccomp() => {
+            // Inside another machine, whose filter (or user namespace: only the host's root may
+            // load device programs) keeps `bpf` from us: its device policy already holds for
+            // everything below it, this machine included.
+            Err(e)
+                if e.raw_os_error() == Some(libc::EPERM)
+                    && (runs_under_seccomp() || crate::procfs::in_user_namespace()) =>
+            {
                 tracing::debug!("no device program of our own ({e}); the enclosing sandbox's applies");
                 Ok(())
             }

@@ -3,7 +3,6 @@
 //! drops privileges and execs init (or the command, or the reaper with `--as-pid2`).
 
 use std::convert::Infallible;
-use std::os::fd::BorrowedFd;
 use std::path::Path;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -24,7 +23,7 @@ use super::{ChildContext, ChildError};
 
 /// Runs PID 1's setup and execs; reports failures to the launcher and exits.
 pub(super) fn run(ctx: &ChildContext<'_>, chan: &ChildEnd, console: Option<&str>) -> ! {
-    let result = mount_api_filesystems(&LinuxSys, &ctx.boot_id, ctx.spec.network.needs_netns(), None)
+    let result = mount_api_filesystems(&LinuxSys, &ctx.boot_id, ctx.spec.network.needs_netns(), &ctx.host)
         .and_then(|()| inner(ctx, chan, console));
     fail(chan, result)
 }
@@ -41,8 +40,10 @@ pub(super) fn run_in_user_namespace(
     let result = wait
         .wait_until_ready()
         .and_then(|()| {
-            // The copied mounts became slaves of the host's; the guest's services need / shared.
-            mounts::apply(&LinuxSys, &Trees::default(), &[mounts::share_root()])?;
+            // Made here, not locked (see protect_plan); it also makes / shared again (the copied
+            // mounts became slaves of the host's).
+            let protect = mounts::protect_plan(&ctx.boot_id, ctx.spec.network.needs_netns());
+            mounts::apply(&LinuxSys, &Trees::default(), &protect)?;
             LinuxSys.sethostname(ctx.spec.hostname()).map_err(ChildError::step("set hostname"))
         })
         .and_then(|()| inner(ctx, chan, console));
@@ -96,20 +97,16 @@ fn inner(ctx: &ChildContext<'_>, chan: &ChildEnd, console: Option<&str>) -> Resu
 }
 
 /// The cgroup namespace (the launcher placed us in the payload cgroup; that becomes the root
-/// the guest sees; with a user namespace, the one made in it, `cgroupns`), then what must be
-/// mounted from inside the new pid namespace (/proc, /sys).
-pub(super) fn mount_api_filesystems(
+/// the guest sees), then what must be mounted from inside the new pid namespace (/proc, /sys).
+fn mount_api_filesystems(
     sys: &impl Sys,
     boot_id: &uuid::Uuid,
     own_network: bool,
-    cgroupns: Option<BorrowedFd<'_>>,
+    host: &mounts::HostFacts,
 ) -> Result<(), ChildError> {
-    match cgroupns {
-        Some(fd) => sys.setns(fd, CloneFlags::CLONE_NEWCGROUP),
-        None => sys.unshare(CloneFlags::CLONE_NEWCGROUP),
-    }
-    .map_err(ChildError::step("create cgroup namespace"))?;
-    mounts::apply(sys, &Trees::default(), &mounts::inner_plan(boot_id, own_network))?;
+    sys.unshare(CloneFlags::CLONE_NEWCGROUP).map_err(ChildError::step("create cgroup namespace"))?;
+    let plan = mounts::inner_plan(boot_id, own_network, host);
+    mounts::apply(sys, &Trees::default(), &plan)?;
     Ok(())
 }
 
@@ -180,13 +177,13 @@ mod tests {
     #[test]
     fn the_cgroup_namespace_comes_before_proc_sys_and_cgroup2() {
         let sys = FakeSys::new();
-        mount_api_filesystems(&sys, &uuid::Uuid::nil(), false, None).unwrap();
+        mount_api_filesystems(&sys, &uuid::Uuid::nil(), false, &Default::default()).unwrap();
         let calls = sys.calls();
         assert_eq!(calls[0], "unshare CloneFlags(CLONE_NEWCGROUP)");
         let cgroup2 = calls.iter().position(|c| c.contains(" cgroup2 ")).expect("cgroup2 mounted");
         assert!(cgroup2 > 0);
         sys.fail_on("unshare", libc::EPERM);
-        let err = mount_api_filesystems(&sys, &uuid::Uuid::nil(), false, None).unwrap_err();
+        let err = mount_api_filesystems(&sys, &uuid::Uuid::nil(), false, &Default::default()).unwrap_err();
         assert!(err.to_string().starts_with("cannot create cgroup namespace"), "{err}");
     }
 }

@@ -37,6 +37,15 @@ pub enum TreeId {
     ImageUsr,
     /// The image itself, idmapped for a machine with a user namespace.
     Root,
+    /// The launcher's own `/sys`, when it runs in a user namespace that may not mount one.
+    Sysfs,
+    /// The launcher's own `/proc`, when it runs in a user namespace: attached until the
+    /// machine's PID 1 has mounted its own, which the kernel allows there only while some procfs
+    /// is fully visible in the mount namespace.
+    VisibleProc,
+    /// The launcher's own `/dev/NAME` of the n-th device node, when it runs in a user
+    /// namespace, where device nodes cannot be made.
+    Device(usize),
 }
 
 /// Detached mounts, opened before the root switch.
@@ -108,6 +117,11 @@ pub enum Step {
         /// Exact mode.
         mode: u32,
     },
+    /// Detaches the mount at `path` (and what is below it).
+    Detach {
+        /// The mount point.
+        path: PathBuf,
+    },
     /// Removes a file.
     Remove {
         /// File to unlink (not a directory); a missing one makes the step fail.
@@ -157,6 +171,7 @@ impl fmt::Display for Step {
             Step::Symlink { link, .. } => write!(f, "create symlink {}", link.display()),
             Step::WriteFile { path, .. } => write!(f, "write {}", path.display()),
             Step::Remove { path } => write!(f, "remove {}", path.display()),
+            Step::Detach { path } => write!(f, "detach {}", path.display()),
             Step::Attach { tree, target, .. } => {
                 write!(f, "mount host {tree:?} on {}", target.display())
             }
@@ -179,8 +194,33 @@ pub struct MountError {
 
 /// Runs `steps` in order, stopping at the first failure.
 pub fn apply(sys: &dyn Sys, trees: &Trees, steps: &[Step]) -> Result<(), MountError> {
+    apply_owned(sys, trees, steps, None)
+}
+
+/// [`apply`], creating files, directories and links as `owner` (a machine's root with a user
+/// namespace): in an idmapped image host root's ids map to nothing and cannot create anything,
+/// and what is created belongs to the machine. Device nodes are still made as host root.
+pub fn apply_owned(
+    sys: &dyn Sys,
+    trees: &Trees,
+    steps: &[Step],
+    owner: Option<IdRange>,
+) -> Result<(), MountError> {
     for step in steps {
-        apply_one(sys, trees, step).map_err(|source| MountError { step: step.to_string(), source })?;
+        let as_owner = owner.filter(|_| {
+            matches!(
+                step,
+                Step::MkDir { .. } | Step::Symlink { .. } | Step::WriteFile { .. } | Step::Attach { .. }
+            )
+        });
+        if let Some(r) = as_owner {
+            sys.set_fs_ids(r.start, r.start);
+        }
+        let done = apply_one(sys, trees, step);
+        if as_owner.is_some() {
+            sys.set_fs_ids(0, 0);
+        }
+        done.map_err(|source| MountError { step: step.to_string(), source })?;
     }
     Ok(())
 }
@@ -198,6 +238,7 @@ fn apply_one(sys: &dyn Sys, trees: &Trees, step: &Step) -> io::Result<()> {
         Step::Symlink { target, link } => sys.symlink(target, link),
         Step::WriteFile { path, contents, mode } => sys.write_file(path, contents, *mode),
         Step::Remove { path } => sys.remove_file(path),
+        Step::Detach { path } => sys.umount(path, nix::mount::MntFlags::MNT_DETACH),
         Step::Attach { tree, target, only_if_exists } => {
             let Some(fd) = trees.get(*tree) else {
                 return if *only_if_exists {
@@ -270,7 +311,8 @@ fn mkdir(path: &str, mode: u32) -> Step {
 const NOSUID_NODEV: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV);
 const NOSUID_NODEV_NOEXEC: MsFlags = NOSUID_NODEV.union(MsFlags::MS_NOEXEC);
 
-/// Device nodes every machine gets: (name, major, minor).
+/// Device nodes every machine gets: (name, major, minor); `net/tun` follows where the host
+/// has it.
 pub const DEVICE_NODES: [(&str, u32, u32); 6] =
     [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)];
 
@@ -279,6 +321,9 @@ pub const DEVICE_NODES: [(&str, u32, u32); 6] =
 pub struct HostFacts {
     /// The host has `/dev/net/tun`.
     pub has_tun: bool,
+    /// The launcher runs in a user namespace other than the host's (inside another machine):
+    /// it binds its own `/sys` and device nodes instead of making them.
+    pub in_user_namespace: bool,
 }
 
 /// Makes every mount in the new namespace a slave: it still receives mounts from the host
@@ -416,6 +461,9 @@ fn owned(options: &str, owner: Option<IdRange>) -> String {
     }
 }
 
+/// Where [`TreeId::VisibleProc`] is attached while the machine's PID 1 mounts its `/proc`.
+const VISIBLE_PROC: &str = "/run/host/.proc";
+
 /// The `tty` group of Debian and systemd (`/dev/pts/*` belong to it).
 pub const TTY_GID: u32 = 5;
 
@@ -455,7 +503,12 @@ pub fn outer_plan(
         mkdir("/tmp", 0o1777),
         mount("tmpfs", "/tmp", NOSUID_NODEV | strict, "mode=1777,size=10%,nr_inodes=400k"),
         mkdir("/sys", 0o755),
-        mount("sysfs", "/sys", NOSUID_NODEV_NOEXEC | MsFlags::MS_RDONLY, ""),
+        if host.in_user_namespace {
+            // Read-only already, and locked so: the enclosing machine's.
+            Step::Attach { tree: TreeId::Sysfs, target: p("/sys"), only_if_exists: false }
+        } else {
+            mount("sysfs", "/sys", NOSUID_NODEV_NOEXEC | MsFlags::MS_RDONLY, "")
+        },
         mkdir("/dev", 0o755),
         mount("tmpfs", "/dev", MsFlags::MS_NOSUID | strict, "mode=755,size=4m,nr_inodes=64k"),
     ]);
@@ -466,13 +519,12 @@ pub fn outer_plan(
         nodes.push(("net/tun".to_owned(), 10, 200));
     }
     s.push(mkdir("/dev/char", 0o755));
-    for (name, major, minor) in &nodes {
-        s.push(Step::MkNod {
-            path: p(&format!("/dev/{name}")),
-            kind: NodeKind::Char,
-            mode: 0o666,
-            major: *major,
-            minor: *minor,
+    for (i, (name, major, minor)) in nodes.iter().enumerate() {
+        let path = p(&format!("/dev/{name}"));
+        s.push(if host.in_user_namespace {
+            Step::Attach { tree: TreeId::Device(i), target: path, only_if_exists: false }
+        } else {
+            Step::MkNod { path, kind: NodeKind::Char, mode: 0o666, major: *major, minor: *minor }
         });
         s.push(Step::Symlink {
             target: p(&format!("../{name}")),
@@ -505,6 +557,11 @@ pub fn outer_plan(
         mkdir("/run/host", 0o755),
         mount("tmpfs", "/run/host", NOSUID_NODEV | strict, "mode=755,size=1m,nr_inodes=1k"),
         Step::Attach { tree: TreeId::OsRelease, target: p("/run/host/os-release"), only_if_exists: false },
+    ]);
+    if host.in_user_namespace {
+        s.push(Step::Attach { tree: TreeId::VisibleProc, target: p(VISIBLE_PROC), only_if_exists: false });
+    }
+    s.extend([
         Step::WriteFile { path: p("/run/host/container-manager"), contents: b"mctl\n".to_vec(), mode: 0o444 },
         Step::WriteFile {
             path: p("/run/host/container-uuid"),
@@ -521,6 +578,10 @@ pub fn outer_plan(
         ("chr", NodeKind::Char),
         ("blk", NodeKind::Block),
     ] {
+        if host.in_user_namespace && matches!(kind, NodeKind::Char | NodeKind::Block) {
+            // No device node can be made there (nspawn leaves them out too).
+            continue;
+        }
         s.push(Step::MkNod {
             path: p(&format!("/run/host/inaccessible/{name}")),
             kind,
@@ -574,8 +635,38 @@ pub const PROC_READ_ONLY: [&str; 8] = [
 /// Mounts done by the machine's PID 1 inside its namespaces; `boot_id` is fresh per boot. With
 /// a network namespace of its own (`own_netns`) the machine keeps `/proc/sys/net` writable, as
 /// under nspawn, so it can configure its own network.
-pub fn inner_plan(boot_id: &uuid::Uuid, own_netns: bool) -> Vec<Step> {
-    let mut s = vec![mkdir("/proc", 0o555), mount("proc", "/proc", NOSUID_NODEV_NOEXEC, "")];
+pub fn inner_plan(boot_id: &uuid::Uuid, own_netns: bool, host: &HostFacts) -> Vec<Step> {
+    let mut s = api_plan();
+    if host.in_user_namespace {
+        s.insert(2, Step::Detach { path: p(VISIBLE_PROC) });
+        // The bound /sys brings the enclosing machine's cgroup2 along, on which the same file
+        // system cannot be mounted again (EBUSY): a tmpfs goes between.
+        let cgroup2 = s.len() - 1;
+        s.insert(cgroup2, mount("tmpfs", "/sys/fs/cgroup", NOSUID_NODEV_NOEXEC, "mode=755"));
+    }
+    s.extend(protect_plan(boot_id, own_netns));
+    s
+}
+
+/// The first part of [`inner_plan`]: `/proc`, mqueue and cgroup2. For a machine with a user
+/// namespace host root mounts these (in its pid, ipc and cgroup namespaces).
+pub fn api_plan() -> Vec<Step> {
+    vec![
+        mkdir("/proc", 0o555),
+        mount("proc", "/proc", NOSUID_NODEV_NOEXEC, ""),
+        mount("mqueue", "/dev/mqueue", NOSUID_NODEV_NOEXEC, ""),
+        mount("cgroup2", "/sys/fs/cgroup", NOSUID_NODEV_NOEXEC, ""),
+    ]
+}
+
+/// The rest of [`inner_plan`]: the protections of `/proc`, the boot id, a read-only `/run/host`
+/// and shared propagation. A machine with a user namespace makes these itself, as its root in
+/// its own mount namespace: mounts made there are not locked on top of its `/proc`, so it can
+/// still mount a procfs of its own (nested machines, `unshare --mount-proc`), which the kernel
+/// allows only while an existing one is fully visible. (Its root cannot write what they guard
+/// anyway: those files belong to host root.)
+pub fn protect_plan(boot_id: &uuid::Uuid, own_netns: bool) -> Vec<Step> {
+    let mut s = Vec::new();
     if own_netns {
         // A mount of its own, made before /proc/sys is bound and made read-only, stays writable.
         s.push(bind_self(Path::new("/proc/sys/net"), false));
@@ -613,9 +704,8 @@ pub fn inner_plan(boot_id: &uuid::Uuid, own_netns: bool) -> Vec<Step> {
         },
         remount_ro(Path::new("/proc/sys/kernel/random/boot_id"), NOSUID_NODEV_NOEXEC, false),
         Step::Remove { path: boot_id_file },
-        mount("mqueue", "/dev/mqueue", NOSUID_NODEV_NOEXEC, ""),
-        mount("cgroup2", "/sys/fs/cgroup", NOSUID_NODEV_NOEXEC, ""),
-        remount_ro(Path::new("/run/host"), NOSUID_NODEV_NOEXEC, false),
+        // Its atime mode as mounted: in a user namespace it is locked.
+        remount_ro(Path::new("/run/host"), NOSUID_NODEV_NOEXEC | MsFlags::MS_STRICTATIME, false),
         share_root(),
     ]);
     s
@@ -692,7 +782,7 @@ mod tests {
 
     #[test]
     fn inner_plan_masks_after_proc_and_shares_last() {
-        let steps = inner_plan(&uuid::Uuid::nil(), false);
+        let steps = inner_plan(&uuid::Uuid::nil(), false, &HostFacts::default());
         let proc_at = index_of(&steps, |s| matches!(s, Step::Mount { fstype: Some(t), .. } if t == "proc"));
         let mask_at = index_of(
             &steps,
@@ -706,7 +796,7 @@ mod tests {
 
     #[test]
     fn own_network_keeps_proc_sys_net_writable() {
-        let steps = inner_plan(&uuid::Uuid::nil(), true);
+        let steps = inner_plan(&uuid::Uuid::nil(), true, &HostFacts::default());
         let net = index_of(
             &steps,
             |s| matches!(s, Step::Mount { target, .. } if target == Path::new("/proc/sys/net")),
@@ -715,7 +805,7 @@ mod tests {
             index_of(&steps, |s| matches!(s, Step::Mount { target, .. } if target == Path::new("/proc/sys")));
         assert!(net < sys);
         assert!(
-            !inner_plan(&uuid::Uuid::nil(), false)
+            !inner_plan(&uuid::Uuid::nil(), false, &HostFacts::default())
                 .iter()
                 .any(|s| matches!(s, Step::Mount { target, .. } if target == Path::new("/proc/sys/net")))
         );
@@ -724,7 +814,7 @@ mod tests {
     #[test]
     fn applying_records_and_reports_the_failing_step() {
         let sys = FakeSys::new();
-        let steps = inner_plan(&uuid::Uuid::nil(), false);
+        let steps = inner_plan(&uuid::Uuid::nil(), false, &HostFacts::default());
         sys.fail_on("/sys/fs/cgroup", libc::EPERM);
         let err = apply(&sys, &Trees::default(), &steps).unwrap_err();
         assert_eq!(err.step, "mount cgroup2 on /sys/fs/cgroup");

@@ -97,7 +97,8 @@ fn outer(ctx: &ChildContext<'_>, chan: &ChildEnd) -> Result<(), ChildError> {
     let read_only = ctx.spec.read_only || ctx.spec.volatile == Volatile::State;
     let idmapped_root = userns && !ctx.spec.root_overlay() && ctx.spec.volatile != Volatile::Yes;
     mounts::apply(&sys, &trees, &mounts::root_plan(&ctx.spec.root, read_only, idmapped_root))?;
-    mounts::apply(&sys, &trees, &mounts::outer_plan(ctx.spec, &ctx.uuid, &ctx.host, ctx.private_users))?;
+    let outer_plan = mounts::outer_plan(ctx.spec, &ctx.uuid, &ctx.host, ctx.private_users);
+    mounts::apply_owned(&sys, &trees, &outer_plan, ctx.private_users)?;
     drop(trees);
     if let Some(range) = ctx.private_users {
         for dir in ["/dev", "/run", "/run/host"] {
@@ -142,7 +143,7 @@ fn outer(ctx: &ChildContext<'_>, chan: &ChildEnd) -> Result<(), ChildError> {
     };
 
     if let Some(pid1) = pid1 {
-        pid1.mount_api_filesystems(&ctx.boot_id, ctx.spec.network.needs_netns())?;
+        pid1.mount_api_filesystems()?;
         chan.pid(pid1.pid)?;
         return pid1.release();
     }
@@ -204,6 +205,14 @@ fn open_host_trees(ctx: &ChildContext<'_>, userns: Option<BorrowedFd<'_>>) -> Re
     let resolv = Path::new("/etc/resolv.conf");
     if resolv.exists() {
         trees.insert(TreeId::ResolvConf, ro_tree(resolv, false, true)?);
+    }
+    if ctx.host.in_user_namespace {
+        trees.insert(TreeId::Sysfs, ro_tree(Path::new("/sys"), true, false)?);
+        trees.insert(TreeId::VisibleProc, ro_tree(Path::new("/proc"), false, true)?);
+        let tun = ctx.host.has_tun.then_some("net/tun");
+        for (i, name) in mounts::DEVICE_NODES.iter().map(|(n, _, _)| *n).chain(tun).enumerate() {
+            trees.insert(TreeId::Device(i), ro_tree(&Path::new("/dev").join(name), false, false)?);
+        }
     }
     for (i, b) in ctx.spec.binds.iter().enumerate() {
         let tree = match userns.filter(|_| b.idmap) {

@@ -20,10 +20,12 @@ use nix::sched::CloneFlags;
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
 
+use crate::sys::Sys;
 use crate::sys::linux::{self, Forked, LinuxSys};
 use crate::userns::IdRange;
 
 use super::ChildError;
+use super::mounts::{self, Trees};
 
 /// PID 1 of a machine with a user namespace, waiting until its tree is ready.
 #[derive(Debug)]
@@ -100,14 +102,10 @@ fn pipe() -> Result<(File, File), ChildError> {
 }
 
 impl WaitingPid1 {
-    /// Mounts `/proc`, its masks, cgroup2 and mqueue for PID 1 (see `mounts::inner_plan`), as
-    /// host root, from a helper forked into PID 1's pid namespace that joins its cgroup and ipc
-    /// namespaces. The outer child stays in the pid namespace it was born in.
-    pub(super) fn mount_api_filesystems(
-        &self,
-        boot_id: &uuid::Uuid,
-        own_network: bool,
-    ) -> Result<(), ChildError> {
+    /// Mounts `/proc`, cgroup2 and mqueue for PID 1 (`mounts::api_plan`; it protects them
+    /// itself), as host root, from a helper forked into PID 1's pid namespace that joins its
+    /// cgroup and ipc namespaces. The outer child stays in the pid namespace it was born in.
+    pub(super) fn mount_api_filesystems(&self) -> Result<(), ChildError> {
         let [pidns, cgroupns, ipcns] = &self.pid_cgroup_ipc;
         nix::sched::setns(pidns.as_fd(), CloneFlags::CLONE_NEWPID)
             .map_err(|e| ChildError::Step("join the machine's pid namespace", e.into()))?;
@@ -118,12 +116,10 @@ impl WaitingPid1 {
                 let done = nix::sched::setns(ipcns.as_fd(), CloneFlags::CLONE_NEWIPC)
                     .map_err(|e| ChildError::Step("join the machine's ipc namespace", e.into()))
                     .and_then(|()| {
-                        super::inner::mount_api_filesystems(
-                            &LinuxSys,
-                            boot_id,
-                            own_network,
-                            Some(cgroupns.as_fd()),
-                        )
+                        let sys = LinuxSys;
+                        sys.setns(cgroupns.as_fd(), CloneFlags::CLONE_NEWCGROUP)
+                            .map_err(ChildError::step("join the machine's cgroup namespace"))?;
+                        Ok(mounts::apply(&sys, &Trees::default(), &mounts::api_plan())?)
                     });
                 match done {
                     Ok(()) => linux::exit_now(0),

@@ -137,7 +137,10 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32, LaunchError> {
         &spec.syscall_filter,
         Some(&spec.runtime_dir.join("seccomp")),
     )?;
-    let host = HostFacts { has_tun: std::path::Path::new("/dev/net/tun").exists() };
+    let host = HostFacts {
+        has_tun: std::path::Path::new("/dev/net/tun").exists(),
+        in_user_namespace: crate::procfs::in_user_namespace(),
+    };
     let env = base_env(spec, &uuid);
     // Chosen once: a reboot keeps the range. The lock keeps other launchers from picking the
     // same range until this machine's user namespace exists.

@@ -92,6 +92,10 @@ impl Sys for FakeSys {
         self.record(path, format!("mknod {} {:?} {:o} {}:{}", path.display(), kind, mode, major, minor))
     }
 
+    fn set_fs_ids(&self, uid: u32, gid: u32) {
+        let _ = self.record(Path::new("/"), format!("setfsids {uid}:{gid}"));
+    }
+
     fn lchown(&self, path: &Path, uid: u32, gid: u32) -> io::Result<()> {
         self.record(path, format!("lchown {} {uid}:{gid}", path.display()))
     }

@@ -56,6 +56,12 @@ impl Sys for LinuxSys {
         fs::set_permissions(path, fs::Permissions::from_mode(mode))
     }
 
+    fn set_fs_ids(&self, uid: u32, gid: u32) {
+        // Order: the group while the fsuid still grants the capability to set it freely.
+        nix::unistd::setfsgid(nix::unistd::Gid::from_raw(gid));
+        nix::unistd::setfsuid(nix::unistd::Uid::from_raw(uid));
+    }
+
     fn lchown(&self, path: &Path, uid: u32, gid: u32) -> io::Result<()> {
         std::os::unix::fs::lchown(path, Some(uid), Some(gid))
     }

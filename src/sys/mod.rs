@@ -47,6 +47,9 @@ pub trait Sys {
     fn mknod(&self, path: &Path, kind: NodeKind, mode: u32, major: u32, minor: u32) -> io::Result<()>;
     /// symlink(2): `link` pointing at `target`.
     fn symlink(&self, target: &Path, link: &Path) -> io::Result<()>;
+    /// setfsuid(2) and setfsgid(2): whom files created from now on belong to (0 again restores
+    /// the file system capabilities a non-zero fsuid takes away).
+    fn set_fs_ids(&self, uid: u32, gid: u32);
     /// lchown(2).
     fn lchown(&self, path: &Path, uid: u32, gid: u32) -> io::Result<()>;
     /// Creates or truncates `path` with `contents` and exactly `mode`.
