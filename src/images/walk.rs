@@ -111,8 +111,9 @@ impl Found<'_> {
             .map_err(err("cannot change the mode of", self.path))
     }
 
-    /// Sets (or with `None` removes) an extended attribute, through an fd of the inode itself.
-    pub fn set_xattr(&self, name: &OsStr, value: Option<&[u8]>) -> Result<(), WalkError> {
+    /// An O_PATH fd of the inode itself (never a symlink's target, never opening a device) and
+    /// the /proc path naming it, for calls that take paths.
+    fn inode_path(&self) -> Result<(OwnedFd, String), WalkError> {
         let fd = rfs::openat(
             self.parent,
             self.name,
@@ -121,6 +122,12 @@ impl Found<'_> {
         )
         .map_err(err("cannot open", self.path))?;
         let proc = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        Ok((fd, proc))
+    }
+
+    /// Sets (or with `None` removes) an extended attribute, through an fd of the inode itself.
+    pub fn set_xattr(&self, name: &OsStr, value: Option<&[u8]>) -> Result<(), WalkError> {
+        let (_fd, proc) = self.inode_path()?;
         match value {
             Some(v) => rfs::setxattr(proc.as_str(), name, v, rfs::XattrFlags::empty()),
             None => rfs::removexattr(proc.as_str(), name),
@@ -143,16 +150,9 @@ impl Found<'_> {
         if let Some(d) = self.dir {
             return fd_xattrs(d.as_fd(), self.path);
         }
-        // Symlinks, devices, fifos: an O_PATH fd's /proc entry names the inode itself without
-        // opening a device or following the link.
-        let fd = rfs::openat(
-            self.parent,
-            self.name,
-            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(err("cannot open", self.path))?;
-        path_xattrs(&format!("/proc/self/fd/{}", fd.as_raw_fd()), self.path)
+        // Symlinks, devices, fifos: through the inode's O_PATH fd.
+        let (_fd, proc) = self.inode_path()?;
+        path_xattrs(&proc, self.path)
     }
 }
 
