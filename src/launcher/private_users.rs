@@ -170,6 +170,29 @@ impl Pid1Wait {
 /// chooses between map and chown by this): an idmapped clone is made and dropped, through a
 /// throwaway user namespace of a child that exits at once.
 pub(super) fn idmap_supported(path: &Path) -> bool {
+    known_idmappable(path) || probe_idmap(path)
+}
+
+/// File systems that take idmapped mounts on any kernel since 6.3 (tmpfs being the last of them),
+/// so the common case needs no probe.
+fn known_idmappable(path: &Path) -> bool {
+    const EXT4: i64 = 0xEF53;
+    const XFS: i64 = 0x5846_5342;
+    const BTRFS: i64 = 0x9123_683E;
+    const TMPFS: i64 = 0x0102_1994;
+    const F2FS: i64 = 0xF2F5_2010;
+    let release =
+        nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
+    let mut version = release.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u32>().ok());
+    let recent = (version.next().unwrap_or(0), version.next().unwrap_or(0)) >= (6, 3);
+    // f_type's integer type differs between architectures.
+    #[allow(clippy::unnecessary_cast)]
+    let known = |st: rustix::fs::StatFs| [EXT4, XFS, BTRFS, TMPFS, F2FS].contains(&(st.f_type as i64));
+    recent && rustix::fs::statfs(path).is_ok_and(known)
+}
+
+/// Makes an idmapped clone of `path` and drops it.
+fn probe_idmap(path: &Path) -> bool {
     let Ok((wait, go)) = pipe() else { return false };
     let pid = match linux::fork() {
         Ok(Forked::Child) => {
