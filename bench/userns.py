@@ -71,6 +71,8 @@ def run(args, src):
         subprocess.run(["cp", "-a", src, a], check=True)
         if args.padding:
             pad(a, args.padding)
+        # The range the image picks is remembered in the state directory: the bench's own.
+        os.environ["MCTL_STATE_DIR"] = os.path.join(scratch, "state")
         mctl = [launch.MCTL, "boot", "-q", "--register=no", "--console=passive", "-D", a]
         print(f"boot bookworm to READY=1 (+{args.padding} files), median of {args.boots}:")
         plain = ready_ms(mctl, scratch, args.boots)

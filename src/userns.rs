@@ -17,7 +17,10 @@ use nix::fcntl::{Flock, FlockArg};
 
 /// The ids a machine gets by default: 0..65535, as nspawn and LXC.
 pub const RANGE_SIZE: u32 = 0x10000;
-/// Where picking starts and ends (nspawn's container range, 0x80000..0x6FFFFFFF).
+/// The user whose `/etc/subuid` and `/etc/subgid` delegations `pick` takes its ranges from.
+pub const DELEGATE: &str = "mctl";
+/// Where picking starts and ends (nspawn's container range, 0x80000..0x6FFFFFFF), without a
+/// delegation.
 const PICK_FIRST: u32 = 0x0008_0000;
 const PICK_LAST: u32 = 0x6FFF_0000;
 
@@ -145,7 +148,10 @@ pub enum RangeError {
         what: String,
     },
     /// Every candidate is taken.
-    #[error("no free range of {RANGE_SIZE} user ids is left between {PICK_FIRST} and {PICK_LAST}")]
+    #[error(
+        "no free range of {RANGE_SIZE} user ids is left to pick (between {PICK_FIRST} and {PICK_LAST}, or in the \
+         ranges /etc/subuid and /etc/subgid delegate to {DELEGATE})"
+    )]
     Exhausted,
     /// Inside a machine with a user namespace of its own: only its ids can be mapped again.
     #[error(
@@ -208,20 +214,58 @@ impl HostIds {
             }
         }
         for file in ["subuid", "subgid"] {
-            let text = std::fs::read_to_string(self.etc.join(file)).unwrap_or_default();
-            for line in text.lines() {
-                let fields: Vec<&str> = line.split(':').collect();
-                if let [who, start, count] = fields[..]
-                    && let (Ok(start), Ok(count)) = (start.parse(), count.parse())
-                {
-                    out.push((
-                        IdRange { start, count },
-                        format!("the range delegated to {who} in /etc/{file}"),
-                    ));
+            for (who, range) in self.delegations(file) {
+                // mctl's own delegation is where it picks, not someone else's ids.
+                if who != DELEGATE {
+                    out.push((range, format!("the range delegated to {who} in /etc/{file}")));
                 }
             }
         }
         out
+    }
+
+    /// The ranges `/etc/FILE` (subuid or subgid) delegates, with whom to.
+    fn delegations(&self, file: &str) -> Vec<(String, IdRange)> {
+        let text = std::fs::read_to_string(self.etc.join(file)).unwrap_or_default();
+        text.lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split(':').collect();
+                match fields[..] {
+                    [who, start, count] => Some((
+                        who.to_owned(),
+                        IdRange { start: start.parse().ok()?, count: count.parse().ok()? },
+                    )),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
+    /// Where `pick` looks: the 65536-id blocks delegated to the user `mctl` in both subuid and
+    /// subgid (as LXC and podman read them) when there are any, else nspawn's container range.
+    fn pick_candidates(&self) -> Vec<IdRange> {
+        let mine = |file| -> Vec<IdRange> {
+            self.delegations(file).into_iter().filter(|(who, _)| who == DELEGATE).map(|(_, r)| r).collect()
+        };
+        let (uids, gids) = (mine("subuid"), mine("subgid"));
+        let blocks = |r: &IdRange| {
+            let first = r.start.div_ceil(RANGE_SIZE);
+            let last = (r.end() / u64::from(RANGE_SIZE)) as u32;
+            (first..last).map(|b| IdRange { start: b * RANGE_SIZE, count: RANGE_SIZE }).collect::<Vec<_>>()
+        };
+        let delegated: Vec<IdRange> = uids
+            .iter()
+            .flat_map(blocks)
+            .filter(|b| gids.iter().any(|g| g.start <= b.start && g.end() >= b.end()))
+            .collect();
+        if uids.is_empty() && gids.is_empty() {
+            (PICK_FIRST..=PICK_LAST)
+                .step_by(RANGE_SIZE as usize)
+                .map(|start| IdRange { start, count: RANGE_SIZE })
+                .collect()
+        } else {
+            delegated
+        }
     }
 
     /// The host ids every user namespace on the host maps onto, except the host's own.
@@ -293,13 +337,13 @@ impl Chosen {
 /// Resolves `--private-users` for the tree at `root` (None: no user namespace). `lock_dir` holds
 /// the lock file shared by every launcher; `memory` the range each tree picked last, so an
 /// image boots under the same ids each time (nspawn keeps this in the tree's ownership; here the
-/// image stays as it is).
+/// image stays as it is). None: the launch neither reads nor records it.
 pub fn choose(
     mode: PrivateUsers,
     root: &Path,
     host: &HostIds,
     lock_dir: &Path,
-    memory: &Path,
+    memory: Option<&Path>,
 ) -> Result<Option<Chosen>, RangeError> {
     let chosen = choose_anywhere(mode, root, host, lock_dir, memory)?;
     // Inside a user namespace (a nested machine) only the ids it maps exist.
@@ -317,7 +361,7 @@ fn choose_anywhere(
     root: &Path,
     host: &HostIds,
     lock_dir: &Path,
-    memory: &Path,
+    memory: Option<&Path>,
 ) -> Result<Option<Chosen>, RangeError> {
     let fixed = |range| Ok(Some(Chosen { range, _lock: None }));
     match mode {
@@ -342,16 +386,17 @@ fn choose_anywhere(
         }
         PrivateUsers::Pick => {
             let lock = lock(lock_dir)?;
-            let memory = memory_file(memory, root);
-            let previous = remembered(&memory);
-            let candidates = previous.into_iter().chain(
-                (PICK_FIRST..=PICK_LAST)
-                    .step_by(RANGE_SIZE as usize)
-                    .map(|start| IdRange { start, count: RANGE_SIZE }),
-            );
+            let memory = memory.map(|dir| memory_file(dir, root));
+            let previous = memory.as_deref().and_then(remembered);
+            let pool = host.pick_candidates();
+            // The remembered range only while it is still one mctl may pick from.
+            let previous = previous.filter(|p| pool.contains(p));
+            let candidates = previous.into_iter().chain(pool);
             let range = host.first_free(candidates).ok_or(RangeError::Exhausted)?;
-            if previous != Some(range) {
-                record(&memory, root, &range);
+            if let Some(file) = &memory
+                && previous != Some(range)
+            {
+                record(file, root, &range);
             }
             Ok(Some(Chosen { range, _lock: Some(lock) }))
         }
@@ -454,9 +499,10 @@ mod tests {
         // 524288.. is mapped by process 42; a host user sits in the next range; subuid
         // delegates the one after.
         let (dir, host) =
-            fake_host("root:x:0:0::/root:/bin/sh\nbig:x:600000:600000::/:/bin/sh\n", "mctl:655360:65536\n");
+            fake_host("root:x:0:0::/root:/bin/sh\nbig:x:600000:600000::/:/bin/sh\n", "lxd:655360:65536\n");
         let root = tempfile::tempdir().unwrap();
-        let chosen = choose(PrivateUsers::Pick, root.path(), &host, dir.path(), dir.path()).unwrap().unwrap();
+        let chosen =
+            choose(PrivateUsers::Pick, root.path(), &host, dir.path(), Some(dir.path())).unwrap().unwrap();
         assert_eq!(chosen.range, IdRange { start: 0xB0000, count: RANGE_SIZE });
     }
 
@@ -466,7 +512,7 @@ mod tests {
         let memory = dir.path().join("memory");
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let pick = |root: &Path| {
-            choose(PrivateUsers::Pick, root, &host, dir.path(), &memory).unwrap().unwrap().range
+            choose(PrivateUsers::Pick, root, &host, dir.path(), Some(&memory)).unwrap().unwrap().range
         };
         let first = pick(a.path());
         assert_eq!(first.start, 0x90000);
@@ -484,11 +530,32 @@ mod tests {
     }
 
     #[test]
+    fn ranges_delegated_to_mctl_are_where_it_picks() {
+        let (dir, host) = fake_host("", "other:600000:65536\nmctl:655360:131072\n");
+        // Only the part also delegated in subgid counts.
+        std::fs::write(dir.path().join("subgid"), "mctl:720896:65536\n").unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let memory = dir.path().join("memory");
+        let pick = || choose(PrivateUsers::Pick, root.path(), &host, dir.path(), Some(&memory));
+        assert_eq!(pick().unwrap().unwrap().range, IdRange { start: 720896, count: RANGE_SIZE });
+        // Taken by a running machine: none left.
+        std::fs::write(dir.path().join("proc/42/uid_map"), "0 720896 65536\n").unwrap();
+        let e = pick().unwrap_err().to_string();
+        assert!(e.contains("delegate to mctl"), "{e}");
+    }
+
+    #[test]
     fn a_fixed_range_in_use_is_refused_with_its_user() {
         let (dir, host) = fake_host("big:x:600000:600000::/:/bin/sh\n", "");
         let root = tempfile::tempdir().unwrap();
         let fixed = |start, count| {
-            choose(PrivateUsers::Fixed(IdRange { start, count }), root.path(), &host, dir.path(), dir.path())
+            choose(
+                PrivateUsers::Fixed(IdRange { start, count }),
+                root.path(),
+                &host,
+                dir.path(),
+                Some(dir.path()),
+            )
         };
         let e = fixed(530000, 10).unwrap_err().to_string();
         assert!(e.contains("process 42"), "{e}");
@@ -502,8 +569,9 @@ mod tests {
         let (dir, host) = fake_host("", "");
         let root = tempfile::tempdir().unwrap();
         std::os::unix::fs::chown(root.path(), Some(0x90000 + 5), None).ok();
-        let chosen =
-            choose(PrivateUsers::FromRoot, root.path(), &host, dir.path(), dir.path()).unwrap().unwrap();
+        let chosen = choose(PrivateUsers::FromRoot, root.path(), &host, dir.path(), Some(dir.path()))
+            .unwrap()
+            .unwrap();
         use std::os::unix::fs::MetadataExt;
         let owner = std::fs::metadata(root.path()).unwrap().uid();
         assert_eq!(chosen.range, IdRange { start: owner & 0xFFFF_0000, count: RANGE_SIZE });

@@ -678,7 +678,9 @@ fn ipv6_link_local_works_across_a_bridge_and_a_zone() {
 fn a_user_namespaced_machine_owns_its_network() {
     let env = Env::new();
     let host = Ns::new(true);
-    let m = Running::start(&host, &env, "vmu", &["--network-veth", "-U"], "sleep 60");
+    let state = env.s.path().join("state");
+    let vars = [("MCTL_STATE_DIR", state.to_str().unwrap())];
+    let m = Running::start_env(&host, &env, "vmu", &["--network-veth", "-U"], "sleep 60", &vars);
     let guest = m.ipv4();
     assert!(guest.starts_with("10.213."), "{guest}");
     assert!(

@@ -355,7 +355,9 @@ fn a_user_namespaced_machine_runs_machines_of_its_own() {
     let boot_dir = s.path().join("boot");
     std::fs::create_dir(&boot_dir).unwrap();
     let bind = format!("{}:/usr/local/bin/mctl", env!("CARGO_BIN_EXE_mctl"));
-    let mut m = Machine::boot(&dir, &boot_dir, &["-U", "--register=no", "--bind-ro", &bind]);
+    let state = s.path().join("state");
+    let env = [("MCTL_STATE_DIR", state.to_str().unwrap())];
+    let mut m = Machine::boot_env(&dir, &boot_dir, &["-U", "--register=no", "--bind-ro", &bind], &env);
     // As a process of the machine (in its cgroup, all its namespaces), as its root.
     let inside = |script: &str| {
         let cg = payload_cgroup(m.leader);
@@ -389,4 +391,70 @@ fn a_user_namespaced_machine_runs_machines_of_its_own() {
     assert!(out.contains("a nested machine needs a range inside them") && out.contains("rc=1"), "{out}");
     m.stop();
     assert_no_leaks("userns-nest", &dir);
+}
+
+/// A file system that cannot be mounted idmapped (ramfs): `map` is refused with what to do,
+/// `auto` chowns the tree instead. (In a mount namespace of the test's own.)
+#[test]
+fn without_idmapped_mounts_map_is_refused_and_auto_chowns() {
+    let s = scratch();
+    let dir = s.path().join("ramfs");
+    std::fs::create_dir(&dir).unwrap();
+    let script = r#"
+        mount -t ramfs ramfs "$1" && cp -a "$2"/. "$1"/ || exit 9
+        "$3" run -q --register=no -M userns-ramfs -D "$1" -U --private-users-ownership=map -- true
+        echo "map=$?"
+        "$3" run -q --register=no -M userns-ramfs -D "$1" --private-users=1900544 -- stat -c %u /bin
+        echo "auto=$? disk=$(stat -c %u "$1/bin")"
+    "#;
+    let o = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
+        .arg(&dir)
+        .arg(busybox_tree())
+        .arg(env!("CARGO_BIN_EXE_mctl"))
+        .env("MCTL_STATE_DIR", s.path().join("state"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let out = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(out.contains("cannot idmap mounts; use --private-users-ownership=chown"), "{out}");
+    assert!(out.contains("map=1"), "{out}");
+    assert!(out.contains("0\nauto=0 disk=1900544"), "{out}");
+}
+
+/// Launchers picking at the same moment get different ranges.
+#[test]
+fn launchers_picking_at_once_get_different_ranges() {
+    let children: Vec<_> = (0..4)
+        .map(|i| {
+            mctl()
+                .args([
+                    "run",
+                    "-q",
+                    "--register=no",
+                    "--read-only",
+                    "-M",
+                    &format!("userns-race{i}"),
+                    "-U",
+                    "-D",
+                ])
+                .arg(busybox_tree())
+                .args(["--", "sh", "-c", "cat /proc/self/uid_map; sleep 1"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut starts: Vec<String> = children
+        .into_iter()
+        .map(|c| {
+            let o = c.wait_with_output().unwrap();
+            assert!(o.status.success());
+            stdout(&o).split_whitespace().nth(1).unwrap().to_owned()
+        })
+        .collect();
+    starts.sort();
+    starts.dedup();
+    assert_eq!(starts.len(), 4, "ranges shared: {starts:?}");
 }

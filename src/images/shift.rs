@@ -176,10 +176,18 @@ pub fn shift_image(root: &Path, to: u32) -> Result<bool, WalkError> {
         u64::from(to) + 65535
     );
     let record = format!("{from} {to}");
-    rustix::fs::setxattr(root, IN_PROGRESS, record.as_bytes(), rustix::fs::XattrFlags::empty())
-        .map_err(io("cannot record the chown on"))?;
+    // A file system without extended attributes cannot keep the record: an interrupted shift
+    // there leaves the tree half-shifted, as nspawn's does.
+    let recorded =
+        match rustix::fs::setxattr(root, IN_PROGRESS, record.as_bytes(), rustix::fs::XattrFlags::empty()) {
+            Ok(()) => true,
+            Err(rustix::io::Errno::OPNOTSUPP) => false,
+            Err(e) => return Err(io("cannot record the chown on")(e)),
+        };
     shift_tree(root, Shift { from: IdRange { start: from, count: crate::userns::RANGE_SIZE }, to })?;
-    rustix::fs::removexattr(root, IN_PROGRESS).map_err(io("cannot clear the chown record of"))?;
+    if recorded {
+        rustix::fs::removexattr(root, IN_PROGRESS).map_err(io("cannot clear the chown record of"))?;
+    }
     Ok(true)
 }
 

@@ -149,7 +149,8 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32, LaunchError> {
         &spec.root,
         &crate::userns::HostIds::default(),
         &spec.runtime_dir,
-        &spec.state_dir.join("private-users"),
+        // A machine that leaves its image untouched leaves no trace of it either.
+        (!spec.image_untouched()).then(|| spec.state_dir.join("private-users")).as_deref(),
     )?;
     let idmap = match &private_users {
         Some(chosen) => image_ownership(spec, chosen.range)?,
