@@ -327,6 +327,14 @@ fn an_idmap_bind_shows_host_files_with_the_machines_ids() {
     assert_eq!(stdout(&o), "0\nwrote\n", "{}", stderr(&o));
     // Written as the machine's root, stored as the host's: the ids map back.
     assert_eq!(std::fs::metadata(shared.join("written")).unwrap().uid(), 0);
+    // An overlay of host directories: its throwaway upper layer is the machine's root's.
+    let overlay = format!("--overlay={}::/home", shared.display());
+    let o = run_in(
+        tree,
+        &[&base[..], &[overlay.as_str()]].concat(),
+        &["sh", "-c", "echo x > /home/new && cat /home/note"],
+    );
+    assert_eq!(stdout(&o), "hello", "{}", stderr(&o));
     let o =
         run_in(tree, &["--register=no", "--read-only", "-M", "userns-bind", "--bind", &idmapped], &["true"]);
     assert_eq!(o.status.code(), Some(1));

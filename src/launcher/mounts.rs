@@ -434,6 +434,10 @@ pub fn scratch_plan(spec: &LaunchSpec, scratch: &Path, owner: Option<IdRange>) -
         if let Some((u, w)) = &layers {
             s.push(Step::MkDir { path: u.clone(), mode: 0o755 });
             s.push(Step::MkDir { path: w.clone(), mode: 0o700 });
+            if let (Some(r), None) = (owner, &o.upper) {
+                // A throwaway upper layer is the machine's root's to write in.
+                s.push(Step::Chown { path: u.clone(), uid: r.start, gid: r.start });
+            }
         }
         if layers.is_none() && o.lowers.len() == 1 {
             // overlayfs wants two lower layers when there is no upper; one read-only layer is
