@@ -175,6 +175,10 @@ fn two_ephemeral_machines_of_one_image_run_at_once_under_different_ranges() {
     assert_eq!(tree_digest(debian_tree()), before, "an ephemeral boot changed the image");
 }
 
+// Fixed ranges, one set per test (tests run in parallel, and a range in use is refused):
+// values 1900544 (0x1D0000), bad ranges 2031616.. (0x1F0000, 0x200000), chown 2752512 and
+// 2818048 (0x2A0000, 0x2B0000), ramfs 2883584 (0x2C0000). Picks start at 524288.
+
 #[test]
 fn private_users_values_and_ranges_follow_nspawn() {
     let tree = busybox_tree();
@@ -289,12 +293,12 @@ fn chown_ownership_shifts_the_tree_once_and_across_ranges() {
         assert!(o.status.success(), "{opts:?}: {}", stderr(&o));
         stdout(&o).split_whitespace().map(str::to_owned).collect::<Vec<_>>()
     };
-    assert_eq!(inside(&["--private-users=1900544", "--private-users-ownership=chown"]), ["0", "0"]);
-    assert_eq!((owner("bin"), owner("etc/passwd"), owner("")), (1900544, 1900544, 1900544));
+    assert_eq!(inside(&["--private-users=2752512", "--private-users-ownership=chown"]), ["0", "0"]);
+    assert_eq!((owner("bin"), owner("etc/passwd"), owner("")), (2752512, 2752512, 2752512));
     // Again: nothing to do. Another range: shifted across.
-    assert_eq!(inside(&["--private-users=1900544", "--private-users-ownership=chown"]), ["0", "0"]);
-    assert_eq!(inside(&["--private-users=2031616", "--private-users-ownership=chown"]), ["0", "0"]);
-    assert_eq!((owner("bin"), owner("etc/passwd")), (2031616, 2031616));
+    assert_eq!(inside(&["--private-users=2752512", "--private-users-ownership=chown"]), ["0", "0"]);
+    assert_eq!(inside(&["--private-users=2818048", "--private-users-ownership=chown"]), ["0", "0"]);
+    assert_eq!((owner("bin"), owner("etc/passwd")), (2818048, 2818048));
     // yes: the range follows the tree's owner, so a chowned tree finds its own.
     assert_eq!(inside(&["--private-users=yes", "--private-users-ownership=off"]), ["0", "0"]);
     // Back to the host's ids.
@@ -412,7 +416,7 @@ fn without_idmapped_mounts_map_is_refused_and_auto_chowns() {
         mount -t ramfs ramfs "$1" && cp -a "$2"/. "$1"/ || exit 9
         "$3" run -q --register=no -M userns-ramfs -D "$1" -U --private-users-ownership=map -- true
         echo "map=$?"
-        "$3" run -q --register=no -M userns-ramfs -D "$1" --private-users=1900544 -- stat -c %u /bin
+        "$3" run -q --register=no -M userns-ramfs -D "$1" --private-users=2883584 -- stat -c %u /bin
         echo "auto=$? disk=$(stat -c %u "$1/bin")"
     "#;
     let o = Command::new("unshare")
@@ -427,7 +431,7 @@ fn without_idmapped_mounts_map_is_refused_and_auto_chowns() {
     let out = format!("{}{}", stdout(&o), stderr(&o));
     assert!(out.contains("cannot idmap mounts; use --private-users-ownership=chown"), "{out}");
     assert!(out.contains("map=1"), "{out}");
-    assert!(out.contains("0\nauto=0 disk=1900544"), "{out}");
+    assert!(out.contains("0\nauto=0 disk=2883584"), "{out}");
 }
 
 /// Launchers picking at the same moment get different ranges.
