@@ -847,3 +847,60 @@ fn gzip_zstd_and_plain_layers_apply_in_order() {
     env.ok(&["remove", "ocicodecs"]);
     env.assert_clean("after codecs");
 }
+
+/// `commit --oci` of an ephemeral machine with a user namespace: its root shows host ids through
+/// the idmapped mount, yet the layer holds only what changed, with the machine's own ids, and
+/// nothing of the files the host mounted over its own.
+#[test]
+fn commit_oci_of_a_user_namespaced_machine_records_its_own_ids() {
+    let env = Env::new();
+    let reg = env.registry.addr.clone();
+    let bus = TestBus::start(env.path());
+    let _mctld = Mctld::start(&bus, env.path(), false);
+    env.ok(&["pull-oci", &env.reference(&reg, "v1"), "ocibaseu"]);
+    let mut notify = NotifyListener::new(env.path());
+    let script = "echo fresh > /etc/fresh && chown 1000:1000 /etc/fresh && touch /tmp/ready; sleep 120";
+    let mut machine = Guarded(
+        env.cmd()
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+            .env("MCTL_RUNTIME_DIR", env.path().join("run"))
+            .env("NOTIFY_SOCKET", &notify.path)
+            .args(["run", "-q", "-x", "-U", "-M", "ocibaseu", "--", "/bin/sh", "-c", script])
+            .spawn()
+            .unwrap(),
+    );
+    let leader = notify.wait_leader(0, Duration::from_secs(20)).expect("the machine started");
+    assert!(
+        wait_until(Duration::from_secs(20), || Path::new(&format!("/proc/{leader}/root/tmp/ready")).exists()),
+        "the machine did not make its changes"
+    );
+    let shift = std::fs::read_to_string(format!("/proc/{leader}/uid_map")).unwrap();
+    assert_ne!(shift.split_whitespace().nth(1), Some("0"), "not in a user namespace: {shift}");
+    let list = env
+        .cmd()
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+        .args(["list", "--no-legend"])
+        .output()
+        .unwrap();
+    let name = stdout(&list).split_whitespace().next().expect("the machine is registered").to_owned();
+    let o = env
+        .cmd()
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+        .args(["commit", "--oci", &name, "ocicommittedu"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "commit --oci: {}", stderr(&o));
+    stop_launcher(&mut machine);
+
+    let rec = record(&env, "ocicommittedu");
+    let layers: Vec<String> =
+        rec["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_owned()).collect();
+    let members = layer_members(&layer_blob(&env, layers.last().unwrap()));
+    assert!(members.iter().any(|x| x == "etc/fresh"), "{members:?}");
+    for m in ["bin/busybox", "etc/group", "etc/resolv.conf", "tmp/ready"] {
+        assert!(!members.iter().any(|x| x == m), "{m} in the layer: {members:?}");
+    }
+    let fresh = std::fs::metadata(env.image("ocicommittedu/etc/fresh")).unwrap();
+    assert_eq!((fresh.uid(), fresh.gid()), (1000, 1000));
+    assert_eq!(std::fs::metadata(env.image("ocicommittedu/bin")).unwrap().uid(), 0);
+}

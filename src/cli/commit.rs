@@ -7,7 +7,7 @@
 //! filesystems nor bind mounts on top of the tree end up in the image.
 
 use std::os::fd::AsFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::bus::OWN_NAME;
 use crate::bus::client::system_bus;
@@ -119,17 +119,29 @@ pub fn commit(machine: &str, image: &str, cfg: &CliConfig) -> Result<i32, CliErr
     Ok(0)
 }
 
-/// Removes from the copy `dir` of a machine's root the files something was mounted over in the
-/// machine (its root came with its mounts: a machine with a user namespace): what the copy holds
-/// there is the mounted file (the host's resolv.conf, a bound file), not the machine's own.
-fn drop_files_mounted_over(leader: u32, dir: &Path) -> Result<(), CliError> {
+/// The files (relative paths) something is mounted over in the machine whose leader is `leader`:
+/// a copy of its root taken with its mounts holds the mounted file there (the host's
+/// resolv.conf, a bound file), not the machine's own.
+fn files_mounted_over(leader: u32) -> Result<Vec<PathBuf>, CliError> {
     let path = format!("/proc/{leader}/mountinfo");
     let text =
         std::fs::read_to_string(&path).map_err(|e| CliError::new(format!("cannot read {path}: {e}")))?;
-    for point in text.lines().filter_map(|l| l.split(' ').nth(4)) {
-        let rel = crate::procfs::unescape_mountinfo(point);
-        let copied = dir.join(rel.trim_start_matches('/'));
-        if rel != "/" && std::fs::symlink_metadata(&copied).is_ok_and(|m| !m.is_dir()) {
+    let root = format!("/proc/{leader}/root");
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(crate::procfs::unescape_mountinfo)
+        .filter(|p| p != "/")
+        .filter(|p| std::fs::symlink_metadata(format!("{root}{p}")).is_ok_and(|m| !m.is_dir()))
+        .map(|p| PathBuf::from(p.trim_start_matches('/')))
+        .collect())
+}
+
+/// Removes from the copy `dir` of a machine's root the files something was mounted over.
+fn drop_files_mounted_over(leader: u32, dir: &Path) -> Result<(), CliError> {
+    for rel in files_mounted_over(leader)? {
+        let copied = dir.join(&rel);
+        if std::fs::symlink_metadata(&copied).is_ok_and(|m| !m.is_dir()) {
             std::fs::remove_file(&copied)
                 .map_err(|e| CliError::new(format!("cannot remove {}: {e}", copied.display())))?;
         }
@@ -187,12 +199,6 @@ pub fn commit_oci(machine: &str, image: &str, cfg: &CliConfig) -> Result<i32, Cl
             ))
         })?
         .to_owned();
-    if user_namespace_of(leader)?.is_some() {
-        return Err(CliError::new(format!(
-            "machine {machine} runs in a user namespace: commit --oci does not support that yet; \
-             use mctl commit (a directory image) instead"
-        )));
-    }
     let ephemeral = root_is_overlay_of(leader, root_dir)?;
     let root = crate::launcher::enter::root_mount_of(leader)
         .map_err(|e| CliError::new(format!("cannot take the root of machine {machine}: {e}")))?;
@@ -202,11 +208,20 @@ pub fn commit_oci(machine: &str, image: &str, cfg: &CliConfig) -> Result<i32, Cl
     let _thaw = Frozen(machine);
     nix::unistd::fchdir(root.as_fd())
         .map_err(|e| CliError::new(format!("cannot enter the machine's root: {e}")))?;
+    // A machine with a user namespace: its root shows host ids and drags the files mounted
+    // over it along (see root_mount_of).
+    let view = match user_namespace_of(leader)? {
+        Some(range) => crate::images::oci::diff::View {
+            shift: Some(crate::images::shift::Shift { from: range, to: 0 }),
+            skip: files_mounted_over(leader)?,
+        },
+        None => Default::default(),
+    };
     let info = oci_commit::commit_layer(
         &store,
         &base,
         ephemeral,
-        Path::new("."),
+        oci_commit::Current { path: Path::new("."), view: &view },
         image,
         &format!("commit:{machine}"),
         &blobs,

@@ -32,7 +32,8 @@ pub struct Shift {
 }
 
 impl Shift {
-    fn id(&self, id: u32) -> u32 {
+    /// Where `id` goes (ids outside the range stay).
+    pub fn id(&self, id: u32) -> u32 {
         if id >= self.from.start && u64::from(id) < u64::from(self.from.start) + u64::from(self.from.count) {
             id - self.from.start + self.to
         } else {

@@ -78,6 +78,11 @@ impl Found<'_> {
         }
     }
 
+    /// The same file, described by `stat` instead (a view with other owners).
+    pub fn with_stat<'b>(&'b self, stat: &'b rfs::Stat) -> Found<'b> {
+        Found { path: self.path, rel: self.rel, stat, parent: self.parent, name: self.name, dir: self.dir }
+    }
+
     /// Opens a regular file for reading, refusing anything that is not one any more.
     pub fn open_file(&self) -> Result<File, WalkError> {
         let fd = rfs::openat(

@@ -12,19 +12,29 @@ use super::manifest::Desc;
 use super::meta::{self, ImageMeta};
 use crate::images::store::{self, ImageInfo, ImageStore};
 
-/// Commits the tree at `current` (a machine's root, frozen) as image `image`: the layers of
-/// image `base` and one more with the difference. `base_untouched` says the image directory
-/// still holds the base unchanged (the machine ran on an overlay of it); otherwise the base
-/// is rebuilt from its layers to compare against.
+/// A machine's root to commit: where it is (frozen), and how to read it.
+#[derive(Debug)]
+pub struct Current<'a> {
+    /// The tree.
+    pub path: &'a Path,
+    /// Ids and paths as the machine has them.
+    pub view: &'a diff::View,
+}
+
+/// Commits the tree `current` as image `image`: the layers of image `base` and one more with
+/// the difference. `base_untouched` says the image directory still holds the base unchanged
+/// (the machine ran on an overlay of it); otherwise the base is rebuilt from its layers to
+/// compare against.
 pub fn commit_layer(
     store: &ImageStore,
     base: &str,
     base_untouched: bool,
-    current: &Path,
+    current: Current<'_>,
     image: &str,
     source: &str,
     blobs: &BlobStore,
 ) -> Result<ImageInfo, OciError> {
+    let Current { path: current, view } = current;
     store.ensure_absent(image)?;
     let base_info = store.get(base)?;
     if !base_untouched && meta::load(store, base)?.is_none() {
@@ -50,7 +60,7 @@ pub fn commit_layer(
         Some(tmp)
     };
     let base_tree: PathBuf = unpacked.as_ref().map_or(base_info.path.clone(), |t| t.path().to_owned());
-    let layer = diff::diff_layer(Some(&base_tree), current, blobs)?;
+    let layer = diff::diff_layer(Some(&base_tree), current, view, blobs)?;
     drop(unpacked);
     tracing::info!(
         "the new layer has {} changes ({} removals), {} bytes",
@@ -90,5 +100,16 @@ pub fn commit_layer(
     };
     let tmp = store.temp_image("commit", image)?;
     store::copy_tree(current, tmp.path())?;
+    // The image directory as the layers make it: the machine's ids, without what was mounted.
+    for rel in &view.skip {
+        let _ = std::fs::remove_file(tmp.path().join(rel));
+    }
+    if let Some(shift) = view.shift {
+        crate::images::shift::shift_tree(tmp.path(), shift).map_err(|e| OciError::Io {
+            step: "cannot give the image its own ids",
+            path: e.path,
+            source: e.source,
+        })?;
+    }
     meta::commit_image(store, tmp, image, &record)
 }

@@ -166,8 +166,31 @@ struct Differ<'a> {
     /// Ancestors of the entry being looked at: path, stat, xattrs, whether in the layer.
     pending: Vec<(PathBuf, rfs::Stat, Xattrs, bool)>,
     current: &'a Path,
+    view: &'a View,
     changed: u64,
     removed: u64,
+}
+
+/// How the current tree is read for a layer: a running machine's root with a user namespace
+/// shows host ids (`shift` takes them back to the machine's own) and files mounted over its own
+/// (`skip`, relative paths: left out, neither changed nor removed).
+#[derive(Debug, Default)]
+pub struct View {
+    /// Ids back to the machine's.
+    pub shift: Option<crate::images::shift::Shift>,
+    /// Paths not to look at.
+    pub skip: Vec<PathBuf>,
+}
+
+impl View {
+    fn stat(&self, st: &rfs::Stat) -> rfs::Stat {
+        let mut st = *st;
+        if let Some(shift) = &self.shift {
+            st.st_uid = shift.id(st.st_uid);
+            st.st_gid = shift.id(st.st_gid);
+        }
+        st
+    }
 }
 
 fn member_err(path: &Path) -> impl FnOnce(io::Error) -> OciError + '_ {
@@ -240,8 +263,13 @@ impl Differ<'_> {
         Ok(())
     }
 
-    fn visit(&mut self, f: &Found<'_>) -> Result<(), OciError> {
+    fn visit(&mut self, found: &Found<'_>) -> Result<(), OciError> {
         interrupt::check()?;
+        if self.view.skip.iter().any(|p| p == found.rel) {
+            return Ok(());
+        }
+        let stat = self.view.stat(found.stat);
+        let f = &found.with_stat(&stat);
         while self.pending.last().is_some_and(|(p, ..)| !f.rel.starts_with(p) || p == f.rel) {
             self.pending.pop();
         }
@@ -300,7 +328,7 @@ impl Differ<'_> {
                 if self.dirs_in.contains(&d) {
                     continue;
                 }
-                let st = current.stat(&d).ok_or_else(|| {
+                let st = current.stat(&d).map(|st| self.view.stat(&st)).ok_or_else(|| {
                     OciError::invalid(
                         self.current.join(&d).display(),
                         "a directory disappeared while the layer was made",
@@ -338,9 +366,14 @@ fn add_dir(tar: &mut LayerTar, name: &Path, st: &rfs::Stat, xattrs: &Xattrs) -> 
     tar.append_data(&mut dir_header(st), name, io::empty()).map_err(member_err(name))
 }
 
-/// Makes the layer that turns `base` (none: an empty tree) into `current`, stores it in
-/// `blobs` and returns it.
-pub fn diff_layer(base: Option<&Path>, current: &Path, blobs: &BlobStore) -> Result<NewLayer, OciError> {
+/// Makes the layer that turns `base` (none: an empty tree) into `current` (read through
+/// `view`), stores it in `blobs` and returns it.
+pub fn diff_layer(
+    base: Option<&Path>,
+    current: &Path,
+    view: &View,
+    blobs: &BlobStore,
+) -> Result<NewLayer, OciError> {
     let out = blobs.writer()?;
     let gz = flate2::write::GzEncoder::new(out, flate2::Compression::new(5));
     let tar = tar::Builder::new(HashingWriter::new(gz));
@@ -351,6 +384,7 @@ pub fn diff_layer(base: Option<&Path>, current: &Path, blobs: &BlobStore) -> Res
         dirs_in: HashSet::new(),
         pending: Vec::new(),
         current,
+        view,
         changed: 0,
         removed: 0,
     };
@@ -421,10 +455,10 @@ mod tests {
         }
         let cache = t.path().join("cache");
         let blobs = BlobStore::open(&cache).unwrap();
-        let layer = diff_layer(Some(&base), &cur, &blobs).unwrap();
+        let layer = diff_layer(Some(&base), &cur, &View::default(), &blobs).unwrap();
         assert_eq!(layer.removed, 2, "one whiteout per removed file or subtree");
         // Base as a layer, then the diff: the current tree.
-        let full = diff_layer(None, &base, &blobs).unwrap();
+        let full = diff_layer(None, &base, &View::default(), &blobs).unwrap();
         let out = t.path().join("out");
         std::fs::create_dir(&out).unwrap();
         let mut a = LayerApplier::new(&out).unwrap();
@@ -433,7 +467,7 @@ mod tests {
         a.finish().unwrap();
         assert_eq!(snapshot(&out), snapshot(&cur));
         // Nothing changed: an empty layer.
-        let none = diff_layer(Some(&cur), &cur, &blobs).unwrap();
+        let none = diff_layer(Some(&cur), &cur, &View::default(), &blobs).unwrap();
         assert_eq!(none.changed, 0);
     }
 }
