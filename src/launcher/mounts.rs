@@ -199,7 +199,8 @@ pub fn apply(sys: &dyn Sys, trees: &Trees, steps: &[Step]) -> Result<(), MountEr
 
 /// [`apply`], creating files, directories and links as `owner` (a machine's root with a user
 /// namespace): in an idmapped image host root's ids map to nothing and cannot create anything,
-/// and what is created belongs to the machine. Device nodes are still made as host root.
+/// and what is created belongs to the machine. Device nodes are made as host root (making them
+/// takes a capability a non-root fsuid loses) and then handed to the owner.
 pub fn apply_owned(
     sys: &dyn Sys,
     trees: &Trees,
@@ -216,9 +217,12 @@ pub fn apply_owned(
         if let Some(r) = as_owner {
             sys.set_fs_ids(r.start, r.start);
         }
-        let done = apply_one(sys, trees, step);
+        let mut done = apply_one(sys, trees, step);
         if as_owner.is_some() {
             sys.set_fs_ids(0, 0);
+        }
+        if let (Some(r), Step::MkNod { path, .. }, Ok(())) = (owner, step, &done) {
+            done = sys.lchown(path, r.start, r.start);
         }
         done.map_err(|source| MountError { step: step.to_string(), source })?;
     }
@@ -640,27 +644,27 @@ pub const PROC_READ_ONLY: [&str; 8] = [
 /// a network namespace of its own (`own_netns`) the machine keeps `/proc/sys/net` writable, as
 /// under nspawn, so it can configure its own network.
 pub fn inner_plan(boot_id: &uuid::Uuid, own_netns: bool, host: &HostFacts) -> Vec<Step> {
-    let mut s = api_plan();
-    if host.in_user_namespace {
-        s.insert(2, Step::Detach { path: p(VISIBLE_PROC) });
-        // The bound /sys brings the enclosing machine's cgroup2 along, on which the same file
-        // system cannot be mounted again (EBUSY): a tmpfs goes between.
-        let cgroup2 = s.len() - 1;
-        s.insert(cgroup2, mount("tmpfs", "/sys/fs/cgroup", NOSUID_NODEV_NOEXEC, "mode=755"));
-    }
+    let mut s = api_plan(host);
     s.extend(protect_plan(boot_id, own_netns));
     s
 }
 
 /// The first part of [`inner_plan`]: `/proc`, mqueue and cgroup2. For a machine with a user
 /// namespace host root mounts these (in its pid, ipc and cgroup namespaces).
-pub fn api_plan() -> Vec<Step> {
-    vec![
-        mkdir("/proc", 0o555),
-        mount("proc", "/proc", NOSUID_NODEV_NOEXEC, ""),
-        mount("mqueue", "/dev/mqueue", NOSUID_NODEV_NOEXEC, ""),
-        mount("cgroup2", "/sys/fs/cgroup", NOSUID_NODEV_NOEXEC, ""),
-    ]
+pub fn api_plan(host: &HostFacts) -> Vec<Step> {
+    let mut s = vec![mkdir("/proc", 0o555), mount("proc", "/proc", NOSUID_NODEV_NOEXEC, "")];
+    if host.in_user_namespace {
+        // Our own /proc is in place: the launcher's, kept visible for it, can go.
+        s.push(Step::Detach { path: p(VISIBLE_PROC) });
+    }
+    s.push(mount("mqueue", "/dev/mqueue", NOSUID_NODEV_NOEXEC, ""));
+    if host.in_user_namespace {
+        // The bound /sys brings the enclosing machine's cgroup2 along, on which the same file
+        // system cannot be mounted again (EBUSY): a tmpfs goes between.
+        s.push(mount("tmpfs", "/sys/fs/cgroup", NOSUID_NODEV_NOEXEC, "mode=755"));
+    }
+    s.push(mount("cgroup2", "/sys/fs/cgroup", NOSUID_NODEV_NOEXEC, ""));
+    s
 }
 
 /// The rest of [`inner_plan`]: the protections of `/proc`, the boot id, a read-only `/run/host`
@@ -748,6 +752,30 @@ mod tests {
         let idmapped = root_plan(Path::new("/m/root"), true, true);
         assert!(matches!(&idmapped[0], Step::Attach { tree: TreeId::Root, .. }));
         assert!(matches!(&idmapped[1], Step::Mount { flags, .. } if flags.contains(MsFlags::MS_RDONLY)));
+    }
+
+    #[test]
+    fn an_owner_creates_files_and_gets_the_device_nodes_root_makes() {
+        let sys = FakeSys::new();
+        let owner = Some(IdRange { start: 0x90000, count: 65536 });
+        let steps = [
+            mkdir("/dev/char", 0o755),
+            Step::MkNod { path: p("/dev/null"), kind: NodeKind::Char, mode: 0o666, major: 1, minor: 3 },
+        ];
+        apply_owned(&sys, &Trees::default(), &steps, owner).unwrap();
+        assert_eq!(
+            sys.calls(),
+            [
+                "setfsids 589824:589824",
+                "mkdir /dev/char 755",
+                "setfsids 0:0",
+                "mknod /dev/null Char 666 1:3",
+                "lchown /dev/null 589824:589824",
+            ]
+        );
+        let plain = FakeSys::new();
+        apply(&plain, &Trees::default(), &steps).unwrap();
+        assert!(!plain.calls().iter().any(|c| c.starts_with("setfsids") || c.starts_with("lchown")));
     }
 
     #[test]

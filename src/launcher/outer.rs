@@ -100,11 +100,6 @@ fn outer(ctx: &ChildContext<'_>, chan: &ChildEnd) -> Result<(), ChildError> {
     let outer_plan = mounts::outer_plan(ctx.spec, &ctx.uuid, &ctx.host, ctx.private_users);
     mounts::apply_owned(&sys, &trees, &outer_plan, ctx.private_users)?;
     drop(trees);
-    if let Some(range) = ctx.private_users {
-        for dir in ["/dev", "/run", "/run/host"] {
-            private_users::hand_over(Path::new(dir), range)?;
-        }
-    }
 
     let notify = socket(
         AddressFamily::Unix,

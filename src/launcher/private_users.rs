@@ -119,7 +119,7 @@ impl WaitingPid1 {
                         let sys = LinuxSys;
                         sys.setns(cgroupns.as_fd(), CloneFlags::CLONE_NEWCGROUP)
                             .map_err(ChildError::step("join the machine's cgroup namespace"))?;
-                        Ok(mounts::apply(&sys, &Trees::default(), &mounts::api_plan())?)
+                        Ok(mounts::apply(&sys, &Trees::default(), &mounts::api_plan(&Default::default()))?)
                     });
                 match done {
                     Ok(()) => linux::exit_now(0),
@@ -167,8 +167,7 @@ impl Pid1Wait {
 }
 
 /// Whether the file system at `path` can be mounted idmapped (`--private-users-ownership=auto`
-/// chooses between map and chown by this): an idmapped clone is made and dropped, through a
-/// throwaway user namespace of a child that exits at once.
+/// chooses between map and chown by this): known for the common file systems, else probed.
 pub(super) fn idmap_supported(path: &Path) -> bool {
     known_idmappable(path) || probe_idmap(path)
 }
@@ -191,7 +190,8 @@ fn known_idmappable(path: &Path) -> bool {
     recent && rustix::fs::statfs(path).is_ok_and(known)
 }
 
-/// Makes an idmapped clone of `path` and drops it.
+/// Makes an idmapped clone of `path` and drops it, through a throwaway user namespace of a
+/// child that exits at once.
 fn probe_idmap(path: &Path) -> bool {
     let Ok((wait, go)) = pipe() else { return false };
     let pid = match linux::fork() {
@@ -251,31 +251,4 @@ pub(super) fn idmapped_tree(
         linux::set_tree_readonly(fd.as_fd(), false).map_err(ChildError::path_step("make read-only", path))?;
     }
     Ok(fd)
-}
-
-/// Gives the machine's root the files host root created for it in the machine's own file
-/// systems (`/dev`, `/run`): entries on the same file system as `dir` owned by host root, not
-/// following symlinks or crossing into other mounts (host files bound there stay as they are).
-pub(super) fn hand_over(dir: &Path, range: IdRange) -> Result<(), ChildError> {
-    use std::os::unix::fs::MetadataExt;
-    let top = std::fs::symlink_metadata(dir).map_err(ChildError::path_step("inspect", dir))?;
-    let mut stack = vec![dir.to_owned()];
-    while let Some(path) = stack.pop() {
-        let meta = std::fs::symlink_metadata(&path).map_err(ChildError::path_step("inspect", &path))?;
-        if meta.dev() != top.dev() {
-            continue;
-        }
-        if meta.uid() == 0 || meta.gid() == 0 {
-            let uid = if meta.uid() == 0 { range.start } else { meta.uid() };
-            let gid = if meta.gid() == 0 { range.start } else { meta.gid() };
-            std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
-                .map_err(ChildError::path_step("hand over", &path))?;
-        }
-        if meta.is_dir() {
-            for entry in std::fs::read_dir(&path).map_err(ChildError::path_step("read", &path))? {
-                stack.push(entry.map_err(ChildError::path_step("read", &path))?.path());
-            }
-        }
-    }
-    Ok(())
 }
