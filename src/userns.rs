@@ -345,27 +345,9 @@ pub fn choose(
     lock_dir: &Path,
     memory: Option<&Path>,
 ) -> Result<Option<Chosen>, RangeError> {
-    let chosen = choose_anywhere(mode, root, host, lock_dir, memory)?;
-    // Inside a user namespace (a nested machine) only the ids it maps exist.
-    if let Some(c) = &chosen
-        && let Ok(Some(own)) = crate::procfs::user_namespace_range(std::process::id())
-        && c.range.end() > u64::from(own.count)
-    {
-        return Err(RangeError::OutsideNamespace { range: c.range, available: own.count });
-    }
-    Ok(chosen)
-}
-
-fn choose_anywhere(
-    mode: PrivateUsers,
-    root: &Path,
-    host: &HostIds,
-    lock_dir: &Path,
-    memory: Option<&Path>,
-) -> Result<Option<Chosen>, RangeError> {
-    let fixed = |range| Ok(Some(Chosen { range, _lock: None }));
-    match mode {
-        PrivateUsers::No => Ok(None),
+    let fixed = |range| Chosen { range, _lock: None };
+    let chosen = match mode {
+        PrivateUsers::No => return Ok(None),
         PrivateUsers::Identity => fixed(IdRange { start: 0, count: RANGE_SIZE }),
         PrivateUsers::FromRoot => {
             use std::os::unix::fs::MetadataExt;
@@ -382,7 +364,7 @@ fn choose_anywhere(
             {
                 return Err(RangeError::InUse { range, what });
             }
-            Ok(Some(Chosen { range, _lock: Some(lock) }))
+            Chosen { range, _lock: Some(lock) }
         }
         PrivateUsers::Pick => {
             let lock = lock(lock_dir)?;
@@ -398,9 +380,16 @@ fn choose_anywhere(
             {
                 record(file, root, &range);
             }
-            Ok(Some(Chosen { range, _lock: Some(lock) }))
+            Chosen { range, _lock: Some(lock) }
         }
+    };
+    // Inside a user namespace (a nested machine) only the ids it maps exist.
+    if let Ok(Some(own)) = crate::procfs::user_namespace_range(std::process::id())
+        && chosen.range.end() > u64::from(own.count)
+    {
+        return Err(RangeError::OutsideNamespace { range: chosen.range, available: own.count });
     }
+    Ok(Some(chosen))
 }
 
 fn lock(dir: &Path) -> Result<Flock<File>, RangeError> {
