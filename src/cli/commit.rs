@@ -13,6 +13,7 @@ use crate::bus::OWN_NAME;
 use crate::bus::client::system_bus;
 use crate::bus::proxy::{self, Manager1Proxy, MctlManager1Proxy};
 use crate::images::interrupt;
+use crate::images::shift::{Shift, View};
 use crate::images::store::{self, ImageStore};
 use crate::runtime::block_on_thread;
 
@@ -107,14 +108,9 @@ pub fn commit(machine: &str, image: &str, cfg: &CliConfig) -> Result<i32, CliErr
         store::copy_tree(Path::new("."), tmp.path())
             .map_err(|e| CliError::new(format!("cannot copy machine {machine}: {e}")))?;
     }
-    if let Some(range) = user_namespace_of(leader)? {
-        drop_files_mounted_over(leader, tmp.path())?;
-        // Seen through the machine's idmapped mount its files carry host ids: the image gets
-        // the machine's own.
-        let shift = crate::images::shift::Shift { from: range, to: 0 };
-        crate::images::shift::shift_tree(tmp.path(), shift)
-            .map_err(|e| CliError::new(format!("cannot give the commit of {machine} its own ids: {e}")))?;
-    }
+    view_of(leader)?
+        .settle(tmp.path())
+        .map_err(|e| CliError::new(format!("cannot give the commit of {machine} its own ids: {e}")))?;
     store.commit(tmp, image).map_err(|e| CliError::new(e.to_string()))?;
     Ok(0)
 }
@@ -137,23 +133,15 @@ fn files_mounted_over(leader: u32) -> Result<Vec<PathBuf>, CliError> {
         .collect())
 }
 
-/// Removes from the copy `dir` of a machine's root the files something was mounted over.
-fn drop_files_mounted_over(leader: u32, dir: &Path) -> Result<(), CliError> {
-    for rel in files_mounted_over(leader)? {
-        let copied = dir.join(&rel);
-        if std::fs::symlink_metadata(&copied).is_ok_and(|m| !m.is_dir()) {
-            std::fs::remove_file(&copied)
-                .map_err(|e| CliError::new(format!("cannot remove {}: {e}", copied.display())))?;
-        }
-    }
-    Ok(())
-}
-
-/// The host ids the user namespace of the machine whose leader is `leader` maps onto (None:
-/// it has none).
-fn user_namespace_of(leader: u32) -> Result<Option<crate::userns::IdRange>, CliError> {
-    crate::procfs::user_namespace_range(leader)
-        .map_err(|e| CliError::new(format!("cannot read the id map of process {leader}: {e}")))
+/// How to read the root of the machine whose leader is `leader` (see [`View`]): as it is, or,
+/// with a user namespace, with the ids shifted back and the files mounted over its own left out.
+fn view_of(leader: u32) -> Result<View, CliError> {
+    let range = crate::procfs::user_namespace_range(leader)
+        .map_err(|e| CliError::new(format!("cannot read the id map of process {leader}: {e}")))?;
+    Ok(match range {
+        Some(range) => View { shift: Some(Shift { from: range, to: 0 }), skip: files_mounted_over(leader)? },
+        None => View::default(),
+    })
 }
 
 /// Whether the root mount of the machine whose leader is `leader` is an overlay over
@@ -208,15 +196,7 @@ pub fn commit_oci(machine: &str, image: &str, cfg: &CliConfig) -> Result<i32, Cl
     let _thaw = Frozen(machine);
     nix::unistd::fchdir(root.as_fd())
         .map_err(|e| CliError::new(format!("cannot enter the machine's root: {e}")))?;
-    // A machine with a user namespace: its root shows host ids and drags the files mounted
-    // over it along (see root_mount_of).
-    let view = match user_namespace_of(leader)? {
-        Some(range) => crate::images::oci::diff::View {
-            shift: Some(crate::images::shift::Shift { from: range, to: 0 }),
-            skip: files_mounted_over(leader)?,
-        },
-        None => Default::default(),
-    };
+    let view = view_of(leader)?;
     let info = oci_commit::commit_layer(
         &store,
         &base,

@@ -8,7 +8,7 @@
 //! are left alone. The walk stays on the tree's file system and never follows a symlink.
 
 use std::ffi::OsStr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::walk::{self, Found, Kind, WalkError};
 use crate::userns::IdRange;
@@ -130,6 +130,48 @@ fn shift_one(f: &Found<'_>, shift: Shift) -> Result<bool, WalkError> {
         }
     }
     Ok(touched)
+}
+
+/// How a running machine's root is read for a commit. With a user namespace its root shows host
+/// ids (`shift` takes them back to the machine's own) and, cloned with the mounts locked on it,
+/// the files mounted over its own (`skip`, relative paths: not the machine's, left out).
+#[derive(Debug, Default)]
+pub struct View {
+    /// Ids back to the machine's.
+    pub shift: Option<Shift>,
+    /// Paths not to look at.
+    pub skip: Vec<PathBuf>,
+}
+
+impl View {
+    /// `st` with the machine's ids.
+    pub fn stat(&self, st: &rustix::fs::Stat) -> rustix::fs::Stat {
+        let mut st = *st;
+        if let Some(shift) = &self.shift {
+            st.st_uid = shift.id(st.st_uid);
+            st.st_gid = shift.id(st.st_gid);
+        }
+        st
+    }
+
+    /// Makes `copy`, a plain copy of the root, what the machine has: the skipped files removed,
+    /// the ids shifted back.
+    pub fn settle(&self, copy: &Path) -> Result<(), WalkError> {
+        for rel in &self.skip {
+            let copied = copy.join(rel);
+            if std::fs::symlink_metadata(&copied).is_ok_and(|m| !m.is_dir()) {
+                std::fs::remove_file(&copied).map_err(|source| WalkError {
+                    step: "cannot remove",
+                    path: copied,
+                    source,
+                })?;
+            }
+        }
+        if let Some(shift) = self.shift {
+            shift_tree(copy, shift)?;
+        }
+        Ok(())
+    }
 }
 
 /// Records an interrupted [`shift_image`] on the tree's root: `FROM TO`.

@@ -18,7 +18,7 @@ pub struct Current<'a> {
     /// The tree.
     pub path: &'a Path,
     /// Ids and paths as the machine has them.
-    pub view: &'a diff::View,
+    pub view: &'a crate::images::shift::View,
 }
 
 /// Commits the tree `current` as image `image`: the layers of image `base` and one more with
@@ -101,15 +101,6 @@ pub fn commit_layer(
     let tmp = store.temp_image("commit", image)?;
     store::copy_tree(current, tmp.path())?;
     // The image directory as the layers make it: the machine's ids, without what was mounted.
-    for rel in &view.skip {
-        let _ = std::fs::remove_file(tmp.path().join(rel));
-    }
-    if let Some(shift) = view.shift {
-        crate::images::shift::shift_tree(tmp.path(), shift).map_err(|e| OciError::Io {
-            step: "cannot give the image its own ids",
-            path: e.path,
-            source: e.source,
-        })?;
-    }
+    view.settle(tmp.path()).map_err(|e| OciError::Io { step: e.step, path: e.path, source: e.source })?;
     meta::commit_image(store, tmp, image, &record)
 }

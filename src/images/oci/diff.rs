@@ -26,6 +26,7 @@ use super::blobs::{BlobStore, BlobWriter};
 use super::digest::{Digest, HashingWriter};
 use super::manifest::{Desc, OCI_LAYER_GZIP};
 use crate::images::interrupt;
+use crate::images::shift::View;
 use crate::images::tar_export;
 use crate::images::walk::{self, Found, Kind, WalkError};
 
@@ -169,28 +170,6 @@ struct Differ<'a> {
     view: &'a View,
     changed: u64,
     removed: u64,
-}
-
-/// How the current tree is read for a layer: a running machine's root with a user namespace
-/// shows host ids (`shift` takes them back to the machine's own) and files mounted over its own
-/// (`skip`, relative paths: left out, neither changed nor removed).
-#[derive(Debug, Default)]
-pub struct View {
-    /// Ids back to the machine's.
-    pub shift: Option<crate::images::shift::Shift>,
-    /// Paths not to look at.
-    pub skip: Vec<PathBuf>,
-}
-
-impl View {
-    fn stat(&self, st: &rfs::Stat) -> rfs::Stat {
-        let mut st = *st;
-        if let Some(shift) = &self.shift {
-            st.st_uid = shift.id(st.st_uid);
-            st.st_gid = shift.id(st.st_gid);
-        }
-        st
-    }
 }
 
 fn member_err(path: &Path) -> impl FnOnce(io::Error) -> OciError + '_ {
@@ -367,7 +346,7 @@ fn add_dir(tar: &mut LayerTar, name: &Path, st: &rfs::Stat, xattrs: &Xattrs) -> 
 }
 
 /// Makes the layer that turns `base` (none: an empty tree) into `current` (read through
-/// `view`), stores it in `blobs` and returns it.
+/// `view`: ids as the machine has them, files mounted over its own left out), stores it in `blobs` and returns it.
 pub fn diff_layer(
     base: Option<&Path>,
     current: &Path,

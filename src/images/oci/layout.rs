@@ -564,7 +564,7 @@ pub fn record_or_tree_layer(
         return Ok(m);
     }
     let _lock = store.lock(name, true)?;
-    let layer = diff::diff_layer(None, &info.path, &diff::View::default(), blobs)?;
+    let layer = diff::diff_layer(None, &info.path, &crate::images::shift::View::default(), blobs)?;
     let host = Platform::host();
     let config = serde_json::json!({
         "created": now_rfc3339(),
