@@ -698,37 +698,10 @@ fn commit_oci_of_an_ephemeral_machine_is_one_layer_that_pushes_and_pulls_back() 
     // Through the proxy, so that the push below goes to the registry the base came from.
     env.ok(&["pull-oci", &env.reference(&proxy.addr, "v1"), "ocibase"]);
     let base_digest = common::tree_digest(&env.image("ocibase"));
-    let mut notify = NotifyListener::new(env.path());
     let script = "rm /etc/added && rm -r /home && echo fresh > /etc/fresh && mkdir -p /srv/new && echo f > /srv/new/f \
                   && chmod 600 /etc/passwd && touch /tmp/ready; sleep 120";
-    let mut machine = Guarded(
-        env.cmd()
-            .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
-            .env("MCTL_RUNTIME_DIR", env.path().join("run"))
-            .env("NOTIFY_SOCKET", &notify.path)
-            .args(["run", "-q", "-x", "-M", "ocibase", "--", "/bin/sh", "-c", script])
-            .spawn()
-            .unwrap(),
-    );
-    let leader = notify.wait_leader(0, Duration::from_secs(20)).expect("the machine started");
-    assert!(
-        wait_until(Duration::from_secs(20), || Path::new(&format!("/proc/{leader}/root/tmp/ready")).exists()),
-        "the machine did not make its changes"
-    );
-    let list = env
-        .cmd()
-        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
-        .args(["list", "--no-legend"])
-        .output()
-        .unwrap();
-    let name = stdout(&list).split_whitespace().next().expect("the machine is registered").to_owned();
-    let o = env
-        .cmd()
-        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
-        .args(["commit", "--oci", &name, "ocicommitted"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "commit --oci: {}", stderr(&o));
+    let (mut machine, _) = changed_ephemeral_machine(&env, &bus, "ocibase", &[], script);
+    commit_oci_of_the_machine(&env, &bus, "ocicommitted");
     stop_launcher(&mut machine);
     assert_eq!(
         common::tree_digest(&env.image("ocibase")),
@@ -858,38 +831,11 @@ fn commit_oci_of_a_user_namespaced_machine_records_its_own_ids() {
     let bus = TestBus::start(env.path());
     let _mctld = Mctld::start(&bus, env.path(), false);
     env.ok(&["pull-oci", &env.reference(&reg, "v1"), "ocibaseu"]);
-    let mut notify = NotifyListener::new(env.path());
     let script = "echo fresh > /etc/fresh && chown 1000:1000 /etc/fresh && touch /tmp/ready; sleep 120";
-    let mut machine = Guarded(
-        env.cmd()
-            .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
-            .env("MCTL_RUNTIME_DIR", env.path().join("run"))
-            .env("NOTIFY_SOCKET", &notify.path)
-            .args(["run", "-q", "-x", "-U", "-M", "ocibaseu", "--", "/bin/sh", "-c", script])
-            .spawn()
-            .unwrap(),
-    );
-    let leader = notify.wait_leader(0, Duration::from_secs(20)).expect("the machine started");
-    assert!(
-        wait_until(Duration::from_secs(20), || Path::new(&format!("/proc/{leader}/root/tmp/ready")).exists()),
-        "the machine did not make its changes"
-    );
+    let (mut machine, leader) = changed_ephemeral_machine(&env, &bus, "ocibaseu", &["-U"], script);
     let shift = std::fs::read_to_string(format!("/proc/{leader}/uid_map")).unwrap();
     assert_ne!(shift.split_whitespace().nth(1), Some("0"), "not in a user namespace: {shift}");
-    let list = env
-        .cmd()
-        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
-        .args(["list", "--no-legend"])
-        .output()
-        .unwrap();
-    let name = stdout(&list).split_whitespace().next().expect("the machine is registered").to_owned();
-    let o = env
-        .cmd()
-        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
-        .args(["commit", "--oci", &name, "ocicommittedu"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "commit --oci: {}", stderr(&o));
+    commit_oci_of_the_machine(&env, &bus, "ocicommittedu");
     stop_launcher(&mut machine);
 
     let rec = record(&env, "ocicommittedu");
@@ -903,4 +849,51 @@ fn commit_oci_of_a_user_namespaced_machine_records_its_own_ids() {
     let fresh = std::fs::metadata(env.image("ocicommittedu/etc/fresh")).unwrap();
     assert_eq!((fresh.uid(), fresh.gid()), (1000, 1000));
     assert_eq!(std::fs::metadata(env.image("ocicommittedu/bin")).unwrap().uid(), 0);
+}
+
+/// An ephemeral machine of `image` (with `opts`) registered on `bus`, once `script` has made its
+/// changes (it touches /tmp/ready, then sleeps); returns it and its leader.
+fn changed_ephemeral_machine(
+    env: &Env,
+    bus: &TestBus,
+    image: &str,
+    opts: &[&str],
+    script: &str,
+) -> (Guarded, i32) {
+    let mut notify = NotifyListener::new(env.path());
+    let machine = Guarded(
+        env.cmd()
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+            .env("MCTL_RUNTIME_DIR", env.path().join("run"))
+            .env("NOTIFY_SOCKET", &notify.path)
+            .args(["run", "-q", "-x"])
+            .args(opts)
+            .args(["-M", image, "--", "/bin/sh", "-c", script])
+            .spawn()
+            .unwrap(),
+    );
+    let leader = notify.wait_leader(0, Duration::from_secs(20)).expect("the machine started");
+    assert!(
+        wait_until(Duration::from_secs(20), || Path::new(&format!("/proc/{leader}/root/tmp/ready")).exists()),
+        "the machine did not make its changes"
+    );
+    (machine, leader)
+}
+
+/// `mctl commit --oci` of the one machine registered on `bus`, as `image`.
+fn commit_oci_of_the_machine(env: &Env, bus: &TestBus, image: &str) {
+    let list = env
+        .cmd()
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+        .args(["list", "--no-legend"])
+        .output()
+        .unwrap();
+    let name = stdout(&list).split_whitespace().next().expect("the machine is registered").to_owned();
+    let o = env
+        .cmd()
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+        .args(["commit", "--oci", &name, image])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "commit --oci: {}", stderr(&o));
 }
