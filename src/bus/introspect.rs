@@ -147,6 +147,33 @@ pub const IMAGE: Interface = Interface {
     signals: &[],
 };
 
+/// A machine's resource limits and usage (mctl's addition on machine objects), with
+/// systemd's property names; `u64::MAX` is infinity for a limit and unknown for a figure.
+pub const MACHINE_RESOURCES: Interface = Interface {
+    name: "org.mctl.MachineResources1",
+    properties: &[
+        ("CPUUsageNSec", "t", "false"),
+        ("MemoryCurrent", "t", "false"),
+        ("MemoryPeak", "t", "false"),
+        ("TasksCurrent", "t", "false"),
+        ("IOReadBytes", "t", "false"),
+        ("IOWriteBytes", "t", "false"),
+        ("IPIngressBytes", "t", "false"),
+        ("IPEgressBytes", "t", "false"),
+        ("OOMKills", "t", "false"),
+        ("MemoryMax", "t", "false"),
+        ("MemoryHigh", "t", "false"),
+        ("MemorySwapMax", "t", "false"),
+        ("TasksMax", "t", "false"),
+        ("CPUWeight", "t", "false"),
+        ("CPUQuotaPerSecUSec", "t", "false"),
+        ("AllowedCPUs", "s", "false"),
+        ("IOWeight", "t", "false"),
+    ],
+    methods: &[],
+    signals: &[],
+};
+
 /// mctl's own additions on the manager object.
 pub const MCTL_MANAGER: Interface = Interface {
     name: "org.mctl.Manager1",
@@ -157,6 +184,8 @@ pub const MCTL_MANAGER: Interface = Interface {
         m("ThawMachine", &[("name", "s")], &[]),
         m("IsMachineFrozen", &[("name", "s")], &[("frozen", "b")]),
         m("ListMachinesDetailed", &[], &[("machines", "a(sssssa(iay))")]),
+        p("SetMachineProperties", &[("name", "s"), ("properties", "as")], &[]),
+        m("ListMachineUsage", &[], &[("machines", "a(stttttttt)")]),
     ],
     signals: &[],
 };

@@ -49,6 +49,11 @@ pub trait Manager1 {
 /// when unknown), addresses (family, bytes).
 pub type MachineDetails = (String, String, String, String, String, crate::manager::Addresses);
 
+/// A row of `ListMachineUsage`: name, CPU ns, memory bytes, tasks, block I/O bytes read and
+/// written, bytes into and out of the machine's links, MemoryMax, OOM kills (`u64::MAX`:
+/// unknown, or no limit).
+pub type UsageRow = (String, u64, u64, u64, u64, u64, u64, u64, u64, u64);
+
 /// mctl's additions.
 #[zbus::proxy(
     interface = "org.mctl.Manager1",
@@ -66,6 +71,10 @@ pub trait MctlManager1 {
     fn is_machine_frozen(&self, name: &str) -> zbus::Result<bool>;
     /// Every machine with its os-release ID and VERSION_ID and its addresses, in one call.
     fn list_machines_detailed(&self) -> zbus::Result<Vec<MachineDetails>>;
+    /// Changes a running machine's resource limits (`NAME=VALUE`, systemd's names).
+    fn set_machine_properties(&self, name: &str, properties: &[String]) -> zbus::Result<()>;
+    /// Every machine's resource use, in one call.
+    fn list_machine_usage(&self) -> zbus::Result<Vec<UsageRow>>;
 }
 
 /// `Properties.GetAll("")` on `path`: every property of every interface, as machinectl asks.

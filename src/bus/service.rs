@@ -22,10 +22,11 @@ use zbus::{Connection, Message, OwnedObjectPath, OwnedVariant, Variant};
 
 use crate::images::store::ImageInfo;
 use crate::manager::pool::{BlockingPool, Class};
+use crate::manager::resources::MachineResources;
 use crate::manager::{Caller, Event, Machine, Manager, ManagerError};
 
 use super::calls::{DecodeError, ImageOp, ManagerCall};
-use super::introspect::{self, IMAGE, Interface, MACHINE, MANAGER, MCTL_MANAGER};
+use super::introspect::{self, IMAGE, Interface, MACHINE, MACHINE_RESOURCES, MANAGER, MCTL_MANAGER};
 use super::limits::{Admission, Limits, Ticket};
 use super::paths::{self, IMAGE_DIR, MACHINE_DIR, MANAGER_PATH};
 use super::proxy::MachineDetails;
@@ -91,6 +92,9 @@ impl From<zbus::Error> for CallError {
 
 type Reply = Result<(), CallError>;
 
+/// A row of `ListMachineUsage` (see [`crate::bus::proxy::UsageRow`]).
+type UsageRow = crate::bus::proxy::UsageRow;
+
 fn ov<'a>(v: impl Into<Variant<'a>>) -> OwnedVariant {
     OwnedVariant::try_from(v.into()).expect("plain values have no fds")
 }
@@ -108,6 +112,30 @@ fn machine_props(m: &Machine) -> Props {
         ("RootDirectory", ov(m.root_directory.as_str())),
         ("NetworkInterfaces", ov(m.netif.clone())),
         ("State", ov(m.state.as_str())),
+    ])
+}
+
+fn resource_props(r: &MachineResources) -> Props {
+    let (u, l) = (&r.usage, &r.limits);
+    let known = |v: Option<u64>| ov(v.unwrap_or(u64::MAX));
+    Props(vec![
+        ("CPUUsageNSec", known(u.cpu_usage_ns)),
+        ("MemoryCurrent", known(u.memory_current)),
+        ("MemoryPeak", known(u.memory_peak)),
+        ("TasksCurrent", known(u.tasks_current)),
+        ("IOReadBytes", known(u.io_read_bytes)),
+        ("IOWriteBytes", known(u.io_write_bytes)),
+        ("IPIngressBytes", known(r.ip_ingress_bytes)),
+        ("IPEgressBytes", known(r.ip_egress_bytes)),
+        ("OOMKills", known(u.oom_kills)),
+        ("MemoryMax", ov(l.memory_max)),
+        ("MemoryHigh", ov(l.memory_high)),
+        ("MemorySwapMax", ov(l.memory_swap_max)),
+        ("TasksMax", ov(l.tasks_max)),
+        ("CPUWeight", ov(l.cpu_weight)),
+        ("CPUQuotaPerSecUSec", ov(l.cpu_quota_per_sec_usec)),
+        ("AllowedCPUs", ov(l.allowed_cpus.as_str())),
+        ("IOWeight", ov(l.io_weight)),
     ])
 }
 
@@ -392,7 +420,7 @@ impl Service {
         let ifaces: &[&Interface] = match obj {
             Object::Node(_) => &[],
             Object::Manager => &[&MANAGER, &MCTL_MANAGER],
-            Object::Machine(_) => &[&MACHINE],
+            Object::Machine(_) => &[&MACHINE, &MACHINE_RESOURCES],
             Object::Image(_) => &[&IMAGE],
         };
         match (iface.as_deref(), member.as_str()) {
@@ -456,6 +484,9 @@ impl Service {
             match obj {
                 Object::Manager if name == MANAGER.name => Some(manager_props(&self.mgr)),
                 Object::Machine(m) if name == MACHINE.name => Some(machine_props(m)),
+                Object::Machine(m) if name == MACHINE_RESOURCES.name => {
+                    Some(resource_props(&self.mgr.resources(m)))
+                }
                 Object::Image(i) if name == IMAGE.name => Some(image_props(i)),
                 _ => ifaces.iter().any(|i| i.name == name).then(|| Props(Vec::new())),
             }
@@ -657,6 +688,39 @@ impl Service {
                     .await?
                     .into_iter()
                     .map(|o| (o.name, o.class, o.service, o.os_id, o.version_id, o.addresses))
+                    .collect();
+                self.reply(hdr, &rows).await
+            }
+            "SetMachineProperties" => {
+                let (name, assignments): (String, Vec<String>) =
+                    msg.body().deserialize().map_err(CallError::bad_body)?;
+                // Lowering memory.max reclaims before the write returns: blocking work.
+                self.blocking(hdr, None, move |mgr, caller| mgr.set_properties(&name, &assignments, caller))
+                    .await?;
+                self.reply(hdr, &()).await
+            }
+            "ListMachineUsage" => {
+                let rows: Vec<UsageRow> = self
+                    .mgr
+                    .list()
+                    .iter()
+                    .map(|m| {
+                        let r = self.mgr.resources(m);
+                        let u = r.usage;
+                        let known = |v: Option<u64>| v.unwrap_or(u64::MAX);
+                        (
+                            m.name.clone(),
+                            known(u.cpu_usage_ns),
+                            known(u.memory_current),
+                            known(u.tasks_current),
+                            known(u.io_read_bytes),
+                            known(u.io_write_bytes),
+                            known(r.ip_ingress_bytes),
+                            known(r.ip_egress_bytes),
+                            r.limits.memory_max,
+                            known(u.oom_kills),
+                        )
+                    })
                     .collect();
                 self.reply(hdr, &rows).await
             }

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub mod devices;
+pub mod resources;
 
 /// Where cgroups are and where machines go; paths are parameters so tests can redirect them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,7 +106,7 @@ impl Hierarchy {
         self.mount.join(self.own.trim_start_matches('/'))
     }
 
-    fn is(&self, controller: &str) -> bool {
+    pub(crate) fn is(&self, controller: &str) -> bool {
         self.controllers.iter().any(|c| c == controller)
     }
 }
@@ -409,6 +410,19 @@ impl MachineCgroup {
             self.parts.iter().map(|p| if self.keep_unit { p.payload() } else { p.machine.clone() }).collect();
         let parents = self.parts.iter().filter_map(|p| p.parent.clone()).collect();
         (dirs, parents)
+    }
+
+    /// The machine's cgroup in every hierarchy, where its limits go.
+    pub fn dirs(&self) -> resources::MachineDirs {
+        resources::MachineDirs {
+            unified: self.parts[0].machine.clone(),
+            v1: self
+                .parts
+                .iter()
+                .filter(|p| !p.hierarchy.v2)
+                .map(|p| (p.hierarchy.controllers.clone(), p.machine.clone()))
+                .collect(),
+        }
     }
 
     /// The machine's cgroup in the cgroup2 hierarchy.

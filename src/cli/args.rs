@@ -40,6 +40,10 @@ pub enum Command {
     Shell(ShellArgs),
     /// Make a new image from a running machine's filesystem (frozen while it is copied).
     Commit(CommitArgs),
+    /// Change a running machine's resource limits (systemd's names: MemoryMax=1G ...).
+    SetProperty(SetPropertyArgs),
+    /// Show machines' resource use live, like systemd-cgtop.
+    Top(TopArgs),
     /// Freeze every process of machines (cgroup freezer).
     Freeze(NamesArgs),
     /// Thaw frozen machines.
@@ -376,6 +380,53 @@ pub struct NamesArgs {
     pub names: Vec<String>,
 }
 
+/// `mctl set-property`.
+#[derive(Debug, Args)]
+pub struct SetPropertyArgs {
+    /// The running machine.
+    pub name: String,
+    /// NAME=VALUE assignments: MemoryMax, MemoryHigh, MemorySwapMax, TasksMax, CPUWeight,
+    /// CPUQuota, AllowedCPUs, IOWeight, IO{Read,Write}{Bandwidth,IOPS}Max.
+    #[arg(required = true, value_name = "NAME=VALUE")]
+    pub properties: Vec<String>,
+    /// Change the running machine only; without it the values are also written to the
+    /// machine's settings file (/etc/mctl/NAME.mctl) for its next start.
+    #[arg(long)]
+    pub runtime: bool,
+}
+
+/// How `mctl top` orders machines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TopOrder {
+    /// By CPU use (the default).
+    Cpu,
+    /// By memory.
+    Memory,
+    /// By number of tasks.
+    Tasks,
+    /// By block I/O.
+    Io,
+    /// By name.
+    Name,
+}
+
+/// `mctl top`.
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Refresh every this many seconds.
+    #[arg(short = 'd', long, default_value = "1", value_name = "SECONDS")]
+    pub delay: f64,
+    /// Stop after this many refreshes (default: run until interrupted).
+    #[arg(short = 'n', long, value_name = "N")]
+    pub iterations: Option<u64>,
+    /// Plain output for scripts: each refresh printed after the last, no screen control.
+    #[arg(short = 'b', long)]
+    pub batch: bool,
+    /// The column to sort by, largest first.
+    #[arg(short = 'o', long, value_enum, default_value = "cpu")]
+    pub order: TopOrder,
+}
+
 /// `mctl commit`.
 #[derive(Debug, Args)]
 pub struct CommitArgs {
@@ -554,6 +605,16 @@ pub struct MachineArgs {
     /// (setuid/setgid bits and file capabilities are ignored). Breaks sudo, su and ping.
     #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "yes", value_name = "BOOL")]
     pub no_new_privileges: Option<YesNo>,
+    /// A resource limit on the machine's cgroup, with systemd's names and units:
+    /// MemoryMax=512M, MemoryHigh=, MemorySwapMax=, TasksMax=100, CPUWeight=50, CPUQuota=150%,
+    /// AllowedCPUs=0-1, IOWeight=, IOReadBandwidthMax="/dev/sda 10M" (and IOWrite..., ...IOPSMax).
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub property: Vec<String>,
+    /// Read the machine's settings file (NAME.mctl in /etc/mctl, /run/mctl, or beside the
+    /// image): yes, no, trusted (a file beside the image may grant privileges too) or override
+    /// (the file's settings win over the command line's).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub settings: Option<super::settings::SettingsMode>,
 }
 
 /// `mctl boot`.

@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use crate::cgroups::CgroupConfig;
+use crate::cgroups::resources::Property;
 use crate::launcher::security::{CapabilityAdjust, parse_caps};
 use crate::launcher::spec::{self, ConsoleMode, LaunchSpec, Payload};
 use crate::names::{self, MachineName};
@@ -15,19 +16,22 @@ use super::{CliConfig, CliError};
 
 /// `mctl boot`.
 pub fn boot(a: BootArgs, cfg: &CliConfig) -> Result<i32, CliError> {
-    let spec = build_spec(a.machine, Payload::Boot { args: a.init_args }, cfg)?;
+    let (mut machine, mut args) = (a.machine, a.init_args);
+    super::settings::apply(&mut machine, &mut args, None, cfg)?;
+    let spec = build_spec(machine, Payload::Boot { args }, cfg)?;
     Ok(crate::launcher::launch(&spec)?)
 }
 
 /// `mctl run`.
 pub fn run(a: RunArgs, cfg: &CliConfig) -> Result<i32, CliError> {
-    let (mut machine, mut argv) = (a.machine, a.command);
+    let (mut machine, mut argv, mut as_pid2) = (a.machine, a.command, a.as_pid2);
+    super::settings::apply(&mut machine, &mut argv, Some(&mut as_pid2), cfg)?;
     if argv.is_empty() {
         // No command: an OCI image's own (entrypoint, env, working directory, user).
         super::oci::fill_from_image(&mut machine, &mut argv, cfg)?;
     }
-    let spec = build_spec(machine, Payload::Command { argv, as_pid2: a.as_pid2 }, cfg)?;
-    if a.as_pid2 {
+    let spec = build_spec(machine, Payload::Command { argv, as_pid2 }, cfg)?;
+    if as_pid2 {
         // The reaper stays in the machine for its whole life; it must not map the host's binary.
         crate::sys::linux::ensure_running_from_sealed_copy()
             .map_err(|e| CliError::new(format!("cannot run from a sealed copy of mctl: {e}")))?;
@@ -128,6 +132,7 @@ pub fn build_spec(m: MachineArgs, payload: Payload, cfg: &CliConfig) -> Result<L
         private_users,
         private_users_ownership,
         no_new_privileges: m.no_new_privileges == Some(YesNo::Yes),
+        resources: resources(&m.property)?,
     })
 }
 
@@ -200,6 +205,17 @@ impl Mounts {
             m.tmpfs.iter().map(|t| spec::parse_tmpfs(t)).collect::<Result<Vec<_>, _>>().map_err(bad)?;
         Ok(Mounts { binds, overlays, tmpfs })
     }
+}
+
+/// `--property`: later assignments of a setting replace earlier ones.
+pub fn resources(assignments: &[String]) -> Result<Vec<Property>, CliError> {
+    let mut out: Vec<Property> = Vec::new();
+    for a in assignments {
+        let p = Property::parse(a).map_err(|e| CliError::new(format!("--property: {e}")))?;
+        out.retain(|q| !q.same_setting(&p));
+        out.push(p);
+    }
+    Ok(out)
 }
 
 /// `--capability`, `--drop-capability`, `--system-call-filter`.

@@ -24,12 +24,12 @@ pub fn describe(e: &zbus::Error) -> String {
     error_message(e)
 }
 
-fn unreachable(e: zbus::Error) -> CliError {
+pub(super) fn unreachable(e: zbus::Error) -> CliError {
     CliError::new(format!("cannot reach mctld on the system bus: {} (is mctld running?)", describe(&e)))
 }
 
 /// Runs `f` with a connection to the system bus.
-fn with_bus<T, F, Fut>(f: F) -> Result<T, CliError>
+pub(super) fn with_bus<T, F, Fut>(f: F) -> Result<T, CliError>
 where
     F: FnOnce(Connection) -> Fut + Send + 'static,
     Fut: Future<Output = Result<T, CliError>>,
@@ -44,7 +44,7 @@ where
 
 /// A failed call: unknown machines and similar keep machined's text; a missing manager says
 /// how to get one.
-fn call_error(prefix: &str, e: zbus::Error) -> CliError {
+pub(super) fn call_error(prefix: &str, e: zbus::Error) -> CliError {
     if is_no_manager(&e) {
         return unreachable(e);
     }
@@ -200,7 +200,13 @@ pub fn show(a: &ShowArgs) -> Result<i32, CliError> {
         if i > 0 {
             out.push('\n');
         }
-        out.push_str(&format_properties(&props, introspect::MACHINE.properties, &wanted, a.value, a.all));
+        let order: Vec<_> = introspect::MACHINE
+            .properties
+            .iter()
+            .chain(introspect::MACHINE_RESOURCES.properties)
+            .copied()
+            .collect();
+        out.push_str(&format_properties(&props, &order, &wanted, a.value, a.all));
     }
     emit(&out);
     Ok(0)
@@ -308,6 +314,7 @@ pub fn status(names: &[String]) -> Result<i32, CliError> {
         if frozen {
             out.push_str("\t  Frozen: yes\n");
         }
+        out.push_str(&super::resources::status_lines(&props));
         if !cgroup.is_empty() {
             out.push_str(&format!("\t  CGroup: {cgroup}\n"));
             if let Some(dir) = unified_dir(&cgroup) {

@@ -9,6 +9,8 @@ pub mod machine;
 pub mod manage;
 pub mod oci;
 pub mod output;
+pub mod resources;
+pub mod settings;
 pub mod shell;
 pub mod units;
 
@@ -27,6 +29,9 @@ pub struct CliConfig {
     /// State kept across boots of the host (`$MCTL_STATE_DIR`, default `/var/lib/mctl`): the id
     /// range each image had.
     pub state_dir: PathBuf,
+    /// Machine settings files written by `set-property` and read first at a start
+    /// (`$MCTL_CONFIG_DIR`, default `/etc/mctl`); `$MCTL_RUNTIME_DIR` is searched next.
+    pub config_dir: PathBuf,
 }
 
 impl CliConfig {
@@ -45,6 +50,9 @@ impl CliConfig {
             state_dir: std::env::var_os("MCTL_STATE_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("/var/lib/mctl")),
+            config_dir: std::env::var_os("MCTL_CONFIG_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/etc/mctl")),
         }
     }
 }
@@ -89,6 +97,8 @@ pub fn run(cli: Cli, cfg: &CliConfig) -> Result<i32, CliError> {
         args::Command::Shell(a) => shell::shell(&a, cfg),
         args::Command::Commit(a) if a.oci => commit::commit_oci(&a.machine, &a.image, cfg),
         args::Command::Commit(a) => commit::commit(&a.machine, &a.image, cfg),
+        args::Command::SetProperty(a) => resources::set_property(&a, cfg),
+        args::Command::Top(a) => resources::top(&a),
         args::Command::Freeze(a) => manage::freeze(&a.names, true),
         args::Command::Thaw(a) => manage::freeze(&a.names, false),
         args::Command::Start(a) => units::start_stop(&a.names, cfg, true),

@@ -84,6 +84,31 @@ pub fn relative(us: u64, now_us: u64) -> String {
     format!("{text} ago")
 }
 
+/// A duration as systemd prints one (`200ms`, `1s`, `1500us`).
+pub fn timespan_us(us: u64) -> String {
+    match us {
+        0 => "0".to_owned(),
+        n if n % 1_000_000 == 0 => format!("{}s", n / 1_000_000),
+        n if n % 1000 == 0 => format!("{}ms", n / 1000),
+        n => format!("{n}us"),
+    }
+}
+
+/// Bytes as systemd prints them: base 1024, one decimal (`20.1M`, `512B`).
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["K", "M", "G", "T", "P", "E"];
+    if n < 1024 {
+        return format!("{n}B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1}{}", UNITS[unit])
+}
+
 /// A property value as machinectl's `show` prints it; `None` for values it cannot print
 /// (shown as `[unprintable]` with `--all`). Empty strings and arrays print as empty.
 pub fn property_value(name: &str, v: &Variant<'_>) -> Option<String> {
@@ -104,6 +129,9 @@ pub fn property_value(name: &str, v: &Variant<'_>) -> Option<String> {
                 timestamp(*n)
             }
         }
+        Variant::U64(u64::MAX) if crate::cgroups::resources::is_limit(name) => "infinity".to_owned(),
+        Variant::U64(u64::MAX) => "[not set]".to_owned(),
+        Variant::U64(n) if name.ends_with("USec") => timespan_us(*n),
         Variant::U64(n) => n.to_string(),
         Variant::Array(a) => {
             let bytes: Option<Vec<u8>> =

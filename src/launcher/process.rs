@@ -61,6 +61,9 @@ pub enum LaunchError {
     /// The system call filter could not be built.
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::SeccompError),
+    /// A resource limit could not be put on the machine's cgroup.
+    #[error(transparent)]
+    Resources(#[from] crate::cgroups::resources::ResourceError),
     /// Talking to a child failed.
     #[error(transparent)]
     Channel(#[from] ChannelError),
@@ -378,6 +381,10 @@ impl<'a> Run<'a> {
         let cgroup = MachineCgroup::create(&spec.cgroup, spec.name.as_str(), spec.keep_unit)?;
         let (dirs, parents) = cgroup.owned_dirs();
         record.set_cgroups(dirs, parents).map_err(|e| LaunchError::Setup("record the launch", e))?;
+        let limits = cgroup.dirs();
+        for p in &spec.resources {
+            limits.apply(p)?;
+        }
         if announce {
             eprintln!("Spawning container {} on {}.", spec.name, spec.root.display());
             if spec.console == ConsoleMode::Interactive {

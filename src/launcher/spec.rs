@@ -151,6 +151,8 @@ pub struct LaunchSpec {
     pub private_users_ownership: crate::userns::Ownership,
     /// `--no-new-privileges`: the payload runs with the no_new_privs flag.
     pub no_new_privileges: bool,
+    /// `--property`: resource limits on the machine's cgroup, in the order given.
+    pub resources: Vec<crate::cgroups::resources::Property>,
 }
 
 #[cfg(test)]
@@ -187,6 +189,7 @@ impl LaunchSpec {
             private_users: crate::userns::PrivateUsers::No,
             private_users_ownership: crate::userns::Ownership::Auto,
             no_new_privileges: false,
+            resources: Vec::new(),
         }
     }
 }

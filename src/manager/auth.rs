@@ -12,7 +12,7 @@ use super::ManagerError;
 pub enum Action {
     /// Register a machine.
     Register,
-    /// Terminate, kill, freeze, thaw or unregister a machine.
+    /// Terminate, kill, freeze, thaw, limit or unregister a machine.
     Manage,
     /// Remove, rename, clone or mark images.
     ManageImages,
@@ -22,7 +22,7 @@ impl Action {
     fn verb(self) -> &'static str {
         match self {
             Action::Register => "register machines",
-            Action::Manage => "terminate, kill or unregister machines",
+            Action::Manage => "terminate, kill, freeze, limit or unregister machines",
             Action::ManageImages => "change images",
         }
     }

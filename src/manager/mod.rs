@@ -18,6 +18,7 @@ pub mod images;
 pub mod machine;
 pub mod pool;
 pub mod registry;
+pub mod resources;
 pub mod store;
 
 pub use auth::{Action, Caller};
@@ -167,6 +168,8 @@ pub struct Manager {
     store: Store,
     events: broadcast::Sender<Event>,
     unified_mount: Option<PathBuf>,
+    /// The host's cgroup hierarchies, for finding machines' cgroups.
+    hierarchies: Vec<cgroups::Hierarchy>,
     pool_path: PathBuf,
     images: crate::images::store::ImageStore,
     me: Weak<Manager>,
@@ -184,14 +187,15 @@ impl Manager {
     /// Opens the state directory; call [`Manager::recover`] next (inside the runtime).
     pub fn new(cfg: &ManagerConfig) -> Result<Arc<Self>, ManagerError> {
         let store = Store::open(&cfg.state_dir).map_err(|e| ManagerError::Failed(e.to_string()))?;
-        let unified_mount =
-            cgroups::detect(&cfg.cgroup).ok().and_then(|hs| hs.into_iter().find(|h| h.v2)).map(|h| h.mount);
+        let hierarchies = cgroups::detect(&cfg.cgroup).unwrap_or_default();
+        let unified_mount = hierarchies.iter().find(|h| h.v2).map(|h| h.mount.clone());
         let (events, _) = broadcast::channel(256);
         Ok(Arc::new_cyclic(|me| Manager {
             machines: Mutex::new(Registry::default()),
             store,
             events,
             unified_mount,
+            hierarchies,
             pool_path: cfg.pool_path.clone(),
             images: crate::images::store::ImageStore::new(cfg.pool_path.clone()),
             me: me.clone(),
