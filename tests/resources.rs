@@ -142,6 +142,12 @@ fn a_booted_machine_is_held_to_its_limits() {
     assert!(cpu > 5.0 && cpu < 30.0, "{tables}");
     assert!(cols[3].ends_with('M') && cols[1].parse::<u64>().unwrap() > 0, "{tables}");
 
+    let json = ok(&bus, &config, &["top", "-o", "json", "-n", "1"]);
+    let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let row = rows.as_array().unwrap().iter().find(|r| r["machine"] == "limited").expect(&json);
+    assert_eq!(row["memory_max"], 64 << 20, "{json}");
+    assert!(row["cpu_usage_nsec"].as_u64() > Some(0) && row["oom_kills"].as_u64() >= Some(1), "{json}");
+
     // set-property: raised for the running machine only, the 200M fit; lowered and recorded.
     ok(&bus, &config, &["set-property", "--runtime", "limited", "MemoryMax=512M"]);
     assert_eq!(prop(&bus, &config, "MemoryMax"), 512 << 20);

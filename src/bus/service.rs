@@ -495,9 +495,10 @@ impl Service {
             "GetAll" => {
                 let (iface,): (String,) = msg.body().deserialize().map_err(CallError::bad_body)?;
                 if iface.is_empty() {
-                    // sd-bus semantics: every interface of the object, in order.
+                    // sd-bus semantics: every interface of the object, in order; but not the
+                    // resource figures, so that machinectl shows exactly machined's keys.
                     let mut out = Vec::new();
-                    for i in ifaces {
+                    for i in ifaces.iter().filter(|i| i.name != MACHINE_RESOURCES.name) {
                         out.extend(all_props(i.name).map(|p| p.0).unwrap_or_default());
                     }
                     return self.reply(hdr, &Props(out)).await;

@@ -423,8 +423,11 @@ pub struct TopArgs {
     #[arg(short = 'b', long)]
     pub batch: bool,
     /// The column to sort by, largest first.
-    #[arg(short = 'o', long, value_enum, default_value = "cpu")]
+    #[arg(long, value_enum, default_value = "cpu")]
     pub order: TopOrder,
+    /// Output format: a table, or each refresh as one JSON array (with the raw counters).
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    pub output: OutputFormat,
 }
 
 /// `mctl commit`.

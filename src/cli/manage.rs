@@ -169,9 +169,23 @@ async fn machine_properties(
 ) -> Result<HashMap<String, OwnedVariant>, CliError> {
     let mgr = Manager1Proxy::new(conn).await.map_err(unreachable)?;
     let path = mgr.get_machine(name).await.map_err(|e| call_error("Could not get path to machine", e))?;
-    proxy::all_properties(conn, OWN_NAME, path.as_str())
+    let mut props = proxy::all_properties(conn, OWN_NAME, path.as_str())
         .await
-        .map_err(|e| call_error("Could not get properties", e))
+        .map_err(|e| call_error("Could not get properties", e))?;
+    // Asked for by name: GetAll("") leaves them out, as machinectl expects.
+    let reply = conn
+        .call_method(
+            Some(OWN_NAME),
+            path.as_str(),
+            Some("org.freedesktop.DBus.Properties"),
+            "GetAll",
+            &(introspect::MACHINE_RESOURCES.name,),
+        )
+        .await;
+    if let Ok(resources) = reply.and_then(|r| r.body().deserialize::<HashMap<String, OwnedVariant>>()) {
+        props.extend(resources);
+    }
+    Ok(props)
 }
 
 /// `mctl show`.

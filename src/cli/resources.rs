@@ -7,7 +7,7 @@ use zbus::OwnedVariant;
 
 use crate::bus::proxy::{MctlManager1Proxy, UsageRow};
 
-use super::args::{SetPropertyArgs, TopArgs, TopOrder};
+use super::args::{OutputFormat, SetPropertyArgs, TopArgs, TopOrder};
 use super::manage::{call_error, unreachable, with_bus};
 use super::output::{self, bytes, emit};
 use super::{CliConfig, CliError};
@@ -90,6 +90,7 @@ fn cpu_time(ns: u64) -> String {
 /// One machine in one refresh of `top`.
 struct TopRow {
     name: String,
+    sample: UsageRow,
     tasks: Option<u64>,
     cpu_percent: Option<f64>,
     memory: Option<u64>,
@@ -113,6 +114,7 @@ fn top_rows(now: &[UsageRow], before: &HashMap<String, UsageRow>, elapsed: Durat
             let prev = before.get(&r.0);
             TopRow {
                 name: r.0.clone(),
+                sample: r.clone(),
                 tasks: known(r.3),
                 cpu_percent: rate(r.1, prev.map(|p| p.1)).map(|ns_per_s| ns_per_s / 1e7),
                 memory: known(r.2),
@@ -154,6 +156,31 @@ fn top_table(rows: &[TopRow]) -> String {
     output::table(&["MACHINE", "TASKS", "%CPU", "MEMORY", "READ/s", "WRITE/s"], &cells)
 }
 
+fn top_json(rows: &[TopRow], pretty: bool) -> String {
+    let items: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            let s = &r.sample;
+            serde_json::json!({
+                "machine": r.name,
+                "tasks": r.tasks,
+                "cpu_percent": r.cpu_percent,
+                "cpu_usage_nsec": known(s.1),
+                "memory_current": r.memory,
+                "memory_max": known(s.8),
+                "io_read_bytes": known(s.4),
+                "io_write_bytes": known(s.5),
+                "io_read_rate": r.read_rate,
+                "io_write_rate": r.write_rate,
+                "ip_ingress_bytes": known(s.6),
+                "ip_egress_bytes": known(s.7),
+                "oom_kills": known(s.9),
+            })
+        })
+        .collect();
+    output::json(&items, pretty)
+}
+
 /// `mctl top`: every running machine's use, refreshed every `--delay` seconds. The first
 /// refresh has no rates yet (shown as `-`), as in systemd-cgtop.
 pub fn top(a: &TopArgs) -> Result<i32, CliError> {
@@ -163,8 +190,9 @@ pub fn top(a: &TopArgs) -> Result<i32, CliError> {
             a.delay
         )));
     }
-    let (delay, iterations, batch, order) =
-        (Duration::from_secs_f64(a.delay), a.iterations, a.batch, a.order);
+    let (delay, iterations, order, format) =
+        (Duration::from_secs_f64(a.delay), a.iterations, a.order, a.output);
+    let batch = a.batch || format != OutputFormat::Table;
     with_bus(move |conn| async move {
         let mctl = MctlManager1Proxy::new(&conn).await.map_err(unreachable)?;
         let mut before: HashMap<String, UsageRow> = HashMap::new();
@@ -175,9 +203,17 @@ pub fn top(a: &TopArgs) -> Result<i32, CliError> {
             let taken = Instant::now();
             let mut rows = top_rows(&now, &before, taken - last);
             sort_rows(&mut rows, order);
-            let mut text = if batch { String::new() } else { "\x1b[H\x1b[2J".to_owned() };
-            text.push_str(&top_table(&rows));
-            text.push_str(&format!("\n{} machines.\n", rows.len()));
+            let text = match format {
+                OutputFormat::Table => {
+                    let mut text = if batch { String::new() } else { "\x1b[H\x1b[2J".to_owned() };
+                    text.push_str(&top_table(&rows));
+                    text.push_str(&format!("\n{} machines.\n", rows.len()));
+                    text
+                }
+                OutputFormat::Json | OutputFormat::JsonPretty => {
+                    top_json(&rows, format == OutputFormat::JsonPretty)
+                }
+            };
             emit(&text);
             before = now.into_iter().map(|r| (r.0.clone(), r)).collect();
             last = taken;
