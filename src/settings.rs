@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use clap::ValueEnum;
 
 use crate::cgroups::resources::Property;
+use crate::launcher::attributes;
 
 /// A settings file that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +59,16 @@ pub struct Settings {
     pub capability: Vec<String>,
     /// `[Exec] DropCapability=`.
     pub drop_capability: Vec<String>,
+    /// `[Exec] AmbientCapability=`.
+    pub ambient_capability: Vec<String>,
+    /// `[Exec] LimitNOFILE=` and the other limits, as `--rlimit` values (`NOFILE=1024:4096`).
+    pub rlimits: Vec<String>,
+    /// `[Exec] OOMScoreAdjust=`.
+    pub oom_score_adjust: Option<String>,
+    /// `[Exec] CPUAffinity=`.
+    pub cpu_affinity: Option<String>,
+    /// `[Exec] Personality=`.
+    pub personality: Option<String>,
     /// `[Exec] KillSignal=`.
     pub kill_signal: Option<String>,
     /// `[Exec] Hostname=`.
@@ -111,16 +122,11 @@ pub struct Settings {
 }
 
 /// Keys nspawn knows that mctl does not carry out (refused rather than silently ignored).
-const NSPAWN_ONLY: [&str; 16] = [
-    "Personality",
+const NSPAWN_ONLY: [&str; 11] = [
     "PivotRoot",
     "LinkJournal",
     "ResolvConf",
     "Timezone",
-    "OOMScoreAdjust",
-    "CPUAffinity",
-    "LimitCPU",
-    "LimitNOFILE",
     "Inaccessible",
     "BindUser",
     "MACVLAN",
@@ -132,8 +138,10 @@ const NSPAWN_ONLY: [&str; 16] = [
 
 /// Keys an untrusted file may not set: they grant capabilities or system calls, reach host
 /// files or host network interfaces, or weaken the sandbox.
-const PRIVILEGED: [&str; 15] = [
+const PRIVILEGED: [&str; 17] = [
     "Capability",
+    "AmbientCapability",
+    "OOMScoreAdjust",
     "SystemCallFilter",
     "PrivateUsers",
     "NoNewPrivileges",
@@ -260,7 +268,6 @@ impl Settings {
     fn set(&mut self, section: &str, key: &str, value: &str) -> Result<(), String> {
         let boolean = || parse_bool(value).ok_or_else(|| "expected a boolean (yes or no)".to_owned());
         let some = || (!value.is_empty()).then(|| value.to_owned());
-        let check = |r: Result<(), String>| r.map(|_| value.to_owned());
         match (section, key) {
             ("Exec", "Boot") => self.boot = Some(boolean()?),
             ("Exec", "Parameters") => {
@@ -277,10 +284,32 @@ impl Settings {
                 }
                 self.working_directory = Some(value.into());
             }
-            ("Exec", "Capability") | ("Exec", "DropCapability") => {
-                let v =
-                    check(crate::launcher::security::parse_caps(value).map(drop).map_err(|e| e.to_string()))?;
-                if key == "Capability" { self.capability.push(v) } else { self.drop_capability.push(v) }
+            ("Exec", "Capability" | "DropCapability" | "AmbientCapability") => {
+                // nspawn's lists are space-separated; the command line's are comma-separated.
+                let list = value.split_whitespace().collect::<Vec<_>>().join(",");
+                crate::launcher::security::parse_caps(&list).map_err(|e| e.to_string())?;
+                match key {
+                    "Capability" => self.capability.push(list),
+                    "DropCapability" => self.drop_capability.push(list),
+                    _ => self.ambient_capability.push(list),
+                }
+            }
+            ("Exec", k) if k.starts_with("Limit") && attributes::rlimit_setting_names().any(|n| n == k) => {
+                let arg = format!("{}={value}", &k["Limit".len()..]);
+                attributes::Rlimit::parse(&arg).map_err(|e| e.expected)?;
+                self.rlimits.push(arg);
+            }
+            ("Exec", "OOMScoreAdjust") => {
+                attributes::parse_oom_score_adjust(value).map_err(|e| e.expected)?;
+                self.oom_score_adjust = Some(value.to_owned());
+            }
+            ("Exec", "CPUAffinity") => {
+                attributes::parse_cpu_affinity(value).map_err(|e| e.expected)?;
+                self.cpu_affinity = Some(value.to_owned());
+            }
+            ("Exec", "Personality") => {
+                attributes::Personality::parse(value).map_err(|e| e.expected)?;
+                self.personality = Some(value.to_owned());
             }
             ("Exec", "KillSignal") => {
                 value.parse::<crate::signals::SignalNumber>().map_err(|e| e.to_string())?;
@@ -454,6 +483,10 @@ Environment=MODE=prod
 Parameters=--log-level=debug 'systemd.unit=multi-user.target'
 PrivateUsers=pick
 KillSignal=SIGTERM
+LimitNOFILE=1024:4096
+OOMScoreAdjust=100
+CPUAffinity=0
+AmbientCapability=CAP_NET_RAW CAP_CHOWN
 
 [Files]
 BindReadOnly=/srv/www:/var/www
@@ -484,6 +517,9 @@ CPUQuota=50%
         assert_eq!(s.virtual_ethernet, Some(true));
         assert_eq!(s.port, ["tcp:8080:80"]);
         assert_eq!(s.resources, ["MemoryMax=512M", "CPUQuota=50%"]);
+        assert_eq!(s.rlimits, ["NOFILE=1024:4096"]);
+        assert_eq!((s.oom_score_adjust.as_deref(), s.cpu_affinity.as_deref()), (Some("100"), Some("0")));
+        assert_eq!(s.ambient_capability, ["CAP_NET_RAW,CAP_CHOWN"]);
         assert!(s.ignored.is_empty());
     }
 
@@ -494,7 +530,15 @@ CPUQuota=50%
         assert!(s.bind_read_only.is_empty() && s.port.is_empty() && s.virtual_ethernet.is_none());
         assert_eq!(
             s.ignored,
-            ["PrivateUsers", "BindReadOnly", "TemporaryFileSystem", "VirtualEthernet", "Port"]
+            [
+                "PrivateUsers",
+                "OOMScoreAdjust",
+                "AmbientCapability",
+                "BindReadOnly",
+                "TemporaryFileSystem",
+                "VirtualEthernet",
+                "Port"
+            ]
         );
         // Limits only take away: they are kept.
         assert_eq!(s.resources, ["MemoryMax=512M", "CPUQuota=50%"]);
@@ -506,6 +550,10 @@ CPUQuota=50%
             ("[Exec]\nBoot=maybe\n", "web.mctl:2: Boot=maybe: expected a boolean"),
             ("[Resources]\n\nMemoryMax=lots\n", "web.mctl:3: MemoryMax=lots: expected bytes"),
             ("[Exec]\nFrobnicate=1\n", "web.mctl:2: Frobnicate=1: unknown key Frobnicate in [Exec]"),
+            (
+                "[Exec]\nLimitNOFILE=9:1\n",
+                "web.mctl:2: LimitNOFILE=9:1: the soft limit exceeds the hard limit",
+            ),
             ("[Exec]\nTimezone=off\n", "web.mctl:2: Timezone=off: nspawn's Timezone= is not supported"),
             ("[Execute]\n", "web.mctl:1: unknown section [Execute]"),
             ("Boot=yes\n", "web.mctl:1: Boot= is outside any section"),

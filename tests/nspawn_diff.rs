@@ -30,7 +30,10 @@ struct NspawnCgroups(Vec<PathBuf>);
 
 impl NspawnCgroups {
     fn new() -> NspawnCgroups {
-        let name = format!("mctl-test-nspawn-{}", std::process::id());
+        // One per test: the tests of this file run in parallel in one process.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("mctl-test-nspawn-{}-{n}", std::process::id());
         let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
         let path_of = |ctl: &str| {
             own.lines().find_map(|l| {
@@ -247,4 +250,131 @@ fn no_attack_gets_further_than_under_nspawn() {
         );
     }
     assert_no_leaks("nsesc", &dir);
+}
+
+/// The process attributes nspawn sets on the payload (resource limits, OOM score adjustment,
+/// CPU affinity, personality, ambient capabilities): the same options give the same view, and
+/// the values nspawn refuses are refused.
+#[test]
+fn process_attributes_match_nspawn() {
+    const ATTRS: &str = r#"
+awk '/^Max open files|^Max core file size|^Max address space/ { print "limit", $0 }' /proc/self/limits
+echo "oom $(cat /proc/self/oom_score_adj)"
+awk '$1 == "Cpus_allowed_list:" { print "cpus", $2 } $1 == "CapAmb:" { print "ambient", $2 } $1 == "CapEff:" { print "effective", $2 }' /proc/self/status
+echo "arch $(uname -m)"
+"#;
+    let s = scratch();
+    // Debian's tree: nspawn resolves --user with getent inside, which busybox lacks.
+    let dir = copy_tree(debian_tree(), s.path(), "nsattrs");
+    std::fs::write(dir.join("attrs.sh"), ATTRS).unwrap();
+    let cgroups = NspawnCgroups::new();
+    let personality = if std::env::consts::ARCH == "x86_64" { "x86" } else { "" };
+    let mut opts = vec![
+        "--rlimit=RLIMIT_NOFILE=512:1024",
+        "--rlimit=CORE=1M",
+        "--rlimit=RLIMIT_AS=1G:infinity",
+        "--oom-score-adjust=500",
+        "--cpu-affinity=0",
+        "--ambient-capability=CAP_NET_RAW,CAP_CHOWN",
+        "--no-pager",
+    ];
+    let personality_opt = format!("--personality={personality}");
+    if !personality.is_empty() {
+        opts.push(&personality_opt);
+    }
+    for user in [None, Some("daemon")] {
+        let mut o = opts.clone();
+        let user_opt = user.map(|u| format!("--user={u}"));
+        if let Some(u) = &user_opt {
+            o.push(u);
+        }
+        let mut nspawn_args = vec!["-q", "--register=no", "--keep-unit", "-D", dir.to_str().unwrap()];
+        nspawn_args.extend(&o);
+        nspawn_args.extend(["/bin/sh", "/attrs.sh"]);
+        let n = cgroups.run(&nspawn_args);
+        assert!(n.status.success(), "nspawn failed: {}", stderr(&n));
+        let m = mctl()
+            .args(["run", "-q", "--register=no", "-D"])
+            .arg(&dir)
+            .args(&o)
+            .args(["--", "/bin/sh", "/attrs.sh"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(m.status.success(), "mctl failed: {}", stderr(&m));
+        let (nout, mout) = (stdout(&n), stdout(&m));
+        let lines = |s: &str| {
+            s.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect::<Vec<_>>()
+        };
+        assert_eq!(lines(&mout), lines(&nout), "as {user:?}:\nmctl:\n{mout}\nnspawn:\n{nout}");
+        assert!(mout.contains("oom 500") && mout.contains("cpus 0"), "{mout}");
+        assert!(mout.contains("ambient 0000000000002001"), "{mout}");
+        if !personality.is_empty() {
+            assert!(mout.contains("arch i686"), "{mout}");
+        }
+    }
+
+    // What nspawn refuses, mctl refuses, before starting anything.
+    for bad in [
+        "--rlimit=RLIMIT_NOFILE=4096:1024",
+        "--rlimit=RLIMIT_FROBS=1",
+        "--rlimit=RLIMIT_NOFILE=lots",
+        "--oom-score-adjust=2000",
+        "--oom-score-adjust=high",
+        "--cpu-affinity=a-b",
+        "--personality=vax",
+        "--ambient-capability=CAP_FROB",
+    ] {
+        let n = cgroups.run(&[
+            "-q",
+            "--register=no",
+            "--keep-unit",
+            "-D",
+            dir.to_str().unwrap(),
+            bad,
+            "/bin/true",
+        ]);
+        assert!(!n.status.success(), "nspawn accepted {bad}");
+        let m = mctl()
+            .args(["run", "-q", "--register=no", "-D"])
+            .arg(&dir)
+            .args([bad, "/bin/true"])
+            .output()
+            .unwrap();
+        assert!(!m.status.success(), "mctl accepted {bad}");
+        assert!(stderr(&m).contains(bad.split('=').next().unwrap()), "{bad}: {}", stderr(&m));
+    }
+    // --ambient-capability with boot: refused by both.
+    let n = cgroups.run(&[
+        "-q",
+        "--register=no",
+        "--keep-unit",
+        "-b",
+        "--ambient-capability=CAP_CHOWN",
+        "-D",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(!n.status.success());
+    let m = mctl()
+        .args(["boot", "-q", "--register=no", "--ambient-capability=CAP_CHOWN", "-D"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        !m.status.success() && stderr(&m).contains("--ambient-capability cannot be used with boot"),
+        "{}",
+        stderr(&m)
+    );
+    // --capability=help lists the names, as nspawn's does.
+    let n = cgroups.run(&["--capability=help"]);
+    let m = mctl().args(["run", "--capability=help"]).output().unwrap();
+    assert!(m.status.success() && stdout(&m).lines().any(|l| l == "cap_net_admin"), "{}", stderr(&m));
+    let theirs: BTreeSet<String> = words(&stdout(&n));
+    let ours: BTreeSet<String> = words(&stdout(&m));
+    assert!(
+        theirs.is_subset(&ours),
+        "nspawn lists {:?} that mctl does not",
+        theirs.difference(&ours).collect::<Vec<_>>()
+    );
+    assert_no_leaks("nsattrs", &dir);
 }

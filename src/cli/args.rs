@@ -549,6 +549,24 @@ pub struct MachineArgs {
     /// Capabilities to take away from the defaults.
     #[arg(long = "drop-capability", value_name = "CAPS")]
     pub drop_capability: Vec<String>,
+    /// Capabilities the command keeps in its ambient set (also as another --user); not with boot.
+    #[arg(long = "ambient-capability", value_name = "CAPS")]
+    pub ambient_capability: Vec<String>,
+    /// A resource limit of the payload: LIMIT=SOFT[:HARD] (RLIMIT_NOFILE=1024:4096, AS=1G, ...).
+    #[arg(long, value_name = "LIMIT=SOFT[:HARD]")]
+    pub rlimit: Vec<String>,
+    /// The payload's OOM score adjustment (-1000..1000).
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub oom_score_adjust: Option<String>,
+    /// The CPUs the payload may run on: 0,2-3.
+    #[arg(long, value_name = "CPUS")]
+    pub cpu_affinity: Option<String>,
+    /// The architecture the machine reports: the host's, or its 32-bit one (x86 on x86-64).
+    #[arg(long, value_name = "ARCH")]
+    pub personality: Option<String>,
+    /// Accepted for nspawn's command lines: mctl never pages.
+    #[arg(long)]
+    pub no_pager: bool,
     /// System calls (or @groups) to allow in addition to the default filter; a list starting
     /// with '~' names calls to deny instead. Space-separated; may be given several times.
     #[arg(long = "system-call-filter", value_name = "LIST", allow_hyphen_values = true)]
@@ -568,6 +586,9 @@ pub struct MachineArgs {
     /// Console: interactive, read-only, passive or pipe (default: interactive on a terminal).
     #[arg(long, value_enum)]
     pub console: Option<ConsoleMode>,
+    /// Same as --console=pipe.
+    #[arg(short = 'P', long)]
+    pub pipe: bool,
     /// A network namespace of its own with only loopback.
     #[arg(long)]
     pub private_network: bool,
@@ -638,7 +659,7 @@ pub struct RunArgs {
     #[command(flatten)]
     pub machine: MachineArgs,
     /// Run a minimal reaper as PID 1 and the command as PID 2.
-    #[arg(long)]
+    #[arg(short = 'a', long)]
     pub as_pid2: bool,
     /// The command and its arguments (default, for an OCI image given with -M: its
     /// entrypoint and command, with its environment, working directory and user).

@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 use crate::cgroups::CgroupConfig;
 use crate::cgroups::resources::Property;
+use crate::launcher::attributes::{
+    PayloadAttributes, Personality, Rlimit, parse_cpu_affinity, parse_oom_score_adjust,
+};
 use crate::launcher::security::{CapabilityAdjust, parse_caps};
 use crate::launcher::spec::{self, ConsoleMode, LaunchSpec, Payload};
 use crate::names::{self, MachineName};
@@ -17,6 +20,10 @@ use super::{CliConfig, CliError};
 /// `mctl boot`.
 pub fn boot(a: BootArgs, cfg: &CliConfig) -> Result<i32, CliError> {
     let (mut machine, mut args) = (a.machine, a.init_args);
+    if let Some(list) = capability_help(&machine) {
+        super::output::emit(&list);
+        return Ok(0);
+    }
     super::settings::apply(&mut machine, &mut args, None, cfg)?;
     let spec = build_spec(machine, Payload::Boot { args }, cfg)?;
     Ok(crate::launcher::launch(&spec)?)
@@ -25,6 +32,10 @@ pub fn boot(a: BootArgs, cfg: &CliConfig) -> Result<i32, CliError> {
 /// `mctl run`.
 pub fn run(a: RunArgs, cfg: &CliConfig) -> Result<i32, CliError> {
     let (mut machine, mut argv, mut as_pid2) = (a.machine, a.command, a.as_pid2);
+    if let Some(list) = capability_help(&machine) {
+        super::output::emit(&list);
+        return Ok(0);
+    }
     super::settings::apply(&mut machine, &mut argv, Some(&mut as_pid2), cfg)?;
     if argv.is_empty() {
         // No command: an OCI image's own (entrypoint, env, working directory, user).
@@ -75,6 +86,7 @@ pub fn build_spec(m: MachineArgs, payload: Payload, cfg: &CliConfig) -> Result<L
     let mounts = Mounts::parse(&m)?;
     let env = m.setenv.iter().map(|e| spec::parse_setenv(e)).collect::<Result<Vec<_>, _>>().map_err(bad)?;
     let (capabilities, syscall_filter) = privileges(&m)?;
+    let attributes = attributes(&m)?;
     let kill_signal = m.kill_signal.as_deref().map(str::parse::<SignalNumber>).transpose().map_err(bad)?;
     if let Some(d) = &m.chdir
         && !d.is_absolute()
@@ -83,10 +95,19 @@ pub fn build_spec(m: MachineArgs, payload: Payload, cfg: &CliConfig) -> Result<L
     }
     let network = network_spec(&m, cfg)?;
     let boot = matches!(payload, Payload::Boot { .. });
+    if boot && !capabilities.ambient.is_empty() {
+        return Err(CliError::new(
+            "--ambient-capability cannot be used with boot (as in nspawn): init starts as root",
+        ));
+    }
     if boot && m.user.is_some() {
         return Err(CliError::new("--user cannot be used with boot: init must run as root"));
     }
-    let console = m.console.unwrap_or_else(|| default_console(boot));
+    let console = match (m.console, m.pipe) {
+        (Some(c), _) => c,
+        (None, true) => ConsoleMode::Pipe,
+        (None, false) => default_console(boot),
+    };
     // -U is pick, unless --private-users says otherwise (nspawn's rule).
     let private_users = match (m.private_users, m.private_users_pick) {
         (Some(p), _) => p,
@@ -133,6 +154,7 @@ pub fn build_spec(m: MachineArgs, payload: Payload, cfg: &CliConfig) -> Result<L
         private_users_ownership,
         no_new_privileges: m.no_new_privileges == Some(YesNo::Yes),
         resources: resources(&m.property)?,
+        attributes,
     })
 }
 
@@ -207,6 +229,33 @@ impl Mounts {
     }
 }
 
+/// `--rlimit`, `--oom-score-adjust`, `--cpu-affinity`, `--personality`.
+fn attributes(m: &MachineArgs) -> Result<PayloadAttributes, CliError> {
+    Ok(PayloadAttributes {
+        rlimits: m.rlimit.iter().map(|r| Rlimit::parse(r)).collect::<Result<_, _>>().map_err(bad)?,
+        oom_score_adjust: m
+            .oom_score_adjust
+            .as_deref()
+            .map(parse_oom_score_adjust)
+            .transpose()
+            .map_err(bad)?,
+        cpu_affinity: m.cpu_affinity.as_deref().map(parse_cpu_affinity).transpose().map_err(bad)?,
+        personality: m.personality.as_deref().map(Personality::parse).transpose().map_err(bad)?,
+    })
+}
+
+/// `--capability=help` (and the same for the other capability options): nspawn prints the
+/// capability names it knows.
+pub fn capability_help(m: &MachineArgs) -> Option<String> {
+    let asked =
+        m.capability.iter().chain(&m.drop_capability).chain(&m.ambient_capability).any(|c| c == "help");
+    asked.then(|| {
+        let mut names: Vec<String> = caps::all().iter().map(|c| c.to_string().to_ascii_lowercase()).collect();
+        names.sort();
+        names.join("\n") + "\n"
+    })
+}
+
 /// `--property`: later assignments of a setting replace earlier ones.
 pub fn resources(assignments: &[String]) -> Result<Vec<Property>, CliError> {
     let mut out: Vec<Property> = Vec::new();
@@ -221,11 +270,17 @@ pub fn resources(assignments: &[String]) -> Result<Vec<Property>, CliError> {
 /// `--capability`, `--drop-capability`, `--system-call-filter`.
 fn privileges(m: &MachineArgs) -> Result<(CapabilityAdjust, crate::seccomp::FilterChanges), CliError> {
     let mut capabilities = CapabilityAdjust::default();
+    let parse = |option: &str, list: &str| {
+        parse_caps(list).map_err(|e| CliError::new(format!("invalid {option} '{list}': {e}")))
+    };
     for c in &m.capability {
-        capabilities.add.extend(parse_caps(c).map_err(bad)?);
+        capabilities.add.extend(parse("--capability", c)?);
     }
     for c in &m.drop_capability {
-        capabilities.drop.extend(parse_caps(c).map_err(bad)?);
+        capabilities.drop.extend(parse("--drop-capability", c)?);
+    }
+    for c in &m.ambient_capability {
+        capabilities.ambient.extend(parse("--ambient-capability", c)?);
     }
     let mut syscall_filter = crate::seccomp::FilterChanges::default();
     for f in &m.system_call_filter {

@@ -114,6 +114,17 @@ pub fn apply(
     opt(&mut m.chdir, s.working_directory, over);
     list(&mut m.capability, s.capability, over);
     list(&mut m.drop_capability, s.drop_capability, over);
+    list(&mut m.ambient_capability, s.ambient_capability, over);
+    opt(&mut m.oom_score_adjust, s.oom_score_adjust, over);
+    opt(&mut m.cpu_affinity, s.cpu_affinity, over);
+    opt(&mut m.personality, s.personality, over);
+    // Limits merge limit by limit (the later one of a resource is set last, and wins).
+    let cli = std::mem::take(&mut m.rlimit);
+    m.rlimit = if over {
+        cli.into_iter().chain(s.rlimits).collect()
+    } else {
+        s.rlimits.into_iter().chain(cli).collect()
+    };
     opt(&mut m.kill_signal, s.kill_signal, over);
     opt(&mut m.hostname, s.hostname, over);
     if s.private_users.is_some() && (over || (m.private_users.is_none() && !m.private_users_pick)) {

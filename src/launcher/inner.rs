@@ -131,12 +131,23 @@ fn exec_payload(ctx: &ChildContext<'_>, console: Option<&str>) -> Result<Infalli
         exec::attach_terminal(console)?;
     }
     security::apply_machine_rlimits().map_err(|e| ChildError::Step("set resource limits", e.into()))?;
+    ctx.spec.attributes.apply().map_err(|(step, e)| ChildError::Step(step, e))?;
 
     let mut env = ctx.env.clone();
+    let ambient = &ctx.spec.capabilities.ambient;
     let home = match &ctx.spec.user {
-        Some(who) => Some(exec::become_user(&LinuxSys, exec::lookup_in_machine(who)?, &mut env)?),
+        Some(who) => {
+            let user = exec::lookup_in_machine(who)?;
+            if !ambient.is_empty() {
+                security::keep_capabilities_across_setuid()
+                    .map_err(|e| ChildError::Step("keep capabilities for the ambient set", e.into()))?;
+            }
+            Some(exec::become_user(&LinuxSys, user, &mut env)?)
+        }
         None => None,
     };
+    security::raise_ambient(ambient)
+        .map_err(|e| ChildError::Message(format!("cannot raise the ambient capabilities: {e}")))?;
     // User-given variables win over everything mctl sets.
     for (k, v) in &ctx.spec.env {
         exec::set_env(&mut env, k, v);

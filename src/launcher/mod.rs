@@ -10,6 +10,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+pub mod attributes;
 pub mod channel;
 pub mod console;
 pub mod enter;

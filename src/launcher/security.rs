@@ -44,6 +44,9 @@ pub struct CapabilityAdjust {
     pub add: CapsHashSet,
     /// Removed from it (wins over `add`).
     pub drop: CapsHashSet,
+    /// `--ambient-capability`: kept in the bounding set and raised in the payload's ambient
+    /// set, so a payload running as another user keeps them across exec.
+    pub ambient: CapsHashSet,
 }
 
 /// A capability list that does not parse.
@@ -71,6 +74,7 @@ impl CapabilityAdjust {
     pub fn wanted(&self) -> CapsHashSet {
         let mut set: CapsHashSet = DEFAULT_CAPS.into_iter().collect();
         set.extend(self.add.iter().copied());
+        set.extend(self.ambient.iter().copied());
         set.retain(|c| !self.drop.contains(c));
         set
     }
@@ -103,6 +107,27 @@ pub fn limit_capabilities(keep: &CapsHashSet) -> Result<(), caps::errors::CapsEr
         caps::set(None, set, &current.intersection(keep).copied().collect())?;
     }
     Ok(())
+}
+
+/// Raises `ambient` in the ambient set (after adding it to the inheritable set, which the
+/// kernel requires). The capabilities must still be permitted: for a payload that changed its
+/// user, keep them with [`keep_capabilities_across_setuid`] first.
+pub fn raise_ambient(ambient: &CapsHashSet) -> Result<(), caps::errors::CapsError> {
+    if ambient.is_empty() {
+        return Ok(());
+    }
+    let mut inheritable = caps::read(None, CapSet::Inheritable)?;
+    inheritable.extend(ambient.iter().copied());
+    caps::set(None, CapSet::Inheritable, &inheritable)?;
+    for c in ambient {
+        caps::raise(None, CapSet::Ambient, *c)?;
+    }
+    Ok(())
+}
+
+/// Keeps the permitted capabilities when this process next gives up uid 0.
+pub fn keep_capabilities_across_setuid() -> nix::Result<()> {
+    nix::sys::prctl::set_keepcaps(true)
 }
 
 /// Resource limits like those the kernel gives a real PID 1, clamped to what the host allows
@@ -142,6 +167,7 @@ mod tests {
     #[test]
     fn adjusts_defaults() {
         let adj = CapabilityAdjust {
+            ambient: Default::default(),
             add: parse_caps("net_admin,CAP_SYS_TIME").unwrap(),
             drop: parse_caps("CAP_SYS_ADMIN").unwrap(),
         };

@@ -385,6 +385,13 @@ pub fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// Sets the execution domain (`PER_LINUX32` makes `uname -m` report the 32-bit architecture).
+pub fn set_personality(persona: libc::c_ulong) -> io::Result<()> {
+    // SAFETY: personality takes a plain integer and touches no memory of ours.
+    let r = unsafe { libc::personality(persona) };
+    if r == -1 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
 /// Asks for `signal` when the parent thread of this process dies.
 pub fn set_parent_death_signal(signal: nix::sys::signal::Signal) -> io::Result<()> {
     nix::sys::prctl::set_pdeathsig(signal).map_err(io::Error::from)
