@@ -100,6 +100,7 @@ pub async fn run(args: DaemonArgs) -> Result<(), DaemonError> {
     let cfg =
         ManagerConfig { state_dir: args.state_dir, pool_path: args.pool_path, ..ManagerConfig::default() };
     let mgr = Manager::new(&cfg)?;
+    mgr.set_unit_control(Box::new(crate::bus::systemd::Systemd));
     let conn = connect_on_own_thread().await?;
     let pool = Arc::new(BlockingPool::new(PoolConfig::default()));
     let service = Service::new(conn.clone(), mgr.clone(), pool, Limits::default());

@@ -184,7 +184,7 @@ pub const MCTL_MANAGER: Interface = Interface {
         m("ThawMachine", &[("name", "s")], &[]),
         m("IsMachineFrozen", &[("name", "s")], &[("frozen", "b")]),
         m("ListMachinesDetailed", &[], &[("machines", "a(sssssa(iay))")]),
-        p("SetMachineProperties", &[("name", "s"), ("properties", "as")], &[]),
+        p("SetMachineProperties", &[("name", "s"), ("runtime", "b"), ("properties", "as")], &[]),
         m("ListMachineUsage", &[], &[("machines", "a(stttttttt)")]),
     ],
     signals: &[],

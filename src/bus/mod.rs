@@ -8,6 +8,7 @@ pub mod limits;
 pub mod paths;
 pub mod proxy;
 pub mod service;
+pub mod systemd;
 
 /// mctld's own well-known name.
 pub const OWN_NAME: &str = "org.mctl.Machine1";

@@ -72,7 +72,7 @@ pub trait MctlManager1 {
     /// Every machine with its os-release ID and VERSION_ID and its addresses, in one call.
     fn list_machines_detailed(&self) -> zbus::Result<Vec<MachineDetails>>;
     /// Changes a running machine's resource limits (`NAME=VALUE`, systemd's names).
-    fn set_machine_properties(&self, name: &str, properties: &[String]) -> zbus::Result<()>;
+    fn set_machine_properties(&self, name: &str, runtime: bool, properties: &[String]) -> zbus::Result<()>;
     /// Every machine's resource use, in one call.
     fn list_machine_usage(&self) -> zbus::Result<Vec<UsageRow>>;
 }

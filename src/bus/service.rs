@@ -693,11 +693,13 @@ impl Service {
                 self.reply(hdr, &rows).await
             }
             "SetMachineProperties" => {
-                let (name, assignments): (String, Vec<String>) =
+                let (name, runtime, assignments): (String, bool, Vec<String>) =
                     msg.body().deserialize().map_err(CallError::bad_body)?;
                 // Lowering memory.max reclaims before the write returns: blocking work.
-                self.blocking(hdr, None, move |mgr, caller| mgr.set_properties(&name, &assignments, caller))
-                    .await?;
+                self.blocking(hdr, None, move |mgr, caller| {
+                    mgr.set_properties(&name, runtime, &assignments, caller)
+                })
+                .await?;
                 self.reply(hdr, &()).await
             }
             "ListMachineUsage" => {

@@ -422,6 +422,11 @@ impl MachineCgroup {
                 .filter(|p| !p.hierarchy.v2)
                 .map(|p| (p.hierarchy.controllers.clone(), p.machine.clone()))
                 .collect(),
+            unit: if self.keep_unit {
+                self.parts[0].machine.file_name().map(|n| n.to_string_lossy().into_owned())
+            } else {
+                None
+            },
         }
     }
 

@@ -151,6 +151,14 @@ pub enum ResourceError {
         /// Why.
         reason: String,
     },
+    /// The unit's service manager refused the limits.
+    #[error("cannot set the limits of unit {unit}: {message}")]
+    ServiceManager {
+        /// The unit.
+        unit: String,
+        /// What it said.
+        message: String,
+    },
     /// Writing or reading a cgroup file failed.
     #[error("cannot {step} {path}: {source}")]
     Io {
@@ -244,6 +252,50 @@ impl Property {
                 Property::IoDeviceLimit { kind: b, device: e, .. },
             ) => a == b && d == e,
             _ => self.name() == other.name(),
+        }
+    }
+}
+
+/// A property's value as systemd's D-Bus API takes it (`SetUnitProperties`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SystemdValue {
+    /// `t`: bytes, tasks, a weight, µs per second (`u64::MAX`: infinity, or unset).
+    Number(u64),
+    /// `ay`: a CPU bitmask.
+    Bytes(Vec<u8>),
+    /// `a(st)`: device and limit.
+    DeviceLimits(Vec<(String, u64)>),
+}
+
+impl Property {
+    /// systemd's D-Bus property name (`CPUQuota` is `CPUQuotaPerSecUSec` there).
+    pub fn systemd_name(&self) -> &'static str {
+        match self {
+            Property::CpuQuota(_) => "CPUQuotaPerSecUSec",
+            other => other.name(),
+        }
+    }
+
+    /// The value in systemd's D-Bus type.
+    pub fn systemd_value(&self) -> SystemdValue {
+        match self {
+            Property::MemoryMax(l)
+            | Property::MemoryHigh(l)
+            | Property::MemorySwapMax(l)
+            | Property::TasksMax(l) => SystemdValue::Number(l.as_u64()),
+            Property::CpuWeight(w) | Property::IoWeight(w) => SystemdValue::Number(w.unwrap_or(u64::MAX)),
+            Property::CpuQuota(q) => SystemdValue::Number(q.unwrap_or(u64::MAX)),
+            Property::AllowedCpus(list) => {
+                let cpus = parse_cpu_list(list).unwrap_or_default();
+                let mut mask = vec![0u8; cpus.iter().max().map_or(0, |m| *m as usize / 8 + 1)];
+                for c in cpus {
+                    mask[c as usize / 8] |= 1 << (c % 8);
+                }
+                SystemdValue::Bytes(mask)
+            }
+            Property::IoDeviceLimit { device, limit, .. } => {
+                SystemdValue::DeviceLimits(vec![(device.display().to_string(), limit.as_u64())])
+            }
         }
     }
 }
@@ -365,6 +417,9 @@ pub struct MachineDirs {
     pub unified: PathBuf,
     /// The machine's cgroup in each v1 hierarchy, with the hierarchy's controllers.
     pub v1: Vec<(Vec<String>, PathBuf)>,
+    /// The unit whose cgroup the machine's is (`--keep-unit` under `mctl@.service`): its
+    /// service manager owns the cgroup's attributes.
+    pub unit: Option<String>,
 }
 
 /// Where a controller's files are for this machine.
@@ -384,6 +439,7 @@ impl MachineDirs {
         name: &str,
     ) -> Option<MachineDirs> {
         let mut unified = None;
+        let mut unit = None;
         let mut v1 = Vec::new();
         for line in proc_cgroup.lines() {
             let mut it = line.splitn(3, ':');
@@ -392,6 +448,11 @@ impl MachineDirs {
             let machine = payload.strip_suffix("/payload").unwrap_or(payload).trim_start_matches('/');
             if ctl.is_empty() {
                 let Some(h) = hierarchies.iter().find(|h| h.v2) else { continue };
+                // Not mctl's own ".../mctl/NAME": the unit's cgroup itself (machine_cgroup
+                // accepts only a .service or .scope there).
+                if !machine.ends_with(&format!("mctl/{name}")) {
+                    unit = machine.rsplit('/').next().map(str::to_owned);
+                }
                 unified = Some(h.mount.join(machine));
             } else {
                 let wanted: Vec<&str> = ctl.split(',').collect();
@@ -400,7 +461,23 @@ impl MachineDirs {
                 }
             }
         }
-        Some(MachineDirs { unified: unified?, v1 })
+        Some(MachineDirs { unified: unified?, v1, unit })
+    }
+
+    /// Sets `props`: through the unit's service manager when the machine's cgroup is a unit's
+    /// (`via_unit` says Ok(false) when there is none), else directly.
+    pub fn apply_all(
+        &self,
+        props: &[Property],
+        via_unit: impl FnOnce(&str, &[Property]) -> Result<bool, String>,
+    ) -> Result<(), ResourceError> {
+        if let Some(unit) = &self.unit
+            && via_unit(unit, props)
+                .map_err(|e| ResourceError::ServiceManager { unit: unit.clone(), message: e })?
+        {
+            return Ok(());
+        }
+        props.iter().try_for_each(|p| self.apply(p))
     }
 
     fn place(&self, controller: &str) -> Option<Place<'_>> {
@@ -813,6 +890,18 @@ mod tests {
     }
 
     #[test]
+    fn systemd_gets_its_own_types() {
+        assert_eq!(p("CPUQuota=20%").systemd_name(), "CPUQuotaPerSecUSec");
+        assert_eq!(p("CPUQuota=20%").systemd_value(), SystemdValue::Number(200_000));
+        assert_eq!(p("MemoryMax=infinity").systemd_value(), SystemdValue::Number(u64::MAX));
+        assert_eq!(p("AllowedCPUs=0,2,9").systemd_value(), SystemdValue::Bytes(vec![0b101, 0b10]));
+        assert_eq!(
+            p("IOWriteIOPSMax=/dev/vda 100").systemd_value(),
+            SystemdValue::DeviceLimits(vec![("/dev/vda".into(), 100)])
+        );
+    }
+
+    #[test]
     fn refuses_bad_values_naming_them() {
         for (bad, needle) in [
             ("MemoryMax=lots", "invalid MemoryMax=lots: expected bytes"),
@@ -861,7 +950,7 @@ mod tests {
                 ("io.stat", "8:0 rbytes=100 wbytes=20 rios=1\n8:16 rbytes=5 wbytes=1\n"),
             ],
         );
-        let dirs = MachineDirs { unified: unified.clone(), v1: Vec::new() };
+        let dirs = MachineDirs { unified: unified.clone(), v1: Vec::new(), unit: None };
         for a in [
             "MemoryMax=64M",
             "MemoryHigh=32M",
@@ -933,6 +1022,7 @@ mod tests {
                 .iter()
                 .map(|c| (vec![(*c).to_owned()], v1(c)))
                 .collect(),
+            unit: None,
         };
         for a in ["MemoryMax=64M", "TasksMax=50", "CPUWeight=50", "CPUQuota=20%", "AllowedCPUs=1"] {
             dirs.apply(&p(a)).unwrap();
@@ -973,7 +1063,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let unified = t.path().join("web");
         tree(&unified, &[("cgroup.controllers", "cpu\n")]);
-        let dirs = MachineDirs { unified, v1: Vec::new() };
+        let dirs = MachineDirs { unified, v1: Vec::new(), unit: None };
         let e = dirs.apply(&p("TasksMax=5")).unwrap_err().to_string();
         assert!(
             e.contains("TasksMax=5 cannot be applied on this host: the pids controller is neither"),
@@ -997,6 +1087,14 @@ mod tests {
             d.v1,
             vec![(vec!["memory".to_owned()], PathBuf::from("/sys/fs/cgroup/memory/a/mctl/web"))]
         );
+        assert_eq!(d.unit, None);
         assert_eq!(MachineDirs::of_process(&hs, "0::/user.slice\n", "web"), None);
+        // A machine named like a unit is still mctl's own cgroup, never a host unit's.
+        let d = MachineDirs::of_process(&hs, "0::/mctl/ssh.service/payload\n", "ssh.service").unwrap();
+        assert_eq!(d.unit, None);
+        let d =
+            MachineDirs::of_process(&hs, "0::/machine.slice/mctl@web.service/payload/init.scope\n", "web")
+                .unwrap();
+        assert_eq!(d.unit.as_deref(), Some("mctl@web.service"));
     }
 }

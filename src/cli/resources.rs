@@ -18,10 +18,10 @@ use super::{CliConfig, CliError};
 pub fn set_property(a: &SetPropertyArgs, cfg: &CliConfig) -> Result<i32, CliError> {
     // Checked here first so that a typo is reported before anything changes.
     let props = super::machine::resources(&a.properties)?;
-    let (name, assignments) = (a.name.clone(), a.properties.clone());
+    let (name, assignments, runtime) = (a.name.clone(), a.properties.clone(), a.runtime);
     with_bus(move |conn| async move {
         let mctl = MctlManager1Proxy::new(&conn).await.map_err(unreachable)?;
-        mctl.set_machine_properties(&name, &assignments)
+        mctl.set_machine_properties(&name, runtime, &assignments)
             .await
             .map_err(|e| call_error("Could not set properties", e))
     })?;

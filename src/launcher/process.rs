@@ -381,9 +381,15 @@ impl<'a> Run<'a> {
         let cgroup = MachineCgroup::create(&spec.cgroup, spec.name.as_str(), spec.keep_unit)?;
         let (dirs, parents) = cgroup.owned_dirs();
         record.set_cgroups(dirs, parents).map_err(|e| LaunchError::Setup("record the launch", e))?;
-        let limits = cgroup.dirs();
-        for p in &spec.resources {
-            limits.apply(p)?;
+        if !spec.resources.is_empty() {
+            // Under a unit, systemd takes them (for this run: the unit file keeps its own).
+            cgroup.dirs().apply_all(&spec.resources, |unit, props| {
+                match crate::bus::systemd::set_unit_properties(unit, true, props) {
+                    Ok(()) => Ok(true),
+                    Err(crate::bus::systemd::SystemdError::Absent) => Ok(false),
+                    Err(e) => Err(e.to_string()),
+                }
+            })?;
         }
         if announce {
             eprintln!("Spawning container {} on {}.", spec.name, spec.root.display());

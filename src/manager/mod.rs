@@ -170,6 +170,8 @@ pub struct Manager {
     unified_mount: Option<PathBuf>,
     /// The host's cgroup hierarchies, for finding machines' cgroups.
     hierarchies: Vec<cgroups::Hierarchy>,
+    /// systemd, for machines whose cgroup is a unit's.
+    units: std::sync::OnceLock<Box<dyn resources::UnitControl>>,
     pool_path: PathBuf,
     images: crate::images::store::ImageStore,
     me: Weak<Manager>,
@@ -184,6 +186,11 @@ impl std::fmt::Debug for Manager {
 }
 
 impl Manager {
+    /// Gives the manager the service manager of units (once; later calls are ignored).
+    pub fn set_unit_control(&self, units: Box<dyn resources::UnitControl>) {
+        let _ = self.units.set(units);
+    }
+
     /// Opens the state directory; call [`Manager::recover`] next (inside the runtime).
     pub fn new(cfg: &ManagerConfig) -> Result<Arc<Self>, ManagerError> {
         let store = Store::open(&cfg.state_dir).map_err(|e| ManagerError::Failed(e.to_string()))?;
@@ -196,6 +203,7 @@ impl Manager {
             events,
             unified_mount,
             hierarchies,
+            units: std::sync::OnceLock::new(),
             pool_path: cfg.pool_path.clone(),
             images: crate::images::store::ImageStore::new(cfg.pool_path.clone()),
             me: me.clone(),

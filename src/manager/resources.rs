@@ -18,6 +18,13 @@ pub struct MachineResources {
     pub ip_egress_bytes: Option<u64>,
 }
 
+/// A unit's properties set through its service manager (systemd's `SetUnitProperties`), given
+/// to the manager by mctld's composition: the manager itself has no D-Bus types.
+pub trait UnitControl: Send + Sync {
+    /// Ok(true) when the service manager took them, Ok(false) when there is none.
+    fn set_unit_properties(&self, unit: &str, runtime: bool, props: &[Property]) -> Result<bool, String>;
+}
+
 impl Manager {
     /// The machine's cgroups in every hierarchy, when it runs in a cgroup mctl made for it.
     /// Read from its leader's current membership (still the registered process: checked by
@@ -44,6 +51,7 @@ impl Manager {
     pub fn set_properties(
         &self,
         name: &str,
+        runtime: bool,
         assignments: &[String],
         caller: &Caller,
     ) -> Result<Vec<Property>, ManagerError> {
@@ -59,9 +67,11 @@ impl Manager {
         let dirs = self.machine_dirs(&m).ok_or_else(|| {
             ManagerError::Failed(format!("Machine {name} has no cgroup of its own to limit"))
         })?;
-        for p in &props {
-            dirs.apply(p).map_err(|e| ManagerError::Failed(format!("Machine {name}: {e}")))?;
-        }
+        dirs.apply_all(&props, |unit, props| match self.units.get() {
+            Some(units) => units.set_unit_properties(unit, runtime, props),
+            None => Ok(false),
+        })
+        .map_err(|e| ManagerError::Failed(format!("Machine {name}: {e}")))?;
         tracing::info!(machine = name, properties = ?assignments, "limits changed");
         Ok(props)
     }

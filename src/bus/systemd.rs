@@ -1,0 +1,67 @@
+//! Resource properties of a systemd unit (`SetUnitProperties`), for machines that run as a
+//! unit's cgroup (`--keep-unit` under `mctl@.service`): systemd owns that cgroup's attributes
+//! and rewrites them from the unit's settings, so limits go through it.
+
+use zbus::Variant as Value;
+
+use crate::cgroups::resources::{Property, SystemdValue};
+
+/// Why systemd did not take the properties.
+#[derive(Debug, thiserror::Error)]
+pub enum SystemdError {
+    /// No service manager answers on the system bus (not a systemd host).
+    #[error("no systemd on the system bus")]
+    Absent,
+    /// systemd refused or the call failed.
+    #[error("systemd refused the unit's new properties: {0}")]
+    Refused(String),
+}
+
+fn value(v: SystemdValue) -> Value<'static> {
+    match v {
+        SystemdValue::Number(n) => Value::from(n),
+        SystemdValue::Bytes(b) => Value::from(b),
+        SystemdValue::DeviceLimits(list) => Value::from(list),
+    }
+}
+
+/// [`crate::manager::resources::UnitControl`] for mctld: systemd on the system bus.
+#[derive(Debug, Clone, Copy)]
+pub struct Systemd;
+
+impl crate::manager::resources::UnitControl for Systemd {
+    fn set_unit_properties(&self, unit: &str, runtime: bool, props: &[Property]) -> Result<bool, String> {
+        match set_unit_properties(unit, runtime, props) {
+            Ok(()) => Ok(true),
+            Err(SystemdError::Absent) => Ok(false),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// `SetUnitProperties(unit, runtime, props)` on the system bus, from synchronous code.
+pub fn set_unit_properties(unit: &str, runtime: bool, props: &[Property]) -> Result<(), SystemdError> {
+    let unit = unit.to_owned();
+    let assignments: Vec<(String, SystemdValue)> =
+        props.iter().map(|p| (p.systemd_name().to_owned(), p.systemd_value())).collect();
+    crate::runtime::block_on_thread(move || async move {
+        let conn = super::client::system_bus().await.map_err(|_| SystemdError::Absent)?;
+        let body: Vec<(String, Value<'static>)> =
+            assignments.into_iter().map(|(k, v)| (k, value(v))).collect();
+        let reply = conn
+            .call_method(
+                Some("org.freedesktop.systemd1"),
+                "/org/freedesktop/systemd1",
+                Some("org.freedesktop.systemd1.Manager"),
+                "SetUnitProperties",
+                &(unit.as_str(), runtime, body),
+            )
+            .await;
+        match reply {
+            Ok(_) => Ok(()),
+            Err(e) if super::client::is_no_manager(&e) => Err(SystemdError::Absent),
+            Err(e) => Err(SystemdError::Refused(super::client::error_message(&e))),
+        }
+    })
+    .unwrap_or_else(|| Err(SystemdError::Refused("the D-Bus client could not run".into())))
+}
