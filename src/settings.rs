@@ -97,6 +97,8 @@ pub struct Settings {
     pub bind_read_only: Vec<String>,
     /// `[Files] TemporaryFileSystem=`.
     pub tmpfs: Vec<String>,
+    /// `[Files] Inaccessible=`.
+    pub inaccessible: Vec<PathBuf>,
     /// `[Files] Overlay=`.
     pub overlay: Vec<String>,
     /// `[Files] OverlayReadOnly=`.
@@ -122,12 +124,11 @@ pub struct Settings {
 }
 
 /// Keys nspawn knows that mctl does not carry out (refused rather than silently ignored).
-const NSPAWN_ONLY: [&str; 11] = [
+const NSPAWN_ONLY: [&str; 10] = [
     "PivotRoot",
     "LinkJournal",
     "ResolvConf",
     "Timezone",
-    "Inaccessible",
     "BindUser",
     "MACVLAN",
     "IPVLAN",
@@ -138,7 +139,8 @@ const NSPAWN_ONLY: [&str; 11] = [
 
 /// Keys an untrusted file may not set: they grant capabilities or system calls, reach host
 /// files or host network interfaces, or weaken the sandbox.
-const PRIVILEGED: [&str; 17] = [
+const PRIVILEGED: [&str; 18] = [
+    "Inaccessible",
     "Capability",
     "AmbientCapability",
     "OOMScoreAdjust",
@@ -359,6 +361,12 @@ impl Settings {
                     return Err("expected an absolute source path".into());
                 }
                 if ro { self.bind_read_only.push(value.to_owned()) } else { self.bind.push(value.to_owned()) }
+            }
+            ("Files", "Inaccessible") => {
+                if !value.starts_with('/') || value == "/" {
+                    return Err("expected an absolute path below /".into());
+                }
+                self.inaccessible.push(value.into());
             }
             ("Files", "TemporaryFileSystem") => {
                 crate::launcher::spec::parse_tmpfs(value).map_err(|e| e.to_string())?;

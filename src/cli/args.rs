@@ -502,6 +502,9 @@ pub struct MachineArgs {
     /// Bind-mount a host path read-only.
     #[arg(long = "bind-ro", value_name = "SRC[:DST[:OPTS]]")]
     pub bind_ro: Vec<String>,
+    /// Make a path of the machine inaccessible: an empty node of its kind, mode 0, read-only.
+    #[arg(long, value_name = "PATH")]
+    pub inaccessible: Vec<PathBuf>,
     /// Mount a tmpfs: PATH[:OPTIONS].
     #[arg(long, value_name = "PATH[:OPTIONS]")]
     pub tmpfs: Vec<String>,

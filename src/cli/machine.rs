@@ -88,6 +88,12 @@ pub fn build_spec(m: MachineArgs, payload: Payload, cfg: &CliConfig) -> Result<L
     let (capabilities, syscall_filter) = privileges(&m)?;
     let attributes = attributes(&m)?;
     let kill_signal = m.kill_signal.as_deref().map(str::parse::<SignalNumber>).transpose().map_err(bad)?;
+    if let Some(p) = m.inaccessible.iter().find(|p| !p.is_absolute() || *p == std::path::Path::new("/")) {
+        return Err(CliError::new(format!(
+            "--inaccessible '{}' must be an absolute path below /",
+            p.display()
+        )));
+    }
     if let Some(d) = &m.chdir
         && !d.is_absolute()
     {
@@ -155,6 +161,7 @@ pub fn build_spec(m: MachineArgs, payload: Payload, cfg: &CliConfig) -> Result<L
         no_new_privileges: m.no_new_privileges == Some(YesNo::Yes),
         resources: resources(&m.property)?,
         attributes,
+        inaccessible: m.inaccessible.clone(),
     })
 }
 

@@ -145,18 +145,20 @@ pub fn apply(
     opt(&mut m.private_users_ownership, s.private_users_ownership, over);
     // Custom mounts are one setting, as in nspawn: the command line's or the file's.
     let file_mounts = !(s.bind.is_empty()
+        && s.inaccessible.is_empty()
         && s.bind_read_only.is_empty()
         && s.tmpfs.is_empty()
         && s.overlay.is_empty()
         && s.overlay_read_only.is_empty());
     let cli_mounts = !(m.bind.is_empty()
+        && m.inaccessible.is_empty()
         && m.bind_ro.is_empty()
         && m.tmpfs.is_empty()
         && m.overlay.is_empty()
         && m.overlay_ro.is_empty());
     if file_mounts && (over || !cli_mounts) {
         (m.bind, m.bind_ro, m.tmpfs) = (s.bind, s.bind_read_only, s.tmpfs);
-        (m.overlay, m.overlay_ro) = (s.overlay, s.overlay_read_only);
+        (m.overlay, m.overlay_ro, m.inaccessible) = (s.overlay, s.overlay_read_only, s.inaccessible);
     }
     // So is the network.
     let file_net = s.private_network.is_some()

@@ -145,6 +145,11 @@ pub enum Step {
         /// The new group.
         gid: u32,
     },
+    /// Covers an existing path with an inaccessible node of its kind (`--inaccessible`).
+    Mask {
+        /// The path (symlinks followed).
+        path: PathBuf,
+    },
     /// `pivot_root` into `new_root`, detaching the old root.
     PivotRoot {
         /// The new root.
@@ -176,9 +181,32 @@ impl fmt::Display for Step {
                 write!(f, "mount host {tree:?} on {}", target.display())
             }
             Step::Chown { path, .. } => write!(f, "change the owner of {}", path.display()),
+            Step::Mask { path } => write!(f, "make {} inaccessible", path.display()),
             Step::PivotRoot { new_root } => write!(f, "pivot_root into {}", new_root.display()),
         }
     }
+}
+
+/// Covers `path` with an empty, mode-0 node of its own kind from `/run/host/inaccessible`
+/// (a regular file for device nodes where none could be made), read-only: nspawn's
+/// `--inaccessible`.
+fn mask(sys: &dyn Sys, path: &Path) -> io::Result<()> {
+    use crate::sys::{FileKind, NodeKind};
+    let node = match sys.file_kind(path)? {
+        FileKind::Directory => "dir",
+        FileKind::Regular => "reg",
+        FileKind::Node(NodeKind::Fifo) => "fifo",
+        FileKind::Node(NodeKind::Socket) => "sock",
+        FileKind::Node(NodeKind::Char) => "chr",
+        FileKind::Node(NodeKind::Block) => "blk",
+    };
+    let mut source = Path::new("/run/host/inaccessible").join(node);
+    if !sys.exists(&source) {
+        source = Path::new("/run/host/inaccessible/reg").to_owned();
+    }
+    sys.mount(Some(&source.display().to_string()), path, None, MsFlags::MS_BIND, None)?;
+    let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | NOSUID_NODEV_NOEXEC;
+    sys.mount(None, path, None, ro, None)
 }
 
 /// A step that failed.
@@ -242,6 +270,7 @@ fn apply_one(sys: &dyn Sys, trees: &Trees, step: &Step) -> io::Result<()> {
         Step::Symlink { target, link } => sys.symlink(target, link),
         Step::WriteFile { path, contents, mode } => sys.write_file(path, contents, *mode),
         Step::Remove { path } => sys.remove_file(path),
+        Step::Mask { path } => mask(sys, path),
         Step::Detach { path } => sys.umount(path, nix::mount::MntFlags::MNT_DETACH),
         Step::Attach { tree, target, only_if_exists } => {
             let Some(fd) = trees.get(*tree) else {
@@ -620,6 +649,8 @@ pub fn outer_plan(
             optional: false,
         });
     }
+    // Last, so that they cover whatever the mounts above put there.
+    s.extend(spec.inaccessible.iter().map(|path| Step::Mask { path: path.clone() }));
     s
 }
 

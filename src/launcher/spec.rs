@@ -151,6 +151,8 @@ pub struct LaunchSpec {
     pub private_users_ownership: crate::userns::Ownership,
     /// `--no-new-privileges`: the payload runs with the no_new_privs flag.
     pub no_new_privileges: bool,
+    /// `--inaccessible`: paths covered by an empty, unreadable node.
+    pub inaccessible: Vec<PathBuf>,
     /// `--rlimit`, `--oom-score-adjust`, `--cpu-affinity`, `--personality`.
     pub attributes: super::attributes::PayloadAttributes,
     /// `--property`: resource limits on the machine's cgroup, in the order given.
@@ -193,6 +195,7 @@ impl LaunchSpec {
             no_new_privileges: false,
             resources: Vec::new(),
             attributes: Default::default(),
+            inaccessible: Vec::new(),
         }
     }
 }

@@ -115,6 +115,14 @@ impl Sys for FakeSys {
         self.existing.borrow().contains(path)
     }
 
+    fn file_kind(&self, path: &Path) -> io::Result<super::FileKind> {
+        // The fake knows only whether a path exists.
+        match self.existing.borrow().contains(path) {
+            true => Ok(super::FileKind::Regular),
+            false => Err(io::Error::from_raw_os_error(libc::ENOENT)),
+        }
+    }
+
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         self.record(path, format!("rm {}", path.display()))
     }

@@ -80,6 +80,25 @@ impl Sys for LinuxSys {
         fs::metadata(path).is_ok()
     }
 
+    fn file_kind(&self, path: &Path) -> io::Result<super::FileKind> {
+        use super::{FileKind, NodeKind};
+        use std::os::unix::fs::FileTypeExt;
+        let t = fs::metadata(path)?.file_type();
+        Ok(if t.is_dir() {
+            FileKind::Directory
+        } else if t.is_char_device() {
+            FileKind::Node(NodeKind::Char)
+        } else if t.is_block_device() {
+            FileKind::Node(NodeKind::Block)
+        } else if t.is_fifo() {
+            FileKind::Node(NodeKind::Fifo)
+        } else if t.is_socket() {
+            FileKind::Node(NodeKind::Socket)
+        } else {
+            FileKind::Regular
+        })
+    }
+
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         fs::remove_file(path)
     }

@@ -28,6 +28,17 @@ pub enum NodeKind {
     Socket,
 }
 
+/// What a path is (symlinks followed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// A directory.
+    Directory,
+    /// A regular file.
+    Regular,
+    /// A device node, fifo or socket.
+    Node(NodeKind),
+}
+
 /// Filesystem operations performed while a machine's root is assembled.
 pub trait Sys {
     /// mount(2).
@@ -56,6 +67,8 @@ pub trait Sys {
     fn write_file(&self, path: &Path, contents: &[u8], mode: u32) -> io::Result<()>;
     /// Whether `path` exists (following symlinks).
     fn exists(&self, path: &Path) -> bool;
+    /// What `path` is, following symlinks.
+    fn file_kind(&self, path: &Path) -> io::Result<FileKind>;
     /// Removes the file `path`.
     fn remove_file(&self, path: &Path) -> io::Result<()>;
     /// Makes `new_root` the root of the calling process's mount namespace and detaches the
