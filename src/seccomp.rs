@@ -711,6 +711,9 @@ pub struct FilterChanges {
     pub allow: Vec<String>,
     /// Calls and groups denied even if the default list allows them (wins over `allow`).
     pub deny: Vec<String>,
+    /// `--suppress-sync`: the sync calls do nothing and succeed, opening with O_SYNC or
+    /// O_DSYNC fails with EINVAL (nspawn's behaviour).
+    pub suppress_sync: bool,
 }
 
 impl FilterChanges {
@@ -813,12 +816,12 @@ impl SyscallFilter {
         cache: Option<&Path>,
     ) -> Result<Self, SeccompError> {
         let allowed = allowed_calls(caps, changes)?;
-        let key = cache_key(&allowed);
+        let key = cache_key(&allowed, changes.suppress_sync);
         let cached = cache.map(|dir| dir.join(format!("{key}.bpf")));
         if let Some(f) = cached.as_deref().and_then(|p| fs::read(p).ok()).and_then(|b| Self::decode(&b)) {
             return Ok(f);
         }
-        let filter = Self::compile(&allowed)?;
+        let filter = Self::compile(&allowed, changes.suppress_sync)?;
         if let (Some(dir), Some(path)) = (cache, cached) {
             // A cache that cannot be written only costs time.
             let _ = store(dir, &path, &filter.encode());
@@ -826,7 +829,7 @@ impl SyscallFilter {
         Ok(filter)
     }
 
-    fn compile(allowed: &BTreeSet<String>) -> Result<Self, SeccompError> {
+    fn compile(allowed: &BTreeSet<String>, suppress_sync: bool) -> Result<Self, SeccompError> {
         let mut main =
             ScmpFilterContext::new(ScmpAction::Errno(libc::ENOSYS)).map_err(build("create the filter"))?;
         // A binary tree instead of a linear list: every call is decided in a few comparisons.
@@ -857,7 +860,11 @@ impl SyscallFilter {
                 ],
             )
             .map_err(build("add the audit socket rule"))?;
-        Ok(Self { programs: vec![export(&main)?, export(&audit)?] })
+        let mut programs = vec![export(&main)?, export(&audit)?];
+        if suppress_sync {
+            programs.push(export(&sync_suppression()?)?);
+        }
+        Ok(Self { programs })
     }
 
     /// Installs the filter on the calling thread (inherited by children and kept across exec).
@@ -893,8 +900,35 @@ impl SyscallFilter {
             );
             bytes = &rest[body.len()..];
         }
-        (programs.len() == 2).then_some(Self { programs })
+        (programs.len() == 2 || programs.len() == 3).then_some(Self { programs })
     }
+}
+
+/// A program of its own for `--suppress-sync` (the kernel takes the strictest answer of all
+/// programs: an errno here wins over the main filter's allow): the sync calls return 0 without
+/// doing anything, opens asking for O_SYNC or O_DSYNC (O_SYNC includes its bit) fail with
+/// EINVAL, and openat2, whose flags a filter cannot see, is reported missing so callers use
+/// openat.
+fn sync_suppression() -> Result<ScmpFilterContext, SeccompError> {
+    let mut ctx = ScmpFilterContext::new(ScmpAction::Allow).map_err(build("create the sync filter"))?;
+    add_local_archs(&mut ctx)?;
+    for name in ["sync", "syncfs", "fsync", "fdatasync", "sync_file_range", "sync_file_range2", "msync"] {
+        if let Ok(call) = ScmpSyscall::from_name(name) {
+            // Missing on some architectures: nothing to suppress there.
+            let _ = ctx.add_rule(ScmpAction::Errno(0), call);
+        }
+    }
+    let dsync = libc::O_DSYNC as u64;
+    for (name, arg) in [("open", 1), ("openat", 2)] {
+        if let Ok(call) = ScmpSyscall::from_name(name) {
+            let cmp = ScmpArgCompare::new(arg, ScmpCompareOp::MaskedEqual(dsync), dsync);
+            let _ = ctx.add_rule_conditional(ScmpAction::Errno(libc::EINVAL), call, &[cmp]);
+        }
+    }
+    if let Ok(call) = ScmpSyscall::from_name("openat2") {
+        let _ = ctx.add_rule(ScmpAction::Errno(libc::ENOSYS), call);
+    }
+    Ok(ctx)
 }
 
 fn add_local_archs(ctx: &mut ScmpFilterContext) -> Result<(), SeccompError> {
@@ -909,9 +943,12 @@ fn add_local_archs(ctx: &mut ScmpFilterContext) -> Result<(), SeccompError> {
 /// Names a compiled filter by what it is compiled from: the layout of [`SyscallFilter::compile`]
 /// (bump [`FILTER_LAYOUT`] when it changes), libseccomp's version (its tables decide which
 /// calls are known), the architectures and the allowed calls.
-fn cache_key(allowed: &BTreeSet<String>) -> String {
+fn cache_key(allowed: &BTreeSet<String>, suppress_sync: bool) -> String {
     let mut h = Sha256::new();
     h.update(FILTER_LAYOUT.to_le_bytes());
+    if suppress_sync {
+        h.update(b"suppress-sync\n");
+    }
     if let Ok(v) = libseccomp::ScmpVersion::current() {
         h.update(format!("libseccomp {}.{}.{}\n", v.major, v.minor, v.micro));
     }
@@ -924,7 +961,7 @@ fn cache_key(allowed: &BTreeSet<String>) -> String {
 }
 
 /// The version of the compiled filter's layout (default actions, rule kinds, programs).
-const FILTER_LAYOUT: u32 = 1;
+const FILTER_LAYOUT: u32 = 2;
 
 fn store(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;

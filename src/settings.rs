@@ -63,6 +63,8 @@ pub struct Settings {
     pub ambient_capability: Vec<String>,
     /// `[Exec] LimitNOFILE=` and the other limits, as `--rlimit` values (`NOFILE=1024:4096`).
     pub rlimits: Vec<String>,
+    /// `[Exec] SuppressSync=`.
+    pub suppress_sync: Option<bool>,
     /// `[Exec] OOMScoreAdjust=`.
     pub oom_score_adjust: Option<String>,
     /// `[Exec] CPUAffinity=`.
@@ -124,7 +126,7 @@ pub struct Settings {
 }
 
 /// Keys nspawn knows that mctl does not carry out (refused rather than silently ignored).
-const NSPAWN_ONLY: [&str; 10] = [
+const NSPAWN_ONLY: [&str; 9] = [
     "PivotRoot",
     "LinkJournal",
     "ResolvConf",
@@ -133,7 +135,6 @@ const NSPAWN_ONLY: [&str; 10] = [
     "MACVLAN",
     "IPVLAN",
     "VirtualEthernetExtra",
-    "SuppressSync",
     "CredentialSet",
 ];
 
@@ -301,6 +302,7 @@ impl Settings {
                 attributes::Rlimit::parse(&arg).map_err(|e| e.expected)?;
                 self.rlimits.push(arg);
             }
+            ("Exec", "SuppressSync") => self.suppress_sync = Some(boolean()?),
             ("Exec", "OOMScoreAdjust") => {
                 attributes::parse_oom_score_adjust(value).map_err(|e| e.expected)?;
                 self.oom_score_adjust = Some(value.to_owned());

@@ -314,6 +314,39 @@ echo "arch $(uname -m)"
         }
     }
 
+    // --suppress-sync: the sync calls succeed without syncing, O_SYNC/O_DSYNC opens fail.
+    const SYNC: &str = r#"use Fcntl; use IO::Handle;
+pipe(R, W); print "fsync-pipe ", (W->sync ? "ok" : "err $!"), "\n";
+print "open-osync ", (sysopen(F, "/tmp/x", O_WRONLY|O_CREAT|O_SYNC) ? "ok" : "err $!"), "\n";
+print "open-odsync ", (sysopen(G, "/tmp/y", O_WRONLY|O_CREAT|O_DSYNC) ? "ok" : "err $!"), "\n";
+print "open-plain ", (sysopen(H, "/tmp/z", O_WRONLY|O_CREAT) ? "ok" : "err $!"), "\n";
+"#;
+    std::fs::write(dir.join("sync.pl"), SYNC).unwrap();
+    for value in ["yes", "no"] {
+        let opt = format!("--suppress-sync={value}");
+        let n = cgroups.run(&[
+            "-q",
+            "--register=no",
+            "--keep-unit",
+            &opt,
+            "-D",
+            dir.to_str().unwrap(),
+            "perl",
+            "/sync.pl",
+        ]);
+        let m = mctl()
+            .args(["run", "-q", "--register=no", &opt, "-D"])
+            .arg(&dir)
+            .args(["perl", "/sync.pl"])
+            .output()
+            .unwrap();
+        assert!(n.status.success() && m.status.success(), "{}{}", stderr(&n), stderr(&m));
+        // nspawn's console is a pty here (CRLF line ends).
+        assert_eq!(stdout(&m), stdout(&n).replace("\r\n", "\n"), "{opt}");
+        let suppressed = "fsync-pipe ok\nopen-osync err Invalid argument\nopen-odsync err Invalid argument\nopen-plain ok\n";
+        assert_eq!(stdout(&m) == suppressed, value == "yes", "{opt}: {}", stdout(&m));
+    }
+
     // What nspawn refuses, mctl refuses, before starting anything.
     for bad in [
         "--rlimit=RLIMIT_NOFILE=4096:1024",
@@ -324,6 +357,7 @@ echo "arch $(uname -m)"
         "--cpu-affinity=a-b",
         "--personality=vax",
         "--ambient-capability=CAP_FROB",
+        "--suppress-sync=maybe",
     ] {
         let n = cgroups.run(&[
             "-q",

@@ -567,6 +567,9 @@ pub struct MachineArgs {
     /// The architecture the machine reports: the host's, or its 32-bit one (x86 on x86-64).
     #[arg(long, value_name = "ARCH")]
     pub personality: Option<String>,
+    /// Turn off syncing to disk for the payload (sync, fsync, ... do nothing; O_SYNC opens fail).
+    #[arg(long, value_enum, value_name = "BOOL")]
+    pub suppress_sync: Option<Toggle>,
     /// Accepted for nspawn's command lines: mctl never pages.
     #[arg(long)]
     pub no_pager: bool,

@@ -289,7 +289,10 @@ fn privileges(m: &MachineArgs) -> Result<(CapabilityAdjust, crate::seccomp::Filt
     for c in &m.ambient_capability {
         capabilities.ambient.extend(parse("--ambient-capability", c)?);
     }
-    let mut syscall_filter = crate::seccomp::FilterChanges::default();
+    let mut syscall_filter = crate::seccomp::FilterChanges {
+        suppress_sync: m.suppress_sync == Some(super::args::Toggle::Yes),
+        ..Default::default()
+    };
     for f in &m.system_call_filter {
         syscall_filter
             .add_option(f)

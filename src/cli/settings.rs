@@ -116,6 +116,8 @@ pub fn apply(
     list(&mut m.drop_capability, s.drop_capability, over);
     list(&mut m.ambient_capability, s.ambient_capability, over);
     opt(&mut m.oom_score_adjust, s.oom_score_adjust, over);
+    let toggle = |b: bool| if b { super::args::Toggle::Yes } else { super::args::Toggle::No };
+    opt(&mut m.suppress_sync, s.suppress_sync.map(toggle), over);
     opt(&mut m.cpu_affinity, s.cpu_affinity, over);
     opt(&mut m.personality, s.personality, over);
     // Limits merge limit by limit (the later one of a resource is set last, and wins).
