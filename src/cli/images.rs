@@ -13,6 +13,8 @@ use crate::images::pull::{self, PullError, PullOptions, Verify};
 use crate::images::tar_export::{self, ExportError};
 use crate::images::tar_import::{self, ImportError};
 use crate::images::{ImageInfo, ImageStore, StoreError};
+
+use super::output::bytes;
 use crate::names;
 
 use super::args::{
@@ -70,21 +72,6 @@ fn dash(v: Option<u64>, f: impl Fn(u64) -> String) -> String {
     v.map_or_else(|| "-".to_owned(), f)
 }
 
-/// Bytes as systemd prints them (`155.2M`).
-pub fn format_bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["K", "M", "G", "T", "P", "E"];
-    if n < 1024 {
-        return format!("{n}B");
-    }
-    let mut v = n as f64 / 1024.0;
-    let mut i = 0;
-    while v >= 1024.0 && i < UNITS.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    format!("{v:.1}{}", UNITS[i])
-}
-
 /// `mctl list-images`.
 pub fn list_images(a: &ListImagesArgs, cfg: &CliConfig) -> Result<i32, CliError> {
     let images = store(cfg).list().map_err(store_err)?;
@@ -121,7 +108,7 @@ fn format_images(images: &[ImageInfo], a: &ListImagesArgs) -> String {
                         i.name.clone(),
                         i.image_type.as_str().to_owned(),
                         if i.read_only { "yes" } else { "no" }.to_owned(),
-                        dash(i.usage, format_bytes),
+                        dash(i.usage, bytes),
                         dash(i.created_us, output::timestamp),
                         dash(i.modified_us, output::timestamp),
                     ]
@@ -160,7 +147,7 @@ pub fn image_status(names: &[String], cfg: &CliConfig) -> Result<i32, CliError> 
             out.push_str(&format!("\t      OS: {pretty}\n"));
         }
         out.push_str(&format!("\t      RO: {}\n", if i.read_only { "read-only" } else { "writable" }));
-        out.push_str(&format!("\t   Usage: {}\n", dash(i.usage, format_bytes)));
+        out.push_str(&format!("\t   Usage: {}\n", dash(i.usage, bytes)));
         out.push_str(&format!("\t Created: {}\n", time(i.created_us)));
         out.push_str(&format!("\tModified: {}\n", time(i.modified_us)));
         out.push_str(&super::oci::status_lines(&s, name));
@@ -355,10 +342,10 @@ mod tests {
 
     #[test]
     fn bytes_like_systemd() {
-        assert_eq!(format_bytes(512), "512B");
-        assert_eq!(format_bytes(2048), "2.0K");
-        assert_eq!(format_bytes(155 * 1024 * 1024 + 200 * 1024), "155.2M");
-        assert_eq!(format_bytes(3 << 30), "3.0G");
+        assert_eq!(bytes(512), "512B");
+        assert_eq!(bytes(2048), "2.0K");
+        assert_eq!(bytes(155 * 1024 * 1024 + 200 * 1024), "155.2M");
+        assert_eq!(bytes(3 << 30), "3.0G");
     }
 
     #[test]

@@ -18,7 +18,8 @@ use crate::images::oci::{OciError, auth, bundle};
 use super::args::{
     ExportOciArgs, ImportOciArgs, MachineArgs, OciBundleArgs, PullOciArgs, PushOciArgs, RegistryArgs, Toggle,
 };
-use super::images::{catch_signals, format_bytes, interrupted, need_root, store};
+use super::images::{catch_signals, interrupted, need_root, store};
+use super::output::bytes;
 use super::output::emit;
 use super::{CliConfig, CliError};
 
@@ -136,7 +137,7 @@ pub fn prune_cache(cfg: &CliConfig) -> Result<i32, CliError> {
         }
     }
     freed += blobs.remove_partials().map_err(|e| oci_err("prune-cache", e))?;
-    tracing::info!("removed {n} blobs, {} freed", format_bytes(freed));
+    tracing::info!("removed {n} blobs, {} freed", bytes(freed));
     Ok(0)
 }
 
