@@ -14,14 +14,13 @@ use crate::images::tar_export::{self, ExportError};
 use crate::images::tar_import::{self, ImportError};
 use crate::images::{ImageInfo, ImageStore, StoreError};
 
-use super::output::bytes;
 use crate::names;
 
 use super::args::{
     CloneArgs, ExportTarArgs, ImportTarArgs, ListImagesArgs, OutputFormat, PullLxcArgs, PullTarArgs,
     ReadOnlyArgs, RenameArgs, TarFormat, VerifyMode, YesNo,
 };
-use super::output::{self, emit};
+use super::output::{self, bytes, emit};
 use super::{CliConfig, CliError};
 
 pub(super) fn store(cfg: &CliConfig) -> ImageStore {
