@@ -58,7 +58,8 @@ struct Handle {
 
 fn open_by_handle(mount: &str, kind: i32, data: &[u8]) -> Result<OwnedFd, ()> {
     let Some(m) = open_raw(mount, libc::O_RDONLY | libc::O_DIRECTORY) else { return Err(()) };
-    let mut h = Handle { bytes: data.len() as u32, kind, data: [0; 16] };
+    let Ok(bytes) = u32::try_from(data.len()) else { return Err(()) };
+    let mut h = Handle { bytes, kind, data: [0; 16] };
     h.data[..data.len()].copy_from_slice(data);
     let fd = unsafe {
         libc::syscall(
@@ -68,7 +69,10 @@ fn open_by_handle(mount: &str, kind: i32, data: &[u8]) -> Result<OwnedFd, ()> {
             libc::O_RDONLY | libc::O_DIRECTORY,
         )
     };
-    if fd < 0 { Err(()) } else { Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) }) }
+    // An int fd, only widened to long by syscall().
+    #[allow(clippy::cast_possible_truncation)]
+    let fd = fd as i32;
+    if fd < 0 { Err(()) } else { Ok(unsafe { OwnedFd::from_raw_fd(fd) }) }
 }
 
 fn list_dir(fd: &OwnedFd) -> String {
@@ -403,7 +407,10 @@ fn watch_exec(path: &str) {
     println!("watching");
     let mut buf = [0u8; 4096];
     let n = unsafe { libc::read(fan.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n < std::mem::size_of::<libc::fanotify_event_metadata>() as isize {
+    // A struct of 24 bytes: its size cannot wrap.
+    #[allow(clippy::cast_possible_wrap)]
+    let meta_size = std::mem::size_of::<libc::fanotify_event_metadata>() as isize;
+    if n < meta_size {
         println!("watch-exec: no event");
         return;
     }

@@ -53,7 +53,7 @@ fn main() {
     let mut spec = NetworkSpec::new(NetworkMode::Veth);
     spec.state_dir = state.clone();
     let mut m = machine();
-    let pid = m.id() as i32;
+    let pid = i32::try_from(m.id()).expect("a pid");
     if prepare {
         let t = Instant::now();
         network::prepare(&spec, "bench").expect("prepare");
@@ -65,7 +65,8 @@ fn main() {
     for i in 0..runs {
         let mut m1 = machine();
         let t0 = Instant::now();
-        let net = network::setup(&spec, &format!("bench{i}"), m1.id() as i32).expect("setup");
+        let net = network::setup(&spec, &format!("bench{i}"), i32::try_from(m1.id()).expect("a pid"))
+            .expect("setup");
         let t1 = Instant::now();
         if !pid1_alive {
             let _ = m1.kill();

@@ -822,9 +822,11 @@ impl SyscallFilter {
             return Ok(f);
         }
         let filter = Self::compile(&allowed, changes.suppress_sync)?;
-        if let (Some(dir), Some(path)) = (cache, cached) {
+        if let (Some(dir), Some(path)) = (cache, cached)
+            && let Some(bytes) = filter.encode()
+        {
             // A cache that cannot be written only costs time.
-            let _ = store(dir, &path, &filter.encode());
+            let _ = store(dir, &path, &bytes);
         }
         Ok(filter)
     }
@@ -877,16 +879,16 @@ impl SyscallFilter {
     }
 
     /// Cache file layout: for each program, its instruction count (u32, little-endian), then
-    /// its instructions.
-    fn encode(&self) -> Vec<u8> {
+    /// its instructions. None for a program too long to count so (then there is no cache).
+    fn encode(&self) -> Option<Vec<u8>> {
         let mut out = Vec::new();
         for p in &self.programs {
-            out.extend_from_slice(&(p.len() as u32).to_le_bytes());
+            out.extend_from_slice(&u32::try_from(p.len()).ok()?.to_le_bytes());
             for insn in p {
                 out.extend_from_slice(&insn.to_ne_bytes());
             }
         }
-        out
+        Some(out)
     }
 
     fn decode(mut bytes: &[u8]) -> Option<Self> {

@@ -250,7 +250,10 @@ impl HostIds {
         let (uids, gids) = (mine("subuid"), mine("subgid"));
         let blocks = |r: &IdRange| {
             let first = r.start.div_ceil(RANGE_SIZE);
-            let last = (r.end() / u64::from(RANGE_SIZE)) as u32;
+            // Blocks lie in the 32-bit id space: a line reaching past it ends there (else
+            // `b * RANGE_SIZE` would wrap to ids from 0). So `last` is at most 2^16.
+            #[allow(clippy::cast_possible_truncation)]
+            let last = (r.end().min(1 << 32) / u64::from(RANGE_SIZE)) as u32;
             (first..last).map(|b| IdRange { start: b * RANGE_SIZE, count: RANGE_SIZE }).collect::<Vec<_>>()
         };
         let delegated: Vec<IdRange> = uids
@@ -531,6 +534,13 @@ mod tests {
         std::fs::write(dir.path().join("proc/42/uid_map"), "0 720896 65536\n").unwrap();
         let e = pick().unwrap_err().to_string();
         assert!(e.contains("delegate to mctl"), "{e}");
+    }
+
+    #[test]
+    fn a_delegation_past_the_last_id_ends_there() {
+        let (dir, host) = fake_host("", "mctl:4294901760:131072\n");
+        std::fs::write(dir.path().join("subgid"), "mctl:4294901760:131072\n").unwrap();
+        assert_eq!(host.pick_candidates(), [IdRange { start: 0xFFFF_0000, count: RANGE_SIZE }]);
     }
 
     #[test]

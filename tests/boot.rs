@@ -177,7 +177,7 @@ fn a_stop_request_before_systemd_is_up_still_powers_off() {
     let mut first = String::new();
     std::io::BufRead::read_line(&mut log, &mut first).unwrap();
     assert!(first.starts_with("Spawning container bootearly"), "{first}");
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     let st = wait_exit(&mut child, Duration::from_secs(30)).expect("the machine ignored the stop request");
     let rest = read_all(log);

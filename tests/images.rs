@@ -246,6 +246,8 @@ fn rich_tree(dest: &Path) {
     let link = dest.join("home/tester/link");
     std::os::unix::fs::symlink("../../etc/passwd", &link).unwrap();
     std::os::unix::fs::lchown(&link, Some(1000), Some(1000)).unwrap();
+    // Pseudo-random bytes: the low 8 bits of a hash, truncated on purpose.
+    #[allow(clippy::cast_possible_truncation)]
     let big: Vec<u8> = (0..(1u32 << 20) + 7).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     w("var/big", &big, 0o644, 0, 0);
     let long = format!("usr/share/{}/{}", "d".repeat(90), "f".repeat(120));
@@ -1031,7 +1033,7 @@ fn interrupt_an_import(env: &Env, sig: i32) {
     );
     let t = Instant::now();
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
         nix::sys::signal::Signal::try_from(sig).unwrap(),
     )
     .unwrap();

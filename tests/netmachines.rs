@@ -128,7 +128,8 @@ impl Running {
             .spawn()
             .unwrap();
         let leader = notify.wait_leader(0, Duration::from_secs(20));
-        let mut r = Running { child, leader: leader.unwrap_or(0) as u32, name: name.to_owned(), dir };
+        let leader_pid = u32::try_from(leader.unwrap_or(0)).unwrap();
+        let mut r = Running { child, leader: leader_pid, name: name.to_owned(), dir };
         if leader.is_none() {
             let _ = r.child.kill();
             panic!("machine {name} did not start: {}", read_all(r.child.stderr.take().unwrap()));

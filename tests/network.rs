@@ -148,7 +148,7 @@ struct Ns {
 impl Ns {
     fn new() -> Ns {
         let child = Command::new("unshare").args(["--net", "sleep", "120"]).spawn().expect("spawn unshare");
-        let pid = child.id() as i32;
+        let pid = i32::try_from(child.id()).unwrap();
         let mine = std::fs::read_link("/proc/self/ns/net").unwrap();
         let ok = wait_until(Duration::from_secs(5), || {
             std::fs::read_link(format!("/proc/{pid}/ns/net")).is_ok_and(|l| l != mine)
@@ -571,7 +571,7 @@ fn bad_input_is_refused_and_leaves_nothing() {
         p.ports = s.ports.clone();
         assert_eq!(fail(&p, "m2"), "--port needs --network-veth, --network-bridge or --network-zone");
         assert!(fail(&s, "bad_name").starts_with("invalid machine name 'bad_name'"));
-        let me = std::process::id() as i32;
+        let me = nix::unistd::getpid().as_raw();
         let e = network::setup(&spec(NetworkMode::Veth, state.path()), "m4", me).map(|_| ()).unwrap_err();
         assert_eq!(
             e.to_string(),

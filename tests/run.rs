@@ -98,8 +98,11 @@ fn sigterm_to_mctl_reaches_the_command_with_kill_signal_sigterm() {
     let (_s, dir) = tree("rsig");
     let (mut child, out) =
         run_until_up(&dir, &["--kill-signal=SIGTERM"], "trap 'echo got-term; exit 42' TERM");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)
-        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     assert_eq!(read_all(out), "got-term\n");
     assert_eq!(child.wait().unwrap().code(), Some(42));
 }
@@ -122,7 +125,7 @@ fn sigterm_to_mctl_stops_a_command_without_handlers() {
         let mut out = child.stdout.take().unwrap();
         let mut buf = [0u8; 3];
         std::io::Read::read_exact(&mut out, &mut buf).unwrap();
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()), sig).unwrap();
         let st = wait_exit(&mut child, Duration::from_secs(10)).unwrap_or_else(|| {
             let _ = child.kill();
             panic!("mctl run ignored {sig}: the command kept running");
@@ -136,7 +139,7 @@ fn sigterm_to_mctl_stops_a_command_without_handlers() {
 fn second_sigterm_kills_a_command_that_ignores_the_first() {
     let (_s, dir) = tree("rsig2");
     let (mut child, mut out) = run_until_up(&dir, &["--kill-signal=SIGTERM"], "trap 'echo ignored' TERM");
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     // The command saw it and carries on.
     let mut buf = [0u8; 8];
@@ -464,7 +467,7 @@ fn on_hybrid_hosts_the_machine_has_a_cgroup_in_every_v1_hierarchy_and_the_device
 
     let (mut child, leader) = start_sleeper(&dir, &s.path().join("n"), "rccgroups", &[]);
     let launcher = proc_cgroups(child.id());
-    let machine = proc_cgroups(leader as u32);
+    let machine = proc_cgroups(u32::try_from(leader).unwrap());
     assert_eq!(launcher.len(), machine.len(), "{launcher:?} vs {machine:?}");
     for ((id, controllers, path), (mid, mcontrollers, mpath)) in launcher.iter().zip(&machine) {
         assert_eq!((id, controllers), (mid, mcontrollers));

@@ -149,7 +149,7 @@ fn the_cgroup2_device_program_holds_the_list() {
     }
     let _remove = Remove(cg.clone());
     let prog = mctl::sys::linux::bpf_load_device_program(
-        &mctl::cgroups::devices::program(&mctl::cgroups::devices::MACHINE_DEVICES),
+        &mctl::cgroups::devices::program(&mctl::cgroups::devices::MACHINE_DEVICES).unwrap(),
         "mctl_test",
     )
     .unwrap();

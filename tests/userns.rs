@@ -273,7 +273,7 @@ fn bad_ranges_and_values_are_refused_with_nothing_changed() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("overlaps the user namespace of process"), "{}", stderr(&o));
     let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(sleeper.id() as i32),
+        nix::unistd::Pid::from_raw(i32::try_from(sleeper.id()).unwrap()),
         nix::sys::signal::Signal::SIGTERM,
     );
     let _ = wait_exit(&mut sleeper, std::time::Duration::from_secs(10));

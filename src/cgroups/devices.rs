@@ -6,6 +6,8 @@
 //! guest's cgroup namespace: a guest can see and write the files of its own root (and mount
 //! the v1 `devices` hierarchy to do so), but a cgroup may never allow more than its parent.
 
+use std::io;
+
 use crate::sys::linux::BpfInsn;
 
 /// Character or block device.
@@ -152,7 +154,11 @@ fn blocks(rules: &[DeviceRule]) -> Vec<Block> {
 /// The device program for `rules`: returns 1 (allow) when one rule covers the request, else 0.
 /// The context is `struct bpf_cgroup_dev_ctx { u32 access_type; u32 major; u32 minor; }` with
 /// `access_type = access << 16 | type`.
-pub fn program(rules: &[DeviceRule]) -> Vec<BpfInsn> {
+///
+/// Fails for a device number above `i32::MAX` (the 64-bit jumps sign-extend their immediate, so
+/// it could not be compared with the zero-extended context; the kernel's numbers are 12 and 20
+/// bits) and for a block too long for a jump's 16-bit offset.
+pub fn program(rules: &[DeviceRule]) -> io::Result<Vec<BpfInsn>> {
     let mut p = vec![
         insn(LDX_MEM_W, R_TYPE, 1, 0, 0),
         insn(ALU32_AND_K, R_TYPE, 0, 0, 0xffff),
@@ -181,17 +187,17 @@ pub fn program(rules: &[DeviceRule]) -> Vec<BpfInsn> {
         }
         if b.majors.0 == b.majors.1 {
             skip.push(block.len());
-            block.push(insn(JNE_K, R_MAJOR, 0, 0, b.majors.0 as i32));
+            block.push(insn(JNE_K, R_MAJOR, 0, 0, imm(b.majors.0)?));
         } else {
             skip.push(block.len());
-            block.push(insn(JLT_K, R_MAJOR, 0, 0, b.majors.0 as i32));
+            block.push(insn(JLT_K, R_MAJOR, 0, 0, imm(b.majors.0)?));
             skip.push(block.len());
-            block.push(insn(JGT_K, R_MAJOR, 0, 0, b.majors.1 as i32));
+            block.push(insn(JGT_K, R_MAJOR, 0, 0, imm(b.majors.1)?));
         }
         if !b.minors.is_empty() {
             for m in &b.minors {
                 hit.push(block.len());
-                block.push(insn(JEQ_K, R_MINOR, 0, 0, *m as i32));
+                block.push(insn(JEQ_K, R_MINOR, 0, 0, imm(*m)?));
             }
             skip.push(block.len());
             block.push(insn(JA, 0, 0, 0, 0));
@@ -201,16 +207,36 @@ pub fn program(rules: &[DeviceRule]) -> Vec<BpfInsn> {
         block.push(insn(EXIT, 0, 0, 0, 0));
         let len = block.len();
         for j in skip {
-            block[j].off = (len - j - 1) as i16;
+            block[j].off = jump(len - j - 1)?;
         }
         for j in hit {
-            block[j].off = (allow - j - 1) as i16;
+            block[j].off = jump(allow - j - 1)?;
         }
         p.extend(block);
     }
     p.push(insn(MOV64_K, 0, 0, 0, 0));
     p.push(insn(EXIT, 0, 0, 0, 0));
-    p
+    Ok(p)
+}
+
+/// A device number as a jump's immediate.
+fn imm(n: u32) -> io::Result<i32> {
+    i32::try_from(n).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("device number {n} out of range for the device program"),
+        )
+    })
+}
+
+/// A forward jump over `n` instructions.
+fn jump(n: usize) -> io::Result<i16> {
+    i16::try_from(n).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("device program block of {n} instructions too long"),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -229,11 +255,13 @@ mod tests {
         loop {
             let i = prog[pc];
             let (dst, src) = ((i.regs & 0xf) as usize, (i.regs >> 4) as usize);
-            let imm = i.imm as i64 as u64;
+            // eBPF sign-extends the 32-bit immediate to 64 bits: the reinterpretation is the point.
+            #[allow(clippy::cast_sign_loss)]
+            let imm = i64::from(i.imm) as u64;
             match i.code {
                 LDX_MEM_W => {
                     assert_eq!(src, 1, "loads come from the context");
-                    r[dst] = ctx[(i.off / 4) as usize] & 0xffff_ffff;
+                    r[dst] = ctx[usize::try_from(i.off / 4).expect("a context offset")] & 0xffff_ffff;
                 }
                 ALU32_AND_K => r[dst] = (r[dst] & imm) & 0xffff_ffff,
                 ALU32_RSH_K => r[dst] = (r[dst] & 0xffff_ffff) >> imm,
@@ -249,7 +277,7 @@ mod tests {
                         _ => true,
                     };
                     if taken {
-                        pc += i.off as usize;
+                        pc += usize::try_from(i.off).expect("the program only jumps forward");
                     }
                 }
                 EXIT => return r[0],
@@ -269,7 +297,7 @@ mod tests {
 
     #[test]
     fn the_program_allows_exactly_the_list() {
-        let p = program(&MACHINE_DEVICES);
+        let p = program(&MACHINE_DEVICES).unwrap();
         let rw = READ | WRITE;
         assert_eq!(run(&p, DeviceKind::Char, rw, 1, 3), 1, "/dev/null");
         assert_eq!(run(&p, DeviceKind::Char, MKNOD, 1, 9), 1, "mknod /dev/urandom");
@@ -290,5 +318,12 @@ mod tests {
         // Merged: one block each for 1:*, 5:*, 10:200, c 0:0, b 0:0 and the pty majors.
         assert_eq!(blocks(&MACHINE_DEVICES).len(), 6);
         assert!(p.len() < 60, "{} instructions", p.len());
+    }
+
+    #[test]
+    fn numbers_the_program_cannot_compare_are_refused() {
+        let big = DeviceRule { kind: DeviceKind::Char, major: 1 << 31, minor: None, access: READ };
+        assert!(program(&[big]).is_err());
+        assert!(program(&[DeviceRule { major: 1, minor: Some(u32::MAX), ..big }]).is_err());
     }
 }

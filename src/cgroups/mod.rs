@@ -344,7 +344,7 @@ impl MachineCgroup {
         let dir = self.parts[0].machine.clone();
         let attached = (|| {
             let prog = crate::sys::linux::bpf_load_device_program(
-                &devices::program(&devices::MACHINE_DEVICES),
+                &devices::program(&devices::MACHINE_DEVICES)?,
                 "mctl_devices",
             )?;
             let cg = fs::File::open(&dir)?;

@@ -333,6 +333,8 @@ fn parse_limit(value: &str, total: impl FnOnce() -> Option<u64>) -> Option<Limit
     }
     if let Some(p) = value.strip_suffix('%') {
         let p: f64 = p.trim().parse().ok().filter(|p: &f64| (0.0..=100.0).contains(p))?;
+        // At most 100% of a u64 and not negative, so the cast cannot truncate or lose a sign.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let bytes = (total()? as f64 * p / 100.0) as u64;
         return Some(Limit::Value(bytes));
     }
@@ -347,7 +349,13 @@ fn parse_limit(value: &str, total: impl FnOnce() -> Option<u64>) -> Option<Limit
     };
     let n: f64 = digits.trim().parse().ok().filter(|n: &f64| n.is_finite() && *n >= 0.0)?;
     let bytes = n * (1u64 << shift) as f64;
-    (bytes < u64::MAX as f64).then_some(Limit::Value(bytes as u64))
+    if bytes >= u64::MAX as f64 {
+        return None;
+    }
+    // Finite, not negative and below u64::MAX: the cast cannot truncate or lose a sign.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let bytes = bytes as u64;
+    Some(Limit::Value(bytes))
 }
 
 fn parse_tasks(value: &str) -> Option<Limit> {
@@ -366,7 +374,15 @@ fn parse_quota(value: &str) -> Option<Option<u64>> {
         return Some(None);
     }
     let p: f64 = value.strip_suffix('%')?.trim().parse().ok().filter(|p: &f64| p.is_finite() && *p > 0.0)?;
-    Some(Some((p * 10_000.0).round() as u64))
+    let us = (p * 10_000.0).round();
+    // A quota past u64::MAX is refused rather than saturated.
+    if us >= u64::MAX as f64 {
+        return None;
+    }
+    // Whole, positive and below u64::MAX: the cast is exact.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let us = us as u64;
+    Some(Some(us))
 }
 
 /// The CPUs of a list like `0-2,5`, or None when it does not parse.

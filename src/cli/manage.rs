@@ -298,7 +298,8 @@ pub fn status(names: &[String]) -> Result<i32, CliError> {
             let now = crate::sys::linux::clock_us(libc::CLOCK_REALTIME);
             out.push_str(&format!("\t   Since: {}; {}\n", output::timestamp(ts), output::relative(ts, now)));
         }
-        let leader = prop_u64(&props, "Leader") as u32;
+        // A leader past u32 is no pid: shown as none rather than truncated to another's.
+        let leader = u32::try_from(prop_u64(&props, "Leader")).unwrap_or(0);
         if leader > 0 {
             out.push_str(&format!("\t  Leader: {leader} ({})\n", crate::procfs::comm(leader)));
         }

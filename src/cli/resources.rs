@@ -140,6 +140,9 @@ fn sort_rows(rows: &mut [TopRow], order: TopOrder) {
 
 fn top_table(rows: &[TopRow]) -> String {
     let dash = || "-".to_owned();
+    // The rates are differences of counters, never negative, and only displayed: `as` rounds
+    // them down to whole bytes (saturating, should one ever pass u64::MAX).
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {

@@ -133,11 +133,14 @@ pub fn bootstrap(
         if let Some(sig) = interrupt::received()
             && !forwarded
         {
-            // The recipe's trap removes its temporary tree.
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::try_from(sig).unwrap_or(nix::sys::signal::Signal::SIGTERM),
-            );
+            // The recipe's trap removes its temporary tree. (A child's pid is a positive pid_t:
+            // were it not, there would be no process to signal.)
+            if let Ok(pid) = i32::try_from(child.id()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::try_from(sig).unwrap_or(nix::sys::signal::Signal::SIGTERM),
+                );
+            }
             forwarded = true;
         }
         std::thread::sleep(Duration::from_millis(100));

@@ -191,7 +191,9 @@ impl<W: Write> Encoder<W> {
                 Encoder::Gzip(flate2::write::GzEncoder::new(out, flate2::Compression::default()))
             }
             Compression::Xz => {
-                let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+                // More cores than a u32 counts: as many threads as it can ask for.
+                let threads = std::thread::available_parallelism()
+                    .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX));
                 let stream = xz2::stream::MtStreamBuilder::new()
                     .threads(threads)
                     .preset(6)

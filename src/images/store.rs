@@ -420,7 +420,8 @@ pub(crate) fn meta_of(st: &rfs::Stat) -> Meta {
         mode: st.st_mode & 0o7777,
         uid: st.st_uid,
         gid: st.st_gid,
-        mtime: (st.st_mtime, st.st_mtime_nsec as u32),
+        // Nanoseconds are below 10^9; a value that does not even fit a u32 counts as 0.
+        mtime: (st.st_mtime, u32::try_from(st.st_mtime_nsec).unwrap_or(0)),
         xattrs: Vec::new(),
     }
 }
@@ -451,9 +452,7 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<(), StoreError> {
                 let mut file = f.open_file()?;
                 meta.xattrs = f.xattrs(Some(&file))?;
                 // File to file: std uses copy_file_range, which reflinks where it can.
-                writer.add(f.rel, Node::File { size: f.stat.st_size as u64 }, &meta, |out| {
-                    io::copy(&mut file, out)
-                })?;
+                writer.add(f.rel, Node::File { size: f.size()? }, &meta, |out| io::copy(&mut file, out))?;
             }
             Kind::Symlink => {
                 let target = f.read_link()?;

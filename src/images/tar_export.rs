@@ -142,7 +142,7 @@ fn header(f: &Found<'_>, etype: EntryType) -> Header {
     h.set_mode(st.st_mode & 0o7777);
     h.set_uid(st.st_uid.into());
     h.set_gid(st.st_gid.into());
-    h.set_mtime(st.st_mtime.max(0) as u64);
+    h.set_mtime(u64::try_from(st.st_mtime).unwrap_or(0));
     h.set_size(0);
     h
 }
@@ -193,7 +193,7 @@ pub(crate) fn add<W: Write>(
     match kind {
         Kind::Dir => b.append_data(&mut header(f, EntryType::Directory), &name, io::empty()).map_err(merr),
         Kind::File => {
-            let size = f.stat.st_size as u64;
+            let size = f.size()?;
             let mut h = header(f, EntryType::Regular);
             h.set_size(size);
             let file: File = file.take().expect("opened above");

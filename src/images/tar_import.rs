@@ -427,10 +427,10 @@ fn entry_meta<R: Read>(entry: &mut tar::Entry<'_, R>, path: &Path) -> Result<Met
     let id =
         |v: u64, what: &str| u32::try_from(v).map_err(|_| bad(path, format!("{what} {v} is out of range")));
     let mut meta = Meta {
-        mode: num(h.mode().map(u64::from), "mode")? as u32 & 0o7777,
+        mode: h.mode().map_err(|e| bad(path, format!("bad mode: {e}")))? & 0o7777,
         uid: id(num(h.uid(), "uid")?, "uid")?,
         gid: id(num(h.gid(), "gid")?, "gid")?,
-        mtime: (num(h.mtime(), "mtime")?.min(i64::MAX as u64) as i64, 0),
+        mtime: (i64::try_from(num(h.mtime(), "mtime")?).unwrap_or(i64::MAX), 0),
         xattrs: Vec::new(),
     };
     let Some(exts) = entry.pax_extensions().map_err(read_error)? else { return Ok(meta) };
@@ -455,9 +455,10 @@ fn entry_meta<R: Read>(entry: &mut tar::Entry<'_, R>, path: &Path) -> Result<Met
 fn parse_pax_time(s: &str) -> Option<(i64, u32)> {
     let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
     let secs: i64 = secs.parse().ok()?;
-    let mut ns = 0u32;
-    for (i, c) in frac.chars().take(9).enumerate() {
-        ns += c.to_digit(10)? * 10u32.pow(8 - i as u32);
+    let (mut ns, mut scale) = (0u32, 100_000_000u32);
+    for c in frac.chars().take(9) {
+        ns += c.to_digit(10)? * scale;
+        scale /= 10;
     }
     Some((secs, ns))
 }

@@ -83,6 +83,18 @@ impl Found<'_> {
         Found { path: self.path, rel: self.rel, stat, parent: self.parent, name: self.name, dir: self.dir }
     }
 
+    /// Its size in bytes, refusing a negative one.
+    pub fn size(&self) -> Result<u64, WalkError> {
+        u64::try_from(self.stat.st_size).map_err(|_| WalkError {
+            step: "cannot read",
+            path: self.path.to_owned(),
+            source: io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("negative size {}", self.stat.st_size),
+            ),
+        })
+    }
+
     /// Opens a regular file for reading, refusing anything that is not one any more.
     pub fn open_file(&self) -> Result<File, WalkError> {
         let fd = rfs::openat(
@@ -298,7 +310,8 @@ pub fn usage(root: &Path) -> Result<u64, WalkError> {
     let mut total = 0u64;
     walk::<WalkError>(root, |f| {
         if f.stat.st_nlink <= 1 || f.kind() == Kind::Dir || seen.insert((f.stat.st_dev, f.stat.st_ino)) {
-            total += (f.stat.st_blocks as u64) * 512;
+            // A negative block count, which no sane filesystem reports, occupies nothing.
+            total += u64::try_from(f.stat.st_blocks).unwrap_or(0) * 512;
         }
         Ok(())
     })?;

@@ -134,7 +134,7 @@ fn parse_rlimit_value(v: &str, unit: Unit) -> Option<u64> {
             // A signed value is a nice level; the kernel's limit is 20 - nice.
             if v.starts_with('+') || v.starts_with('-') {
                 let nice: i64 = v.parse().ok().filter(|n| (-20..=19).contains(n))?;
-                Some((20 - nice) as u64)
+                u64::try_from(20 - nice).ok()
             } else {
                 v.parse().ok().filter(|n| *n <= 40)
             }

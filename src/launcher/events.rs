@@ -94,7 +94,8 @@ impl<'a> Events<'a> {
             match ev.data() {
                 TOKEN_SIGNAL => {
                     while let Ok(Some(info)) = self.sigfd.read_signal() {
-                        match Signal::try_from(info.ssi_signo as i32) {
+                        // A number past i32 is no signal: 0, which is none either, stands for it.
+                        match Signal::try_from(i32::try_from(info.ssi_signo).unwrap_or(0)) {
                             Ok(Signal::SIGWINCH) => {
                                 if let Some(c) = &self.console {
                                     c.resize();

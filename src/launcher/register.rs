@@ -47,12 +47,22 @@ pub enum RegisterError {
         /// The manager's message.
         message: String,
     },
+    /// The leader's pid is not one (negative).
+    #[error("cannot register machine {name}: {pid} is not a leader pid")]
+    BadLeader {
+        /// Machine name.
+        name: String,
+        /// The pid given.
+        pid: i32,
+    },
 }
 
 /// Registers the machine. [`RegisterError::NoManager`] tells "nobody to register with" (fine
 /// in [`RegisterMode::Auto`]) from a manager that refused.
 pub fn register(info: &MachineInfo) -> Result<(), RegisterError> {
     let info = info.clone();
+    let leader = u32::try_from(info.leader)
+        .map_err(|_| RegisterError::BadLeader { name: info.name.clone(), pid: info.leader })?;
     block_on_thread(move || async move {
         {
             let conn = system_bus().await.map_err(|e| RegisterError::NoManager(error_message(&e)))?;
@@ -65,7 +75,7 @@ pub fn register(info: &MachineInfo) -> Result<(), RegisterError> {
                     info.id.as_bytes(),
                     "mctl",
                     "container",
-                    info.leader as u32,
+                    leader,
                     root,
                     &info.netif,
                 )

@@ -143,6 +143,12 @@ pub struct RegisterRequest {
     pub netif: Vec<i32>,
 }
 
+/// The machine's leader as a pid_t. Registration found it in /proc, so it fits; were it ever not,
+/// it must not wrap to a negative pid, which kill() takes for a process group or every process.
+fn leader_pid(m: &Machine) -> Result<i32, ManagerError> {
+    i32::try_from(m.leader).map_err(|_| ManagerError::Failed(format!("Leader PID {} out of range", m.leader)))
+}
+
 /// The task watching a machine's leader, aborted when the machine leaves the registry.
 #[derive(Debug)]
 struct Watcher(Option<tokio::task::AbortHandle>);
@@ -252,7 +258,7 @@ impl Manager {
 
     /// Watches the leader's pidfd; when it exits, the machine is removed at once.
     fn watch(&self, m: &Machine) -> Option<Watcher> {
-        let afd = linux::async_pidfd(m.leader as i32).ok()?;
+        let afd = linux::async_pidfd(leader_pid(m).ok()?).ok()?;
         let me = self.me.clone();
         let (name, leader) = (m.name.clone(), m.leader);
         let task = tokio::spawn(async move {
@@ -347,7 +353,7 @@ impl Manager {
             }
             // As PID 1 of its namespace, the leader takes every other process there with it.
             Scope::PidNamespace | Scope::Leader => {
-                linux::send_signal(m.leader as i32, libc::SIGKILL).map_err(failed)
+                linux::send_signal(leader_pid(&m)?, libc::SIGKILL).map_err(failed)
             }
         }
     }
@@ -364,11 +370,12 @@ impl Manager {
             return Err(ManagerError::InvalidArgs(format!("Invalid signal {signal}")));
         }
         caller.authorize(Action::Manage)?;
-        let targets = if all { self.processes(&m) } else { vec![m.leader as i32] };
+        let leader = leader_pid(&m)?;
+        let targets = if all { self.processes(&m) } else { vec![leader] };
         for pid in targets {
             // Processes may exit while we go; only the leader's absence is an error.
             if let Err(e) = linux::send_signal(pid, signal)
-                && pid == m.leader as i32
+                && pid == leader
             {
                 return Err(ManagerError::Failed(format!("Failed to kill machine {name}: {e}")));
             }
@@ -419,10 +426,10 @@ impl Manager {
         match self.scope(m) {
             Scope::Cgroup(dir) => {
                 let pids = cgroups::pids_in(&dir);
-                if pids.is_empty() { vec![m.leader as i32] } else { pids }
+                if pids.is_empty() { leader_pid(m).into_iter().collect() } else { pids }
             }
             Scope::PidNamespace => procfs::pids_in_pidns(m.leader),
-            Scope::Leader => vec![m.leader as i32],
+            Scope::Leader => leader_pid(m).into_iter().collect(),
         }
     }
 

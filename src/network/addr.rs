@@ -117,6 +117,8 @@ pub fn allocate_subnet(
         return Err(exhausted);
     }
     let count = 1u64 << (prefix - pool.prefix_len());
+    // i < count <= 2^32, so the cast cannot truncate.
+    #[allow(clippy::cast_possible_truncation)]
     let pick = |i: u64| {
         let i = if from_top { count - 1 - i } else { i };
         nth_subnet(pool, prefix, i as u32)

@@ -200,7 +200,8 @@ impl MachineNetwork {
 
     /// Host-side interface indices, for registration (`NetworkInterfaces`).
     pub fn host_ifindices(&self) -> Vec<i32> {
-        self.state.iter().filter_map(|s| s.host_ifindex).map(|i| i as i32).collect()
+        // The kernel's ifindex is a positive int; one that is not (from a bad state file) is left out.
+        self.state.iter().filter_map(|s| s.host_ifindex).filter_map(|i| i32::try_from(i).ok()).collect()
     }
 
     /// The guest addresses configured by setup (IPv4; link-local IPv6 is the kernel's).

@@ -308,6 +308,8 @@ pub fn link_name(prefix: &str, name: &str) -> String {
     if full.len() <= IFNAME_MAX {
         return full;
     }
+    // The hash's low 32 bits, truncated on purpose (names already made depend on them).
+    #[allow(clippy::cast_possible_truncation)]
     let hash = stable_hash(&[prefix.as_bytes(), name.as_bytes()]) as u32;
     let keep = IFNAME_MAX - prefix.len() - 9;
     // Names are ASCII (hostname rules), so byte slicing is at a character boundary.

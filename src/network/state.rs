@@ -62,7 +62,7 @@ pub struct Owner {
 impl Owner {
     /// This process.
     pub fn current() -> Owner {
-        let pid = std::process::id() as i32;
+        let pid = nix::unistd::getpid().as_raw();
         Owner { pid, start: start_time(pid).unwrap_or(0) }
     }
 

@@ -173,6 +173,8 @@ pub fn set_tree_readonly(tree: BorrowedFd<'_>, recursive: bool) -> io::Result<()
 /// user namespace `userns`: files owned by id N on disk appear owned by the host id that N maps
 /// to, and files created through it are stored with the id mapped back.
 pub fn set_tree_idmap(tree: BorrowedFd<'_>, userns: BorrowedFd<'_>) -> io::Result<()> {
+    // A live fd is never negative.
+    #[allow(clippy::cast_sign_loss)]
     let attr = libc::mount_attr {
         attr_set: libc::MOUNT_ATTR_IDMAP,
         attr_clr: 0,
@@ -222,6 +224,8 @@ pub fn open_in_root(root: BorrowedFd<'_>, path: &Path, flags: libc::c_int) -> io
     use rustix::fs::{OFlags, ResolveFlags};
     let rel = path.strip_prefix("/").unwrap_or(path);
     let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
+    // The same flag bits, as rustix types them.
+    #[allow(clippy::cast_sign_loss)]
     let oflags = OFlags::from_bits_retain(flags as u32) | OFlags::CLOEXEC;
     Ok(openat2_retrying(root, rel, oflags, ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS)?)
 }
@@ -274,13 +278,14 @@ pub fn clock_us(clock: libc::clockid_t) -> u64 {
     let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
     // SAFETY: `ts` is a valid, writable timespec on our stack.
     unsafe { libc::clock_gettime(clock, &mut ts) };
-    (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1000
+    // A realtime clock set before the epoch reads as the epoch; tv_nsec is never negative.
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0) / 1000
 }
 
 /// `secs` since the epoch in local time, as systemd prints timestamps
 /// (`Mon 2026-11-30 00:34:45 UTC`).
 pub fn format_local_time(secs: u64) -> String {
-    let t = secs as libc::time_t;
+    let Ok(t) = libc::time_t::try_from(secs) else { return secs.to_string() };
     // SAFETY: tm is plain data; zeroed is valid.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     // SAFETY: both pointers refer to live locals; localtime_r is the reentrant variant.
@@ -369,14 +374,20 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 /// first taker waits for an RCU grace period (about 10 ms); being born there does not.
 /// Fails with ENOSYS or EINVAL on kernels before 5.7. Call only while single-threaded.
 pub fn fork_into_cgroup(cgroup: BorrowedFd<'_>) -> io::Result<Forked> {
-    clone3_fork(CLONE_INTO_CGROUP, cgroup.as_raw_fd() as u64)
+    // A live fd is never negative.
+    #[allow(clippy::cast_sign_loss)]
+    let cgroup = cgroup.as_raw_fd() as u64;
+    clone3_fork(CLONE_INTO_CGROUP, cgroup)
 }
 
 /// fork(2) whose child starts in new namespaces (`CLONE_NEW*` flags). With CLONE_NEWUSER the
 /// other new namespaces are owned by the new user namespace, whose root the child is. Call
 /// only while single-threaded.
 pub fn fork_into_namespaces(namespaces: nix::sched::CloneFlags) -> io::Result<Forked> {
-    clone3_fork(namespaces.bits() as u32 as u64, 0)
+    // The flag bits as they are: through u32, so that bit 31 is not sign-extended.
+    #[allow(clippy::cast_sign_loss)]
+    let flags = namespaces.bits() as u32;
+    clone3_fork(u64::from(flags), 0)
 }
 
 fn clone3_fork(flags: u64, cgroup: u64) -> io::Result<Forked> {
@@ -393,6 +404,8 @@ fn clone3_fork(flags: u64, cgroup: u64) -> io::Result<Forked> {
     match r {
         r if r < 0 => Err(io::Error::last_os_error()),
         0 => Ok(Forked::Child),
+        // A pid_t, only widened to long by syscall().
+        #[allow(clippy::cast_possible_truncation)]
         pid => Ok(Forked::Parent(pid as i32)),
     }
 }
@@ -433,8 +446,11 @@ pub fn close_fds_from(first: u32) -> io::Result<()> {
 /// Marks every fd from `first` upwards close-on-exec, so an exec leaves only stdio open
 /// while a failed exec can still report through them.
 pub fn cloexec_fds_from(first: u32) -> io::Result<()> {
+    // The flag is the constant 4: it cannot wrap.
+    #[allow(clippy::cast_possible_wrap)]
+    let cloexec = libc::CLOSE_RANGE_CLOEXEC as libc::c_int;
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets a flag on fds; none is closed.
-    let r = unsafe { libc::close_range(first, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int) };
+    let r = unsafe { libc::close_range(first, u32::MAX, cloexec) };
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
@@ -751,6 +767,8 @@ pub fn bpf_load_device_program(insns: &[BpfInsn], name: &str) -> io::Result<Owne
 fn bpf_load_device_program_logged(insns: &[BpfInsn], name: &str, logged: bool) -> io::Result<OwnedFd> {
     let license = c"MIT";
     let mut log = vec![0u8; if logged { 64 * 1024 } else { 0 }];
+    // log_size: the log is 64 KiB at most.
+    #[allow(clippy::cast_possible_truncation)]
     let mut attr = BpfProgLoadAttr {
         prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
         insn_cnt: u32::try_from(insns.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
@@ -786,11 +804,16 @@ fn bpf_load_device_program_logged(insns: &[BpfInsn], name: &str, logged: bool) -
             io::Error::new(err.kind(), format!("{err}; verifier: {}", text.trim()))
         });
     }
+    // An int fd, only widened to long by syscall().
+    #[allow(clippy::cast_possible_truncation)]
+    let fd = fd as RawFd;
     // SAFETY: the kernel just returned this fd to us; we are its only owner.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 fn bpf_attach_call(cmd: libc::c_long, prog: BorrowedFd<'_>, cgroup: BorrowedFd<'_>) -> io::Result<()> {
+    // Live fds are never negative.
+    #[allow(clippy::cast_sign_loss)]
     let mut attr = BpfAttachAttr {
         target_fd: cgroup.as_raw_fd() as u32,
         attach_bpf_fd: prog.as_raw_fd() as u32,
@@ -855,9 +878,13 @@ pub fn forget_when_link_gone(
     // SAFETY: ifreq is plain data; zeroed is valid. The name fits (checked above).
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (d, s) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
-        *d = *s as libc::c_char;
+        // The byte as a C char, bit for bit.
+        #[allow(clippy::cast_possible_wrap)]
+        let c = *s as libc::c_char;
+        *d = c;
     }
-    let rounds = (patience.as_millis() / 2).max(1) as u32;
+    // Longer than u32::MAX rounds of 2 ms (over three months): that many.
+    let rounds = u32::try_from((patience.as_millis() / 2).max(1)).unwrap_or(u32::MAX);
     let max = open_fds().into_iter().max().unwrap_or(0);
     // SAFETY: fork(2); what the child does is below.
     match unsafe { libc::fork() } {

@@ -118,7 +118,10 @@ pub fn http_date(secs: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
+    // rem_euclid(7) is in 0..7 and m in 1..=12: the indices cannot truncate or be negative.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let wd = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][days.rem_euclid(7) as usize];
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let mon = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
         [(m - 1) as usize];
     format!("{wd}, {d:02} {mon} {y} {:02}:{:02}:{:02} GMT", rem / 3600, rem / 60 % 60, rem % 60)

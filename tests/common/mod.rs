@@ -391,7 +391,7 @@ impl Machine {
 
     /// Sends `sig` to mctl itself.
     pub fn signal_launcher(&self, sig: i32) {
-        let pid = self.child.as_ref().unwrap().id() as i32;
+        let pid = i32::try_from(self.child.as_ref().unwrap().id()).unwrap();
         // SAFETY-free: a plain kill of our own child.
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
@@ -423,10 +423,13 @@ impl Machine {
 impl Drop for Machine {
     fn drop(&mut self) {
         if let Some(child) = self.child.as_mut() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
+            // No unwrap in a drop, which may run while a test panics.
+            if let Ok(pid) = i32::try_from(child.id()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
             let deadline = Instant::now() + Duration::from_secs(20);
             while Instant::now() < deadline {
                 if child.try_wait().ok().flatten().is_some() {
@@ -549,10 +552,13 @@ impl Mctld {
 impl Drop for Mctld {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
+            // No unwrap in a drop, which may run while a test panics.
+            if let Ok(pid) = i32::try_from(c.id()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
             // A wedged mctld (the bug a test found) must not hang the test run.
             if wait_exit(&mut c, Duration::from_secs(10)).is_none() {
                 let _ = c.kill();
@@ -617,7 +623,7 @@ pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
 /// Stops a launcher: SIGTERM (the machine's stop request), and once more after a while (kill)
 /// if the payload ignored the first; returns its exit status.
 pub fn stop_launcher(child: &mut Child) -> ExitStatus {
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
     for patience in [Duration::from_secs(1), Duration::from_secs(10)] {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         if let Some(st) = wait_exit(child, patience) {

@@ -182,7 +182,7 @@ fn dir_header(st: &rfs::Stat) -> Header {
     h.set_mode(st.st_mode & 0o7777);
     h.set_uid(st.st_uid.into());
     h.set_gid(st.st_gid.into());
-    h.set_mtime(st.st_mtime.max(0) as u64);
+    h.set_mtime(u64::try_from(st.st_mtime).unwrap_or(0));
     h.set_size(0);
     h
 }

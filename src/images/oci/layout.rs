@@ -115,8 +115,13 @@ impl Source {
     /// A small file whole.
     fn read(&self, rel: &str, blobs: &BlobStore, limit: u64) -> Result<Vec<u8>, OciError> {
         match self {
-            Source::Dir { root, .. } => crate::guestfs::read(root.as_fd(), Path::new(rel), limit as usize)
-                .map_err(|e| OciError::invalid(self.what(rel), e)),
+            // A limit past the address space is no limit.
+            Source::Dir { root, .. } => crate::guestfs::read(
+                root.as_fd(),
+                Path::new(rel),
+                usize::try_from(limit).unwrap_or(usize::MAX),
+            )
+            .map_err(|e| OciError::invalid(self.what(rel), e)),
             Source::Archive { .. } => match self.member(rel)? {
                 Member::Small(b) => Ok(b.clone()),
                 Member::Blob(d) => blobs.read_small(d, limit),
@@ -225,6 +230,8 @@ fn read_archive(path: &Path, blobs: &BlobStore) -> Result<Source, OciError> {
                     ));
                     return Err(ImportError::Truncated(String::new()));
                 }
+                // At most SMALL (1 MiB), just checked: the cast cannot truncate.
+                #[allow(clippy::cast_possible_truncation)]
                 let mut b = Vec::with_capacity(size as usize);
                 entry.read_to_end(&mut b).map_err(ImportError::Read)?;
                 if let Some(d) = named
@@ -529,8 +536,9 @@ pub(crate) fn rfc3339(secs: i64) -> String {
 
 /// Now, in RFC 3339.
 pub(crate) fn now_rfc3339() -> String {
-    let secs =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
     rfc3339(secs)
 }
 

@@ -463,7 +463,8 @@ impl Registry {
         if body.len() as u64 != size {
             return Err(OciError::Size {
                 what: url.to_string(),
-                detail: format!("{} bytes, but the manifest says {size}", body.len().min(size as usize + 1)),
+                // At most size + 1: `take` stopped there.
+                detail: format!("{} bytes, but the manifest says {size}", body.len()),
             });
         }
         let actual = Digest::of(&body);
