@@ -338,6 +338,12 @@ fn parse_limit(value: &str, total: impl FnOnce() -> Option<u64>) -> Option<Limit
         let bytes = (total()? as f64 * p / 100.0) as u64;
         return Some(Limit::Value(bytes));
     }
+    parse_bytes(value).map(Limit::Value)
+}
+
+/// Bytes with systemd's base-1024 suffixes (`512M`, `1.5G`, K to E), as systemd's and nspawn's
+/// options write sizes.
+pub fn parse_bytes(value: &str) -> Option<u64> {
     let (digits, shift) = match value.as_bytes().last()? {
         b'K' => (&value[..value.len() - 1], 10),
         b'M' => (&value[..value.len() - 1], 20),
@@ -347,7 +353,11 @@ fn parse_limit(value: &str, total: impl FnOnce() -> Option<u64>) -> Option<Limit
         b'E' => (&value[..value.len() - 1], 60),
         _ => (value, 0),
     };
-    let n: f64 = digits.trim().parse().ok().filter(|n: &f64| n.is_finite() && *n >= 0.0)?;
+    let digits = digits.trim();
+    if let Ok(n) = digits.parse::<u64>() {
+        return n.checked_mul(1 << shift);
+    }
+    let n: f64 = digits.parse().ok().filter(|n: &f64| n.is_finite() && *n >= 0.0)?;
     let bytes = n * (1u64 << shift) as f64;
     if bytes >= u64::MAX as f64 {
         return None;
@@ -355,7 +365,7 @@ fn parse_limit(value: &str, total: impl FnOnce() -> Option<u64>) -> Option<Limit
     // Finite, not negative and below u64::MAX: the cast cannot truncate or lose a sign.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let bytes = bytes as u64;
-    Some(Limit::Value(bytes))
+    Some(bytes)
 }
 
 fn parse_tasks(value: &str) -> Option<Limit> {
@@ -830,12 +840,13 @@ const CPU_PERIOD_US: u64 = 100_000;
 
 /// The quota per 100 ms period for `us` of CPU time per second (systemd's minimum: 1 ms).
 fn quota_per_period(us: u64) -> u64 {
-    (us * CPU_PERIOD_US / 1_000_000).max(1000)
+    (us.saturating_mul(CPU_PERIOD_US) / 1_000_000).max(1000)
 }
 
 fn per_second(quota: Option<u64>, period: Option<u64>) -> u64 {
     match (quota, period) {
-        (Some(q), Some(p)) if p > 0 => q * 1_000_000 / p,
+        // Read from cgroup files: a huge quota saturates rather than overflows.
+        (Some(q), Some(p)) if p > 0 => q.saturating_mul(1_000_000) / p,
         _ => u64::MAX,
     }
 }

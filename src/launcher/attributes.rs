@@ -111,16 +111,7 @@ fn parse_rlimit_value(v: &str, unit: Unit) -> Option<u64> {
     }
     match unit {
         Unit::Count => v.parse().ok(),
-        Unit::Bytes => {
-            let (digits, shift) = match v.as_bytes().last()? {
-                b'K' => (&v[..v.len() - 1], 10),
-                b'M' => (&v[..v.len() - 1], 20),
-                b'G' => (&v[..v.len() - 1], 30),
-                b'T' => (&v[..v.len() - 1], 40),
-                _ => (v, 0),
-            };
-            digits.parse::<u64>().ok()?.checked_mul(1 << shift)
-        }
+        Unit::Bytes => crate::cgroups::resources::parse_bytes(v),
         Unit::Seconds => v.strip_suffix('s').unwrap_or(v).parse().ok(),
         Unit::Microseconds => {
             for (suffix, factor) in [("us", 1), ("ms", 1000), ("s", 1_000_000)] {

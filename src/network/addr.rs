@@ -100,7 +100,8 @@ fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
 
 /// The `i`-th aligned subnet of `prefix` in `pool`.
 fn nth_subnet(pool: Ipv4Net, prefix: u8, i: u32) -> Ipv4Net {
-    let size = 1u32 << (32 - prefix);
+    // A /0 is the whole address space: only its first subnet exists.
+    let size = 1u32.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
     let base = u32::from(pool.network());
     Ipv4Net::new(Ipv4Addr::from(base + i * size), prefix).expect("prefix <= 32")
 }
