@@ -63,6 +63,10 @@ pub struct Settings {
     pub ambient_capability: Vec<String>,
     /// `[Exec] LimitNOFILE=` and the other limits, as `--rlimit` values (`NOFILE=1024:4096`).
     pub rlimits: Vec<String>,
+    /// `[Exec] SetCredential=`.
+    pub set_credential: Vec<String>,
+    /// `[Exec] LoadCredential=`.
+    pub load_credential: Vec<String>,
     /// `[Exec] SuppressSync=`.
     pub suppress_sync: Option<bool>,
     /// `[Exec] OOMScoreAdjust=`.
@@ -140,7 +144,8 @@ const NSPAWN_ONLY: [&str; 9] = [
 
 /// Keys an untrusted file may not set: they grant capabilities or system calls, reach host
 /// files or host network interfaces, or weaken the sandbox.
-const PRIVILEGED: [&str; 18] = [
+const PRIVILEGED: [&str; 19] = [
+    "LoadCredential",
     "Inaccessible",
     "Capability",
     "AmbientCapability",
@@ -301,6 +306,14 @@ impl Settings {
                 let arg = format!("{}={value}", &k["Limit".len()..]);
                 attributes::Rlimit::parse(&arg).map_err(|e| e.expected)?;
                 self.rlimits.push(arg);
+            }
+            ("Exec", "SetCredential") => {
+                crate::launcher::credentials::parse_set(value).map_err(|e| e.to_string())?;
+                self.set_credential.push(value.to_owned());
+            }
+            ("Exec", "LoadCredential") => {
+                crate::launcher::credentials::parse_load(value).map_err(|e| e.to_string())?;
+                self.load_credential.push(value.to_owned());
             }
             ("Exec", "SuppressSync") => self.suppress_sync = Some(boolean()?),
             ("Exec", "OOMScoreAdjust") => {

@@ -486,3 +486,79 @@ awk '$5 == "/secret" || $5 == "/secretdir" { print "mount", $5, ($6 ~ /^ro/ ? "r
     assert!(!m.status.success() && stderr(&m).contains("must be an absolute path"), "{}", stderr(&m));
     assert_no_leaks("nsmask", &dir);
 }
+
+/// `--set-credential` and `--load-credential`: the same files, modes and mount as nspawn's, the
+/// same `$CREDENTIALS_DIRECTORY`, and the same refusals.
+#[test]
+fn credentials_match_nspawn() {
+    const CREDS: &str = r#"
+echo "dir $CREDENTIALS_DIRECTORY"
+cd /run/host/credentials && for f in . *; do echo "$f $(stat -c '%a %U %s' $f) $(od -An -c $f 2>/dev/null | tr -s ' ')"; done
+# nspawn's propagation lists the point twice; the read-only one is what the payload gets.
+awk '$5 == "/run/host/credentials" { t = $(NF-2); if ($6 ~ /^ro/) ro = 1 } END { print "mount", t, (ro ? "ro" : "rw") }' /proc/self/mountinfo
+"#;
+    let s = scratch();
+    let dir = copy_tree(busybox_tree(), s.path(), "nscreds");
+    std::fs::write(dir.join("creds.sh"), CREDS).unwrap();
+    let file = s.path().join("cred.txt");
+    std::fs::write(&file, "from a file").unwrap();
+    let load = format!("--load-credential=filed:{}", file.display());
+    let opts = ["--set-credential=foo:bar\\nbaz\\x21", &load];
+    let cgroups = NspawnCgroups::new();
+    let mut args = vec!["-q", "--register=no", "--keep-unit", "-D", dir.to_str().unwrap()];
+    args.extend(opts);
+    args.extend(["/bin/sh", "/creds.sh"]);
+    let n = cgroups.run(&args);
+    assert!(n.status.success(), "nspawn failed: {}", stderr(&n));
+    let m = mctl()
+        .args(["run", "-q", "--register=no", "-D"])
+        .arg(&dir)
+        .args(opts)
+        .args(["--", "/bin/sh", "/creds.sh"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(m.status.success(), "mctl failed: {}", stderr(&m));
+    assert_eq!(
+        stdout(&m),
+        stdout(&n).replace("\r\n", "\n"),
+        "mctl:\n{}\nnspawn:\n{}",
+        stdout(&m),
+        stdout(&n)
+    );
+    assert!(stdout(&m).contains("foo 400 root 8  b a r \\n b a z !"), "{}", stdout(&m));
+    assert!(stdout(&m).contains("mount ramfs ro"), "{}", stdout(&m));
+    // Under -U the machine's root owns them.
+    let m = mctl()
+        .args(["run", "-q", "--register=no", "-U", "--private-users=1966080", "-x", "-D"])
+        .arg(&dir)
+        .args(opts)
+        .args(["--", "/bin/sh", "/creds.sh"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(m.status.success() && stdout(&m).contains("foo 400 root 8"), "{}{}", stdout(&m), stderr(&m));
+
+    for bad in ["--set-credential=novalue", "--set-credential=a/b:x", "--load-credential=k:/nonexistent/file"]
+    {
+        let n = cgroups.run(&[
+            "-q",
+            "--register=no",
+            "--keep-unit",
+            bad,
+            "-D",
+            dir.to_str().unwrap(),
+            "/bin/true",
+        ]);
+        assert!(!n.status.success(), "nspawn accepted {bad}");
+        let m = mctl()
+            .args(["run", "-q", "--register=no", bad, "-D"])
+            .arg(&dir)
+            .arg("/bin/true")
+            .output()
+            .unwrap();
+        assert!(!m.status.success(), "mctl accepted {bad}");
+        assert!(stderr(&m).contains("credential"), "{bad}: {}", stderr(&m));
+    }
+    assert_no_leaks("nscreds", &dir);
+}

@@ -502,6 +502,12 @@ pub struct MachineArgs {
     /// Bind-mount a host path read-only.
     #[arg(long = "bind-ro", value_name = "SRC[:DST[:OPTS]]")]
     pub bind_ro: Vec<String>,
+    /// Give the machine a credential: ID:VALUE (C escapes such as \n in VALUE).
+    #[arg(long, value_name = "ID:VALUE")]
+    pub set_credential: Vec<String>,
+    /// Give the machine a credential read from a file: ID:PATH.
+    #[arg(long, value_name = "ID:PATH")]
+    pub load_credential: Vec<String>,
     /// Make a path of the machine inaccessible: an empty node of its kind, mode 0, read-only.
     #[arg(long, value_name = "PATH")]
     pub inaccessible: Vec<PathBuf>,

@@ -87,6 +87,7 @@ pub fn build_spec(m: MachineArgs, payload: Payload, cfg: &CliConfig) -> Result<L
     let env = m.setenv.iter().map(|e| spec::parse_setenv(e)).collect::<Result<Vec<_>, _>>().map_err(bad)?;
     let (capabilities, syscall_filter) = privileges(&m)?;
     let attributes = attributes(&m)?;
+    let credentials = credentials(&m)?;
     let kill_signal = m.kill_signal.as_deref().map(str::parse::<SignalNumber>).transpose().map_err(bad)?;
     if let Some(p) = m.inaccessible.iter().find(|p| !p.is_absolute() || *p == std::path::Path::new("/")) {
         return Err(CliError::new(format!(
@@ -162,6 +163,7 @@ pub fn build_spec(m: MachineArgs, payload: Payload, cfg: &CliConfig) -> Result<L
         resources: resources(&m.property)?,
         attributes,
         inaccessible: m.inaccessible.clone(),
+        credentials,
     })
 }
 
@@ -234,6 +236,20 @@ impl Mounts {
             m.tmpfs.iter().map(|t| spec::parse_tmpfs(t)).collect::<Result<Vec<_>, _>>().map_err(bad)?;
         Ok(Mounts { binds, overlays, tmpfs })
     }
+}
+
+/// `--set-credential`, `--load-credential` (files read now, as root, on the host).
+fn credentials(m: &MachineArgs) -> Result<Vec<crate::launcher::credentials::Credential>, CliError> {
+    use crate::launcher::credentials::{check_unique, parse_load, parse_set};
+    let mut out = Vec::new();
+    for c in &m.set_credential {
+        out.push(parse_set(c).map_err(bad)?);
+    }
+    for c in &m.load_credential {
+        out.push(parse_load(c).map_err(bad)?);
+    }
+    check_unique(&out).map_err(bad)?;
+    Ok(out)
 }
 
 /// `--rlimit`, `--oom-score-adjust`, `--cpu-affinity`, `--personality`.

@@ -115,6 +115,8 @@ pub fn apply(
     list(&mut m.capability, s.capability, over);
     list(&mut m.drop_capability, s.drop_capability, over);
     list(&mut m.ambient_capability, s.ambient_capability, over);
+    list(&mut m.set_credential, s.set_credential, over);
+    list(&mut m.load_credential, s.load_credential, over);
     opt(&mut m.oom_score_adjust, s.oom_score_adjust, over);
     let toggle = |b: bool| if b { super::args::Toggle::Yes } else { super::args::Toggle::No };
     opt(&mut m.suppress_sync, s.suppress_sync.map(toggle), over);

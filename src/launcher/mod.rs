@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 pub mod attributes;
 pub mod channel;
 pub mod console;
+pub mod credentials;
 pub mod enter;
 pub mod events;
 pub(crate) mod exec;

@@ -145,6 +145,13 @@ pub enum Step {
         /// The new group.
         gid: u32,
     },
+    /// Sets permission bits.
+    Chmod {
+        /// The path.
+        path: PathBuf,
+        /// The bits.
+        mode: u32,
+    },
     /// Covers an existing path with an inaccessible node of its kind (`--inaccessible`).
     Mask {
         /// The path (symlinks followed).
@@ -182,6 +189,7 @@ impl fmt::Display for Step {
             }
             Step::Chown { path, .. } => write!(f, "change the owner of {}", path.display()),
             Step::Mask { path } => write!(f, "make {} inaccessible", path.display()),
+            Step::Chmod { path, .. } => write!(f, "change the mode of {}", path.display()),
             Step::PivotRoot { new_root } => write!(f, "pivot_root into {}", new_root.display()),
         }
     }
@@ -271,6 +279,7 @@ fn apply_one(sys: &dyn Sys, trees: &Trees, step: &Step) -> io::Result<()> {
         Step::WriteFile { path, contents, mode } => sys.write_file(path, contents, *mode),
         Step::Remove { path } => sys.remove_file(path),
         Step::Mask { path } => mask(sys, path),
+        Step::Chmod { path, mode } => sys.chmod(path, *mode),
         Step::Detach { path } => sys.umount(path, nix::mount::MntFlags::MNT_DETACH),
         Step::Attach { tree, target, only_if_exists } => {
             let Some(fd) = trees.get(*tree) else {
@@ -626,6 +635,27 @@ pub fn outer_plan(
             major: 0,
             minor: 0,
         });
+    }
+    if !spec.credentials.is_empty() {
+        // A ramfs: never swapped out, unlike a tmpfs.
+        let dir = p(super::credentials::DIR);
+        s.push(Step::MkDir { path: dir.clone(), mode: 0o700 });
+        s.push(Step::Mount {
+            source: Some("ramfs".into()),
+            target: dir.clone(),
+            fstype: Some("ramfs".into()),
+            flags: NOSUID_NODEV_NOEXEC,
+            data: Some("mode=700".into()),
+            optional: false,
+        });
+        if let Some(r) = owner {
+            s.push(Step::Chown { path: dir.clone(), uid: r.start, gid: r.start });
+        }
+        for c in &spec.credentials {
+            s.push(Step::WriteFile { path: dir.join(&c.id), contents: c.value.clone(), mode: 0o400 });
+        }
+        s.push(Step::Chmod { path: dir.clone(), mode: 0o500 });
+        s.push(remount_ro(&dir, NOSUID_NODEV_NOEXEC, false));
     }
     s.push(Step::Attach { tree: TreeId::ResolvConf, target: p("/etc/resolv.conf"), only_if_exists: true });
     for (i, b) in spec.binds.iter().enumerate() {

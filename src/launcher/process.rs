@@ -281,6 +281,9 @@ fn base_env(spec: &LaunchSpec, uuid: &uuid::Uuid) -> Vec<(String, String)> {
     if !spec.is_boot() {
         env.push(("LANG".to_owned(), "C.UTF-8".to_owned()));
     }
+    if !spec.credentials.is_empty() {
+        env.push(("CREDENTIALS_DIRECTORY".to_owned(), super::credentials::DIR.to_owned()));
+    }
     env.extend(osrelease::host_os_env(&osrelease::host().unwrap_or_default()));
     env
 }

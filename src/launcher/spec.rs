@@ -151,6 +151,8 @@ pub struct LaunchSpec {
     pub private_users_ownership: crate::userns::Ownership,
     /// `--no-new-privileges`: the payload runs with the no_new_privs flag.
     pub no_new_privileges: bool,
+    /// `--set-credential`, `--load-credential`.
+    pub credentials: Vec<super::credentials::Credential>,
     /// `--inaccessible`: paths covered by an empty, unreadable node.
     pub inaccessible: Vec<PathBuf>,
     /// `--rlimit`, `--oom-score-adjust`, `--cpu-affinity`, `--personality`.
@@ -196,6 +198,7 @@ impl LaunchSpec {
             resources: Vec::new(),
             attributes: Default::default(),
             inaccessible: Vec::new(),
+            credentials: Vec::new(),
         }
     }
 }

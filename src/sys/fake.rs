@@ -115,6 +115,10 @@ impl Sys for FakeSys {
         self.existing.borrow().contains(path)
     }
 
+    fn chmod(&self, path: &Path, mode: u32) -> io::Result<()> {
+        self.record(path, format!("chmod {} {mode:o}", path.display()))
+    }
+
     fn file_kind(&self, path: &Path) -> io::Result<super::FileKind> {
         // The fake knows only whether a path exists.
         match self.existing.borrow().contains(path) {

@@ -80,6 +80,10 @@ impl Sys for LinuxSys {
         fs::metadata(path).is_ok()
     }
 
+    fn chmod(&self, path: &Path, mode: u32) -> io::Result<()> {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))
+    }
+
     fn file_kind(&self, path: &Path) -> io::Result<super::FileKind> {
         use super::{FileKind, NodeKind};
         use std::os::unix::fs::FileTypeExt;

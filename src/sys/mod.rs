@@ -67,6 +67,8 @@ pub trait Sys {
     fn write_file(&self, path: &Path, contents: &[u8], mode: u32) -> io::Result<()>;
     /// Whether `path` exists (following symlinks).
     fn exists(&self, path: &Path) -> bool;
+    /// Sets the permission bits of `path`.
+    fn chmod(&self, path: &Path, mode: u32) -> io::Result<()>;
     /// What `path` is, following symlinks.
     fn file_kind(&self, path: &Path) -> io::Result<FileKind>;
     /// Removes the file `path`.
