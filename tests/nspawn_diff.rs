@@ -107,6 +107,31 @@ fn words(s: &str) -> BTreeSet<String> {
     s.split_whitespace().map(str::to_owned).collect()
 }
 
+/// `mctl run -q --register=no OPTS -D DIR -- CMD`.
+fn mctl_run(dir: &Path, opts: &[&str], cmd: &[&str]) -> Output {
+    mctl()
+        .args(["run", "-q", "--register=no"])
+        .args(opts)
+        .arg("-D")
+        .arg(dir)
+        .arg("--")
+        .args(cmd)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+impl NspawnCgroups {
+    /// `systemd-nspawn -q --register=no --keep-unit OPTS -D DIR CMD`, in the test's cgroups.
+    fn run_like(&self, dir: &Path, opts: &[&str], cmd: &[&str]) -> Output {
+        let mut args = vec!["-q", "--register=no", "--keep-unit"];
+        args.extend(opts);
+        args.extend(["-D", dir.to_str().unwrap()]);
+        args.extend(cmd);
+        self.run(&args)
+    }
+}
+
 #[test]
 fn a_command_sees_what_it_sees_under_nspawn() {
     let s = scratch();
@@ -288,19 +313,9 @@ echo "arch $(uname -m)"
         if let Some(u) = &user_opt {
             o.push(u);
         }
-        let mut nspawn_args = vec!["-q", "--register=no", "--keep-unit", "-D", dir.to_str().unwrap()];
-        nspawn_args.extend(&o);
-        nspawn_args.extend(["/bin/sh", "/attrs.sh"]);
-        let n = cgroups.run(&nspawn_args);
+        let n = cgroups.run_like(&dir, &o, &["/bin/sh", "/attrs.sh"]);
         assert!(n.status.success(), "nspawn failed: {}", stderr(&n));
-        let m = mctl()
-            .args(["run", "-q", "--register=no", "-D"])
-            .arg(&dir)
-            .args(&o)
-            .args(["--", "/bin/sh", "/attrs.sh"])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
+        let m = mctl_run(&dir, &o, &["/bin/sh", "/attrs.sh"]);
         assert!(m.status.success(), "mctl failed: {}", stderr(&m));
         let (nout, mout) = (stdout(&n), stdout(&m));
         let lines = |s: &str| {
@@ -324,22 +339,8 @@ print "open-plain ", (sysopen(H, "/tmp/z", O_WRONLY|O_CREAT) ? "ok" : "err $!"),
     std::fs::write(dir.join("sync.pl"), SYNC).unwrap();
     for value in ["yes", "no"] {
         let opt = format!("--suppress-sync={value}");
-        let n = cgroups.run(&[
-            "-q",
-            "--register=no",
-            "--keep-unit",
-            &opt,
-            "-D",
-            dir.to_str().unwrap(),
-            "perl",
-            "/sync.pl",
-        ]);
-        let m = mctl()
-            .args(["run", "-q", "--register=no", &opt, "-D"])
-            .arg(&dir)
-            .args(["perl", "/sync.pl"])
-            .output()
-            .unwrap();
+        let n = cgroups.run_like(&dir, &[&opt], &["perl", "/sync.pl"]);
+        let m = mctl_run(&dir, &[&opt], &["perl", "/sync.pl"]);
         assert!(n.status.success() && m.status.success(), "{}{}", stderr(&n), stderr(&m));
         // nspawn's console is a pty here (CRLF line ends).
         assert_eq!(stdout(&m), stdout(&n).replace("\r\n", "\n"), "{opt}");
@@ -359,35 +360,14 @@ print "open-plain ", (sysopen(H, "/tmp/z", O_WRONLY|O_CREAT) ? "ok" : "err $!"),
         "--ambient-capability=CAP_FROB",
         "--suppress-sync=maybe",
     ] {
-        let n = cgroups.run(&[
-            "-q",
-            "--register=no",
-            "--keep-unit",
-            "-D",
-            dir.to_str().unwrap(),
-            bad,
-            "/bin/true",
-        ]);
+        let n = cgroups.run_like(&dir, &[bad], &["/bin/true"]);
         assert!(!n.status.success(), "nspawn accepted {bad}");
-        let m = mctl()
-            .args(["run", "-q", "--register=no", "-D"])
-            .arg(&dir)
-            .args([bad, "/bin/true"])
-            .output()
-            .unwrap();
+        let m = mctl_run(&dir, &[bad], &["/bin/true"]);
         assert!(!m.status.success(), "mctl accepted {bad}");
         assert!(stderr(&m).contains(bad.split('=').next().unwrap()), "{bad}: {}", stderr(&m));
     }
     // --ambient-capability with boot: refused by both.
-    let n = cgroups.run(&[
-        "-q",
-        "--register=no",
-        "--keep-unit",
-        "-b",
-        "--ambient-capability=CAP_CHOWN",
-        "-D",
-        dir.to_str().unwrap(),
-    ]);
+    let n = cgroups.run_like(&dir, &["-b", "--ambient-capability=CAP_CHOWN"], &[]);
     assert!(!n.status.success());
     let m = mctl()
         .args(["boot", "-q", "--register=no", "--ambient-capability=CAP_CHOWN", "-D"])
@@ -432,23 +412,13 @@ awk '$5 == "/secret" || $5 == "/secretdir" { print "mount", $5, ($6 ~ /^ro/ ? "r
     std::fs::write(dir.join("secretdir/file"), "x").unwrap();
     let cgroups = NspawnCgroups::new();
     let opts = ["--inaccessible=/secret", "--inaccessible=/secretdir"];
-    let m = mctl()
-        .args(["run", "-q", "--register=no", "-D"])
-        .arg(&dir)
-        .args(opts)
-        .args(["--", "/bin/sh", "/masks.sh"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let m = mctl_run(&dir, &opts, &["/bin/sh", "/masks.sh"]);
     assert!(m.status.success(), "mctl failed: {}", stderr(&m));
     // nspawn 252 takes its nodes from the host's /run/systemd/inaccessible, which only a systemd
     // PID 1 makes: on a systemd host the outputs are compared; here, its manual's words are
     // ("an empty file node of the same type ... the most restrictive access mode", read-only).
     if Path::new("/run/systemd/inaccessible/reg").exists() {
-        let mut args = vec!["-q", "--register=no", "--keep-unit", "-D", dir.to_str().unwrap()];
-        args.extend(opts);
-        args.extend(["/bin/sh", "/masks.sh"]);
-        let n = cgroups.run(&args);
+        let n = cgroups.run_like(&dir, &opts, &["/bin/sh", "/masks.sh"]);
         assert!(n.status.success(), "nspawn failed: {}", stderr(&n));
         assert_eq!(stdout(&m), stdout(&n), "mctl:\n{}\nnspawn:\n{}", stdout(&m), stdout(&n));
     }
@@ -460,22 +430,9 @@ awk '$5 == "/secret" || $5 == "/secretdir" { print "mount", $5, ($6 ~ /^ro/ ? "r
     // The tree itself is untouched.
     assert_eq!(std::fs::read_to_string(dir.join("secret")).unwrap(), "the host's secret\n");
 
-    let n = cgroups.run(&[
-        "-q",
-        "--register=no",
-        "--keep-unit",
-        "--inaccessible=/nonexistent",
-        "-D",
-        dir.to_str().unwrap(),
-        "/bin/true",
-    ]);
+    let n = cgroups.run_like(&dir, &["--inaccessible=/nonexistent"], &["/bin/true"]);
     assert!(!n.status.success(), "nspawn masked a missing path"); // (here for want of its nodes, too)
-    let m = mctl()
-        .args(["run", "-q", "--register=no", "--inaccessible=/nonexistent", "-D"])
-        .arg(&dir)
-        .arg("/bin/true")
-        .output()
-        .unwrap();
+    let m = mctl_run(&dir, &["--inaccessible=/nonexistent"], &["/bin/true"]);
     assert!(!m.status.success() && stderr(&m).contains("make /nonexistent inaccessible"), "{}", stderr(&m));
     let m = mctl()
         .args(["run", "-q", "--inaccessible=relative", "-D"])
@@ -505,19 +462,9 @@ awk '$5 == "/run/host/credentials" { t = $(NF-2); if ($6 ~ /^ro/) ro = 1 } END {
     let load = format!("--load-credential=filed:{}", file.display());
     let opts = ["--set-credential=foo:bar\\nbaz\\x21", &load];
     let cgroups = NspawnCgroups::new();
-    let mut args = vec!["-q", "--register=no", "--keep-unit", "-D", dir.to_str().unwrap()];
-    args.extend(opts);
-    args.extend(["/bin/sh", "/creds.sh"]);
-    let n = cgroups.run(&args);
+    let n = cgroups.run_like(&dir, &opts, &["/bin/sh", "/creds.sh"]);
     assert!(n.status.success(), "nspawn failed: {}", stderr(&n));
-    let m = mctl()
-        .args(["run", "-q", "--register=no", "-D"])
-        .arg(&dir)
-        .args(opts)
-        .args(["--", "/bin/sh", "/creds.sh"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let m = mctl_run(&dir, &opts, &["/bin/sh", "/creds.sh"]);
     assert!(m.status.success(), "mctl failed: {}", stderr(&m));
     assert_eq!(
         stdout(&m),
@@ -529,34 +476,18 @@ awk '$5 == "/run/host/credentials" { t = $(NF-2); if ($6 ~ /^ro/) ro = 1 } END {
     assert!(stdout(&m).contains("foo 400 root 8  b a r \\n b a z !"), "{}", stdout(&m));
     assert!(stdout(&m).contains("mount ramfs ro"), "{}", stdout(&m));
     // Under -U the machine's root owns them.
-    let m = mctl()
-        .args(["run", "-q", "--register=no", "-U", "--private-users=1966080", "-x", "-D"])
-        .arg(&dir)
-        .args(opts)
-        .args(["--", "/bin/sh", "/creds.sh"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let m = mctl_run(
+        &dir,
+        &["-U", "--private-users=1966080", "-x"].iter().chain(opts.iter()).copied().collect::<Vec<_>>(),
+        &["/bin/sh", "/creds.sh"],
+    );
     assert!(m.status.success() && stdout(&m).contains("foo 400 root 8"), "{}{}", stdout(&m), stderr(&m));
 
     for bad in ["--set-credential=novalue", "--set-credential=a/b:x", "--load-credential=k:/nonexistent/file"]
     {
-        let n = cgroups.run(&[
-            "-q",
-            "--register=no",
-            "--keep-unit",
-            bad,
-            "-D",
-            dir.to_str().unwrap(),
-            "/bin/true",
-        ]);
+        let n = cgroups.run_like(&dir, &[bad], &["/bin/true"]);
         assert!(!n.status.success(), "nspawn accepted {bad}");
-        let m = mctl()
-            .args(["run", "-q", "--register=no", bad, "-D"])
-            .arg(&dir)
-            .arg("/bin/true")
-            .output()
-            .unwrap();
+        let m = mctl_run(&dir, &[bad], &["/bin/true"]);
         assert!(!m.status.success(), "mctl accepted {bad}");
         assert!(stderr(&m).contains("credential"), "{bad}: {}", stderr(&m));
     }
