@@ -529,6 +529,22 @@ fn the_manager_reports_the_guests_addresses() {
         ],
     );
     assert_eq!(stdout(&o).trim(), format!("ai 1 {}", ifindex.trim()), "{}", stderr(&o));
+    // Its traffic: 3 pings of 1000 bytes from the host side in and out (the host's own
+    // interfaces, in another namespace than this host side, are not counted).
+    let bytes = |p: &str| -> u64 {
+        let o = mctl()
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+            .args(["show", "--value", "-p", p, "addr"])
+            .output()
+            .unwrap();
+        stdout(&o).trim().parse().unwrap_or_else(|_| panic!("{p}: {}", stdout(&o)))
+    };
+    let (rx0, tx0) = (bytes("IPIngressBytes"), bytes("IPEgressBytes"));
+    host.sh(&format!("busybox ping -q -c 3 -s 1000 {guest}"));
+    let (rx1, tx1) = (bytes("IPIngressBytes"), bytes("IPEgressBytes"));
+    assert!(rx1 - rx0 >= 3000 && tx1 - tx0 >= 3000, "in {rx0} -> {rx1}, out {tx0} -> {tx1}");
+    let o = mctl().env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address).args(["status", "addr"]).output().unwrap();
+    assert!(stdout(&o).contains("\t Network: "), "{}", stdout(&o));
     stop_launcher(&mut launcher);
     assert_no_leaks("addr", &dir);
     assert_clean(&host, &env);

@@ -12,9 +12,9 @@ pub struct MachineResources {
     pub limits: Limits,
     /// Use of CPU, memory, tasks and block I/O.
     pub usage: Usage,
-    /// Bytes the machine received on its links (what their host sides sent).
+    /// Bytes the machine received on its network interfaces.
     pub ip_ingress_bytes: Option<u64>,
-    /// Bytes the machine sent on its links (what their host sides received).
+    /// Bytes the machine sent on its network interfaces.
     pub ip_egress_bytes: Option<u64>,
 }
 
@@ -42,7 +42,7 @@ impl Manager {
         let Some(dirs) = self.machine_dirs(m) else {
             return MachineResources::default();
         };
-        let (ip_ingress_bytes, ip_egress_bytes) = link_bytes(&m.netif);
+        let (ip_ingress_bytes, ip_egress_bytes) = link_bytes(m.leader);
         MachineResources { limits: dirs.limits(), usage: dirs.usage(), ip_ingress_bytes, ip_egress_bytes }
     }
 
@@ -77,24 +77,30 @@ impl Manager {
     }
 }
 
-/// Bytes through the host sides of a machine's links: (sent to it, received from it).
-fn link_bytes(ifindices: &[i32]) -> (Option<u64>, Option<u64>) {
-    if ifindices.is_empty() {
+/// Bytes through the machine's network interfaces (loopback aside), counted by the kernel in
+/// its network namespace: (received, sent). None for a machine on the host's network (whose
+/// counters are the host's) or when its namespace cannot be read. Read from the guest's side:
+/// the host sides of its links may be in a namespace mctld does not see (`ip netns exec`).
+fn link_bytes(leader: u32) -> (Option<u64>, Option<u64>) {
+    use std::os::unix::fs::MetadataExt;
+    let ns = |p: &str| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let theirs = ns(&format!("/proc/{leader}/ns/net"));
+    if theirs.is_none() || theirs == ns("/proc/self/ns/net") {
         return (None, None);
     }
-    let (mut to_machine, mut from_machine) = (0, 0);
-    for &index in ifindices {
-        let Some(name) = u32::try_from(index).ok().and_then(|i| nix::net::if_::if_indextoname(i).ok()) else {
+    let Ok(dev) = std::fs::read_to_string(format!("/proc/{leader}/net/dev")) else { return (None, None) };
+    let (mut received, mut sent) = (0u64, 0u64);
+    // "  name: rx_bytes rx_packets ... (8 receive fields) tx_bytes ..."
+    for line in dev.lines().skip(2) {
+        let Some((name, counters)) = line.split_once(':') else { continue };
+        if name.trim() == "lo" {
             continue;
-        };
-        let stat = |f: &str| {
-            std::fs::read_to_string(format!("/sys/class/net/{}/statistics/{f}", name.to_string_lossy()))
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        to_machine += stat("tx_bytes");
-        from_machine += stat("rx_bytes");
+        }
+        let fields: Vec<u64> = counters.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+        if let (Some(rx), Some(tx)) = (fields.first(), fields.get(8)) {
+            received = received.saturating_add(*rx);
+            sent = sent.saturating_add(*tx);
+        }
     }
-    (Some(to_machine), Some(from_machine))
+    (Some(received), Some(sent))
 }
