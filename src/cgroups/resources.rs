@@ -106,7 +106,7 @@ pub enum Property {
     },
 }
 
-/// The property names mctl knows, in the order `show` lists them.
+/// The property names mctl knows (for the message naming them).
 pub const NAMES: [&str; 12] = [
     "MemoryMax",
     "MemoryHigh",
@@ -506,8 +506,14 @@ impl MachineDirs {
         props.iter().try_for_each(|p| self.apply(p))
     }
 
-    fn place(&self, controller: &str) -> Option<Place<'_>> {
-        let enabled = fs::read_to_string(self.unified.join("cgroup.controllers")).unwrap_or_default();
+    /// The controllers cgroup2 offers at the machine's cgroup: read once per apply, limits or
+    /// usage call (`mctl top` asks for every machine each refresh).
+    fn enabled(&self) -> String {
+        fs::read_to_string(self.unified.join("cgroup.controllers")).unwrap_or_default()
+    }
+
+    /// Where `controller`'s files are, given what [`Self::enabled`] read.
+    fn place<'a>(&'a self, enabled: &str, controller: &str) -> Option<Place<'a>> {
         if enabled.split_whitespace().any(|c| c == controller) {
             return Some(Place::V2(&self.unified));
         }
@@ -534,20 +540,17 @@ impl MachineDirs {
 
     /// Writes one property to the machine's cgroups.
     pub fn apply(&self, p: &Property) -> Result<(), ResourceError> {
+        let enabled = self.enabled();
         let controller = match p {
             Property::MemoryMax(_) | Property::MemoryHigh(_) | Property::MemorySwapMax(_) => "memory",
             Property::TasksMax(_) => "pids",
             Property::CpuWeight(_) | Property::CpuQuota(_) => "cpu",
             Property::AllowedCpus(_) => "cpuset",
             Property::IoWeight(_) | Property::IoDeviceLimit { .. } => {
-                if self.place("io").is_some() {
-                    "io"
-                } else {
-                    "blkio"
-                }
+                if self.place(&enabled, "io").is_some() { "io" } else { "blkio" }
             }
         };
-        let place = self.place(controller).ok_or_else(|| Self::no_controller(p, controller))?;
+        let place = self.place(&enabled, controller).ok_or_else(|| Self::no_controller(p, controller))?;
         let (dir, v2) = match place {
             Place::V2(d) => (d, true),
             Place::V1(d) => (d, false),
@@ -631,6 +634,7 @@ impl MachineDirs {
     /// not set).
     pub fn limits(&self) -> Limits {
         let mut out = Limits::default();
+        let enabled = self.enabled();
         let read =
             |dir: &Path, file: &str| fs::read_to_string(dir.join(file)).ok().map(|s| s.trim().to_owned());
         let number = |s: Option<String>| -> u64 {
@@ -640,7 +644,7 @@ impl MachineDirs {
                 Some(n) => n.parse().ok().filter(|n| *n < 1 << 62).unwrap_or(u64::MAX),
             }
         };
-        match self.place("memory") {
+        match self.place(&enabled, "memory") {
             Some(Place::V2(d)) => {
                 out.memory_max = number(read(d, "memory.max"));
                 out.memory_high = number(read(d, "memory.high"));
@@ -649,10 +653,10 @@ impl MachineDirs {
             Some(Place::V1(d)) => out.memory_max = number(read(d, "memory.limit_in_bytes")),
             None => {}
         }
-        if let Some(Place::V2(d) | Place::V1(d)) = self.place("pids") {
+        if let Some(Place::V2(d) | Place::V1(d)) = self.place(&enabled, "pids") {
             out.tasks_max = number(read(d, "pids.max"));
         }
-        match self.place("cpu") {
+        match self.place(&enabled, "cpu") {
             Some(Place::V2(d)) => {
                 out.cpu_weight = number(read(d, "cpu.weight"));
                 if let Some(max) = read(d, "cpu.max") {
@@ -672,10 +676,10 @@ impl MachineDirs {
             }
             None => {}
         }
-        if let Some(Place::V2(d) | Place::V1(d)) = self.place("cpuset") {
+        if let Some(Place::V2(d) | Place::V1(d)) = self.place(&enabled, "cpuset") {
             out.allowed_cpus = read(d, "cpuset.cpus").unwrap_or_default();
         }
-        match self.place("io") {
+        match self.place(&enabled, "io") {
             Some(Place::V2(d)) => {
                 out.io_weight = read(d, "io.weight")
                     .and_then(|s| {
@@ -684,7 +688,7 @@ impl MachineDirs {
                     .unwrap_or(u64::MAX);
             }
             _ => {
-                if let Some(Place::V1(d)) = self.place("blkio") {
+                if let Some(Place::V1(d)) = self.place(&enabled, "blkio") {
                     out.io_weight = read(d, "blkio.weight")
                         .and_then(|s| s.parse::<u64>().ok())
                         .map_or(u64::MAX, |w| w / 5);
@@ -697,6 +701,7 @@ impl MachineDirs {
     /// What the machine uses now. Figures the host does not keep are `None`.
     pub fn usage(&self) -> Usage {
         let mut u = Usage::default();
+        let enabled = self.enabled();
         let read = |dir: &Path, file: &str| fs::read_to_string(dir.join(file)).ok();
         let number = |s: Option<String>| s.and_then(|s| s.trim().parse::<u64>().ok());
         let keyed = |text: Option<String>, key: &str| {
@@ -709,7 +714,7 @@ impl MachineDirs {
             Some((_, d)) => number(read(d, "cpuacct.usage")),
             None => keyed(read(&self.unified, "cpu.stat"), "usage_usec").map(|us: u64| us * 1000),
         };
-        match self.place("memory") {
+        match self.place(&enabled, "memory") {
             Some(Place::V2(d)) => {
                 u.memory_current = number(read(d, "memory.current"));
                 u.memory_peak = number(read(d, "memory.peak"));
@@ -723,13 +728,13 @@ impl MachineDirs {
             }
             None => {}
         }
-        if let Some(Place::V2(d) | Place::V1(d)) = self.place("pids") {
+        if let Some(Place::V2(d) | Place::V1(d)) = self.place(&enabled, "pids") {
             u.tasks_current = number(read(d, "pids.current"));
         }
         if u.tasks_current.is_none() {
             u.tasks_current = Some(super::pids_in(&self.unified).len() as u64);
         }
-        match self.place("io") {
+        match self.place(&enabled, "io") {
             Some(Place::V2(d)) => {
                 let (mut r, mut w) = (0, 0);
                 for line in read(d, "io.stat").unwrap_or_default().lines() {
@@ -744,7 +749,7 @@ impl MachineDirs {
                 (u.io_read_bytes, u.io_write_bytes) = (Some(r), Some(w));
             }
             _ => {
-                if let Some(Place::V1(d)) = self.place("blkio") {
+                if let Some(Place::V1(d)) = self.place(&enabled, "blkio") {
                     let text = read(d, "blkio.throttle.io_service_bytes_recursive");
                     if let Some(text) = text {
                         let (mut r, mut w) = (0, 0);
@@ -777,8 +782,7 @@ fn v1_subtree_sum(dir: &Path, value: &dyn Fn(&Path) -> Option<u64>) -> Option<u6
 }
 
 /// Limits in force, systemd's way: `u64::MAX` means infinity (or not set).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "PascalCase")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// `MemoryMax`, bytes.
     pub memory_max: u64,
@@ -789,16 +793,12 @@ pub struct Limits {
     /// `TasksMax`.
     pub tasks_max: u64,
     /// `CPUWeight`.
-    #[serde(rename = "CPUWeight")]
     pub cpu_weight: u64,
     /// `CPUQuotaPerSecUSec`: µs of CPU time per second.
-    #[serde(rename = "CPUQuotaPerSecUSec")]
     pub cpu_quota_per_sec_usec: u64,
     /// `AllowedCPUs`, a CPU list.
-    #[serde(rename = "AllowedCPUs")]
     pub allowed_cpus: String,
     /// `IOWeight`.
-    #[serde(rename = "IOWeight")]
     pub io_weight: u64,
 }
 
