@@ -315,8 +315,13 @@ impl fmt::Display for Property {
                 Some(w) => write!(f, "{name}={w}"),
                 None => write!(f, "{name}="),
             },
+            // 10000 µs per second are 1%; a fractional percentage (12.5%) is kept as given.
             Property::CpuQuota(q) => match q {
-                Some(us) => write!(f, "{name}={}%", us / 10_000),
+                Some(us) if us % 10_000 == 0 => write!(f, "{name}={}%", us / 10_000),
+                Some(us) => {
+                    let fraction = format!("{:04}", us % 10_000);
+                    write!(f, "{name}={}.{}%", us / 10_000, fraction.trim_end_matches('0'))
+                }
                 None => write!(f, "{name}="),
             },
             Property::AllowedCpus(list) => write!(f, "{name}={list}"),
@@ -902,6 +907,8 @@ mod tests {
         assert_eq!(p("TasksMax=50"), Property::TasksMax(Limit::Value(50)));
         assert_eq!(p("CPUQuota=150%"), Property::CpuQuota(Some(1_500_000)));
         assert_eq!(p("CPUQuota=20%").to_string(), "CPUQuota=20%");
+        assert_eq!(p("CPUQuota=12.5%").to_string(), "CPUQuota=12.5%");
+        assert_eq!(p(&p("CPUQuota=0.05%").to_string()), p("CPUQuota=0.05%"));
         assert_eq!(p("CPUWeight=200"), Property::CpuWeight(Some(200)));
         assert_eq!(p("AllowedCPUs=0-1,3"), Property::AllowedCpus("0-1,3".into()));
         assert_eq!(
