@@ -31,11 +31,17 @@ pub struct Systemd;
 
 impl crate::manager::resources::UnitControl for Systemd {
     fn set_unit_properties(&self, unit: &str, runtime: bool, props: &[Property]) -> Result<bool, String> {
-        match set_unit_properties(unit, runtime, props) {
-            Ok(()) => Ok(true),
-            Err(SystemdError::Absent) => Ok(false),
-            Err(e) => Err(e.to_string()),
-        }
+        set_if_systemd(unit, runtime, props)
+    }
+}
+
+/// [`set_unit_properties`] as [`crate::cgroups::resources::MachineDirs::apply_all`] asks:
+/// Ok(true) when systemd took them, Ok(false) when no systemd answers.
+pub fn set_if_systemd(unit: &str, runtime: bool, props: &[Property]) -> Result<bool, String> {
+    match set_unit_properties(unit, runtime, props) {
+        Ok(()) => Ok(true),
+        Err(SystemdError::Absent) => Ok(false),
+        Err(e) => Err(e.to_string()),
     }
 }
 

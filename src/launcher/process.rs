@@ -387,11 +387,7 @@ impl<'a> Run<'a> {
         if !spec.resources.is_empty() {
             // Under a unit, systemd takes them (for this run: the unit file keeps its own).
             cgroup.dirs().apply_all(&spec.resources, |unit, props| {
-                match crate::bus::systemd::set_unit_properties(unit, true, props) {
-                    Ok(()) => Ok(true),
-                    Err(crate::bus::systemd::SystemdError::Absent) => Ok(false),
-                    Err(e) => Err(e.to_string()),
-                }
+                crate::bus::systemd::set_if_systemd(unit, true, props)
             })?;
         }
         if announce {
