@@ -87,15 +87,26 @@ fn cpu_time(ns: u64) -> String {
     if min > 0 { format!("{min}min {s}.{frac:03}s") } else { format!("{s}.{frac:03}s") }
 }
 
-/// One machine in one refresh of `top`.
+/// One machine in one refresh of `top`: its sample and the rates since the previous one.
 struct TopRow {
-    name: String,
     sample: UsageRow,
-    tasks: Option<u64>,
     cpu_percent: Option<f64>,
-    memory: Option<u64>,
     read_rate: Option<f64>,
     write_rate: Option<f64>,
+}
+
+impl TopRow {
+    fn name(&self) -> &str {
+        &self.sample.0
+    }
+
+    fn tasks(&self) -> Option<u64> {
+        known(self.sample.3)
+    }
+
+    fn memory(&self) -> Option<u64> {
+        known(self.sample.2)
+    }
 }
 
 fn known(v: u64) -> Option<u64> {
@@ -113,11 +124,8 @@ fn top_rows(now: &[UsageRow], before: &HashMap<String, UsageRow>, elapsed: Durat
         .map(|r| {
             let prev = before.get(&r.0);
             TopRow {
-                name: r.0.clone(),
                 sample: r.clone(),
-                tasks: known(r.3),
                 cpu_percent: rate(r.1, prev.map(|p| p.1)).map(|ns_per_s| ns_per_s / 1e7),
-                memory: known(r.2),
                 read_rate: rate(r.4, prev.map(|p| p.4)),
                 write_rate: rate(r.5, prev.map(|p| p.5)),
             }
@@ -129,13 +137,13 @@ fn sort_rows(rows: &mut [TopRow], order: TopOrder) {
     let key = |r: &TopRow| -> f64 {
         match order {
             TopOrder::Cpu => r.cpu_percent.unwrap_or(-1.0),
-            TopOrder::Memory => r.memory.map_or(-1.0, |m| m as f64),
-            TopOrder::Tasks => r.tasks.map_or(-1.0, |t| t as f64),
+            TopOrder::Memory => r.memory().map_or(-1.0, |m| m as f64),
+            TopOrder::Tasks => r.tasks().map_or(-1.0, |t| t as f64),
             TopOrder::Io => r.read_rate.unwrap_or(0.0) + r.write_rate.unwrap_or(0.0),
             TopOrder::Name => 0.0,
         }
     };
-    rows.sort_by(|a, b| key(b).total_cmp(&key(a)).then_with(|| a.name.cmp(&b.name)));
+    rows.sort_by(|a, b| key(b).total_cmp(&key(a)).then_with(|| a.name().cmp(b.name())));
 }
 
 fn top_table(rows: &[TopRow]) -> String {
@@ -147,10 +155,10 @@ fn top_table(rows: &[TopRow]) -> String {
         .iter()
         .map(|r| {
             vec![
-                r.name.clone(),
-                r.tasks.map_or_else(dash, |t| t.to_string()),
+                r.name().to_owned(),
+                r.tasks().map_or_else(dash, |t| t.to_string()),
                 r.cpu_percent.map_or_else(dash, |c| format!("{c:.1}")),
-                r.memory.map_or_else(dash, bytes),
+                r.memory().map_or_else(dash, bytes),
                 r.read_rate.map_or_else(dash, |b| bytes(b as u64)),
                 r.write_rate.map_or_else(dash, |b| bytes(b as u64)),
             ]
@@ -165,11 +173,11 @@ fn top_json(rows: &[TopRow], pretty: bool) -> String {
         .map(|r| {
             let s = &r.sample;
             serde_json::json!({
-                "machine": r.name,
-                "tasks": r.tasks,
+                "machine": r.name(),
+                "tasks": r.tasks(),
                 "cpu_percent": r.cpu_percent,
                 "cpu_usage_nsec": known(s.1),
-                "memory_current": r.memory,
+                "memory_current": r.memory(),
                 "memory_max": known(s.8),
                 "io_read_bytes": known(s.4),
                 "io_write_bytes": known(s.5),
@@ -244,7 +252,7 @@ mod tests {
         assert_eq!(rows[0].cpu_percent, Some(50.0));
         assert_eq!(rows[1].cpu_percent, None);
         sort_rows(&mut rows, TopOrder::Memory);
-        assert_eq!(rows[0].name, "b");
+        assert_eq!(rows[0].name(), "b");
         let t = top_table(&rows);
         assert!(t.contains("MACHINE TASKS %CPU MEMORY READ/s WRITE/s"), "{t}");
         assert!(t.contains("a       5     50.0 10B"), "{t}");
