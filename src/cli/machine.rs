@@ -167,9 +167,12 @@ pub fn build_spec(m: MachineArgs, payload: Payload, cfg: &CliConfig) -> Result<L
     })
 }
 
-/// The machine's root directory (`-D`, or the image `-M` names) and its name (`-M`, or derived
-/// from the directory; a fresh one for `-x` of an image).
-fn root_and_name(m: &MachineArgs, cfg: &CliConfig) -> Result<(PathBuf, MachineName), CliError> {
+/// The machine's root directory (`-D`, or the image `-M` names) and its name before `-x` makes
+/// it unique (`-M`, or derived from the directory): also the name its settings file has.
+pub(super) fn root_and_base_name(
+    m: &MachineArgs,
+    cfg: &CliConfig,
+) -> Result<(PathBuf, MachineName), CliError> {
     let given_name = m
         .machine
         .as_deref()
@@ -189,23 +192,29 @@ fn root_and_name(m: &MachineArgs, cfg: &CliConfig) -> Result<(PathBuf, MachineNa
     if !root.is_dir() {
         return Err(CliError::new(format!("{} is not a directory", dir.display())));
     }
-    // -x with an image name (no -D) boots that image under a fresh name.
     let name = match given_name {
-        Some(n) if !m.ephemeral || m.directory.is_some() => n,
-        given => {
-            let base = match &given {
-                Some(n) => n.to_string(),
-                None => root.file_name().map(|b| b.to_string_lossy().into_owned()).unwrap_or_default(),
-            };
-            let name = MachineName::from_dir_name(&base).ok_or_else(|| {
+        Some(n) => n,
+        None => {
+            let base = root.file_name().map(|b| b.to_string_lossy().into_owned()).unwrap_or_default();
+            MachineName::from_dir_name(&base).ok_or_else(|| {
                 CliError::new(format!(
                     "cannot derive a machine name from directory '{base}'; give one with -M NAME"
                 ))
-            })?;
-            if m.ephemeral { ephemeral_name(&name)? } else { name }
+            })?
         }
     };
     Ok((root, name))
+}
+
+/// [`root_and_base_name`], with the fresh name `-x` gives a machine of an image (no `-D`) or of a
+/// directory without `-M`.
+fn root_and_name(m: &MachineArgs, cfg: &CliConfig) -> Result<(PathBuf, MachineName), CliError> {
+    let (root, base) = root_and_base_name(m, cfg)?;
+    if !(m.ephemeral && (m.machine.is_none() || m.directory.is_none())) {
+        return Ok((root, base));
+    }
+    let base = MachineName::from_dir_name(base.as_str()).unwrap_or(base);
+    Ok((root, ephemeral_name(&base)?))
 }
 
 /// `--bind`, `--bind-ro`, `--overlay`, `--overlay-ro`, `--tmpfs`.

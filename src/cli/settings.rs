@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use clap::ValueEnum;
 
-use crate::names::MachineName;
 use crate::settings::Settings;
 
 use super::args::{MachineArgs, YesNo};
@@ -30,20 +29,10 @@ pub enum SettingsMode {
 
 /// Finds and loads the settings file of the machine `m` names, if any.
 fn load(m: &MachineArgs, mode: SettingsMode, cfg: &CliConfig) -> Result<Option<Settings>, CliError> {
-    let dir = match (&m.directory, &m.machine) {
-        (Some(d), _) => std::fs::canonicalize(d).unwrap_or_else(|_| d.clone()),
-        (None, Some(n)) => cfg.image_store.join(n),
-        (None, None) => return Ok(None),
-    };
-    let name = match &m.machine {
-        Some(n) => n.clone(),
-        None => match dir.file_name().and_then(|b| MachineName::from_dir_name(&b.to_string_lossy())) {
-            Some(n) => n.to_string(),
-            None => return Ok(None),
-        },
-    };
+    // The same root and name the launch gets (its errors, too, come from there).
+    let (dir, name) = super::machine::root_and_base_name(m, cfg)?;
     let dirs: [&Path; 2] = [&cfg.config_dir, &cfg.runtime_dir];
-    let Some((path, trusted)) = crate::settings::find(&name, &dirs, &dir) else {
+    let Some((path, trusted)) = crate::settings::find(name.as_str(), &dirs, &dir) else {
         return Ok(None);
     };
     let trusted = trusted || mode == SettingsMode::Trusted;
