@@ -20,6 +20,7 @@ pub mod osrelease;
 pub mod procfs;
 pub mod runtime;
 pub mod seccomp;
+pub mod session;
 pub mod settings;
 pub mod signals;
 pub mod sys;

@@ -143,6 +143,17 @@ pub fn unescape_mountinfo(s: &str) -> String {
     s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 }
 
+/// The capability bounding set of `pid` (`CapBnd:` of `/proc/PID/status`).
+pub fn bounding_set(pid: u32) -> io::Result<caps::CapsHashSet> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let bits = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no CapBnd line"))?;
+    Ok(caps::all().into_iter().filter(|c| c.index() < 64 && bits & (1u64 << c.index()) != 0).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // The helper mctld starts for a session in a machine (see `mctl::session`), before anything
+    // else: it must stay single-threaded.
+    if std::env::args_os().nth(1).is_some_and(|a| a == mctl::session::HELPER_FLAG) {
+        return ExitCode::from(u8::try_from(mctl::session::helper_main()).unwrap_or(1));
+    }
     let args = mctl::daemon::DaemonArgs::parse();
     mctl::logging::init(false);
     // Blocking threads are bounded (tokio's default is 512): a flood of calls must not become

@@ -25,7 +25,7 @@ use crate::manager::pool::{BlockingPool, Class};
 use crate::manager::resources::MachineResources;
 use crate::manager::{Caller, Event, Machine, Manager, ManagerError};
 
-use super::calls::{DecodeError, ImageOp, ManagerCall};
+use super::calls::{BindCall, CopyCall, DecodeError, ImageOp, MachineCall, ManagerCall, SessionCall};
 use super::introspect::{self, IMAGE, Interface, MACHINE, MACHINE_RESOURCES, MANAGER, MCTL_MANAGER};
 use super::limits::{Admission, Limits, Ticket};
 use super::paths::{self, IMAGE_DIR, MACHINE_DIR, MANAGER_PATH};
@@ -214,6 +214,12 @@ const CREDENTIALS_TIMEOUT: Duration = Duration::from_secs(1);
 const CREDENTIALS_ATTEMPTS: u32 = 4;
 /// How long gathering every machine's OS and addresses may take.
 const OVERVIEW_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long opening a session or a bind mount may take (the helper reads guest files).
+const SESSION_TIMEOUT: Duration = Duration::from_secs(40);
+
+/// machine1's copy flag: replace an existing destination.
+const COPY_REPLACE: u64 = 1;
 
 /// The service: a connection serving the manager.
 #[derive(Clone)]
@@ -599,7 +605,53 @@ impl Service {
             ManagerCall::Addresses(name) => self.addresses(hdr, name).await,
             ManagerCall::OsRelease(name) => self.os_release(hdr, name).await,
             ManagerCall::UidShift(name) => self.reply(hdr, &mgr.uid_shift(&name)?).await,
+            ManagerCall::Open(name, what) => self.open_session(hdr, name, what).await,
+            ManagerCall::Copy(name, copy) => self.copy(hdr, name, copy).await,
+            ManagerCall::Bind(name, bind) => self.bind(hdr, name, bind).await,
         }
+    }
+
+    /// A terminal, login or shell in a machine: the reply carries the pty master.
+    async fn open_session(&self, hdr: &Header<'_>, name: String, what: SessionCall) -> Reply {
+        let opened = self
+            .blocking(hdr, Some(SESSION_TIMEOUT), move |mgr, caller| match what {
+                SessionCall::Pty => mgr.open_pty(&name, caller),
+                SessionCall::Login => mgr.open_login(&name, caller),
+                SessionCall::Shell(req) => mgr.open_shell(&name, req, caller),
+            })
+            .await?;
+        let master = zbus::OwnedFd::from(opened.master);
+        self.reply(hdr, &(master, opened.pty_path)).await
+    }
+
+    /// A copy between the host and a machine (whole trees; no time limit).
+    async fn copy(&self, hdr: &Header<'_>, name: String, copy: CopyCall) -> Reply {
+        self.blocking(hdr, None, move |mgr, caller| {
+            let req = crate::manager::files::CopyRequest {
+                source: copy.source,
+                destination: copy.destination,
+                replace: copy.flags & COPY_REPLACE != 0,
+                unknown_flags: copy.flags & !COPY_REPLACE,
+            };
+            if copy.to_machine { mgr.copy_to(&name, req, caller) } else { mgr.copy_from(&name, req, caller) }
+        })
+        .await?;
+        self.reply(hdr, &()).await
+    }
+
+    /// A bind mount of a host directory or file into a running machine.
+    async fn bind(&self, hdr: &Header<'_>, name: String, bind: BindCall) -> Reply {
+        self.blocking(hdr, Some(SESSION_TIMEOUT), move |mgr, caller| {
+            let req = crate::manager::files::BindRequest {
+                source: bind.source,
+                destination: bind.destination,
+                read_only: bind.read_only,
+                mkdir: bind.mkdir,
+            };
+            mgr.bind_mount(&name, req, caller)
+        })
+        .await?;
+        self.reply(hdr, &()).await
     }
 
     async fn image_call(&self, msg: &Message, hdr: &Header<'_>, member: &str, name: &str) -> Reply {
@@ -749,10 +801,16 @@ impl Service {
             "GetAddresses" => self.addresses(hdr, name.to_owned()).await,
             "GetOSRelease" => self.os_release(hdr, name.to_owned()).await,
             "GetUIDShift" => self.reply(hdr, &mgr.uid_shift(name)?).await,
-            _ => Err(CallError(
-                "org.freedesktop.DBus.Error.UnknownMethod",
-                format!("Unknown method {member}."),
-            )),
+            _ => match MachineCall::decode(member, &msg.body()) {
+                Some(Ok(MachineCall::Open(what))) => self.open_session(hdr, name.to_owned(), what).await,
+                Some(Ok(MachineCall::Copy(copy))) => self.copy(hdr, name.to_owned(), copy).await,
+                Some(Ok(MachineCall::Bind(bind))) => self.bind(hdr, name.to_owned(), bind).await,
+                Some(Err(DecodeError::BadBody(e))) => Err(CallError::bad_body(e)),
+                Some(Err(DecodeError::UnknownMethod)) | None => Err(CallError(
+                    "org.freedesktop.DBus.Error.UnknownMethod",
+                    format!("Unknown method {member}."),
+                )),
+            },
         }
     }
 }

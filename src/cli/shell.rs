@@ -4,7 +4,6 @@
 //! machine's, the machine's capabilities and system call filter, a pty of the machine's devpts
 //! when interactive).
 
-use std::fs;
 use std::io::IsTerminal;
 
 use crate::bus::OWN_NAME;
@@ -70,7 +69,8 @@ pub fn shell(a: &ShellArgs, cfg: &CliConfig) -> Result<i32, CliError> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| CliError::new(e.to_string()))?;
     let target = lookup(&name)?;
-    let bounding = leader_bounding_set(target.leader)?;
+    let bounding = crate::procfs::bounding_set(target.leader)
+        .map_err(|e| CliError::new(format!("cannot read the machine's capabilities: {e}")))?;
     let seccomp = crate::seccomp::SyscallFilter::for_machine(
         &bounding,
         &Default::default(),
@@ -80,24 +80,23 @@ pub fn shell(a: &ShellArgs, cfg: &CliConfig) -> Result<i32, CliError> {
     let cgroup = crate::cgroups::EntryCgroup::create(&Default::default(), &target.cgroup, "mctl-shell");
     let spec = enter::EnterSpec {
         leader: target.leader,
+        leader_start: None,
         user,
-        command: a.command.clone(),
+        payload: if a.command.is_empty() {
+            enter::Payload::LoginShell
+        } else {
+            enter::Payload::Command(a.command.clone())
+        },
         env,
-        interactive: std::io::stdin().is_terminal() && std::io::stdout().is_terminal(),
+        terminal: if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
+            enter::Terminal::Forward
+        } else {
+            enter::Terminal::Inherit
+        },
         cgroup: cgroup.as_ref().map(|c| c.path().to_owned()),
         bounding,
         seccomp,
+        host_fds: Vec::new(),
     };
     enter::run(&spec).map_err(|e| CliError { message: e.to_string(), exit_code: e.exit_code() })
-}
-
-fn leader_bounding_set(leader: u32) -> Result<caps::CapsHashSet, CliError> {
-    let status = fs::read_to_string(format!("/proc/{leader}/status"))
-        .map_err(|e| CliError::new(format!("cannot read the machine's capabilities: {e}")))?;
-    let bits = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapBnd:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .ok_or_else(|| CliError::new("cannot read the machine's capabilities"))?;
-    Ok(caps::all().into_iter().filter(|c| c.index() < 64 && bits & (1u64 << c.index()) != 0).collect())
 }

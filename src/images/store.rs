@@ -428,12 +428,19 @@ pub(crate) fn meta_of(st: &rfs::Stat) -> Meta {
 
 /// Copies the tree at `src` into the empty directory `dst` through a [`TreeWriter`].
 pub fn copy_tree(src: &Path, dst: &Path) -> Result<(), StoreError> {
+    copy_tree_mapping_ids(src, dst, &|id| id)
+}
+
+/// [`copy_tree`], with every owner and group id passed through `ids` (a copy out of a machine
+/// with a user namespace gives its ids back their meaning on the host).
+pub fn copy_tree_mapping_ids(src: &Path, dst: &Path, ids: &dyn Fn(u32) -> u32) -> Result<(), StoreError> {
     let mut writer = TreeWriter::new(dst)?;
     // First path seen of each multiply-linked inode.
     let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
     walk::walk::<StoreError>(src, |f| {
         interrupt::check()?;
         let mut meta = meta_of(f.stat);
+        (meta.uid, meta.gid) = (ids(meta.uid), ids(meta.gid));
         let kind = f.kind();
         if kind != Kind::Dir && f.stat.st_nlink > 1 {
             let key = (f.stat.st_dev, f.stat.st_ino);

@@ -50,9 +50,10 @@ pub enum ChannelError {
     },
 }
 
-/// One end of the channel.
+/// One end of a `SOCK_SEQPACKET` socketpair carrying JSON messages with fds attached: the
+/// launcher's [`Message`]s, or the messages of another protocol ([`Channel::send_as`]).
 #[derive(Debug)]
-struct Channel {
+pub struct Channel {
     fd: OwnedFd,
 }
 
@@ -71,8 +72,28 @@ impl Channel {
         self.fd.as_fd()
     }
 
+    /// One end made of a socket inherited from another process (`SOCK_SEQPACKET`).
+    pub fn from_fd(fd: OwnedFd) -> Channel {
+        Channel { fd }
+    }
+
+    /// The socket, for handing to a process that is about to execute.
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+
     /// Sends `msg` with `fds` attached.
     pub fn send(&self, msg: &Message, fds: &[BorrowedFd<'_>]) -> Result<(), ChannelError> {
+        self.send_as(msg, fds)
+    }
+
+    /// Receives one [`Message`] (see [`Channel::recv_as`]).
+    pub fn recv(&self) -> Result<Option<(Message, Vec<OwnedFd>)>, ChannelError> {
+        self.recv_as()
+    }
+
+    /// Sends any serializable message with `fds` attached.
+    pub fn send_as<T: serde::Serialize>(&self, msg: &T, fds: &[BorrowedFd<'_>]) -> Result<(), ChannelError> {
         let body = serde_json::to_vec(msg)?;
         let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
         let cmsgs = if raw.is_empty() { vec![] } else { vec![ControlMessage::ScmRights(&raw)] };
@@ -82,7 +103,7 @@ impl Channel {
 
     /// Receives one message and the fds that came with it; `None` when the peer closed its
     /// end (for a child that exec'ed, that is success: the channel is close-on-exec).
-    pub fn recv(&self) -> Result<Option<(Message, Vec<OwnedFd>)>, ChannelError> {
+    pub fn recv_as<T: serde::de::DeserializeOwned>(&self) -> Result<Option<(T, Vec<OwnedFd>)>, ChannelError> {
         let mut buf = vec![0u8; MAX_MESSAGE];
         let mut cmsg = nix::cmsg_space!([RawFd; 4]);
         let (len, fds) = loop {

@@ -13,7 +13,7 @@
 
 use std::convert::Infallible;
 use std::fs;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use nix::sched::{CloneFlags, setns};
@@ -60,25 +60,63 @@ impl EnterError {
     }
 }
 
+/// What runs in the machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    /// The user's login shell, as a login shell (`-bash`).
+    LoginShell,
+    /// A command, found through the machine's PATH.
+    Command(Vec<String>),
+    /// A program by absolute path with its own argv (argv\[0\] may differ from the path).
+    Program {
+        /// The file executed.
+        path: String,
+        /// Its arguments, argv\[0\] first.
+        argv: Vec<String>,
+    },
+    /// A login prompt (the guest's agetty, else its getty or login) on the terminal.
+    Getty,
+    /// Nothing: only a terminal of the machine's devpts is opened and handed over.
+    TerminalOnly,
+}
+
+/// What terminal the payload gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Terminal {
+    /// The caller's stdin, stdout and stderr.
+    Inherit,
+    /// A fresh pty of the machine's devpts, forwarded to the caller's terminal.
+    Forward,
+    /// A fresh pty of the machine's devpts whose master goes to the caller's `handoff`
+    /// (machine1's OpenMachineShell/Login/PTY hand it to a D-Bus client).
+    HandOff,
+}
+
 /// What to run in which machine, and with what.
 #[derive(Debug)]
 pub struct EnterSpec {
     /// The machine's leader (its PID 1), whose namespaces are joined.
     pub leader: u32,
+    /// The leader's start time, when known: its namespaces are used only if the pid still
+    /// belongs to that process once they are open.
+    pub leader_start: Option<u64>,
     /// The user to run as (name or uid in the machine's passwd).
     pub user: String,
-    /// The command; empty for the user's login shell.
-    pub command: Vec<String>,
+    /// What runs.
+    pub payload: Payload,
     /// Extra environment.
     pub env: Vec<(String, String)>,
-    /// Give the command a terminal of the machine's devpts, forwarded to ours.
-    pub interactive: bool,
+    /// The payload's terminal.
+    pub terminal: Terminal,
     /// A cgroup2 directory below the machine's to run in (and the v1 cgroups of the leader).
     pub cgroup: Option<PathBuf>,
     /// The machine's bounding set: the most the command may hold.
     pub bounding: caps::CapsHashSet,
     /// The machine's system call filter.
     pub seccomp: crate::seccomp::SyscallFilter,
+    /// Descriptors of the caller's that must not follow it into the machine (closed first
+    /// thing in the process that joins its namespaces).
+    pub host_fds: Vec<RawFd>,
 }
 
 /// The namespaces a command entering a machine joins, in the order it joins them.
@@ -91,9 +129,18 @@ const NAMESPACES: [(&str, CloneFlags); 6] = [
     ("mnt", CloneFlags::CLONE_NEWNS),
 ];
 
-/// Runs `spec.command` in the machine and supervises it (signals to us go to it, its terminal
+/// Runs `spec.payload` in the machine and supervises it (signals to us go to it, its terminal
 /// is forwarded); returns its exit status (128+N for signal N).
 pub fn run(spec: &EnterSpec) -> Result<i32, EnterError> {
+    run_handing_off(spec, &mut |_, _| Ok(()))
+}
+
+/// [`run`], where a [`Terminal::HandOff`] pty master is given to `handoff` (with the path of
+/// its peer in the machine, `/dev/pts/N`) once the payload runs; this keeps no copy of it.
+pub fn run_handing_off(
+    spec: &EnterSpec,
+    handoff: &mut dyn FnMut(OwnedFd, String) -> std::io::Result<()>,
+) -> Result<i32, EnterError> {
     // Opened before forking: they stay valid even if the leader exits now.
     let mut namespaces = Vec::new();
     for (ns, flag) in NAMESPACES {
@@ -107,6 +154,12 @@ pub fn run(spec: &EnterSpec) -> Result<i32, EnterError> {
         .map_err(EnterError::step("open the machine's namespaces"))?;
     if !same_file(&userns, Path::new("/proc/self/ns/user")) {
         namespaces.push((userns, CloneFlags::CLONE_NEWUSER));
+    }
+    if spec.leader_start.is_some() && crate::procfs::start_time(spec.leader) != spec.leader_start {
+        return Err(EnterError::Step {
+            step: "find the machine's leader",
+            source: std::io::Error::from_raw_os_error(libc::ESRCH),
+        });
     }
     let sigfd = events::signalfd().map_err(EnterError::step("handle signals through a signalfd"))?;
     let (parent, child) = channel::pair().map_err(ChildReport::Channel)?;
@@ -126,11 +179,18 @@ pub fn run(spec: &EnterSpec) -> Result<i32, EnterError> {
             return Err(e.into());
         }
     };
-    let console = match entered.console {
-        Some(m) => {
+    let console = match (entered.console, spec.terminal) {
+        (Some(m), Terminal::Forward) => {
             Some(Console::new(m, ConsoleMode::Interactive).map_err(EnterError::step("set up the terminal"))?)
         }
-        None => None,
+        (Some(m), Terminal::HandOff) => {
+            let path = rustix::pty::ptsname(&m, Vec::new())
+                .map_err(|e| EnterError::Step { step: "name the terminal", source: e.into() })?;
+            let path = path.to_string_lossy().into_owned();
+            handoff(m, path).map_err(EnterError::step("hand over the terminal"))?;
+            None
+        }
+        _ => None,
     };
     let command = entered.command.map(Pid::from_raw);
     let mut events =
@@ -168,6 +228,10 @@ fn helper_main(spec: &EnterSpec, namespaces: Vec<(fs::File, CloneFlags)>, chan: 
         chan.failed(&e, e.exit_code());
         linux::exit_now(e.exit_code())
     };
+    for fd in &spec.host_fds {
+        // SAFETY: the caller listed descriptors it owns and never uses in this process.
+        unsafe { libc::close(*fd) };
+    }
     if let Err(e) = nix::sys::prctl::set_dumpable(false) {
         report(ChildError::Step("make the helper non-dumpable", e.into()));
     }
@@ -192,7 +256,7 @@ fn helper_main(spec: &EnterSpec, namespaces: Vec<(fs::File, CloneFlags)>, chan: 
     }
     drop(namespaces);
     let user = exec::lookup_in_machine(&spec.user).unwrap_or_else(|e| report(e));
-    let tty = if spec.interactive {
+    let tty = if spec.terminal != Terminal::Inherit {
         let slave = linux::open_pty_master(Path::new("/dev/pts/ptmx")).and_then(|(master, _)| {
             let slave = linux::pty_peer(master.as_fd())?;
             chan.console_master(master.as_fd()).map_err(std::io::Error::other)?;
@@ -202,6 +266,9 @@ fn helper_main(spec: &EnterSpec, namespaces: Vec<(fs::File, CloneFlags)>, chan: 
     } else {
         None
     };
+    if spec.payload == Payload::TerminalOnly {
+        linux::exit_now(0)
+    }
     if let Err(e) = confine(spec) {
         report(e);
     }
@@ -277,20 +344,47 @@ fn run_command(
     }
     let envp = exec::envp(&env);
     linux::cloexec_fds_from(3).map_err(ChildError::step("close inherited file descriptors"))?;
-    if spec.command.is_empty() {
-        // The user's login shell, named with a leading '-' as login(1) does.
-        let shell = env
-            .iter()
-            .find(|(k, _)| k == "SHELL")
-            .map(|(_, v)| v.clone())
-            .unwrap_or_else(|| "/bin/sh".into());
-        let base =
-            Path::new(&shell).file_name().map(|b| b.to_string_lossy().into_owned()).unwrap_or_default();
-        let argv = [exec::cstring(&format!("-{base}"))];
-        let err = linux::execve(&exec::cstring(&shell), &argv, &envp);
-        return Err(ChildError::Exec(shell, err));
+    match &spec.payload {
+        Payload::LoginShell | Payload::TerminalOnly => {
+            // The user's login shell, named with a leading '-' as login(1) does.
+            let shell = env
+                .iter()
+                .find(|(k, _)| k == "SHELL")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| "/bin/sh".into());
+            let base =
+                Path::new(&shell).file_name().map(|b| b.to_string_lossy().into_owned()).unwrap_or_default();
+            let argv = [exec::cstring(&format!("-{base}"))];
+            let err = linux::execve(&exec::cstring(&shell), &argv, &envp);
+            Err(ChildError::Exec(shell, err))
+        }
+        Payload::Command(argv) => Err(exec::exec_search(argv, &env, &envp)),
+        Payload::Program { path, argv } => {
+            let argv: Vec<_> = argv.iter().map(|a| exec::cstring(a)).collect();
+            Err(ChildError::Exec(path.clone(), linux::execve(&exec::cstring(path), &argv, &envp)))
+        }
+        Payload::Getty => Err(exec_getty(&env, &envp)),
     }
-    Err(exec::exec_search(&spec.command, &env, &envp))
+}
+
+/// A login prompt on the terminal (stdin): the guest's agetty as systemd's container-getty
+/// runs it, else a busybox-style getty, else login itself.
+fn exec_getty(env: &[(String, String)], envp: &[std::ffi::CString]) -> ChildError {
+    let term = env.iter().find(|(k, _)| k == "TERM").map_or("vt220", |(_, v)| v.as_str());
+    let candidates: [&[&str]; 3] = [
+        &["agetty", "-o", "-p -- \\u", "--noclear", "--keep-baud", "-", "115200,38400,9600", term],
+        &["getty", "115200", "-", term],
+        &["login"],
+    ];
+    let mut last = ChildError::NotFound("agetty".into());
+    for argv in candidates {
+        let argv: Vec<String> = argv.iter().map(|a| (*a).to_owned()).collect();
+        match exec::exec_search(&argv, env, envp) {
+            ChildError::NotFound(_) => {}
+            e => last = e,
+        }
+    }
+    last
 }
 
 /// A detached clone of the root mount of `leader`'s mount namespace (its root alone, or with the

@@ -16,6 +16,8 @@ pub enum Action {
     Manage,
     /// Remove, rename, clone or mark images.
     ManageImages,
+    /// Open terminals, logins or shells in machines, copy files in or out, bind-mount into them.
+    Enter,
 }
 
 impl Action {
@@ -24,6 +26,7 @@ impl Action {
             Action::Register => "register machines",
             Action::Manage => "terminate, kill, freeze, limit or unregister machines",
             Action::ManageImages => "change images",
+            Action::Enter => "open shells in machines or move files in and out of them",
         }
     }
 }
@@ -82,7 +85,7 @@ mod tests {
         // as mctld would); a caller of another uid naming it is refused all the same.
         let uid = nix::unistd::geteuid().as_raw().wrapping_add(1).max(1);
         let caller = Caller { uid, pid: std::process::id() };
-        for action in [Action::Register, Action::Manage, Action::ManageImages] {
+        for action in [Action::Register, Action::Manage, Action::ManageImages, Action::Enter] {
             let e = caller.authorize(action).unwrap_err();
             assert!(
                 matches!(&e, ManagerError::AccessDenied(m) if m.starts_with("Access denied: only root may ")),

@@ -14,11 +14,13 @@ use crate::procfs;
 use crate::sys::linux;
 
 pub mod auth;
+pub mod files;
 pub mod images;
 pub mod machine;
 pub mod pool;
 pub mod registry;
 pub mod resources;
+pub mod sessions;
 pub mod store;
 
 pub use auth::{Action, Caller};
@@ -112,6 +114,9 @@ pub struct ManagerConfig {
     pub cgroup: CgroupConfig,
     /// The image pool reported as `PoolPath`.
     pub pool_path: PathBuf,
+    /// The program started with [`session::HELPER_FLAG`](crate::session::HELPER_FLAG) for
+    /// shells, logins and terminals in machines: mctld's own binary.
+    pub session_helper: PathBuf,
 }
 
 impl Default for ManagerConfig {
@@ -120,6 +125,7 @@ impl Default for ManagerConfig {
             state_dir: "/run/mctl/machines".into(),
             cgroup: CgroupConfig::default(),
             pool_path: "/var/lib/machines".into(),
+            session_helper: "/proc/self/exe".into(),
         }
     }
 }
@@ -180,6 +186,7 @@ pub struct Manager {
     units: std::sync::OnceLock<Box<dyn resources::UnitControl>>,
     pool_path: PathBuf,
     images: crate::images::store::ImageStore,
+    session_helper: PathBuf,
     me: Weak<Manager>,
 }
 
@@ -212,6 +219,7 @@ impl Manager {
             units: std::sync::OnceLock::new(),
             pool_path: cfg.pool_path.clone(),
             images: crate::images::store::ImageStore::new(cfg.pool_path.clone()),
+            session_helper: cfg.session_helper.clone(),
             me: me.clone(),
         }))
     }

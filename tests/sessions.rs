@@ -1,0 +1,275 @@
+//! systemd's own machinectl opening shells and logins in machines and moving files in and out
+//! of them through mctld (OpenMachineShell/Login/PTY, CopyTo/FromMachine, BindMountMachine):
+//! on a booted bookworm and on a busybox machine with no D-Bus inside. Paths in a machine are
+//! the guest's: its symlinks must never lead a copy or a bind out to the host.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{
+    Machine, Mctld, TestBus, assert_no_leaks, busctl, busybox_tree, copy_tree, debian_tree, expect_output,
+    machinectl, pty_reader, scratch, spawn_on_pty, stderr, stdout,
+};
+
+/// `machinectl ARGS` on a pty of its own (as `machinectl` in a terminal), in the private
+/// mount namespace [`machinectl`] uses.
+fn machinectl_on_pty(bus: &TestBus, args: &[&str]) -> (std::process::Child, std::os::fd::OwnedFd) {
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg("mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/system && exec machinectl --no-pager \"$@\"")
+        .arg("sh")
+        .args(args)
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+        .env("TERM", "vt100");
+    spawn_on_pty(cmd, 24, 80)
+}
+
+fn ok(o: &std::process::Output, what: &str) {
+    assert!(o.status.success(), "{what} failed: {}{}", stdout(o), stderr(o));
+}
+
+/// Checks copy-to, copy-from and bind on a running machine whose root is `root`, with a guest
+/// symlink `/root/evil -> /etc` (absolute: on the host it would mean the host's /etc).
+fn files_in_and_out(bus: &TestBus, name: &str, root: &Path, s: &Path) {
+    let host_src = s.join("from-host.txt");
+    std::fs::write(&host_src, "hello machine\n").unwrap();
+    std::os::unix::fs::symlink("/etc", root.join("root/evil")).unwrap();
+    let host_src = host_src.display().to_string();
+
+    // copy-to: lands in the guest, with the source's mode.
+    std::fs::set_permissions(&host_src, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+    ok(&machinectl(bus, &["copy-to", name, &host_src, "/root/copied.txt"]), "copy-to");
+    assert_eq!(std::fs::read_to_string(root.join("root/copied.txt")).unwrap(), "hello machine\n");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(root.join("root/copied.txt")).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o7777, 0o640);
+    // An existing destination is refused without --force, and nothing is left half-written.
+    let o = machinectl(bus, &["copy-to", name, &host_src, "/root/copied.txt"]);
+    assert!(!o.status.success() && stderr(&o).contains("exists"), "{}", stderr(&o));
+    ok(&machinectl(bus, &["copy-to", "--force", name, &host_src, "/root/copied.txt"]), "copy-to --force");
+    // A whole directory.
+    let tree = s.join("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    std::fs::write(tree.join("sub/leaf"), "leaf").unwrap();
+    ok(&machinectl(bus, &["copy-to", name, &tree.display().to_string(), "/root/tree"]), "copy-to a tree");
+    assert_eq!(std::fs::read_to_string(root.join("root/tree/sub/leaf")).unwrap(), "leaf");
+
+    // Through the guest's symlink: the guest's /etc, never the host's.
+    ok(&machinectl(bus, &["copy-to", name, &host_src, "/root/evil/mctl-pwned"]), "copy-to via symlink");
+    assert!(root.join("etc/mctl-pwned").exists());
+    assert!(!Path::new("/etc/mctl-pwned").exists(), "a guest symlink redirected a copy to the host");
+
+    // copy-from: the guest's files, its relative and absolute symlinks followed inside it.
+    std::fs::write(root.join("etc/mctl-guest-only"), "guest\n").unwrap();
+    std::os::unix::fs::symlink("../etc/mctl-guest-only", root.join("root/rel-link")).unwrap();
+    let out = s.join("rel-link.copy");
+    ok(&machinectl(bus, &["copy-from", name, "/root/rel-link", &out.display().to_string()]), "copy-from");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "guest\n");
+    let out = s.join("via-evil");
+    ok(
+        &machinectl(bus, &["copy-from", name, "/root/evil/mctl-guest-only", &out.display().to_string()]),
+        "copy-from via symlink",
+    );
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "guest\n");
+    let o = machinectl(
+        bus,
+        &["copy-from", name, "/root/evil/shadow-of-nothing", &s.join("none").display().to_string()],
+    );
+    assert!(!o.status.success(), "copying a missing file succeeded");
+    assert!(!s.join("none").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(root.join("root"))
+        .unwrap()
+        .chain(std::fs::read_dir(s).unwrap())
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".#mctl-copy"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporaries left: {leftovers:?}");
+
+    // bind: a host directory, read-only, at a new mount point.
+    let share = s.join("share");
+    std::fs::create_dir(&share).unwrap();
+    std::fs::write(share.join("f"), "shared\n").unwrap();
+    let share = share.display().to_string();
+    ok(&machinectl(bus, &["bind", "--read-only", "--mkdir", name, &share, "/mnt/share"]), "bind");
+    let o = machinectl(
+        bus,
+        &["shell", name, "/bin/sh", "-c", "cat /mnt/share/f; touch /mnt/share/g && echo WROTE"],
+    );
+    let text = stdout(&o);
+    assert!(text.contains("shared") && !text.contains("WROTE"), "{text}{}", stderr(&o));
+    assert!(!Path::new(&share).join("g").exists());
+    // Through the guest's symlink: mounted on the guest's /etc/mctl-bound, the host's /etc untouched.
+    ok(&machinectl(bus, &["bind", "--mkdir", name, &share, "/root/evil/mctl-bound"]), "bind via symlink");
+    assert!(root.join("etc/mctl-bound").is_dir());
+    assert!(!Path::new("/etc/mctl-bound").exists(), "a guest symlink redirected a bind to the host");
+    let o = machinectl(bus, &["shell", name, "/bin/cat", "/etc/mctl-bound/f"]);
+    assert!(stdout(&o).contains("shared"), "{}{}", stdout(&o), stderr(&o));
+}
+
+#[test]
+fn machinectl_shell_login_copy_and_bind_on_a_booted_guest() {
+    let s = scratch();
+    // The unprivileged caller below must reach the bus socket in it.
+    std::fs::set_permissions(s.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let bus = TestBus::start(s.path());
+    let _mctld = Mctld::start(&bus, s.path(), true);
+    let dir = copy_tree(debian_tree(), s.path(), "msess");
+    // root logs in without a password (Debian's pam_unix takes an empty one: nullok).
+    let shadow = std::fs::read_to_string(dir.join("etc/shadow")).unwrap();
+    let shadow: String = shadow
+        .lines()
+        .map(|l| match l.strip_prefix("root:") {
+            Some(rest) => format!("root::{}\n", rest.split_once(':').map_or("", |(_, r)| r)),
+            None => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(dir.join("etc/shadow"), shadow).unwrap();
+    let boot_dir = s.path().join("boot");
+    std::fs::create_dir(&boot_dir).unwrap();
+    let mut m = Machine::boot_on(Some(&bus.address), &dir, &boot_dir, &[]);
+
+    // shell: a command as machinectl runs it, its output through the pty.
+    let o = machinectl(&bus, &["shell", "msess", "/bin/echo", "x-from-shell"]);
+    assert!(stdout(&o).contains("x-from-shell"), "{}{}", stdout(&o), stderr(&o));
+    let o = machinectl(&bus, &["shell", "msess", "/bin/sh", "-c", "tty; id -u; cat /proc/1/comm"]);
+    let text = stdout(&o);
+    assert!(
+        text.contains("/dev/pts/") && text.contains("\n0") && text.contains("systemd"),
+        "{text}{}",
+        stderr(&o)
+    );
+    // A user of the guest, by name.
+    let o = machinectl(&bus, &["shell", "daemon@msess", "/usr/bin/id", "-un"]);
+    assert!(stdout(&o).contains("daemon"), "{}{}", stdout(&o), stderr(&o));
+    let o = machinectl(&bus, &["shell", "nosuchuser@msess", "/bin/true"]);
+    assert!(!o.status.success(), "a missing user got a shell: {}", stdout(&o));
+
+    // login: the guest's getty prompts on a fresh pty; root logs in; exit ends it.
+    let (mut child, master) = machinectl_on_pty(&bus, &["login", "msess"]);
+    let rx = pty_reader(&master);
+    let mut seen = String::new();
+    let mut tty = std::fs::File::from(master);
+    expect_output(&rx, &mut seen, "login: ", Duration::from_secs(30));
+    tty.write_all(b"root\n").unwrap();
+    expect_output(&rx, &mut seen, "# ", Duration::from_secs(30));
+    tty.write_all(b"echo logged-in-$((6*7))\n").unwrap();
+    expect_output(&rx, &mut seen, "logged-in-42", Duration::from_secs(10));
+    tty.write_all(b"exit\n").unwrap();
+    // machinectl stays for a new getty (as with nspawn); its escape ends it.
+    expect_output(&rx, &mut seen, "login: ", Duration::from_secs(30));
+    tty.write_all(b"\x1d\x1d\x1d").unwrap();
+    let st = common::wait_exit(&mut child, Duration::from_secs(10));
+    if st.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(st.is_some(), "machinectl login did not end; output:\n{seen}");
+
+    files_in_and_out(&bus, "msess", &dir, s.path());
+
+    // Bad input and unknown machines: clear errors.
+    let o = machinectl(&bus, &["shell", "nosuch", "/bin/true"]);
+    assert!(!o.status.success() && stderr(&o).contains("nosuch"), "{}", stderr(&o));
+    let o = busctl(
+        &bus,
+        &[
+            "call",
+            "org.freedesktop.machine1",
+            "/org/freedesktop/machine1",
+            "org.freedesktop.machine1.Manager",
+            "OpenMachineShell",
+            "sssasas",
+            "msess",
+            "",
+            "bin/sh",
+            "0",
+            "0",
+        ],
+    );
+    assert!(!o.status.success() && stderr(&o).contains("not absolute"), "{}", stderr(&o));
+    // An unprivileged caller gets mctld's access-denied, for a shell, a copy and a bind.
+    // (dbus-send prints the error's own message; busctl shortens it to the errno's text.)
+    let nobody_copy = format!("string:{}", s.path().join("nobody-copy").display());
+    for call in [
+        vec![
+            "OpenMachineShell",
+            "string:msess",
+            "string:",
+            "string:/bin/sh",
+            "array:string:",
+            "array:string:",
+        ],
+        vec!["CopyFromMachine", "string:msess", "string:/etc/hostname", &nobody_copy],
+        vec![
+            "BindMountMachine",
+            "string:msess",
+            "string:/tmp",
+            "string:/mnt",
+            "boolean:false",
+            "boolean:true",
+        ],
+    ] {
+        let o = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "dbus-send",
+                "--system",
+                "--print-reply",
+                "--dest=org.freedesktop.machine1",
+                "/org/freedesktop/machine1",
+            ])
+            .arg(format!("org.freedesktop.machine1.Manager.{}", call[0]))
+            .args(&call[1..])
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            !o.status.success() && stderr(&o).contains("only root may open shells"),
+            "{call:?}: {}{}",
+            stdout(&o),
+            stderr(&o)
+        );
+    }
+    assert!(!s.path().join("nobody-copy").exists());
+    m.stop();
+    assert_no_leaks("msess", &dir);
+}
+
+#[test]
+fn sessions_and_copies_work_without_dbus_in_the_guest() {
+    let s = scratch();
+    let bus = TestBus::start(s.path());
+    let _mctld = Mctld::start(&bus, s.path(), true);
+    let dir = copy_tree(busybox_tree(), s.path(), "mbusy");
+    std::fs::create_dir_all(dir.join("root")).unwrap();
+    let log = std::fs::File::create(s.path().join("run.log")).unwrap();
+    let mut launcher = common::mctl()
+        .args(["run", "-q", "--register=yes", "-M", "mbusy", "-D"])
+        .arg(&dir)
+        .args(["--", "/bin/sleep", "600"])
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap();
+    assert!(
+        common::wait_until(Duration::from_secs(20), || stdout(&machinectl(&bus, &["list"]))
+            .contains("mbusy")),
+        "the machine did not register: {}",
+        std::fs::read_to_string(s.path().join("run.log")).unwrap_or_default()
+    );
+    let o = machinectl(&bus, &["shell", "mbusy", "/bin/echo", "x-from-busybox"]);
+    assert!(stdout(&o).contains("x-from-busybox"), "{}{}", stdout(&o), stderr(&o));
+    files_in_and_out(&bus, "mbusy", &dir, s.path());
+    common::stop_launcher(&mut launcher);
+    assert_no_leaks("mbusy", &dir);
+}
