@@ -160,8 +160,8 @@ fn machinectl_shell_login_copy_and_bind_on_a_booted_guest() {
     tty.write_all(b"echo logged-in-$((6*7))\n").unwrap();
     expect_output(&rx, &mut seen, "logged-in-42", Duration::from_secs(10));
     tty.write_all(b"exit\n").unwrap();
-    // machinectl stays for a new getty (as with nspawn); its escape ends it.
-    expect_output(&rx, &mut seen, "login: ", Duration::from_secs(30));
+    expect_output(&rx, &mut seen, "logout", Duration::from_secs(10));
+    // machinectl stays after a logout (it ignores the getty's hangups); its escape ends it.
     tty.write_all(b"\x1d\x1d\x1d").unwrap();
     let st = common::wait_exit(&mut child, Duration::from_secs(10));
     if st.is_none() {
@@ -169,6 +169,26 @@ fn machinectl_shell_login_copy_and_bind_on_a_booted_guest() {
         let _ = child.wait();
     }
     assert!(st.is_some(), "machinectl login did not end; output:\n{seen}");
+
+    // mctl login: the same through mctl's own client.
+    let mut cmd = common::mctl();
+    cmd.args(["login", "msess"]).env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address).env("TERM", "vt100");
+    let (mut child, master) = spawn_on_pty(cmd, 24, 80);
+    let rx = pty_reader(&master);
+    let mut seen = String::new();
+    let mut tty = std::fs::File::from(master);
+    expect_output(&rx, &mut seen, "login: ", Duration::from_secs(30));
+    tty.write_all(b"root\n").unwrap();
+    expect_output(&rx, &mut seen, "# ", Duration::from_secs(30));
+    tty.write_all(b"echo mctl-login-$((6*7)); exit\n").unwrap();
+    expect_output(&rx, &mut seen, "mctl-login-42", Duration::from_secs(10));
+    tty.write_all(b"\x1d\x1d\x1d").unwrap();
+    let st = common::wait_exit(&mut child, Duration::from_secs(10));
+    if st.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(st.is_some_and(|s| s.success()), "mctl login did not end cleanly ({st:?}); output:\n{seen}");
 
     files_in_and_out(&bus, "msess", &dir, s.path());
 
@@ -270,6 +290,38 @@ fn sessions_and_copies_work_without_dbus_in_the_guest() {
     let o = machinectl(&bus, &["shell", "mbusy", "/bin/echo", "x-from-busybox"]);
     assert!(stdout(&o).contains("x-from-busybox"), "{}{}", stdout(&o), stderr(&o));
     files_in_and_out(&bus, "mbusy", &dir, s.path());
+
+    // mctl's verbs: host paths relative to its working directory, as machinectl takes them.
+    let mctl_in = |args: &[&str]| {
+        let o = common::mctl()
+            .args(args)
+            .current_dir(s.path())
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (o.status.code(), stdout(&o), stderr(&o))
+    };
+    std::fs::write(s.path().join("rel.txt"), "relative\n").unwrap();
+    assert_eq!(mctl_in(&["copy-to", "mbusy", "rel.txt", "/root/rel.txt"]).0, Some(0));
+    assert_eq!(std::fs::read_to_string(dir.join("root/rel.txt")).unwrap(), "relative\n");
+    let (code, _, err) = mctl_in(&["copy-to", "mbusy", "rel.txt", "/root/rel.txt"]);
+    assert!(code == Some(1) && err.contains("exists"), "{err}");
+    assert_eq!(mctl_in(&["copy-to", "--force", "mbusy", "rel.txt", "/root/rel.txt"]).0, Some(0));
+    assert_eq!(mctl_in(&["copy-from", "mbusy", "/root/rel.txt", "back.txt"]).0, Some(0));
+    assert_eq!(std::fs::read_to_string(s.path().join("back.txt")).unwrap(), "relative\n");
+    let (code, _, err) = mctl_in(&["copy-from", "mbusy", "/no/such/file", "never.txt"]);
+    assert!(code == Some(1) && err.contains("/no/such/file"), "{err}");
+    assert!(!s.path().join("never.txt").exists());
+    let (code, _, err) = mctl_in(&["copy-to", "nosuch", "rel.txt", "/x"]);
+    assert!(code == Some(1) && err.contains("nosuch"), "{err}");
+    std::fs::create_dir(s.path().join("bindme")).unwrap();
+    std::fs::write(s.path().join("bindme/inside"), "bound\n").unwrap();
+    assert_eq!(mctl_in(&["bind", "--mkdir", "mbusy", "bindme", "/srv/bound"]).0, Some(0));
+    let o = machinectl(&bus, &["shell", "mbusy", "/bin/cat", "/srv/bound/inside"]);
+    assert!(stdout(&o).contains("bound"), "{}{}", stdout(&o), stderr(&o));
+    let (code, _, err) = mctl_in(&["bind", "mbusy", "bindme", "/srv/missing"]);
+    assert!(code == Some(1) && err.contains("/srv/missing"), "{err}");
     common::stop_launcher(&mut launcher);
     assert_no_leaks("mbusy", &dir);
 }

@@ -43,6 +43,33 @@ pub trait Manager1 {
     /// A machine's UID shift.
     #[zbus(name = "GetMachineUIDShift")]
     fn get_machine_uid_shift(&self, name: &str) -> zbus::Result<u32>;
+    /// A login prompt on a new pty of the machine: its master and the pty's path inside.
+    fn open_machine_login(&self, name: &str) -> zbus::Result<(zbus::OwnedFd, String)>;
+    /// Copies from the host into the machine (flags: 1 = replace).
+    fn copy_to_machine_with_flags(
+        &self,
+        name: &str,
+        source: &str,
+        destination: &str,
+        flags: u64,
+    ) -> zbus::Result<()>;
+    /// Copies from the machine to the host (flags: 1 = replace).
+    fn copy_from_machine_with_flags(
+        &self,
+        name: &str,
+        source: &str,
+        destination: &str,
+        flags: u64,
+    ) -> zbus::Result<()>;
+    /// Bind-mounts a host path into the running machine.
+    fn bind_mount_machine(
+        &self,
+        name: &str,
+        source: &str,
+        destination: &str,
+        read_only: bool,
+        mkdir: bool,
+    ) -> zbus::Result<()>;
 }
 
 /// A row of `ListMachinesDetailed`: name, class, service, os-release ID and VERSION_ID (empty

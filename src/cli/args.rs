@@ -38,6 +38,14 @@ pub enum Command {
     Reboot(NamesArgs),
     /// Run a shell or command inside a running machine.
     Shell(ShellArgs),
+    /// Log in to a running machine on a new terminal of its own (exit with ^] three times).
+    Login(LoginArgs),
+    /// Copy a file or directory from the host into a running machine.
+    CopyTo(CopyArgs),
+    /// Copy a file or directory from a running machine to the host.
+    CopyFrom(CopyArgs),
+    /// Bind-mount a host directory or file into a running machine.
+    Bind(BindArgs),
     /// Make a new image from a running machine's filesystem (frozen while it is copied).
     Commit(CommitArgs),
     /// Change a running machine's resource limits (systemd's names: MemoryMax=1G ...).
@@ -370,6 +378,44 @@ pub struct ShowArgs {
     /// Also show empty properties.
     #[arg(short, long)]
     pub all: bool,
+}
+
+/// `mctl login`.
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// The machine.
+    pub name: String,
+}
+
+/// `mctl copy-to` / `mctl copy-from`.
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// Replace the destination if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// The machine.
+    pub name: String,
+    /// Where to copy from (on the host for copy-to, in the machine for copy-from).
+    pub source: String,
+    /// Where to copy to (default: the same path as the source).
+    pub destination: Option<String>,
+}
+
+/// `mctl bind`.
+#[derive(Debug, Args)]
+pub struct BindArgs {
+    /// Mount it read-only.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Create the destination (and its parents) when missing.
+    #[arg(long)]
+    pub mkdir: bool,
+    /// The machine.
+    pub name: String,
+    /// The host directory or file.
+    pub source: String,
+    /// Where it appears in the machine (default: the same path as the source).
+    pub destination: Option<String>,
 }
 
 /// Verbs that take machine names.

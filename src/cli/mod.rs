@@ -12,6 +12,7 @@ pub mod output;
 pub mod resources;
 pub mod settings;
 pub mod shell;
+pub mod transfer;
 pub mod units;
 
 pub use args::Cli;
@@ -95,6 +96,10 @@ pub fn run(cli: Cli, cfg: &CliConfig) -> Result<i32, CliError> {
         }
         args::Command::Reboot(a) => manage::signal_leader(&a.names, libc::SIGINT),
         args::Command::Shell(a) => shell::shell(&a, cfg),
+        args::Command::Login(a) => shell::login(&a.name),
+        args::Command::CopyTo(a) => transfer::copy(&a, true),
+        args::Command::CopyFrom(a) => transfer::copy(&a, false),
+        args::Command::Bind(a) => transfer::bind(&a),
         args::Command::Commit(a) if a.oci => commit::commit_oci(&a.machine, &a.image, cfg),
         args::Command::Commit(a) => commit::commit(&a.machine, &a.image, cfg),
         args::Command::SetProperty(a) => resources::set_property(&a, cfg),

@@ -100,3 +100,41 @@ pub fn shell(a: &ShellArgs, cfg: &CliConfig) -> Result<i32, CliError> {
     };
     enter::run(&spec).map_err(|e| CliError { message: e.to_string(), exit_code: e.exit_code() })
 }
+
+/// `mctl login NAME`: a login prompt of the machine on a new terminal, through mctld
+/// (OpenMachineLogin), forwarded to ours until the escape (`^]` three times), as machinectl.
+pub fn login(name: &str) -> Result<i32, CliError> {
+    use crate::launcher::console::Console;
+    use crate::launcher::events::{self, Event, Events};
+    use crate::launcher::spec::ConsoleMode;
+    if !(std::io::stdin().is_terminal() && std::io::stdout().is_terminal()) {
+        return Err(CliError::new("mctl login needs a terminal on stdin and stdout"));
+    }
+    let machine = name.to_owned();
+    let master = super::manage::with_bus(move |conn| async move {
+        let mgr = Manager1Proxy::new(&conn).await.map_err(super::manage::unreachable)?;
+        let (master, _path) = mgr
+            .open_machine_login(&machine)
+            .await
+            .map_err(|e| super::manage::call_error("Failed to get login PTY", e))?;
+        Ok(std::os::fd::OwnedFd::from(master))
+    })?;
+    let failed = |step: &str| {
+        let step = step.to_owned();
+        move |e: std::io::Error| CliError::new(format!("cannot {step}: {e}"))
+    };
+    let sigfd = events::signalfd().map_err(failed("handle signals"))?;
+    let console = Console::new(master, ConsoleMode::Interactive).map_err(failed("set up the terminal"))?;
+    eprintln!("Connected to machine {name}. Press ^] three times within 1s to exit session.");
+    let mut events = Events::new(&sigfd, None, Some(console)).map_err(failed("watch the terminal"))?;
+    'session: loop {
+        for event in events.wait(None).map_err(failed("wait for the terminal"))? {
+            if matches!(event, Event::Escape | Event::Signal(_)) {
+                break 'session;
+            }
+        }
+    }
+    events.finish();
+    eprintln!("Connection to machine {name} terminated.");
+    Ok(0)
+}
