@@ -7,13 +7,19 @@
 #   bootstrap/install.sh --uninstall   remove what an install put in place
 #
 # Places: /usr/local/bin/{mctl,mctld}, /usr/local/lib/systemd/system/ (units),
-# /etc/dbus-1/system.d/ (bus policy), /usr/local/share/dbus-1/system-services/ (activation).
+# /etc/dbus-1/system.d/ (bus policy), /usr/local/share/dbus-1/system-services/ (activation),
+# shell completions (bash, zsh, fish) and man pages under /usr/local/share, made by the
+# installed mctl from its own command line.
 set -eu
 here=$(cd "$(dirname "$0")/.." && pwd)
 bindir=/usr/local/bin
 unitdir=/usr/local/lib/systemd/system
 policydir=/etc/dbus-1/system.d
 servicedir=/usr/local/share/dbus-1/system-services
+bashdir=/usr/local/share/bash-completion/completions
+zshdir=/usr/local/share/zsh/site-functions
+fishdir=/usr/local/share/fish/vendor_completions.d
+mandir=/usr/local/share/man/man1
 
 [ "$(id -u)" = 0 ] || { echo "install.sh: run as root" >&2; exit 1; }
 
@@ -32,7 +38,8 @@ if [ "${1:-}" = "--uninstall" ]; then
         systemctl disable --now mctl-machines.target mctld.service >/dev/null 2>&1 || true
     fi
     rm -f "$bindir/mctl" "$bindir/mctld" "$unitdir/mctl@.service" "$unitdir/mctld.service" \
-        "$unitdir/mctl-machines.target" "$policydir/org.mctl.Machine1.conf" "$servicedir/org.mctl.Machine1.service"
+        "$unitdir/mctl-machines.target" "$policydir/org.mctl.Machine1.conf" "$servicedir/org.mctl.Machine1.service" \
+        "$bashdir/mctl" "$zshdir/_mctl" "$fishdir/mctl.fish" "$mandir/mctl.1" "$mandir"/mctl-*.1
     reload
     echo "mctl uninstalled (images in /var/lib/machines are kept)"
     exit 0
@@ -51,5 +58,11 @@ install -m 0755 "$MCTL_BUILD_DIR/mctl" "$MCTL_BUILD_DIR/mctld" "$bindir/"
 install -m 0644 "$here/units/mctl@.service" "$here/units/mctld.service" "$here/units/mctl-machines.target" "$unitdir/"
 install -m 0644 "$here/dbus/org.mctl.Machine1.conf" "$policydir/"
 install -m 0644 "$here/dbus/org.mctl.Machine1.service" "$servicedir/"
+install -d "$bashdir" "$zshdir" "$fishdir" "$mandir"
+"$bindir/mctl" completions bash > "$bashdir/mctl"
+"$bindir/mctl" completions zsh > "$zshdir/_mctl"
+"$bindir/mctl" completions fish > "$fishdir/mctl.fish"
+"$bindir/mctl" man "$mandir"
+chmod 0644 "$bashdir/mctl" "$zshdir/_mctl" "$fishdir/mctl.fish" "$mandir"/mctl*.1
 reload
 echo "mctl installed: mctl start NAME boots /var/lib/machines/NAME as mctl@NAME.service"

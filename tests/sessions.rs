@@ -320,6 +320,26 @@ fn sessions_and_copies_work_without_dbus_in_the_guest() {
     assert_eq!(mctl_in(&["bind", "--mkdir", "mbusy", "bindme", "/srv/bound"]).0, Some(0));
     let o = machinectl(&bus, &["shell", "mbusy", "/bin/cat", "/srv/bound/inside"]);
     assert!(stdout(&o).contains("bound"), "{}{}", stdout(&o), stderr(&o));
+    // bash completes running machines' names where a verb takes one.
+    let script = s.path().join("mctl.bash");
+    std::fs::write(&script, mctl_in(&["completions", "bash"]).1).unwrap();
+    let o = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            ". {}; COMP_WORDS=(mctl shell mb); COMP_CWORD=2; _mctl_machines; echo \"[${{COMPREPLY[*]}}]\"",
+            script.display()
+        ))
+        .env(
+            "PATH",
+            format!(
+                "{}:/usr/sbin:/usr/bin:/sbin:/bin",
+                Path::new(env!("CARGO_BIN_EXE_mctl")).parent().unwrap().display()
+            ),
+        )
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&o), "[mbusy]\n", "{}", stderr(&o));
     let (code, _, err) = mctl_in(&["bind", "mbusy", "bindme", "/srv/missing"]);
     assert!(code == Some(1) && err.contains("/srv/missing"), "{err}");
     common::stop_launcher(&mut launcher);

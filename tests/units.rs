@@ -192,7 +192,7 @@ fn systemd_verbs_say_when_there_is_no_systemd() {
 }
 
 /// Where `bootstrap/install.sh` puts things.
-const INSTALLED: [&str; 7] = [
+const INSTALLED: [&str; 12] = [
     "/usr/local/bin/mctl",
     "/usr/local/bin/mctld",
     "/usr/local/lib/systemd/system/mctl@.service",
@@ -200,6 +200,11 @@ const INSTALLED: [&str; 7] = [
     "/usr/local/lib/systemd/system/mctl-machines.target",
     "/etc/dbus-1/system.d/org.mctl.Machine1.conf",
     "/usr/local/share/dbus-1/system-services/org.mctl.Machine1.service",
+    "/usr/local/share/bash-completion/completions/mctl",
+    "/usr/local/share/zsh/site-functions/_mctl",
+    "/usr/local/share/fish/vendor_completions.d/mctl.fish",
+    "/usr/local/share/man/man1/mctl.1",
+    "/usr/local/share/man/man1/mctl-boot.1",
 ];
 
 /// What the host has at `path` (inode, size, mtime), to show it unchanged afterwards.
@@ -256,6 +261,8 @@ fn install_sh_with_its_default_build_directory() {
             [ "$(tail -n 1 "/usr/local/bin/$b")" = rc-standin-release-build ]
         done
         /usr/local/bin/mctl --version
+        man -l /usr/local/share/man/man1/mctl-boot.1 2>/dev/null | grep -q 'mctl-boot - Boot' && echo "man renders"
+        bash -c '. /usr/local/share/bash-completion/completions/mctl; COMP_WORDS=(mctl cop); COMP_CWORD=1; _mctl_machines mctl cop mctl; echo "completes: ${COMPREPLY[*]}"'
         cmp "$REPO/units/mctl@.service" /usr/local/lib/systemd/system/mctl@.service
         cmp "$REPO/units/mctld.service" /usr/local/lib/systemd/system/mctld.service
         cmp "$REPO/units/mctl-machines.target" /usr/local/lib/systemd/system/mctl-machines.target
@@ -300,6 +307,8 @@ fn install_sh_with_its_default_build_directory() {
         assert!(out.lines().any(|l| l == m), "not installed as `{m}`:\n{out}");
     }
     assert!(out.contains("machines dir\n"), "{out}");
+    assert!(out.contains("man renders\n"), "{out}");
+    assert!(out.contains("completes: copy-to copy-from\n"), "{out}");
     assert!(out.contains("verify ok"), "systemd-analyze verify:\n{out}");
     assert!(!out.contains("verify said"), "systemd-analyze verify:\n{out}");
     assert!(!out.contains("left: "), "--uninstall left files:\n{out}");

@@ -52,6 +52,11 @@ pub enum Command {
     SetProperty(SetPropertyArgs),
     /// Show machines' resource use live, like systemd-cgtop.
     Top(TopArgs),
+    /// Print a shell completion script (bash, zsh or fish) on stdout.
+    Completions(CompletionsArgs),
+    /// Write man pages for mctl and every verb (mctl.1, mctl-boot.1, ...) into a directory.
+    #[command(name = "man")]
+    ManPages(ManPagesArgs),
     /// Freeze every process of machines (cgroup freezer).
     Freeze(NamesArgs),
     /// Thaw frozen machines.
@@ -378,6 +383,20 @@ pub struct ShowArgs {
     /// Also show empty properties.
     #[arg(short, long)]
     pub all: bool,
+}
+
+/// `mctl completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    pub shell: clap_complete::Shell,
+}
+
+/// `mctl man`.
+#[derive(Debug, Args)]
+pub struct ManPagesArgs {
+    /// The directory the pages go to (created if missing).
+    pub dir: PathBuf,
 }
 
 /// `mctl login`.

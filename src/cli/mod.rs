@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 pub mod args;
 pub mod commit;
+pub mod docs;
 pub mod images;
 pub mod machine;
 pub mod manage;
@@ -97,6 +98,8 @@ pub fn run(cli: Cli, cfg: &CliConfig) -> Result<i32, CliError> {
         args::Command::Reboot(a) => manage::signal_leader(&a.names, libc::SIGINT),
         args::Command::Shell(a) => shell::shell(&a, cfg),
         args::Command::Login(a) => shell::login(&a.name),
+        args::Command::Completions(a) => docs::completions(a.shell),
+        args::Command::ManPages(a) => docs::man_pages(&a.dir),
         args::Command::CopyTo(a) => transfer::copy(&a, true),
         args::Command::CopyFrom(a) => transfer::copy(&a, false),
         args::Command::Bind(a) => transfer::bind(&a),
