@@ -28,6 +28,32 @@ fn machinectl_on_pty(bus: &TestBus, args: &[&str]) -> (std::process::Child, std:
     spawn_on_pty(cmd, 24, 80)
 }
 
+/// Logs in as root (no password) through a login client on a pty, runs a command, logs out
+/// and types the escape; returns the client's exit status (`None`: it did not end).
+fn log_in(
+    (mut child, master): (std::process::Child, std::os::fd::OwnedFd),
+    tag: &str,
+) -> Option<std::process::ExitStatus> {
+    let rx = pty_reader(&master);
+    let mut seen = String::new();
+    let mut tty = std::fs::File::from(master);
+    expect_output(&rx, &mut seen, "login: ", Duration::from_secs(30));
+    tty.write_all(b"root\n").unwrap();
+    expect_output(&rx, &mut seen, "# ", Duration::from_secs(30));
+    tty.write_all(format!("echo {tag}-$((6*7))\n").as_bytes()).unwrap();
+    expect_output(&rx, &mut seen, &format!("{tag}-42"), Duration::from_secs(10));
+    tty.write_all(b"exit\n").unwrap();
+    expect_output(&rx, &mut seen, "logout", Duration::from_secs(10));
+    tty.write_all(b"\x1d\x1d\x1d").unwrap();
+    let st = common::wait_exit(&mut child, Duration::from_secs(10));
+    if st.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        eprintln!("{tag} login output:\n{seen}");
+    }
+    st
+}
+
 fn ok(o: &std::process::Output, what: &str) {
     assert!(o.status.success(), "{what} failed: {}{}", stdout(o), stderr(o));
 }
@@ -149,46 +175,15 @@ fn machinectl_shell_login_copy_and_bind_on_a_booted_guest() {
     let o = machinectl(&bus, &["shell", "nosuchuser@msess", "/bin/true"]);
     assert!(!o.status.success(), "a missing user got a shell: {}", stdout(&o));
 
-    // login: the guest's getty prompts on a fresh pty; root logs in; exit ends it.
-    let (mut child, master) = machinectl_on_pty(&bus, &["login", "msess"]);
-    let rx = pty_reader(&master);
-    let mut seen = String::new();
-    let mut tty = std::fs::File::from(master);
-    expect_output(&rx, &mut seen, "login: ", Duration::from_secs(30));
-    tty.write_all(b"root\n").unwrap();
-    expect_output(&rx, &mut seen, "# ", Duration::from_secs(30));
-    tty.write_all(b"echo logged-in-$((6*7))\n").unwrap();
-    expect_output(&rx, &mut seen, "logged-in-42", Duration::from_secs(10));
-    tty.write_all(b"exit\n").unwrap();
-    expect_output(&rx, &mut seen, "logout", Duration::from_secs(10));
-    // machinectl stays after a logout (it ignores the getty's hangups); its escape ends it.
-    tty.write_all(b"\x1d\x1d\x1d").unwrap();
-    let st = common::wait_exit(&mut child, Duration::from_secs(10));
-    if st.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    assert!(st.is_some(), "machinectl login did not end; output:\n{seen}");
-
+    // login: the guest's getty prompts on a fresh pty; root logs in; exit ends the session.
+    // machinectl stays after a logout (it ignores the getty's hangups) until its escape.
+    let st = log_in(machinectl_on_pty(&bus, &["login", "msess"]), "machinectl");
+    assert!(st.is_some(), "machinectl login did not end");
     // mctl login: the same through mctl's own client.
     let mut cmd = common::mctl();
     cmd.args(["login", "msess"]).env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address).env("TERM", "vt100");
-    let (mut child, master) = spawn_on_pty(cmd, 24, 80);
-    let rx = pty_reader(&master);
-    let mut seen = String::new();
-    let mut tty = std::fs::File::from(master);
-    expect_output(&rx, &mut seen, "login: ", Duration::from_secs(30));
-    tty.write_all(b"root\n").unwrap();
-    expect_output(&rx, &mut seen, "# ", Duration::from_secs(30));
-    tty.write_all(b"echo mctl-login-$((6*7)); exit\n").unwrap();
-    expect_output(&rx, &mut seen, "mctl-login-42", Duration::from_secs(10));
-    tty.write_all(b"\x1d\x1d\x1d").unwrap();
-    let st = common::wait_exit(&mut child, Duration::from_secs(10));
-    if st.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    assert!(st.is_some_and(|s| s.success()), "mctl login did not end cleanly ({st:?}); output:\n{seen}");
+    let st = log_in(spawn_on_pty(cmd, 24, 80), "mctl");
+    assert!(st.is_some_and(|s| s.success()), "mctl login did not end cleanly ({st:?})");
 
     files_in_and_out(&bus, "msess", &dir, s.path());
 
