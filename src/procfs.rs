@@ -70,8 +70,12 @@ pub fn is_pidns_init(pid: u32) -> bool {
 /// The machine's os-release, read through its root as a guest file: confined to the root,
 /// never waiting on a FIFO, regular files only, size capped (see [`guestfs`]).
 pub fn os_release(pid: u32) -> Result<Vec<(String, String)>, GuestFileError> {
-    let root = fs::File::open(format!("/proc/{pid}/root"))
-        .map_err(|source| GuestFileError::Open { path: "/".into(), source })?;
+    os_release_under(&format!("/proc/{pid}/root"))
+}
+
+/// The os-release fields of the tree at `root` (read as a guest's: confined, capped).
+pub fn os_release_under(root: &str) -> Result<Vec<(String, String)>, GuestFileError> {
+    let root = fs::File::open(root).map_err(|source| GuestFileError::Open { path: "/".into(), source })?;
     let text = guestfs::read_first(root.as_fd(), &crate::osrelease::PATHS, guestfs::SMALL_FILE_LIMIT)?;
     Ok(parse_os_release(&text))
 }

@@ -154,8 +154,11 @@ fn machinectl_and_busctl_work_against_mctld() {
     let dir_xml = common::stdout(&o);
     let theirs_dir = reference("machine-dir-introspect.xml");
     assert_eq!(
-        dir_xml.trim_end().replace("<node name=\"mcompat\"/>", "<node name=\"_2ehost\"/>"),
-        theirs_dir.trim_end(),
+        dir_xml.trim_end(),
+        // machined's has `.host` only; ours has the machine too.
+        theirs_dir
+            .trim_end()
+            .replace("<node name=\"_2ehost\"/>", "<node name=\"_2ehost\"/>\n <node name=\"mcompat\"/>"),
         "child nodes of the machine directory differ from machined's"
     );
     let o = busctl(&bus, &["tree", "org.freedesktop.machine1"]);
@@ -651,4 +654,114 @@ fn images_over_dbus_and_commit() {
     // The committed image runs.
     let o = mctl_store(&["run", "-q", "-M", "bbc", "--", "cat", "/etc/marker"]);
     assert_eq!(common::stdout(&o), "committed\n", "{}", common::stderr(&o));
+}
+
+/// The real systemd-machined 252 on a bus of its own, in a private mount namespace with an
+/// empty tmpfs on /run (its state directory): nothing of it reaches the host.
+struct RealMachined {
+    child: std::process::Child,
+}
+
+impl RealMachined {
+    fn start(bus: &TestBus) -> RealMachined {
+        let child = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c"])
+            .arg("mount -t tmpfs tmpfs /run && exec /lib/systemd/systemd-machined")
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start systemd-machined");
+        let up = wait_until(Duration::from_secs(20), || {
+            busctl(
+                bus,
+                &[
+                    "call",
+                    "org.freedesktop.machine1",
+                    "/org/freedesktop/machine1",
+                    "org.freedesktop.machine1.Manager",
+                    "ListMachines",
+                ],
+            )
+            .status
+            .success()
+        });
+        assert!(up, "systemd-machined did not come up on its bus");
+        RealMachined { child }
+    }
+}
+
+impl Drop for RealMachined {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `.host`, the pseudo-machine machined always has: machinectl's list --all, show and status
+/// of it, and the refusals to terminate or kill it, against mctld and against the real
+/// systemd-machined on a second bus, side by side.
+#[test]
+fn dot_host_answers_like_the_real_machined() {
+    let s = scratch();
+    let ours_dir = s.path().join("ours");
+    let theirs_dir = s.path().join("theirs");
+    std::fs::create_dir(&ours_dir).unwrap();
+    std::fs::create_dir(&theirs_dir).unwrap();
+    let ours = TestBus::start(&ours_dir);
+    let _mctld = Mctld::start(&ours, &ours_dir, true);
+    let theirs = TestBus::start(&theirs_dir);
+    let _machined = RealMachined::start(&theirs);
+    // "Since: DATE; 13h ago" may cross a second between the two calls.
+    let since = |o: &Output| -> String {
+        common::stdout(o)
+            .lines()
+            .map(|l| if l.trim_start().starts_with("Since:") { "Since: ..." } else { l })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    for args in [
+        &["list", "--all"][..],
+        &["list", "--all", "-o", "json"],
+        &["list"],
+        &["show", ".host"],
+        &["status", ".host"],
+        &["terminate", ".host"],
+        &["kill", ".host"],
+        &["show", "-p", "Class", "--value", ".host"],
+    ] {
+        let (a, b) = (machinectl(&ours, args), machinectl(&theirs, args));
+        assert_eq!(
+            (since(&a), common::stderr(&a), a.status.code()),
+            (since(&b), common::stderr(&b), b.status.code()),
+            "machinectl {args:?}: mctld (left) differs from systemd-machined (right)"
+        );
+    }
+    // And on the bus: the same entry in ListMachines, the same object path.
+    let list = [
+        "call",
+        "org.freedesktop.machine1",
+        "/org/freedesktop/machine1",
+        "org.freedesktop.machine1.Manager",
+        "ListMachines",
+    ];
+    assert_eq!(common::stdout(&busctl(&ours, &list)), common::stdout(&busctl(&theirs, &list)));
+    // mctld opens no session on the host and moves no file there: it enters machines.
+    let copy_dest = s.path().join("host-copy").display().to_string();
+    for args in [
+        &["shell", ".host", "/bin/true"][..],
+        &["copy-from", ".host", "/etc/hostname", &copy_dest],
+        &["bind", ".host", "/tmp", "/mnt"],
+    ] {
+        let o = machinectl(&ours, args);
+        assert!(
+            !o.status.success() && common::stderr(&o).contains("Operation not supported"),
+            "{args:?}: {}",
+            common::stderr(&o)
+        );
+    }
+    assert!(!s.path().join("host-copy").exists());
+    // The host is never acted on: terminate above was refused, and PID 1 is alive.
+    assert!(std::path::Path::new("/proc/1").exists());
 }

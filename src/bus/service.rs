@@ -76,6 +76,7 @@ impl From<ManagerError> for CallError {
             ManagerError::AccessDenied(_) => "org.freedesktop.DBus.Error.AccessDenied",
             ManagerError::LimitsExceeded(_) => "org.freedesktop.DBus.Error.LimitsExceeded",
             ManagerError::TimedOut(_) => "org.freedesktop.DBus.Error.TimedOut",
+            ManagerError::NotSupported(_) => "org.freedesktop.DBus.Error.NotSupported",
             ManagerError::Failed(_) => "org.freedesktop.DBus.Error.Failed",
         };
         CallError(name, e.to_string())
@@ -342,7 +343,7 @@ impl Service {
             "/org/freedesktop" => Some(Object::Node(vec!["machine1".into()])),
             MANAGER_PATH => Some(Object::Manager),
             MACHINE_DIR => {
-                Some(Object::Node(self.mgr.list().iter().map(|m| paths::escape(&m.name)).collect()))
+                Some(Object::Node(self.mgr.list_with_host().iter().map(|m| paths::escape(&m.name)).collect()))
             }
             IMAGE_DIR => Some(Object::Node(
                 self.mgr.list_images().unwrap_or_default().iter().map(|i| paths::escape(&i.name)).collect(),
@@ -556,7 +557,7 @@ impl Service {
         match call {
             ManagerCall::ListMachines => {
                 let list: Vec<(String, String, String, OwnedObjectPath)> = mgr
-                    .list()
+                    .list_with_host()
                     .into_iter()
                     .map(|m| {
                         let p = opath(paths::machine_path(&m.name));

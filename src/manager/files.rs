@@ -96,7 +96,7 @@ impl Manager {
 
     /// Copies `req.source` in the machine to `req.destination` on the host (CopyFromMachine).
     pub fn copy_from(&self, name: &str, req: CopyRequest, caller: &Caller) -> Result<(), ManagerError> {
-        let m = self.get(name)?;
+        let m = self.get_guest(name)?;
         caller.authorize(Action::Enter)?;
         check_flags(&req)?;
         let (source, destination) = paths(&req.source, &req.destination)?;
@@ -119,7 +119,7 @@ impl Manager {
 
     /// Copies `req.source` on the host to `req.destination` in the machine (CopyToMachine).
     pub fn copy_to(&self, name: &str, req: CopyRequest, caller: &Caller) -> Result<(), ManagerError> {
-        let m = self.get(name)?;
+        let m = self.get_guest(name)?;
         caller.authorize(Action::Enter)?;
         check_flags(&req)?;
         let (source, destination) = paths(&req.source, &req.destination)?;
@@ -274,7 +274,7 @@ impl Manager {
     /// detached copy of the source's mount is moved into the machine's mount namespace by a
     /// thread that joins it alone.
     pub fn bind_mount(&self, name: &str, req: BindRequest, caller: &Caller) -> Result<(), ManagerError> {
-        let m = self.get(name)?;
+        let m = self.get_guest(name)?;
         caller.authorize(Action::Enter)?;
         let (source, destination) = paths(&req.source, &req.destination)?;
         let source_meta = fs::metadata(&source).map_err(failed("read", &source))?;

@@ -9,6 +9,8 @@ pub enum Class {
     Container,
     /// A virtual machine.
     Vm,
+    /// The host itself (the `.host` pseudo-machine; never registered).
+    Host,
 }
 
 impl Class {
@@ -17,6 +19,7 @@ impl Class {
         match self {
             Class::Container => "container",
             Class::Vm => "vm",
+            Class::Host => "host",
         }
     }
 
@@ -136,7 +139,7 @@ pub fn hex(id: [u8; 16]) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn parse_hex_id(s: &str) -> Option<[u8; 16]> {
+pub(super) fn parse_hex_id(s: &str) -> Option<[u8; 16]> {
     if s.len() != 32 {
         return None;
     }

@@ -57,6 +57,9 @@ pub enum ManagerError {
     /// The work did not finish in time.
     #[error("{0}")]
     TimedOut(String),
+    /// Not possible for this machine (the host, `.host`).
+    #[error("{0}")]
+    NotSupported(String),
     /// Anything else.
     #[error("{0}")]
     Failed(String),
@@ -187,6 +190,8 @@ pub struct Manager {
     pool_path: PathBuf,
     images: crate::images::store::ImageStore,
     session_helper: PathBuf,
+    /// The `.host` pseudo-machine machined reports.
+    host: Machine,
     me: Weak<Manager>,
 }
 
@@ -220,6 +225,7 @@ impl Manager {
             pool_path: cfg.pool_path.clone(),
             images: crate::images::store::ImageStore::new(cfg.pool_path.clone()),
             session_helper: cfg.session_helper.clone(),
+            host: host_machine(),
             me: me.clone(),
         }))
     }
@@ -333,7 +339,7 @@ impl Manager {
 
     /// Forgets a machine without stopping it (`UnregisterMachine`).
     pub fn unregister(&self, name: &str, caller: &Caller) -> Result<(), ManagerError> {
-        self.get(name)?;
+        self.get_guest(name)?;
         caller.authorize(Action::Manage)?;
         if self.lock().remove(name).is_some() {
             let _ = self.store.remove(name);
@@ -345,7 +351,7 @@ impl Manager {
     /// Ends every process of the machine (`TerminateMachine`), and nothing else (see
     /// [`Scope`]); the machine disappears when its leader is gone, and its launcher cleans up.
     pub fn terminate(&self, name: &str, caller: &Caller) -> Result<(), ManagerError> {
-        let m = self.get(name)?;
+        let m = self.get_guest(name)?;
         caller.authorize(Action::Manage)?;
         self.set_state(name, State::Closing);
         let failed = |e: std::io::Error| ManagerError::Failed(format!("Failed to kill machine {name}: {e}"));
@@ -368,7 +374,7 @@ impl Manager {
 
     /// Sends `signal` to the leader or to every process of the machine (`KillMachine`).
     pub fn kill(&self, name: &str, who: &str, signal: i32, caller: &Caller) -> Result<(), ManagerError> {
-        let m = self.get(name)?;
+        let m = self.get_guest(name)?;
         let all = match who {
             "leader" => false,
             "" | "all" => true,
@@ -394,7 +400,7 @@ impl Manager {
     /// Freezes (`true`) or thaws every process of the machine through its cgroup's freezer,
     /// waiting until the kernel reports the new state.
     pub fn freeze(&self, name: &str, frozen: bool, caller: &Caller) -> Result<(), ManagerError> {
-        let m = self.get(name)?;
+        let m = self.get_guest(name)?;
         caller.authorize(Action::Manage)?;
         let Scope::Cgroup(dir) = self.scope(&m) else {
             return Err(ManagerError::Failed(format!("Machine {name} has no cgroup of its own to freeze")));
@@ -470,14 +476,33 @@ impl Manager {
         }
     }
 
-    /// One machine.
+    /// One machine, `.host` included.
     pub fn get(&self, name: &str) -> Result<Machine, ManagerError> {
+        if name == HOST_NAME {
+            return Ok(self.host.clone());
+        }
         self.lock().get(name).cloned().ok_or_else(|| ManagerError::NoSuchMachine(name.to_owned()))
     }
 
-    /// Every machine, by name.
+    /// One registered machine, to act on: the host (`.host`) cannot be terminated, killed,
+    /// frozen, limited, entered or written to through mctld.
+    pub fn get_guest(&self, name: &str) -> Result<Machine, ManagerError> {
+        if name == HOST_NAME {
+            return Err(ManagerError::NotSupported("Operation not supported".into()));
+        }
+        self.get(name)
+    }
+
+    /// Every registered machine, by name (without `.host`).
     pub fn list(&self) -> Vec<Machine> {
         self.lock().machines().cloned().collect()
+    }
+
+    /// Every machine as machined lists them: `.host` first, then the registered ones.
+    pub fn list_with_host(&self) -> Vec<Machine> {
+        let mut all = vec![self.host.clone()];
+        all.extend(self.list());
+        all
     }
 
     /// The machine `pid` belongs to (`GetMachineByPID`).
@@ -500,7 +525,10 @@ impl Manager {
     /// The machine's os-release fields.
     pub fn os_release(&self, name: &str) -> Result<Vec<(String, String)>, ManagerError> {
         let m = self.get(name)?;
-        procfs::os_release(m.leader).map_err(|e| {
+        // The host's own, as machined reads it (PID 1 may be beyond our reach in /proc).
+        let fields =
+            if m.class == Class::Host { procfs::os_release_under("/") } else { procfs::os_release(m.leader) };
+        fields.map_err(|e| {
             let what = "Machine does not contain OS release information";
             ManagerError::Failed(if e.is_not_found() { what.into() } else { format!("{what}: {e}") })
         })
@@ -509,18 +537,55 @@ impl Manager {
     /// The machine's UID shift.
     pub fn uid_shift(&self, name: &str) -> Result<u32, ManagerError> {
         let m = self.get(name)?;
+        if m.class == Class::Host {
+            return Ok(0);
+        }
         procfs::uid_shift(m.leader).map_err(|e| ManagerError::Failed(e.to_string()))
     }
 
     /// The machine's IP addresses (family, bytes), read inside its network namespace.
     pub fn addresses(&self, name: &str) -> Result<Vec<(i32, Vec<u8>)>, ManagerError> {
         let m = self.get(name)?;
-        if procfs::shares_host_netns(m.leader) {
+        if m.class != Class::Host && procfs::shares_host_netns(m.leader) {
             return Err(ManagerError::NoPrivateNetworking(name.to_owned()));
         }
-        addresses_in_netns(m.leader)
-            .map_err(|e| ManagerError::Failed(format!("Failed to get addresses: {e}")))
+        let found = if m.class == Class::Host { interface_addresses() } else { addresses_in_netns(m.leader) };
+        found.map_err(|e| ManagerError::Failed(format!("Failed to get addresses: {e}")))
     }
+}
+
+/// The name of the pseudo-machine that stands for the host.
+pub const HOST_NAME: &str = ".host";
+
+/// The host as machined reports it: class host, leader 1, unit `-.slice`, root `/`, its
+/// machine id, registered at boot.
+fn host_machine() -> Machine {
+    let id = fs::read_to_string("/etc/machine-id").ok().and_then(|s| machine::parse_hex_id(s.trim()));
+    Machine {
+        name: HOST_NAME.into(),
+        id,
+        timestamp: boot_time_us(),
+        timestamp_monotonic: 0,
+        service: String::new(),
+        unit: "-.slice".into(),
+        leader: 1,
+        leader_start: procfs::start_time(1).unwrap_or(0),
+        class: Class::Host,
+        root_directory: "/".into(),
+        netif: Vec::new(),
+        state: State::Running,
+        cgroup: "/".into(),
+    }
+}
+
+/// CLOCK_REALTIME of the boot in µs (`btime` of `/proc/stat`).
+fn boot_time_us() -> u64 {
+    fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("btime ")).and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .map_or(0, |secs| secs.saturating_mul(1_000_000))
 }
 
 /// Addresses as machine1 reports them: (address family, address bytes).

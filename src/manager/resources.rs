@@ -55,7 +55,7 @@ impl Manager {
         assignments: &[String],
         caller: &Caller,
     ) -> Result<Vec<Property>, ManagerError> {
-        let m = self.get(name)?;
+        let m = self.get_guest(name)?;
         caller.authorize(Action::Manage)?;
         let props = assignments
             .iter()

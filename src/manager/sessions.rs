@@ -63,14 +63,14 @@ impl Manager {
 
     /// A program or login shell on a fresh pty of the machine (OpenMachineShell).
     pub fn open_shell(&self, name: &str, req: ShellRequest, caller: &Caller) -> Result<Opened, ManagerError> {
-        let m = self.get(name)?;
+        let m = self.get_guest(name)?;
         caller.authorize(Action::Enter)?;
         let kind = req.into_kind()?;
         self.open_in(&m, kind)
     }
 
     fn open_session(&self, name: &str, kind: SessionKind, caller: &Caller) -> Result<Opened, ManagerError> {
-        let m = self.get(name)?;
+        let m = self.get_guest(name)?;
         caller.authorize(Action::Enter)?;
         self.open_in(&m, kind)
     }
