@@ -340,3 +340,58 @@ fn sessions_and_copies_work_without_dbus_in_the_guest() {
     common::stop_launcher(&mut launcher);
     assert_no_leaks("mbusy", &dir);
 }
+
+/// Into and out of a machine with a user namespace (an idmapped image): what is copied in
+/// belongs to the machine's root inside, and its files come out with the ids they have inside.
+#[test]
+fn copies_in_and_out_of_a_user_namespaced_machine() {
+    let s = scratch();
+    let bus = TestBus::start(s.path());
+    let _mctld = Mctld::start(&bus, s.path(), true);
+    let dir = copy_tree(busybox_tree(), s.path(), "muser");
+    std::fs::create_dir_all(dir.join("root")).unwrap();
+    let state = s.path().join("state-launcher");
+    let log = std::fs::File::create(s.path().join("run.log")).unwrap();
+    let mut launcher = common::mctl()
+        .args(["run", "-q", "--register=yes", "--private-users=2949120:65536", "-M", "muser", "-D"])
+        .arg(&dir)
+        .args(["--", "/bin/sleep", "600"])
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+        .env("MCTL_STATE_DIR", &state)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap();
+    assert!(
+        common::wait_until(Duration::from_secs(20), || stdout(&machinectl(&bus, &["list"]))
+            .contains("muser")),
+        "the machine did not register: {}",
+        std::fs::read_to_string(s.path().join("run.log")).unwrap_or_default()
+    );
+    let src = s.path().join("in.txt");
+    std::fs::write(&src, "into a user namespace\n").unwrap();
+    ok(&machinectl(&bus, &["copy-to", "muser", &src.display().to_string(), "/root/in.txt"]), "copy-to");
+    let o = machinectl(
+        &bus,
+        &["shell", "muser", "/bin/sh", "-c", "stat -c %u:%g /root/in.txt; cat /root/in.txt"],
+    );
+    let text = stdout(&o);
+    assert!(text.contains("0:0") && text.contains("into a user namespace"), "{text}{}", stderr(&o));
+    // A file of the guest's user 1000 comes out owned by 1000, not by its host id.
+    ok(
+        &machinectl(
+            &bus,
+            &["shell", "muser", "/bin/sh", "-c", "echo out > /root/out.txt; chown 1000:1000 /root/out.txt"],
+        ),
+        "make a guest file",
+    );
+    let out = s.path().join("out.txt");
+    ok(&machinectl(&bus, &["copy-from", "muser", "/root/out.txt", &out.display().to_string()]), "copy-from");
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&out).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (1000, 1000));
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "out\n");
+    common::stop_launcher(&mut launcher);
+    assert_no_leaks("muser", &dir);
+}

@@ -20,6 +20,7 @@ use super::auth::Action;
 use super::{Caller, Machine, Manager, ManagerError};
 use crate::images::store::{copy_tree, copy_tree_mapping_ids, random_suffix};
 use crate::sys::linux;
+use crate::userns::IdRange;
 
 /// The arguments of a copy.
 #[derive(Debug, Clone)]
@@ -81,17 +82,17 @@ fn temp_name() -> String {
 }
 
 impl Manager {
-    /// The machine's root directory as its leader sees it, and its uid shift; checks the
+    /// The machine's root directory as its leader sees it, and its id range if it has a user namespace; checks the
     /// leader is still the registered process once the root is open.
-    fn machine_root(&self, m: &Machine) -> Result<(OwnedFd, u32), ManagerError> {
+    fn machine_root(&self, m: &Machine) -> Result<(OwnedFd, Option<IdRange>), ManagerError> {
         let proc_root = PathBuf::from(format!("/proc/{}/root", m.leader));
         let root =
             rustix::fs::open(&proc_root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
                 .map_err(|e| failed("open the root of machine", Path::new(&m.name))(e.into()))?;
         self.check_leader(m)?;
-        let shift = crate::procfs::uid_shift(m.leader)
-            .map_err(failed("read the uid shift of", Path::new(&m.name)))?;
-        Ok((root, shift))
+        let range = crate::procfs::user_namespace_range(m.leader)
+            .map_err(failed("read the user namespace of", Path::new(&m.name)))?;
+        Ok((root, range))
     }
 
     /// Copies `req.source` in the machine to `req.destination` on the host (CopyFromMachine).
@@ -100,17 +101,16 @@ impl Manager {
         caller.authorize(Action::Enter)?;
         check_flags(&req)?;
         let (source, destination) = paths(&req.source, &req.destination)?;
-        let (root, shift) = self.machine_root(&m)?;
+        let (root, range) = self.machine_root(&m)?;
         let src = linux::open_in_root(root.as_fd(), &source, libc::O_PATH)
             .map_err(failed("open in the machine", &source))?;
         let (parent, file_name) = split(&destination)?;
         let parent_fd =
             rustix::fs::open(parent, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
                 .map_err(|e| failed("open the destination directory", parent)(e.into()))?;
-        // Ids of a machine with a user namespace mean the machine's ids less the shift.
-        let unshift = move |id: u32| {
-            if shift != 0 && (shift..shift.saturating_add(65536)).contains(&id) { id - shift } else { id }
-        };
+        // The host sees a user-namespaced machine's files with its ids shifted: give them
+        // back the meaning they have inside.
+        let unshift = move |id: u32| range.map_or(id, |r| from_machine(r, id));
         place(&parent_fd, parent, file_name, req.replace, |tmp_path| {
             copy_entry(&fd_path(&src), tmp_path, &unshift)
                 .map_err(|e| format!("copy {}: {e}", source.display()))
@@ -123,20 +123,44 @@ impl Manager {
         caller.authorize(Action::Enter)?;
         check_flags(&req)?;
         let (source, destination) = paths(&req.source, &req.destination)?;
-        let (root, shift) = self.machine_root(&m)?;
-        if shift != 0 {
-            return Err(ManagerError::Failed(format!(
-                "Copying into machine {name} is not supported: it has a user namespace (copy from it works)"
-            )));
-        }
+        let (root, range) = self.machine_root(&m)?;
         fs::metadata(&source).map_err(failed("read", &source))?;
         let (parent, file_name) = split(&destination)?;
         let parent_fd = linux::open_in_root(root.as_fd(), parent, libc::O_PATH | libc::O_DIRECTORY)
             .map_err(failed("open in the machine the directory", parent))?;
-        place(&parent_fd, parent, file_name, req.replace, |tmp_path| {
-            copy_entry(&source, tmp_path, &|id| id).map_err(|e| format!("copy {}: {e}", source.display()))
+        let copy = move || {
+            let shift = move |id: u32| range.map_or(id, |r| into_machine(r, id));
+            place(&parent_fd, parent, file_name, req.replace, |tmp_path| {
+                copy_entry(&source, tmp_path, &shift).map_err(|e| format!("copy {}: {e}", source.display()))
+            })
+        };
+        let Some(r) = range else { return copy() };
+        // Into a machine with a user namespace, files are created as its root, whose ids its
+        // (possibly idmapped) tree can hold: in a thread of its own, whose credentials end
+        // with it.
+        std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    linux::thread_creates_files_as(r.start, r.start).map_err(|e| {
+                        ManagerError::Failed(format!("Failed to act as the root of machine {name}: {e}"))
+                    })?;
+                    copy()
+                })
+                .join()
+                .unwrap_or_else(|_| Err(ManagerError::Failed("the copy thread panicked".into())))
         })
     }
+}
+
+/// A host id of a machine's range, as the machine knows it (ids outside are left alone).
+fn from_machine(r: IdRange, id: u32) -> u32 {
+    if id >= r.start && id - r.start < r.count { id - r.start } else { id }
+}
+
+/// A machine's id as the host stores it; ids beyond the range become its nobody (65534).
+fn into_machine(r: IdRange, id: u32) -> u32 {
+    let inside = if id < r.count { id } else { 65534.min(r.count.saturating_sub(1)) };
+    r.start + inside
 }
 
 fn check_flags(req: &CopyRequest) -> Result<(), ManagerError> {

@@ -479,6 +479,37 @@ pub fn open_pty_master(ptmx: &Path) -> io::Result<(OwnedFd, u32)> {
     Ok((fd, n))
 }
 
+/// Makes the calling *thread* (not the process) create files as `uid`/`gid` (its filesystem
+/// ids), keeping the file capabilities root has: for writing into a machine with a user
+/// namespace as the machine's root. The thread must end afterwards (its credentials stay).
+pub fn thread_creates_files_as(uid: u32, gid: u32) -> io::Result<()> {
+    // Raw system calls: glibc's wrappers are per thread too, but say nothing of it. Each
+    // returns the previous id; whether it took is checked by asking again (-1 changes nothing).
+    // SAFETY: setfsuid/setfsgid take plain integers and change only this thread's credentials.
+    unsafe {
+        libc::syscall(libc::SYS_setfsgid, gid);
+        libc::syscall(libc::SYS_setfsuid, uid);
+    }
+    // SAFETY: as above; -1 (u32::MAX) is the documented "no change" query.
+    let (now_uid, now_gid) =
+        unsafe { (libc::syscall(libc::SYS_setfsuid, u32::MAX), libc::syscall(libc::SYS_setfsgid, u32::MAX)) };
+    if now_uid != i64::from(uid) || now_gid != i64::from(gid) {
+        return Err(io::Error::from_raw_os_error(libc::EPERM));
+    }
+    // A non-zero fsuid drops these from the effective set; they are still permitted.
+    for cap in [
+        caps::Capability::CAP_CHOWN,
+        caps::Capability::CAP_DAC_OVERRIDE,
+        caps::Capability::CAP_DAC_READ_SEARCH,
+        caps::Capability::CAP_FOWNER,
+        caps::Capability::CAP_FSETID,
+        caps::Capability::CAP_MKNOD,
+    ] {
+        caps::raise(None, caps::CapSet::Effective, cap).map_err(io::Error::other)?;
+    }
+    Ok(())
+}
+
 /// Makes the terminal on `fd` the controlling terminal of this (session leader) process.
 pub fn set_controlling_tty(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(rustix::process::ioctl_tiocsctty(fd)?)
