@@ -24,7 +24,7 @@ pub fn blocking_threads() -> usize {
 
 /// mctld's settings.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "mctld", version, about = "The mctl machine manager (org.freedesktop.machine1 on D-Bus)")]
+#[command(name = "mctld", version = crate::cli::args::VERSION, about = "The mctl machine manager (org.freedesktop.machine1 on D-Bus)")]
 pub struct DaemonArgs {
     /// Also take systemd-machined's bus name, org.freedesktop.machine1 (for hosts without it).
     #[arg(long)]

@@ -575,6 +575,13 @@ fn images_verbs_and_their_errors() {
     assert!(text.contains("OS: BusyBox test tree"), "{text}");
     assert!(text.contains("RO: writable"), "{text}");
     assert!(text.contains("Usage: ") && !text.contains("Usage: -"), "{text}");
+    let v: serde_json::Value =
+        serde_json::from_str(&stdout(&env.ok(&["image-status", "-o", "json", "bb"]))).expect("JSON");
+    assert_eq!(
+        (v[0]["name"].as_str(), v[0]["os"].as_str(), v[0]["read_only"].as_bool()),
+        (Some("bb"), Some("BusyBox test tree"), Some(false))
+    );
+    assert!(v[0]["usage"].as_u64().is_some_and(|u| u > 0), "{v}");
     env.fails(&["image-status", "nope"], "No image 'nope' known");
     env.fails(&["remove", "nope"], "No image 'nope' known");
     env.fails(&["read-only", "nope"], "No image 'nope' known");

@@ -291,6 +291,12 @@ fn mctl_cli_manages_machines() {
     );
     let o = run_mctl(&bus, &["show", "-p", "Leader", "--value", "mcli"]);
     assert_eq!(common::stdout(&o), format!("{}\n", m.leader));
+    // -o json: one object per machine, numbers as numbers.
+    let o = run_mctl(&bus, &["show", "-o", "json", "mcli"]);
+    let v: serde_json::Value = serde_json::from_str(&common::stdout(&o)).expect("show -o json is JSON");
+    assert_eq!(v[0]["Name"], "mcli");
+    assert_eq!(v[0]["Leader"], serde_json::json!(m.leader));
+    assert_eq!(v[0]["Class"], "container");
     let o = run_mctl(&bus, &["status", "mcli"]);
     let out = common::stdout(&o);
     assert!(out.contains(&format!("Leader: {} (systemd)", m.leader)), "{out}");

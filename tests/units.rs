@@ -308,6 +308,11 @@ fn install_sh_with_its_default_build_directory() {
     }
     assert!(out.contains("machines dir\n"), "{out}");
     assert!(out.contains("man renders\n"), "{out}");
+    // --version names the revision it was built from.
+    assert!(
+        out.lines().any(|l| l.starts_with("mctl 0.1.0 (") && l.ends_with(')') && !l.contains("unknown")),
+        "{out}"
+    );
     assert!(out.contains("completes: copy-to copy-from\n"), "{out}");
     assert!(out.contains("verify ok"), "systemd-analyze verify:\n{out}");
     assert!(!out.contains("verify said"), "systemd-analyze verify:\n{out}");

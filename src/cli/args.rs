@@ -6,9 +6,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::launcher::spec::ConsoleMode;
 
+/// The version with the git revision it was built from (`0.1.0 (1a2b3c4d5e6f)`).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("MCTL_GIT_REVISION"), ")");
+
 /// mctl: boot and manage machines (containers that run a full init).
 #[derive(Debug, Parser)]
-#[command(name = "mctl", version, about, propagate_version = true)]
+#[command(name = "mctl", version = VERSION, about, propagate_version = true)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -72,7 +75,7 @@ pub enum Command {
     /// List the images in the image store.
     ListImages(ListImagesArgs),
     /// Show an image's properties: path, OS, read-only, disk usage, times.
-    ImageStatus(ImageNamesArgs),
+    ImageStatus(ImageStatusArgs),
     /// Copy an image (ownership, modes, xattrs, hard links and device nodes included).
     Clone(CloneArgs),
     /// Rename an image.
@@ -206,6 +209,17 @@ pub struct ListImagesArgs {
     #[arg(long)]
     pub no_legend: bool,
     /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    pub output: OutputFormat,
+}
+
+/// `mctl image-status`.
+#[derive(Debug, Args)]
+pub struct ImageStatusArgs {
+    /// Image names.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+    /// Output format: text, or one JSON object per image.
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     pub output: OutputFormat,
 }
@@ -383,6 +397,9 @@ pub struct ShowArgs {
     /// Also show empty properties.
     #[arg(short, long)]
     pub all: bool,
+    /// Output format: NAME=VALUE lines (table), or one JSON object per machine.
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    pub output: OutputFormat,
 }
 
 /// `mctl completions`.

@@ -125,14 +125,28 @@ fn format_images(images: &[ImageInfo], a: &ListImagesArgs) -> String {
 }
 
 /// `mctl image-status`.
-pub fn image_status(names: &[String], cfg: &CliConfig) -> Result<i32, CliError> {
+pub fn image_status(names: &[String], format: OutputFormat, cfg: &CliConfig) -> Result<i32, CliError> {
     let s = store(cfg);
     let now = crate::sys::linux::clock_us(libc::CLOCK_REALTIME);
     let mut out = String::new();
+    let mut objects = Vec::new();
     for (n, name) in names.iter().enumerate() {
         let i = s.status(name).map_err(store_err)?;
         let os = s.os_release(name).map_err(store_err)?;
         let get = |k: &str| os.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+        if format != OutputFormat::Table {
+            objects.push(serde_json::json!({
+                "name": i.name,
+                "path": i.path,
+                "type": i.image_type.as_str(),
+                "os": get("PRETTY_NAME").or_else(|| get("NAME")),
+                "read_only": i.read_only,
+                "usage": i.usage,
+                "created_us": i.created_us,
+                "modified_us": i.modified_us,
+            }));
+            continue;
+        }
         let time = |t: Option<u64>| {
             dash(t, |us| format!("{}; {}", output::timestamp(us), output::relative(us, now)))
         };
@@ -150,6 +164,9 @@ pub fn image_status(names: &[String], cfg: &CliConfig) -> Result<i32, CliError> 
         out.push_str(&format!("\t Created: {}\n", time(i.created_us)));
         out.push_str(&format!("\tModified: {}\n", time(i.modified_us)));
         out.push_str(&super::oci::status_lines(&s, name));
+    }
+    if format != OutputFormat::Table {
+        out = output::json(&objects, format == OutputFormat::JsonPretty);
     }
     emit(&out);
     Ok(0)

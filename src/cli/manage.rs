@@ -192,15 +192,27 @@ async fn machine_properties(
 pub fn show(a: &ShowArgs) -> Result<i32, CliError> {
     let wanted: Vec<String> =
         a.property.iter().flat_map(|p| p.split(',')).filter(|p| !p.is_empty()).map(str::to_owned).collect();
+    let json = a.output != OutputFormat::Table;
     let mut out = String::new();
+    let mut objects = Vec::new();
     if a.names.is_empty() {
         let props = with_bus(|conn| async move {
             proxy::all_properties(&conn, OWN_NAME, proxy::manager_path())
                 .await
                 .map_err(|e| call_error("Could not get properties", e))
         })?;
-        out.push_str(&format_properties(&props, introspect::MANAGER.properties, &wanted, a.value, a.all));
+        if json {
+            objects.push(json_properties(&props, introspect::MANAGER.properties, &wanted, a.all));
+        } else {
+            out.push_str(&format_properties(&props, introspect::MANAGER.properties, &wanted, a.value, a.all));
+        }
     }
+    let order: Vec<_> = introspect::MACHINE
+        .properties
+        .iter()
+        .chain(introspect::MACHINE_RESOURCES.properties)
+        .copied()
+        .collect();
     for (i, name) in a.names.iter().enumerate() {
         let n = name.clone();
         let props = with_bus(|conn| async move { machine_properties(&conn, &n).await });
@@ -211,19 +223,51 @@ pub fn show(a: &ShowArgs) -> Result<i32, CliError> {
                 return Err(e);
             }
         };
+        if json {
+            objects.push(json_properties(&props, &order, &wanted, a.all));
+            continue;
+        }
         if i > 0 {
             out.push('\n');
         }
-        let order: Vec<_> = introspect::MACHINE
-            .properties
-            .iter()
-            .chain(introspect::MACHINE_RESOURCES.properties)
-            .copied()
-            .collect();
         out.push_str(&format_properties(&props, &order, &wanted, a.value, a.all));
+    }
+    if json {
+        out = output::json(&objects, a.output == OutputFormat::JsonPretty);
     }
     emit(&out);
     Ok(0)
+}
+
+/// The properties `show` would print, as one JSON object: numbers and booleans as such,
+/// everything else in its printed form.
+fn json_properties(
+    props: &HashMap<String, OwnedVariant>,
+    order: &[(&str, &str, &str)],
+    wanted: &[String],
+    all: bool,
+) -> serde_json::Value {
+    let mut obj = serde_json::Map::new();
+    for (name, _, _) in order {
+        if !wanted.is_empty() && !wanted.iter().any(|w| w == name) {
+            continue;
+        }
+        let Some(v) = props.get(*name) else { continue };
+        let value = match &**v {
+            zbus::Variant::U64(n) => serde_json::json!(n),
+            zbus::Variant::U32(n) => serde_json::json!(n),
+            zbus::Variant::I32(n) => serde_json::json!(n),
+            zbus::Variant::Bool(b) => serde_json::json!(b),
+            _ => match output::property_value(name, v) {
+                Some(t) if t.is_empty() && !all && wanted.is_empty() => continue,
+                Some(t) => serde_json::json!(t),
+                None if all || !wanted.is_empty() => serde_json::Value::Null,
+                None => continue,
+            },
+        };
+        obj.insert((*name).to_owned(), value);
+    }
+    serde_json::Value::Object(obj)
 }
 
 fn format_properties(

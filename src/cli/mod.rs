@@ -114,7 +114,7 @@ pub fn run(cli: Cli, cfg: &CliConfig) -> Result<i32, CliError> {
         args::Command::Enable(a) => units::enable_disable(&a.names, cfg, true),
         args::Command::Disable(a) => units::enable_disable(&a.names, cfg, false),
         args::Command::ListImages(a) => images::list_images(&a, cfg),
-        args::Command::ImageStatus(a) => images::image_status(&a.names, cfg),
+        args::Command::ImageStatus(a) => images::image_status(&a.names, a.output, cfg),
         args::Command::Clone(a) => images::clone(&a, cfg),
         args::Command::Rename(a) => images::rename(&a, cfg),
         args::Command::Remove(a) => images::remove(&a.names, cfg),
