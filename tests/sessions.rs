@@ -54,6 +54,50 @@ fn log_in(
     st
 }
 
+/// A launcher the test started; stopped when dropped, also when the test fails.
+struct Launcher(std::process::Child);
+
+impl Launcher {
+    /// `mctl run -q --register=yes -M NAME -D DIR OPTS -- /bin/sleep 600` on `bus` (with `env`
+    /// added to its environment), logging to
+    /// `log`; waits until the machine is registered.
+    fn start(
+        bus: &TestBus,
+        name: &str,
+        dir: &Path,
+        opts: &[&str],
+        env: &[(&str, &Path)],
+        log: &Path,
+    ) -> Launcher {
+        let child = common::mctl()
+            .envs(env.iter().copied())
+            .args(["run", "-q", "--register=yes", "-M", name, "-D"])
+            .arg(dir)
+            .args(opts)
+            .args(["--", "/bin/sleep", "600"])
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
+            .spawn()
+            .unwrap();
+        let launcher = Launcher(child);
+        assert!(
+            common::wait_until(Duration::from_secs(20), || stdout(&machinectl(bus, &["list"]))
+                .contains(name)),
+            "the machine did not register: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        launcher
+    }
+}
+
+impl Drop for Launcher {
+    fn drop(&mut self) {
+        common::stop_launcher(&mut self.0);
+    }
+}
+
 fn ok(o: &std::process::Output, what: &str) {
     assert!(o.status.success(), "{what} failed: {}{}", stdout(o), stderr(o));
 }
@@ -265,26 +309,37 @@ fn sessions_and_copies_work_without_dbus_in_the_guest() {
     let _mctld = Mctld::start(&bus, s.path(), true);
     let dir = copy_tree(busybox_tree(), s.path(), "mbusy");
     std::fs::create_dir_all(dir.join("root")).unwrap();
-    let log = std::fs::File::create(s.path().join("run.log")).unwrap();
-    let mut launcher = common::mctl()
-        .args(["run", "-q", "--register=yes", "-M", "mbusy", "-D"])
-        .arg(&dir)
-        .args(["--", "/bin/sleep", "600"])
-        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap();
-    assert!(
-        common::wait_until(Duration::from_secs(20), || stdout(&machinectl(&bus, &["list"]))
-            .contains("mbusy")),
-        "the machine did not register: {}",
-        std::fs::read_to_string(s.path().join("run.log")).unwrap_or_default()
-    );
+    let launcher = Launcher::start(&bus, "mbusy", &dir, &[], &[], &s.path().join("run.log"));
     let o = machinectl(&bus, &["shell", "mbusy", "/bin/echo", "x-from-busybox"]);
     assert!(stdout(&o).contains("x-from-busybox"), "{}{}", stdout(&o), stderr(&o));
     files_in_and_out(&bus, "mbusy", &dir, s.path());
+
+    // OpenMachineRootDirectory (and OpenRootDirectory on the object): an fd of its root.
+    use std::os::unix::fs::MetadataExt;
+    let root_meta = std::fs::metadata(&dir).unwrap();
+    let script = r#"
+import os, sys
+from jeepney import DBusAddress, new_method_call
+from jeepney.io.blocking import open_dbus_connection
+conn = open_dbus_connection(bus="SYSTEM", enable_fds=True)
+for path, iface, method, sig, args in [
+    ("/org/freedesktop/machine1", "org.freedesktop.machine1.Manager", "OpenMachineRootDirectory", "s", ("mbusy",)),
+    ("/org/freedesktop/machine1/machine/mbusy", "org.freedesktop.machine1.Machine", "OpenRootDirectory", "", ()),
+]:
+    addr = DBusAddress(path, bus_name="org.freedesktop.machine1", interface=iface)
+    reply = conn.send_and_get_reply(new_method_call(addr, method, sig, args))
+    fd = reply.body[0].to_raw_fd()
+    st = os.fstat(fd)
+    print(st.st_dev, st.st_ino, sorted(os.listdir(fd))[:3] != [])
+"#;
+    let o = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+        .output()
+        .unwrap();
+    let want = format!("{} {} True\n", root_meta.dev(), root_meta.ino());
+    assert_eq!(stdout(&o), want.repeat(2), "{}", stderr(&o));
 
     // mctl's verbs: host paths relative to its working directory, as machinectl takes them.
     let mctl_in = |args: &[&str]| {
@@ -337,7 +392,7 @@ fn sessions_and_copies_work_without_dbus_in_the_guest() {
     assert_eq!(stdout(&o), "[mbusy]\n", "{}", stderr(&o));
     let (code, _, err) = mctl_in(&["bind", "mbusy", "bindme", "/srv/missing"]);
     assert!(code == Some(1) && err.contains("/srv/missing"), "{err}");
-    common::stop_launcher(&mut launcher);
+    drop(launcher);
     assert_no_leaks("mbusy", &dir);
 }
 
@@ -351,24 +406,10 @@ fn copies_in_and_out_of_a_user_namespaced_machine() {
     let dir = copy_tree(busybox_tree(), s.path(), "muser");
     std::fs::create_dir_all(dir.join("root")).unwrap();
     let state = s.path().join("state-launcher");
-    let log = std::fs::File::create(s.path().join("run.log")).unwrap();
-    let mut launcher = common::mctl()
-        .args(["run", "-q", "--register=yes", "--private-users=2949120:65536", "-M", "muser", "-D"])
-        .arg(&dir)
-        .args(["--", "/bin/sleep", "600"])
-        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
-        .env("MCTL_STATE_DIR", &state)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap();
-    assert!(
-        common::wait_until(Duration::from_secs(20), || stdout(&machinectl(&bus, &["list"]))
-            .contains("muser")),
-        "the machine did not register: {}",
-        std::fs::read_to_string(s.path().join("run.log")).unwrap_or_default()
-    );
+    let opts = ["--private-users=2949120:65536"];
+    // Where a writable image's id range is remembered: the test's own place.
+    let env = [("MCTL_STATE_DIR", state.as_path())];
+    let launcher = Launcher::start(&bus, "muser", &dir, &opts, &env, &s.path().join("run.log"));
     let src = s.path().join("in.txt");
     std::fs::write(&src, "into a user namespace\n").unwrap();
     ok(&machinectl(&bus, &["copy-to", "muser", &src.display().to_string(), "/root/in.txt"]), "copy-to");
@@ -392,6 +433,6 @@ fn copies_in_and_out_of_a_user_namespaced_machine() {
     let meta = std::fs::metadata(&out).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (1000, 1000));
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "out\n");
-    common::stop_launcher(&mut launcher);
+    drop(launcher);
     assert_no_leaks("muser", &dir);
 }

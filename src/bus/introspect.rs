@@ -108,6 +108,7 @@ pub const MANAGER: Interface = Interface {
             &[("name", "s"), ("source", "s"), ("destination", "s"), ("flags", "t")],
             &[],
         ),
+        m("OpenMachineRootDirectory", &[("name", "s")], &[("fd", "h")]),
         m("RemoveImage", &[("name", "s")], &[]),
         m("RenameImage", &[("name", "s"), ("new_name", "s")], &[]),
         m("CloneImage", &[("name", "s"), ("new_name", "s"), ("read_only", "b")], &[]),
@@ -154,6 +155,7 @@ pub const MACHINE: Interface = Interface {
         m("CopyTo", &[("source", "s"), ("destination", "s")], &[]),
         m("CopyFromWithFlags", &[("source", "s"), ("destination", "s"), ("flags", "t")], &[]),
         m("CopyToWithFlags", &[("source", "s"), ("destination", "s"), ("flags", "t")], &[]),
+        m("OpenRootDirectory", &[], &[("fd", "h")]),
     ],
     signals: &[],
 };

@@ -609,6 +609,7 @@ impl Service {
             ManagerCall::Open(name, what) => self.open_session(hdr, name, what).await,
             ManagerCall::Copy(name, copy) => self.copy(hdr, name, copy).await,
             ManagerCall::Bind(name, bind) => self.bind(hdr, name, bind).await,
+            ManagerCall::OpenRoot(name) => self.open_root(hdr, name).await,
         }
     }
 
@@ -623,6 +624,16 @@ impl Service {
             .await?;
         let master = zbus::OwnedFd::from(opened.master);
         self.reply(hdr, &(master, opened.pty_path)).await
+    }
+
+    /// The machine's root directory: the reply carries it as an fd.
+    async fn open_root(&self, hdr: &Header<'_>, name: String) -> Reply {
+        let root = self
+            .blocking(hdr, Some(GUEST_READ_TIMEOUT), move |mgr, caller| {
+                mgr.open_root_directory(&name, caller)
+            })
+            .await?;
+        self.reply(hdr, &(zbus::OwnedFd::from(root),)).await
     }
 
     /// A copy between the host and a machine (whole trees; no time limit).
@@ -802,6 +813,7 @@ impl Service {
             "GetAddresses" => self.addresses(hdr, name.to_owned()).await,
             "GetOSRelease" => self.os_release(hdr, name.to_owned()).await,
             "GetUIDShift" => self.reply(hdr, &mgr.uid_shift(name)?).await,
+            "OpenRootDirectory" => self.open_root(hdr, name.to_owned()).await,
             _ => match MachineCall::decode(member, &msg.body()) {
                 Some(Ok(MachineCall::Open(what))) => self.open_session(hdr, name.to_owned(), what).await,
                 Some(Ok(MachineCall::Copy(copy))) => self.copy(hdr, name.to_owned(), copy).await,

@@ -294,6 +294,25 @@ impl OpenOptionsMore for fs::OpenOptions {
 }
 
 impl Manager {
+    /// The machine's root directory, opened (OpenMachineRootDirectory); the host's `/` for
+    /// `.host`.
+    pub fn open_root_directory(&self, name: &str, caller: &Caller) -> Result<OwnedFd, ManagerError> {
+        let m = self.get(name)?;
+        caller.authorize(Action::Enter)?;
+        let path =
+            if m.class == super::Class::Host { "/".to_owned() } else { format!("/proc/{}/root", m.leader) };
+        let root = rustix::fs::open(
+            path.as_str(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| failed("open the root directory of machine", Path::new(name))(e.into()))?;
+        if m.class != super::Class::Host {
+            self.check_leader(&m)?;
+        }
+        Ok(root)
+    }
+
     /// Bind-mounts a host directory or file into the running machine (BindMountMachine): a
     /// detached copy of the source's mount is moved into the machine's mount namespace by a
     /// thread that joins it alone.
