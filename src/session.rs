@@ -228,6 +228,7 @@ fn serve(
         bounding,
         seccomp,
         host_fds: vec![CHANNEL_FD],
+        via_guest_systemd: true,
     };
     enter::run_handing_off(&spec, handoff)
 }

@@ -206,10 +206,17 @@ fn machinectl_shell_login_copy_and_bind_on_a_booted_guest() {
     // shell: a command as machinectl runs it, its output through the pty.
     let o = machinectl(&bus, &["shell", "msess", "/bin/echo", "x-from-shell"]);
     assert!(stdout(&o).contains("x-from-shell"), "{}{}", stdout(&o), stderr(&o));
-    let o = machinectl(&bus, &["shell", "msess", "/bin/sh", "-c", "tty; id -u; cat /proc/1/comm"]);
+    let o = machinectl(
+        &bus,
+        &["shell", "msess", "/bin/sh", "-c", "tty; id -u; cat /proc/1/comm; cat /proc/self/cgroup"],
+    );
     let text = stdout(&o);
     assert!(
-        text.contains("/dev/pts/") && text.contains("\n0") && text.contains("systemd"),
+        // A unit of the guest's own systemd, as machined makes it.
+        text.contains("/dev/pts/")
+            && text.contains("\n0")
+            && text.contains("systemd")
+            && text.contains("container-shell@"),
         "{text}{}",
         stderr(&o)
     );

@@ -26,6 +26,7 @@ use crate::sys::linux::{self, Forked};
 use super::channel::{self, ChildEnd, ChildReport};
 use super::console::Console;
 use super::events::{self, Event, Events};
+use super::guest_units::{self, SessionUnit};
 use super::spec::ConsoleMode;
 use super::{ChildError, exec, security};
 
@@ -117,6 +118,9 @@ pub struct EnterSpec {
     /// Descriptors of the caller's that must not follow it into the machine (closed first
     /// thing in the process that joins its namespaces).
     pub host_fds: Vec<RawFd>,
+    /// Run the payload as a unit of the guest's systemd where one answers (a real session,
+    /// as machined does it); it runs directly otherwise.
+    pub via_guest_systemd: bool,
 }
 
 /// The namespaces a command entering a machine joins, in the order it joins them.
@@ -256,13 +260,14 @@ fn helper_main(spec: &EnterSpec, namespaces: Vec<(fs::File, CloneFlags)>, chan: 
     }
     drop(namespaces);
     let user = exec::lookup_in_machine(&spec.user).unwrap_or_else(|e| report(e));
-    let tty = if spec.terminal != Terminal::Inherit {
-        let slave = linux::open_pty_master(Path::new("/dev/pts/ptmx")).and_then(|(master, _)| {
-            let slave = linux::pty_peer(master.as_fd())?;
+    // The pty's peer is opened only once the payload is ours to run: a peer opened and closed
+    // again would make the master read EIO until the guest's systemd opened it.
+    let master = if spec.terminal != Terminal::Inherit {
+        let master = linux::open_pty_master(Path::new("/dev/pts/ptmx")).and_then(|(master, n)| {
             chan.console_master(master.as_fd()).map_err(std::io::Error::other)?;
-            Ok(slave)
+            Ok((master, n))
         });
-        Some(slave.unwrap_or_else(|e| report(ChildError::Step("allocate a terminal in the machine", e))))
+        Some(master.unwrap_or_else(|e| report(ChildError::Step("allocate a terminal in the machine", e))))
     } else {
         None
     };
@@ -272,6 +277,27 @@ fn helper_main(spec: &EnterSpec, namespaces: Vec<(fs::File, CloneFlags)>, chan: 
     if let Err(e) = confine(spec) {
         report(e);
     }
+    // Confined first: what answers on the guest's systemd socket is the guest's.
+    if spec.via_guest_systemd
+        && let Some((_, pty)) = &master
+        && let Some(unit) = session_unit(spec, *pty)
+    {
+        // From a child, a process of the machine's pid namespace (systemd refuses peers whose
+        // pid it cannot see; only children enter a joined pid namespace).
+        match linux::fork() {
+            Ok(Forked::Child) => start_unit(&unit),
+            Ok(Forked::Parent(pid)) => {
+                if matches!(waitpid(Pid::from_raw(pid), None), Ok(WaitStatus::Exited(_, 0))) {
+                    linux::exit_now(0)
+                }
+            }
+            Err(e) => eprintln!("session in the machine runs without its systemd: fork: {e}"),
+        }
+    }
+    let tty = master.map(|(m, _)| {
+        linux::pty_peer(m.as_fd())
+            .unwrap_or_else(|e| report(ChildError::Step("open the terminal in the machine", e)))
+    });
     match linux::fork() {
         Ok(Forked::Child) => {
             let e = match run_command(spec, user, tty) {
@@ -292,6 +318,42 @@ fn helper_main(spec: &EnterSpec, namespaces: Vec<(fs::File, CloneFlags)>, chan: 
         }
         Err(e) => report(ChildError::Step("fork the command", e)),
     }
+}
+
+/// The unit of the guest's systemd that runs `spec.payload` on `/dev/pts/PTY`, if it is one a
+/// unit can run.
+fn session_unit(spec: &EnterSpec, pty: u32) -> Option<SessionUnit> {
+    let shell = |path: &str, args: &[String]| SessionUnit::Shell {
+        pty,
+        user: spec.user.clone(),
+        path: path.to_owned(),
+        args: args.to_vec(),
+        env: spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+    };
+    match &spec.payload {
+        Payload::Getty => Some(SessionUnit::Getty { pty }),
+        // systemd sets $SHELL from the user's passwd entry.
+        Payload::LoginShell => Some(shell("/bin/sh", &["-c".into(), "exec \"$SHELL\" -l".into()])),
+        Payload::Program { path, argv } => Some(shell(path, argv.get(1..).unwrap_or_default())),
+        Payload::Command(_) | Payload::TerminalOnly => None,
+    }
+}
+
+/// Runs the guest's own tool that starts `unit` (in a child that is a process of the
+/// machine); exits 0 when the guest's systemd took it. Its output goes nowhere: the guest's.
+fn start_unit(unit: &SessionUnit) -> ! {
+    if !Path::new(guest_units::PRIVATE_SOCKET).exists() {
+        linux::exit_now(1)
+    }
+    let null = fs::OpenOptions::new().read(true).write(true).open("/dev/null");
+    if let Ok(null) = null {
+        let _ = nix::unistd::dup2_stdin(&null).and_then(|()| nix::unistd::dup2_stdout(&null));
+        let _ = nix::unistd::dup2_stderr(&null);
+    }
+    let env = vec![("PATH".to_owned(), super::DEFAULT_PATH.to_owned())];
+    let _ = linux::cloexec_fds_from(3);
+    let _ = exec::exec_search(&unit.command(), &env, &exec::envp(&env));
+    linux::exit_now(1)
 }
 
 /// Whether `f` is the file at `path` (namespaces compare by inode).

@@ -17,6 +17,7 @@ pub mod credentials;
 pub mod enter;
 pub mod events;
 pub(crate) mod exec;
+pub mod guest_units;
 pub mod identity;
 mod inner;
 pub mod mounts;
