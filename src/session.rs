@@ -62,6 +62,8 @@ pub struct SessionRequest {
     pub leader_start: u64,
     /// The machine's own cgroup as `/proc/PID/cgroup` shows it ("" if it has none).
     pub machine_cgroup: String,
+    /// The session is on the host itself (`.host`): nothing is entered or confined.
+    pub on_host: bool,
     /// What to open.
     pub kind: SessionKind,
 }
@@ -198,8 +200,11 @@ fn serve(
     handoff: &mut dyn FnMut(OwnedFd, String) -> io::Result<()>,
 ) -> Result<i32, enter::EnterError> {
     let failed = |step: &'static str| move |source: io::Error| enter::EnterError::Step { step, source };
-    let bounding =
-        crate::procfs::bounding_set(req.leader).map_err(failed("read the machine's capabilities"))?;
+    let bounding = if req.on_host {
+        caps::all()
+    } else {
+        crate::procfs::bounding_set(req.leader).map_err(failed("read the machine's capabilities"))?
+    };
     let seccomp = crate::seccomp::SyscallFilter::for_machine(&bounding, &Default::default(), None)
         .map_err(|e| failed("build the system call filter")(io::Error::other(e)))?;
     let (user, payload, env) = match &req.kind {
@@ -215,11 +220,14 @@ fn serve(
             (user.clone(), payload, env.clone())
         }
     };
-    let cgroup =
-        crate::cgroups::EntryCgroup::create(&Default::default(), &req.machine_cgroup, "mctl-session");
+    let cgroup = if req.on_host {
+        None
+    } else {
+        crate::cgroups::EntryCgroup::create(&Default::default(), &req.machine_cgroup, "mctl-session")
+    };
     let spec = EnterSpec {
         leader: req.leader,
-        leader_start: Some(req.leader_start),
+        leader_start: (!req.on_host).then_some(req.leader_start),
         user,
         payload,
         env,
@@ -228,6 +236,7 @@ fn serve(
         bounding,
         seccomp,
         host_fds: vec![CHANNEL_FD],
+        on_host: req.on_host,
         via_guest_systemd: true,
     };
     enter::run_handing_off(&spec, handoff)

@@ -752,13 +752,22 @@ fn dot_host_answers_like_the_real_machined() {
         "ListMachines",
     ];
     assert_eq!(common::stdout(&busctl(&ours, &list)), common::stdout(&busctl(&theirs, &list)));
-    // mctld opens no session on the host and moves no file there: it enters machines.
+    // A shell on the host itself, for root (machined's host-shell): the host's namespaces.
+    let o = machinectl(
+        &ours,
+        &["shell", ".host", "/bin/sh", "-c", "echo on-host-$((6*7)); readlink /proc/self/ns/mnt"],
+    );
+    let own_mnt = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+    let text = common::stdout(&o);
+    assert!(
+        text.contains("on-host-42") && text.contains(&*own_mnt.to_string_lossy()),
+        "{text}{}",
+        common::stderr(&o)
+    );
+    // mctld moves no file to or from the host in the host's name: it does that for machines.
     let copy_dest = s.path().join("host-copy").display().to_string();
-    for args in [
-        &["shell", ".host", "/bin/true"][..],
-        &["copy-from", ".host", "/etc/hostname", &copy_dest],
-        &["bind", ".host", "/tmp", "/mnt"],
-    ] {
+    for args in [&["copy-from", ".host", "/etc/hostname", &copy_dest][..], &["bind", ".host", "/tmp", "/mnt"]]
+    {
         let o = machinectl(&ours, args);
         assert!(
             !o.status.success() && common::stderr(&o).contains("Operation not supported"),

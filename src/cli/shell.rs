@@ -97,6 +97,7 @@ pub fn shell(a: &ShellArgs, cfg: &CliConfig) -> Result<i32, CliError> {
         bounding,
         seccomp,
         host_fds: Vec::new(),
+        on_host: false,
         via_guest_systemd: false,
     };
     enter::run(&spec).map_err(|e| CliError { message: e.to_string(), exit_code: e.exit_code() })

@@ -115,6 +115,9 @@ pub struct EnterSpec {
     pub bounding: caps::CapsHashSet,
     /// The machine's system call filter.
     pub seccomp: crate::seccomp::SyscallFilter,
+    /// The "machine" is the host (`.host`): no namespace is joined and nothing is confined
+    /// (only root may ask, and gets what it has).
+    pub on_host: bool,
     /// Descriptors of the caller's that must not follow it into the machine (closed first
     /// thing in the process that joins its namespaces).
     pub host_fds: Vec<RawFd>,
@@ -147,17 +150,19 @@ pub fn run_handing_off(
 ) -> Result<i32, EnterError> {
     // Opened before forking: they stay valid even if the leader exits now.
     let mut namespaces = Vec::new();
-    for (ns, flag) in NAMESPACES {
+    for (ns, flag) in NAMESPACES.into_iter().filter(|_| !spec.on_host) {
         let f = fs::File::open(format!("/proc/{}/ns/{ns}", spec.leader))
             .map_err(EnterError::step("open the machine's namespaces"))?;
         namespaces.push((f, flag));
     }
     // A machine with a user namespace of its own (--private-users): joined last, once host
     // root has joined the rest, and only then does the helper hold the machine's root's ids.
-    let userns = fs::File::open(format!("/proc/{}/ns/user", spec.leader))
-        .map_err(EnterError::step("open the machine's namespaces"))?;
-    if !same_file(&userns, Path::new("/proc/self/ns/user")) {
-        namespaces.push((userns, CloneFlags::CLONE_NEWUSER));
+    if !spec.on_host {
+        let userns = fs::File::open(format!("/proc/{}/ns/user", spec.leader))
+            .map_err(EnterError::step("open the machine's namespaces"))?;
+        if !same_file(&userns, Path::new("/proc/self/ns/user")) {
+            namespaces.push((userns, CloneFlags::CLONE_NEWUSER));
+        }
     }
     if spec.leader_start.is_some() && crate::procfs::start_time(spec.leader) != spec.leader_start {
         return Err(EnterError::Step {
@@ -368,6 +373,9 @@ fn same_file(f: &fs::File, path: &Path) -> bool {
 /// Takes this process down to the machine's privileges: its bounding set, its system call
 /// filter, and no capability outside that set in any set.
 fn confine(spec: &EnterSpec) -> Result<(), ChildError> {
+    if spec.on_host {
+        return Ok(());
+    }
     security::apply_bounding_set(&spec.bounding)
         .map_err(|e| ChildError::Message(format!("cannot drop capabilities: {e}")))?;
     // Loaded while CAP_SYS_ADMIN is still effective (the machine may not keep it).

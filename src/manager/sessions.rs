@@ -63,24 +63,31 @@ impl Manager {
 
     /// A program or login shell on a fresh pty of the machine (OpenMachineShell).
     pub fn open_shell(&self, name: &str, req: ShellRequest, caller: &Caller) -> Result<Opened, ManagerError> {
-        let m = self.get_guest(name)?;
+        let m = self.get(name)?;
         caller.authorize(Action::Enter)?;
         let kind = req.into_kind()?;
         self.open_in(&m, kind)
     }
 
     fn open_session(&self, name: &str, kind: SessionKind, caller: &Caller) -> Result<Opened, ManagerError> {
-        let m = self.get_guest(name)?;
+        let m = self.get(name)?;
         caller.authorize(Action::Enter)?;
         self.open_in(&m, kind)
     }
 
     fn open_in(&self, m: &Machine, kind: SessionKind) -> Result<Opened, ManagerError> {
-        let leader_start = self.check_leader(m)?;
+        // `.host`: a session on the host itself, for root (as machined's host-shell).
+        let on_host = m.class == super::Class::Host;
+        let leader_start = if on_host { 0 } else { self.check_leader(m)? };
         let req = SessionRequest {
             leader: m.leader,
             leader_start,
-            machine_cgroup: self.control_group(&m.name).unwrap_or_default(),
+            machine_cgroup: if on_host {
+                String::new()
+            } else {
+                self.control_group(&m.name).unwrap_or_default()
+            },
+            on_host,
             kind,
         };
         session::open(&self.session_helper, &req)
