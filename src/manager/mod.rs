@@ -485,7 +485,7 @@ impl Manager {
     }
 
     /// One registered machine, to act on: the host (`.host`) cannot be terminated, killed,
-    /// frozen, limited, entered or written to through mctld.
+    /// frozen, limited, unregistered or written to through mctld.
     pub fn get_guest(&self, name: &str) -> Result<Machine, ManagerError> {
         if name == HOST_NAME {
             return Err(ManagerError::NotSupported("Operation not supported".into()));
