@@ -18,7 +18,7 @@ use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 
 use super::auth::Action;
 use super::{Caller, Machine, Manager, ManagerError};
-use crate::images::store::{copy_tree, copy_tree_mapping_ids, random_suffix};
+use crate::images::store::{copy_tree_mapping_ids, random_suffix};
 use crate::sys::linux;
 use crate::userns::IdRange;
 
@@ -231,12 +231,7 @@ fn copy_entry(src: &Path, dst: &Path, ids: &dyn Fn(u32) -> u32) -> Result<(), St
         fs::create_dir(dst).map_err(|e| e.to_string())?;
         // `/.` makes the walk enter a directory reached through a /proc/self/fd link.
         let src = src.join(".");
-        let copied = if ids(u32::MAX - 1) == u32::MAX - 1 && ids(0) == 0 {
-            copy_tree(&src, dst)
-        } else {
-            copy_tree_mapping_ids(&src, dst, ids)
-        };
-        return copied.map_err(|e| e.to_string());
+        return copy_tree_mapping_ids(&src, dst, ids).map_err(|e| e.to_string());
     }
     if !meta.is_file() {
         return Err("only directories and regular files can be copied".into());
