@@ -11,7 +11,7 @@
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
@@ -95,13 +95,25 @@ impl Manager {
         Ok((root, range))
     }
 
-    /// Copies `req.source` in the machine to `req.destination` on the host (CopyFromMachine).
-    pub fn copy_from(&self, name: &str, req: CopyRequest, caller: &Caller) -> Result<(), ManagerError> {
+    /// What both copies check and open first: the machine (never `.host`), the caller's
+    /// right, the flags, both paths, the machine's root and id range.
+    fn copy_ends(
+        &self,
+        name: &str,
+        req: &CopyRequest,
+        caller: &Caller,
+    ) -> Result<(PathBuf, PathBuf, OwnedFd, Option<IdRange>), ManagerError> {
         let m = self.get_guest(name)?;
         caller.authorize(Action::Enter)?;
-        check_flags(&req)?;
+        check_flags(req)?;
         let (source, destination) = paths(&req.source, &req.destination)?;
         let (root, range) = self.machine_root(&m)?;
+        Ok((source, destination, root, range))
+    }
+
+    /// Copies `req.source` in the machine to `req.destination` on the host (CopyFromMachine).
+    pub fn copy_from(&self, name: &str, req: CopyRequest, caller: &Caller) -> Result<(), ManagerError> {
+        let (source, destination, root, range) = self.copy_ends(name, &req, caller)?;
         let src = linux::open_in_root(root.as_fd(), &source, libc::O_PATH)
             .map_err(failed("open in the machine", &source))?;
         let (parent, file_name) = split(&destination)?;
@@ -119,11 +131,7 @@ impl Manager {
 
     /// Copies `req.source` on the host to `req.destination` in the machine (CopyToMachine).
     pub fn copy_to(&self, name: &str, req: CopyRequest, caller: &Caller) -> Result<(), ManagerError> {
-        let m = self.get_guest(name)?;
-        caller.authorize(Action::Enter)?;
-        check_flags(&req)?;
-        let (source, destination) = paths(&req.source, &req.destination)?;
-        let (root, range) = self.machine_root(&m)?;
+        let (source, destination, root, range) = self.copy_ends(name, &req, caller)?;
         fs::metadata(&source).map_err(failed("read", &source))?;
         let (parent, file_name) = split(&destination)?;
         let parent_fd = linux::open_in_root(root.as_fd(), parent, libc::O_PATH | libc::O_DIRECTORY)
@@ -223,8 +231,9 @@ fn remove_entry(path: &Path) {
     }
 }
 
-/// Copies the directory or regular file at `src` to the new path `dst` with owner, mode,
-/// times and extended attributes; `ids` maps owners and groups.
+/// Copies the directory or regular file at `src` to the new path `dst` with owner, mode and
+/// times (a tree also with extended attributes: a single file without); `ids` maps owners and
+/// groups.
 fn copy_entry(src: &Path, dst: &Path, ids: &dyn Fn(u32) -> u32) -> Result<(), String> {
     let meta = fs::metadata(src).map_err(|e| e.to_string())?;
     if meta.is_dir() {
@@ -237,21 +246,25 @@ fn copy_entry(src: &Path, dst: &Path, ids: &dyn Fn(u32) -> u32) -> Result<(), St
         return Err("only directories and regular files can be copied".into());
     }
     // Non-blocking: a guest's FIFO swapped in meanwhile cannot stall us (checked again below).
-    let mut input =
-        fs::OpenOptions::new().read(true).custom_flags_nonblock().open(src).map_err(|e| e.to_string())?;
+    let mut input = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(src)
+        .map_err(|e| e.to_string())?;
     if !input.metadata().map_err(|e| e.to_string())?.is_file() {
         return Err("only directories and regular files can be copied".into());
     }
     let mut output = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode_nofollow(0o600)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(dst)
         .map_err(|e| e.to_string())?;
     io::copy(&mut input, &mut output).map_err(|e| e.to_string())?;
     let fd = output.as_fd();
-    rustix::fs::fchown(fd, Some(uid(ids(meta.uid()))), Some(gid(ids(meta.gid()))))
-        .map_err(|e| e.to_string())?;
+    let (uid, gid) = (rustix::fs::Uid::from_raw(ids(meta.uid())), rustix::fs::Gid::from_raw(ids(meta.gid())));
+    rustix::fs::fchown(fd, Some(uid), Some(gid)).map_err(|e| e.to_string())?;
     // After chown, which clears setuid and setgid bits.
     output.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777)).map_err(|e| e.to_string())?;
     let times = rustix::fs::Timestamps {
@@ -260,32 +273,6 @@ fn copy_entry(src: &Path, dst: &Path, ids: &dyn Fn(u32) -> u32) -> Result<(), St
     };
     rustix::fs::futimens(fd, &times).map_err(|e| e.to_string())?;
     Ok(())
-}
-
-fn uid(n: u32) -> rustix::fs::Uid {
-    rustix::fs::Uid::from_raw(n)
-}
-
-fn gid(n: u32) -> rustix::fs::Gid {
-    rustix::fs::Gid::from_raw(n)
-}
-
-/// The open options this module needs beyond std's.
-trait OpenOptionsMore {
-    fn custom_flags_nonblock(&mut self) -> &mut Self;
-    fn mode_nofollow(&mut self, mode: u32) -> &mut Self;
-}
-
-impl OpenOptionsMore for fs::OpenOptions {
-    fn custom_flags_nonblock(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-    }
-
-    fn mode_nofollow(&mut self, mode: u32) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.mode(mode).custom_flags(libc::O_NOFOLLOW)
-    }
 }
 
 impl Manager {
@@ -361,7 +348,13 @@ fn mount_in_namespace(
             if let Some(parent) = dest.parent() {
                 fs::create_dir_all(parent)?;
             }
-            match fs::OpenOptions::new().write(true).create_new(true).mode_nofollow(0o644).open(dest) {
+            match fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(dest)
+            {
                 Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
                 _ => {}
             }
