@@ -8,6 +8,7 @@
 pub mod bus;
 pub mod cgroups;
 pub mod cli;
+pub mod container;
 pub mod daemon;
 pub mod guestfs;
 pub mod images;

@@ -102,7 +102,7 @@ pub struct Hierarchy {
 }
 
 impl Hierarchy {
-    fn own_dir(&self) -> PathBuf {
+    pub(crate) fn own_dir(&self) -> PathBuf {
         self.mount.join(self.own.trim_start_matches('/'))
     }
 
@@ -495,7 +495,7 @@ fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
 ///
 /// The shared parent (`mctl`) is removed by whichever launcher leaves it empty, possibly between
 /// our creating it and using it: a step that finds a directory gone starts over.
-fn make_dirs(h: &Hierarchy, dir: &Path) -> Result<(), CgroupError> {
+pub(crate) fn make_dirs(h: &Hierarchy, dir: &Path) -> Result<(), CgroupError> {
     let mut attempts = 0;
     loop {
         match make_dirs_once(h, dir) {
@@ -546,7 +546,7 @@ fn make_dirs_once(h: &Hierarchy, dir: &Path) -> Result<(), CgroupError> {
 
 /// Enables every available controller in `subtree_control` of `from` and its descendants down
 /// to `to` (directories mctl owns), so the guest can manage them.
-fn enable_controllers(from: &Path, to: &Path) -> Result<(), CgroupError> {
+pub(crate) fn enable_controllers(from: &Path, to: &Path) -> Result<(), CgroupError> {
     let mut dirs = vec![to.to_owned()];
     let mut cur = to;
     while cur != from {
@@ -651,6 +651,29 @@ pub fn join_v1_cgroups_of(cfg: &CgroupConfig, pid: u32) -> Result<(), CgroupErro
     Ok(())
 }
 
+/// Freezes (`true`) or thaws the processes of the cgroup2 directory `dir` and waits until the
+/// kernel reports the new state in `cgroup.events` (freezing completes asynchronously);
+/// `Ok(false)` when it did not within `patience`.
+pub fn freeze(dir: &Path, frozen: bool, patience: Duration) -> Result<bool, CgroupError> {
+    let want = if frozen { "1" } else { "0" };
+    write(&dir.join("cgroup.freeze"), want)?;
+    let deadline = Instant::now() + patience;
+    loop {
+        if is_frozen(dir) == frozen {
+            return Ok(true);
+        }
+        if Instant::now() > deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Whether the cgroup2 directory `dir` is frozen.
+pub fn is_frozen(dir: &Path) -> bool {
+    fs::read_to_string(dir.join("cgroup.events")).is_ok_and(|e| e.lines().any(|l| l == "frozen 1"))
+}
+
 /// Removes an empty cgroup subtree without waiting (for leftovers of dead launchers).
 pub fn remove_tree_now(dir: &Path) -> Result<(), CgroupError> {
     remove_tree(dir, Duration::ZERO)
@@ -679,7 +702,7 @@ pub fn pids_in(dir: &Path) -> Vec<i32> {
 
 /// Removes a cgroup subtree depth-first. Processes that are still dying get `patience` to
 /// leave; after that whatever is left is killed and waited for once more.
-fn remove_tree(dir: &Path, patience: Duration) -> Result<(), CgroupError> {
+pub(crate) fn remove_tree(dir: &Path, patience: Duration) -> Result<(), CgroupError> {
     let deadline = Instant::now() + patience;
     let mut killed = false;
     loop {

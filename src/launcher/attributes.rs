@@ -160,8 +160,8 @@ pub fn parse_cpu_affinity(v: &str) -> Result<Vec<usize>, BadAttribute> {
 }
 
 // <linux/personality.h>; the libc crate does not export them.
-const PER_LINUX: libc::c_ulong = 0x0000;
-const PER_LINUX32: libc::c_ulong = 0x0008;
+pub(crate) const PER_LINUX: libc::c_ulong = 0x0000;
+pub(crate) const PER_LINUX32: libc::c_ulong = 0x0008;
 
 /// `--personality=`: the architectures this host's kernel can present.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

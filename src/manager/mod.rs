@@ -405,34 +405,19 @@ impl Manager {
         let Scope::Cgroup(dir) = self.scope(&m) else {
             return Err(ManagerError::Failed(format!("Machine {name} has no cgroup of its own to freeze")));
         };
-        let want = if frozen { "1" } else { "0" };
-        fs::write(dir.join("cgroup.freeze"), want).map_err(|e| {
-            ManagerError::Failed(format!(
-                "Failed to {} machine {name}: {e}",
-                if frozen { "freeze" } else { "thaw" }
-            ))
-        })?;
-        // The freeze completes asynchronously; cgroup.events says when.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let events = fs::read_to_string(dir.join("cgroup.events")).unwrap_or_default();
-            if events.lines().any(|l| l == format!("frozen {want}")) {
-                return Ok(());
-            }
-            if std::time::Instant::now() > deadline {
-                return Err(ManagerError::Failed(format!(
-                    "Machine {name} did not reach the requested freezer state"
-                )));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
+        let verb = if frozen { "freeze" } else { "thaw" };
+        let reached = crate::cgroups::freeze(&dir, frozen, std::time::Duration::from_secs(10))
+            .map_err(|e| ManagerError::Failed(format!("Failed to {verb} machine {name}: {e}")))?;
+        if reached {
+            Ok(())
+        } else {
+            Err(ManagerError::Failed(format!("Machine {name} did not reach the requested freezer state")))
         }
     }
 
     /// Whether the machine is frozen.
     pub fn is_frozen(&self, m: &Machine) -> bool {
-        self.machine_cgroup_dir(m)
-            .and_then(|d| fs::read_to_string(d.join("cgroup.events")).ok())
-            .is_some_and(|e| e.lines().any(|l| l == "frozen 1"))
+        self.machine_cgroup_dir(m).is_some_and(|d| crate::cgroups::is_frozen(&d))
     }
 
     /// Every process of the machine (see [`Scope`]).

@@ -1,0 +1,411 @@
+//! A container's cgroup: `linux.cgroupsPath` in every hierarchy (cgroup2, and on hybrid hosts
+//! each v1 one), its resources, device policy and freezer.
+//!
+//! Paths follow runc: an absolute `cgroupsPath` is taken from each hierarchy's root, a relative
+//! one from the runtime's own cgroup there; with `--systemd-cgroup` the `slice:prefix:name` form
+//! becomes `<slice path>/<prefix>-<name>.scope` (mctl writes that layout itself; it does not ask
+//! systemd for the scope).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType, LinuxResources};
+use serde::{Deserialize, Serialize};
+
+use super::ContainerError;
+use crate::cgroups::devices::{self, DeviceKind, DeviceRule};
+use crate::cgroups::resources::{Limit, MachineDirs, Property};
+use crate::cgroups::{self, CgroupConfig, Hierarchy};
+
+/// The container's cgroup directory in each hierarchy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerCgroup {
+    /// In the cgroup2 hierarchy.
+    pub unified: Option<PathBuf>,
+    /// In each v1 hierarchy, with its controllers (`name=systemd` for the named one).
+    pub v1: Vec<(Vec<String>, PathBuf)>,
+}
+
+/// Where the container's cgroup goes when `config.json` names none.
+fn default_path(id: &str) -> String {
+    format!("mctl-oci/{id}")
+}
+
+/// `a-b-c.slice` as the directory path systemd gives it: `a.slice/a-b.slice/a-b-c.slice`.
+fn slice_path(slice: &str) -> Result<String, ContainerError> {
+    let bad = || ContainerError::Invalid(format!("invalid slice name '{slice}' in cgroupsPath"));
+    let base = slice.strip_suffix(".slice").ok_or_else(bad)?;
+    if base == "-" || base.is_empty() {
+        return Ok(String::new());
+    }
+    if base.starts_with('-') || base.ends_with('-') || base.contains("--") || base.contains('/') {
+        return Err(bad());
+    }
+    let parts: Vec<&str> = base.split('-').collect();
+    Ok((1..=parts.len()).map(|n| format!("{}.slice", parts[..n].join("-"))).collect::<Vec<_>>().join("/"))
+}
+
+/// The cgroup path (absolute: from the hierarchy roots; relative: from the runtime's own
+/// cgroup) for `cgroupsPath`.
+pub fn cgroup_path(config_path: Option<&Path>, systemd: bool, id: &str) -> Result<String, ContainerError> {
+    let given = config_path.map(|p| p.to_string_lossy().into_owned()).filter(|p| !p.is_empty());
+    if systemd {
+        let given = given.unwrap_or_else(|| format!("system.slice:mctl:{id}"));
+        let parts: Vec<&str> = given.split(':').collect();
+        let [slice, prefix, name] = parts[..] else {
+            return Err(ContainerError::Invalid(format!(
+                "cgroupsPath '{given}' is not of the form slice:prefix:name (needed with --systemd-cgroup)"
+            )));
+        };
+        let slice = if slice.is_empty() { "system.slice" } else { slice };
+        let unit = if name.ends_with(".slice") {
+            name.to_owned()
+        } else if prefix.is_empty() {
+            format!("{name}.scope")
+        } else {
+            format!("{prefix}-{name}.scope")
+        };
+        return Ok(format!("/{}/{unit}", slice_path(slice)?).replace("//", "/"));
+    }
+    let path = given.unwrap_or_else(|| default_path(id));
+    if path.split('/').any(|c| c == "..") {
+        return Err(ContainerError::Invalid(format!("cgroupsPath '{path}' must not contain '..'")));
+    }
+    Ok(path)
+}
+
+impl ContainerCgroup {
+    /// The directories for `path` (see [`cgroup_path`]) in the hierarchies under `cfg`.
+    pub fn resolve(cfg: &CgroupConfig, path: &str) -> Result<ContainerCgroup, ContainerError> {
+        let hierarchies = cgroups::detect(cfg)?;
+        let mut out = ContainerCgroup::default();
+        for h in &hierarchies {
+            let dir = dir_in(h, path);
+            if h.v2 {
+                out.unified = Some(dir);
+            } else {
+                out.v1.push((h.controllers.clone(), dir));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every directory.
+    pub fn dirs(&self) -> impl Iterator<Item = &Path> {
+        self.unified.iter().map(PathBuf::as_path).chain(self.v1.iter().map(|(_, d)| d.as_path()))
+    }
+
+    /// Makes the directories (and their parents), with the controllers enabled on the way down
+    /// in cgroup2 and v1 cpusets filled in.
+    pub fn create(&self, cfg: &CgroupConfig) -> Result<(), ContainerError> {
+        let hierarchies = cgroups::detect(cfg)?;
+        for h in &hierarchies {
+            let Some(dir) = self.dir_for(h) else { continue };
+            cgroups::make_dirs(h, dir)?;
+            if h.v2
+                && let Some(parent) = dir.parent()
+            {
+                // Controllers enabled on the way down (from the hierarchy's root, or our own
+                // cgroup for a relative path) are what the limits need; the container's own
+                // directory enables none, as it holds processes.
+                let from = if dir.starts_with(h.own_dir()) { h.own_dir() } else { h.mount.clone() };
+                cgroups::enable_controllers(&from, parent)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn dir_for(&self, h: &Hierarchy) -> Option<&Path> {
+        if h.v2 {
+            self.unified.as_deref()
+        } else {
+            self.v1.iter().find(|(c, _)| *c == h.controllers).map(|(_, d)| d.as_path())
+        }
+    }
+
+    /// Moves `pid` into the container's cgroup in every hierarchy.
+    pub fn add(&self, pid: i32) -> Result<(), ContainerError> {
+        for dir in self.dirs() {
+            let procs = dir.join("cgroup.procs");
+            fs::write(&procs, pid.to_string()).map_err(ContainerError::io("write", &procs))?;
+        }
+        Ok(())
+    }
+
+    fn machine_dirs(&self) -> Result<MachineDirs, ContainerError> {
+        let unified = self.unified.clone().ok_or_else(|| {
+            ContainerError::Invalid("this host has no cgroup2 hierarchy for the container's limits".into())
+        })?;
+        Ok(MachineDirs { unified, v1: self.v1.clone(), unit: None })
+    }
+
+    /// Sets `linux.resources` (memory, pids, cpu, cpuset, blockIO weight, `unified`) and the
+    /// device policy.
+    pub fn apply(&self, res: &LinuxResources, initial: bool) -> Result<(), ContainerError> {
+        let dirs = self.machine_dirs()?;
+        let memory_v2 = fs::read_to_string(dirs.unified.join("cgroup.controllers"))
+            .is_ok_and(|c| c.split_whitespace().any(|c| c == "memory"));
+        for p in properties(res, memory_v2) {
+            dirs.apply(&p).map_err(|e| ContainerError::Invalid(format!("cannot set {p}: {e}")))?;
+        }
+        if let Some(swap) = res.memory().as_ref().and_then(|m| m.swap())
+            && !memory_v2
+            && let Some((_, dir)) = self.v1.iter().find(|(c, _)| c.iter().any(|c| c == "memory"))
+        {
+            // v1 counts memory and swap together; kernels without swap accounting have no file.
+            let file = dir.join("memory.memsw.limit_in_bytes");
+            if file.exists() {
+                fs::write(&file, swap.to_string()).map_err(ContainerError::io("write", &file))?;
+            }
+        }
+        if let Some(unified) = res.unified() {
+            let dir = dirs.unified.clone();
+            for (key, value) in unified {
+                if key.contains('/') || key.starts_with('.') {
+                    return Err(ContainerError::Invalid(format!("invalid cgroup file '{key}' in unified")));
+                }
+                let file = dir.join(key);
+                fs::write(&file, value).map_err(ContainerError::io("write", &file))?;
+            }
+        }
+        if initial || res.devices().is_some() {
+            self.apply_devices(res.devices().as_deref().unwrap_or(&[]))?;
+        }
+        Ok(())
+    }
+
+    /// The device policy: v1's `devices` lists on hybrid hosts; on pure cgroup2 hosts a
+    /// device program that stays attached as long as the cgroup lives.
+    fn apply_devices(&self, rules: &[LinuxDeviceCgroup]) -> Result<(), ContainerError> {
+        let Some(allowed) = allowed_devices(rules) else { return Ok(()) };
+        if let Some((_, dir)) = self.v1.iter().find(|(c, _)| c.iter().any(|c| c == "devices")) {
+            let deny = dir.join("devices.deny");
+            fs::write(&deny, "a").map_err(ContainerError::io("write", &deny))?;
+            let allow = dir.join("devices.allow");
+            for rule in &allowed {
+                fs::write(&allow, rule.v1_line()).map_err(ContainerError::io("write", &allow))?;
+            }
+            return Ok(());
+        }
+        let Some(dir) = &self.unified else { return Ok(()) };
+        let program = devices::program(&allowed).map_err(|e| ContainerError::Invalid(e.to_string()))?;
+        let prog = crate::sys::linux::bpf_load_device_program(&program, "mctl_oci_dev")
+            .map_err(ContainerError::io("load the device program for", dir))?;
+        let cg = fs::File::open(dir).map_err(ContainerError::io("open", dir))?;
+        use std::os::fd::AsFd;
+        crate::sys::linux::bpf_attach_device_program(prog.as_fd(), cg.as_fd())
+            .map_err(ContainerError::io("attach the device program to", dir))
+    }
+
+    /// Freezes or thaws the container.
+    pub fn freeze(&self, frozen: bool) -> Result<(), ContainerError> {
+        let dir =
+            self.unified.as_ref().ok_or_else(|| ContainerError::Invalid("no cgroup2 freezer".into()))?;
+        if cgroups::freeze(dir, frozen, Duration::from_secs(10))? {
+            Ok(())
+        } else {
+            Err(ContainerError::WrongStatus(format!(
+                "the container's processes did not {} within 10 s",
+                if frozen { "freeze" } else { "thaw" }
+            )))
+        }
+    }
+
+    /// Whether the container is frozen.
+    pub fn is_frozen(&self) -> bool {
+        self.unified.as_deref().is_some_and(cgroups::is_frozen)
+    }
+
+    /// Every process in the container's cgroup (and below it).
+    pub fn pids(&self) -> Vec<i32> {
+        let mut pids = match &self.unified {
+            Some(d) => cgroups::pids_in(d),
+            None => self.v1.first().map(|(_, d)| cgroups::pids_in(d)).unwrap_or_default(),
+        };
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
+    /// Removes the directories, killing what is left in them after a short wait.
+    pub fn remove(&self) -> Result<(), ContainerError> {
+        for dir in self.dirs() {
+            cgroups::remove_tree(dir, Duration::from_secs(2))?;
+        }
+        Ok(())
+    }
+}
+
+fn dir_in(h: &Hierarchy, path: &str) -> PathBuf {
+    if let Some(abs) = path.strip_prefix('/') { h.mount.join(abs) } else { h.own_dir().join(path) }
+}
+
+/// `linux.resources` as the cgroup properties mctl's machines use.
+fn properties(res: &LinuxResources, memory_v2: bool) -> Vec<Property> {
+    let limit = |v: i64| u64::try_from(v).map_or(Limit::Infinity, Limit::Value);
+    let mut out = Vec::new();
+    if let Some(m) = res.memory()
+        && let Some(l) = m.limit()
+    {
+        out.push(Property::MemoryMax(limit(l)));
+        // cgroup2 counts swap apart from memory: the OCI total minus the memory limit.
+        if let Some(swap) = m.swap().filter(|_| memory_v2) {
+            let swap_only = if swap < 0 {
+                Limit::Infinity
+            } else {
+                Limit::Value(swap.saturating_sub(l).max(0).unsigned_abs())
+            };
+            out.push(Property::MemorySwapMax(swap_only));
+        }
+    }
+    if let Some(p) = res.pids() {
+        out.push(Property::TasksMax(if p.limit() > 0 { limit(p.limit()) } else { Limit::Infinity }));
+    }
+    if let Some(cpu) = res.cpu() {
+        if let Some(shares) = cpu.shares() {
+            // runc's conversion of shares (2..262144) to a weight (1..10000).
+            let s = shares.clamp(2, 262_144);
+            out.push(Property::CpuWeight(Some(1 + ((s - 2) * 9999) / 262_142)));
+        }
+        if let Some(quota) = cpu.quota() {
+            let period = cpu.period().unwrap_or(100_000).max(1);
+            let per_second = u64::try_from(quota).ok().map(|q| q.saturating_mul(1_000_000) / period);
+            out.push(Property::CpuQuota(per_second));
+        }
+        if let Some(cpus) = cpu.cpus().as_ref().filter(|c| !c.is_empty()) {
+            out.push(Property::AllowedCpus(cpus.clone()));
+        }
+    }
+    if let Some(weight) = res.block_io().as_ref().and_then(|b| b.weight()) {
+        // blkio weights (10..1000) as io weights (1..10000).
+        out.push(Property::IoWeight(Some((u64::from(weight) * 10).clamp(1, 10_000))));
+    }
+    out
+}
+
+/// The devices a rule list allows, in mctl's allow-list form: rules apply in order, a later
+/// one overriding what an earlier one said; `None` when everything stays allowed.
+fn allowed_devices(rules: &[LinuxDeviceCgroup]) -> Option<Vec<DeviceRule>> {
+    let mut all_allowed = true;
+    let mut allowed: Vec<DeviceRule> = Vec::new();
+    for r in rules {
+        let kind = r.typ().unwrap_or(LinuxDeviceType::A);
+        let whole = kind == LinuxDeviceType::A && r.major().is_none() && r.minor().is_none();
+        let access = access_bits(r.access().as_deref().unwrap_or("rwm"));
+        if whole {
+            all_allowed = r.allow();
+            allowed.clear();
+            continue;
+        }
+        let kinds: &[DeviceKind] = match kind {
+            LinuxDeviceType::C | LinuxDeviceType::U => &[DeviceKind::Char],
+            LinuxDeviceType::B => &[DeviceKind::Block],
+            LinuxDeviceType::A => &[DeviceKind::Char, DeviceKind::Block],
+            LinuxDeviceType::P => continue,
+        };
+        for &k in kinds {
+            let Some(major) = r.major() else {
+                // "c *:* m": every major; the program cannot say that, so only mknod of the
+                // common ones stays possible through the default list.
+                continue;
+            };
+            let (Ok(major), minor) = (u32::try_from(major), r.minor().and_then(|m| u32::try_from(m).ok()))
+            else {
+                continue;
+            };
+            let rule = DeviceRule { kind: k, major, minor, access };
+            if r.allow() {
+                allowed.push(rule);
+            } else {
+                allowed
+                    .retain(|a| !(a.kind == k && a.major == major && (minor.is_none() || a.minor == minor)));
+            }
+        }
+    }
+    if all_allowed {
+        return None;
+    }
+    // What every container needs, as runc adds it: the standard nodes and ptys.
+    for (major, minor) in [(1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 1), (5, 2)] {
+        allowed.push(DeviceRule {
+            kind: DeviceKind::Char,
+            major,
+            minor: Some(minor),
+            access: devices::READ | devices::WRITE | devices::MKNOD,
+        });
+    }
+    allowed.push(DeviceRule {
+        kind: DeviceKind::Char,
+        major: 136,
+        minor: None,
+        access: devices::READ | devices::WRITE,
+    });
+    Some(allowed)
+}
+
+fn access_bits(access: &str) -> u8 {
+    access.chars().fold(0, |acc, c| {
+        acc | match c {
+            'r' => devices::READ,
+            'w' => devices::WRITE,
+            'm' => devices::MKNOD,
+            _ => 0,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_paths_as_runc_reads_them() {
+        assert_eq!(cgroup_path(None, false, "c1").unwrap(), "mctl-oci/c1");
+        assert_eq!(
+            cgroup_path(Some(Path::new("/libpod_parent/libpod-x")), false, "x").unwrap(),
+            "/libpod_parent/libpod-x"
+        );
+        assert_eq!(
+            cgroup_path(Some(Path::new("machine.slice:libpod:abc")), true, "abc").unwrap(),
+            "/machine.slice/libpod-abc.scope"
+        );
+        assert_eq!(
+            cgroup_path(Some(Path::new("a-b.slice:crio:x")), true, "x").unwrap(),
+            "/a.slice/a-b.slice/crio-x.scope"
+        );
+        assert!(cgroup_path(Some(Path::new("/a/../b")), false, "x").is_err());
+        assert!(cgroup_path(Some(Path::new("nocolons")), true, "x").is_err());
+    }
+
+    #[test]
+    fn device_rules_apply_in_order() {
+        let parse = |j: &str| -> Vec<LinuxDeviceCgroup> { serde_json::from_str(j).unwrap() };
+        assert_eq!(allowed_devices(&parse(r#"[{"allow":true,"access":"rwm"}]"#)), None);
+        let podman = allowed_devices(&parse(r#"[{"allow":false,"access":"rwm"}]"#)).unwrap();
+        assert!(podman.iter().any(|r| r.major == 1 && r.minor == Some(3)), "/dev/null stays usable");
+        assert!(!podman.iter().any(|r| r.major == 8), "no disks");
+        let fuse = allowed_devices(&parse(
+            r#"[{"allow":false,"access":"rwm"},{"allow":true,"type":"c","major":10,"minor":229,"access":"rw"}]"#,
+        ))
+        .unwrap();
+        assert!(
+            fuse.iter()
+                .any(|r| r.major == 10 && r.minor == Some(229) && r.access == devices::READ | devices::WRITE)
+        );
+    }
+
+    #[test]
+    fn resources_become_properties() {
+        let res: LinuxResources = serde_json::from_str(
+            r#"{"memory":{"limit":67108864,"swap":134217728},"pids":{"limit":50},"cpu":{"quota":20000,"period":100000,"shares":1024}}"#,
+        )
+        .unwrap();
+        let props = properties(&res, true);
+        assert!(props.contains(&Property::MemoryMax(Limit::Value(67_108_864))));
+        assert!(props.contains(&Property::MemorySwapMax(Limit::Value(67_108_864))));
+        assert!(props.contains(&Property::TasksMax(Limit::Value(50))));
+        assert!(props.contains(&Property::CpuQuota(Some(200_000))));
+        assert!(props.contains(&Property::CpuWeight(Some(39))));
+    }
+}

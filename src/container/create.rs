@@ -1,0 +1,606 @@
+//! `create`, `start` and the other lifecycle operations, in the runtime's own process.
+//!
+//! `create` forks a setup stage that enters (or makes) the container's namespaces and forks the
+//! container's init (see [`super::init`]); the runtime relays the id maps and the hooks, records
+//! the container once the init reports it is ready, and exits. Anything that fails before that
+//! is undone: the init killed, its cgroups and state directory removed.
+
+use std::fs;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sched::CloneFlags;
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+use super::cgroup::{ContainerCgroup, cgroup_path};
+use super::state::{EXEC_FIFO, Locked, Record, Status, Store, write_atomic};
+use super::sync::{self, SyncEnd};
+use super::{ContainerError, hooks};
+use crate::cgroups::CgroupConfig;
+use crate::sys::linux::Forked;
+
+/// What `create` (and `run`) is asked.
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    /// The container id.
+    pub id: String,
+    /// The bundle directory.
+    pub bundle: PathBuf,
+    /// Where to write the init's pid.
+    pub pid_file: Option<PathBuf>,
+    /// The unix socket the pty master is sent to (`process.terminal`).
+    pub console_socket: Option<PathBuf>,
+    /// Descriptors 3..3+N passed on to the container.
+    pub preserve_fds: u32,
+    /// Move the rootfs over `/` instead of pivot_root.
+    pub no_pivot: bool,
+    /// `cgroupsPath` is systemd's `slice:prefix:name`.
+    pub systemd_cgroup: bool,
+    /// Where cgroups are.
+    pub cgroups: CgroupConfig,
+}
+
+/// The container's namespaces: new ones, and ones joined by path.
+#[derive(Debug, Clone)]
+pub(crate) struct Namespaces {
+    /// New namespaces other than the user namespace.
+    pub new: CloneFlags,
+    /// Namespaces to join, with their `/proc/PID/ns/...` (or bind-mounted) path.
+    pub join: Vec<(CloneFlags, PathBuf)>,
+    /// A new user namespace (the id maps come from `linux.uidMappings`/`gidMappings`).
+    pub new_user: bool,
+    /// A user namespace to join.
+    pub join_user: Option<PathBuf>,
+}
+
+impl Default for Namespaces {
+    fn default() -> Self {
+        Namespaces { new: CloneFlags::empty(), join: Vec::new(), new_user: false, join_user: None }
+    }
+}
+
+impl Namespaces {
+    /// Whether the container gets a namespace of this kind, new or joined.
+    pub fn has(&self, flag: CloneFlags) -> bool {
+        self.new.contains(flag) || self.join.iter().any(|(f, _)| *f == flag)
+    }
+}
+
+fn flag_of(t: LinuxNamespaceType) -> CloneFlags {
+    match t {
+        LinuxNamespaceType::Mount => CloneFlags::CLONE_NEWNS,
+        LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+        LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
+        LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
+        LinuxNamespaceType::User => CloneFlags::CLONE_NEWUSER,
+        LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
+        LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
+        // CLONE_NEWTIME; nix has no name for it.
+        LinuxNamespaceType::Time => CloneFlags::from_bits_retain(0x80),
+    }
+}
+
+/// Reads the bundle's `config.json` and checks what the runtime relies on.
+pub fn load_config(bundle: &Path) -> Result<Spec, ContainerError> {
+    let path = bundle.join("config.json");
+    let text = fs::read_to_string(&path).map_err(|e| ContainerError::Config {
+        path: path.clone(),
+        reason: if e.kind() == std::io::ErrorKind::NotFound {
+            "no such file (a bundle needs a config.json; `mctl-runc spec` writes a default one)".into()
+        } else {
+            e.to_string()
+        },
+    })?;
+    let spec: Spec = serde_json::from_str(&text).map_err(|e| ContainerError::Config {
+        path: path.clone(),
+        reason: format!("not a valid configuration: {e}"),
+    })?;
+    let bad = |reason: String| ContainerError::Config { path: path.clone(), reason };
+    if spec.root().is_none() {
+        return Err(bad("root.path is missing".into()));
+    }
+    let process = spec.process().as_ref().ok_or_else(|| bad("process is missing".into()))?;
+    if process.args().as_deref().unwrap_or(&[]).is_empty() {
+        return Err(bad("process.args is empty".into()));
+    }
+    if !process.cwd().as_os_str().is_empty() && !process.cwd().is_absolute() {
+        return Err(bad(format!("process.cwd {} is not absolute", process.cwd().display())));
+    }
+    for m in spec.mounts().as_deref().unwrap_or(&[]) {
+        if !m.destination().is_absolute() {
+            return Err(bad(format!("mount destination {} is not absolute", m.destination().display())));
+        }
+        if let Some(t) = m.typ().as_deref()
+            && !known_mount_type(t)
+        {
+            return Err(bad(format!("unknown mount type '{t}' for {}", m.destination().display())));
+        }
+    }
+    Ok(spec)
+}
+
+/// File system types the kernel knows here (`/proc/filesystems`) plus `bind`.
+fn known_mount_type(t: &str) -> bool {
+    t == "bind"
+        || t == "none"
+        || fs::read_to_string("/proc/filesystems")
+            .is_ok_and(|list| list.lines().any(|l| l.split_whitespace().last() == Some(t)))
+}
+
+pub(crate) fn namespaces(spec: &Spec) -> Result<Namespaces, ContainerError> {
+    let mut ns = Namespaces::default();
+    let mut seen = CloneFlags::empty();
+    let list = spec.linux().as_ref().and_then(|l| l.namespaces().clone()).unwrap_or_default();
+    for n in &list {
+        let flag = flag_of(n.typ());
+        if seen.contains(flag) {
+            return Err(ContainerError::Invalid(format!("namespace {:?} is listed twice", n.typ())));
+        }
+        seen |= flag;
+        match (n.typ(), n.path()) {
+            (LinuxNamespaceType::User, None) => ns.new_user = true,
+            (LinuxNamespaceType::User, Some(p)) => ns.join_user = Some(p.clone()),
+            (LinuxNamespaceType::Mount, Some(_)) => {
+                return Err(ContainerError::Invalid(
+                    "joining an existing mount namespace is not supported: the container needs its own"
+                        .into(),
+                ));
+            }
+            (_, None) => ns.new |= flag,
+            (_, Some(p)) => {
+                if !p.exists() {
+                    return Err(ContainerError::Invalid(format!(
+                        "the {:?} namespace path {} does not exist",
+                        n.typ(),
+                        p.display()
+                    )));
+                }
+                ns.join.push((flag, p.clone()));
+            }
+        }
+    }
+    if !ns.new.contains(CloneFlags::CLONE_NEWNS) {
+        return Err(ContainerError::Invalid(
+            "linux.namespaces has no mount namespace; the container needs one".into(),
+        ));
+    }
+    Ok(ns)
+}
+
+/// Undoes a half-made container.
+struct Undo<'a> {
+    cgroup: Option<&'a ContainerCgroup>,
+    pid: Option<i32>,
+    armed: bool,
+}
+
+impl Drop for Undo<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Some(pid) = self.pid {
+            let _ = crate::sys::linux::send_signal(pid, libc::SIGKILL);
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+        }
+        if let Some(cg) = self.cgroup {
+            let _ = cg.remove();
+        }
+    }
+}
+
+/// The state document hooks get while the container is being created.
+fn creating_state(id: &str, pid: i32, bundle: &Path, spec: &Spec) -> serde_json::Value {
+    serde_json::json!({
+        "ociVersion": super::OCI_VERSION,
+        "id": id,
+        "status": Status::Creating,
+        "pid": pid,
+        "bundle": bundle,
+        "annotations": spec.annotations().clone().unwrap_or_default(),
+    })
+}
+
+/// Creates the container; returns its init's pid.
+pub fn create(store: &Store, opts: &CreateOptions) -> Result<i32, ContainerError> {
+    let bundle =
+        fs::canonicalize(&opts.bundle).map_err(ContainerError::io("find the bundle", &opts.bundle))?;
+    let spec = load_config(&bundle)?;
+    let root = spec.root().as_ref().map(|r| r.path().clone()).unwrap_or_default();
+    let root = if root.is_absolute() { root } else { bundle.join(root) };
+    let rootfs = fs::canonicalize(&root).map_err(ContainerError::io("find the root filesystem", &root))?;
+    if !rootfs.is_dir() {
+        return Err(ContainerError::Invalid(format!("root.path {} is not a directory", rootfs.display())));
+    }
+    let ns = namespaces(&spec)?;
+    let linux = spec.linux().clone().unwrap_or_default();
+    if spec.hostname().as_deref().is_some_and(|h| !h.is_empty()) && !ns.has(CloneFlags::CLONE_NEWUTS) {
+        return Err(ContainerError::Invalid(
+            "unable to set the hostname without a private UTS namespace".into(),
+        ));
+    }
+    if ns.new_user && linux.uid_mappings().as_deref().unwrap_or(&[]).is_empty() {
+        return Err(ContainerError::Invalid(
+            "a new user namespace needs linux.uidMappings and gidMappings".into(),
+        ));
+    }
+    let terminal = spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
+    let console = match (&opts.console_socket, terminal) {
+        (Some(path), true) => Some(OwnedFd::from(
+            UnixStream::connect(path).map_err(ContainerError::io("connect to the console socket", path))?,
+        )),
+        (None, true) => {
+            return Err(ContainerError::Invalid(
+                "process.terminal is set but no --console-socket was given to send the pty to".into(),
+            ));
+        }
+        (Some(_), false) => {
+            return Err(ContainerError::Invalid(
+                "--console-socket given but process.terminal is not set".into(),
+            ));
+        }
+        (None, false) => None,
+    };
+    let mut locked = store.reserve(&opts.id)?;
+    let result = create_reserved(&mut locked, opts, &bundle, &rootfs, &spec, &ns, console);
+    match result {
+        Ok(pid) => Ok(pid),
+        Err(e) => {
+            let _ = locked.remove();
+            Err(e)
+        }
+    }
+}
+
+fn create_reserved(
+    locked: &mut Locked,
+    opts: &CreateOptions,
+    bundle: &Path,
+    rootfs: &Path,
+    spec: &Spec,
+    ns: &Namespaces,
+    console: Option<OwnedFd>,
+) -> Result<i32, ContainerError> {
+    let linux = spec.linux().clone().unwrap_or_default();
+    let path = cgroup_path(linux.cgroups_path().as_deref(), opts.systemd_cgroup, &opts.id)?;
+    let cgroup = ContainerCgroup::resolve(&opts.cgroups, &path)?;
+    let mut undo = Undo { cgroup: None, pid: None, armed: true };
+    cgroup.create(&opts.cgroups)?;
+    undo.cgroup = Some(&cgroup);
+    cgroup.apply(&linux.resources().clone().unwrap_or_default(), true)?;
+    let fifo = locked.dir.join(EXEC_FIFO);
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o622))
+        .map_err(|e| ContainerError::io("create the exec fifo", &fifo)(e.into()))?;
+    // mkfifo's mode went through the umask; the init may run as any user.
+    fs::set_permissions(&fifo, std::os::unix::fs::PermissionsExt::from_mode(0o622))
+        .map_err(ContainerError::io("chmod", &fifo))?;
+    let (parent, child) =
+        sync::pair().map_err(ContainerError::io("create the setup channel", "socketpair"))?;
+    // The init is re-parented to us when the setup stage exits, so a failed setup can be reaped.
+    crate::sys::linux::set_child_subreaper().map_err(ContainerError::io("become a subreaper", "prctl"))?;
+    let ctx = super::init::InitContext {
+        spec,
+        rootfs,
+        bundle,
+        cgroup: &cgroup,
+        ns,
+        sync: &child,
+        console: console.as_ref().map(AsFd::as_fd),
+        fifo: &fifo,
+        no_pivot: opts.no_pivot,
+        preserve_fds: opts.preserve_fds,
+    };
+    let stage = match crate::sys::linux::fork().map_err(ContainerError::io("fork", "the setup stage"))? {
+        Forked::Child => super::init::setup_stage(&ctx),
+        Forked::Parent(pid) => pid,
+    };
+    drop(child);
+    drop(console);
+    let pid = relay_setup(&parent, stage, &cgroup, ns, spec, &opts.id, bundle, &mut undo)?;
+    let proc_oom = PathBuf::from(format!("/proc/{pid}/oom_score_adj"));
+    if let Some(adj) = spec.process().as_ref().and_then(|p| p.oom_score_adj()) {
+        fs::write(&proc_oom, adj.to_string()).map_err(ContainerError::io("write", &proc_oom))?;
+    }
+    expect_ready(&parent, spec, &opts.id, bundle, pid)?;
+    let start_time = u32::try_from(pid)
+        .ok()
+        .and_then(crate::procfs::start_time)
+        .ok_or_else(|| ContainerError::Setup("the container's init exited during setup".into()))?;
+    let record = Record {
+        id: opts.id.clone(),
+        pid,
+        start_time,
+        bundle: bundle.to_owned(),
+        rootfs: rootfs.to_owned(),
+        created: now_rfc3339(),
+        annotations: spec.annotations().clone().unwrap_or_default().into_iter().collect(),
+        cgroup: cgroup.clone(),
+        config: spec.clone(),
+        registered_as: None,
+    };
+    locked.save(record)?;
+    if let Some(pid_file) = &opts.pid_file {
+        write_atomic(pid_file, pid.to_string().as_bytes(), 0o644)?;
+    }
+    undo.armed = false;
+    Ok(pid)
+}
+
+pub(crate) fn now_rfc3339() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = i64::try_from(now.as_secs()).unwrap_or(0);
+    let base = crate::images::oci::layout::rfc3339(secs);
+    // "...:SSZ" with the nanoseconds runc prints.
+    format!("{}.{:09}Z", base.trim_end_matches('Z'), now.subsec_nanos())
+}
+
+fn protocol(got: Option<String>, wanted: &str) -> ContainerError {
+    match got {
+        Some(m) if m.starts_with("error ") => ContainerError::Setup(m["error ".len()..].to_owned()),
+        Some(m) => ContainerError::Setup(format!("unexpected message '{m}' while waiting for '{wanted}'")),
+        None => ContainerError::Setup("the container's setup ended before it was done".into()),
+    }
+}
+
+fn recv(chan: &SyncEnd) -> Result<Option<String>, ContainerError> {
+    chan.recv(Some(Duration::from_secs(60))).map_err(ContainerError::io("hear from", "the container's setup"))
+}
+
+/// Runs the runtime's side of the setup stage: cgroup, id maps, and the init's pid.
+#[allow(clippy::too_many_arguments)]
+fn relay_setup(
+    chan: &SyncEnd,
+    stage: i32,
+    cgroup: &ContainerCgroup,
+    ns: &Namespaces,
+    spec: &Spec,
+    id: &str,
+    bundle: &Path,
+    undo: &mut Undo<'_>,
+) -> Result<i32, ContainerError> {
+    let reap_stage = || {
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(stage), None);
+    };
+    undo.pid = Some(stage);
+    cgroup.add(stage)?;
+    let send = |m: &str| chan.send(m).map_err(ContainerError::io("talk to", "the container's setup"));
+    send("cgroup")?;
+    if ns.new_user {
+        match recv(chan)? {
+            Some(m) if m == "userns" => {}
+            other => return Err(protocol(other, "userns")),
+        }
+        write_id_maps(stage, spec)?;
+        send("mapped")?;
+    }
+    let pid = match recv(chan)? {
+        Some(m) if m.starts_with("pid ") => {
+            m[4..].parse::<i32>().map_err(|_| protocol(Some(m.clone()), "pid"))?
+        }
+        other => {
+            reap_stage();
+            return Err(protocol(other, "pid"));
+        }
+    };
+    reap_stage();
+    undo.pid = Some(pid);
+    match recv(chan)? {
+        Some(m) if m == "hooks" => {}
+        other => return Err(protocol(other, "hooks")),
+    }
+    let state = creating_state(id, pid, bundle, spec);
+    if let Some(h) = spec.hooks() {
+        #[allow(deprecated)]
+        hooks::run("prestart", h.prestart().as_deref().unwrap_or(&[]), &state)?;
+        hooks::run("createRuntime", h.create_runtime().as_deref().unwrap_or(&[]), &state)?;
+    }
+    send(&format!("go {state}"))?;
+    Ok(pid)
+}
+
+fn expect_ready(
+    chan: &SyncEnd,
+    _spec: &Spec,
+    _id: &str,
+    _bundle: &Path,
+    _pid: i32,
+) -> Result<(), ContainerError> {
+    match recv(chan)? {
+        Some(m) if m == "ready" => Ok(()),
+        other => Err(protocol(other, "ready")),
+    }
+}
+
+fn write_id_maps(pid: i32, spec: &Spec) -> Result<(), ContainerError> {
+    let linux = spec.linux().clone().unwrap_or_default();
+    let lines = |maps: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| {
+        maps.as_deref()
+            .unwrap_or(&[])
+            .iter()
+            .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
+            .collect::<String>()
+    };
+    for (file, text) in [("uid_map", lines(linux.uid_mappings())), ("gid_map", lines(linux.gid_mappings()))] {
+        let path = PathBuf::from(format!("/proc/{pid}/{file}"));
+        fs::write(&path, text).map_err(ContainerError::io("write", &path))?;
+    }
+    Ok(())
+}
+
+/// `start`: lets a created container's init go on to run its process.
+pub fn start(store: &Store, id: &str) -> Result<(), ContainerError> {
+    let locked = store.open(id)?;
+    let rec = locked.record.clone().ok_or_else(|| ContainerError::NotFound(id.into()))?;
+    match rec.status(&locked.dir) {
+        Status::Created => {}
+        Status::Stopped => {
+            return Err(ContainerError::WrongStatus("cannot start a container that has stopped".into()));
+        }
+        Status::Running => {
+            return Err(ContainerError::WrongStatus("cannot start an already running container".into()));
+        }
+        s => return Err(ContainerError::WrongStatus(format!("cannot start a container that is {s}"))),
+    }
+    let fifo = locked.dir.join(EXEC_FIFO);
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(&fifo)
+        .map_err(ContainerError::io("open", &fifo))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut fds = [nix::poll::PollFd::new(f.as_fd(), nix::poll::PollFlags::POLLIN)];
+        let ready =
+            nix::poll::poll(&mut fds, 100u16).map_err(|e| ContainerError::io("wait on", &fifo)(e.into()))?;
+        if ready > 0 {
+            let mut byte = [0u8; 1];
+            match nix::unistd::read(&f, &mut byte) {
+                Ok(1) => break,
+                Ok(_) => {
+                    return Err(ContainerError::WrongStatus(
+                        "the container's init exited before it was started".into(),
+                    ));
+                }
+                Err(nix::errno::Errno::EAGAIN) => {}
+                Err(e) => return Err(ContainerError::io("read", &fifo)(e.into())),
+            }
+        }
+        if !rec.init_alive() {
+            return Err(ContainerError::WrongStatus(
+                "the container's init exited before it was started".into(),
+            ));
+        }
+        if Instant::now() > deadline {
+            return Err(ContainerError::WrongStatus(
+                "the container's init did not take the start within 30 s".into(),
+            ));
+        }
+    }
+    fs::remove_file(&fifo).map_err(ContainerError::io("remove", &fifo))?;
+    if let Some(h) = rec.config.hooks() {
+        hooks::run_warning(
+            "poststart",
+            h.poststart().as_deref().unwrap_or(&[]),
+            &rec.state_json(Status::Running),
+        );
+    }
+    Ok(())
+}
+
+/// `kill`: a signal to the init, or with `all` to every process of the container.
+pub fn kill(store: &Store, id: &str, signal: i32, all: bool) -> Result<(), ContainerError> {
+    let locked = store.open(id)?;
+    let rec = locked.record.as_ref().ok_or_else(|| ContainerError::NotFound(id.into()))?;
+    if rec.status(&locked.dir) == Status::Stopped {
+        return Err(ContainerError::WrongStatus("container not running".into()));
+    }
+    signal_container(rec, signal, all)
+}
+
+fn signal_container(rec: &Record, signal: i32, all: bool) -> Result<(), ContainerError> {
+    if all {
+        // A frozen process gets the signal only when thawed; SIGKILL must work on a paused one.
+        let paused = rec.cgroup.is_frozen();
+        for pid in rec.cgroup.pids() {
+            let _ = crate::sys::linux::send_signal(pid, signal);
+        }
+        if paused && signal == libc::SIGKILL {
+            let _ = rec.cgroup.freeze(false);
+        }
+        return Ok(());
+    }
+    crate::sys::linux::send_signal(rec.pid, signal)
+        .map_err(ContainerError::io("signal", PathBuf::from(format!("pid {}", rec.pid))))
+}
+
+/// `delete`: removes a stopped (or, with `force`, any) container: its processes, cgroups,
+/// poststop hooks and state.
+pub fn delete(store: &Store, id: &str, force: bool) -> Result<(), ContainerError> {
+    let locked = match store.open(id) {
+        Err(ContainerError::NotFound(_)) if force => return Ok(()),
+        other => other?,
+    };
+    let Some(rec) = locked.record.clone() else {
+        // A create that died before recording anything.
+        return locked.remove();
+    };
+    let status = rec.status(&locked.dir);
+    match status {
+        Status::Stopped | Status::Created => {}
+        _ if force => {}
+        s => {
+            return Err(ContainerError::WrongStatus(format!(
+                "cannot delete container {id} that is not stopped: {s}"
+            )));
+        }
+    }
+    if status != Status::Stopped {
+        signal_container(&rec, libc::SIGKILL, true)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while rec.init_alive() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    rec.cgroup.remove()?;
+    if let Some(h) = rec.config.hooks() {
+        hooks::run_warning(
+            "poststop",
+            h.poststop().as_deref().unwrap_or(&[]),
+            &rec.state_json(Status::Stopped),
+        );
+    }
+    locked.remove()
+}
+
+/// `state`: the state document.
+pub fn state(store: &Store, id: &str) -> Result<serde_json::Value, ContainerError> {
+    let locked = store.open(id)?;
+    let rec = locked.record.as_ref().ok_or_else(|| ContainerError::NotFound(id.into()))?;
+    Ok(rec.state_json(rec.status(&locked.dir)))
+}
+
+/// `pause` (`true`) and `resume`.
+pub fn pause(store: &Store, id: &str, paused: bool) -> Result<(), ContainerError> {
+    let locked = store.open(id)?;
+    let rec = locked.record.as_ref().ok_or_else(|| ContainerError::NotFound(id.into()))?;
+    match (rec.status(&locked.dir), paused) {
+        (Status::Running | Status::Created, true) | (Status::Paused, false) => rec.cgroup.freeze(paused),
+        (s, true) => Err(ContainerError::WrongStatus(format!("container not running: {s}"))),
+        (s, false) => Err(ContainerError::WrongStatus(format!("container not paused: {s}"))),
+    }
+}
+
+/// `update`: new resources for a live container.
+pub fn update(
+    store: &Store,
+    id: &str,
+    res: &oci_spec::runtime::LinuxResources,
+) -> Result<(), ContainerError> {
+    let locked = store.open(id)?;
+    let rec = locked.record.as_ref().ok_or_else(|| ContainerError::NotFound(id.into()))?;
+    if rec.status(&locked.dir) == Status::Stopped {
+        return Err(ContainerError::WrongStatus("container not running".into()));
+    }
+    rec.cgroup.apply(res, false)
+}
+
+/// Every container's record and status (records that cannot be read are skipped).
+pub fn list(store: &Store) -> Vec<(Record, Status)> {
+    store
+        .ids()
+        .iter()
+        .filter_map(|id| store.open(id).ok())
+        .filter_map(|l| l.record.clone().map(|r| (r.status(&l.dir), r)))
+        .map(|(s, r)| (r, s))
+        .collect()
+}
+
+/// `ps`: the container's processes.
+pub fn pids(store: &Store, id: &str) -> Result<Vec<i32>, ContainerError> {
+    let locked = store.open(id)?;
+    let rec = locked.record.as_ref().ok_or_else(|| ContainerError::NotFound(id.into()))?;
+    Ok(rec.cgroup.pids())
+}
