@@ -6,7 +6,7 @@
 #                                      install prebuilt binaries from DIR instead
 #   bootstrap/install.sh --uninstall   remove what an install put in place
 #
-# Places: /usr/local/bin/{mctl,mctld}, /usr/local/lib/systemd/system/ (units),
+# Places: /usr/local/bin/{mctl,mctld,mctl-runc}, /usr/local/lib/systemd/system/ (units),
 # /etc/dbus-1/system.d/ (bus policy), /usr/local/share/dbus-1/system-services/ (activation),
 # shell completions (bash, zsh, fish) and man pages under /usr/local/share, made by the
 # installed mctl from its own command line.
@@ -37,7 +37,7 @@ if [ "${1:-}" = "--uninstall" ]; then
     if [ -d /run/systemd/system ]; then
         systemctl disable --now mctl-machines.target mctld.service >/dev/null 2>&1 || true
     fi
-    rm -f "$bindir/mctl" "$bindir/mctld" "$unitdir/mctl@.service" "$unitdir/mctld.service" \
+    rm -f "$bindir/mctl" "$bindir/mctld" "$bindir/mctl-runc" "$unitdir/mctl@.service" "$unitdir/mctld.service" \
         "$unitdir/mctl-machines.target" "$policydir/org.mctl.Machine1.conf" "$servicedir/org.mctl.Machine1.service" \
         "$bashdir/mctl" "$zshdir/_mctl" "$fishdir/mctl.fish" "$mandir/mctl.1" "$mandir"/mctl-*.1
     reload
@@ -49,12 +49,12 @@ if [ -z "${MCTL_BUILD_DIR:-}" ]; then
     (cd "$here" && cargo build --release --locked)
     MCTL_BUILD_DIR="$here/target/release"
 fi
-for b in mctl mctld; do
+for b in mctl mctld mctl-runc; do
     [ -x "$MCTL_BUILD_DIR/$b" ] || { echo "install.sh: $MCTL_BUILD_DIR/$b is missing; build first" >&2; exit 1; }
 done
 
 install -d "$bindir" "$unitdir" "$policydir" "$servicedir" /var/lib/machines
-install -m 0755 "$MCTL_BUILD_DIR/mctl" "$MCTL_BUILD_DIR/mctld" "$bindir/"
+install -m 0755 "$MCTL_BUILD_DIR/mctl" "$MCTL_BUILD_DIR/mctld" "$MCTL_BUILD_DIR/mctl-runc" "$bindir/"
 install -m 0644 "$here/units/mctl@.service" "$here/units/mctld.service" "$here/units/mctl-machines.target" "$unitdir/"
 install -m 0644 "$here/dbus/org.mctl.Machine1.conf" "$policydir/"
 install -m 0644 "$here/dbus/org.mctl.Machine1.service" "$servicedir/"

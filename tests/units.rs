@@ -192,9 +192,10 @@ fn systemd_verbs_say_when_there_is_no_systemd() {
 }
 
 /// Where `bootstrap/install.sh` puts things.
-const INSTALLED: [&str; 12] = [
+const INSTALLED: [&str; 13] = [
     "/usr/local/bin/mctl",
     "/usr/local/bin/mctld",
+    "/usr/local/bin/mctl-runc",
     "/usr/local/lib/systemd/system/mctl@.service",
     "/usr/local/lib/systemd/system/mctld.service",
     "/usr/local/lib/systemd/system/mctl-machines.target",
@@ -234,7 +235,7 @@ fn install_sh_with_its_default_build_directory() {
         // The "release build": the binaries under test, marked so that only a copy taken from
         // target/release can match.
         "#!/bin/sh\necho \"$PWD $*\" >> \"$CARGO_LOG\"\n[ \"$*\" = \"build --release --locked\" ] || exit 2\n\
-         mkdir -p target/release\nfor b in mctl mctld; do\n\
+         mkdir -p target/release\nfor b in mctl mctld mctl-runc; do\n\
          cp \"$BUILD/$b\" target/release/ && printf '\\nrc-standin-release-build\\n' >> target/release/$b\ndone\n",
     )
     .unwrap();
@@ -256,7 +257,7 @@ fn install_sh_with_its_default_build_directory() {
         mount -t tmpfs tmpfs /run
         PATH="$STANDIN:$PATH" "$REPO/bootstrap/install.sh"
         for f in $FILES; do stat -c "%a %u:%g %n" "$f"; done
-        for b in mctl mctld; do
+        for b in mctl mctld mctl-runc; do
             cmp "$REPO/target/release/$b" "/usr/local/bin/$b"
             [ "$(tail -n 1 "/usr/local/bin/$b")" = rc-standin-release-build ]
         done

@@ -35,8 +35,8 @@ pub struct Cli {
     /// More messages.
     #[arg(long, global = true)]
     pub debug: bool,
-    /// Accepted for runc compatibility (rootless mode is detected).
-    #[arg(long, global = true, value_name = "true|false|auto")]
+    /// Accepted for runc compatibility (rootless mode is detected); before the operation.
+    #[arg(long, value_name = "true|false|auto")]
     pub rootless: Option<String>,
     /// Print the version.
     #[arg(short = 'v', long, action = clap::ArgAction::Version)]
@@ -622,6 +622,12 @@ mod tests {
         assert_eq!(parse_signal("9").unwrap(), 9);
         assert!(parse_signal("NOPE").is_err());
         assert!(parse_signal("0").is_err());
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 
     #[test]

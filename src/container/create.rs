@@ -277,6 +277,14 @@ fn create_reserved(
     // mkfifo's mode went through the umask; the init may run as any user.
     fs::set_permissions(&fifo, std::os::unix::fs::PermissionsExt::from_mode(0o622))
         .map_err(ContainerError::io("chmod", &fifo))?;
+    // Opened here: in a user namespace the init could not reach it through the state directory.
+    let fifo_fd = OwnedFd::from(
+        fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+            .open(&fifo)
+            .map_err(ContainerError::io("open", &fifo))?,
+    );
     let (parent, child) =
         sync::pair().map_err(ContainerError::io("create the setup channel", "socketpair"))?;
     // The init is re-parented to us when the setup stage exits, so a failed setup can be reaped.
@@ -289,7 +297,7 @@ fn create_reserved(
         ns,
         sync: &child,
         console: console.as_ref().map(AsFd::as_fd),
-        fifo: &fifo,
+        fifo: fifo_fd.as_fd(),
         no_pivot: opts.no_pivot,
         preserve_fds: opts.preserve_fds,
     };

@@ -28,7 +28,7 @@ pub struct InitContext<'a> {
     pub ns: &'a Namespaces,
     pub sync: &'a SyncEnd,
     pub console: Option<BorrowedFd<'a>>,
-    pub fifo: &'a Path,
+    pub fifo: BorrowedFd<'a>,
     pub no_pivot: bool,
     pub preserve_fds: u32,
 }
@@ -120,9 +120,8 @@ fn init(ctx: &InitContext<'_>) -> Result<Infallible, StepError> {
     if own_dev {
         mounts::populate_dev(&mctx, linux.devices().as_deref().unwrap_or(&[]))?;
     }
-    // Kept across the pivot: the fifo (reopened for writing through the host's /proc once the
-    // container is started) and that /proc.
-    let fifo = open_path(ctx.fifo)?;
+    // Kept across the pivot: the host's /proc, through which the exec fifo is reopened for
+    // writing once the container is started.
     let host_proc = open_path(Path::new("/proc"))?;
 
     ctx.sync.send("hooks").map_err(|e| e.to_string())?;
@@ -137,14 +136,15 @@ fn init(ctx: &InitContext<'_>) -> Result<Infallible, StepError> {
     }
     drop(root);
     mounts::pivot(ctx.rootfs, ctx.no_pivot)?;
+    // Before /proc/sys is made read-only.
+    for (key, value) in linux.sysctl().clone().unwrap_or_default() {
+        let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+        std::fs::write(&path, &value).map_err(|e| format!("cannot set sysctl {key}={value}: {e}"))?;
+    }
     mounts::mask_paths(linux.masked_paths().as_deref().unwrap_or(&[]))?;
     mounts::readonly_paths(linux.readonly_paths().as_deref().unwrap_or(&[]))?;
     if spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false) {
         mounts::readonly_root()?;
-    }
-    for (key, value) in linux.sysctl().clone().unwrap_or_default() {
-        let path = Path::new("/proc/sys").join(key.replace('.', "/"));
-        std::fs::write(&path, &value).map_err(|e| format!("cannot set sysctl {key}={value}: {e}"))?;
     }
     if ctx.ns.has(CloneFlags::CLONE_NEWUTS) {
         if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
@@ -177,8 +177,7 @@ fn init(ctx: &InitContext<'_>) -> Result<Infallible, StepError> {
     let exec = process::prepare_exec(&proc)?;
     ctx.sync.send("ready").map_err(|e| e.to_string())?;
 
-    wait_for_start(&host_proc, &fifo);
-    drop(fifo);
+    wait_for_start(&host_proc, ctx.fifo);
     drop(host_proc);
     if let Some(h) = spec.hooks()
         && let Err(e) =
@@ -209,7 +208,7 @@ fn open_path(path: &Path) -> Result<OwnedFd, StepError> {
 
 /// Blocks until `start` opens the exec fifo, then tells it by writing a byte. Exits when the
 /// fifo cannot be opened (the container was deleted meanwhile).
-fn wait_for_start(host_proc: &OwnedFd, fifo: &OwnedFd) {
+fn wait_for_start(host_proc: &OwnedFd, fifo: BorrowedFd<'_>) {
     let rel = CString::new(format!("self/fd/{}", fifo.as_raw_fd())).unwrap_or_default();
     // SAFETY: `host_proc` is a live directory fd and `rel` a valid C string.
     let fd = unsafe { libc::openat(host_proc.as_raw_fd(), rel.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };

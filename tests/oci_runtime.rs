@@ -1,0 +1,592 @@
+//! `mctl-runc`, the OCI runtime: bundles run through runc's command line, and podman driving it
+//! as its `--runtime`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+fn runc_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_mctl-runc")
+}
+
+/// A runtime state root of the test's own, and the bundles made in it.
+struct Runtime {
+    dir: tempfile::TempDir,
+}
+
+impl Runtime {
+    fn new() -> Runtime {
+        Runtime { dir: scratch() }
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Runs mctl-runc with stdout and stderr in files: a container's init inherits them (as
+    /// with runc), so pipes would stay open as long as it runs.
+    fn cmd(&self, args: &[&str]) -> Output {
+        run_to_files(Command::new(runc_bin()).arg("--root").arg(self.root()).args(args), self.dir.path())
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.cmd(args);
+        assert!(o.status.success(), "mctl-runc {args:?} failed: {}", stderr(&o));
+        stdout(&o)
+    }
+
+    fn fails(&self, args: &[&str], needle: &str) {
+        let o = self.cmd(args);
+        assert_eq!(o.status.code(), Some(1), "mctl-runc {args:?}: {} {}", stdout(&o), stderr(&o));
+        assert!(stderr(&o).contains(needle), "mctl-runc {args:?}: expected '{needle}' in {}", stderr(&o));
+    }
+
+    fn state(&self, id: &str) -> Value {
+        serde_json::from_str(&self.ok(&["state", id])).expect("state is JSON")
+    }
+
+    /// A bundle with a copy of the busybox tree and `mctl-runc spec`'s config, changed by `edit`.
+    fn bundle(&self, name: &str, edit: impl FnOnce(&mut Value)) -> PathBuf {
+        let b = self.dir.path().join(name);
+        std::fs::create_dir(&b).unwrap();
+        copy_tree(busybox_tree(), &b, "rootfs");
+        self.ok(&["spec", "--bundle", b.to_str().unwrap()]);
+        let path = b.join("config.json");
+        let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        cfg["process"]["terminal"] = json!(false);
+        cfg["root"]["readonly"] = json!(false);
+        cfg["linux"]["cgroupsPath"] = json!(format!("/mctl-tests-oci/{name}"));
+        edit(&mut cfg);
+        std::fs::write(&path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+        b
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        // Whatever a failed test left running.
+        for id in stdout(&self.cmd(&["list", "-q"])).lines() {
+            let _ = self.cmd(&["delete", "--force", id]);
+        }
+        // The tests' shared parent, once the last test is done with it.
+        for h in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+            let _ = std::fs::remove_dir(h.path().join("mctl-tests-oci"));
+            let _ = std::fs::remove_dir(h.path().join("unified/mctl-tests-oci"));
+        }
+        let _ = std::fs::remove_dir("/sys/fs/cgroup/mctl-tests-oci");
+    }
+}
+
+fn run_to_files(cmd: &mut Command, dir: &Path) -> Output {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let tag = format!("{}-{}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    let (out, err) = (dir.join(format!(".out-{tag}")), dir.join(format!(".err-{tag}")));
+    let status = cmd
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .status()
+        .expect("spawn mctl-runc");
+    let o = Output { status, stdout: std::fs::read(&out).unwrap(), stderr: std::fs::read(&err).unwrap() };
+    let _ = std::fs::remove_file(out);
+    let _ = std::fs::remove_file(err);
+    o
+}
+
+/// The container's cgroup directories that exist.
+fn cgroups_of(name: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        for d in
+            [h.path().join("mctl-tests-oci").join(name), h.path().join("unified/mctl-tests-oci").join(name)]
+        {
+            if d.exists() {
+                out.push(d);
+            }
+        }
+    }
+    if Path::new("/sys/fs/cgroup/mctl-tests-oci").join(name).exists() {
+        out.push(Path::new("/sys/fs/cgroup/mctl-tests-oci").join(name));
+    }
+    out
+}
+
+fn alive(pid: i64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z"))
+}
+
+/// A hook that writes the state it gets on stdin to `file`.
+fn hook(file: &str) -> Value {
+    json!({"path": "/bin/sh", "args": ["sh", "-c", format!("cat > {file}")], "env": ["PATH=/bin:/usr/bin"]})
+}
+
+#[test]
+fn a_bundle_goes_through_runcs_lifecycle_with_every_hook() {
+    let rt = Runtime::new();
+    let out = rt.dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let o = out.to_str().unwrap().to_owned();
+    let b = rt.bundle("life", |c| {
+        c["process"]["args"] = json!(["/bin/sh", "-c", "echo started > /out/started; exec sleep 60"]);
+        c["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"destination": "/out", "type": "bind", "source": o, "options": ["rbind", "rw"]}));
+        c["annotations"] = json!({"org.example.test": "yes"});
+        c["hooks"] = json!({
+            "createRuntime": [hook(&format!("{o}/createRuntime"))],
+            "createContainer": [hook(&format!("{o}/createContainer"))],
+            // In the container, after the pivot: the container's /bin/sh and /out.
+            "startContainer": [hook("/out/startContainer")],
+            "poststart": [hook(&format!("{o}/poststart"))],
+            "poststop": [hook(&format!("{o}/poststop"))],
+        });
+    });
+    let bs = b.to_str().unwrap();
+    let pid_file = rt.dir.path().join("pid");
+    rt.ok(&["create", "--bundle", bs, "--pid-file", pid_file.to_str().unwrap(), "life"]);
+    let st = rt.state("life");
+    assert_eq!(st["status"], "created");
+    assert_eq!(st["id"], "life");
+    assert_eq!(st["bundle"], bs);
+    assert_eq!(st["annotations"]["org.example.test"], "yes");
+    let pid = st["pid"].as_i64().unwrap();
+    assert_eq!(std::fs::read_to_string(&pid_file).unwrap(), pid.to_string());
+    assert!(alive(pid), "the init waits for start");
+    assert!(!out.join("started").exists(), "the process must not run before start");
+    for h in ["createRuntime", "createContainer"] {
+        let s: Value = serde_json::from_str(&std::fs::read_to_string(out.join(h)).expect(h)).unwrap();
+        assert_eq!(s["id"], "life", "{h}");
+        assert_eq!(s["status"], "creating", "{h}");
+        assert_eq!(s["pid"].as_i64(), Some(pid), "{h}");
+    }
+    assert!(!out.join("startContainer").exists());
+    assert!(!cgroups_of("life").is_empty(), "the container has its cgroup");
+    // A second create of the id, a start of what runs, a delete without --force.
+    rt.fails(&["create", "--bundle", bs, "life"], "container with id exists: life");
+    rt.ok(&["start", "life"]);
+    assert!(wait_until(Duration::from_secs(10), || out.join("started").exists()), "the process ran");
+    assert_eq!(rt.state("life")["status"], "running");
+    for h in ["startContainer", "poststart"] {
+        let s: Value = serde_json::from_str(&std::fs::read_to_string(out.join(h)).expect(h)).unwrap();
+        assert_eq!(s["id"], "life", "{h}");
+    }
+    rt.fails(&["start", "life"], "cannot start an already running container");
+    rt.fails(&["delete", "life"], "cannot delete container life that is not stopped: running");
+    let pids: Vec<i64> = serde_json::from_str(&rt.ok(&["ps", "--format", "json", "life"])).unwrap();
+    assert_eq!(pids, vec![pid]);
+    rt.ok(&["pause", "life"]);
+    assert_eq!(rt.state("life")["status"], "paused");
+    rt.ok(&["resume", "life"]);
+    assert_eq!(rt.state("life")["status"], "running");
+    let list: Vec<Value> = serde_json::from_str(&rt.ok(&["list", "--format", "json"])).unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["id"], "life");
+    rt.ok(&["kill", "life", "KILL"]);
+    assert!(wait_until(Duration::from_secs(10), || rt.state("life")["status"] == "stopped"));
+    assert!(!out.join("poststop").exists());
+    rt.ok(&["delete", "life"]);
+    let s: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("poststop")).expect("poststop")).unwrap();
+    assert_eq!(s["status"], "stopped");
+    rt.fails(&["state", "life"], "container does not exist: life");
+    assert!(cgroups_of("life").is_empty(), "cgroups left: {:?}", cgroups_of("life"));
+    assert!(!rt.root().join("life").exists(), "state left behind");
+}
+
+#[test]
+fn the_process_is_set_up_as_configured() {
+    let rt = Runtime::new();
+    let b = rt.bundle("proc", |c| {
+        c["hostname"] = json!("oci-host");
+        c["process"]["args"] = json!(["/bin/sh", "-c", concat!(
+            "echo host=$(hostname) foo=$FOO cwd=$(pwd) ids=$(id -u):$(id -g):$(id -G | tr ' ' ,) umask=$(umask) nofile=$(ulimit -n);",
+            "grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status | tr '\\t' ' ';",
+            "echo meminfo=$(wc -c < /proc/meminfo) firmware=$(ls /sys/firmware | wc -l);",
+            "echo > /proc/sys/kernel/hostname 2>/dev/null && echo sys=writable || echo sys=readonly;",
+            "touch /rootfs-write 2>/dev/null && echo root=writable || echo root=readonly;",
+            "echo shm_rmid_forced=$(cat /proc/sys/kernel/shm_rmid_forced);",
+            "exit 42"
+        )]);
+        c["process"]["env"] = json!(["PATH=/bin:/usr/bin", "FOO=bar"]);
+        c["process"]["cwd"] = json!("/tmp");
+        c["process"]["user"] = json!({"uid": 1000, "gid": 1000, "additionalGids": [10, 20], "umask": 63});
+        c["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "soft": 321, "hard": 321}]);
+        c["process"]["noNewPrivileges"] = json!(true);
+        c["process"]["capabilities"] = json!({"bounding": ["CAP_KILL", "CAP_CHOWN"], "effective": ["CAP_KILL"],
+            "permitted": ["CAP_KILL"], "inheritable": ["CAP_KILL"], "ambient": ["CAP_KILL"]});
+        c["root"]["readonly"] = json!(true);
+        c["linux"]["maskedPaths"] = json!(["/proc/meminfo", "/sys/firmware", "/proc/no-such-file"]);
+        c["linux"]["readonlyPaths"] = json!(["/proc/sys"]);
+        c["linux"]["sysctl"] = json!({"kernel.shm_rmid_forced": "1"});
+    });
+    let o = Command::new(runc_bin())
+        .arg("--root")
+        .arg(rt.root())
+        .args(["run", "--bundle", b.to_str().unwrap(), "proc"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(42), "run passes the exit status on: {out} {}", stderr(&o));
+    for want in [
+        "host=oci-host foo=bar cwd=/tmp ids=1000:1000:1000,10,20 umask=0077 nofile=321",
+        // CAP_KILL alone is bit 5, kept across the exec of a non-root user as an ambient
+        // capability; the bounding set CAP_CHOWN (0) and CAP_KILL.
+        "CapEff: 0000000000000020",
+        "CapBnd: 0000000000000021",
+        "NoNewPrivs: 1",
+        "meminfo=0 firmware=0",
+        "sys=readonly",
+        "root=readonly",
+        "shm_rmid_forced=1",
+    ] {
+        assert!(out.contains(want), "expected '{want}' in:\n{out}");
+    }
+    assert!(cgroups_of("proc").is_empty(), "run deletes the container");
+    assert!(!rt.root().join("proc").exists());
+}
+
+#[test]
+fn seccomp_actions_and_conditions_hold() {
+    let rt = Runtime::new();
+    let b = rt.bundle("filter", |c| {
+        c["process"]["args"] = json!(["/bin/sh", "-c", concat!(
+            "mkdir /tmp/d 2>&1; echo mkdir=$?;",
+            "touch /tmp/f; chmod 777 /tmp/f 2>&1; echo chmod777=$?; chmod 755 /tmp/f; echo chmod755=$?"
+        )]);
+        c["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"],
+            "syscalls": [
+                {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 95},
+                {"names": ["fchmodat"], "action": "SCMP_ACT_ERRNO", "args": [{"index": 2, "value": 511, "op": "SCMP_CMP_EQ"}]},
+                {"names": ["chmod"], "action": "SCMP_ACT_ERRNO", "args": [{"index": 1, "value": 511, "op": "SCMP_CMP_EQ"}]},
+                {"names": ["no_such_call_anywhere"], "action": "SCMP_ACT_KILL"}
+            ]
+        });
+    });
+    let o = rt.cmd(&["run", "--bundle", b.to_str().unwrap(), "filter"]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out} {}", stderr(&o));
+    assert!(
+        out.contains("not supported") || out.contains("Not supported"),
+        "errnoRet 95 (EOPNOTSUPP): {out}"
+    );
+    assert!(out.contains("mkdir=1"), "{out}");
+    assert!(out.contains("chmod777=1"), "a matching argument is refused: {out}");
+    assert!(out.contains("chmod755=0"), "another value passes: {out}");
+
+    // A process killed by its filter: getppid, which the shell calls at start.
+    let b = rt.bundle("killed", |c| {
+        c["process"]["args"] = json!(["/bin/sh", "-c", "echo $PPID"]);
+        c["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["getppid"], "action": "SCMP_ACT_KILL_PROCESS"}]});
+    });
+    let o = rt.cmd(&["run", "--bundle", b.to_str().unwrap(), "killed"]);
+    assert_eq!(o.status.code(), Some(128 + libc::SIGSYS), "killed by SIGSYS: {}", stderr(&o));
+}
+
+#[test]
+fn a_user_namespace_maps_the_containers_ids() {
+    const BASE: u32 = 3_014_656;
+    let rt = Runtime::new();
+    let b = rt.bundle("mapped", |c| {
+        c["process"]["args"] =
+            json!(["/bin/sh", "-c", "cat /proc/self/uid_map /proc/self/gid_map; id -u; exec sleep 60"]);
+        c["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "user"}));
+        c["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": BASE, "size": 65536}]);
+        c["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": BASE, "size": 65536}]);
+    });
+    let log = rt.dir.path().join("mapped.out");
+    let st = Command::new(runc_bin())
+        .arg("--root")
+        .arg(rt.root())
+        .args(["create", "--bundle", b.to_str().unwrap(), "mapped"])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(rt.dir.path().join("mapped.err")).unwrap())
+        .status()
+        .unwrap();
+    assert!(st.success(), "{}", std::fs::read_to_string(rt.dir.path().join("mapped.err")).unwrap());
+    let pid = rt.state("mapped")["pid"].as_i64().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap().to_owned();
+    assert!(uid_line.contains(&BASE.to_string()), "the init is the range's first id on the host: {uid_line}");
+    rt.ok(&["start", "mapped"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::read_to_string(&log).unwrap().lines().count() >= 3)
+    );
+    let out = std::fs::read_to_string(&log).unwrap();
+    let fields: Vec<Vec<&str>> = out.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(fields[0], vec!["0", &BASE.to_string(), "65536"], "{out}");
+    assert_eq!(fields[2], vec!["0"], "root inside: {out}");
+    rt.ok(&["delete", "--force", "mapped"]);
+    assert!(!alive(pid));
+    assert!(cgroups_of("mapped").is_empty());
+}
+
+#[test]
+fn exec_joins_a_running_container() {
+    let rt = Runtime::new();
+    let b = rt.bundle("host", |c| {
+        c["hostname"] = json!("exec-target");
+        c["process"]["args"] = json!(["/bin/sleep", "60"]);
+    });
+    rt.ok(&["run", "--detach", "--bundle", b.to_str().unwrap(), "host"]);
+    let out = rt.ok(&[
+        "exec",
+        "--env",
+        "X=1",
+        "--cwd",
+        "/etc",
+        "--user",
+        "1000:1000",
+        "host",
+        "/bin/sh",
+        "-c",
+        "echo $(hostname) $X $(pwd) $(id -u) $$",
+    ]);
+    assert_eq!(out.trim_end().rsplit_once(' ').unwrap().0, "exec-target 1 /etc 1000", "{out}");
+    let pid: i64 = out.trim().rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(pid > 1, "a process of the container's pid namespace beside its init");
+    // Exit statuses come back; a --process file works too.
+    assert_eq!(rt.cmd(&["exec", "host", "/bin/sh", "-c", "exit 5"]).status.code(), Some(5));
+    let pf = rt.dir.path().join("process.json");
+    std::fs::write(&pf, json!({"args": ["/bin/sh", "-c", "exit 6"], "cwd": "/", "user": {"uid": 0, "gid": 0}, "env": ["PATH=/bin"]}).to_string()).unwrap();
+    assert_eq!(rt.cmd(&["exec", "--process", pf.to_str().unwrap(), "host"]).status.code(), Some(6));
+    rt.fails(&["exec", "host", "/no/such/program"], "no such file or directory");
+    rt.fails(&["exec", "nosuch", "/bin/true"], "container does not exist: nosuch");
+    rt.ok(&["kill", "host", "9"]);
+    assert!(wait_until(Duration::from_secs(10), || rt.state("host")["status"] == "stopped"));
+    rt.fails(&["exec", "host", "/bin/true"], "cannot exec in a stopped container");
+    rt.ok(&["delete", "host"]);
+    assert!(cgroups_of("host").is_empty());
+}
+
+#[test]
+fn bad_input_is_refused_and_leaves_nothing() {
+    let rt = Runtime::new();
+    let empty = rt.dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    rt.fails(&["create", "--bundle", empty.to_str().unwrap(), "bad1"], "config.json: no such file");
+    std::fs::write(empty.join("config.json"), "{ not json").unwrap();
+    rt.fails(&["create", "--bundle", empty.to_str().unwrap(), "bad2"], "not a valid configuration");
+    let ns = rt.bundle("bad3", |c| {
+        c["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "nosuchns"}))
+    });
+    rt.fails(&["create", "--bundle", ns.to_str().unwrap(), "bad3"], "not a valid configuration");
+    let mt = rt.bundle("bad4", |c| {
+        c["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"destination": "/x", "type": "nosuchfs", "source": "x"}))
+    });
+    rt.fails(&["create", "--bundle", mt.to_str().unwrap(), "bad4"], "unknown mount type 'nosuchfs'");
+    let tty = rt.bundle("bad5", |c| c["process"]["terminal"] = json!(true));
+    rt.fails(
+        &["create", "--bundle", tty.to_str().unwrap(), "--console-socket", "/nonexistent/sock", "bad5"],
+        "cannot connect to the console socket /nonexistent/sock",
+    );
+    let nocmd = rt.bundle("bad6", |c| c["process"]["args"] = json!(["no-such-command"]));
+    rt.fails(&["create", "--bundle", nocmd.to_str().unwrap(), "bad6"], "executable file not found in $PATH");
+    // A symlink in the image may not carry a mount out of the rootfs.
+    let esc = rt.bundle("bad7", |c| {
+        c["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"destination": "/evil/x", "type": "tmpfs", "source": "tmpfs"}))
+    });
+    let target = rt.dir.path().join("outside");
+    std::fs::create_dir(&target).unwrap();
+    std::os::unix::fs::symlink(&target, esc.join("rootfs/evil")).unwrap();
+    // (runc would make the directory inside the rootfs; mctl refuses the link that leads nowhere.)
+    rt.fails(&["run", "--bundle", esc.to_str().unwrap(), "bad7"], "/evil");
+    assert!(!target.join("x").exists(), "the mount target was made outside the rootfs");
+    rt.fails(&["create", "--bundle", esc.to_str().unwrap(), "../x"], "invalid container id");
+    rt.fails(&["start", "nosuch"], "container does not exist: nosuch");
+    rt.fails(&["delete", "nosuch"], "container does not exist: nosuch");
+    rt.ok(&["delete", "--force", "nosuch"]);
+    for id in ["bad1", "bad2", "bad3", "bad4", "bad5", "bad6", "bad7"] {
+        assert!(!rt.root().join(id).exists(), "state of {id} left behind");
+        assert!(cgroups_of(id).is_empty(), "cgroups of {id} left behind: {:?}", cgroups_of(id));
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(rt.dir.path().to_str().unwrap()), "mounts left behind");
+}
+
+#[test]
+fn features_and_version_describe_the_runtime() {
+    let rt = Runtime::new();
+    let f: Value = serde_json::from_str(&rt.ok(&["features"])).unwrap();
+    assert_eq!(f["ociVersionMax"], "1.2.0");
+    assert!(f["linux"]["namespaces"].as_array().unwrap().contains(&json!("user")));
+    assert!(f["linux"]["capabilities"].as_array().unwrap().contains(&json!("CAP_SYS_ADMIN")));
+    assert!(rt.ok(&["--version"]).contains("spec: 1.2.0"));
+    let b = rt.dir.path().join("specdir");
+    std::fs::create_dir(&b).unwrap();
+    rt.ok(&["spec", "--bundle", b.to_str().unwrap()]);
+    rt.fails(&["spec", "--bundle", b.to_str().unwrap()], "exists. Remove it first");
+    // --log --log-format=json writes runc's line, which conmon shows.
+    let log = rt.dir.path().join("log.json");
+    let o = Command::new(runc_bin())
+        .args([
+            "--root",
+            rt.root().to_str().unwrap(),
+            "--log",
+            log.to_str().unwrap(),
+            "--log-format",
+            "json",
+            "start",
+            "nosuch",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let line: Value =
+        serde_json::from_str(std::fs::read_to_string(&log).unwrap().lines().last().unwrap()).unwrap();
+    assert_eq!(line["level"], "error");
+    assert!(line["msg"].as_str().unwrap().contains("container does not exist"));
+}
+
+/// podman with a storage, run root and containers.conf of the test's own; containers get no
+/// network (netns none), so podman never touches the host's network.
+struct Podman {
+    dir: tempfile::TempDir,
+    runroot: PathBuf,
+}
+
+impl Podman {
+    fn new() -> Podman {
+        let dir = scratch();
+        // podman wants a run root path under 50 characters.
+        let runroot = tempfile::Builder::new().prefix("mro-").tempdir_in("/tmp").unwrap().keep();
+        std::fs::write(
+            dir.path().join("containers.conf"),
+            "[containers]\nnetns = \"none\"\n\
+             # This host's bounding set lacks CAP_SYS_RESOURCE: podman's default limits cannot be set.\n\
+             default_ulimits = [\"nofile=1024:1024\", \"nproc=4096:4096\"]\n\
+             [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
+        )
+        .unwrap();
+        Podman { dir, runroot }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Output {
+        Command::new("podman")
+            .env("CONTAINERS_CONF", self.dir.path().join("containers.conf"))
+            .arg("--root")
+            .arg(self.dir.path().join("storage"))
+            .arg("--runroot")
+            .arg(&self.runroot)
+            .args(["--storage-driver", "vfs", "--runtime", runc_bin()])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("spawn podman")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.cmd(args);
+        assert!(o.status.success(), "podman {args:?} failed: {} {}", stdout(&o), stderr(&o));
+        stdout(&o)
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["rm", "--all", "--force", "--time", "0"]);
+        let _ = self.cmd(&["system", "reset", "--force"]);
+        let _ = std::fs::remove_dir_all(&self.runroot);
+        // podman's default cgroup parent, which the runtime made for its containers.
+        for h in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+            let _ = std::fs::remove_dir(h.path().join("libpod_parent"));
+            let _ = std::fs::remove_dir(h.path().join("unified/libpod_parent"));
+        }
+        let _ = std::fs::remove_dir("/sys/fs/cgroup/libpod_parent");
+    }
+}
+
+#[test]
+fn podman_runs_containers_with_mctl_runc() {
+    let pm = Podman::new();
+    let tar = pm.dir.path().join("bb.tar");
+    let st =
+        Command::new("tar").arg("-C").arg(busybox_tree()).arg("-cf").arg(&tar).arg(".").status().unwrap();
+    assert!(st.success());
+    pm.ok(&["import", tar.to_str().unwrap(), "localhost/mctl-bb"]);
+    let img = "localhost/mctl-bb";
+
+    assert_eq!(pm.cmd(&["run", "--rm", img, "/bin/sh", "-c", "echo hi; exit 3"]).status.code(), Some(3));
+    assert_eq!(pm.ok(&["run", "--rm", img, "echo", "hello"]).trim(), "hello");
+    // A pty through the console socket.
+    assert_eq!(pm.ok(&["run", "--rm", "-t", img, "tty"]).trim(), "/dev/pts/0");
+    let limits = pm.ok(&["run", "--rm", "--memory", "64m", "--pids-limit", "30", img, "sh", "-c",
+        "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max; cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max"]);
+    assert_eq!(limits.split_whitespace().collect::<Vec<_>>(), vec!["67108864", "30"], "{limits}");
+    let caps = pm.ok(&[
+        "run",
+        "--rm",
+        "--cap-drop",
+        "all",
+        "--cap-add",
+        "chown",
+        img,
+        "grep",
+        "CapEff",
+        "/proc/self/status",
+    ]);
+    assert!(caps.contains("0000000000000001"), "{caps}");
+    let ro = pm.ok(&[
+        "run",
+        "--rm",
+        "--read-only",
+        img,
+        "sh",
+        "-c",
+        "touch /x 2>/dev/null; echo root=$?; touch /tmp/y; echo tmp=$?",
+    ]);
+    assert!(ro.contains("root=1") && ro.contains("tmp=0"), "{ro}");
+    assert_eq!(pm.ok(&["run", "--rm", "--user", "1000:1000", img, "id", "-u"]).trim(), "1000");
+    let vol = pm.dir.path().join("vol");
+    std::fs::create_dir(&vol).unwrap();
+    std::fs::write(vol.join("f"), "from the host\n").unwrap();
+    let v = format!("{}:/vol:ro", vol.display());
+    let vo =
+        pm.ok(&["run", "--rm", "-v", &v, img, "sh", "-c", "cat /vol/f; touch /vol/g 2>/dev/null; echo w=$?"]);
+    assert!(vo.contains("from the host") && vo.contains("w=1"), "{vo}");
+    let links = pm.ok(&["run", "--rm", "--network=none", img, "ls", "/sys/class/net"]);
+    assert_eq!(links.trim(), "lo");
+
+    // A detached container: exec, pause, top, inspect, stop.
+    let id = pm.ok(&["run", "-d", "--name", "mctl-d", img, "sleep", "300"]).trim().to_owned();
+    assert_eq!(
+        pm.ok(&["exec", "mctl-d", "sh", "-c", "echo $$ in $(hostname)"]).split_whitespace().nth(1),
+        Some("in")
+    );
+    assert_eq!(pm.cmd(&["exec", "mctl-d", "sh", "-c", "exit 4"]).status.code(), Some(4));
+    assert_eq!(pm.ok(&["exec", "-t", "mctl-d", "tty"]).trim(), "/dev/pts/0");
+    pm.ok(&["pause", "mctl-d"]);
+    assert_eq!(pm.ok(&["inspect", "--format", "{{.State.Status}}", "mctl-d"]).trim(), "paused");
+    pm.ok(&["unpause", "mctl-d"]);
+    assert!(pm.ok(&["top", "mctl-d"]).contains("sleep 300"));
+    let inspect = pm.ok(&["inspect", "--format", "{{.State.Status}} {{.OCIRuntime}}", "mctl-d"]);
+    assert_eq!(inspect.trim(), format!("running {}", runc_bin()));
+    pm.ok(&["stop", "--time", "1", "mctl-d"]);
+    assert_eq!(pm.ok(&["inspect", "--format", "{{.State.Status}}", "mctl-d"]).trim(), "exited");
+    pm.ok(&["rm", "mctl-d"]);
+    let cg = format!("libpod-{id}");
+    let left: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .map(|h| h.path().join("libpod_parent").join(&cg))
+        .chain([PathBuf::from("/sys/fs/cgroup/unified/libpod_parent").join(&cg)])
+        .filter(|p| p.exists())
+        .collect();
+    assert!(left.is_empty(), "the container's cgroups outlive it: {left:?}");
+}
