@@ -31,7 +31,14 @@ impl Runtime {
     /// Runs mctl-runc with stdout and stderr in files: a container's init inherits them (as
     /// with runc), so pipes would stay open as long as it runs.
     fn cmd(&self, args: &[&str]) -> Output {
-        run_to_files(Command::new(runc_bin()).arg("--root").arg(self.root()).args(args), self.dir.path())
+        run_to_files(
+            Command::new(runc_bin())
+                .env("DBUS_SYSTEM_BUS_ADDRESS", NO_BUS)
+                .arg("--root")
+                .arg(self.root())
+                .args(args),
+            self.dir.path(),
+        )
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -409,10 +416,13 @@ fn bad_input_is_refused_and_leaves_nothing() {
     rt.fails(&["run", "--bundle", esc.to_str().unwrap(), "bad7"], "/evil");
     assert!(!target.join("x").exists(), "the mount target was made outside the rootfs");
     rt.fails(&["create", "--bundle", esc.to_str().unwrap(), "../x"], "invalid container id");
+    // Registration asked for and impossible (no bus here): the create fails and is undone.
+    let reg = rt.bundle("bad8", |c| c["process"]["args"] = json!(["sleep", "100"]));
+    rt.fails(&["--register=yes", "create", "--bundle", reg.to_str().unwrap(), "bad8"], "register");
     rt.fails(&["start", "nosuch"], "container does not exist: nosuch");
     rt.fails(&["delete", "nosuch"], "container does not exist: nosuch");
     rt.ok(&["delete", "--force", "nosuch"]);
-    for id in ["bad1", "bad2", "bad3", "bad4", "bad5", "bad6", "bad7"] {
+    for id in ["bad1", "bad2", "bad3", "bad4", "bad5", "bad6", "bad7", "bad8"] {
         assert!(!rt.root().join(id).exists(), "state of {id} left behind");
         assert!(cgroups_of(id).is_empty(), "cgroups of {id} left behind: {:?}", cgroups_of(id));
     }
@@ -459,6 +469,7 @@ fn features_and_version_describe_the_runtime() {
 struct Podman {
     dir: tempfile::TempDir,
     runroot: PathBuf,
+    bus: String,
 }
 
 impl Podman {
@@ -466,19 +477,37 @@ impl Podman {
         let dir = scratch();
         // podman wants a run root path under 50 characters.
         let runroot = tempfile::Builder::new().prefix("mro-").tempdir_in("/tmp").unwrap().keep();
+        let pm = Podman { dir, runroot, bus: NO_BUS.into() };
+        pm.write_conf();
+        pm
+    }
+
+    /// Points podman, conmon and so the runtime at a bus of the test's own (conmon passes
+    /// the runtime only the environment containers.conf names).
+    fn use_bus(&mut self, address: &str) {
+        self.bus = address.into();
+        self.write_conf();
+    }
+
+    fn write_conf(&self) {
         std::fs::write(
-            dir.path().join("containers.conf"),
-            "[containers]\nnetns = \"none\"\n\
-             # This host's bounding set lacks CAP_SYS_RESOURCE: podman's default limits cannot be set.\n\
-             default_ulimits = [\"nofile=1024:1024\", \"nproc=4096:4096\"]\n\
-             [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
+            self.dir.path().join("containers.conf"),
+            format!(
+                "[containers]\nnetns = \"none\"\n\
+                 # This host's bounding set lacks CAP_SYS_RESOURCE: podman's default limits cannot be set.\n\
+                 default_ulimits = [\"nofile=1024:1024\", \"nproc=4096:4096\"]\n\
+                 [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
+                 conmon_env_vars = [\"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\", \
+                 \"DBUS_SYSTEM_BUS_ADDRESS={}\"]\n",
+                self.bus
+            ),
         )
         .unwrap();
-        Podman { dir, runroot }
     }
 
     fn cmd(&self, args: &[&str]) -> Output {
         Command::new("podman")
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &self.bus)
             .env("CONTAINERS_CONF", self.dir.path().join("containers.conf"))
             .arg("--root")
             .arg(self.dir.path().join("storage"))
@@ -514,7 +543,11 @@ impl Drop for Podman {
 
 #[test]
 fn podman_runs_containers_with_mctl_runc() {
-    let pm = Podman::new();
+    let mut pm = Podman::new();
+    // mctld on a bus of the test's own: podman's containers register there.
+    let bus = TestBus::start(pm.dir.path());
+    let _mctld = Mctld::start(&bus, pm.dir.path(), true);
+    pm.use_bus(&bus.address);
     let tar = pm.dir.path().join("bb.tar");
     let st =
         Command::new("tar").arg("-C").arg(busybox_tree()).arg("-cf").arg(&tar).arg(".").status().unwrap();
@@ -577,9 +610,21 @@ fn podman_runs_containers_with_mctl_runc() {
     assert!(pm.ok(&["top", "mctl-d"]).contains("sleep 300"));
     let inspect = pm.ok(&["inspect", "--format", "{{.State.Status}} {{.OCIRuntime}}", "mctl-d"]);
     assert_eq!(inspect.trim(), format!("running {}", runc_bin()));
+    let listed = stdout(&machinectl(&bus, &["list", "--no-legend"]));
+    let line = listed
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{id} not in machinectl list:\n{listed}"));
+    assert!(line.contains("container") && line.contains("podman"), "{line}");
+    let mut ours = mctl();
+    ours.env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address).stdin(Stdio::null());
+    let listed = stdout(&output_ok(ours, &["list"]));
+    assert!(listed.lines().any(|l| l.starts_with(&id) && l.contains("podman")), "mctl list:\n{listed}");
     pm.ok(&["stop", "--time", "1", "mctl-d"]);
     assert_eq!(pm.ok(&["inspect", "--format", "{{.State.Status}}", "mctl-d"]).trim(), "exited");
     pm.ok(&["rm", "mctl-d"]);
+    let listed = stdout(&machinectl(&bus, &["list", "--no-legend"]));
+    assert!(!listed.contains(&id), "the container stays listed after podman removed it:\n{listed}");
     let cg = format!("libpod-{id}");
     let left: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
         .unwrap()

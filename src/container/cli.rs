@@ -35,6 +35,9 @@ pub struct Cli {
     /// More messages.
     #[arg(long, global = true)]
     pub debug: bool,
+    /// Register containers with mctld (`auto`: when it answers on the system bus).
+    #[arg(long, global = true, value_enum, env = "MCTL_RUNC_REGISTER", default_value = "auto")]
+    pub register: crate::launcher::register::RegisterMode,
     /// Accepted for runc compatibility (rootless mode is detected); before the operation.
     #[arg(long, value_name = "true|false|auto")]
     pub rootless: Option<String>,
@@ -300,6 +303,7 @@ fn create_options(cli: &Cli, a: &CreateArgs) -> CreateOptions {
         no_pivot: a.no_pivot,
         systemd_cgroup: cli.systemd_cgroup,
         cgroups: CgroupConfig::default(),
+        register: cli.register,
     }
 }
 

@@ -20,6 +20,7 @@ use super::state::{EXEC_FIFO, Locked, Record, Status, Store, write_atomic};
 use super::sync::{self, SyncEnd};
 use super::{ContainerError, hooks};
 use crate::cgroups::CgroupConfig;
+use crate::launcher::register::{self, MachineInfo, RegisterError, RegisterMode};
 use crate::sys::linux::Forked;
 
 /// What `create` (and `run`) is asked.
@@ -41,6 +42,8 @@ pub struct CreateOptions {
     pub systemd_cgroup: bool,
     /// Where cgroups are.
     pub cgroups: CgroupConfig,
+    /// Whether to register the container with mctld.
+    pub register: RegisterMode,
 }
 
 /// The container's namespaces: new ones, and ones joined by path.
@@ -329,12 +332,66 @@ fn create_reserved(
         config: spec.clone(),
         registered_as: None,
     };
-    locked.save(record)?;
+    let registered_as = register_container(&record, spec, opts.register)?;
+    locked.save(Record { registered_as, ..record })?;
     if let Some(pid_file) = &opts.pid_file {
         write_atomic(pid_file, pid.to_string().as_bytes(), 0o644)?;
     }
     undo.armed = false;
     Ok(pid)
+}
+
+/// The engine that created the container, from its annotations (what machinectl shows as
+/// the machine's service).
+fn engine(spec: &Spec) -> &'static str {
+    let a = spec.annotations().clone().unwrap_or_default();
+    if a.get("io.container.manager").is_some_and(|m| m == "libpod") {
+        "podman"
+    } else if a.keys().any(|k| k.starts_with("io.kubernetes.cri.")) {
+        "containerd"
+    } else if a.keys().any(|k| k.starts_with("io.kubernetes.cri-o.")) {
+        "cri-o"
+    } else {
+        "mctl-runc"
+    }
+}
+
+/// Registers the container with mctld as a machine of class container (its id as the name,
+/// made a valid machine name if it is not one). Without a manager (`auto`) nothing happens;
+/// a refusal fails the create only with `yes`.
+fn register_container(
+    rec: &Record,
+    spec: &Spec,
+    mode: RegisterMode,
+) -> Result<Option<String>, ContainerError> {
+    if mode == RegisterMode::No {
+        return Ok(None);
+    }
+    let name = crate::names::MachineName::new(&rec.id)
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| crate::names::cleanup(&rec.id));
+    // A podman or containerd id is 64 hex digits: its first 32 are the machine's UUID.
+    let id = rec.id.get(..32).and_then(|h| uuid::Uuid::try_parse(h).ok()).unwrap_or_else(uuid::Uuid::new_v4);
+    let info = MachineInfo {
+        name: name.clone(),
+        id,
+        leader: rec.pid,
+        root: rec.rootfs.to_string_lossy().into_owned(),
+        netif: Vec::new(),
+        service: engine(spec).into(),
+    };
+    match register::register(&info) {
+        Ok(()) => Ok(Some(name)),
+        Err(RegisterError::NoManager(why)) if mode == RegisterMode::Auto => {
+            tracing::debug!("not registered: {why}");
+            Ok(None)
+        }
+        Err(e) if mode == RegisterMode::Auto => {
+            tracing::warn!("{e}");
+            Ok(None)
+        }
+        Err(e) => Err(ContainerError::Register(e)),
+    }
 }
 
 pub(crate) fn now_rfc3339() -> String {
@@ -553,6 +610,9 @@ pub fn delete(store: &Store, id: &str, force: bool) -> Result<(), ContainerError
         }
     }
     rec.cgroup.remove()?;
+    if let Some(name) = &rec.registered_as {
+        register::unregister(name);
+    }
     if let Some(h) = rec.config.hooks() {
         hooks::run_warning(
             "poststop",

@@ -68,6 +68,11 @@ pub enum ContainerError {
     /// A hook failed.
     #[error("{0}")]
     Hook(String),
+    /// Registration with mctld was asked for (`--register=yes`) and failed.
+    #[error(
+        "cannot register the container with the machine manager (use --register=auto or no to go without): {0}"
+    )]
+    Register(#[source] crate::launcher::register::RegisterError),
     /// The container's cgroups.
     #[error(transparent)]
     Cgroup(#[from] crate::cgroups::CgroupError),

@@ -304,6 +304,7 @@ fn register_machine(
         leader,
         root: spec.root.to_string_lossy().into_owned(),
         netif,
+        service: "mctl".into(),
     };
     match register::register(&info) {
         Ok(()) => Ok(true),

@@ -31,6 +31,8 @@ pub struct MachineInfo {
     pub root: String,
     /// Host-side interfaces.
     pub netif: Vec<i32>,
+    /// What started it (`mctl`; an OCI container's engine, e.g. `podman`).
+    pub service: String,
 }
 
 /// A registration that failed.
@@ -73,7 +75,7 @@ pub fn register(info: &MachineInfo) -> Result<(), RegisterError> {
                 .register_machine_with_network(
                     &info.name,
                     info.id.as_bytes(),
-                    "mctl",
+                    &info.service,
                     "container",
                     leader,
                     root,
