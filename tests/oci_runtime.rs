@@ -635,3 +635,187 @@ fn podman_runs_containers_with_mctl_runc() {
         .collect();
     assert!(left.is_empty(), "the container's cgroups outlive it: {left:?}");
 }
+
+/// A containerd of the test's own: root, state and sockets in the test's directory, in a mount
+/// namespace whose `/run` is a fresh tmpfs (shims put their sockets and ctr its fifos under
+/// `/run/containerd`, which the host does not get). Its containers live in one namespace,
+/// whose cgroups are `/mctl-tests-ctd/<id>`.
+struct Containerd {
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+const CTD_NS: &str = "mctl-tests-ctd";
+
+impl Containerd {
+    fn start(bus: &str) -> Containerd {
+        let dir = scratch();
+        let d = dir.path().display();
+        std::fs::write(
+            dir.path().join("config.toml"),
+            format!(
+                "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                 [grpc]\naddress = \"{d}/c.sock\"\n[ttrpc]\naddress = \"{d}/c.sock.ttrpc\"\n"
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.path().join("containerd.log")).unwrap();
+        let child = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c"])
+            .arg("mount -t tmpfs tmpfs /run && exec containerd --config \"$1\"")
+            .arg("sh")
+            .arg(dir.path().join("config.toml"))
+            .env("DBUS_SYSTEM_BUS_ADDRESS", bus)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start containerd");
+        let ctd = Containerd { dir, child };
+        assert!(
+            wait_until(Duration::from_secs(20), || ctd.ctr(&["version"]).status.success()),
+            "containerd did not start: {}",
+            std::fs::read_to_string(ctd.dir.path().join("containerd.log")).unwrap_or_default()
+        );
+        ctd
+    }
+
+    /// `ctr ARGS` in containerd's mount namespace (where the fifos are).
+    fn ctr(&self, args: &[&str]) -> Output {
+        Command::new("timeout")
+            .args(["120", "nsenter", "-t", &self.child.id().to_string(), "-m", "ctr", "-a"])
+            .arg(self.dir.path().join("c.sock"))
+            .args(["-n", CTD_NS])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.ctr(args);
+        assert!(
+            o.status.success(),
+            "ctr {args:?} failed: {}{}",
+            stderr(&o),
+            std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+        );
+        stdout(&o)
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // Whatever a failed test left: tasks, containers, then containerd and its shims.
+        for id in stdout(&self.ctr(&["containers", "ls", "-q"])).lines() {
+            let _ = self.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+            let _ = self.ctr(&["task", "delete", "--force", id]);
+            let _ = self.ctr(&["containers", "delete", id]);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let sock = self.dir.path().join("c.sock").display().to_string();
+        for p in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&sock) {
+                // SAFETY: kill(2) with a pid read from /proc; a shim of this test's containerd.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        for h in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+            let _ = std::fs::remove_dir(h.path().join(CTD_NS));
+            let _ = std::fs::remove_dir(h.path().join("unified").join(CTD_NS));
+        }
+        let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(CTD_NS));
+    }
+}
+
+#[test]
+fn containerd_runs_tasks_with_mctl_runc() {
+    let bus_dir = scratch();
+    let bus = TestBus::start(bus_dir.path());
+    let _mctld = Mctld::start(&bus, bus_dir.path(), true);
+    let ctd = Containerd::start(&bus.address);
+    // An OCI image of the busybox tree, made with umoci and imported.
+    let layout = ctd.dir.path().join("layout");
+    let umoci = |args: &[&str]| {
+        let st = Command::new("umoci").args(args).stdout(Stdio::null()).status().unwrap();
+        assert!(st.success(), "umoci {args:?}");
+    };
+    let l = format!("{}:v1", layout.display());
+    let unpacked = ctd.dir.path().join("unpacked");
+    umoci(&["init", "--layout", layout.to_str().unwrap()]);
+    umoci(&["new", "--image", &l]);
+    umoci(&["unpack", "--image", &l, unpacked.to_str().unwrap()]);
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", busybox_tree().display()))
+        .arg(unpacked.join("rootfs"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    umoci(&["repack", "--image", &l, unpacked.to_str().unwrap()]);
+    let tar = ctd.dir.path().join("image.tar");
+    assert!(
+        Command::new("tar").arg("-C").arg(&layout).arg("-cf").arg(&tar).arg(".").status().unwrap().success()
+    );
+    ctd.ok(&["image", "import", "--base-name", "example.org/bb", tar.to_str().unwrap()]);
+    let runtime = ["--runc-binary", runc_bin()];
+
+    // run --rm: output and exit status come back through the shim.
+    let o = ctd.ctr(
+        &[
+            &["run", "--rm"],
+            &runtime[..],
+            &["example.org/bb:v1", "ctd-once", "sh", "-c", "echo hi from $$; exit 3"],
+        ]
+        .concat(),
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "hi from 1", "the command is its pid namespace's init");
+
+    // A detached task: exec into it, list it, kill and delete it.
+    ctd.ok(&[&["run", "-d"], &runtime[..], &["example.org/bb:v1", "ctd-d", "sleep", "300"]].concat());
+    assert!(ctd.ok(&["task", "ls"]).lines().any(|l| l.starts_with("ctd-d") && l.contains("RUNNING")));
+    let o = ctd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "ctd-d",
+        "sh",
+        "-c",
+        "echo in; cat /proc/1/cmdline; exit 5",
+    ]);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "in\nsleep\0300\0");
+    let listed = stdout(&machinectl(&bus, &["list", "--no-legend"]));
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("ctd-d ") && l.contains("container") && l.contains("containerd")),
+        "ctd-d not in machinectl list:\n{listed}"
+    );
+    // The shim's runtime root holds mctl-runc's state.
+    assert!(ctd.ok(&["task", "ps", "ctd-d"]).lines().count() >= 2);
+    ctd.ok(&["task", "kill", "-s", "SIGKILL", "ctd-d"]);
+    assert!(wait_until(Duration::from_secs(10), || ctd
+        .ok(&["task", "ls"])
+        .lines()
+        .any(|l| l.starts_with("ctd-d") && l.contains("STOPPED"))));
+    ctd.ok(&["task", "delete", "ctd-d"]);
+    ctd.ok(&["containers", "delete", "ctd-d"]);
+    let listed = stdout(&machinectl(&bus, &["list", "--no-legend"]));
+    assert!(!listed.contains("ctd-d"), "the task stays listed after containerd deleted it:\n{listed}");
+    for id in ["ctd-once", "ctd-d"] {
+        let left: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+            .unwrap()
+            .flatten()
+            .flat_map(|h| [h.path().join(CTD_NS).join(id), h.path().join("unified").join(CTD_NS).join(id)])
+            .filter(|p| p.exists())
+            .collect();
+        assert!(left.is_empty(), "cgroups of {id} outlive it: {left:?}");
+    }
+}

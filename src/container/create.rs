@@ -341,13 +341,19 @@ fn create_reserved(
     Ok(pid)
 }
 
-/// The engine that created the container, from its annotations (what machinectl shows as
-/// the machine's service).
-fn engine(spec: &Spec) -> &'static str {
+/// The engine that created the container, from its annotations or where its bundle is (what
+/// machinectl shows as the machine's service).
+fn engine(spec: &Spec, bundle: &Path) -> &'static str {
     let a = spec.annotations().clone().unwrap_or_default();
+    // containerd's shims keep bundles under its state directory, in one per runtime API.
+    let containerd_bundle = bundle.components().any(|c| {
+        c.as_os_str()
+            .to_str()
+            .is_some_and(|c| c.starts_with("io.containerd.runtime.") && c.ends_with(".task"))
+    });
     if a.get("io.container.manager").is_some_and(|m| m == "libpod") {
         "podman"
-    } else if a.keys().any(|k| k.starts_with("io.kubernetes.cri.")) {
+    } else if containerd_bundle || a.keys().any(|k| k.starts_with("io.kubernetes.cri.")) {
         "containerd"
     } else if a.keys().any(|k| k.starts_with("io.kubernetes.cri-o.")) {
         "cri-o"
@@ -378,7 +384,7 @@ fn register_container(
         leader: rec.pid,
         root: rec.rootfs.to_string_lossy().into_owned(),
         netif: Vec::new(),
-        service: engine(spec).into(),
+        service: engine(spec, &rec.bundle).into(),
     };
     match register::register(&info) {
         Ok(()) => Ok(Some(name)),
