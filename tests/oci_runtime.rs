@@ -790,7 +790,7 @@ fn containerd_runs_tasks_with_mctl_runc() {
         "echo in; cat /proc/1/cmdline; exit 5",
     ]);
     assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
-    assert_eq!(stdout(&o), "in\nsleep\0300\0");
+    assert_eq!(stdout(&o), "in\nsleep\x00300\x00");
     let listed = stdout(&machinectl(&bus, &["list", "--no-legend"]));
     assert!(
         listed
