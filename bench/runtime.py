@@ -156,7 +156,10 @@ def main():
     ap.add_argument("--podman-runs", type=int, default=15)
     args = ap.parse_args()
     tree = busybox()
-    hierarchies = ["/sys/fs/cgroup/" + d for d in os.listdir("/sys/fs/cgroup")] + ["/sys/fs/cgroup/unified"]
+    if os.path.exists("/sys/fs/cgroup/cgroup.procs"):  # pure cgroup v2
+        hierarchies = ["/sys/fs/cgroup"]
+    else:
+        hierarchies = ["/sys/fs/cgroup/" + d for d in os.listdir("/sys/fs/cgroup")] + ["/sys/fs/cgroup/unified"]
     ours = [os.path.join(h, d) for h in hierarchies for d in (CGROUP_PARENT, "libpod_parent")
             if os.path.isdir(h) and not os.path.exists(os.path.join(h, d))]
     work = tempfile.mkdtemp(prefix="mctl-bench-runtime-", dir="/var/tmp")

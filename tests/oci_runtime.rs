@@ -17,11 +17,13 @@ fn runc_bin() -> &'static str {
 /// A runtime state root of the test's own, and the bundles made in it.
 struct Runtime {
     dir: tempfile::TempDir,
+    /// Each call sees cgroup2 alone at /sys/fs/cgroup, as on a pure cgroup v2 host.
+    pure_v2: bool,
 }
 
 impl Runtime {
     fn new() -> Runtime {
-        Runtime { dir: scratch() }
+        Runtime { dir: scratch(), pure_v2: false }
     }
 
     fn root(&self) -> PathBuf {
@@ -31,14 +33,17 @@ impl Runtime {
     /// Runs mctl-runc with stdout and stderr in files: a container's init inherits them (as
     /// with runc), so pipes would stay open as long as it runs.
     fn cmd(&self, args: &[&str]) -> Output {
-        run_to_files(
+        let mut cmd = if self.pure_v2 {
+            let mut c = Command::new("unshare");
+            c.args(["-m", "--propagation", "private", "sh", "-c"])
+                .arg("mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec \"$@\"")
+                .args(["sh", runc_bin()]);
+            c
+        } else {
             Command::new(runc_bin())
-                .env("DBUS_SYSTEM_BUS_ADDRESS", NO_BUS)
-                .arg("--root")
-                .arg(self.root())
-                .args(args),
-            self.dir.path(),
-        )
+        };
+        cmd.env("DBUS_SYSTEM_BUS_ADDRESS", NO_BUS).arg("--root").arg(self.root()).args(args);
+        run_to_files(&mut cmd, self.dir.path())
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -336,6 +341,36 @@ fn a_user_namespace_maps_the_containers_ids() {
     rt.ok(&["delete", "--force", "mapped"]);
     assert!(!alive(pid));
     assert!(cgroups_of("mapped").is_empty());
+}
+
+/// On this hybrid host, a mount namespace whose /sys/fs/cgroup is the cgroup2 hierarchy alone
+/// (with no controllers: the v1 hierarchies hold them) stands in for a pure v2 host; on a pure
+/// v2 host it is the host's own layout.
+#[test]
+fn a_pure_cgroup_v2_layout_is_used_as_such() {
+    let mut rt = Runtime::new();
+    let b = rt.bundle("v2only", |c| c["process"]["args"] = json!(["/bin/sleep", "60"]));
+    rt.pure_v2 = true;
+    rt.ok(&["run", "--detach", "--bundle", b.to_str().unwrap(), "v2only"]);
+    let unified = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .iter()
+        .map(|h| Path::new(h).join("mctl-tests-oci/v2only"))
+        .find(|d| d.join("cgroup.procs").exists())
+        .expect("the container's cgroup2 directory");
+    let pid = rt.state("v2only")["pid"].as_i64().unwrap();
+    assert_eq!(std::fs::read_to_string(unified.join("cgroup.procs")).unwrap().trim(), pid.to_string());
+    let v1: Vec<PathBuf> = cgroups_of("v2only").into_iter().filter(|d| !d.starts_with(&unified)).collect();
+    assert!(v1.is_empty(), "cgroups made in hierarchies the runtime cannot see: {v1:?}");
+    // pause and resume through cgroup.freeze
+    rt.ok(&["pause", "v2only"]);
+    assert_eq!(rt.state("v2only")["status"], "paused");
+    assert_eq!(std::fs::read_to_string(unified.join("cgroup.freeze")).unwrap().trim(), "1");
+    rt.ok(&["resume", "v2only"]);
+    assert_eq!(rt.state("v2only")["status"], "running");
+    rt.ok(&["kill", "v2only", "KILL"]);
+    assert!(wait_until(Duration::from_secs(10), || rt.state("v2only")["status"] == "stopped"));
+    rt.ok(&["delete", "v2only"]);
+    assert!(!unified.exists(), "the container's cgroup outlives it");
 }
 
 #[test]

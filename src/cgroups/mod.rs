@@ -213,6 +213,9 @@ fn parse_hierarchies(
             continue;
         };
         let mount = PathBuf::from(crate::procfs::unescape_mountinfo(mount));
+        // A later mount on or above an earlier one hides it (cgroup2 mounted over a hybrid
+        // /sys/fs/cgroup, a fresh /sys): only what is visible counts.
+        out.retain(|h: &Hierarchy| !h.mount.starts_with(&mount));
         if !mount.starts_with(fs_root) {
             continue;
         }
@@ -773,6 +776,19 @@ mod tests {
         assert_eq!(mem.own, "/agent/abc");
         assert_eq!(mem.own_dir(), Path::new("/sys/fs/cgroup/memory/agent/abc"));
         assert!(hs.iter().any(|h| h.is("name=systemd")));
+    }
+
+    #[test]
+    fn hierarchies_hidden_by_a_later_mount_do_not_count() {
+        let over_cgroup = format!("{HYBRID_MOUNTINFO}40 30 0:31 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n");
+        let hs = parse_hierarchies(&over_cgroup, HYBRID_SELF, Path::new("/sys/fs/cgroup")).unwrap();
+        assert_eq!(hs.len(), 1, "{hs:?}");
+        assert_eq!(hs[0].mount, Path::new("/sys/fs/cgroup"));
+        let fresh_sys = format!("{HYBRID_MOUNTINFO}41 25 0:32 / /sys rw - sysfs sysfs rw\n");
+        assert!(matches!(
+            parse_hierarchies(&fresh_sys, HYBRID_SELF, Path::new("/sys/fs/cgroup")),
+            Err(CgroupError::NoUnified(_))
+        ));
     }
 
     #[test]
