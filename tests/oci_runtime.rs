@@ -398,10 +398,12 @@ fn exec_joins_a_running_container() {
     let pid: i64 = out.trim().rsplit(' ').next().unwrap().parse().unwrap();
     assert!(pid > 1, "a process of the container's pid namespace beside its init");
     // Exit statuses come back; a --process file works too.
-    assert_eq!(rt.cmd(&["exec", "host", "/bin/sh", "-c", "exit 5"]).status.code(), Some(5));
+    let o = rt.cmd(&["exec", "host", "/bin/sh", "-c", "exit 5"]);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
     let pf = rt.dir.path().join("process.json");
     std::fs::write(&pf, json!({"args": ["/bin/sh", "-c", "exit 6"], "cwd": "/", "user": {"uid": 0, "gid": 0}, "env": ["PATH=/bin"]}).to_string()).unwrap();
-    assert_eq!(rt.cmd(&["exec", "--process", pf.to_str().unwrap(), "host"]).status.code(), Some(6));
+    let o = rt.cmd(&["exec", "--process", pf.to_str().unwrap(), "host"]);
+    assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
     rt.fails(&["exec", "host", "/no/such/program"], "no such file or directory");
     rt.fails(&["exec", "nosuch", "/bin/true"], "container does not exist: nosuch");
     rt.ok(&["kill", "host", "9"]);

@@ -447,21 +447,27 @@ fn relay_setup(
         write_id_maps(stage, spec)?;
         send("mapped")?;
     }
-    let pid = match recv(chan)? {
-        Some(m) if m.starts_with("pid ") => {
-            m[4..].parse::<i32>().map_err(|_| protocol(Some(m.clone()), "pid"))?
+    // The stage's "pid N" and the init's "hooks" come in either order: the init may get as far
+    // as its mounts before its parent, the stage, is scheduled again.
+    let (mut pid, mut at_hooks) = (None, false);
+    while pid.is_none() || !at_hooks {
+        match recv(chan)? {
+            Some(m) if m.starts_with("pid ") && pid.is_none() => {
+                let p = m[4..].parse::<i32>().map_err(|_| protocol(Some(m.clone()), "pid"))?;
+                reap_stage();
+                undo.pid = Some(p);
+                pid = Some(p);
+            }
+            Some(m) if m == "hooks" && !at_hooks => at_hooks = true,
+            other => {
+                if pid.is_none() {
+                    reap_stage();
+                }
+                return Err(protocol(other, if pid.is_none() { "pid" } else { "hooks" }));
+            }
         }
-        other => {
-            reap_stage();
-            return Err(protocol(other, "pid"));
-        }
-    };
-    reap_stage();
-    undo.pid = Some(pid);
-    match recv(chan)? {
-        Some(m) if m == "hooks" => {}
-        other => return Err(protocol(other, "hooks")),
     }
+    let pid = pid.ok_or_else(|| protocol(None, "pid"))?;
     let state = creating_state(id, pid, bundle, spec);
     if let Some(h) = spec.hooks() {
         #[allow(deprecated)]

@@ -120,18 +120,25 @@ pub fn exec(store: &Store, id: &str, opts: &ExecOptions) -> Result<i32, Containe
     let started = (|| {
         rec.cgroup.add(stage)?;
         parent.send("cgroup").map_err(ContainerError::io("talk to", "the exec stage"))?;
-        let pid = match recv(&parent)? {
-            Some(m) if m.starts_with("pid ") => m[4..].parse::<i32>().map_err(|_| bad(Some(m.clone())))?,
-            other => return Err(bad(other)),
-        };
-        reap(stage);
-        match recv(&parent)? {
-            Some(m) if m == "ready" => Ok(pid),
-            other => {
-                reap(pid);
-                Err(bad(other))
+        // The stage's "pid N" and the process's "ready" come in either order: the process
+        // may run before its parent, the stage, is scheduled again.
+        let (mut pid, mut ready) = (None, false);
+        while pid.is_none() || !ready {
+            match recv(&parent)? {
+                Some(m) if m.starts_with("pid ") && pid.is_none() => {
+                    pid = Some(m[4..].parse::<i32>().map_err(|_| bad(Some(m.clone())))?);
+                    reap(stage);
+                }
+                Some(m) if m == "ready" && !ready => ready = true,
+                other => {
+                    if let Some(pid) = pid {
+                        reap(pid);
+                    }
+                    return Err(bad(other));
+                }
             }
         }
+        pid.ok_or_else(|| bad(None))
     })();
     let pid = match started {
         Ok(pid) => pid,
@@ -212,23 +219,7 @@ fn process_main(ctx: &Ctx<'_>) -> Result<(), StepError> {
         let (master, _) = crate::sys::linux::open_pty_master(Path::new("/dev/pts/ptmx"))
             .or_else(|_| crate::sys::linux::open_pty_master(Path::new("/dev/ptmx")))
             .map_err(|e| format!("cannot open a pty in the container: {e}"))?;
-        let peer = crate::sys::linux::pty_peer(master.as_fd())
-            .map_err(|e| format!("cannot open the pty's peer: {e}"))?;
-        if let Some(size) = p.console_size() {
-            let ws = libc::winsize {
-                ws_row: u16::try_from(size.height()).unwrap_or(u16::MAX),
-                ws_col: u16::try_from(size.width()).unwrap_or(u16::MAX),
-                ws_xpixel: 0,
-                ws_ypixel: 0,
-            };
-            let _ = crate::sys::linux::set_window_size(peer.as_fd(), &ws);
-        }
-        sync::send_fd(console, master.as_fd(), "/dev/ptmx")
-            .map_err(|e| format!("cannot send the pty: {e}"))?;
-        drop(master);
-        process::make_stdio(peer.as_fd())?;
-        crate::sys::linux::set_controlling_tty(peer.as_fd())
-            .map_err(|e| format!("cannot make the pty the controlling terminal: {e}"))?;
+        process::hand_over_pty(master, console, p)?;
     }
     process::apply_rlimits(p)?;
     let nnp = p.no_new_privileges().unwrap_or(false);

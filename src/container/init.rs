@@ -243,22 +243,5 @@ fn open_console(
     })
     .map_err(|e| format!("cannot open the container's /dev/pts/ptmx: {e}"))?;
     rustix::pty::unlockpt(&ptmx).map_err(|e| format!("cannot unlock the pty: {e}"))?;
-    let peer = crate::sys::linux::pty_peer(std::os::fd::AsFd::as_fd(&ptmx))
-        .map_err(|e| format!("cannot open the pty's peer: {e}"))?;
-    if let Some(size) = proc.console_size() {
-        let ws = libc::winsize {
-            ws_row: u16::try_from(size.height()).unwrap_or(u16::MAX),
-            ws_col: u16::try_from(size.width()).unwrap_or(u16::MAX),
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        let _ = crate::sys::linux::set_window_size(std::os::fd::AsFd::as_fd(&peer), &ws);
-    }
-    super::sync::send_fd(console, std::os::fd::AsFd::as_fd(&ptmx), "/dev/ptmx")
-        .map_err(|e| format!("cannot send the pty to the console socket: {e}"))?;
-    drop(ptmx);
-    process::make_stdio(std::os::fd::AsFd::as_fd(&peer))?;
-    crate::sys::linux::set_controlling_tty(std::os::fd::AsFd::as_fd(&peer))
-        .map_err(|e| format!("cannot make the pty the controlling terminal: {e}"))?;
-    Ok(())
+    process::hand_over_pty(ptmx, console, proc)
 }

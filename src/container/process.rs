@@ -213,6 +213,34 @@ pub fn exec(e: &Exec) -> std::io::Error {
     crate::sys::linux::execve(&e.path, &e.argv, &e.env)
 }
 
+/// Gives the process the pty whose master is `master`: its peer sized as the process asks,
+/// the master sent to the engine's console socket, the peer made stdio and the controlling
+/// terminal. Call in a new session.
+pub fn hand_over_pty(
+    master: std::os::fd::OwnedFd,
+    console: std::os::fd::BorrowedFd<'_>,
+    proc: &Process,
+) -> Result<(), StepError> {
+    use std::os::fd::AsFd;
+    let peer = crate::sys::linux::pty_peer(master.as_fd())
+        .map_err(|e| format!("cannot open the pty's peer: {e}"))?;
+    if let Some(size) = proc.console_size() {
+        let ws = libc::winsize {
+            ws_row: u16::try_from(size.height()).unwrap_or(u16::MAX),
+            ws_col: u16::try_from(size.width()).unwrap_or(u16::MAX),
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        let _ = crate::sys::linux::set_window_size(peer.as_fd(), &ws);
+    }
+    super::sync::send_fd(console, master.as_fd(), "/dev/ptmx")
+        .map_err(|e| format!("cannot send the pty to the console socket: {e}"))?;
+    drop(master);
+    make_stdio(peer.as_fd())?;
+    crate::sys::linux::set_controlling_tty(peer.as_fd())
+        .map_err(|e| format!("cannot make the pty the controlling terminal: {e}"))
+}
+
 /// Makes `fd` this process's stdin, stdout and stderr.
 pub fn make_stdio(fd: std::os::fd::BorrowedFd<'_>) -> Result<(), StepError> {
     use std::os::fd::AsRawFd;
