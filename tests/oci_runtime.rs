@@ -223,6 +223,8 @@ fn the_process_is_set_up_as_configured() {
             "echo > /proc/sys/kernel/hostname 2>/dev/null && echo sys=writable || echo sys=readonly;",
             "touch /rootfs-write 2>/dev/null && echo root=writable || echo root=readonly;",
             "echo shm_rmid_forced=$(cat /proc/sys/kernel/shm_rmid_forced);",
+            "echo hugetlb=$(cat /sys/fs/cgroup/unified/hugetlb.2MB.max /sys/fs/cgroup/hugetlb.2MB.max \
+               /sys/fs/cgroup/hugetlb/hugetlb.2MB.limit_in_bytes 2>/dev/null);",
             "exit 42"
         )]);
         c["process"]["env"] = json!(["PATH=/bin:/usr/bin", "FOO=bar"]);
@@ -236,6 +238,7 @@ fn the_process_is_set_up_as_configured() {
         c["linux"]["maskedPaths"] = json!(["/proc/meminfo", "/sys/firmware", "/proc/no-such-file"]);
         c["linux"]["readonlyPaths"] = json!(["/proc/sys"]);
         c["linux"]["sysctl"] = json!({"kernel.shm_rmid_forced": "1"});
+        c["linux"]["resources"] = json!({"hugepageLimits": [{"pageSize": "2MB", "limit": 4194304}]});
     });
     let o = Command::new(runc_bin())
         .arg("--root")
@@ -257,6 +260,7 @@ fn the_process_is_set_up_as_configured() {
         "sys=readonly",
         "root=readonly",
         "shm_rmid_forced=1",
+        "hugetlb=4194304",
     ] {
         assert!(out.contains(want), "expected '{want}' in:\n{out}");
     }

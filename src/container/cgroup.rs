@@ -140,8 +140,8 @@ impl ContainerCgroup {
         Ok(MachineDirs { unified, v1: self.v1.clone(), unit: None })
     }
 
-    /// Sets `linux.resources` (memory, pids, cpu, cpuset, blockIO weight, `unified`) and the
-    /// device policy.
+    /// Sets `linux.resources` (memory, pids, cpu, cpuset, blockIO weight, hugepage limits,
+    /// `unified`) and the device policy.
     pub fn apply(&self, res: &LinuxResources, initial: bool) -> Result<(), ContainerError> {
         let dirs = self.machine_dirs()?;
         let memory_v2 = fs::read_to_string(dirs.unified.join("cgroup.controllers"))
@@ -169,10 +169,35 @@ impl ContainerCgroup {
                 fs::write(&file, value).map_err(ContainerError::io("write", &file))?;
             }
         }
+        for h in res.hugepage_limits().as_deref().unwrap_or(&[]) {
+            self.limit_hugepages(h.page_size(), h.limit())?;
+        }
         if initial || res.devices().is_some() {
             self.apply_devices(res.devices().as_deref().unwrap_or(&[]))?;
         }
         Ok(())
+    }
+
+    /// One `hugepageLimits` entry: `hugetlb.<size>.max` in cgroup2 when the controller is
+    /// there, else `hugetlb.<size>.limit_in_bytes` in its v1 hierarchy. A size the kernel does
+    /// not have is refused rather than ignored.
+    fn limit_hugepages(&self, size: &str, limit: i64) -> Result<(), ContainerError> {
+        if size.is_empty() || !size.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(ContainerError::Invalid(format!("invalid hugepage size '{size}' in hugepageLimits")));
+        }
+        let v2 = self.unified.as_ref().map(|d| (d.join(format!("hugetlb.{size}.max")), "max"));
+        let v1 = self
+            .v1
+            .iter()
+            .find(|(c, _)| c.iter().any(|c| c == "hugetlb"))
+            .map(|(_, d)| (d.join(format!("hugetlb.{size}.limit_in_bytes")), "-1"));
+        let Some((file, unlimited)) = v2.into_iter().chain(v1).find(|(f, _)| f.exists()) else {
+            return Err(ContainerError::Invalid(format!(
+                "cannot limit hugepages of size {size}: no hugetlb controller here has that size"
+            )));
+        };
+        let value = u64::try_from(limit).map_or_else(|_| unlimited.to_owned(), |l| l.to_string());
+        fs::write(&file, value).map_err(ContainerError::io("write", &file))
     }
 
     /// The device policy: v1's `devices` lists on hybrid hosts; on pure cgroup2 hosts a
@@ -393,6 +418,31 @@ mod tests {
             fuse.iter()
                 .any(|r| r.major == 10 && r.minor == Some(229) && r.access == devices::READ | devices::WRITE)
         );
+    }
+
+    #[test]
+    fn hugepage_limits_go_where_the_controller_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let (v2, v1) = (dir.path().join("unified/c"), dir.path().join("hugetlb/c"));
+        fs::create_dir_all(&v2).unwrap();
+        fs::create_dir_all(&v1).unwrap();
+        fs::write(v1.join("hugetlb.2MB.limit_in_bytes"), "").unwrap();
+        let cg =
+            ContainerCgroup { unified: Some(v2.clone()), v1: vec![(vec!["hugetlb".into()], v1.clone())] };
+        // Hybrid: the v1 hierarchy has the controller.
+        cg.limit_hugepages("2MB", 4 << 20).unwrap();
+        assert_eq!(fs::read_to_string(v1.join("hugetlb.2MB.limit_in_bytes")).unwrap(), "4194304");
+        cg.limit_hugepages("2MB", -1).unwrap();
+        assert_eq!(fs::read_to_string(v1.join("hugetlb.2MB.limit_in_bytes")).unwrap(), "-1");
+        // cgroup2 when it has it.
+        fs::write(v2.join("hugetlb.2MB.max"), "").unwrap();
+        cg.limit_hugepages("2MB", 8 << 20).unwrap();
+        assert_eq!(fs::read_to_string(v2.join("hugetlb.2MB.max")).unwrap(), "8388608");
+        let e = cg.limit_hugepages("3MB", 1).unwrap_err().to_string();
+        assert!(e.contains("size 3MB"), "{e}");
+        let e = cg.limit_hugepages("../x", 1).unwrap_err().to_string();
+        assert!(e.contains("invalid hugepage size"), "{e}");
+        assert!(!dir.path().join("x").exists());
     }
 
     #[test]
