@@ -377,6 +377,34 @@ fn a_pure_cgroup_v2_layout_is_used_as_such() {
     assert!(!unified.exists(), "the container's cgroup outlives it");
 }
 
+/// Without a cgroupsPath the container's cgroup is made beside the runtime's own and is gone
+/// with the container: no parent of mctl's is left behind.
+#[test]
+fn a_default_cgroup_leaves_nothing_behind() {
+    let rt = Runtime::new();
+    let b = rt.bundle("nopath", |c| {
+        c["process"]["args"] = json!(["/bin/sleep", "60"]);
+        c["linux"].as_object_mut().unwrap().remove("cgroupsPath");
+    });
+    rt.ok(&["run", "--detach", "--bundle", b.to_str().unwrap(), "nopath"]);
+    let pid = rt.state("nopath")["pid"].as_i64().unwrap();
+    let v2_of = |pid: &str| {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        text.lines().find_map(|l| l.strip_prefix("0::")).unwrap().to_owned()
+    };
+    let (ours, theirs) = (v2_of("self"), v2_of(&pid.to_string()));
+    assert_eq!(theirs, format!("{}/nopath", ours.trim_end_matches('/')), "beside the runtime's own cgroup");
+    rt.ok(&["kill", "nopath", "KILL"]);
+    assert!(wait_until(Duration::from_secs(10), || rt.state("nopath")["status"] == "stopped"));
+    rt.ok(&["delete", "nopath"]);
+    let hierarchy = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .into_iter()
+        .find(|h| Path::new(h).join("cgroup.procs").exists())
+        .unwrap();
+    let dir = format!("{hierarchy}{theirs}");
+    assert!(!Path::new(&dir).exists(), "{dir} outlives the container");
+}
+
 #[test]
 fn exec_joins_a_running_container() {
     let rt = Runtime::new();

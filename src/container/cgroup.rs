@@ -27,9 +27,10 @@ pub struct ContainerCgroup {
     pub v1: Vec<(Vec<String>, PathBuf)>,
 }
 
-/// Where the container's cgroup goes when `config.json` names none.
+/// Where the container's cgroup goes when `config.json` names none: beside the runtime's own,
+/// as with runc, with no shared parent that deleting the last container would leave behind.
 fn default_path(id: &str) -> String {
-    format!("mctl-oci/{id}")
+    id.to_owned()
 }
 
 /// `a-b-c.slice` as the directory path systemd gives it: `a.slice/a-b.slice/a-b-c.slice`.
@@ -386,7 +387,7 @@ mod tests {
 
     #[test]
     fn cgroup_paths_as_runc_reads_them() {
-        assert_eq!(cgroup_path(None, false, "c1").unwrap(), "mctl-oci/c1");
+        assert_eq!(cgroup_path(None, false, "c1").unwrap(), "c1");
         assert_eq!(
             cgroup_path(Some(Path::new("/libpod_parent/libpod-x")), false, "x").unwrap(),
             "/libpod_parent/libpod-x"

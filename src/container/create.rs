@@ -344,7 +344,8 @@ fn create_reserved(
 /// The engine that created the container, from its annotations or where its bundle is (what
 /// machinectl shows as the machine's service).
 fn engine(spec: &Spec, bundle: &Path) -> &'static str {
-    let a = spec.annotations().clone().unwrap_or_default();
+    let empty = std::collections::HashMap::new();
+    let a = spec.annotations().as_ref().unwrap_or(&empty);
     // containerd's shims keep bundles under its state directory, in one per runtime API.
     let containerd_bundle = bundle.components().any(|c| {
         c.as_os_str()
