@@ -132,6 +132,24 @@ fn alive(pid: i64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z"))
 }
 
+/// The first block device's numbers, for I/O throttles.
+fn a_block_device() -> (u64, u64) {
+    let mut devs: Vec<String> = std::fs::read_dir("/sys/block")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("dev")).ok())
+        .collect();
+    devs.sort();
+    let dev = devs.first().expect("a block device");
+    let (major, minor) = dev.trim().split_once(':').unwrap();
+    (major.parse().unwrap(), minor.parse().unwrap())
+}
+
+/// Whether the memory controller is a v1 hierarchy (hybrid hosts such as this one).
+fn v1_memory() -> bool {
+    Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists()
+}
+
 /// A hook that writes the state it gets on stdin to `file`.
 fn hook(file: &str) -> Value {
     json!({"path": "/bin/sh", "args": ["sh", "-c", format!("cat > {file}")], "env": ["PATH=/bin:/usr/bin"]})
@@ -225,6 +243,9 @@ fn the_process_is_set_up_as_configured() {
             "echo shm_rmid_forced=$(cat /proc/sys/kernel/shm_rmid_forced);",
             "echo hugetlb=$(cat /sys/fs/cgroup/unified/hugetlb.2MB.max /sys/fs/cgroup/hugetlb.2MB.max \
                /sys/fs/cgroup/hugetlb/hugetlb.2MB.limit_in_bytes 2>/dev/null);",
+            "echo blkio=$(cat /sys/fs/cgroup/blkio/blkio.throttle.read_bps_device /sys/fs/cgroup/io.max 2>/dev/null | tr ' ' _);",
+            "echo soft=$(cat /sys/fs/cgroup/memory/memory.soft_limit_in_bytes /sys/fs/cgroup/memory.low 2>/dev/null)",
+            "   swappiness=$(cat /sys/fs/cgroup/memory/memory.swappiness 2>/dev/null || echo v2);",
             "exit 42"
         )]);
         c["process"]["env"] = json!(["PATH=/bin:/usr/bin", "FOO=bar"]);
@@ -238,7 +259,12 @@ fn the_process_is_set_up_as_configured() {
         c["linux"]["maskedPaths"] = json!(["/proc/meminfo", "/sys/firmware", "/proc/no-such-file"]);
         c["linux"]["readonlyPaths"] = json!(["/proc/sys"]);
         c["linux"]["sysctl"] = json!({"kernel.shm_rmid_forced": "1"});
-        c["linux"]["resources"] = json!({"hugepageLimits": [{"pageSize": "2MB", "limit": 4194304}]});
+        let (major, minor) = a_block_device();
+        c["linux"]["resources"] = json!({
+            "hugepageLimits": [{"pageSize": "2MB", "limit": 4194304}],
+            "blockIO": {"throttleReadBpsDevice": [{"major": major, "minor": minor, "rate": 1048576}]},
+            "memory": {"reservation": 33554432, "swappiness": if v1_memory() { json!(10) } else { Value::Null }},
+        });
     });
     let o = Command::new(runc_bin())
         .arg("--root")
@@ -261,9 +287,14 @@ fn the_process_is_set_up_as_configured() {
         "root=readonly",
         "shm_rmid_forced=1",
         "hugetlb=4194304",
+        &format!("blkio={}:{}_", a_block_device().0, a_block_device().1),
+        "soft=33554432",
+        if v1_memory() { "swappiness=10" } else { "swappiness=v2" },
     ] {
         assert!(out.contains(want), "expected '{want}' in:\n{out}");
     }
+    let blkio = out.lines().find(|l| l.starts_with("blkio=")).unwrap_or_default();
+    assert!(blkio.contains("_1048576") || blkio.contains("rbps=1048576"), "{blkio}");
     assert!(cgroups_of("proc").is_empty(), "run deletes the container");
     assert!(!rt.root().join("proc").exists());
 }
@@ -601,12 +632,13 @@ impl Drop for Podman {
         let _ = self.cmd(&["rm", "--all", "--force", "--time", "0"]);
         let _ = self.cmd(&["system", "reset", "--force"]);
         let _ = std::fs::remove_dir_all(&self.runroot);
-        // podman's default cgroup parent, which the runtime made for its containers.
-        for h in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
-            let _ = std::fs::remove_dir(h.path().join("libpod_parent"));
-            let _ = std::fs::remove_dir(h.path().join("unified/libpod_parent"));
+        // podman's default cgroup parent, which the runtime made for its containers, and the
+        // one podman makes in it for conmon.
+        let roots = std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten().map(|h| h.path());
+        for root in roots.flat_map(|r| [r.join("unified"), r]).chain([PathBuf::from("/sys/fs/cgroup")]) {
+            let _ = std::fs::remove_dir(root.join("libpod_parent/conmon"));
+            let _ = std::fs::remove_dir(root.join("libpod_parent"));
         }
-        let _ = std::fs::remove_dir("/sys/fs/cgroup/libpod_parent");
     }
 }
 
@@ -703,6 +735,15 @@ fn podman_runs_containers_with_mctl_runc() {
         .filter(|p| p.exists())
         .collect();
     assert!(left.is_empty(), "the container's cgroups outlive it: {left:?}");
+    drop(pm);
+    let parents: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .flat_map(|h| [h.path().join("libpod_parent"), h.path().join("unified/libpod_parent")])
+        .chain([PathBuf::from("/sys/fs/cgroup/libpod_parent")])
+        .filter(|p| p.exists())
+        .collect();
+    assert!(parents.is_empty(), "podman's cgroup parent left behind: {parents:?}");
 }
 
 /// A containerd of the test's own: root, state and sockets in the test's directory, in a mount

@@ -10,7 +10,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType, LinuxResources};
+use oci_spec::runtime::{LinuxBlockIo, LinuxDeviceCgroup, LinuxDeviceType, LinuxMemory, LinuxResources};
 use serde::{Deserialize, Serialize};
 
 use super::ContainerError;
@@ -141,7 +141,7 @@ impl ContainerCgroup {
         Ok(MachineDirs { unified, v1: self.v1.clone(), unit: None })
     }
 
-    /// Sets `linux.resources` (memory, pids, cpu, cpuset, blockIO weight, hugepage limits,
+    /// Sets `linux.resources` (memory, pids, cpu, cpuset, blockIO, hugepage limits,
     /// `unified`) and the device policy.
     pub fn apply(&self, res: &LinuxResources, initial: bool) -> Result<(), ContainerError> {
         let dirs = self.machine_dirs()?;
@@ -150,15 +150,11 @@ impl ContainerCgroup {
         for p in properties(res, memory_v2) {
             dirs.apply(&p).map_err(|e| ContainerError::Invalid(format!("cannot set {p}: {e}")))?;
         }
-        if let Some(swap) = res.memory().as_ref().and_then(|m| m.swap())
-            && !memory_v2
-            && let Some((_, dir)) = self.v1.iter().find(|(c, _)| c.iter().any(|c| c == "memory"))
-        {
-            // v1 counts memory and swap together; kernels without swap accounting have no file.
-            let file = dir.join("memory.memsw.limit_in_bytes");
-            if file.exists() {
-                fs::write(&file, swap.to_string()).map_err(ContainerError::io("write", &file))?;
-            }
+        if let Some(memory) = res.memory() {
+            self.apply_memory(memory, memory_v2)?;
+        }
+        if let Some(block_io) = res.block_io() {
+            self.apply_block_io(block_io)?;
         }
         if let Some(unified) = res.unified() {
             let dir = dirs.unified.clone();
@@ -179,6 +175,144 @@ impl ContainerCgroup {
         Ok(())
     }
 
+    /// The directory of a v1 controller's hierarchy, on hybrid hosts.
+    fn v1_dir(&self, controller: &str) -> Option<&Path> {
+        self.v1.iter().find(|(c, _)| c.iter().any(|c| c == controller)).map(|(_, d)| d.as_path())
+    }
+
+    /// The memory settings beyond the limit (which [`properties`] carries): swap on v1, the
+    /// reservation, swappiness and the OOM killer. Kernel memory limits are deprecated and
+    /// ignored, as runc does.
+    fn apply_memory(&self, m: &LinuxMemory, memory_v2: bool) -> Result<(), ContainerError> {
+        let write = |dir: &Path, file: &str, value: String| -> Result<(), ContainerError> {
+            let path = dir.join(file);
+            if !path.exists() {
+                return Err(ContainerError::Invalid(format!(
+                    "cannot set {file}: {} does not exist (the kernel offers no such control here)",
+                    path.display()
+                )));
+            }
+            fs::write(&path, &value).map_err(ContainerError::io("write", &path))
+        };
+        let limit = |v: i64| u64::try_from(v).ok();
+        if memory_v2 {
+            let dir = self.unified.as_deref().unwrap_or(Path::new("/"));
+            if let Some(r) = m.reservation() {
+                write(dir, "memory.low", limit(r).map_or("max".into(), |r| r.to_string()))?;
+            }
+            if m.swappiness().is_some_and(|s| s <= 100) {
+                return Err(ContainerError::Invalid(
+                    "memory swappiness is a cgroup v1 setting; the memory controller here is cgroup v2, \
+                     which has none (leave linux.resources.memory.swappiness unset)"
+                        .into(),
+                ));
+            }
+            return Ok(());
+        }
+        let Some(dir) = self.v1_dir("memory") else { return Ok(()) };
+        if let Some(swap) = m.swap() {
+            // v1 counts memory and swap together; kernels without swap accounting have no file.
+            let file = dir.join("memory.memsw.limit_in_bytes");
+            if file.exists() {
+                fs::write(&file, swap.to_string()).map_err(ContainerError::io("write", &file))?;
+            }
+        }
+        if let Some(r) = m.reservation() {
+            write(dir, "memory.soft_limit_in_bytes", limit(r).map_or("-1".into(), |r| r.to_string()))?;
+        }
+        if let Some(s) = m.swappiness() {
+            if s > 100 {
+                return Err(ContainerError::Invalid(format!(
+                    "invalid memory swappiness {s}: it must be 0 to 100"
+                )));
+            }
+            write(dir, "memory.swappiness", s.to_string())?;
+        }
+        if m.disable_oom_killer() == Some(true) {
+            write(dir, "memory.oom_control", "1".into())?;
+        }
+        Ok(())
+    }
+
+    /// `blockIO`: weights (converted to cgroup2's scale as runc does) and per-device
+    /// throttles, in `io.weight`/`io.max` where cgroup2 has the io controller, else in the v1
+    /// blkio files.
+    fn apply_block_io(&self, b: &LinuxBlockIo) -> Result<(), ContainerError> {
+        let v2 = self.unified.as_deref().filter(|d| d.join("io.max").exists());
+        let Some(dir) = v2.or(self.v1_dir("blkio")) else {
+            let any = b.weight().is_some_and(|w| w > 0)
+                || b.weight_device().as_ref().is_some_and(|d| !d.is_empty())
+                || [b.throttle_read_bps_device(), b.throttle_write_bps_device()]
+                    .into_iter()
+                    .chain([b.throttle_read_iops_device(), b.throttle_write_iops_device()])
+                    .any(|d| d.as_ref().is_some_and(|d| !d.is_empty()));
+            return if any {
+                Err(ContainerError::Invalid(
+                    "cannot apply blockIO: this host has no io or blkio controller".into(),
+                ))
+            } else {
+                Ok(())
+            };
+        };
+        let write = |file: &str, line: String| -> Result<(), ContainerError> {
+            let path = dir.join(file);
+            if !path.exists() {
+                return Err(ContainerError::Invalid(format!(
+                    "cannot set {file}: {} does not exist (the kernel offers no such control here, \
+                     e.g. per-device weights need the BFQ I/O scheduler on cgroup v1)",
+                    path.display()
+                )));
+            }
+            fs::write(&path, &line).map_err(|e| {
+                ContainerError::Invalid(format!("the kernel refused '{line}' in {}: {e}", path.display()))
+            })
+        };
+        if let Some(w) = b.weight().filter(|w| *w > 0) {
+            if v2.is_some() {
+                write("io.weight", format!("default {}", blkio_weight_to_io(w)))?;
+            } else {
+                write("blkio.weight", w.to_string())?;
+            }
+        }
+        if let Some(w) = b.leaf_weight().filter(|w| *w > 0 && v2.is_none()) {
+            write("blkio.leaf_weight", w.to_string())?;
+        }
+        for d in b.weight_device().as_deref().unwrap_or(&[]) {
+            let (major, minor) = (d.major(), d.minor());
+            if let Some(w) = d.weight() {
+                if v2.is_some() {
+                    write("io.weight", format!("{major}:{minor} {}", blkio_weight_to_io(w)))?;
+                } else {
+                    write("blkio.weight_device", format!("{major}:{minor} {w}"))?;
+                }
+            }
+            if let Some(w) = d.leaf_weight()
+                && v2.is_none()
+            {
+                write("blkio.leaf_weight_device", format!("{major}:{minor} {w}"))?;
+            }
+        }
+        let throttles = [
+            (b.throttle_read_bps_device(), "rbps", "blkio.throttle.read_bps_device"),
+            (b.throttle_write_bps_device(), "wbps", "blkio.throttle.write_bps_device"),
+            (b.throttle_read_iops_device(), "riops", "blkio.throttle.read_iops_device"),
+            (b.throttle_write_iops_device(), "wiops", "blkio.throttle.write_iops_device"),
+        ];
+        for (devices, key, v1_file) in throttles {
+            for d in devices.as_deref().unwrap_or(&[]) {
+                let (major, minor, rate) = (d.major(), d.minor(), d.rate());
+                if v2.is_some() {
+                    // 0 means no limit to runc; io.max says that with "max".
+                    let rate = if rate == 0 { "max".to_owned() } else { rate.to_string() };
+                    write("io.max", format!("{major}:{minor} {key}={rate}"))?;
+                } else {
+                    write(v1_file, format!("{major}:{minor} {rate}"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// One `hugepageLimits` entry: `hugetlb.<size>.max` in cgroup2 when the controller is
     /// there, else `hugetlb.<size>.limit_in_bytes` in its v1 hierarchy. A size the kernel does
     /// not have is refused rather than ignored.
@@ -187,11 +321,7 @@ impl ContainerCgroup {
             return Err(ContainerError::Invalid(format!("invalid hugepage size '{size}' in hugepageLimits")));
         }
         let v2 = self.unified.as_ref().map(|d| (d.join(format!("hugetlb.{size}.max")), "max"));
-        let v1 = self
-            .v1
-            .iter()
-            .find(|(c, _)| c.iter().any(|c| c == "hugetlb"))
-            .map(|(_, d)| (d.join(format!("hugetlb.{size}.limit_in_bytes")), "-1"));
+        let v1 = self.v1_dir("hugetlb").map(|d| (d.join(format!("hugetlb.{size}.limit_in_bytes")), "-1"));
         let Some((file, unlimited)) = v2.into_iter().chain(v1).find(|(f, _)| f.exists()) else {
             return Err(ContainerError::Invalid(format!(
                 "cannot limit hugepages of size {size}: no hugetlb controller here has that size"
@@ -205,7 +335,7 @@ impl ContainerCgroup {
     /// device program that stays attached as long as the cgroup lives.
     fn apply_devices(&self, rules: &[LinuxDeviceCgroup]) -> Result<(), ContainerError> {
         let Some(allowed) = allowed_devices(rules) else { return Ok(()) };
-        if let Some((_, dir)) = self.v1.iter().find(|(c, _)| c.iter().any(|c| c == "devices")) {
+        if let Some(dir) = self.v1_dir("devices") {
             let deny = dir.join("devices.deny");
             fs::write(&deny, "a").map_err(ContainerError::io("write", &deny))?;
             let allow = dir.join("devices.allow");
@@ -303,11 +433,12 @@ fn properties(res: &LinuxResources, memory_v2: bool) -> Vec<Property> {
             out.push(Property::AllowedCpus(cpus.clone()));
         }
     }
-    if let Some(weight) = res.block_io().as_ref().and_then(|b| b.weight()) {
-        // blkio weights (10..1000) as io weights (1..10000).
-        out.push(Property::IoWeight(Some((u64::from(weight) * 10).clamp(1, 10_000))));
-    }
     out
+}
+
+/// A blkio weight (10..1000) as an io weight (1..10000), as runc converts it.
+fn blkio_weight_to_io(weight: u16) -> u64 {
+    1 + (u64::from(weight.clamp(10, 1000)) - 10) * 9999 / 990
 }
 
 /// The devices a rule list allows, in mctl's allow-list form: rules apply in order, a later
@@ -444,6 +575,60 @@ mod tests {
         let e = cg.limit_hugepages("../x", 1).unwrap_err().to_string();
         assert!(e.contains("invalid hugepage size"), "{e}");
         assert!(!dir.path().join("x").exists());
+    }
+
+    #[test]
+    fn block_io_and_memory_settings_go_where_the_controllers_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let (v2, blkio, memory) =
+            (dir.path().join("unified/c"), dir.path().join("blkio/c"), dir.path().join("memory/c"));
+        for (d, files) in [
+            (&v2, &[][..]),
+            (&blkio, &["blkio.throttle.read_bps_device", "blkio.throttle.write_iops_device"][..]),
+            (&memory, &["memory.soft_limit_in_bytes", "memory.swappiness", "memory.oom_control"][..]),
+        ] {
+            fs::create_dir_all(d).unwrap();
+            for f in files {
+                fs::write(d.join(f), "").unwrap();
+            }
+        }
+        let read = |d: &Path, f: &str| fs::read_to_string(d.join(f)).unwrap();
+        let hybrid = ContainerCgroup {
+            unified: Some(v2.clone()),
+            v1: vec![(vec!["blkio".into()], blkio.clone()), (vec!["memory".into()], memory.clone())],
+        };
+        let res: LinuxResources = serde_json::from_str(
+            r#"{"blockIO":{"throttleReadBpsDevice":[{"major":8,"minor":0,"rate":1048576}],
+                "throttleWriteIOPSDevice":[{"major":8,"minor":16,"rate":100}]},
+                "memory":{"reservation":1024,"swappiness":10,"disableOOMKiller":true}}"#,
+        )
+        .unwrap();
+        hybrid.apply_block_io(res.block_io().as_ref().unwrap()).unwrap();
+        hybrid.apply_memory(res.memory().as_ref().unwrap(), false).unwrap();
+        assert_eq!(read(&blkio, "blkio.throttle.read_bps_device"), "8:0 1048576");
+        assert_eq!(read(&blkio, "blkio.throttle.write_iops_device"), "8:16 100");
+        assert_eq!(read(&memory, "memory.soft_limit_in_bytes"), "1024");
+        assert_eq!(read(&memory, "memory.swappiness"), "10");
+        assert_eq!(read(&memory, "memory.oom_control"), "1");
+        // A per-device weight needs a file this kernel lacks: refused, not ignored.
+        let weighted: LinuxBlockIo =
+            serde_json::from_str(r#"{"weightDevice":[{"major":8,"minor":0,"weight":300}]}"#).unwrap();
+        let e = hybrid.apply_block_io(&weighted).unwrap_err().to_string();
+        assert!(e.contains("blkio.weight_device") && e.contains("does not exist"), "{e}");
+
+        // cgroup2 with the io controller.
+        fs::write(v2.join("io.max"), "").unwrap();
+        fs::write(v2.join("io.weight"), "").unwrap();
+        fs::write(v2.join("memory.low"), "").unwrap();
+        let pure = ContainerCgroup { unified: Some(v2.clone()), v1: vec![] };
+        pure.apply_block_io(res.block_io().as_ref().unwrap()).unwrap();
+        assert_eq!(read(&v2, "io.max"), "8:16 wiops=100");
+        pure.apply_block_io(&weighted).unwrap();
+        assert_eq!(read(&v2, "io.weight"), format!("8:0 {}", blkio_weight_to_io(300)));
+        let e = pure.apply_memory(res.memory().as_ref().unwrap(), true).unwrap_err().to_string();
+        assert!(e.contains("swappiness"), "{e}");
+        assert_eq!(read(&v2, "memory.low"), "1024");
+        assert_eq!((blkio_weight_to_io(10), blkio_weight_to_io(1000)), (1, 10_000));
     }
 
     #[test]
