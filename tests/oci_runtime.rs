@@ -436,6 +436,123 @@ fn a_default_cgroup_leaves_nothing_behind() {
     assert!(!Path::new(&dir).exists(), "{dir} outlives the container");
 }
 
+/// A seccomp agent (runtime-spec's listener): takes each container's notification fd and the
+/// state sent with it (logged, one JSON line per container), and answers every notified call
+/// with EDQUOT without running it.
+const SECCOMP_AGENT: &str = r#"
+import array, fcntl, json, os, select, socket, struct, sys, threading
+path, log = sys.argv[1], sys.argv[2]
+NOTIF_RECV, NOTIF_SEND = 0xC0502100, 0xC0182101
+def serve(fd):
+    while True:
+        events = select.poll()
+        events.register(fd, select.POLLIN)
+        if not any(e & select.POLLIN for _, e in events.poll()):
+            return
+        req = bytearray(80)
+        try:
+            fcntl.ioctl(fd, NOTIF_RECV, req)
+        except OSError:
+            continue
+        nid, pid, _, nr = struct.unpack_from("=QIIi", req)
+        try:
+            fcntl.ioctl(fd, NOTIF_SEND, bytearray(struct.pack("=QqiI", nid, 0, -122, 0)))
+        except OSError:
+            pass
+        with open(log, "a") as f:
+            f.write(json.dumps({"call": nr, "pid": pid}) + "\n")
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+srv.bind(path + ".tmp")
+srv.listen(8)
+os.rename(path + ".tmp", path)
+while True:
+    conn, _ = srv.accept()
+    msg, anc, _, _ = conn.recvmsg(65536, socket.CMSG_SPACE(16))
+    fds = array.array("i")
+    for level, kind, data in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % 4])
+    with open(log, "a") as f:
+        f.write(json.dumps({"message": json.loads(msg), "fds": len(fds)}) + "\n")
+    threading.Thread(target=serve, args=(fds[0],), daemon=True).start()
+"#;
+
+#[test]
+fn a_seccomp_agent_answers_the_calls_a_filter_notifies() {
+    let rt = Runtime::new();
+    let (sock, log) = (rt.dir.path().join("agent.sock"), rt.dir.path().join("agent.log"));
+    let agent =
+        Guarded(Command::new("python3").arg("-c").arg(SECCOMP_AGENT).arg(&sock).arg(&log).spawn().unwrap());
+    assert!(wait_until(Duration::from_secs(10), || sock.exists()), "the agent listens");
+    let filter = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "listenerPath": sock,
+        "listenerMetadata": "from-the-bundle",
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_NOTIFY"}]
+    });
+    let script = "mkdir /tmp/n 2>&1; echo rc=$?; test -d /tmp/n && echo made || echo absent";
+    let b = rt.bundle("agent", |c| {
+        c["process"]["args"] = json!(["/bin/sh", "-c", script]);
+        c["process"]["noNewPrivileges"] = json!(true);
+        c["linux"]["seccomp"] = filter.clone();
+    });
+    let o = rt.cmd(&["run", "--bundle", b.to_str().unwrap(), "agent"]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out} {}", stderr(&o));
+    assert!(out.contains("Disk quota exceeded") && out.contains("rc=1") && out.contains("absent"), "{out}");
+    let lines: Vec<Value> =
+        std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let first = &lines[0];
+    assert_eq!(first["fds"], 1, "{first}");
+    let msg = &first["message"];
+    assert_eq!(msg["fds"], json!(["seccompFd"]), "{msg}");
+    assert_eq!(msg["metadata"], "from-the-bundle", "{msg}");
+    assert_eq!(msg["state"]["id"], "agent", "{msg}");
+    assert_eq!(msg["state"]["status"], "creating", "{msg}");
+    assert_eq!(msg["pid"], msg["state"]["pid"], "{msg}");
+    assert!(lines.iter().any(|l| l.get("call").is_some()), "the agent answered: {lines:?}");
+
+    // exec'd processes keep the filter, and the agent gets their fd too.
+    let b = rt.bundle("agent-exec", |c| {
+        c["process"]["args"] = json!(["/bin/sleep", "60"]);
+        c["linux"]["seccomp"] = filter.clone();
+    });
+    rt.ok(&["run", "--detach", "--bundle", b.to_str().unwrap(), "agent-exec"]);
+    let out = rt.ok(&["exec", "agent-exec", "/bin/sh", "-c", script]);
+    assert!(out.contains("rc=1") && out.contains("absent"), "{out}");
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    let exec_msg: Vec<Value> = log_text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|l| l["message"]["state"]["id"] == "agent-exec")
+        .collect();
+    assert_eq!(exec_msg.len(), 2, "the init's and the exec'd process's fds: {log_text}");
+    assert_eq!(exec_msg[1]["message"]["state"]["status"], "running");
+    rt.ok(&["delete", "--force", "agent-exec"]);
+    drop(agent);
+
+    // Refused before anything is made: no agent socket, an agent that is not there, and a
+    // call the runtime needs.
+    for (name, seccomp, needle) in [
+        (
+            "no-listener",
+            json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"}]}),
+            "listenerPath",
+        ),
+        ("gone", filter.clone(), "cannot connect to the seccomp agent"),
+        (
+            "write",
+            json!({"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": sock, "syscalls": [{"names": ["write"], "action": "SCMP_ACT_NOTIFY"}]}),
+            "cannot be used for write",
+        ),
+    ] {
+        let b = rt.bundle(name, |c| c["linux"]["seccomp"] = seccomp);
+        rt.fails(&["create", "--bundle", b.to_str().unwrap(), name], needle);
+        assert!(cgroups_of(name).is_empty(), "{name}: cgroups left");
+        assert!(!rt.root().join(name).exists(), "{name}: state left");
+    }
+}
+
 #[test]
 fn exec_joins_a_running_container() {
     let rt = Runtime::new();

@@ -230,6 +230,10 @@ pub fn create(store: &Store, opts: &CreateOptions) -> Result<i32, ContainerError
             "a new user namespace needs linux.uidMappings and gidMappings".into(),
         ));
     }
+    // Checked here, where the error reaches the caller as bad input, rather than in the init.
+    if let Some(s) = linux.seccomp() {
+        super::seccomp::build(s).map_err(|e| ContainerError::Invalid(e.to_string()))?;
+    }
     let terminal = spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
     let console = match (&opts.console_socket, terminal) {
         (Some(path), true) => Some(OwnedFd::from(
@@ -479,16 +483,31 @@ fn relay_setup(
     Ok(pid)
 }
 
+/// Waits for the init to be ready to start; a seccomp filter that notifies an agent sends its
+/// descriptor first, which goes on to the agent.
 fn expect_ready(
     chan: &SyncEnd,
-    _spec: &Spec,
-    _id: &str,
-    _bundle: &Path,
-    _pid: i32,
+    spec: &Spec,
+    id: &str,
+    bundle: &Path,
+    pid: i32,
 ) -> Result<(), ContainerError> {
-    match recv(chan)? {
-        Some(m) if m == "ready" => Ok(()),
-        other => Err(protocol(other, "ready")),
+    let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
+    let mut handed = false;
+    loop {
+        let got = chan
+            .recv_with_fd(Some(Duration::from_secs(60)))
+            .map_err(ContainerError::io("hear from", "the container's setup"))?;
+        match got {
+            Some((m, _)) if m == "ready" => return Ok(()),
+            Some((m, Some(fd))) if m == "seccomp" && !handed => {
+                let cfg = seccomp.ok_or_else(|| protocol(Some(m), "ready"))?;
+                super::seccomp::hand_to_agent(cfg, fd.as_fd(), pid, &creating_state(id, pid, bundle, spec))
+                    .map_err(|e| ContainerError::Setup(e.to_string()))?;
+                handed = true;
+            }
+            other => return Err(protocol(other.map(|(m, _)| m), "ready")),
+        }
     }
 }
 

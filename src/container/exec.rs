@@ -66,7 +66,8 @@ fn namespaces_of(pid: i32) -> Result<Vec<(CloneFlags, OwnedFd)>, ContainerError>
 pub fn exec(store: &Store, id: &str, opts: &ExecOptions) -> Result<i32, ContainerError> {
     let locked = store.open(id)?;
     let rec = locked.record.clone().ok_or_else(|| ContainerError::NotFound(id.into()))?;
-    match rec.status(&locked.dir) {
+    let status = rec.status(&locked.dir);
+    match status {
         Status::Created | Status::Running => {}
         s => return Err(ContainerError::WrongStatus(format!("cannot exec in a {s} container"))),
     }
@@ -122,23 +123,31 @@ pub fn exec(store: &Store, id: &str, opts: &ExecOptions) -> Result<i32, Containe
         parent.send("cgroup").map_err(ContainerError::io("talk to", "the exec stage"))?;
         // The stage's "pid N" and the process's "ready" come in either order: the process
         // may run before its parent, the stage, is scheduled again.
-        let (mut pid, mut ready) = (None, false);
+        // A filter that notifies an agent sends its descriptor before "ready".
+        let (mut pid, mut ready, mut agent_fd) = (None, false, None);
         while pid.is_none() || !ready {
             match recv(&parent)? {
-                Some(m) if m.starts_with("pid ") && pid.is_none() => {
+                Some((m, _)) if m.starts_with("pid ") && pid.is_none() => {
                     pid = Some(m[4..].parse::<i32>().map_err(|_| bad(Some(m.clone())))?);
                     reap(stage);
                 }
-                Some(m) if m == "ready" && !ready => ready = true,
+                Some((m, Some(fd))) if m == "seccomp" && agent_fd.is_none() => agent_fd = Some(fd),
+                Some((m, _)) if m == "ready" && !ready => ready = true,
                 other => {
                     if let Some(pid) = pid {
                         reap(pid);
                     }
-                    return Err(bad(other));
+                    return Err(bad(other.map(|(m, _)| m)));
                 }
             }
         }
-        pid.ok_or_else(|| bad(None))
+        let pid = pid.ok_or_else(|| bad(None))?;
+        if let (Some(fd), Some(cfg)) = (agent_fd, &seccomp) {
+            let state = rec.state_json(status);
+            super::seccomp::hand_to_agent(cfg, fd.as_fd(), pid, &state)
+                .map_err(|e| ContainerError::Setup(e.to_string()))?;
+        }
+        Ok(pid)
     })();
     let pid = match started {
         Ok(pid) => pid,
@@ -157,8 +166,9 @@ pub fn exec(store: &Store, id: &str, opts: &ExecOptions) -> Result<i32, Containe
     Ok(wait_forwarding_signals(pid))
 }
 
-fn recv(chan: &SyncEnd) -> Result<Option<String>, ContainerError> {
-    chan.recv(Some(Duration::from_secs(60))).map_err(ContainerError::io("hear from", "the exec stage"))
+fn recv(chan: &SyncEnd) -> Result<Option<(String, Option<OwnedFd>)>, ContainerError> {
+    chan.recv_with_fd(Some(Duration::from_secs(60)))
+        .map_err(ContainerError::io("hear from", "the exec stage"))
 }
 
 fn bad(got: Option<String>) -> ContainerError {
@@ -224,14 +234,14 @@ fn process_main(ctx: &Ctx<'_>) -> Result<(), StepError> {
     process::apply_rlimits(p)?;
     let nnp = p.no_new_privileges().unwrap_or(false);
     if !nnp {
-        process::load_seccomp(ctx.seccomp)?;
+        process::load_seccomp(ctx.seccomp, ctx.sync)?;
     }
     process::switch_user(p)?;
     process::set_capabilities(p)?;
     process::set_no_new_privileges(p)?;
     let exec = process::prepare_exec(p)?;
     if nnp {
-        process::load_seccomp(ctx.seccomp)?;
+        process::load_seccomp(ctx.seccomp, ctx.sync)?;
     }
     ctx.sync.send("ready").map_err(|e| e.to_string())?;
     let e = process::exec(&exec);

@@ -167,13 +167,19 @@ fn init(ctx: &InitContext<'_>) -> Result<Infallible, StepError> {
     }
     process::apply_rlimits(&proc)?;
     let nnp = proc.no_new_privileges().unwrap_or(false);
+    // With no_new_privs the filter comes as late as it can, just before the exec; but one that
+    // notifies an agent must be loaded while the setup channel still carries its descriptor.
+    let late_seccomp = nnp && !linux.seccomp().as_ref().is_some_and(super::seccomp::notifies);
     // Without no_new_privs loading a filter takes CAP_SYS_ADMIN: before the capabilities go.
     if !nnp {
-        process::load_seccomp(linux.seccomp().as_ref())?;
+        process::load_seccomp(linux.seccomp().as_ref(), ctx.sync)?;
     }
     process::switch_user(&proc)?;
     process::set_capabilities(&proc)?;
     process::set_no_new_privileges(&proc)?;
+    if nnp && !late_seccomp {
+        process::load_seccomp(linux.seccomp().as_ref(), ctx.sync)?;
+    }
     let exec = process::prepare_exec(&proc)?;
     ctx.sync.send("ready").map_err(|e| e.to_string())?;
 
@@ -186,7 +192,7 @@ fn init(ctx: &InitContext<'_>) -> Result<Infallible, StepError> {
         eprintln!("mctl-runc: {e}");
         exit_now(1);
     }
-    if nnp && let Err(e) = process::load_seccomp(linux.seccomp().as_ref()) {
+    if late_seccomp && let Err(e) = process::load_seccomp(linux.seccomp().as_ref(), ctx.sync) {
         eprintln!("mctl-runc: {e}");
         exit_now(1);
     }

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use caps::{CapSet, Capability, CapsHashSet};
 use oci_spec::runtime::{Capabilities, PosixRlimitType, Process};
 
+use super::sync::SyncEnd;
+
 /// A step of the process setup that failed, as text for the runtime to report.
 pub type StepError = String;
 
@@ -254,10 +256,22 @@ pub fn make_stdio(fd: std::os::fd::BorrowedFd<'_>) -> Result<(), StepError> {
 }
 
 /// Loads the container's system call filter.
-pub fn load_seccomp(cfg: Option<&oci_spec::runtime::LinuxSeccomp>) -> Result<(), StepError> {
+pub fn load_seccomp(cfg: Option<&oci_spec::runtime::LinuxSeccomp>, sync: &SyncEnd) -> Result<(), StepError> {
     let Some(cfg) = cfg else { return Ok(()) };
     let filter = super::seccomp::build(cfg).map_err(|e| e.to_string())?;
-    filter.load().map_err(|e| format!("cannot load the seccomp filter: {e}"))
+    filter.load().map_err(|e| format!("cannot load the seccomp filter: {e}"))?;
+    if super::seccomp::notifies(cfg) {
+        // The runtime passes it on to the agent. libseccomp keeps it (close-on-exec), so it
+        // is only borrowed here.
+        let raw =
+            filter.get_notify_fd().map_err(|e| format!("cannot get the seccomp notification fd: {e}"))?;
+        // SAFETY: libseccomp opened `raw` when it loaded the filter and keeps it open for the
+        // life of `filter`, which outlives this borrow.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) };
+        sync.send_with_fd("seccomp", fd)
+            .map_err(|e| format!("cannot pass on the seccomp notification fd: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Makes every descriptor from `first` on close at exec, so the process gets only stdio and

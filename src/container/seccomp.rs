@@ -1,7 +1,9 @@
 //! `linux.seccomp` from `config.json` as a libseccomp filter: the default action, the
 //! architectures, and each rule with its action and argument conditions (runc's semantics:
 //! names the kernel or libseccomp does not know are skipped; conditions on distinct arguments
-//! are one rule, several on the same argument one rule each).
+//! are one rule, several on the same argument one rule each). Calls a rule hands to a seccomp
+//! agent (`SCMP_ACT_NOTIFY`) reach it through the descriptor [`hand_to_agent`] sends to
+//! `listenerPath`.
 
 use libseccomp::{ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall};
 use oci_spec::runtime::{
@@ -30,12 +32,67 @@ fn action(a: LinuxSeccompAction, errno: Option<u32>) -> Result<ScmpAction, Secco
         }
         LinuxSeccompAction::ScmpActLog => ScmpAction::Log,
         LinuxSeccompAction::ScmpActAllow => ScmpAction::Allow,
-        LinuxSeccompAction::ScmpActNotify => {
-            return Err(err(
-                "SCMP_ACT_NOTIFY needs a seccomp agent (listenerPath), which mctl does not support",
-            ));
-        }
+        LinuxSeccompAction::ScmpActNotify => ScmpAction::Notify,
     })
+}
+
+/// Whether any rule hands its calls to a seccomp agent.
+pub fn notifies(cfg: &LinuxSeccomp) -> bool {
+    cfg.syscalls().as_deref().unwrap_or(&[]).iter().any(|r| r.action() == LinuxSeccompAction::ScmpActNotify)
+}
+
+/// The runtime-spec's rules for agents: a socket to reach one, and no notification for the
+/// calls the runtime itself makes once the filter is loaded (the process would wait for an
+/// agent that has not yet got the descriptor).
+fn check_notify(cfg: &LinuxSeccomp) -> Result<(), SeccompError> {
+    if cfg.default_action() == LinuxSeccompAction::ScmpActNotify {
+        return Err(err(
+            "SCMP_ACT_NOTIFY cannot be the default action: name the calls an agent should handle",
+        ));
+    }
+    if !notifies(cfg) {
+        return Ok(());
+    }
+    if cfg.listener_path().as_ref().is_none_or(|p| p.as_os_str().is_empty()) {
+        return Err(err(
+            "SCMP_ACT_NOTIFY needs linux.seccomp.listenerPath, the socket of the seccomp agent that answers the calls",
+        ));
+    }
+    for rule in cfg.syscalls().as_deref().unwrap_or(&[]) {
+        if rule.action() == LinuxSeccompAction::ScmpActNotify
+            && let Some(name) = rule.names().iter().find(|n| RUNTIME_CALLS.contains(&n.as_str()))
+        {
+            return Err(err(format!(
+                "SCMP_ACT_NOTIFY cannot be used for {name}: the runtime needs it to hand the agent its descriptor"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// What the process calls between loading a notifying filter and the agent getting its fd.
+const RUNTIME_CALLS: [&str; 3] = ["write", "sendmsg", "sendto"];
+
+/// Sends a filter's notification fd to the agent at `listenerPath`, as runtime-spec says: one
+/// message whose payload is the container process state and whose one descriptor is the fd.
+pub fn hand_to_agent(
+    cfg: &LinuxSeccomp,
+    fd: std::os::fd::BorrowedFd<'_>,
+    pid: i32,
+    state: &serde_json::Value,
+) -> Result<(), SeccompError> {
+    let path = cfg.listener_path().clone().unwrap_or_default();
+    let sock = std::os::unix::net::UnixStream::connect(&path)
+        .map_err(|e| err(format!("cannot connect to the seccomp agent at {}: {e}", path.display())))?;
+    let message = serde_json::json!({
+        "ociVersion": super::OCI_VERSION,
+        "fds": ["seccompFd"],
+        "pid": pid,
+        "metadata": cfg.listener_metadata().clone().unwrap_or_default(),
+        "state": state,
+    });
+    super::sync::send_fd(std::os::fd::AsFd::as_fd(&sock), fd, &message.to_string())
+        .map_err(|e| err(format!("cannot send the seccomp agent at {} its descriptor: {e}", path.display())))
 }
 
 fn compare(arg: &oci_spec::runtime::LinuxSeccompArg) -> Result<ScmpArgCompare, SeccompError> {
@@ -63,6 +120,7 @@ fn compare(arg: &oci_spec::runtime::LinuxSeccompArg) -> Result<ScmpArgCompare, S
 
 /// Builds the filter (not loaded).
 pub fn build(cfg: &LinuxSeccomp) -> Result<ScmpFilterContext, SeccompError> {
+    check_notify(cfg)?;
     let default = action(cfg.default_action(), cfg.default_errno_ret())?;
     let mut ctx = ScmpFilterContext::new(default).map_err(err)?;
     // libseccomp would set no_new_privs itself; whether the process gets it is
@@ -147,9 +205,21 @@ mod tests {
     }
 
     #[test]
-    fn notify_is_refused_with_a_reason() {
-        let p = parse(r#"{"defaultAction":"SCMP_ACT_NOTIFY"}"#);
-        let e = build(&p).err().unwrap().to_string();
+    fn notify_needs_an_agent_and_spares_the_runtimes_calls() {
+        let e = build(&parse(r#"{"defaultAction":"SCMP_ACT_NOTIFY"}"#)).err().unwrap().to_string();
+        assert!(e.contains("default action"), "{e}");
+        let rule = r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_NOTIFY"}]"#;
+        let e = build(&parse(&format!("{rule}}}"))).err().unwrap().to_string();
         assert!(e.contains("listenerPath"), "{e}");
+        let ok = parse(&format!(r#"{rule},"listenerPath":"/run/agent.sock"}}"#));
+        assert!(notifies(&ok));
+        build(&ok).unwrap();
+        let e = build(&parse(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","listenerPath":"/a","syscalls":[{"names":["mkdir","sendmsg"],"action":"SCMP_ACT_NOTIFY"}]}"#,
+        ))
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("cannot be used for sendmsg"), "{e}");
     }
 }
