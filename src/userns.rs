@@ -24,6 +24,50 @@ pub const DELEGATE: &str = "mctl";
 const PICK_FIRST: u32 = 0x0008_0000;
 const PICK_LAST: u32 = 0x6FFF_0000;
 
+/// A user namespace with the id maps `uid_map` and `gid_map` (`/proc/PID/uid_map` lines),
+/// held by the returned fd alone: a child makes it and exits once the parent has it. For
+/// idmapped mounts, which take their mapping from a user namespace.
+pub fn mapped_namespace(uid_map: &str, gid_map: &str) -> io::Result<OwnedFd> {
+    use crate::sys::linux::{self, Forked};
+    use std::io::Read;
+    let (wait, go) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let (wait, go) = (File::from(wait), File::from(go));
+    let pid = match linux::fork()? {
+        Forked::Child => {
+            drop(go);
+            let mut byte = [0u8; 1];
+            if nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER).is_ok() {
+                // Held until the parent has the namespace (the pipe closes).
+                let _ = (&wait).read(&mut byte);
+            }
+            linux::exit_now(0)
+        }
+        Forked::Parent(pid) => pid,
+    };
+    drop(wait);
+    let made = (|| {
+        // The child is in its namespace once its map can be written.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let uid_file = format!("/proc/{pid}/uid_map");
+        while let Err(e) = std::fs::write(&uid_file, uid_map) {
+            if std::time::Instant::now() > deadline || e.raw_os_error() == Some(libc::EINVAL) {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot write the uid map '{}': {e}", uid_map.trim()),
+                ));
+            }
+            std::thread::yield_now();
+        }
+        std::fs::write(format!("/proc/{pid}/gid_map"), gid_map).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot write the gid map '{}': {e}", gid_map.trim()))
+        })?;
+        File::open(format!("/proc/{pid}/ns/user")).map(OwnedFd::from)
+    })();
+    drop(go);
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+    made
+}
+
 /// Host ids `start..start+count`, onto which a machine's ids `0..count` map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdRange {

@@ -378,6 +378,87 @@ fn a_user_namespace_maps_the_containers_ids() {
     assert!(cgroups_of("mapped").is_empty());
 }
 
+#[test]
+fn idmapped_mounts_show_the_mapped_owners() {
+    use std::os::unix::fs::MetadataExt;
+    let rt = Runtime::new();
+    let shared = rt.dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::write(shared.join("root-file"), "").unwrap();
+    std::fs::write(shared.join("user-file"), "").unwrap();
+    std::os::unix::fs::chown(shared.join("user-file"), Some(1000), Some(1000)).unwrap();
+    let maps = json!([{"containerID": 0, "hostID": 2000, "size": 1000}]);
+
+    // The mount's own mapping: on-disk 0 shows as 2000, ids it does not map as nobody; a file
+    // made through it by 2000 lands on disk as 0.
+    let b = rt.bundle("idmap", |c| {
+        c["process"]["args"] = json!([
+            "/bin/sh",
+            "-c",
+            "stat -c '%u:%g %n' /mnt/root-file /mnt/user-file; touch /mnt/made 2>&1; echo write=$?"
+        ]);
+        c["process"]["user"] = json!({"uid": 2000, "gid": 2000});
+        c["mounts"].as_array_mut().unwrap().push(json!({"destination": "/mnt", "type": "bind",
+            "source": shared, "options": ["bind", "idmap"], "uidMappings": maps, "gidMappings": maps}));
+    });
+    let out = rt.ok(&["run", "--bundle", b.to_str().unwrap(), "idmap"]);
+    assert!(out.contains("2000:2000 /mnt/root-file"), "{out}");
+    assert!(out.contains("65534:65534 /mnt/user-file"), "{out}");
+    assert!(out.contains("write=0"), "{out}");
+    let made = std::fs::metadata(shared.join("made")).unwrap();
+    assert_eq!((made.uid(), made.gid()), (0, 0), "stored with the id mapped back");
+
+    // No mapping of its own: the container's user namespace's, so its root owns root's files.
+    const BASE: u32 = 3_080_192;
+    let b = rt.bundle("ridmap", |c| {
+        // Existing directories: the image's root (host root's) is not the container root's to
+        // make mount points in.
+        c["process"]["args"] =
+            json!(["/bin/sh", "-c", "stat -c '%u %n' /home/root-file /home/user-file /run/root-file"]);
+        c["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "user"}));
+        c["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": BASE, "size": 65536}]);
+        c["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": BASE, "size": 65536}]);
+        c["mounts"].as_array_mut().unwrap().push(json!({"destination": "/home", "type": "bind",
+            "source": shared, "options": ["rbind", "ridmap"]}));
+        c["mounts"].as_array_mut().unwrap().push(json!({"destination": "/run", "type": "bind",
+            "source": shared, "options": ["rbind"]}));
+    });
+    let out = rt.ok(&["run", "--bundle", b.to_str().unwrap(), "ridmap"]);
+    assert!(out.contains("0 /home/root-file") && out.contains("1000 /home/user-file"), "{out}");
+    assert!(out.contains("65534 /run/root-file"), "without idmap the host's root is nobody: {out}");
+
+    // Refused before anything is made.
+    for (name, mount, needle) in [
+        (
+            "on-tmpfs",
+            json!({"destination": "/mnt", "type": "tmpfs", "source": "tmpfs", "options": ["idmap"]}),
+            "only bind mounts",
+        ),
+        (
+            "no-option",
+            json!({"destination": "/mnt", "type": "bind", "source": shared, "options": ["bind"],
+            "uidMappings": maps, "gidMappings": maps}),
+            "no idmap or ridmap option",
+        ),
+        (
+            "no-maps",
+            json!({"destination": "/mnt", "type": "bind", "source": shared, "options": ["bind", "idmap"]}),
+            "needs uidMappings and gidMappings",
+        ),
+        (
+            "half",
+            json!({"destination": "/mnt", "type": "bind", "source": shared, "options": ["bind", "idmap"],
+            "uidMappings": maps}),
+            "needs both uidMappings and gidMappings",
+        ),
+    ] {
+        let b = rt.bundle(name, |c| c["mounts"].as_array_mut().unwrap().push(mount));
+        rt.fails(&["create", "--bundle", b.to_str().unwrap(), name], needle);
+        assert!(cgroups_of(name).is_empty(), "{name}: cgroups left");
+        assert!(!rt.root().join(name).exists(), "{name}: state left");
+    }
+}
+
 /// On this hybrid host, a mount namespace whose /sys/fs/cgroup is the cgroup2 hierarchy alone
 /// (with no controllers: the v1 hierarchies hold them) stands in for a pure v2 host; on a pure
 /// v2 host it is the host's own layout.
@@ -654,6 +735,8 @@ fn features_and_version_describe_the_runtime() {
     assert_eq!(f["ociVersionMax"], "1.2.0");
     assert!(f["linux"]["namespaces"].as_array().unwrap().contains(&json!("user")));
     assert!(f["linux"]["capabilities"].as_array().unwrap().contains(&json!("CAP_SYS_ADMIN")));
+    assert_eq!(f["linux"]["mountExtensions"]["idmap"]["enabled"], true);
+    assert!(f["linux"]["seccomp"]["actions"].as_array().unwrap().contains(&json!("SCMP_ACT_NOTIFY")));
     assert!(rt.ok(&["--version"]).contains("spec: 1.2.0"));
     let b = rt.dir.path().join("specdir");
     std::fs::create_dir(&b).unwrap();

@@ -292,6 +292,7 @@ fn create_reserved(
             .open(&fifo)
             .map_err(ContainerError::io("open", &fifo))?,
     );
+    let idmapped = super::mounts::idmapped_trees(spec.mounts().as_deref().unwrap_or(&[]), bundle, &linux)?;
     let (parent, child) =
         sync::pair().map_err(ContainerError::io("create the setup channel", "socketpair"))?;
     // The init is re-parented to us when the setup stage exits, so a failed setup can be reaped.
@@ -307,6 +308,7 @@ fn create_reserved(
         fifo: fifo_fd.as_fd(),
         no_pivot: opts.no_pivot,
         preserve_fds: opts.preserve_fds,
+        idmapped: &idmapped,
     };
     let stage = match crate::sys::linux::fork().map_err(ContainerError::io("fork", "the setup stage"))? {
         Forked::Child => super::init::setup_stage(&ctx),
@@ -314,6 +316,7 @@ fn create_reserved(
     };
     drop(child);
     drop(console);
+    drop(idmapped);
     let pid = relay_setup(&parent, stage, &cgroup, ns, spec, &opts.id, bundle, &mut undo)?;
     let proc_oom = PathBuf::from(format!("/proc/{pid}/oom_score_adj"));
     if let Some(adj) = spec.process().as_ref().and_then(|p| p.oom_score_adj()) {

@@ -31,6 +31,8 @@ pub struct InitContext<'a> {
     pub fifo: BorrowedFd<'a>,
     pub no_pivot: bool,
     pub preserve_fds: u32,
+    /// The idmapped mounts' trees, by index in the spec's mounts.
+    pub idmapped: &'a [Option<OwnedFd>],
 }
 
 fn fail(sync: &SyncEnd, msg: &str) -> ! {
@@ -113,7 +115,7 @@ fn init(ctx: &InitContext<'_>) -> Result<Infallible, StepError> {
         userns: ctx.ns.new_user || ctx.ns.join_user.is_some(),
     };
     let spec_mounts = spec.mounts().clone().unwrap_or_default();
-    mounts::mount_all(&mctx, &spec_mounts)?;
+    mounts::mount_all(&mctx, &spec_mounts, ctx.idmapped)?;
     let own_dev = spec_mounts
         .iter()
         .any(|m| m.destination() == Path::new("/dev") && m.typ().as_deref() != Some("bind"));

@@ -29,13 +29,15 @@ pub struct Options {
     pub propagation: Option<MsFlags>,
     /// `bind` or `rbind`.
     pub bind: bool,
+    /// `idmap` (`Some(false)`) or `ridmap` (`Some(true)`, every submount too).
+    pub idmap: Option<bool>,
     /// Options for the file system itself.
     pub data: Vec<String>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { flags: MsFlags::empty(), propagation: None, bind: false, data: Vec::new() }
+        Options { flags: MsFlags::empty(), propagation: None, bind: false, idmap: None, data: Vec::new() }
     }
 }
 
@@ -74,6 +76,10 @@ pub fn parse_options(opts: &[String]) -> Options {
             "rbind" => {
                 o.bind = true;
                 o.flags |= MsFlags::MS_REC;
+                continue;
+            }
+            "idmap" | "ridmap" => {
+                o.idmap = Some(opt == "ridmap");
                 continue;
             }
             p if propagation(p).is_some() => {
@@ -180,15 +186,107 @@ pub struct MountContext<'a> {
     pub userns: bool,
 }
 
-/// Mounts `config.json`'s mounts in order.
-pub fn mount_all(ctx: &MountContext<'_>, mounts: &[Mount]) -> Result<(), StepError> {
-    for m in mounts {
-        mount_one(ctx, m)?;
+/// Mounts `config.json`'s mounts in order; `idmapped` has the trees [`idmapped_trees`] made
+/// for them.
+pub fn mount_all(
+    ctx: &MountContext<'_>,
+    mounts: &[Mount],
+    idmapped: &[Option<OwnedFd>],
+) -> Result<(), StepError> {
+    for (i, m) in mounts.iter().enumerate() {
+        mount_one(ctx, m, idmapped.get(i).and_then(Option::as_ref))?;
     }
     Ok(())
 }
 
-fn mount_one(ctx: &MountContext<'_>, m: &Mount) -> Result<(), StepError> {
+fn bind_source(bundle: &Path, m: &Mount) -> Result<PathBuf, String> {
+    let src = m
+        .source()
+        .as_deref()
+        .ok_or_else(|| format!("bind mount on {} has no source", m.destination().display()))?;
+    Ok(if src.is_absolute() { src.to_owned() } else { bundle.join(src) })
+}
+
+/// The `idmap`/`ridmap` bind mounts of `mounts`, made by the runtime before the init exists
+/// (index-aligned, `None` for the others): an idmapped mount needs privilege over the source's
+/// file system, which the init may have given up with its user namespace. Each mount's own
+/// `uidMappings`/`gidMappings` say how on-disk ids appear (`containerID` on disk shows as
+/// `hostID`), else the container's user namespace maps do.
+pub fn idmapped_trees(
+    mounts: &[Mount],
+    bundle: &Path,
+    linux: &oci_spec::runtime::Linux,
+) -> Result<Vec<Option<OwnedFd>>, super::ContainerError> {
+    use super::ContainerError::{Invalid, Setup};
+    let lines = |maps: Option<&Vec<oci_spec::runtime::LinuxIdMapping>>| {
+        maps.map(|m| {
+            m.iter().map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size())).collect()
+        })
+        .filter(|l: &String| !l.is_empty())
+    };
+    let mut namespaces: Vec<((String, String), OwnedFd)> = Vec::new();
+    let mut out = Vec::new();
+    for m in mounts {
+        let dest = m.destination().display();
+        let opts = parse_options(m.options().as_deref().unwrap_or(&[]));
+        let own = (lines(m.uid_mappings().as_ref()), lines(m.gid_mappings().as_ref()));
+        let Some(recursive) = opts.idmap else {
+            if own.0.is_some() || own.1.is_some() {
+                return Err(Invalid(format!(
+                    "the mount on {dest} has id mappings but no idmap or ridmap option"
+                )));
+            }
+            out.push(None);
+            continue;
+        };
+        if !(opts.bind || m.typ().as_deref() == Some("bind")) {
+            return Err(Invalid(format!("idmap on {dest}: only bind mounts can be idmapped")));
+        }
+        let maps = match own {
+            (Some(u), Some(g)) => (u, g),
+            (None, None) => {
+                match (lines(linux.uid_mappings().as_ref()), lines(linux.gid_mappings().as_ref())) {
+                    (Some(u), Some(g)) => (u, g),
+                    _ => {
+                        return Err(Invalid(format!(
+                            "idmap on {dest} needs uidMappings and gidMappings on the mount, or a user namespace's"
+                        )));
+                    }
+                }
+            }
+            _ => return Err(Invalid(format!("the mount on {dest} needs both uidMappings and gidMappings"))),
+        };
+        let userns = match namespaces.iter().find(|(k, _)| *k == maps) {
+            Some((_, fd)) => fd,
+            None => {
+                let fd = crate::userns::mapped_namespace(&maps.0, &maps.1)
+                    .map_err(|e| Invalid(format!("idmap on {dest}: {e}")))?;
+                namespaces.push((maps, fd));
+                &namespaces[namespaces.len() - 1].1
+            }
+        };
+        let src = bind_source(bundle, m).map_err(Invalid)?;
+        let tree = crate::sys::linux::open_tree(&src, opts.flags.contains(MsFlags::MS_REC))
+            .map_err(super::ContainerError::io("open the mount source", &src))?;
+        crate::sys::linux::set_tree_idmap(
+            std::os::fd::AsFd::as_fd(&tree),
+            std::os::fd::AsFd::as_fd(userns),
+            recursive,
+        )
+        .map_err(|e| {
+            let hint = if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) {
+                " (its file system, or one mounted below it with ridmap, cannot be idmapped)"
+            } else {
+                ""
+            };
+            Setup(format!("cannot make an idmapped mount of {}: {e}{hint}", src.display()))
+        })?;
+        out.push(Some(tree));
+    }
+    Ok(out)
+}
+
+fn mount_one(ctx: &MountContext<'_>, m: &Mount, idmapped: Option<&OwnedFd>) -> Result<(), StepError> {
     let dest = m.destination();
     if !dest.is_absolute() {
         return Err(format!("mount destination {} is not absolute", dest.display()));
@@ -196,20 +294,26 @@ fn mount_one(ctx: &MountContext<'_>, m: &Mount) -> Result<(), StepError> {
     let opts = parse_options(m.options().as_deref().unwrap_or(&[]));
     let typ = m.typ().as_deref().unwrap_or(if opts.bind { "bind" } else { "none" });
     if opts.bind || typ == "bind" {
-        let src =
-            m.source().as_deref().ok_or_else(|| format!("bind mount on {} has no source", dest.display()))?;
-        let src = if src.is_absolute() { src.to_owned() } else { ctx.bundle.join(src) };
+        let src = bind_source(ctx.bundle, m)?;
         let is_dir = std::fs::metadata(&src).map_err(ioerr("find the bind source", &src))?.is_dir();
         let target = make_in_root(ctx.root, dest, !is_dir)?;
         let t = fd_path(&target);
-        mount(
-            Some(&src),
-            t.as_str(),
-            None::<&str>,
-            MsFlags::MS_BIND | (opts.flags & MsFlags::MS_REC),
-            None::<&str>,
-        )
-        .map_err(err(format!("bind {} onto", src.display()), dest))?;
+        if let Some(tree) = idmapped {
+            crate::sys::linux::move_mount_onto(
+                std::os::fd::AsFd::as_fd(tree),
+                std::os::fd::AsFd::as_fd(&target),
+            )
+            .map_err(ioerr(&format!("attach the idmapped mount of {} at", src.display()), dest))?;
+        } else {
+            mount(
+                Some(&src),
+                t.as_str(),
+                None::<&str>,
+                MsFlags::MS_BIND | (opts.flags & MsFlags::MS_REC),
+                None::<&str>,
+            )
+            .map_err(err(format!("bind {} onto", src.display()), dest))?;
+        }
         let remount = opts.flags & !MsFlags::MS_REC;
         if !remount.is_empty() {
             // The bind is now at `target`'s place: reopen to reach the new mount, not what it covers.
@@ -587,5 +691,9 @@ mod tests {
         assert!(b.bind);
         assert_eq!(b.flags, MsFlags::MS_REC);
         assert_eq!(b.propagation, Some(MsFlags::MS_PRIVATE | MsFlags::MS_REC));
+        assert_eq!(b.idmap, None);
+        assert_eq!(parse_options(&["bind".into(), "idmap".into()]).idmap, Some(false));
+        let r = parse_options(&["rbind".into(), "ridmap".into()]);
+        assert_eq!((r.idmap, r.data.len()), (Some(true), 0), "not passed on as file system data");
     }
 }

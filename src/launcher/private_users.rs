@@ -190,44 +190,14 @@ fn known_idmappable(path: &Path) -> bool {
     recent && rustix::fs::statfs(path).is_ok_and(known)
 }
 
-/// Makes an idmapped clone of `path` and drops it, through a throwaway user namespace of a
-/// child that exits at once.
+/// Makes an idmapped clone of `path` and drops it, through a throwaway user namespace.
 fn probe_idmap(path: &Path) -> bool {
-    let Ok((wait, go)) = pipe() else { return false };
-    let pid = match linux::fork() {
-        Ok(Forked::Child) => {
-            drop(go);
-            let mut byte = [0u8; 1];
-            if nix::sched::unshare(CloneFlags::CLONE_NEWUSER).is_ok() {
-                // Held until the parent has used the namespace (the pipe closes).
-                let _ = (&wait).read(&mut byte);
-            }
-            linux::exit_now(0)
-        }
-        Ok(Forked::Parent(pid)) => pid,
-        Err(_) => return false,
+    let probe_range = IdRange { start: crate::userns::RANGE_SIZE, count: crate::userns::RANGE_SIZE };
+    let Ok(userns) = crate::userns::mapped_namespace(&probe_range.map_line(), &probe_range.map_line()) else {
+        return false;
     };
-    drop(wait);
-    let supported = (|| {
-        // The child is in its namespace once its map can be written.
-        let probe_range = IdRange { start: crate::userns::RANGE_SIZE, count: crate::userns::RANGE_SIZE };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        while std::fs::write(format!("/proc/{pid}/uid_map"), probe_range.map_line()).is_err() {
-            if std::time::Instant::now() > deadline {
-                return false;
-            }
-            std::thread::yield_now();
-        }
-        if std::fs::write(format!("/proc/{pid}/gid_map"), probe_range.map_line()).is_err() {
-            return false;
-        }
-        let Ok(userns) = open_ns(pid, "user") else { return false };
-        linux::open_tree(path, false)
-            .is_ok_and(|tree| linux::set_tree_idmap(tree.as_fd(), userns.as_fd()).is_ok())
-    })();
-    drop(go);
-    let _ = waitpid(Pid::from_raw(pid), None);
-    supported
+    linux::open_tree(path, false)
+        .is_ok_and(|tree| linux::set_tree_idmap(tree.as_fd(), userns.as_fd(), false).is_ok())
 }
 
 /// A detached, idmapped clone of the mount at `path` (read-only when `read_only`): the files of
@@ -238,7 +208,7 @@ pub(super) fn idmapped_tree(
     read_only: bool,
 ) -> Result<OwnedFd, ChildError> {
     let fd = linux::open_tree(path, false).map_err(ChildError::path_step("open", path))?;
-    linux::set_tree_idmap(fd.as_fd(), userns).map_err(|e| {
+    linux::set_tree_idmap(fd.as_fd(), userns, false).map_err(|e| {
         let hint = match e.raw_os_error() {
             Some(libc::EINVAL | libc::EOPNOTSUPP | libc::ENOSYS) => {
                 " (the file system or kernel cannot idmap mounts; use --private-users-ownership=chown)"

@@ -176,7 +176,8 @@ pub fn set_tree_readonly(tree: BorrowedFd<'_>, recursive: bool) -> io::Result<()
 /// Makes the detached tree `tree` (a single mount) an idmapped mount through the id maps of the
 /// user namespace `userns`: files owned by id N on disk appear owned by the host id that N maps
 /// to, and files created through it are stored with the id mapped back.
-pub fn set_tree_idmap(tree: BorrowedFd<'_>, userns: BorrowedFd<'_>) -> io::Result<()> {
+/// With `recursive`, every mount of the tree.
+pub fn set_tree_idmap(tree: BorrowedFd<'_>, userns: BorrowedFd<'_>, recursive: bool) -> io::Result<()> {
     // A live fd is never negative.
     #[allow(clippy::cast_sign_loss)]
     let attr = libc::mount_attr {
@@ -185,7 +186,7 @@ pub fn set_tree_idmap(tree: BorrowedFd<'_>, userns: BorrowedFd<'_>) -> io::Resul
         propagation: 0,
         userns_fd: userns.as_raw_fd() as u64,
     };
-    mount_setattr(tree, false, &attr)
+    mount_setattr(tree, recursive, &attr)
 }
 
 /// mount_setattr(2) on the detached tree `tree` (rustix has no wrapper for it).
@@ -218,6 +219,20 @@ pub fn move_mount(tree: BorrowedFd<'_>, target: &Path) -> io::Result<()> {
         rustix::fs::CWD,
         target,
         rustix::mount::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )?;
+    Ok(())
+}
+
+/// Attaches the detached mount `tree` on the file or directory `target` is open on (an
+/// `O_PATH` fd will do), with no path walked.
+pub fn move_mount_onto(tree: BorrowedFd<'_>, target: BorrowedFd<'_>) -> io::Result<()> {
+    use rustix::mount::MoveMountFlags;
+    rustix::mount::move_mount(
+        tree,
+        "",
+        target,
+        "",
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
     )?;
     Ok(())
 }
