@@ -635,6 +635,44 @@ fn a_seccomp_agent_answers_the_calls_a_filter_notifies() {
 }
 
 #[test]
+fn a_terminal_without_a_console_socket_is_relayed_by_the_runtime() {
+    let rt = Runtime::new();
+    // The caller's stdin goes to the pty, the pty's output to the caller's stdout.
+    let b = rt.bundle("relay", |c| {
+        c["process"]["terminal"] = json!(true);
+        c["process"]["args"] = json!(["/bin/sh"]);
+    });
+    let input = rt.dir.path().join("input");
+    std::fs::write(&input, "tty; echo relayed-$((40+2)); exit 7\n").unwrap();
+    let o = Command::new(runc_bin())
+        .arg("--root")
+        .arg(rt.root())
+        .args(["run", "--bundle", b.to_str().unwrap(), "relay"])
+        .env("DBUS_SYSTEM_BUS_ADDRESS", NO_BUS)
+        .stdin(std::fs::File::open(&input).unwrap())
+        .output()
+        .unwrap();
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(7), "the shell's exit status: {out} {}", stderr(&o));
+    assert!(out.contains("/dev/pts/0") && out.contains("relayed-42"), "{out}");
+    assert!(!rt.root().join("relay").exists(), "run deletes the container");
+
+    // exec -t, likewise; detached it has nobody to relay to.
+    let b = rt.bundle("relay-exec", |c| c["process"]["args"] = json!(["/bin/sleep", "60"]));
+    rt.ok(&["run", "--detach", "--bundle", b.to_str().unwrap(), "relay-exec"]);
+    let o = rt.cmd(&["exec", "-t", "relay-exec", "/bin/sh", "-c", "tty; exit 3"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stdout(&o).contains("/dev/pts/"), "{}", stdout(&o));
+    rt.fails(&["exec", "-t", "-d", "relay-exec", "/bin/true"], "without --console-socket");
+    rt.ok(&["delete", "--force", "relay-exec"]);
+    // run -d with a terminal and no socket: refused, nothing left.
+    let b = rt.bundle("relay-detached", |c| c["process"]["terminal"] = json!(true));
+    rt.fails(&["run", "-d", "--bundle", b.to_str().unwrap(), "relay-detached"], "without --console-socket");
+    assert!(!rt.root().join("relay-detached").exists());
+    assert!(cgroups_of("relay-detached").is_empty());
+}
+
+#[test]
 fn exec_joins_a_running_container() {
     let rt = Runtime::new();
     let b = rt.bundle("host", |c| {

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use oci_spec::runtime::{LinuxResources, Process, Spec};
 
+use super::console::{self, ConsoleSocket, Relay};
 use super::create::{self, CreateOptions};
 use super::exec::{self, ExecOptions};
 use super::state::{DEFAULT_ROOT, Status, Store};
@@ -298,7 +299,7 @@ fn create_options(cli: &Cli, a: &CreateArgs) -> CreateOptions {
         id: a.id.clone(),
         bundle: a.bundle.clone(),
         pid_file: a.pid_file.clone(),
-        console_socket: a.console_socket.clone(),
+        console_socket: a.console_socket.clone().map(ConsoleSocket::Path),
         preserve_fds: a.preserve_fds,
         no_pivot: a.no_pivot,
         systemd_cgroup: cli.systemd_cgroup,
@@ -316,7 +317,12 @@ fn run(cli: Cli) -> Result<i32, ContainerError> {
         }
         Command::Start { id } => create::start(&store, id).map(|()| 0),
         Command::Run { create: a, detach, keep } => {
-            let pid = create::create(&store, &create_options(&cli, a))?;
+            let mut opts = create_options(&cli, a);
+            let spec = create::load_config(&a.bundle)?;
+            let terminal = spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
+            let relay;
+            (opts.console_socket, relay) = console_for(terminal, *detach, &a.console_socket)?;
+            let pid = create::create(&store, &opts)?;
             if let Err(e) = create::start(&store, &a.id) {
                 let _ = create::delete(&store, &a.id, true);
                 return Err(e);
@@ -324,7 +330,12 @@ fn run(cli: Cli) -> Result<i32, ContainerError> {
             if *detach {
                 return Ok(0);
             }
-            let code = exec::wait_forwarding_signals(pid);
+            let code = match relay {
+                Some(relay) => relay.run(pid).inspect_err(|_| {
+                    let _ = create::delete(&store, &a.id, true);
+                })?,
+                None => exec::wait_forwarding_signals(pid),
+            };
             if !keep {
                 create::delete(&store, &a.id, true)?;
             }
@@ -340,7 +351,7 @@ fn run(cli: Cli) -> Result<i32, ContainerError> {
             create::kill(&store, id, sig, *all).map(|()| 0)
         }
         Command::Delete { force, id } => create::delete(&store, id, *force).map(|()| 0),
-        Command::Exec(a) => exec::exec(&store, &a.id, &exec_options(&store, a)?),
+        Command::Exec(a) => exec::exec(&store, &a.id, exec_options(&store, a)?),
         Command::Ps { format, id, ps_args } => ps(&store, id, format, ps_args),
         Command::Pause { id } => create::pause(&store, id, true).map(|()| 0),
         Command::Resume { id } => create::pause(&store, id, false).map(|()| 0),
@@ -384,13 +395,36 @@ fn exec_options(store: &Store, a: &ExecArgs) -> Result<ExecOptions, ContainerErr
         }
         None => process_from_args(store, a)?,
     };
+    let (console_socket, relay) =
+        console_for(process.terminal().unwrap_or(false), a.detach, &a.console_socket)?;
     Ok(ExecOptions {
         process,
-        console_socket: a.console_socket.clone(),
+        console_socket,
+        relay,
         detach: a.detach,
         pid_file: a.pid_file.clone(),
         preserve_fds: a.preserve_fds,
     })
+}
+
+/// The console socket for a process: the engine's, or with a terminal and none given, one
+/// this process relays (as runc; a detached process has nobody to relay it).
+fn console_for(
+    terminal: bool,
+    detach: bool,
+    socket: &Option<PathBuf>,
+) -> Result<(Option<ConsoleSocket>, Option<Relay>), ContainerError> {
+    match (socket, terminal) {
+        (Some(path), _) => Ok((Some(ConsoleSocket::Path(path.clone())), None)),
+        (None, true) if detach => Err(ContainerError::Invalid(
+            "cannot allocate a terminal for a detached process without --console-socket to send it to".into(),
+        )),
+        (None, true) => {
+            let (socket, relay) = console::relay_pair()?;
+            Ok((Some(socket), Some(relay)))
+        }
+        (None, false) => Ok((None, None)),
+    }
 }
 
 /// runc's exec without `--process`: the container's process with the command, environment,

@@ -8,7 +8,6 @@
 use std::fs;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -16,6 +15,7 @@ use nix::sched::CloneFlags;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use super::cgroup::{ContainerCgroup, cgroup_path};
+use super::console::ConsoleSocket;
 use super::state::{EXEC_FIFO, Locked, Record, Status, Store, write_atomic};
 use super::sync::{self, SyncEnd};
 use super::{ContainerError, hooks};
@@ -24,7 +24,7 @@ use crate::launcher::register::{self, MachineInfo, RegisterError, RegisterMode};
 use crate::sys::linux::Forked;
 
 /// What `create` (and `run`) is asked.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct CreateOptions {
     /// The container id.
     pub id: String,
@@ -32,8 +32,8 @@ pub struct CreateOptions {
     pub bundle: PathBuf,
     /// Where to write the init's pid.
     pub pid_file: Option<PathBuf>,
-    /// The unix socket the pty master is sent to (`process.terminal`).
-    pub console_socket: Option<PathBuf>,
+    /// Where the pty master is sent (`process.terminal`).
+    pub console_socket: Option<ConsoleSocket>,
     /// Descriptors 3..3+N passed on to the container.
     pub preserve_fds: u32,
     /// Move the rootfs over `/` instead of pivot_root.
@@ -236,9 +236,7 @@ pub fn create(store: &Store, opts: &CreateOptions) -> Result<i32, ContainerError
     }
     let terminal = spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
     let console = match (&opts.console_socket, terminal) {
-        (Some(path), true) => Some(OwnedFd::from(
-            UnixStream::connect(path).map_err(ContainerError::io("connect to the console socket", path))?,
-        )),
+        (Some(socket), true) => Some(socket.connect()?),
         (None, true) => {
             return Err(ContainerError::Invalid(
                 "process.terminal is set but no --console-socket was given to send the pty to".into(),

@@ -3,7 +3,6 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -12,18 +11,21 @@ use nix::sys::signal::{SigSet, Signal};
 use oci_spec::runtime::{LinuxSeccomp, Process};
 
 use super::ContainerError;
+use super::console::{ConsoleSocket, Relay};
 use super::process::{self, StepError};
 use super::state::{Status, Store, write_atomic};
 use super::sync::{self, SyncEnd};
 use crate::sys::linux::{Forked, exit_now};
 
 /// What `exec` is asked.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct ExecOptions {
     /// The process to run.
     pub process: Process,
     /// Where the pty master goes (`process.terminal`).
-    pub console_socket: Option<PathBuf>,
+    pub console_socket: Option<ConsoleSocket>,
+    /// Relay the pty here (a terminal without `--console-socket`).
+    pub relay: Option<Relay>,
     /// Return once the process runs, instead of waiting for it.
     pub detach: bool,
     /// Where to write its pid.
@@ -63,7 +65,7 @@ fn namespaces_of(pid: i32) -> Result<Vec<(CloneFlags, OwnedFd)>, ContainerError>
 }
 
 /// Runs the process; returns its exit status (0 with `detach`).
-pub fn exec(store: &Store, id: &str, opts: &ExecOptions) -> Result<i32, ContainerError> {
+pub fn exec(store: &Store, id: &str, opts: ExecOptions) -> Result<i32, ContainerError> {
     let locked = store.open(id)?;
     let rec = locked.record.clone().ok_or_else(|| ContainerError::NotFound(id.into()))?;
     let status = rec.status(&locked.dir);
@@ -80,9 +82,7 @@ pub fn exec(store: &Store, id: &str, opts: &ExecOptions) -> Result<i32, Containe
         OwnedFd::from(std::fs::File::open(&root_path).map_err(ContainerError::io("open", &root_path))?);
     let terminal = opts.process.terminal().unwrap_or(false);
     let console = match (&opts.console_socket, terminal) {
-        (Some(p), true) => Some(OwnedFd::from(
-            UnixStream::connect(p).map_err(ContainerError::io("connect to the console socket", p))?,
-        )),
+        (Some(socket), true) => Some(socket.connect()?),
         (Some(_), false) => {
             return Err(ContainerError::Invalid(
                 "--console-socket given but the process has no terminal".into(),
@@ -163,7 +163,10 @@ pub fn exec(store: &Store, id: &str, opts: &ExecOptions) -> Result<i32, Containe
     if opts.detach {
         return Ok(0);
     }
-    Ok(wait_forwarding_signals(pid))
+    match opts.relay {
+        Some(relay) => relay.run(pid),
+        None => Ok(wait_forwarding_signals(pid)),
+    }
 }
 
 fn recv(chan: &SyncEnd) -> Result<Option<(String, Option<OwnedFd>)>, ContainerError> {

@@ -15,6 +15,7 @@ use std::path::PathBuf;
 
 pub mod cgroup;
 pub mod cli;
+pub mod console;
 pub mod create;
 pub mod exec;
 pub mod hooks;

@@ -38,46 +38,52 @@ impl SyncEnd {
 
     /// Receives one message and the descriptor that came with it, if one did.
     pub fn recv_with_fd(&self, timeout: Option<Duration>) -> io::Result<Option<(String, Option<OwnedFd>)>> {
-        if let Some(t) = timeout {
-            let mut fds = [nix::poll::PollFd::new(self.0.as_fd(), nix::poll::PollFlags::POLLIN)];
-            let ms = u16::try_from(t.as_millis()).unwrap_or(u16::MAX);
-            if nix::poll::poll(&mut fds, ms)? == 0 {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "no answer"));
-            }
+        recv_message(self.0.as_fd(), timeout)
+    }
+}
+
+/// Receives one message from the socket `sock` and the descriptor that came with it, if one
+/// did; `None` when the other end is closed. With a timeout, an error of kind `TimedOut` when
+/// nothing came.
+pub fn recv_message(
+    sock: BorrowedFd<'_>,
+    timeout: Option<Duration>,
+) -> io::Result<Option<(String, Option<OwnedFd>)>> {
+    if let Some(t) = timeout {
+        let mut fds = [nix::poll::PollFd::new(sock, nix::poll::PollFlags::POLLIN)];
+        let ms = u16::try_from(t.as_millis()).unwrap_or(u16::MAX);
+        if nix::poll::poll(&mut fds, ms)? == 0 {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "no answer"));
         }
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-        let (n, fd) = loop {
-            let mut iov = [io::IoSliceMut::new(&mut buf)];
-            match socket::recvmsg::<()>(
-                self.0.as_raw_fd(),
-                &mut iov,
-                Some(&mut space),
-                MsgFlags::MSG_CMSG_CLOEXEC,
-            ) {
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => return Err(e.into()),
-                Ok(msg) => {
-                    let mut fd = None;
-                    for c in msg.cmsgs()? {
-                        if let socket::ControlMessageOwned::ScmRights(fds) = c {
-                            for raw in fds {
-                                // SAFETY: the kernel just installed `raw` in this process for
-                                // this message; nothing else owns it.
-                                let owned = unsafe { OwnedFd::from_raw_fd(raw) };
-                                fd.get_or_insert(owned);
-                            }
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let (n, fd) = loop {
+        let mut iov = [io::IoSliceMut::new(&mut buf)];
+        match socket::recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+        {
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+            Ok(msg) => {
+                let mut fd = None;
+                for c in msg.cmsgs()? {
+                    if let socket::ControlMessageOwned::ScmRights(fds) = c {
+                        for raw in fds {
+                            // SAFETY: the kernel just installed `raw` in this process for this
+                            // message; nothing else owns it.
+                            let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+                            fd.get_or_insert(owned);
                         }
                     }
-                    break (msg.bytes, fd);
                 }
+                break (msg.bytes, fd);
             }
-        };
-        if n == 0 {
-            return Ok(None);
         }
-        Ok(Some((String::from_utf8_lossy(&buf[..n]).into_owned(), fd)))
+    };
+    if n == 0 {
+        return Ok(None);
     }
+    Ok(Some((String::from_utf8_lossy(&buf[..n]).into_owned(), fd)))
 }
 
 /// Sends `fd` over the unix socket `sock` with `name` as the payload (runc's console socket
