@@ -755,10 +755,24 @@ fn bad_input_is_refused_and_leaves_nothing() {
     // Registration asked for and impossible (no bus here): the create fails and is undone.
     let reg = rt.bundle("bad8", |c| c["process"]["args"] = json!(["sleep", "100"]));
     rt.fails(&["--register=yes", "create", "--bundle", reg.to_str().unwrap(), "bad8"], "register");
+    // A security label for a module the host does not run is not dropped silently (with the
+    // module enabled, the profile does not exist: refused either way).
+    let aa = rt.bundle("bad9", |c| c["process"]["apparmorProfile"] = json!("mctl-no-such-profile"));
+    let needle = if Path::new("/sys/kernel/security/apparmor").exists() {
+        "mctl-no-such-profile"
+    } else {
+        "AppArmor is not enabled"
+    };
+    rt.fails(&["create", "--bundle", aa.to_str().unwrap(), "bad9"], needle);
+    if !Path::new("/sys/fs/selinux/enforce").exists() {
+        let se =
+            rt.bundle("bad10", |c| c["process"]["selinuxLabel"] = json!("system_u:system_r:container_t:s0"));
+        rt.fails(&["create", "--bundle", se.to_str().unwrap(), "bad10"], "SELinux is not enabled");
+    }
     rt.fails(&["start", "nosuch"], "container does not exist: nosuch");
     rt.fails(&["delete", "nosuch"], "container does not exist: nosuch");
     rt.ok(&["delete", "--force", "nosuch"]);
-    for id in ["bad1", "bad2", "bad3", "bad4", "bad5", "bad6", "bad7", "bad8"] {
+    for id in ["bad1", "bad2", "bad3", "bad4", "bad5", "bad6", "bad7", "bad8", "bad9", "bad10"] {
         assert!(!rt.root().join(id).exists(), "state of {id} left behind");
         assert!(cgroups_of(id).is_empty(), "cgroups of {id} left behind: {:?}", cgroups_of(id));
     }

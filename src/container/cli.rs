@@ -219,10 +219,10 @@ pub struct ExecArgs {
     /// Pass descriptors 3..3+N on.
     #[arg(long, default_value_t = 0)]
     pub preserve_fds: u32,
-    /// Accepted for runc compatibility.
+    /// The SELinux label the process runs under.
     #[arg(long)]
     pub process_label: Option<String>,
-    /// Accepted for runc compatibility.
+    /// The AppArmor profile the process runs under.
     #[arg(long)]
     pub apparmor: Option<String>,
     /// The container id.
@@ -435,6 +435,12 @@ fn process_from_args(store: &Store, a: &ExecArgs) -> Result<Process, ContainerEr
     let mut p = rec.config.process().clone().unwrap_or_default();
     p.set_args(Some(a.command.clone()));
     p.set_terminal(Some(a.tty));
+    if let Some(profile) = &a.apparmor {
+        p.set_apparmor_profile(Some(profile.clone()));
+    }
+    if let Some(label) = &a.process_label {
+        p.set_selinux_label(Some(label.clone()));
+    }
     let mut env = p.env().clone().unwrap_or_default();
     env.extend(a.env.iter().cloned());
     p.set_env(Some(env));
@@ -615,8 +621,8 @@ pub fn features() -> serde_json::Value {
                 "knownFlags": ["SECCOMP_FILTER_FLAG_LOG", "SECCOMP_FILTER_FLAG_SPEC_ALLOW", "SECCOMP_FILTER_FLAG_TSYNC"],
                 "supportedFlags": ["SECCOMP_FILTER_FLAG_LOG", "SECCOMP_FILTER_FLAG_SPEC_ALLOW"]
             },
-            "apparmor": {"enabled": false},
-            "selinux": {"enabled": false},
+            "apparmor": {"enabled": super::lsm::apparmor_enabled()},
+            "selinux": {"enabled": super::lsm::selinux_enabled()},
             "intelRdt": {"enabled": false},
             "mountExtensions": {"idmap": {"enabled": true}}
         },

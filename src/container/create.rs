@@ -231,6 +231,7 @@ pub fn create(store: &Store, opts: &CreateOptions) -> Result<i32, ContainerError
         ));
     }
     // Checked here, where the error reaches the caller as bad input, rather than in the init.
+    super::lsm::check(&spec.process().clone().unwrap_or_default())?;
     if let Some(s) = linux.seccomp() {
         super::seccomp::build(s).map_err(|e| ContainerError::Invalid(e.to_string()))?;
     }

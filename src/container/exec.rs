@@ -92,6 +92,7 @@ pub fn exec(store: &Store, id: &str, opts: ExecOptions) -> Result<i32, Container
         (None, _) => None,
     };
     // Checked before anything is started, as create does.
+    super::lsm::check(&opts.process)?;
     let seccomp = rec.config.linux().as_ref().and_then(|l| l.seccomp().clone());
     if let Some(s) = &seccomp {
         super::seccomp::build(s).map_err(|e| ContainerError::Invalid(e.to_string()))?;
@@ -235,6 +236,7 @@ fn process_main(ctx: &Ctx<'_>) -> Result<(), StepError> {
         process::hand_over_pty(master, console, p)?;
     }
     process::apply_rlimits(p)?;
+    super::lsm::set_exec_labels(p)?;
     let nnp = p.no_new_privileges().unwrap_or(false);
     if !nnp {
         process::load_seccomp(ctx.seccomp, ctx.sync)?;

@@ -168,6 +168,7 @@ fn init(ctx: &InitContext<'_>) -> Result<Infallible, StepError> {
             .map_err(|e| format!("cannot set the personality: {e}"))?;
     }
     process::apply_rlimits(&proc)?;
+    super::lsm::set_exec_labels(&proc)?;
     let nnp = proc.no_new_privileges().unwrap_or(false);
     // With no_new_privs the filter comes as late as it can, just before the exec; but one that
     // notifies an agent must be loaded while the setup channel still carries its descriptor.

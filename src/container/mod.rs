@@ -20,6 +20,7 @@ pub mod create;
 pub mod exec;
 pub mod hooks;
 mod init;
+pub mod lsm;
 mod mounts;
 pub mod process;
 pub mod seccomp;
