@@ -246,6 +246,7 @@ fn the_process_is_set_up_as_configured() {
             "echo blkio=$(cat /sys/fs/cgroup/blkio/blkio.throttle.read_bps_device /sys/fs/cgroup/io.max 2>/dev/null | tr ' ' _);",
             "echo soft=$(cat /sys/fs/cgroup/memory/memory.soft_limit_in_bytes /sys/fs/cgroup/memory.low 2>/dev/null)",
             "   swappiness=$(cat /sys/fs/cgroup/memory/memory.swappiness 2>/dev/null || echo v2);",
+            "echo uptime=$(cut -d. -f1 /proc/uptime);",
             "exit 42"
         )]);
         c["process"]["env"] = json!(["PATH=/bin:/usr/bin", "FOO=bar"]);
@@ -259,6 +260,8 @@ fn the_process_is_set_up_as_configured() {
         c["linux"]["maskedPaths"] = json!(["/proc/meminfo", "/sys/firmware", "/proc/no-such-file"]);
         c["linux"]["readonlyPaths"] = json!(["/proc/sys"]);
         c["linux"]["sysctl"] = json!({"kernel.shm_rmid_forced": "1"});
+        c["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "time"}));
+        c["linux"]["timeOffsets"] = json!({"boottime": {"secs": 10_000_000, "nanosecs": 0}});
         let (major, minor) = a_block_device();
         c["linux"]["resources"] = json!({
             "hugepageLimits": [{"pageSize": "2MB", "limit": 4194304}],
@@ -293,6 +296,9 @@ fn the_process_is_set_up_as_configured() {
     ] {
         assert!(out.contains(want), "expected '{want}' in:\n{out}");
     }
+    let uptime: u64 =
+        out.lines().find_map(|l| l.strip_prefix("uptime=")).unwrap_or_default().parse().unwrap();
+    assert!(uptime >= 10_000_000, "the boot time offset is in force: {out}");
     let blkio = out.lines().find(|l| l.starts_with("blkio=")).unwrap_or_default();
     assert!(blkio.contains("_1048576") || blkio.contains("rbps=1048576"), "{blkio}");
     assert!(cgroups_of("proc").is_empty(), "run deletes the container");
@@ -769,10 +775,16 @@ fn bad_input_is_refused_and_leaves_nothing() {
             rt.bundle("bad10", |c| c["process"]["selinuxLabel"] = json!("system_u:system_r:container_t:s0"));
         rt.fails(&["create", "--bundle", se.to_str().unwrap(), "bad10"], "SELinux is not enabled");
     }
+    let t = rt.bundle("bad11", |c| c["linux"]["timeOffsets"] = json!({"monotonic": {"secs": 5}}));
+    rt.fails(&["create", "--bundle", t.to_str().unwrap(), "bad11"], "needs a new time namespace");
+    let rdt = rt.bundle("bad12", |c| c["linux"]["intelRdt"] = json!({"closID": "x"}));
+    rt.fails(&["create", "--bundle", rdt.to_str().unwrap(), "bad12"], "Intel RDT");
     rt.fails(&["start", "nosuch"], "container does not exist: nosuch");
     rt.fails(&["delete", "nosuch"], "container does not exist: nosuch");
     rt.ok(&["delete", "--force", "nosuch"]);
-    for id in ["bad1", "bad2", "bad3", "bad4", "bad5", "bad6", "bad7", "bad8", "bad9", "bad10"] {
+    for id in
+        ["bad1", "bad2", "bad3", "bad4", "bad5", "bad6", "bad7", "bad8", "bad9", "bad10", "bad11", "bad12"]
+    {
         assert!(!rt.root().join(id).exists(), "state of {id} left behind");
         assert!(cgroups_of(id).is_empty(), "cgroups of {id} left behind: {:?}", cgroups_of(id));
     }

@@ -81,8 +81,7 @@ fn flag_of(t: LinuxNamespaceType) -> CloneFlags {
         LinuxNamespaceType::User => CloneFlags::CLONE_NEWUSER,
         LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
         LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
-        // CLONE_NEWTIME; nix has no name for it.
-        LinuxNamespaceType::Time => CloneFlags::from_bits_retain(0x80),
+        LinuxNamespaceType::Time => CLONE_NEWTIME,
     }
 }
 
@@ -170,7 +169,50 @@ pub(crate) fn namespaces(spec: &Spec) -> Result<Namespaces, ContainerError> {
             "linux.namespaces has no mount namespace; the container needs one".into(),
         ));
     }
+    let linux = spec.linux().clone().unwrap_or_default();
+    let offsets = time_offsets(&linux)?;
+    if !offsets.is_empty() && !ns.new.contains(CLONE_NEWTIME) {
+        return Err(ContainerError::Invalid(
+            "linux.timeOffsets needs a new time namespace in linux.namespaces".into(),
+        ));
+    }
+    if linux.intel_rdt().is_some() {
+        return Err(ContainerError::Invalid(
+            "linux.intelRdt is set, but mctl-runc does not support Intel RDT (leave it unset)".into(),
+        ));
+    }
+    if linux.mount_label().as_deref().is_some_and(|l| !l.is_empty()) && super::lsm::selinux_enabled() {
+        return Err(ContainerError::Invalid(
+            "linux.mountLabel is set, but mctl-runc does not label mounts for SELinux (leave it unset)"
+                .into(),
+        ));
+    }
     Ok(ns)
+}
+
+/// CLONE_NEWTIME; nix has no name for it.
+const CLONE_NEWTIME: CloneFlags = CloneFlags::from_bits_retain(0x80);
+
+/// `linux.timeOffsets` as `/proc/PID/timens_offsets` lines (clock, seconds, nanoseconds).
+pub(crate) fn time_offsets(linux: &oci_spec::runtime::Linux) -> Result<String, ContainerError> {
+    let mut lines = String::new();
+    let mut offsets: Vec<_> = linux.time_offsets().clone().unwrap_or_default().into_iter().collect();
+    offsets.sort_by(|a, b| a.0.cmp(&b.0));
+    for (clock, offset) in offsets {
+        if clock != "monotonic" && clock != "boottime" {
+            return Err(ContainerError::Invalid(format!(
+                "unknown clock '{clock}' in linux.timeOffsets: use monotonic or boottime"
+            )));
+        }
+        let nanos = offset.nanosecs().unwrap_or(0);
+        if nanos >= 1_000_000_000 {
+            return Err(ContainerError::Invalid(format!(
+                "nanosecs {nanos} of the {clock} offset is not below 10^9"
+            )));
+        }
+        lines.push_str(&format!("{clock} {} {nanos}\n", offset.secs().unwrap_or(0)));
+    }
+    Ok(lines)
 }
 
 /// Undoes a half-made container.

@@ -88,6 +88,13 @@ fn setup(ctx: &InitContext<'_>) -> Result<(), StepError> {
         nix::sched::setns(fd, *flag).map_err(|e| format!("cannot join namespace {flag:?}: {e}"))?;
     }
     nix::sched::unshare(ctx.ns.new).map_err(|e| format!("cannot make namespaces {:?}: {e}", ctx.ns.new))?;
+    // A new time namespace takes its offsets before its first process, the init, enters it.
+    let offsets = super::create::time_offsets(&ctx.spec.linux().clone().unwrap_or_default())
+        .map_err(|e| e.to_string())?;
+    if !offsets.is_empty() {
+        std::fs::write("/proc/self/timens_offsets", &offsets)
+            .map_err(|e| format!("cannot set the time namespace's offsets ({}): {e}", offsets.trim()))?;
+    }
     match crate::sys::linux::fork().map_err(|e| format!("cannot fork the init: {e}"))? {
         Forked::Parent(pid) => ctx.sync.send(&format!("pid {pid}")).map_err(|e| e.to_string()),
         Forked::Child => match init(ctx) {
