@@ -79,6 +79,10 @@ pub struct Settings {
     pub kill_signal: Option<String>,
     /// `[Exec] Hostname=`.
     pub hostname: Option<String>,
+    /// `[Exec] ResolvConf=`.
+    pub resolv_conf: Option<String>,
+    /// `[Exec] Timezone=`.
+    pub timezone: Option<String>,
     /// `[Exec] PrivateUsers=`.
     pub private_users: Option<crate::userns::PrivateUsers>,
     /// `[Exec] NotifyReady=`.
@@ -130,17 +134,8 @@ pub struct Settings {
 }
 
 /// Keys nspawn knows that mctl does not carry out (refused rather than silently ignored).
-const NSPAWN_ONLY: [&str; 9] = [
-    "PivotRoot",
-    "LinkJournal",
-    "ResolvConf",
-    "Timezone",
-    "BindUser",
-    "MACVLAN",
-    "IPVLAN",
-    "VirtualEthernetExtra",
-    "CredentialSet",
-];
+const NSPAWN_ONLY: [&str; 7] =
+    ["PivotRoot", "LinkJournal", "BindUser", "MACVLAN", "IPVLAN", "VirtualEthernetExtra", "CredentialSet"];
 
 /// Keys an untrusted file may not set: they grant capabilities or system calls, reach host
 /// files or host network interfaces, or weaken the sandbox.
@@ -332,6 +327,14 @@ impl Settings {
                 value.parse::<crate::signals::SignalNumber>().map_err(|e| e.to_string())?;
                 self.kill_signal = Some(value.to_owned());
             }
+            ("Exec", "ResolvConf") => {
+                value.parse::<crate::launcher::host_etc::ResolvConf>()?;
+                self.resolv_conf = Some(value.to_owned());
+            }
+            ("Exec", "Timezone") => {
+                value.parse::<crate::launcher::host_etc::Timezone>()?;
+                self.timezone = Some(value.to_owned());
+            }
             ("Exec", "Hostname") => {
                 crate::names::validate(value).map_err(|e| e.to_string())?;
                 self.hostname = Some(value.to_owned());
@@ -510,6 +513,8 @@ LimitNOFILE=1024:4096
 OOMScoreAdjust=100
 CPUAffinity=0
 AmbientCapability=CAP_NET_RAW CAP_CHOWN
+ResolvConf=bind-host
+Timezone=off
 
 [Files]
 BindReadOnly=/srv/www:/var/www
@@ -543,6 +548,7 @@ CPUQuota=50%
         assert_eq!(s.rlimits, ["NOFILE=1024:4096"]);
         assert_eq!((s.oom_score_adjust.as_deref(), s.cpu_affinity.as_deref()), (Some("100"), Some("0")));
         assert_eq!(s.ambient_capability, ["CAP_NET_RAW,CAP_CHOWN"]);
+        assert_eq!((s.resolv_conf.as_deref(), s.timezone.as_deref()), (Some("bind-host"), Some("off")));
         assert!(s.ignored.is_empty());
     }
 
@@ -577,7 +583,11 @@ CPUQuota=50%
                 "[Exec]\nLimitNOFILE=9:1\n",
                 "web.mctl:2: LimitNOFILE=9:1: the soft limit exceeds the hard limit",
             ),
-            ("[Exec]\nTimezone=off\n", "web.mctl:2: Timezone=off: nspawn's Timezone= is not supported"),
+            (
+                "[Exec]\nLinkJournal=host\n",
+                "web.mctl:2: LinkJournal=host: nspawn's LinkJournal= is not supported",
+            ),
+            ("[Exec]\nTimezone=utc\n", "web.mctl:2: Timezone=utc: Failed to parse /etc/localtime mode: utc"),
             ("[Execute]\n", "web.mctl:1: unknown section [Execute]"),
             ("Boot=yes\n", "web.mctl:1: Boot= is outside any section"),
             ("[Files]\nBind=relative:/x\n", "web.mctl:2: Bind=relative:/x: "),

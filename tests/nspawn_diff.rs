@@ -195,11 +195,6 @@ fn a_command_sees_what_it_sees_under_nspawn() {
         // The guest sees a plain cgroup2 tree on hybrid hosts too (what systemd boots best with;
         // nspawn shows the v1 hierarchies read-only).
         point.starts_with("/sys/fs/cgroup")
-            // nspawn's --timezone=auto binds the host's localtime into a tree without one;
-            // mctl has no --timezone yet, and binds the host's resolv.conf where nspawn's
-            // --resolv-conf=auto does not for a tree without one.
-            || point == "/etc/localtime"
-            || point == "/etc/resolv.conf"
             || point == "/run/host/incoming"
             // mctl masks more of /proc than nspawn 252 (kernel addresses, keys, timers).
             || ["/proc/kallsyms", "/proc/keys", "/proc/timer_list", "/proc/kmsg"].contains(&point)
@@ -492,4 +487,98 @@ awk '$5 == "/run/host/credentials" { t = $(NF-2); if ($6 ~ /^ro/) ro = 1 } END {
         assert!(stderr(&m).contains("credential"), "{bad}: {}", stderr(&m));
     }
     assert_no_leaks("nscreds", &dir);
+}
+
+/// What the payload sees at /etc/resolv.conf and /etc/localtime: the kind of file, its target
+/// or a digest of its bytes, and whether (and how) something is mounted there.
+const ETC_PROBE: &str = r#"
+for f in /etc/resolv.conf /etc/localtime; do
+    if [ -L $f ]; then t="link:$(readlink $f)"; elif [ -f $f ]; then t="file:$(md5sum < $f | cut -c1-8)"
+    elif [ -e $f ]; then t=other; else t=missing; fi
+    m=$(awk -v p=$f '$5 == p { m = ($6 ~ /^ro/ ? "ro" : "rw") } END { print m }' /proc/self/mountinfo)
+    echo "$f $t mount=${m:-none}"
+done
+"#;
+
+/// The same two files as the tree keeps them afterwards.
+fn etc_in_tree(dir: &Path) -> String {
+    ["etc/resolv.conf", "etc/localtime"]
+        .iter()
+        .map(|f| {
+            let p = dir.join(f);
+            let kind = match std::fs::symlink_metadata(&p) {
+                Err(_) => "missing".to_owned(),
+                Ok(m) if m.file_type().is_symlink() => {
+                    format!("link:{}", std::fs::read_link(&p).unwrap().display())
+                }
+                Ok(m) => format!("file:{}", m.len()),
+            };
+            format!("{f} {kind}\n")
+        })
+        .collect()
+}
+
+/// `--resolv-conf` and `--timezone`, every mode and the auto defaults (writable, read-only,
+/// private network; an image with a symlinked resolv.conf; with and without the host's zone):
+/// what the payload sees and what the tree keeps afterwards are nspawn's.
+#[test]
+fn resolv_conf_and_timezone_match_nspawn() {
+    let s = scratch();
+    let base = copy_tree(busybox_tree(), s.path(), "nsetc");
+    // A variant with the host's zone file and a resolv.conf that is a symlink (as under
+    // systemd-resolved): copy- keeps such a link, replace- does not.
+    let zoned = s.path().join("nsetc-zoned");
+    assert!(Command::new("cp").arg("-a").arg(&base).arg(&zoned).status().unwrap().success());
+    let zone = std::fs::canonicalize("/etc/localtime").unwrap();
+    let zone_rel = zone.strip_prefix("/").unwrap();
+    std::fs::create_dir_all(zoned.join(zone_rel).parent().unwrap()).unwrap();
+    std::fs::copy(&zone, zoned.join(zone_rel)).unwrap();
+    std::os::unix::fs::symlink("../run/resolved/resolv.conf", zoned.join("etc/resolv.conf")).unwrap();
+    let cgroups = NspawnCgroups::new();
+    let cases: &[(&Path, &[&str])] = &[
+        (&base, &[]),
+        (&base, &["--read-only"]),
+        (&base, &["--private-network"]),
+        (&zoned, &[]),
+        (&zoned, &["--read-only"]),
+        (&zoned, &["--resolv-conf=copy-host", "--timezone=copy"]),
+        (&zoned, &["--resolv-conf=replace-host", "--timezone=bind"]),
+        (&zoned, &["--resolv-conf=bind-host", "--timezone=symlink"]),
+        (&zoned, &["--resolv-conf=delete", "--timezone=delete"]),
+        (&zoned, &["--resolv-conf=off", "--timezone=off"]),
+        (&zoned, &["--resolv-conf=replace-static", "--timezone=auto"]),
+        (&base, &["--resolv-conf=bind-static", "--timezone=symlink"]),
+        (&base, &["--resolv-conf=copy-uplink", "--timezone=copy"]),
+        (&base, &["--resolv-conf=bind-stub", "--read-only"]),
+    ];
+    for (i, (tree, opts)) in cases.iter().enumerate() {
+        let (n_dir, m_dir) = (s.path().join(format!("n{i}")), s.path().join(format!("m{i}")));
+        for d in [&n_dir, &m_dir] {
+            assert!(Command::new("cp").arg("-a").arg(tree).arg(d).status().unwrap().success());
+            std::fs::write(d.join("etc-probe.sh"), ETC_PROBE).unwrap();
+        }
+        let n = cgroups.run_like(&n_dir, opts, &["/bin/sh", "/etc-probe.sh"]);
+        assert!(n.status.success(), "nspawn {opts:?}: {}", stderr(&n));
+        let m = mctl_run(&m_dir, opts, &["/bin/sh", "/etc-probe.sh"]);
+        assert!(m.status.success(), "mctl {opts:?}: {}", stderr(&m));
+        assert_eq!(stdout(&m), stdout(&n).replace("\r\n", "\n"), "what the payload sees with {opts:?}");
+        assert_eq!(etc_in_tree(&m_dir), etc_in_tree(&n_dir), "what the tree keeps with {opts:?}");
+        assert_no_leaks(&format!("m{i}"), &m_dir);
+    }
+    // The same refusals and lists.
+    for bad in
+        ["--resolv-conf=bogus", "--resolv-conf=copy", "--resolv-conf=", "--timezone=utc", "--timezone="]
+    {
+        let n = cgroups.run_like(&base, &[bad], &["/bin/true"]);
+        assert!(!n.status.success(), "nspawn accepted {bad}");
+        let m = mctl_run(&base, &[bad], &["/bin/true"]);
+        assert!(!m.status.success(), "mctl accepted {bad}");
+        assert!(stderr(&m).contains("Failed to parse /etc/"), "{bad}: {}", stderr(&m));
+    }
+    for help in ["--resolv-conf=help", "--timezone=help"] {
+        let n = Command::new("systemd-nspawn").arg(help).output().unwrap();
+        let m = mctl().args(["run", help]).output().unwrap();
+        assert!(m.status.success(), "{}", stderr(&m));
+        assert_eq!(stdout(&m), stdout(&n), "{help}");
+    }
 }

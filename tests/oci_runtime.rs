@@ -973,6 +973,8 @@ fn podman_runs_containers_with_mctl_runc() {
     assert_eq!(pm.ok(&["inspect", "--format", "{{.State.Status}}", "mctl-d"]).trim(), "paused");
     pm.ok(&["unpause", "mctl-d"]);
     assert!(pm.ok(&["top", "mctl-d"]).contains("sleep 300"));
+    let ps = pm.ok(&["ps", "--format", "{{.Names}} {{.Status}}"]);
+    assert!(ps.lines().any(|l| l.starts_with("mctl-d Up")), "podman ps:\n{ps}");
     let inspect = pm.ok(&["inspect", "--format", "{{.State.Status}} {{.OCIRuntime}}", "mctl-d"]);
     assert_eq!(inspect.trim(), format!("running {}", runc_bin()));
     let listed = stdout(&machinectl(&bus, &["list", "--no-legend"]));

@@ -658,6 +658,15 @@ pub struct MachineArgs {
     /// Turn off syncing to disk for the payload (sync, fsync, ... do nothing; O_SYNC opens fail).
     #[arg(long, value_enum, value_name = "BOOL")]
     pub suppress_sync: Option<Toggle>,
+    /// The machine's /etc/resolv.conf: off, copy-|replace-|bind-host|static|uplink|stub, delete
+    /// or auto (the default: nothing with a network of its own, else the host's copied in, or
+    /// bound into a read-only image); `help` lists them.
+    #[arg(long, value_name = "MODE")]
+    pub resolv_conf: Option<String>,
+    /// The machine's /etc/localtime: off, copy, bind, symlink, delete or auto (the default: a
+    /// link to the image's file of the host's zone, else a copy; a bind into a read-only image).
+    #[arg(long, value_name = "MODE")]
+    pub timezone: Option<String>,
     /// Accepted for nspawn's command lines: mctl never pages.
     #[arg(long)]
     pub no_pager: bool,

@@ -20,7 +20,7 @@ use super::{CliConfig, CliError};
 /// `mctl boot`.
 pub fn boot(a: BootArgs, cfg: &CliConfig) -> Result<i32, CliError> {
     let (mut machine, mut args) = (a.machine, a.init_args);
-    if let Some(list) = capability_help(&machine) {
+    if let Some(list) = capability_help(&machine).or_else(|| mode_help(&machine)) {
         super::output::emit(&list);
         return Ok(0);
     }
@@ -32,7 +32,7 @@ pub fn boot(a: BootArgs, cfg: &CliConfig) -> Result<i32, CliError> {
 /// `mctl run`.
 pub fn run(a: RunArgs, cfg: &CliConfig) -> Result<i32, CliError> {
     let (mut machine, mut argv, mut as_pid2) = (a.machine, a.command, a.as_pid2);
-    if let Some(list) = capability_help(&machine) {
+    if let Some(list) = capability_help(&machine).or_else(|| mode_help(&machine)) {
         super::output::emit(&list);
         return Ok(0);
     }
@@ -89,6 +89,10 @@ pub fn build_spec(m: MachineArgs, payload: Payload, cfg: &CliConfig) -> Result<L
     let attributes = attributes(&m)?;
     let credentials = credentials(&m)?;
     let kill_signal = m.kill_signal.as_deref().map(str::parse::<SignalNumber>).transpose().map_err(bad)?;
+    let resolv_conf =
+        m.resolv_conf.as_deref().map(str::parse).transpose().map_err(CliError::new)?.unwrap_or_default();
+    let timezone =
+        m.timezone.as_deref().map(str::parse).transpose().map_err(CliError::new)?.unwrap_or_default();
     if let Some(p) = m.inaccessible.iter().find(|p| !p.is_absolute() || *p == std::path::Path::new("/")) {
         return Err(CliError::new(format!(
             "--inaccessible '{}' must be an absolute path below /",
@@ -131,6 +135,8 @@ pub fn build_spec(m: MachineArgs, payload: Payload, cfg: &CliConfig) -> Result<L
         )));
     }
     Ok(LaunchSpec {
+        resolv_conf,
+        timezone,
         root,
         name,
         hostname: m.hostname,
@@ -274,6 +280,15 @@ fn attributes(m: &MachineArgs) -> Result<PayloadAttributes, CliError> {
         cpu_affinity: m.cpu_affinity.as_deref().map(parse_cpu_affinity).transpose().map_err(bad)?,
         personality: m.personality.as_deref().map(Personality::parse).transpose().map_err(bad)?,
     })
+}
+
+/// `--resolv-conf=help`, `--timezone=help`: nspawn prints the modes.
+pub fn mode_help(m: &MachineArgs) -> Option<String> {
+    if m.resolv_conf.as_deref() == Some("help") {
+        return Some(crate::launcher::host_etc::ResolvConf::names().join("\n") + "\n");
+    }
+    (m.timezone.as_deref() == Some("help"))
+        .then(|| crate::launcher::host_etc::Timezone::NAMES.join("\n") + "\n")
 }
 
 /// `--capability=help` (and the same for the other capability options): nspawn prints the

@@ -120,6 +120,8 @@ pub fn apply(
     };
     opt(&mut m.kill_signal, s.kill_signal, over);
     opt(&mut m.hostname, s.hostname, over);
+    opt(&mut m.resolv_conf, s.resolv_conf, over);
+    opt(&mut m.timezone, s.timezone, over);
     if s.private_users.is_some() && (over || (m.private_users.is_none() && !m.private_users_pick)) {
         m.private_users = s.private_users;
         m.private_users_pick = false;

@@ -18,6 +18,7 @@ pub mod enter;
 pub mod events;
 pub(crate) mod exec;
 pub mod guest_units;
+pub mod host_etc;
 pub mod identity;
 mod inner;
 pub mod mounts;

@@ -27,8 +27,10 @@ use crate::userns::IdRange;
 pub enum TreeId {
     /// The host's os-release, for `/run/host/os-release`.
     OsRelease,
-    /// The host's resolv.conf.
+    /// The resolv.conf `--resolv-conf` binds.
     ResolvConf,
+    /// The host's zone file, for `--timezone=bind`.
+    Localtime,
     /// The n-th `--bind`/`--bind-ro`.
     Bind(usize),
     /// The n-th `--overlay`/`--overlay-ro`, assembled in the scratch tmpfs.
@@ -162,6 +164,30 @@ pub enum Step {
         /// The new root.
         new_root: PathBuf,
     },
+    /// A file copied in: with `replace` through a new file renamed over whatever is there
+    /// (symlinks too), else written in place unless `path` is a symlink.
+    PlaceFile {
+        /// The file.
+        path: PathBuf,
+        /// Its bytes.
+        contents: Vec<u8>,
+        /// Exact mode.
+        mode: u32,
+        /// Replace any inode at `path`.
+        replace: bool,
+    },
+    /// The steps in order until one succeeds; none succeeding is no error (nspawn's
+    /// best-effort handling of the machine's /etc files).
+    Try(Vec<Step>),
+    /// `then` if `path` exists (following symlinks), else `otherwise`.
+    IfExists {
+        /// What is tested.
+        path: PathBuf,
+        /// Steps when it exists.
+        then: Vec<Step>,
+        /// Steps when it does not.
+        otherwise: Vec<Step>,
+    },
 }
 
 impl fmt::Display for Step {
@@ -191,6 +217,12 @@ impl fmt::Display for Step {
             Step::Mask { path } => write!(f, "make {} inaccessible", path.display()),
             Step::Chmod { path, .. } => write!(f, "change the mode of {}", path.display()),
             Step::PivotRoot { new_root } => write!(f, "pivot_root into {}", new_root.display()),
+            Step::PlaceFile { path, .. } => write!(f, "copy a file to {}", path.display()),
+            Step::Try(steps) => match steps.first() {
+                Some(first) => write!(f, "try to {first}"),
+                None => f.write_str("nothing"),
+            },
+            Step::IfExists { path, .. } => write!(f, "check for {}", path.display()),
         }
     }
 }
@@ -244,29 +276,55 @@ pub fn apply_owned(
     owner: Option<IdRange>,
 ) -> Result<(), MountError> {
     for step in steps {
-        let as_owner = owner.filter(|_| {
-            matches!(
-                step,
-                Step::MkDir { .. } | Step::Symlink { .. } | Step::WriteFile { .. } | Step::Attach { .. }
-            )
-        });
-        if let Some(r) = as_owner {
-            sys.set_fs_ids(r.start, r.start);
-        }
-        let mut done = apply_one(sys, trees, step);
-        if as_owner.is_some() {
-            sys.set_fs_ids(0, 0);
-        }
-        if let (Some(r), Step::MkNod { path, .. }, Ok(())) = (owner, step, &done) {
-            done = sys.lchown(path, r.start, r.start);
-        }
-        done.map_err(|source| MountError { step: step.to_string(), source })?;
+        apply_one(sys, trees, step, owner).map_err(|source| MountError { step: step.to_string(), source })?;
     }
     Ok(())
 }
 
-fn apply_one(sys: &dyn Sys, trees: &Trees, step: &Step) -> io::Result<()> {
+fn apply_one(sys: &dyn Sys, trees: &Trees, step: &Step, owner: Option<IdRange>) -> io::Result<()> {
     match step {
+        Step::Try(steps) => {
+            for s in steps {
+                match apply_one(sys, trees, s, owner) {
+                    Ok(()) => return Ok(()),
+                    Err(e) => tracing::debug!("could not {s}, going on: {e}"),
+                }
+            }
+            return Ok(());
+        }
+        Step::IfExists { path, then, otherwise } => {
+            let branch = if sys.exists(path) { then } else { otherwise };
+            return branch.iter().try_for_each(|s| apply_one(sys, trees, s, owner));
+        }
+        _ => {}
+    }
+    let as_owner = owner.filter(|_| {
+        matches!(
+            step,
+            Step::MkDir { .. }
+                | Step::Symlink { .. }
+                | Step::WriteFile { .. }
+                | Step::Attach { .. }
+                | Step::PlaceFile { .. }
+        )
+    });
+    if let Some(r) = as_owner {
+        sys.set_fs_ids(r.start, r.start);
+    }
+    let mut done = apply_leaf(sys, trees, step);
+    if as_owner.is_some() {
+        sys.set_fs_ids(0, 0);
+    }
+    if let (Some(r), Step::MkNod { path, .. }, Ok(())) = (owner, step, &done) {
+        done = sys.lchown(path, r.start, r.start);
+    }
+    done
+}
+
+fn apply_leaf(sys: &dyn Sys, trees: &Trees, step: &Step) -> io::Result<()> {
+    match step {
+        Step::Try(_) | Step::IfExists { .. } => Ok(()),
+        Step::PlaceFile { path, contents, mode, replace } => sys.place_file(path, contents, *mode, *replace),
         Step::MkDir { path, mode } => sys.mkdir_all(path, *mode),
         Step::Mount { source, target, fstype, flags, data, optional } => {
             if *optional && !sys.exists(target) {
@@ -366,6 +424,8 @@ pub struct HostFacts {
     /// The launcher runs in a user namespace other than the host's (inside another machine):
     /// it binds its own `/sys` and device nodes instead of making them.
     pub in_user_namespace: bool,
+    /// What the host offers the machine's /etc (resolv.conf, localtime).
+    pub etc: super::host_etc::HostEtc,
 }
 
 /// Makes every mount in the new namespace a slave: it still receives mounts from the host
@@ -657,7 +717,8 @@ pub fn outer_plan(
         s.push(Step::Chmod { path: dir.clone(), mode: 0o500 });
         s.push(remount_ro(&dir, NOSUID_NODEV_NOEXEC, false));
     }
-    s.push(Step::Attach { tree: TreeId::ResolvConf, target: p("/etc/resolv.conf"), only_if_exists: true });
+    let (resolv, localtime) = super::host_etc::actions(spec, &host.etc);
+    s.extend(super::host_etc::steps(resolv, &localtime, &host.etc));
     for (i, b) in spec.binds.iter().enumerate() {
         s.push(Step::Attach { tree: TreeId::Bind(i), target: b.dest.clone(), only_if_exists: false });
     }

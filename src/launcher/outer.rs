@@ -197,9 +197,20 @@ fn open_host_trees(ctx: &ChildContext<'_>, userns: Option<BorrowedFd<'_>>) -> Re
             ChildError::Step("find the host's os-release", std::io::ErrorKind::NotFound.into())
         })?;
     trees.insert(TreeId::OsRelease, ro_tree(os_release, false, true)?);
-    let resolv = Path::new("/etc/resolv.conf");
-    if resolv.exists() {
-        trees.insert(TreeId::ResolvConf, ro_tree(resolv, false, true)?);
+    // Only what --resolv-conf and --timezone bind (or may fall back to binding).
+    let (resolv, localtime) = super::host_etc::actions(ctx.spec, &ctx.host.etc);
+    if let super::host_etc::ResolvAction::Bind(source) = resolv
+        && source.path().exists()
+    {
+        trees.insert(TreeId::ResolvConf, ro_tree(source.path(), false, true)?);
+    }
+    let zone = Path::new("/etc/localtime");
+    if matches!(
+        localtime,
+        super::host_etc::LocaltimeAction::Bind | super::host_etc::LocaltimeAction::Symlink(_)
+    ) && zone.exists()
+    {
+        trees.insert(TreeId::Localtime, ro_tree(zone, false, true)?);
     }
     if ctx.host.in_user_namespace {
         trees.insert(TreeId::Sysfs, ro_tree(Path::new("/sys"), true, false)?);

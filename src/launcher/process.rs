@@ -143,6 +143,7 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32, LaunchError> {
     let host = HostFacts {
         has_tun: std::path::Path::new("/dev/net/tun").exists(),
         in_user_namespace: crate::procfs::in_user_namespace(),
+        etc: super::host_etc::HostEtc::read(),
     };
     let env = base_env(spec, &uuid);
     // Chosen once: a reboot keeps the range. The lock keeps other launchers from picking the

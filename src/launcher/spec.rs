@@ -159,6 +159,10 @@ pub struct LaunchSpec {
     pub attributes: super::attributes::PayloadAttributes,
     /// `--property`: resource limits on the machine's cgroup, in the order given.
     pub resources: Vec<crate::cgroups::resources::Property>,
+    /// `--resolv-conf`: what the machine's /etc/resolv.conf becomes.
+    pub resolv_conf: super::host_etc::ResolvConf,
+    /// `--timezone`: what the machine's /etc/localtime becomes.
+    pub timezone: super::host_etc::Timezone,
 }
 
 #[cfg(test)]
@@ -198,6 +202,8 @@ impl LaunchSpec {
             resources: Vec::new(),
             attributes: Default::default(),
             inaccessible: Vec::new(),
+            resolv_conf: Default::default(),
+            timezone: Default::default(),
             credentials: Vec::new(),
         }
     }

@@ -111,6 +111,19 @@ impl Sys for FakeSys {
         )
     }
 
+    fn place_file(&self, path: &Path, contents: &[u8], mode: u32, replace: bool) -> io::Result<()> {
+        self.record(
+            path,
+            format!(
+                "place {} {:o} {:?}{}",
+                path.display(),
+                mode,
+                String::from_utf8_lossy(contents),
+                if replace { " replacing" } else { "" }
+            ),
+        )
+    }
+
     fn exists(&self, path: &Path) -> bool {
         self.existing.borrow().contains(path)
     }

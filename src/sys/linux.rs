@@ -76,6 +76,33 @@ impl Sys for LinuxSys {
         f.set_permissions(fs::Permissions::from_mode(mode))
     }
 
+    fn place_file(&self, path: &Path, contents: &[u8], mode: u32, replace: bool) -> io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        if !replace {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(mode)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)?;
+            f.write_all(contents)?;
+            return f.set_permissions(fs::Permissions::from_mode(mode));
+        }
+        let name = path.file_name().ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let tmp = path.with_file_name(format!(".#{}.{}", name.to_string_lossy(), std::process::id()));
+        let written = (|| {
+            let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+            f.write_all(contents)?;
+            f.set_permissions(fs::Permissions::from_mode(mode))?;
+            fs::rename(&tmp, path)
+        })();
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        written
+    }
+
     fn exists(&self, path: &Path) -> bool {
         fs::metadata(path).is_ok()
     }

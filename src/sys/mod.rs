@@ -65,6 +65,9 @@ pub trait Sys {
     fn lchown(&self, path: &Path, uid: u32, gid: u32) -> io::Result<()>;
     /// Creates or truncates `path` with `contents` and exactly `mode`.
     fn write_file(&self, path: &Path, contents: &[u8], mode: u32) -> io::Result<()>;
+    /// Copies `contents` to `path` with exactly `mode`: with `replace` through a new file
+    /// renamed over any inode there, else in place, refusing to follow a symlink at `path`.
+    fn place_file(&self, path: &Path, contents: &[u8], mode: u32, replace: bool) -> io::Result<()>;
     /// Whether `path` exists (following symlinks).
     fn exists(&self, path: &Path) -> bool;
     /// Sets the permission bits of `path`.
