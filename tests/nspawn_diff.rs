@@ -582,3 +582,93 @@ fn resolv_conf_and_timezone_match_nspawn() {
         assert_eq!(stdout(&m), stdout(&n), "{help}");
     }
 }
+
+/// Every entry of a tree with its type, mode, owner, size and target or contents (no times).
+fn tree_listing(root: &Path) -> BTreeMap<PathBuf, String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = BTreeMap::new();
+    let mut todo = vec![root.to_owned()];
+    while let Some(dir) = todo.pop() {
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let p = e.path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let what = if m.file_type().is_symlink() {
+                format!("-> {}", std::fs::read_link(&p).unwrap().display())
+            } else if m.is_file() {
+                format!("{:?}", std::fs::read(&p).unwrap().iter().map(|b| u64::from(*b)).sum::<u64>())
+            } else {
+                if m.is_dir() {
+                    todo.push(p.clone());
+                }
+                String::new()
+            };
+            let rel = p.strip_prefix(root).unwrap().to_owned();
+            out.insert(rel, format!("{:o} {}:{} {} {what}", m.mode(), m.uid(), m.gid(), m.size()));
+        }
+    }
+    out
+}
+
+/// `--template`: a root directory that does not exist is made from the template as nspawn makes
+/// it (owners, modes, links), an existing one is left alone, and the same refusals.
+#[test]
+fn a_template_populates_a_missing_root_as_under_nspawn() {
+    let s = scratch();
+    let tpl = copy_tree(busybox_tree(), s.path(), "tpl");
+    std::fs::write(tpl.join("marker"), "from the template\n").unwrap();
+    std::fs::write(tpl.join("home/owned"), "x").unwrap();
+    std::os::unix::fs::chown(tpl.join("home/owned"), Some(1000), Some(1000)).unwrap();
+    std::fs::set_permissions(tpl.join("home/owned"), std::os::unix::fs::PermissionsExt::from_mode(0o4750))
+        .unwrap();
+    std::fs::hard_link(tpl.join("marker"), tpl.join("home/marker-link")).unwrap();
+    let template = format!("--template={}", tpl.display());
+    // The machine's own /etc files left alone, so the trees differ only by the copy.
+    let opts = [template.as_str(), "--resolv-conf=off", "--timezone=off"];
+    let cgroups = NspawnCgroups::new();
+    let (n_dir, m_dir) = (s.path().join("n-new"), s.path().join("m-new"));
+    let n = cgroups.run_like(&n_dir, &opts, &["/bin/cat", "/marker"]);
+    assert!(n.status.success(), "nspawn: {}", stderr(&n));
+    let m = mctl_run(&m_dir, &opts, &["/bin/cat", "/marker"]);
+    assert!(m.status.success(), "mctl: {}", stderr(&m));
+    assert_eq!(stdout(&m), "from the template\n");
+    assert_eq!(stdout(&m), stdout(&n).replace("\r\n", "\n"));
+    // nspawn's --link-journal=auto makes /var/log/journal in any tree it runs; mctl has no
+    // journal linking.
+    let mut theirs = tree_listing(&n_dir);
+    theirs.retain(|p, _| !p.starts_with("var/log") || m_dir.join(p).exists());
+    let ours = tree_listing(&m_dir);
+    let differ: Vec<_> = theirs.iter().filter(|(p, v)| ours.get(*p) != Some(v)).collect();
+    let extra: Vec<_> = ours.keys().filter(|p| !theirs.contains_key(*p)).collect();
+    assert!(differ.is_empty() && extra.is_empty(), "nspawn's copy has {differ:?}; only mctl's has {extra:?}");
+    use std::os::unix::fs::MetadataExt;
+    let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+    assert_eq!(ino(&m_dir.join("marker")), ino(&m_dir.join("home/marker-link")), "hard links kept");
+    assert!(
+        std::fs::read_dir(s.path())
+            .unwrap()
+            .flatten()
+            .all(|e| !e.file_name().to_string_lossy().starts_with(".#"))
+    );
+
+    // An existing directory is not populated again.
+    std::fs::write(tpl.join("marker"), "changed\n").unwrap();
+    let m = mctl_run(&m_dir, &opts, &["/bin/cat", "/marker"]);
+    assert_eq!(stdout(&m), "from the template\n", "{}", stderr(&m));
+
+    // A template that is not there, -x, a directory whose parent is missing.
+    for (bad, dir) in [
+        (format!("--template={}", s.path().join("nope").display()), "m-bad1"),
+        (template.clone(), "m-bad2"),
+        (template.clone(), "no-parent/m-bad3"),
+    ] {
+        let extra: &[&str] = if dir == "m-bad2" { &["-x"] } else { &[] };
+        let args: Vec<&str> = std::iter::once(bad.as_str()).chain(extra.iter().copied()).collect();
+        let target = s.path().join(dir);
+        let n = cgroups.run_like(&target, &args, &["/bin/true"]);
+        assert!(!n.status.success(), "nspawn accepted {args:?}");
+        let m = mctl_run(&target, &args, &["/bin/true"]);
+        assert!(!m.status.success(), "mctl accepted {args:?}");
+        assert!(stderr(&m).contains("template"), "{args:?}: {}", stderr(&m));
+        assert!(!target.exists(), "{args:?} left {}", target.display());
+    }
+}

@@ -612,6 +612,9 @@ pub struct MachineArgs {
     /// is not changed; the machine name gets a random suffix.
     #[arg(short = 'x', long)]
     pub ephemeral: bool,
+    /// A tree to copy the machine's root directory from, when that does not exist yet.
+    #[arg(long, value_name = "DIR")]
+    pub template: Option<PathBuf>,
     /// Keep the image from being written: yes (tmpfs root, /usr from the image), state (image
     /// read-only, tmpfs /var), overlay (tmpfs overlay over the image), no.
     #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "yes", value_name = "MODE")]

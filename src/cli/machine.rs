@@ -24,6 +24,7 @@ pub fn boot(a: BootArgs, cfg: &CliConfig) -> Result<i32, CliError> {
         super::output::emit(&list);
         return Ok(0);
     }
+    populate_from_template(&machine, cfg)?;
     super::settings::apply(&mut machine, &mut args, None, cfg)?;
     let spec = build_spec(machine, Payload::Boot { args }, cfg)?;
     Ok(crate::launcher::launch(&spec)?)
@@ -36,6 +37,7 @@ pub fn run(a: RunArgs, cfg: &CliConfig) -> Result<i32, CliError> {
         super::output::emit(&list);
         return Ok(0);
     }
+    populate_from_template(&machine, cfg)?;
     super::settings::apply(&mut machine, &mut argv, Some(&mut as_pid2), cfg)?;
     if argv.is_empty() {
         // No command: an OCI image's own (entrypoint, env, working directory, user).
@@ -75,6 +77,59 @@ fn store_image_dir(store: &std::path::Path, name: &str) -> Result<PathBuf, CliEr
 
 fn bad(e: impl std::fmt::Display) -> CliError {
     CliError::new(e.to_string())
+}
+
+/// `--template`: a root directory that does not exist yet becomes a copy of the template. The
+/// copy is made beside it and renamed into place, so a failed one leaves nothing behind.
+fn populate_from_template(m: &MachineArgs, cfg: &CliConfig) -> Result<(), CliError> {
+    let Some(template) = &m.template else { return Ok(()) };
+    if m.ephemeral {
+        return Err(CliError::new("--ephemeral and --template= may not be combined"));
+    }
+    let dir = match (&m.directory, &m.machine) {
+        (Some(d), _) => d.clone(),
+        (None, Some(n)) => {
+            MachineName::new(n).map_err(|e| CliError::new(format!("invalid machine name '{n}': {e}")))?;
+            cfg.image_store.join(n)
+        }
+        (None, None) => return Err(CliError::new("--template= needs -D DIR or -M NAME to populate")),
+    };
+    let source = std::fs::canonicalize(template)
+        .map_err(|e| CliError::new(format!("cannot use the template {}: {e}", template.display())))?;
+    if !source.is_dir() {
+        return Err(CliError::new(format!("the template {} is not a directory", template.display())));
+    }
+    if std::fs::symlink_metadata(&dir).is_ok() {
+        if !m.quiet {
+            eprintln!("Directory {} already exists, not populating from template.", dir.display());
+        }
+        return Ok(());
+    }
+    let dir = std::path::absolute(&dir).map_err(|e| CliError::new(format!("{}: {e}", dir.display())))?;
+    let (Some(parent), Some(base)) = (dir.parent(), dir.file_name()) else {
+        return Err(CliError::new(format!("{} cannot be made from a template", dir.display())));
+    };
+    let staging = parent.join(format!(".#{}.mctl-template-{}", base.to_string_lossy(), std::process::id()));
+    // As nspawn: the parent directory must exist.
+    let copied = std::fs::create_dir(&staging)
+        .map_err(|e| CliError::new(format!("cannot populate {} from the template: {e}", dir.display())))
+        .and_then(|()| {
+            crate::images::store::copy_tree(&source, &staging).map_err(|e| {
+                CliError::new(format!(
+                    "cannot copy the template {} to {}: {e}",
+                    source.display(),
+                    dir.display()
+                ))
+            })
+        })
+        .and_then(|()| {
+            std::fs::rename(&staging, &dir)
+                .map_err(|e| CliError::new(format!("cannot move the copy to {}: {e}", dir.display())))
+        });
+    if copied.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    copied
 }
 
 /// Validates the options and resolves defaults into a [`LaunchSpec`].
