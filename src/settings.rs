@@ -79,6 +79,8 @@ pub struct Settings {
     pub kill_signal: Option<String>,
     /// `[Exec] Hostname=`.
     pub hostname: Option<String>,
+    /// `[Exec] LinkJournal=`.
+    pub link_journal: Option<String>,
     /// `[Exec] ResolvConf=`.
     pub resolv_conf: Option<String>,
     /// `[Exec] Timezone=`.
@@ -134,13 +136,15 @@ pub struct Settings {
 }
 
 /// Keys nspawn knows that mctl does not carry out (refused rather than silently ignored).
-const NSPAWN_ONLY: [&str; 7] =
-    ["PivotRoot", "LinkJournal", "BindUser", "MACVLAN", "IPVLAN", "VirtualEthernetExtra", "CredentialSet"];
+const NSPAWN_ONLY: [&str; 6] =
+    ["PivotRoot", "BindUser", "MACVLAN", "IPVLAN", "VirtualEthernetExtra", "CredentialSet"];
 
 /// Keys an untrusted file may not set: they grant capabilities or system calls, reach host
 /// files or host network interfaces, or weaken the sandbox.
-const PRIVILEGED: [&str; 19] = [
+const PRIVILEGED: [&str; 20] = [
     "LoadCredential",
+    // It makes links and directories in the host's /var/log/journal.
+    "LinkJournal",
     "Inaccessible",
     "Capability",
     "AmbientCapability",
@@ -326,6 +330,10 @@ impl Settings {
             ("Exec", "KillSignal") => {
                 value.parse::<crate::signals::SignalNumber>().map_err(|e| e.to_string())?;
                 self.kill_signal = Some(value.to_owned());
+            }
+            ("Exec", "LinkJournal") => {
+                value.parse::<crate::launcher::journal::LinkJournal>()?;
+                self.link_journal = Some(value.to_owned());
             }
             ("Exec", "ResolvConf") => {
                 value.parse::<crate::launcher::host_etc::ResolvConf>()?;
@@ -583,9 +591,10 @@ CPUQuota=50%
                 "[Exec]\nLimitNOFILE=9:1\n",
                 "web.mctl:2: LimitNOFILE=9:1: the soft limit exceeds the hard limit",
             ),
+            ("[Exec]\nPivotRoot=/a\n", "web.mctl:2: PivotRoot=/a: nspawn's PivotRoot= is not supported"),
             (
-                "[Exec]\nLinkJournal=host\n",
-                "web.mctl:2: LinkJournal=host: nspawn's LinkJournal= is not supported",
+                "[Exec]\nLinkJournal=maybe\n",
+                "web.mctl:2: LinkJournal=maybe: Failed to parse link journal mode maybe",
             ),
             ("[Exec]\nTimezone=utc\n", "web.mctl:2: Timezone=utc: Failed to parse /etc/localtime mode: utc"),
             ("[Execute]\n", "web.mctl:1: unknown section [Execute]"),

@@ -672,3 +672,102 @@ fn a_template_populates_a_missing_root_as_under_nspawn() {
         assert!(!target.exists(), "{args:?} left {}", target.display());
     }
 }
+
+/// Host entries under /var/log/journal for the ids a test uses, removed however it ends.
+struct HostJournalEntries(Vec<PathBuf>);
+
+impl Drop for HostJournalEntries {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            if p.is_symlink() {
+                let _ = std::fs::remove_file(p);
+            } else {
+                let _ = std::fs::remove_dir(p);
+            }
+        }
+    }
+}
+
+/// `--link-journal` and `-j`: what the host gets under /var/log/journal, what the tree gets and
+/// what the payload sees, mode by mode, as under nspawn; and the same refusals.
+#[test]
+fn link_journal_matches_nspawn() {
+    const PROBE: &str = r#"
+id=$(cat /etc/machine-id)
+echo "journal $(ls /var/log/journal 2>&1 | sed "s/$id/ID/" | tr '\n' ' ')"
+awk -v p="/var/log/journal/$id" '$5 == p { print "mount", ($6 ~ /^ro/ ? "ro" : "rw") }' /proc/self/mountinfo
+"#;
+    let journal = Path::new("/var/log/journal");
+    if !journal.is_dir() {
+        // Both would only ever skip linking; nothing to compare.
+        eprintln!("no /var/log/journal on this host: skipping the comparison");
+        return;
+    }
+    let s = scratch();
+    let cgroups = NspawnCgroups::new();
+    let fresh_id = || uuid_simple();
+    let host_side = |id: &str, tree: &Path| -> String {
+        let p = journal.join(id);
+        match std::fs::symlink_metadata(&p) {
+            Err(_) => "missing".into(),
+            Ok(m) if m.file_type().is_symlink() => {
+                let target = std::fs::read_link(&p).unwrap().display().to_string();
+                format!("link {}", target.replace(&tree.display().to_string(), "TREE").replace(id, "ID"))
+            }
+            Ok(m) if m.is_dir() => "dir".into(),
+            Ok(_) => "other".into(),
+        }
+    };
+    let host_id = std::fs::read_to_string("/etc/machine-id").unwrap_or_default().trim().to_owned();
+    let cases: &[(&[&str], bool)] = &[
+        (&[], false),
+        (&["-j"], false),
+        (&["--link-journal=guest"], false),
+        (&["--link-journal=host"], false),
+        (&["--link-journal=try-host"], false),
+        (&["--link-journal=no"], false),
+        (&["--link-journal=guest"], true),
+        (&["--link-journal=try-guest"], true),
+    ];
+    for (i, (opts, host_ids)) in cases.iter().enumerate() {
+        let mut outcome = Vec::new();
+        for who in ["n", "m"] {
+            let id = if *host_ids && !host_id.is_empty() { host_id.clone() } else { fresh_id() };
+            let _cleanup = HostJournalEntries(if *host_ids { vec![] } else { vec![journal.join(&id)] });
+            let dir = s.path().join(format!("{who}{i}"));
+            assert!(Command::new("cp").arg("-a").arg(busybox_tree()).arg(&dir).status().unwrap().success());
+            std::fs::write(dir.join("etc/machine-id"), format!("{id}\n")).unwrap();
+            std::fs::write(dir.join("journal-probe.sh"), PROBE).unwrap();
+            let cmd = ["/bin/sh", "/journal-probe.sh"];
+            let o = if who == "n" { cgroups.run_like(&dir, opts, &cmd) } else { mctl_run(&dir, opts, &cmd) };
+            let tree_dir = dir.join("var/log/journal");
+            let in_tree: Vec<String> = std::fs::read_dir(&tree_dir)
+                .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().replace(&id, "ID")).collect())
+                .unwrap_or_else(|_| vec!["no /var/log/journal".into()]);
+            outcome.push((
+                o.status.success(),
+                stdout(&o).replace("\r\n", "\n"),
+                host_side(&id, &dir),
+                in_tree,
+            ));
+            if !o.status.success() && who == "m" {
+                assert!(stderr(&o).contains("journal"), "{opts:?}: {}", stderr(&o));
+            }
+            assert_no_leaks(&format!("{who}{i}"), &dir);
+        }
+        assert_eq!(
+            outcome[1], outcome[0],
+            "mctl (left) and nspawn (right) with {opts:?}, host ids {host_ids}"
+        );
+    }
+    let n = cgroups.run_like(s.path(), &["--link-journal=sometimes"], &["/bin/true"]);
+    let m = mctl_run(s.path(), &["--link-journal=sometimes"], &["/bin/true"]);
+    assert!(!n.status.success() && !m.status.success());
+    assert!(stderr(&m).contains("Failed to parse link journal mode sometimes"), "{}", stderr(&m));
+}
+
+/// A fresh 128-bit id in /etc/machine-id's form.
+fn uuid_simple() -> String {
+    let bytes = std::fs::read("/proc/sys/kernel/random/uuid").unwrap();
+    String::from_utf8(bytes).unwrap().trim().replace('-', "")
+}

@@ -670,6 +670,13 @@ pub struct MachineArgs {
     /// link to the image's file of the host's zone, else a copy; a bind into a read-only image).
     #[arg(long, value_name = "MODE")]
     pub timezone: Option<String>,
+    /// Link the machine's journal to the host's: no, host, try-host, guest, try-guest or auto
+    /// (the default: the host's /var/log/journal/MACHINE-ID bound in, if it exists).
+    #[arg(long, value_name = "MODE")]
+    pub link_journal: Option<String>,
+    /// Same as --link-journal=try-guest.
+    #[arg(short = 'j')]
+    pub j: bool,
     /// Accepted for nspawn's command lines: mctl never pages.
     #[arg(long)]
     pub no_pager: bool,

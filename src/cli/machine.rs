@@ -148,6 +148,13 @@ pub fn build_spec(m: MachineArgs, payload: Payload, cfg: &CliConfig) -> Result<L
         m.resolv_conf.as_deref().map(str::parse).transpose().map_err(CliError::new)?.unwrap_or_default();
     let timezone =
         m.timezone.as_deref().map(str::parse).transpose().map_err(CliError::new)?.unwrap_or_default();
+    // -j and --link-journal: the later one counts in nspawn; clap cannot tell, so -j yields to
+    // an explicit mode.
+    let link_journal = match (&m.link_journal, m.j) {
+        (Some(mode), _) => mode.parse().map_err(CliError::new)?,
+        (None, true) => crate::launcher::journal::LinkJournal::Guest { try_: true },
+        (None, false) => Default::default(),
+    };
     if let Some(p) = m.inaccessible.iter().find(|p| !p.is_absolute() || *p == std::path::Path::new("/")) {
         return Err(CliError::new(format!(
             "--inaccessible '{}' must be an absolute path below /",
@@ -190,6 +197,7 @@ pub fn build_spec(m: MachineArgs, payload: Payload, cfg: &CliConfig) -> Result<L
         )));
     }
     Ok(LaunchSpec {
+        link_journal,
         resolv_conf,
         timezone,
         root,

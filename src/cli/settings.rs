@@ -121,6 +121,7 @@ pub fn apply(
     opt(&mut m.kill_signal, s.kill_signal, over);
     opt(&mut m.hostname, s.hostname, over);
     opt(&mut m.resolv_conf, s.resolv_conf, over);
+    opt(&mut m.link_journal, s.link_journal, over);
     opt(&mut m.timezone, s.timezone, over);
     if s.private_users.is_some() && (over || (m.private_users.is_none() && !m.private_users_pick)) {
         m.private_users = s.private_users;

@@ -21,6 +21,7 @@ pub mod guest_units;
 pub mod host_etc;
 pub mod identity;
 mod inner;
+pub mod journal;
 pub mod mounts;
 pub mod notify;
 mod outer;

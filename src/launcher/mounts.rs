@@ -31,6 +31,8 @@ pub enum TreeId {
     ResolvConf,
     /// The host's zone file, for `--timezone=bind`.
     Localtime,
+    /// The host's journal directory of the machine, for `--link-journal=host`.
+    Journal,
     /// The n-th `--bind`/`--bind-ro`.
     Bind(usize),
     /// The n-th `--overlay`/`--overlay-ro`, assembled in the scratch tmpfs.
@@ -426,6 +428,8 @@ pub struct HostFacts {
     pub in_user_namespace: bool,
     /// What the host offers the machine's /etc (resolv.conf, localtime).
     pub etc: super::host_etc::HostEtc,
+    /// What `--link-journal` leaves the machine's side to do.
+    pub journal: super::journal::JournalLink,
 }
 
 /// Makes every mount in the new namespace a slave: it still receives mounts from the host
@@ -719,6 +723,7 @@ pub fn outer_plan(
     }
     let (resolv, localtime) = super::host_etc::actions(spec, &host.etc);
     s.extend(super::host_etc::steps(resolv, &localtime, &host.etc));
+    s.extend(super::journal::steps(host.journal, uuid));
     for (i, b) in spec.binds.iter().enumerate() {
         s.push(Step::Attach { tree: TreeId::Bind(i), target: b.dest.clone(), only_if_exists: false });
     }

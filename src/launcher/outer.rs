@@ -204,6 +204,10 @@ fn open_host_trees(ctx: &ChildContext<'_>, userns: Option<BorrowedFd<'_>>) -> Re
     {
         trees.insert(TreeId::ResolvConf, ro_tree(source.path(), false, true)?);
     }
+    if let super::journal::JournalLink::Bind { .. } = ctx.host.journal {
+        let dir = super::journal::dir_of(Path::new("/var/log/journal"), &ctx.uuid);
+        trees.insert(TreeId::Journal, ro_tree(&dir, false, false)?);
+    }
     let zone = Path::new("/etc/localtime");
     if matches!(
         localtime,

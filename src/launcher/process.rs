@@ -61,6 +61,9 @@ pub enum LaunchError {
     /// The system call filter could not be built.
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::SeccompError),
+    /// `--link-journal` could not link the journal.
+    #[error("{0}")]
+    LinkJournal(String),
     /// A resource limit could not be put on the machine's cgroup.
     #[error(transparent)]
     Resources(#[from] crate::cgroups::resources::ResourceError),
@@ -144,6 +147,20 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32, LaunchError> {
         has_tun: std::path::Path::new("/dev/net/tun").exists(),
         in_user_namespace: crate::procfs::in_user_namespace(),
         etc: super::host_etc::HostEtc::read(),
+        journal: if spec.ephemeral {
+            // Nothing of a throwaway machine is linked (as nspawn).
+            super::journal::JournalLink::None
+        } else {
+            super::journal::prepare(
+                spec.link_journal,
+                &spec.root,
+                spec.read_only,
+                &uuid,
+                std::path::Path::new("/var/log/journal"),
+                super::journal::host_machine_id(),
+            )
+            .map_err(LaunchError::LinkJournal)?
+        },
     };
     let env = base_env(spec, &uuid);
     // Chosen once: a reboot keeps the range. The lock keeps other launchers from picking the

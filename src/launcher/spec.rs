@@ -163,6 +163,8 @@ pub struct LaunchSpec {
     pub resolv_conf: super::host_etc::ResolvConf,
     /// `--timezone`: what the machine's /etc/localtime becomes.
     pub timezone: super::host_etc::Timezone,
+    /// `--link-journal`, `-j`: how the machine's journal is linked to the host's.
+    pub link_journal: super::journal::LinkJournal,
 }
 
 #[cfg(test)]
@@ -204,6 +206,7 @@ impl LaunchSpec {
             inaccessible: Vec::new(),
             resolv_conf: Default::default(),
             timezone: Default::default(),
+            link_journal: Default::default(),
             credentials: Vec::new(),
         }
     }
