@@ -123,6 +123,10 @@ pub struct Settings {
     pub virtual_ethernet: Option<bool>,
     /// `[Network] Interface=`.
     pub interface: Vec<String>,
+    /// `[Network] MACVLAN=`.
+    pub macvlan: Vec<String>,
+    /// `[Network] IPVLAN=`.
+    pub ipvlan: Vec<String>,
     /// `[Network] Bridge=`.
     pub bridge: Option<String>,
     /// `[Network] Zone=`.
@@ -136,12 +140,11 @@ pub struct Settings {
 }
 
 /// Keys nspawn knows that mctl does not carry out (refused rather than silently ignored).
-const NSPAWN_ONLY: [&str; 6] =
-    ["PivotRoot", "BindUser", "MACVLAN", "IPVLAN", "VirtualEthernetExtra", "CredentialSet"];
+const NSPAWN_ONLY: [&str; 4] = ["PivotRoot", "BindUser", "VirtualEthernetExtra", "CredentialSet"];
 
 /// Keys an untrusted file may not set: they grant capabilities or system calls, reach host
 /// files or host network interfaces, or weaken the sandbox.
-const PRIVILEGED: [&str; 20] = [
+const PRIVILEGED: [&str; 22] = [
     "LoadCredential",
     // It makes links and directories in the host's /var/log/journal.
     "LinkJournal",
@@ -161,6 +164,8 @@ const PRIVILEGED: [&str; 20] = [
     "Private",
     "VirtualEthernet",
     "Interface",
+    "MACVLAN",
+    "IPVLAN",
     "Bridge",
     "Zone",
 ];
@@ -416,6 +421,8 @@ impl Settings {
             ("Network", "Private") => self.private_network = Some(boolean()?),
             ("Network", "VirtualEthernet") => self.virtual_ethernet = Some(boolean()?),
             ("Network", "Interface") => self.interface.extend(value.split_whitespace().map(str::to_owned)),
+            ("Network", "MACVLAN") => self.macvlan.extend(value.split_whitespace().map(str::to_owned)),
+            ("Network", "IPVLAN") => self.ipvlan.extend(value.split_whitespace().map(str::to_owned)),
             ("Network", "Bridge") => self.bridge = some(),
             ("Network", "Zone") => self.zone = some(),
             ("Network", "Port") => {

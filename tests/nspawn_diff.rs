@@ -771,3 +771,27 @@ fn uuid_simple() -> String {
     let bytes = std::fs::read("/proc/sys/kernel/random/uuid").unwrap();
     String::from_utf8(bytes).unwrap().trim().replace('-', "")
 }
+
+/// `--network-macvlan` and `--network-ipvlan` of interfaces that are not there, or with a
+/// namespace path: refused by both (their links themselves: tests/network.rs).
+#[test]
+fn macvlan_and_ipvlan_refuse_what_nspawn_refuses() {
+    let s = scratch();
+    let dir = copy_tree(busybox_tree(), s.path(), "nsvlan");
+    let cgroups = NspawnCgroups::new();
+    for (opts, needle) in [
+        (&["--network-macvlan=mctlnope0"][..], "mctlnope0 does not exist"),
+        (&["--network-ipvlan=mctlnope0"][..], "mctlnope0 does not exist"),
+        (
+            &["--network-macvlan=mctlnope0", "--network-namespace-path=/proc/self/ns/net"][..],
+            "cannot be used with",
+        ),
+    ] {
+        let n = cgroups.run_like(&dir, opts, &["/bin/true"]);
+        assert!(!n.status.success(), "nspawn accepted {opts:?}");
+        let m = mctl_run(&dir, opts, &["/bin/true"]);
+        assert!(!m.status.success(), "mctl accepted {opts:?}");
+        assert!(stderr(&m).contains(needle), "{opts:?}: {}", stderr(&m));
+    }
+    assert_no_leaks("nsvlan", &dir);
+}

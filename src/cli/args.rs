@@ -717,6 +717,12 @@ pub struct MachineArgs {
     /// Move a host network interface into the machine (given back when it ends).
     #[arg(long, value_name = "IF")]
     pub network_interface: Vec<String>,
+    /// Give the machine a macvlan of a host interface, mv-IF (bridge mode).
+    #[arg(long, value_name = "IF")]
+    pub network_macvlan: Vec<String>,
+    /// Give the machine an ipvlan of a host interface, iv-IF (L2 mode).
+    #[arg(long, value_name = "IF")]
+    pub network_ipvlan: Vec<String>,
     /// Join an existing network namespace.
     #[arg(long, value_name = "PATH")]
     pub network_namespace_path: Option<PathBuf>,

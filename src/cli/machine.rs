@@ -430,6 +430,8 @@ fn network_spec(m: &MachineArgs, cfg: &CliConfig) -> Result<NetworkSpec, CliErro
     let mut spec = NetworkSpec::new(mode);
     spec.state_dir = cfg.runtime_dir.join("network");
     spec.interfaces = m.network_interface.clone();
+    spec.macvlan = m.network_macvlan.clone();
+    spec.ipvlan = m.network_ipvlan.clone();
     if let Some(a) = &m.address {
         spec.address = Some(a.parse().map_err(|_| {
             CliError::new(format!(

@@ -208,6 +208,35 @@ impl Rt {
         self.handle.link().add(b.build()).execute().await.map_err(nl_err("add veth", host))
     }
 
+    /// Creates the macvlan `name` of the host link `parent` (bridge mode, as nspawn) directly in
+    /// the namespace `netns`.
+    pub async fn add_macvlan(
+        &self,
+        name: &str,
+        parent: u32,
+        mac: [u8; 6],
+        netns: &File,
+    ) -> Result<(), LinkError> {
+        let b = rtnetlink::LinkMacVlan::new(name, parent, rtnetlink::packet_route::link::MacVlanMode::Bridge)
+            .address(mac.to_vec())
+            .setns_by_fd(netns.as_raw_fd());
+        self.handle.link().add(b.build()).execute().await.map_err(nl_err("add macvlan", name))
+    }
+
+    /// Creates the ipvlan `name` of the host link `parent` (L2 mode, as nspawn) directly in the
+    /// namespace `netns`.
+    pub async fn add_ipvlan(&self, name: &str, parent: u32, netns: &File) -> Result<(), LinkError> {
+        let b = rtnetlink::LinkIpVlan::new(name, parent, rtnetlink::packet_route::link::IpVlanMode::L2)
+            .setns_by_fd(netns.as_raw_fd());
+        self.handle.link().add(b.build()).execute().await.map_err(|e| {
+            let mut err = nl_err("add ipvlan", name)(e);
+            if let LinkError::Netlink { errno: Some(libc::EOPNOTSUPP), reason, .. } = &mut err {
+                reason.push_str(" (this kernel has no ipvlan support)");
+            }
+            err
+        })
+    }
+
     /// Creates a bridge, up, with forwarding delay 0 (no STP: ports forward at once).
     pub async fn add_bridge(&self, name: &str) -> Result<(), LinkError> {
         let b = rtnetlink::LinkBridge::new(name).forward_delay(0).up();

@@ -311,7 +311,7 @@ pub fn setup(spec: &NetworkSpec, machine: &str, pid: i32) -> Result<MachineNetwo
             net.netns_path = Some(p);
             return Ok(net);
         }
-        NetworkMode::Private if spec.interfaces.is_empty() => return Ok(net),
+        NetworkMode::Private if !spec.has_host_links() => return Ok(net),
         _ => {}
     }
     let spec = spec.clone();

@@ -195,6 +195,18 @@ async fn setup_links(
     for m in &st.moved {
         rt.move_to(m.index, &m.name, guest_ns).await?;
     }
+    // Made in the machine's namespace, they go with it: nothing to undo or give back.
+    for (ifname, macvlan) in
+        spec.macvlan.iter().map(|i| (i, true)).chain(spec.ipvlan.iter().map(|i| (i, false)))
+    {
+        let parent = rt.link(ifname).await?.ok_or_else(|| LinkError::NoInterface(ifname.clone()))?.index;
+        if macvlan {
+            let name = format!("mv-{ifname}");
+            rt.add_macvlan(&name, parent, mac_address(&st.machine, &name), guest_ns).await?;
+        } else {
+            rt.add_ipvlan(&format!("iv-{ifname}"), parent, guest_ns).await?;
+        }
+    }
     let g = Rt::connect_in(guest_ns, host_ns, &format!("machine {}", st.machine))?;
     g.set_up(1, "lo", true).await?;
     if st.host_link.is_some() {

@@ -88,9 +88,14 @@ pub enum SpecError {
         /// The option.
         what: &'static str,
     },
-    /// `--network-interface` with the host's namespace.
-    #[error("--network-interface cannot be used with --network-namespace-path")]
+    /// `--network-interface` (or a macvlan, ipvlan) with the host's namespace.
+    #[error(
+        "--network-interface, --network-macvlan and --network-ipvlan cannot be used with --network-namespace-path"
+    )]
     InterfaceWithNamespacePath,
+    /// The machine's name for a macvlan or ipvlan link is too long for the kernel.
+    #[error("the machine's link {0} would be longer than 15 characters: use a shorter interface")]
+    GuestIfnameTooLong(String),
     /// The same host port twice.
     #[error("host port {0}:{1} is forwarded twice")]
     DuplicatePort(Proto, u16),
@@ -153,6 +158,10 @@ pub struct NetworkSpec {
     pub mode: NetworkMode,
     /// `--network-interface`: host links moved into the machine for its lifetime.
     pub interfaces: Vec<String>,
+    /// `--network-macvlan`: host links the machine gets a macvlan (`mv-IF`, bridge mode) of.
+    pub macvlan: Vec<String>,
+    /// `--network-ipvlan`: host links the machine gets an ipvlan (`iv-IF`, L2 mode) of.
+    pub ipvlan: Vec<String>,
     /// `--address`: the guest's address instead of one from the pool.
     pub address: Option<Ipv4Net>,
     /// `--gateway`: the guest's default route (with `--address`).
@@ -171,6 +180,8 @@ impl NetworkSpec {
         NetworkSpec {
             mode,
             interfaces: Vec::new(),
+            macvlan: Vec::new(),
+            ipvlan: Vec::new(),
             address: None,
             gateway: None,
             ports: Vec::new(),
@@ -179,13 +190,18 @@ impl NetworkSpec {
         }
     }
 
-    /// The mode in effect: `--network-interface` alone implies a private namespace (as in
-    /// nspawn).
+    /// The mode in effect: `--network-interface`, `--network-macvlan` or `--network-ipvlan`
+    /// alone implies a private namespace (as in nspawn).
     pub fn effective_mode(&self) -> NetworkMode {
         match self.mode {
-            NetworkMode::Host if !self.interfaces.is_empty() => NetworkMode::Private,
+            NetworkMode::Host if self.has_host_links() => NetworkMode::Private,
             ref m => m.clone(),
         }
+    }
+
+    /// Whether host links are moved in or have links made of them in the machine.
+    pub fn has_host_links(&self) -> bool {
+        !(self.interfaces.is_empty() && self.macvlan.is_empty() && self.ipvlan.is_empty())
     }
 
     /// Whether the machine gets a network namespace other than the host's (created, or joined
@@ -222,7 +238,7 @@ impl NetworkSpec {
                 if !p.is_absolute() {
                     return Err(SpecError::RelativeNamespacePath(p.clone()));
                 }
-                if !self.interfaces.is_empty() {
+                if self.has_host_links() {
                     return Err(SpecError::InterfaceWithNamespacePath);
                 }
             }
@@ -232,6 +248,18 @@ impl NetworkSpec {
             validate_ifname(ifname)?;
             if self.interfaces[..i].contains(ifname) {
                 return Err(SpecError::DuplicateInterface(ifname.clone()));
+            }
+        }
+        for (prefix, list) in [("mv-", &self.macvlan), ("iv-", &self.ipvlan)] {
+            for (i, ifname) in list.iter().enumerate() {
+                validate_ifname(ifname)?;
+                if list[..i].contains(ifname) {
+                    return Err(SpecError::DuplicateInterface(ifname.clone()));
+                }
+                let inside = format!("{prefix}{ifname}");
+                if inside.len() > IFNAME_MAX {
+                    return Err(SpecError::GuestIfnameTooLong(inside));
+                }
             }
         }
         for (i, p) in self.ports.iter().enumerate() {
