@@ -79,6 +79,8 @@ pub struct Settings {
     pub kill_signal: Option<String>,
     /// `[Exec] Hostname=`.
     pub hostname: Option<String>,
+    /// `[Exec] PivotRoot=`.
+    pub pivot_root: Option<String>,
     /// `[Exec] LinkJournal=`.
     pub link_journal: Option<String>,
     /// `[Exec] ResolvConf=`.
@@ -140,7 +142,7 @@ pub struct Settings {
 }
 
 /// Keys nspawn knows that mctl does not carry out (refused rather than silently ignored).
-const NSPAWN_ONLY: [&str; 4] = ["PivotRoot", "BindUser", "VirtualEthernetExtra", "CredentialSet"];
+const NSPAWN_ONLY: [&str; 3] = ["BindUser", "VirtualEthernetExtra", "CredentialSet"];
 
 /// Keys an untrusted file may not set: they grant capabilities or system calls, reach host
 /// files or host network interfaces, or weaken the sandbox.
@@ -336,6 +338,7 @@ impl Settings {
                 value.parse::<crate::signals::SignalNumber>().map_err(|e| e.to_string())?;
                 self.kill_signal = Some(value.to_owned());
             }
+            ("Exec", "PivotRoot") => self.pivot_root = Some(value.to_owned()),
             ("Exec", "LinkJournal") => {
                 value.parse::<crate::launcher::journal::LinkJournal>()?;
                 self.link_journal = Some(value.to_owned());
@@ -598,7 +601,7 @@ CPUQuota=50%
                 "[Exec]\nLimitNOFILE=9:1\n",
                 "web.mctl:2: LimitNOFILE=9:1: the soft limit exceeds the hard limit",
             ),
-            ("[Exec]\nPivotRoot=/a\n", "web.mctl:2: PivotRoot=/a: nspawn's PivotRoot= is not supported"),
+            ("[Exec]\nBindUser=a\n", "web.mctl:2: BindUser=a: nspawn's BindUser= is not supported"),
             (
                 "[Exec]\nLinkJournal=maybe\n",
                 "web.mctl:2: LinkJournal=maybe: Failed to parse link journal mode maybe",

@@ -612,6 +612,10 @@ pub struct MachineArgs {
     /// is not changed; the machine name gets a random suffix.
     #[arg(short = 'x', long)]
     pub ephemeral: bool,
+    /// Make the directory NEW of the tree the machine's root, and mount the whole tree at OLD
+    /// if given (NEW[:OLD], for images with several bootable trees).
+    #[arg(long, value_name = "NEW[:OLD]")]
+    pub pivot_root: Option<String>,
     /// A tree to copy the machine's root directory from, when that does not exist yet.
     #[arg(long, value_name = "DIR")]
     pub template: Option<PathBuf>,

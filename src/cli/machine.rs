@@ -79,6 +79,54 @@ fn bad(e: impl std::fmt::Display) -> CliError {
     CliError::new(e.to_string())
 }
 
+/// `--pivot-root=NEW[:OLD]` (nspawn's choice of one of several bootable trees in an image, e.g.
+/// OSTree deployments): the machine's root is NEW inside the tree, resolved there so that the
+/// tree's links cannot lead out of it, with the whole tree mounted at OLD if given.
+fn pivot_root(
+    root: PathBuf,
+    arg: &str,
+    read_only: bool,
+) -> Result<(PathBuf, Option<spec::BindMount>), CliError> {
+    let (new, old) = match arg.split_once(':') {
+        Some((n, o)) => (n, Some(o)),
+        None => (arg, None),
+    };
+    let absolute = |p: &str| p.starts_with('/') && !p.split('/').any(|c| c == "..");
+    if !absolute(new) || old.is_some_and(|o| !absolute(o)) {
+        return Err(CliError::new(format!(
+            "Failed to parse --pivot-root= argument {arg}: Invalid argument (expected NEW[:OLD], absolute paths in the machine)"
+        )));
+    }
+    let inside = |base: &std::path::Path, path: &str| -> Result<PathBuf, CliError> {
+        let missing = |e: std::io::Error| {
+            CliError::new(format!("--pivot-root: {path} cannot be used in {}: {e}", base.display()))
+        };
+        let dir = std::fs::File::open(base).map_err(missing)?;
+        let fd = crate::sys::linux::open_in_root(
+            std::os::fd::AsFd::as_fd(&dir),
+            std::path::Path::new(path),
+            libc::O_PATH | libc::O_DIRECTORY,
+        )
+        .map_err(missing)?;
+        std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd))).map_err(missing)
+    };
+    let new_root = inside(&root, new)?;
+    let old_root = match old {
+        Some(o) => {
+            inside(&new_root, o)?;
+            Some(spec::BindMount {
+                source: root.clone(),
+                dest: PathBuf::from(o),
+                read_only,
+                recursive: false,
+                idmap: false,
+            })
+        }
+        None => None,
+    };
+    Ok((new_root, old_root))
+}
+
 /// `--template`: a root directory that does not exist yet becomes a copy of the template. The
 /// copy is made beside it and renamed into place, so a failed one leaves nothing behind.
 fn populate_from_template(m: &MachineArgs, cfg: &CliConfig) -> Result<(), CliError> {
@@ -135,10 +183,20 @@ fn populate_from_template(m: &MachineArgs, cfg: &CliConfig) -> Result<(), CliErr
 /// Validates the options and resolves defaults into a [`LaunchSpec`].
 pub fn build_spec(m: MachineArgs, payload: Payload, cfg: &CliConfig) -> Result<LaunchSpec, CliError> {
     let (root, name) = root_and_name(&m, cfg)?;
+    let (root, old_root) = match &m.pivot_root {
+        Some(arg) => pivot_root(root, arg, m.read_only)?,
+        None => (root, None),
+    };
+    if old_root.is_some() && (m.private_users.is_some() || m.private_users_pick) {
+        return Err(CliError::new(
+            "--pivot-root with a place for the old root cannot be combined with a user namespace yet",
+        ));
+    }
     if let Some(h) = &m.hostname {
         names::validate(h).map_err(|e| CliError::new(format!("invalid hostname '{h}': {e}")))?;
     }
-    let mounts = Mounts::parse(&m)?;
+    let mut mounts = Mounts::parse(&m)?;
+    mounts.binds.extend(old_root);
     let env = m.setenv.iter().map(|e| spec::parse_setenv(e)).collect::<Result<Vec<_>, _>>().map_err(bad)?;
     let (capabilities, syscall_filter) = privileges(&m)?;
     let attributes = attributes(&m)?;

@@ -122,6 +122,7 @@ pub fn apply(
     opt(&mut m.hostname, s.hostname, over);
     opt(&mut m.resolv_conf, s.resolv_conf, over);
     opt(&mut m.link_journal, s.link_journal, over);
+    opt(&mut m.pivot_root, s.pivot_root, over);
     opt(&mut m.timezone, s.timezone, over);
     if s.private_users.is_some() && (over || (m.private_users.is_none() && !m.private_users_pick)) {
         m.private_users = s.private_users;
