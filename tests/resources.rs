@@ -175,9 +175,11 @@ fn a_booted_machine_is_held_to_its_limits() {
     drop(m);
 }
 
+/// A run on the shared fixture, read-only (a writable run would get the host's resolv.conf
+/// and zone copied in, as under nspawn).
 fn busybox_run(config: &Path, opts: &[&str], script: &str) -> Output {
     let mut c = mctl();
-    c.env("MCTL_CONFIG_DIR", config).args(["run", "-q", "-D"]).arg(busybox_tree()).args(opts);
+    c.env("MCTL_CONFIG_DIR", config).args(["run", "-q", "--read-only", "-D"]).arg(busybox_tree()).args(opts);
     c.args(["/bin/sh", "-c", script]).stdin(Stdio::null()).output().unwrap()
 }
 
