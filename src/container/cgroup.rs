@@ -185,13 +185,7 @@ impl ContainerCgroup {
     /// ignored, as runc does.
     fn apply_memory(&self, m: &LinuxMemory, memory_v2: bool) -> Result<(), ContainerError> {
         let write = |dir: &Path, file: &str, value: String| -> Result<(), ContainerError> {
-            let path = dir.join(file);
-            if !path.exists() {
-                return Err(ContainerError::Invalid(format!(
-                    "cannot set {file}: {} does not exist (the kernel offers no such control here)",
-                    path.display()
-                )));
-            }
+            let path = control_file(dir, file, "")?;
             fs::write(&path, &value).map_err(ContainerError::io("write", &path))
         };
         let limit = |v: i64| u64::try_from(v).ok();
@@ -255,14 +249,8 @@ impl ContainerCgroup {
             };
         };
         let write = |file: &str, line: String| -> Result<(), ContainerError> {
-            let path = dir.join(file);
-            if !path.exists() {
-                return Err(ContainerError::Invalid(format!(
-                    "cannot set {file}: {} does not exist (the kernel offers no such control here, \
-                     e.g. per-device weights need the BFQ I/O scheduler on cgroup v1)",
-                    path.display()
-                )));
-            }
+            let path =
+                control_file(dir, file, ", e.g. per-device weights need the BFQ I/O scheduler on cgroup v1")?;
             fs::write(&path, &line).map_err(|e| {
                 ContainerError::Invalid(format!("the kernel refused '{line}' in {}: {e}", path.display()))
             })
@@ -434,6 +422,20 @@ fn properties(res: &LinuxResources, memory_v2: bool) -> Vec<Property> {
         }
     }
     out
+}
+
+/// The cgroup file `file` in `dir`, refused with a reason (and `hint`) where the kernel does not
+/// offer that control: a setting is not silently dropped.
+fn control_file(dir: &Path, file: &str, hint: &str) -> Result<PathBuf, ContainerError> {
+    let path = dir.join(file);
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(ContainerError::Invalid(format!(
+            "cannot set {file}: {} does not exist (the kernel offers no such control here{hint})",
+            path.display()
+        )))
+    }
 }
 
 /// A blkio weight (10..1000) as an io weight (1..10000), as runc converts it.

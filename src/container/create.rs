@@ -169,19 +169,21 @@ pub(crate) fn namespaces(spec: &Spec) -> Result<Namespaces, ContainerError> {
             "linux.namespaces has no mount namespace; the container needs one".into(),
         ));
     }
-    let linux = spec.linux().clone().unwrap_or_default();
-    let offsets = time_offsets(&linux)?;
+    let offsets = time_offsets(spec)?;
     if !offsets.is_empty() && !ns.new.contains(CLONE_NEWTIME) {
         return Err(ContainerError::Invalid(
             "linux.timeOffsets needs a new time namespace in linux.namespaces".into(),
         ));
     }
-    if linux.intel_rdt().is_some() {
+    let linux = spec.linux().as_ref();
+    if linux.is_some_and(|l| l.intel_rdt().is_some()) {
         return Err(ContainerError::Invalid(
             "linux.intelRdt is set, but mctl-runc does not support Intel RDT (leave it unset)".into(),
         ));
     }
-    if linux.mount_label().as_deref().is_some_and(|l| !l.is_empty()) && super::lsm::selinux_enabled() {
+    if linux.and_then(|l| l.mount_label().as_deref()).is_some_and(|l| !l.is_empty())
+        && super::lsm::selinux_enabled()
+    {
         return Err(ContainerError::Invalid(
             "linux.mountLabel is set, but mctl-runc does not label mounts for SELinux (leave it unset)"
                 .into(),
@@ -194,10 +196,11 @@ pub(crate) fn namespaces(spec: &Spec) -> Result<Namespaces, ContainerError> {
 const CLONE_NEWTIME: CloneFlags = CloneFlags::from_bits_retain(0x80);
 
 /// `linux.timeOffsets` as `/proc/PID/timens_offsets` lines (clock, seconds, nanoseconds).
-pub(crate) fn time_offsets(linux: &oci_spec::runtime::Linux) -> Result<String, ContainerError> {
+pub(crate) fn time_offsets(spec: &Spec) -> Result<String, ContainerError> {
     let mut lines = String::new();
-    let mut offsets: Vec<_> = linux.time_offsets().clone().unwrap_or_default().into_iter().collect();
-    offsets.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut offsets: Vec<_> =
+        spec.linux().iter().filter_map(|l| l.time_offsets().as_ref()).flatten().collect();
+    offsets.sort_by(|a, b| a.0.cmp(b.0));
     for (clock, offset) in offsets {
         if clock != "monotonic" && clock != "boottime" {
             return Err(ContainerError::Invalid(format!(
@@ -205,6 +208,7 @@ pub(crate) fn time_offsets(linux: &oci_spec::runtime::Linux) -> Result<String, C
             )));
         }
         let nanos = offset.nanosecs().unwrap_or(0);
+        let clock = clock.as_str();
         if nanos >= 1_000_000_000 {
             return Err(ContainerError::Invalid(format!(
                 "nanosecs {nanos} of the {clock} offset is not below 10^9"
@@ -466,7 +470,12 @@ fn protocol(got: Option<String>, wanted: &str) -> ContainerError {
 }
 
 fn recv(chan: &SyncEnd) -> Result<Option<String>, ContainerError> {
-    chan.recv(Some(Duration::from_secs(60))).map_err(ContainerError::io("hear from", "the container's setup"))
+    Ok(recv_with_fd(chan)?.map(|(m, _)| m))
+}
+
+fn recv_with_fd(chan: &SyncEnd) -> Result<Option<(String, Option<OwnedFd>)>, ContainerError> {
+    chan.recv_with_fd(Some(Duration::from_secs(60)))
+        .map_err(ContainerError::io("hear from", "the container's setup"))
 }
 
 /// Runs the runtime's side of the setup stage: cgroup, id maps, and the init's pid.
@@ -539,10 +548,7 @@ fn expect_ready(
     let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
     let mut handed = false;
     loop {
-        let got = chan
-            .recv_with_fd(Some(Duration::from_secs(60)))
-            .map_err(ContainerError::io("hear from", "the container's setup"))?;
-        match got {
+        match recv_with_fd(chan)? {
             Some((m, _)) if m == "ready" => return Ok(()),
             Some((m, Some(fd))) if m == "seccomp" && !handed => {
                 let cfg = seccomp.ok_or_else(|| protocol(Some(m), "ready"))?;

@@ -89,8 +89,7 @@ fn setup(ctx: &InitContext<'_>) -> Result<(), StepError> {
     }
     nix::sched::unshare(ctx.ns.new).map_err(|e| format!("cannot make namespaces {:?}: {e}", ctx.ns.new))?;
     // A new time namespace takes its offsets before its first process, the init, enters it.
-    let offsets = super::create::time_offsets(&ctx.spec.linux().clone().unwrap_or_default())
-        .map_err(|e| e.to_string())?;
+    let offsets = super::create::time_offsets(ctx.spec).map_err(|e| e.to_string())?;
     if !offsets.is_empty() {
         std::fs::write("/proc/self/timens_offsets", &offsets)
             .map_err(|e| format!("cannot set the time namespace's offsets ({}): {e}", offsets.trim()))?;
