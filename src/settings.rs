@@ -129,6 +129,8 @@ pub struct Settings {
     pub macvlan: Vec<String>,
     /// `[Network] IPVLAN=`.
     pub ipvlan: Vec<String>,
+    /// `[Network] VirtualEthernetExtra=`.
+    pub virtual_ethernet_extra: Vec<String>,
     /// `[Network] Bridge=`.
     pub bridge: Option<String>,
     /// `[Network] Zone=`.
@@ -146,7 +148,7 @@ const NSPAWN_ONLY: [&str; 3] = ["BindUser", "VirtualEthernetExtra", "CredentialS
 
 /// Keys an untrusted file may not set: they grant capabilities or system calls, reach host
 /// files or host network interfaces, or weaken the sandbox.
-const PRIVILEGED: [&str; 22] = [
+const PRIVILEGED: [&str; 23] = [
     "LoadCredential",
     // It makes links and directories in the host's /var/log/journal.
     "LinkJournal",
@@ -168,6 +170,7 @@ const PRIVILEGED: [&str; 22] = [
     "Interface",
     "MACVLAN",
     "IPVLAN",
+    "VirtualEthernetExtra",
     "Bridge",
     "Zone",
 ];
@@ -426,6 +429,10 @@ impl Settings {
             ("Network", "Interface") => self.interface.extend(value.split_whitespace().map(str::to_owned)),
             ("Network", "MACVLAN") => self.macvlan.extend(value.split_whitespace().map(str::to_owned)),
             ("Network", "IPVLAN") => self.ipvlan.extend(value.split_whitespace().map(str::to_owned)),
+            ("Network", "VirtualEthernetExtra") => {
+                crate::network::spec::parse_veth_extra(value).map_err(|e| e.to_string())?;
+                self.virtual_ethernet_extra.push(value.to_owned());
+            }
             ("Network", "Bridge") => self.bridge = some(),
             ("Network", "Zone") => self.zone = some(),
             ("Network", "Port") => {
@@ -541,6 +548,7 @@ TemporaryFileSystem=/scratch:size=10M
 
 [Network]
 VirtualEthernet=yes
+VirtualEthernetExtra=vx-web:data0
 Port=tcp:8080:80
 
 [Resources]
@@ -562,6 +570,7 @@ CPUQuota=50%
         assert_eq!(s.volatile, Some(crate::launcher::spec::Volatile::State));
         assert_eq!(s.virtual_ethernet, Some(true));
         assert_eq!(s.port, ["tcp:8080:80"]);
+        assert_eq!(s.virtual_ethernet_extra, ["vx-web:data0"]);
         assert_eq!(s.resources, ["MemoryMax=512M", "CPUQuota=50%"]);
         assert_eq!(s.rlimits, ["NOFILE=1024:4096"]);
         assert_eq!((s.oom_score_adjust.as_deref(), s.cpu_affinity.as_deref()), (Some("100"), Some("0")));
@@ -584,6 +593,7 @@ CPUQuota=50%
                 "BindReadOnly",
                 "TemporaryFileSystem",
                 "VirtualEthernet",
+                "VirtualEthernetExtra",
                 "Port"
             ]
         );
@@ -608,6 +618,7 @@ CPUQuota=50%
             ),
             ("[Exec]\nTimezone=utc\n", "web.mctl:2: Timezone=utc: Failed to parse /etc/localtime mode: utc"),
             ("[Execute]\n", "web.mctl:1: unknown section [Execute]"),
+            ("[Network]\nVirtualEthernetExtra=a:b:c\n", "web.mctl:2: VirtualEthernetExtra=a:b:c: invalid"),
             ("Boot=yes\n", "web.mctl:1: Boot= is outside any section"),
             ("[Files]\nBind=relative:/x\n", "web.mctl:2: Bind=relative:/x: "),
             ("[Exec]\nParameters='open\n", "unbalanced quotes"),

@@ -17,7 +17,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use mctl::network::{
-    self, MachineNetwork, NetworkError, NetworkMode, NetworkSpec, parse_port, spec::mac_address,
+    self, MachineNetwork, NetworkError, NetworkMode, NetworkSpec, parse_port,
+    spec::{extra_macs, mac_address, parse_veth_extra},
 };
 
 static PANIC: Mutex<String> = Mutex::new(String::new());
@@ -686,6 +687,44 @@ fn macvlan_and_ipvlan_links_of_host_interfaces() {
         s.macvlan = vec!["p0".into(), "p0".into()];
         assert!(network::setup(&s, "mvl2", m.pid).unwrap_err().to_string().contains("twice"));
         sh("ip link del p0");
+        assert_clean(state.path());
+    });
+}
+
+/// `--network-veth-extra`: the pair is made with the machine's stable addresses and removed at
+/// teardown; a link of that name that is not the machine's is never touched; a killed
+/// launcher's pair is removed by the next run's sweep.
+#[test]
+fn veth_extra_pairs_come_and_go() {
+    let state = tempfile::tempdir().unwrap();
+    in_test_host(Duration::from_secs(20), || {
+        let m = Ns::new();
+        let mut s = spec(NetworkMode::Host, state.path());
+        s.veth_extra = vec![parse_veth_extra("vx0:in0").unwrap()];
+        let net = network::setup(&s, "vxm", m.pid).unwrap();
+        let (host_mac, guest_mac) = extra_macs("vxm", "vx0");
+        let host = sh("ip -o link show vx0");
+        assert!(host.contains(&mac_string(host_mac)) && host.contains("state DOWN"), "{host}");
+        let inside = m.sh("ip -o link show in0");
+        assert!(inside.contains(&mac_string(guest_mac)), "{inside}");
+        teardown_clean(net);
+        assert!(links().is_empty(), "{:?}", links());
+
+        // Someone else's vx0: setup fails and leaves it alone.
+        sh("ip link add vx0 type ifb");
+        let e = network::setup(&s, "vxm", m.pid).unwrap_err().to_string();
+        assert!(e.contains("vx0"), "{e}");
+        assert_eq!(links(), vec!["vx0"]);
+        sh("ip link del vx0");
+        assert_clean(state.path());
+
+        let dir = state.path().to_owned();
+        let mp = m.pid;
+        let s2 = s.clone();
+        killed_launcher(|| std::mem::forget(network::setup(&s2, "vxdead", mp).unwrap()));
+        assert_eq!(links(), vec!["vx0"]);
+        assert!(network::cleanup_stale_report(&dir).is_empty());
+        assert!(links().is_empty(), "{:?}", links());
         assert_clean(state.path());
     });
 }

@@ -59,12 +59,17 @@ impl NspawnCgroups {
         NspawnCgroups(dirs)
     }
 
-    fn run(&self, args: &[&str]) -> Output {
+    /// The `cgroup.procs` files to join, space-separated.
+    fn procs_files(&self) -> String {
         let cgs: Vec<String> = self.0.iter().map(|d| d.join("cgroup.procs").display().to_string()).collect();
+        cgs.join(" ")
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
         Command::new("sh")
             .args(["-c", "for p in $CGS; do echo $$ > $p; done; exec systemd-nspawn \"$@\"", "sh"])
             .args(args)
-            .env("CGS", cgs.join(" "))
+            .env("CGS", self.procs_files())
             .stdin(Stdio::null())
             .output()
             .unwrap()
@@ -837,4 +842,97 @@ fn pivot_root_matches_nspawn() {
         assert!(stderr(&m).contains("pivot-root"), "{bad}: {}", stderr(&m));
     }
     assert_no_leaks("nspivot", &dir);
+}
+
+/// Runs `launcher...` in a network namespace of its own (the "host" of the test), with a payload
+/// that reports its links and waits for the host side to have reported its own.
+const VETH_EXTRA_HOST: &str = r#"
+for p in $CGS; do echo $$ > $p; done
+"$@" & pid=$!
+i=0; while [ ! -e "$TREE/ready" ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done
+ip -br link | awk '{ sub(/@.*/, "", $1); print "host", $1, $2 }' | sort
+ip -4 -o addr show | awk '$2 != "lo" { print "hostaddr", $2 }'
+touch "$TREE/go"
+wait $pid; echo "status $?"
+ip -br link | awk '{ sub(/@.*/, "", $1); print "after", $1 }' | sort
+"#;
+
+const VETH_EXTRA_GUEST: &str = r#"
+for n in $(ls /sys/class/net); do echo "guest $n $(cat /sys/class/net/$n/operstate)"; done
+echo "guestaddrs $(ip -4 addr show | grep 'inet ' | grep -vc 'inet 127\.')"
+touch /ready
+while [ ! -e /go ]; do sleep 0.05; done
+"#;
+
+/// `--network-veth-extra`: the same pairs as under nspawn (names on both sides, both ends down
+/// and without addresses, a private network implied), removed at the end; the same refusals,
+/// except that mctl also refuses an invalid machine-side name, which nspawn 252 silently
+/// replaces with the host side's (`a:b/c` gives the machine a link `a`).
+#[test]
+fn veth_extra_matches_nspawn() {
+    let s = scratch();
+    let dir = copy_tree(busybox_tree(), s.path(), "nsvx");
+    std::fs::write(dir.join("probe.sh"), VETH_EXTRA_GUEST).unwrap();
+    let host = s.path().join("host.sh");
+    std::fs::write(&host, VETH_EXTRA_HOST).unwrap();
+    let cgroups = NspawnCgroups::new();
+    let opts = ["--network-veth-extra=vx-a:inner0", "--network-veth-extra=vx-b"];
+    let launch = |cgs: String, launcher: Vec<String>| {
+        for f in ["ready", "go"] {
+            let _ = std::fs::remove_file(dir.join(f));
+        }
+        let o = Command::new("unshare")
+            .args(["-n", "sh"])
+            .arg(&host)
+            .args(launcher)
+            .env("CGS", cgs)
+            .env("TREE", &dir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        let mut lines: Vec<String> = stdout(&o).replace("\r\n", "\n").lines().map(str::to_owned).collect();
+        lines.sort();
+        lines
+    };
+    let mut nspawn: Vec<String> =
+        ["systemd-nspawn", "-q", "--register=no", "--keep-unit"].map(String::from).into();
+    nspawn.extend(opts.map(String::from));
+    nspawn.extend(["-D", dir.to_str().unwrap(), "/bin/sh", "/probe.sh"].map(String::from));
+    let n = launch(cgroups.procs_files(), nspawn);
+    let mut m_args: Vec<String> = vec![env!("CARGO_BIN_EXE_mctl").into()];
+    m_args.extend(["run", "-q", "--register=no"].map(String::from));
+    m_args.extend(opts.map(String::from));
+    m_args.extend(["-D", dir.to_str().unwrap(), "--", "/bin/sh", "/probe.sh"].map(String::from));
+    let m = launch(String::new(), m_args);
+    for want in [
+        "guest inner0 down",
+        "guest vx-b down",
+        "guest lo unknown",
+        "guestaddrs 0",
+        "host vx-a DOWN",
+        "host vx-b DOWN",
+        "status 0",
+        "after lo",
+    ] {
+        assert!(n.iter().any(|l| l == want), "nspawn: no '{want}' in {n:?}");
+    }
+    assert_eq!(m, n, "mctl vs nspawn");
+
+    for bad in ["", ":", ":b", "a:b:c", "abcdefghijklmnopq", "a/b"] {
+        let opt = format!("--network-veth-extra={bad}");
+        let n = cgroups.run_like(&dir, &[&opt], &["/bin/true"]);
+        assert!(!n.status.success(), "nspawn accepted {opt}");
+        let m = mctl_run(&dir, &[&opt], &["/bin/true"]);
+        assert!(!m.status.success(), "mctl accepted {opt}");
+        assert!(stderr(&m).contains("--network-veth-extra"), "{opt}: {}", stderr(&m));
+    }
+    // With the host's own namespace there is nowhere to put the other end.
+    let m = mctl_run(
+        &dir,
+        &["--network-veth-extra=vx-c", "--network-namespace-path=/proc/self/ns/net"],
+        &["/bin/true"],
+    );
+    assert!(stderr(&m).contains("cannot be used with"), "{}", stderr(&m));
+    assert_no_leaks("nsvx", &dir);
 }

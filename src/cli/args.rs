@@ -727,6 +727,10 @@ pub struct MachineArgs {
     /// Give the machine an ipvlan of a host interface, iv-IF (L2 mode).
     #[arg(long, value_name = "IF")]
     pub network_ipvlan: Vec<String>,
+    /// An extra veth pair, HOSTIF on the host and MACHINEIF (default: HOSTIF) in the machine,
+    /// neither end configured (removed when the machine ends).
+    #[arg(long, value_name = "HOSTIF[:MACHINEIF]")]
+    pub network_veth_extra: Vec<String>,
     /// Join an existing network namespace.
     #[arg(long, value_name = "PATH")]
     pub network_namespace_path: Option<PathBuf>,

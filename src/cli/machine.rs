@@ -490,6 +490,9 @@ fn network_spec(m: &MachineArgs, cfg: &CliConfig) -> Result<NetworkSpec, CliErro
     spec.interfaces = m.network_interface.clone();
     spec.macvlan = m.network_macvlan.clone();
     spec.ipvlan = m.network_ipvlan.clone();
+    for v in &m.network_veth_extra {
+        spec.veth_extra.push(network::spec::parse_veth_extra(v).map_err(bad)?);
+    }
     if let Some(a) = &m.address {
         spec.address = Some(a.parse().map_err(|_| {
             CliError::new(format!(

@@ -162,18 +162,25 @@ pub fn apply(
         || s.virtual_ethernet.is_some()
         || s.bridge.is_some()
         || s.zone.is_some()
-        || !(s.interface.is_empty() && s.macvlan.is_empty() && s.ipvlan.is_empty());
+        || !(s.interface.is_empty()
+            && s.macvlan.is_empty()
+            && s.ipvlan.is_empty()
+            && s.virtual_ethernet_extra.is_empty());
     let cli_net = m.private_network
         || m.network_veth
         || m.network_bridge.is_some()
         || m.network_zone.is_some()
         || m.network_namespace_path.is_some()
-        || !(m.network_interface.is_empty() && m.network_macvlan.is_empty() && m.network_ipvlan.is_empty());
+        || !(m.network_interface.is_empty()
+            && m.network_macvlan.is_empty()
+            && m.network_ipvlan.is_empty()
+            && m.network_veth_extra.is_empty());
     if file_net && (over || !cli_net) {
         m.private_network = s.private_network.unwrap_or(false);
         m.network_veth = s.virtual_ethernet.unwrap_or(false);
         (m.network_bridge, m.network_zone, m.network_interface) = (s.bridge, s.zone, s.interface);
         (m.network_macvlan, m.network_ipvlan) = (s.macvlan, s.ipvlan);
+        m.network_veth_extra = s.virtual_ethernet_extra;
         if over {
             m.network_namespace_path = None;
         }

@@ -138,6 +138,22 @@ pub struct Rt {
     handle: Handle,
 }
 
+/// A veth pair `host` (here) and `guest` (in `netns`) with the given addresses.
+fn veth_pair(
+    host: &str,
+    host_mac: [u8; 6],
+    guest: &str,
+    guest_mac: [u8; 6],
+    netns: &File,
+) -> LinkMessageBuilder<LinkVeth> {
+    let peer = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(guest.to_owned())
+        .address(guest_mac.to_vec())
+        .setns_by_fd(netns.as_raw_fd())
+        .build();
+    LinkVeth::new(host, guest).set_info_data(InfoData::Veth(InfoVeth::Peer(peer))).address(host_mac.to_vec())
+}
+
 impl Rt {
     /// Connects; must run inside a tokio runtime (the connection is a task on it).
     pub fn connect() -> Result<Rt, LinkError> {
@@ -193,18 +209,24 @@ impl Rt {
         netns: &File,
         master: Option<u32>,
     ) -> Result<(), LinkError> {
-        let peer = LinkMessageBuilder::<LinkUnspec>::new()
-            .name(guest.to_owned())
-            .address(guest_mac.to_vec())
-            .setns_by_fd(netns.as_raw_fd())
-            .build();
-        let mut b = LinkVeth::new(host, guest)
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
-            .address(host_mac.to_vec())
-            .up();
+        let mut b = veth_pair(host, host_mac, guest, guest_mac, netns).up();
         if let Some(m) = master {
             b = b.controller(m);
         }
+        self.handle.link().add(b.build()).execute().await.map_err(nl_err("add veth", host))
+    }
+
+    /// Creates a `--network-veth-extra` pair: `host` here, `guest` in `netns`, both down and
+    /// unconfigured, as nspawn leaves them.
+    pub async fn add_extra_veth(
+        &self,
+        host: &str,
+        host_mac: [u8; 6],
+        guest: &str,
+        guest_mac: [u8; 6],
+        netns: &File,
+    ) -> Result<(), LinkError> {
+        let b = veth_pair(host, host_mac, guest, guest_mac, netns);
         self.handle.link().add(b.build()).execute().await.map_err(nl_err("add veth", host))
     }
 

@@ -6,7 +6,7 @@ use std::os::unix::fs::MetadataExt;
 use super::link::{LinkError, Rt, set_sysctl};
 use super::nat::{self, NatEntries};
 use super::plan::{self, BridgeFacts, Plan};
-use super::spec::{GUEST_IFNAME, NetworkMode, NetworkSpec, mac_address};
+use super::spec::{GUEST_IFNAME, NetworkMode, NetworkSpec, extra_macs, mac_address};
 use super::state::{self, MachineState, MovedLink, StateDir, SysctlChange};
 use super::teardown::{has_stale, settle, sweep, undo};
 use super::{MachineNetwork, NetworkError};
@@ -206,6 +206,12 @@ async fn setup_links(
         } else {
             rt.add_ipvlan(&format!("iv-{ifname}"), parent, guest_ns).await?;
         }
+    }
+    for e in &spec.veth_extra {
+        // Recorded first: a pair made before a later step fails is removed by the undo.
+        st.extra_links.push(e.host.clone());
+        let (host_mac, guest_mac) = extra_macs(&st.machine, &e.host);
+        rt.add_extra_veth(&e.host, host_mac, &e.guest, guest_mac, guest_ns).await?;
     }
     let g = Rt::connect_in(guest_ns, host_ns, &format!("machine {}", st.machine))?;
     g.set_up(1, "lo", true).await?;

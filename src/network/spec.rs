@@ -76,6 +76,30 @@ impl fmt::Display for PortForward {
     }
 }
 
+/// `--network-veth-extra=HOSTIF[:MACHINEIF]`: an extra veth pair, neither end configured.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VethExtra {
+    /// The host side's name.
+    pub host: String,
+    /// The machine side's name (the host side's when not given).
+    pub guest: String,
+}
+
+/// Parses `HOSTIF[:MACHINEIF]` as nspawn does (an empty MACHINEIF means HOSTIF's name), except
+/// that an invalid MACHINEIF is refused where nspawn silently uses HOSTIF instead.
+pub fn parse_veth_extra(value: &str) -> Result<VethExtra, SpecError> {
+    let bad = || SpecError::BadVethExtra(value.to_owned());
+    let mut parts = value.split(':');
+    let host = parts.next().unwrap_or_default();
+    let guest = parts.next().filter(|g| !g.is_empty()).unwrap_or(host);
+    if parts.next().is_some() || host.is_empty() {
+        return Err(bad());
+    }
+    validate_ifname(host).map_err(|_| bad())?;
+    validate_ifname(guest).map_err(|_| bad())?;
+    Ok(VethExtra { host: host.to_owned(), guest: guest.to_owned() })
+}
+
 /// A network option that cannot work as given.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpecError {
@@ -96,6 +120,14 @@ pub enum SpecError {
     /// The machine's name for a macvlan or ipvlan link is too long for the kernel.
     #[error("the machine's link {0} would be longer than 15 characters: use a shorter interface")]
     GuestIfnameTooLong(String),
+    /// A `--network-veth-extra` value that does not parse.
+    #[error(
+        "invalid --network-veth-extra '{0}': expected HOSTIF[:MACHINEIF], interface names of 1-15 characters"
+    )]
+    BadVethExtra(String),
+    /// Two links of the machine, or two host sides, with the same name.
+    #[error("the link name {0} is given twice")]
+    DuplicateLinkName(String),
     /// The same host port twice.
     #[error("host port {0}:{1} is forwarded twice")]
     DuplicatePort(Proto, u16),
@@ -162,6 +194,8 @@ pub struct NetworkSpec {
     pub macvlan: Vec<String>,
     /// `--network-ipvlan`: host links the machine gets an ipvlan (`iv-IF`, L2 mode) of.
     pub ipvlan: Vec<String>,
+    /// `--network-veth-extra`: extra veth pairs, left unconfigured.
+    pub veth_extra: Vec<VethExtra>,
     /// `--address`: the guest's address instead of one from the pool.
     pub address: Option<Ipv4Net>,
     /// `--gateway`: the guest's default route (with `--address`).
@@ -182,6 +216,7 @@ impl NetworkSpec {
             interfaces: Vec::new(),
             macvlan: Vec::new(),
             ipvlan: Vec::new(),
+            veth_extra: Vec::new(),
             address: None,
             gateway: None,
             ports: Vec::new(),
@@ -199,9 +234,13 @@ impl NetworkSpec {
         }
     }
 
-    /// Whether host links are moved in or have links made of them in the machine.
+    /// Whether host links are moved in, have links made of them in the machine, or extra veth
+    /// pairs join the two.
     pub fn has_host_links(&self) -> bool {
-        !(self.interfaces.is_empty() && self.macvlan.is_empty() && self.ipvlan.is_empty())
+        !(self.interfaces.is_empty()
+            && self.macvlan.is_empty()
+            && self.ipvlan.is_empty()
+            && self.veth_extra.is_empty())
     }
 
     /// Whether the machine gets a network namespace other than the host's (created, or joined
@@ -262,6 +301,7 @@ impl NetworkSpec {
                 }
             }
         }
+        self.validate_link_names()?;
         for (i, p) in self.ports.iter().enumerate() {
             if self.ports[..i].iter().any(|q| q.proto == p.proto && q.host_port == p.host_port) {
                 return Err(SpecError::DuplicatePort(p.proto, p.host_port));
@@ -278,6 +318,36 @@ impl NetworkSpec {
             }
         } else if self.gateway.is_some() {
             return Err(SpecError::GatewayWithoutAddress);
+        }
+        Ok(())
+    }
+}
+
+impl NetworkSpec {
+    /// The names the machine's links will have, and the host sides of extra pairs, each once.
+    fn validate_link_names(&self) -> Result<(), SpecError> {
+        for e in &self.veth_extra {
+            validate_ifname(&e.host)?;
+            validate_ifname(&e.guest)?;
+        }
+        let mut inside: Vec<String> = vec!["lo".into()];
+        if matches!(self.mode, NetworkMode::Veth | NetworkMode::Bridge(_) | NetworkMode::Zone(_)) {
+            inside.push(GUEST_IFNAME.into());
+        }
+        inside.extend(self.interfaces.iter().cloned());
+        inside.extend(self.macvlan.iter().map(|i| format!("mv-{i}")));
+        inside.extend(self.ipvlan.iter().map(|i| format!("iv-{i}")));
+        let extra_start = inside.len();
+        inside.extend(self.veth_extra.iter().map(|e| e.guest.clone()));
+        for (i, name) in inside.iter().enumerate().skip(extra_start) {
+            if inside[..i].contains(name) {
+                return Err(SpecError::DuplicateLinkName(name.clone()));
+            }
+        }
+        for (i, e) in self.veth_extra.iter().enumerate() {
+            if self.veth_extra[..i].iter().any(|o| o.host == e.host) || self.interfaces.contains(&e.host) {
+                return Err(SpecError::DuplicateLinkName(e.host.clone()));
+            }
         }
         Ok(())
     }
@@ -353,9 +423,43 @@ pub fn mac_address(machine: &str, role: &str) -> [u8; 6] {
     mac
 }
 
+/// The stable MAC addresses of the `--network-veth-extra` pair whose host side is `host`: how
+/// teardown tells the machine's pair from a link someone else made with that name.
+pub fn extra_macs(machine: &str, host: &str) -> ([u8; 6], [u8; 6]) {
+    (
+        mac_address(machine, &format!("extra-host-{host}")),
+        mac_address(machine, &format!("extra-guest-{host}")),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_veth_extra_as_nspawn() {
+        let v = |h: &str, g: &str| Ok(VethExtra { host: h.into(), guest: g.into() });
+        assert_eq!(parse_veth_extra("vx-a:inner0"), v("vx-a", "inner0"));
+        assert_eq!(parse_veth_extra("vx-b"), v("vx-b", "vx-b"));
+        assert_eq!(parse_veth_extra("a:"), v("a", "a"));
+        for bad in
+            ["", ":", ":b", "a:b:c", "a:b:", "abcdefghijklmnopq", "a/b", "a:b/c", "a:abcdefghijklmnopq"]
+        {
+            assert!(parse_veth_extra(bad).is_err(), "{bad}");
+        }
+        let mut s = NetworkSpec::new(NetworkMode::Veth);
+        s.veth_extra = vec![parse_veth_extra("x:host0").unwrap()];
+        assert_eq!(s.validate(), Err(SpecError::DuplicateLinkName("host0".into())));
+        s.veth_extra = vec![parse_veth_extra("x:y").unwrap(), parse_veth_extra("x:z").unwrap()];
+        assert_eq!(s.validate(), Err(SpecError::DuplicateLinkName("x".into())));
+        s.veth_extra = vec![parse_veth_extra("x:y").unwrap(), parse_veth_extra("z:y").unwrap()];
+        assert_eq!(s.validate(), Err(SpecError::DuplicateLinkName("y".into())));
+        s.veth_extra = vec![parse_veth_extra("x:y").unwrap(), parse_veth_extra("z").unwrap()];
+        assert_eq!(s.validate(), Ok(()));
+        let mut s = NetworkSpec::new(NetworkMode::Host);
+        s.veth_extra = vec![parse_veth_extra("x").unwrap()];
+        assert_eq!(s.effective_mode(), NetworkMode::Private);
+    }
 
     #[test]
     fn parses_ports() {

@@ -137,6 +137,9 @@ pub struct MachineState {
     pub route_localnet: Option<SysctlChange>,
     /// Links moved into the machine.
     pub moved: Vec<MovedLink>,
+    /// The host sides of `--network-veth-extra` pairs, which mctl created.
+    #[serde(default)]
+    pub extra_links: Vec<String>,
     /// Torn down except for the veth pair, which the kernel removes with the machine's
     /// namespace; the state stays (holding the subnet and the link name) until the pair is gone.
     #[serde(default)]
@@ -162,6 +165,7 @@ impl MachineState {
             ports: Vec::new(),
             route_localnet: None,
             moved: Vec::new(),
+            extra_links: Vec::new(),
             dismantling: false,
         }
     }

@@ -8,7 +8,7 @@ use std::path::Path;
 use super::NetworkError;
 use super::link::{self, LinkError, Rt, set_sysctl};
 use super::nat::{self, NatEntries};
-use super::spec::mac_address;
+use super::spec::{extra_macs, mac_address};
 use super::state::{MachineState, Segment, StateDir};
 
 pub(super) fn has_stale(sd: &StateDir) -> bool {
@@ -94,6 +94,7 @@ pub(super) async fn undo(
             Err(e) => errors.push(e.into()),
         }
     }
+    errors.extend(remove_extra_pairs(rt, st).await);
     match nat.map(|h| h.join()) {
         Some(Ok(Err(e))) => errors.push(e.into()),
         Some(Err(_)) => errors.push(NetworkError::Thread("nftables")),
@@ -140,6 +141,7 @@ fn forget_or_dismantle(sd: &StateDir, st: &MachineState, leave_pair: bool) -> Ve
             ports: Vec::new(),
             route_localnet: None,
             moved: Vec::new(),
+            extra_links: Vec::new(),
             segment: None,
             ..st.clone()
         };
@@ -172,6 +174,26 @@ async fn our_pair(rt: &Rt, st: &MachineState) -> Result<Option<link::LinkSummary
     let Some(host) = &st.host_link else { return Ok(None) };
     let mine = mac_address(&st.machine, "host").to_vec();
     Ok(rt.link(host).await?.filter(|l| l.kind.as_deref() == Some("veth") && l.mac.as_ref() == Some(&mine)))
+}
+
+/// Deletes the machine's `--network-veth-extra` pairs that still exist (as nspawn does at exit:
+/// left to the namespace's end, a pair could outlive a reboot's next setup, which makes it
+/// again). Only a veth with the machine's address for it is the machine's.
+async fn remove_extra_pairs(rt: &Rt, st: &MachineState) -> Vec<NetworkError> {
+    let mut errors = Vec::new();
+    for host in &st.extra_links {
+        let mine = extra_macs(&st.machine, host).0.to_vec();
+        match rt.link(host).await {
+            Ok(Some(l)) if l.kind.as_deref() == Some("veth") && l.mac.as_ref() == Some(&mine) => {
+                if let Err(e) = rt.delete(host).await {
+                    errors.push(e.into());
+                }
+            }
+            Ok(_) => {}
+            Err(e) => errors.push(e.into()),
+        }
+    }
+    errors
 }
 
 /// Waits up to `patience` for a dismantling machine's pair to go with its namespace, deletes
