@@ -288,6 +288,64 @@ fn killing_the_launcher_takes_the_machine_down() {
     assert_no_leaks("rkill", &dir);
 }
 
+/// `-S/--slice` on a host without systemd: the machine's cgroups are where systemd would put a
+/// machine scope of that slice, in every hierarchy; they and the slice directories mctl made go
+/// with the machine, also after a killed launcher (the next launch's sweep).
+#[test]
+fn a_slice_places_the_machine_as_systemd_would() {
+    let (_s, dir) = tree("rslice");
+    let scope_dirs = || -> Vec<std::path::PathBuf> {
+        let rd = std::fs::read_dir("/sys/fs/cgroup").unwrap();
+        let mut roots: Vec<_> = rd.flatten().map(|e| e.path()).collect();
+        roots.push("/sys/fs/cgroup".into());
+        roots
+            .iter()
+            .map(|r| r.join("mctltest.slice/mctltest-a.slice/machine-rslice.scope"))
+            .filter(|p| p.is_dir())
+            .collect()
+    };
+    let (mut child, _out) = run_until_up(&dir, &["-S", "mctltest-a.slice"], "true");
+    let found = scope_dirs();
+    let unified = found
+        .iter()
+        .find(|p| p.join("payload/cgroup.procs").exists() && p.join("cgroup.controllers").exists());
+    let unified = unified.expect("the machine's cgroup2 directory in the slice");
+    let procs = std::fs::read_to_string(unified.join("payload/cgroup.procs")).unwrap();
+    assert!(!procs.trim().is_empty(), "the payload runs in the slice's scope");
+    if std::path::Path::new("/sys/fs/cgroup/unified").is_dir() {
+        assert!(found.len() > 2, "hybrid: a scope in the v1 hierarchies too: {found:?}");
+    }
+    assert_eq!(stop_launcher(&mut child).code(), Some(137), "SIGKILL to the command");
+    assert!(scope_dirs().is_empty(), "left: {:?}", scope_dirs());
+    let slices: Vec<_> = machine_slice_dirs();
+    assert!(slices.is_empty(), "slice directories left: {slices:?}");
+
+    let (mut child, _out) = run_until_up(&dir, &["-S", "mctltest-a.slice"], "true");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(wait_until(Duration::from_secs(5), || scope_dirs().iter().all(|d| {
+        std::fs::read_to_string(d.join("payload/cgroup.procs")).map_or(true, |p| p.trim().is_empty())
+    })));
+    assert_eq!(run_in(&dir, &[], &["true"]).status.code(), Some(0));
+    assert!(scope_dirs().is_empty() && machine_slice_dirs().is_empty(), "the sweep removes them");
+
+    for (bad, needle) in
+        [("", "needs a slice name"), ("x.service", "not a slice"), ("a--b.slice", "invalid slice")]
+    {
+        let o = run_in(&dir, &["-S", bad], &["true"]);
+        assert_eq!(o.status.code(), Some(1), "-S '{bad}'");
+        assert!(stderr(&o).contains(needle), "-S '{bad}': {}", stderr(&o));
+    }
+    assert_no_leaks("rslice", &dir);
+}
+
+fn machine_slice_dirs() -> Vec<std::path::PathBuf> {
+    let rd = std::fs::read_dir("/sys/fs/cgroup").unwrap();
+    let mut roots: Vec<_> = rd.flatten().map(|e| e.path()).collect();
+    roots.push("/sys/fs/cgroup".into());
+    roots.iter().map(|r| r.join("mctltest.slice")).filter(|p| p.is_dir()).collect()
+}
+
 /// `ip netns exec NS mctl ...` mounts a fresh /sys without /sys/fs/cgroup; mctl mounts the
 /// hierarchies in a mount namespace of its own and runs the machine in NS's network.
 #[test]

@@ -126,6 +126,30 @@ fn persistent_machines_under_a_real_systemd() {
     ]);
     assert!(o.status.success() && common::stdout(&o).lines().any(|l| l == "0::/"), "{}", common::stderr(&o));
     assert_eq!(m.sh("ls /sys/fs/cgroup/mctl 2>/dev/null | wc -l"), "0");
+    // -S on a systemd host: systemd makes the machine's scope in that slice (as for nspawn),
+    // mctl lays the machine out in it, and the scope goes with the machine.
+    ok(
+        &m,
+        &[
+            "sh",
+            "-c",
+            "mctl run -q --settings=no --register=no -S mctltest-a.slice -D /var/lib/machines/inner -- \
+         /bin/sleep 60 >/dev/null 2>&1 & echo $! > /run/slice-test.pid",
+        ],
+    );
+    eventually(&m, "systemctl show -p Slice --value machine-inner.scope", "mctltest-a.slice");
+    assert_eq!(
+        m.sh("systemctl show -p ControlGroup --value machine-inner.scope"),
+        "/mctltest.slice/mctltest-a.slice/machine-inner.scope"
+    );
+    eventually(
+        &m,
+        "wc -l < /sys/fs/cgroup/mctltest.slice/mctltest-a.slice/machine-inner.scope/payload/cgroup.procs",
+        "1",
+    );
+    ok(&m, &["sh", "-c", "kill $(cat /run/slice-test.pid)"]);
+    eventually(&m, "systemctl is-active machine-inner.scope", "inactive");
+    assert_eq!(m.sh("ls /sys/fs/cgroup/mctltest.slice/mctltest-a.slice 2>/dev/null | grep -c scope"), "0");
     let journal = m.sh("journalctl -u mctl@inner.service --no-pager");
     assert!(
         journal.contains("Halting system") || journal.contains("Power-Off"),

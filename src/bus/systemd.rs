@@ -15,6 +15,9 @@ pub enum SystemdError {
     /// systemd refused or the call failed.
     #[error("systemd refused the unit's new properties: {0}")]
     Refused(String),
+    /// systemd did not start the machine's scope.
+    #[error("systemd did not start the machine's scope: {0}")]
+    ScopeRefused(String),
 }
 
 fn value(v: SystemdValue) -> Value<'static> {
@@ -70,4 +73,36 @@ pub fn set_unit_properties(unit: &str, runtime: bool, props: &[Property]) -> Res
         }
     })
     .unwrap_or_else(|| Err(SystemdError::Refused("the D-Bus client could not run".into())))
+}
+
+/// `StartTransientUnit` of the scope `unit` in `slice` holding process `pid`, delegated (the
+/// machine's cgroups are made below it), as nspawn has systemd make a machine's scope. Returns
+/// once the call is answered; systemd moves the process when the job runs.
+pub fn start_scope(unit: &str, slice: &str, description: &str, pid: u32) -> Result<(), SystemdError> {
+    let (unit, slice, description) = (unit.to_owned(), slice.to_owned(), description.to_owned());
+    crate::runtime::block_on_thread(move || async move {
+        let conn = super::client::system_bus().await.map_err(|_| SystemdError::Absent)?;
+        let props: Vec<(&str, Value<'_>)> = vec![
+            ("Slice", Value::from(slice.as_str())),
+            ("Description", Value::from(description.as_str())),
+            ("Delegate", Value::from(true)),
+            ("PIDs", Value::from(vec![pid])),
+        ];
+        let aux: Vec<(&str, Vec<(&str, Value<'_>)>)> = Vec::new();
+        let reply = conn
+            .call_method(
+                Some("org.freedesktop.systemd1"),
+                "/org/freedesktop/systemd1",
+                Some("org.freedesktop.systemd1.Manager"),
+                "StartTransientUnit",
+                &(unit.as_str(), "fail", props, aux),
+            )
+            .await;
+        match reply {
+            Ok(_) => Ok(()),
+            Err(e) if super::client::is_no_manager(&e) => Err(SystemdError::Absent),
+            Err(e) => Err(SystemdError::ScopeRefused(super::client::error_message(&e))),
+        }
+    })
+    .unwrap_or_else(|| Err(SystemdError::ScopeRefused("the D-Bus client could not run".into())))
 }

@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 
 pub mod devices;
 pub mod resources;
+pub mod slice;
+
+pub use slice::Slice;
 
 /// Where cgroups are and where machines go; paths are parameters so tests can redirect them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +32,9 @@ pub struct CgroupConfig {
     pub self_cgroup: PathBuf,
     /// Directory under the launcher's cgroup that holds machines.
     pub parent: String,
+    /// `-S/--slice`: the machine goes to `<slice>/machine-NAME.scope` from each hierarchy's
+    /// root instead of below the launcher's cgroup (not with `--keep-unit`).
+    pub slice: Option<Slice>,
 }
 
 impl Default for CgroupConfig {
@@ -38,6 +44,7 @@ impl Default for CgroupConfig {
             mountinfo: "/proc/self/mountinfo".into(),
             self_cgroup: "/proc/self/cgroup".into(),
             parent: "mctl".into(),
+            slice: None,
         }
     }
 }
@@ -270,8 +277,9 @@ struct Part {
     hierarchy: Hierarchy,
     /// The machine's cgroup (the launcher's own with --keep-unit).
     machine: PathBuf,
-    /// The parent directory we may have created (none with --keep-unit).
-    parent: Option<PathBuf>,
+    /// The parent directories we may have created, deepest first: `mctl`, or a slice's (none
+    /// with --keep-unit).
+    parents: Vec<PathBuf>,
 }
 
 impl Part {
@@ -291,13 +299,22 @@ impl MachineCgroup {
         let mut me = Self { name: name.to_owned(), parts: Vec::new(), keep_unit, device_program: None };
         for h in hierarchies {
             let own = h.own_dir();
-            let (machine, parent) = if keep_unit {
-                (own, None)
+            let (machine, parents) = if keep_unit {
+                (own, Vec::new())
+            } else if let Some(slice) = &cfg.slice {
+                let mut dir = h.mount.clone();
+                let mut parents = Vec::new();
+                for c in slice.path().components() {
+                    dir.push(c);
+                    parents.push(dir.clone());
+                }
+                parents.reverse();
+                (dir.join(Slice::scope_of(name)), parents)
             } else {
                 let parent = own.join(&cfg.parent);
-                (parent.join(name), Some(parent))
+                (parent.join(name), vec![parent])
             };
-            me.parts.push(Part { hierarchy: h, machine, parent });
+            me.parts.push(Part { hierarchy: h, machine, parents });
         }
         if let Err(e) = me.build() {
             me.remove_quietly();
@@ -332,7 +349,8 @@ impl MachineCgroup {
             }
             make_dirs(&part.hierarchy, &payload)?;
             if part.hierarchy.v2 {
-                let from = part.parent.as_deref().unwrap_or(&part.machine);
+                // From the topmost directory we may have made: the ones above are not ours.
+                let from = part.parents.last().unwrap_or(&part.machine);
                 enable_controllers(from, &part.machine)?;
             }
             if part.hierarchy.is("devices") {
@@ -411,7 +429,7 @@ impl MachineCgroup {
     pub fn owned_dirs(&self) -> (Vec<PathBuf>, Vec<PathBuf>) {
         let dirs =
             self.parts.iter().map(|p| if self.keep_unit { p.payload() } else { p.machine.clone() }).collect();
-        let parents = self.parts.iter().filter_map(|p| p.parent.clone()).collect();
+        let parents = self.parts.iter().flat_map(|p| p.parents.iter().cloned()).collect();
         (dirs, parents)
     }
 
@@ -467,9 +485,11 @@ impl MachineCgroup {
             if let Err(e) = remove_tree(&target, patience) {
                 first_err.get_or_insert(e);
             }
-            if let Some(parent) = &part.parent {
+            for parent in &part.parents {
                 // Shared with other machines: only goes when empty.
-                let _ = fs::remove_dir(parent);
+                if fs::remove_dir(parent).is_err() {
+                    break;
+                }
             }
         }
         first_err.map_or(Ok(()), Err)

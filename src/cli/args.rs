@@ -697,6 +697,11 @@ pub struct MachineArgs {
     /// Stay in the caller's cgroup (a service unit's) and exit 133 when the machine reboots.
     #[arg(long)]
     pub keep_unit: bool,
+    /// Put the machine in this slice as machine-NAME.scope (a scope systemd makes on systemd
+    /// hosts; elsewhere the same cgroup layout, from the hierarchy's root) instead of below
+    /// mctl's own cgroup. No effect with --keep-unit.
+    #[arg(short = 'S', long, value_name = "SLICE")]
+    pub slice: Option<String>,
     /// Print fewer messages.
     #[arg(short, long)]
     pub quiet: bool,

@@ -246,6 +246,7 @@ pub fn build_spec(m: MachineArgs, payload: Payload, cfg: &CliConfig) -> Result<L
         (None, false) => crate::userns::PrivateUsers::No,
     };
     let private_users_ownership = m.private_users_ownership.unwrap_or_default();
+    let slice = slice(&m)?;
     if !private_users.enabled()
         && let Some(b) = mounts.binds.iter().find(|b| b.idmap)
     {
@@ -281,7 +282,7 @@ pub fn build_spec(m: MachineArgs, payload: Payload, cfg: &CliConfig) -> Result<L
         quiet: m.quiet,
         console,
         notify_ready: m.notify_ready == YesNo::Yes,
-        cgroup: CgroupConfig::default(),
+        cgroup: CgroupConfig { slice, ..CgroupConfig::default() },
         register: m.register,
         network,
         private_users,
@@ -372,6 +373,23 @@ impl Mounts {
             m.tmpfs.iter().map(|t| spec::parse_tmpfs(t)).collect::<Result<Vec<_>, _>>().map_err(bad)?;
         Ok(Mounts { binds, overlays, tmpfs })
     }
+}
+
+/// `-S/--slice`, with nspawn's warnings: a name that had to be mangled, no effect with
+/// `--keep-unit`.
+fn slice(m: &MachineArgs) -> Result<Option<crate::cgroups::Slice>, CliError> {
+    let Some(given) = &m.slice else { return Ok(None) };
+    let slice = crate::cgroups::Slice::parse(given).map_err(bad)?;
+    if slice.mangled(given) {
+        tracing::warn!(
+            "invalid unit name \"{given}\" escaped as \"{slice}\" (maybe you should use systemd-escape?)"
+        );
+    }
+    if m.keep_unit {
+        tracing::warn!("--slice has no effect with --keep-unit: the machine stays in mctl's unit");
+        return Ok(None);
+    }
+    Ok(Some(slice))
 }
 
 /// `--set-credential`, `--load-credential` (files read now, as root, on the host).

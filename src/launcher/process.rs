@@ -49,6 +49,9 @@ pub enum LaunchError {
     /// A cgroup problem.
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    /// `-S/--slice` on a systemd host: the machine's scope could not be had.
+    #[error("-S/--slice: {0}")]
+    Scope(String),
     /// `--private-users-ownership=chown` for an image that must stay as it is.
     #[error(
         "{0} cannot be chowned into the machine's id range: -x, --read-only and --volatile leave the image \
@@ -391,6 +394,38 @@ fn run_once(
     run.end(status?)
 }
 
+/// With `-S/--slice` on a host run by systemd, the launcher moves into a delegated scope
+/// `machine-NAME.scope` of the slice that systemd makes (as nspawn has it made), and the machine
+/// is laid out in it as in a kept unit. Elsewhere (false) the cgroups layer makes the slice's
+/// directories itself.
+fn enter_slice_scope(spec: &LaunchSpec) -> Result<bool, LaunchError> {
+    let Some(slice) = spec.cgroup.slice.as_ref().filter(|_| !spec.keep_unit) else { return Ok(false) };
+    if !std::path::Path::new("/run/systemd/system").is_dir() {
+        return Ok(false);
+    }
+    let scope = crate::cgroups::Slice::scope_of(spec.name.as_str());
+    let inside = || {
+        std::fs::read_to_string("/proc/self/cgroup")
+            .is_ok_and(|c| c.lines().any(|l| l.starts_with("0::") && l.ends_with(&format!("/{scope}"))))
+    };
+    // After a reboot inside, the launcher is in its scope already.
+    if inside() {
+        return Ok(true);
+    }
+    let description = format!("Container {}", spec.name);
+    crate::bus::systemd::start_scope(&scope, &slice.to_string(), &description, std::process::id())
+        .map_err(|e| LaunchError::Scope(e.to_string()))?;
+    // systemd moves the process when the start job runs, just after it answered.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !inside() {
+        if std::time::Instant::now() > deadline {
+            return Err(LaunchError::Scope(format!("systemd did not move mctl into {scope}")));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    Ok(true)
+}
+
 impl<'a> Run<'a> {
     /// The machine's cgroup and the outer child, forked into it; returns the parent's end of
     /// the channel to it.
@@ -400,7 +435,8 @@ impl<'a> Run<'a> {
         record: &mut LaunchRecord,
     ) -> Result<(Run<'a>, ParentEnd), LaunchError> {
         let spec = ctx.spec;
-        let cgroup = MachineCgroup::create(&spec.cgroup, spec.name.as_str(), spec.keep_unit)?;
+        let keep_unit = spec.keep_unit || enter_slice_scope(spec)?;
+        let cgroup = MachineCgroup::create(&spec.cgroup, spec.name.as_str(), keep_unit)?;
         let (dirs, parents) = cgroup.owned_dirs();
         record.set_cgroups(dirs, parents).map_err(|e| LaunchError::Setup("record the launch", e))?;
         if !spec.resources.is_empty() {

@@ -135,7 +135,8 @@ pub fn assert_no_leaks(name: &str, dir: &Path) {
     assert!(left.is_empty(), "mounts under {d} left behind: {left:?}");
 }
 
-/// Every cgroup directory named `name` whose parent is a `mctl` directory, in every hierarchy.
+/// Every cgroup directory named `name` whose parent is a `mctl` directory, or named as the
+/// machine's scope in a slice, in every hierarchy.
 pub fn machine_cgroups(name: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let rd = std::fs::read_dir("/sys/fs/cgroup").expect("read /sys/fs/cgroup");
@@ -162,7 +163,11 @@ fn find_named(dir: &Path, name: &str, out: &mut Vec<PathBuf>) {
             continue;
         }
         let p = e.path();
-        if p.file_name().is_some_and(|f| f == name) && p.parent().is_some_and(|pp| pp.ends_with("mctl")) {
+        // Below `mctl`, or a slice's scope (`-S`): machine-NAME.scope, the name escaped.
+        let scope = format!("machine-{}.scope", name.replace('-', "\\x2d"));
+        if (p.file_name().is_some_and(|f| f == name) && p.parent().is_some_and(|pp| pp.ends_with("mctl")))
+            || p.file_name().is_some_and(|f| f == scope.as_str())
+        {
             out.push(p.clone());
         }
         find_named(&p, name, out);
