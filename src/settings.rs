@@ -113,6 +113,8 @@ pub struct Settings {
     pub tmpfs: Vec<String>,
     /// `[Files] Inaccessible=`.
     pub inaccessible: Vec<PathBuf>,
+    /// `[Files] BindUser=`.
+    pub bind_user: Vec<String>,
     /// `[Files] Overlay=`.
     pub overlay: Vec<String>,
     /// `[Files] OverlayReadOnly=`.
@@ -144,12 +146,14 @@ pub struct Settings {
 }
 
 /// Keys nspawn knows that mctl does not carry out (refused rather than silently ignored).
-const NSPAWN_ONLY: [&str; 3] = ["BindUser", "VirtualEthernetExtra", "CredentialSet"];
+const NSPAWN_ONLY: [&str; 1] = ["CredentialSet"];
 
 /// Keys an untrusted file may not set: they grant capabilities or system calls, reach host
 /// files or host network interfaces, or weaken the sandbox.
-const PRIVILEGED: [&str; 23] = [
+const PRIVILEGED: [&str; 24] = [
     "LoadCredential",
+    // It maps a host user into the machine and binds its home directory.
+    "BindUser",
     // It makes links and directories in the host's /var/log/journal.
     "LinkJournal",
     "Inaccessible",
@@ -399,6 +403,7 @@ impl Settings {
                 }
                 if ro { self.bind_read_only.push(value.to_owned()) } else { self.bind.push(value.to_owned()) }
             }
+            ("Files", "BindUser") => self.bind_user.extend(value.split_whitespace().map(str::to_owned)),
             ("Files", "Inaccessible") => {
                 if !value.starts_with('/') || value == "/" {
                     return Err("expected an absolute path below /".into());
@@ -543,6 +548,7 @@ Timezone=off
 
 [Files]
 BindReadOnly=/srv/www:/var/www
+BindUser=alice bob
 Volatile=state
 TemporaryFileSystem=/scratch:size=10M
 
@@ -567,6 +573,7 @@ CPUQuota=50%
         );
         assert_eq!(s.private_users, Some(crate::userns::PrivateUsers::Pick));
         assert_eq!(s.bind_read_only, ["/srv/www:/var/www"]);
+        assert_eq!(s.bind_user, ["alice", "bob"]);
         assert_eq!(s.volatile, Some(crate::launcher::spec::Volatile::State));
         assert_eq!(s.virtual_ethernet, Some(true));
         assert_eq!(s.port, ["tcp:8080:80"]);
@@ -591,6 +598,7 @@ CPUQuota=50%
                 "OOMScoreAdjust",
                 "AmbientCapability",
                 "BindReadOnly",
+                "BindUser",
                 "TemporaryFileSystem",
                 "VirtualEthernet",
                 "VirtualEthernetExtra",
@@ -611,7 +619,10 @@ CPUQuota=50%
                 "[Exec]\nLimitNOFILE=9:1\n",
                 "web.mctl:2: LimitNOFILE=9:1: the soft limit exceeds the hard limit",
             ),
-            ("[Exec]\nBindUser=a\n", "web.mctl:2: BindUser=a: nspawn's BindUser= is not supported"),
+            (
+                "[Exec]\nCredentialSet=a\n",
+                "web.mctl:2: CredentialSet=a: nspawn's CredentialSet= is not supported",
+            ),
             (
                 "[Exec]\nLinkJournal=maybe\n",
                 "web.mctl:2: LinkJournal=maybe: Failed to parse link journal mode maybe",

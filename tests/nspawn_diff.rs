@@ -936,3 +936,145 @@ fn veth_extra_matches_nspawn() {
     assert!(stderr(&m).contains("cannot be used with"), "{}", stderr(&m));
     assert_no_leaks("nsvx", &dir);
 }
+
+/// Runs `launcher...` in a mount namespace of its own where the host's user database is the
+/// test's (a user `mctlbind` with a home directory in the scratch directory), so no host user
+/// is added or changed.
+const BIND_USER_HOST: &str = r#"
+mount --bind "$PASSWD" /etc/passwd && mount --bind "$GROUP" /etc/group && mount --bind "$SHADOW" /etc/shadow || exit 99
+for p in $CGS; do echo $$ > $p; done
+exec "$@"
+"#;
+
+const BIND_USER_GUEST: &str = r#"
+for m in uid_map gid_map; do
+    awk -v m=$m '{ print m, $1, ($2 < 100000 ? $2 : "RANGE"), $3 }' /proc/self/$m
+done
+ls -ln /run/host/home | awk 'NR > 1 { print "home", $1, $3, $4, $NF }'
+cd /run/host/userdb
+for f in *; do
+    if [ -L "$f" ]; then echo "link $f -> $(readlink $f)"; else echo "file $f $(stat -c '%a %u %g' $f) $(cat $f)"; fi
+done
+echo "owner $(stat -c '%u %g' /run/host/home/mctlbind/hello)"
+# (nspawn's propagation setup lists it twice)
+awk '$5 == "/run/host/home/mctlbind" && !seen[$5]++ { print "mount", $5, ($6 ~ /^ro/ ? "ro" : "rw") }' /proc/self/mountinfo
+touch /run/host/home/mctlbind/made-$LAUNCHER && echo "made it"
+"#;
+
+/// `--bind-user`: the same uid/gid maps (a hole at 60514 mapping the host user), home
+/// directory, and user records in /run/host/userdb as nspawn; writes reach the host's home;
+/// the same refusals.
+#[test]
+fn bind_user_matches_nspawn() {
+    let s = scratch();
+    let dir = copy_tree(busybox_tree(), s.path(), "nsbu");
+    std::fs::write(dir.join("probe.sh"), BIND_USER_GUEST).unwrap();
+    let home = s.path().join("home/mctlbind");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(home.join("hello"), "hi\n").unwrap();
+    std::os::unix::fs::chown(&home, Some(4242), Some(4242)).unwrap();
+    std::os::unix::fs::chown(home.join("hello"), Some(4242), Some(4242)).unwrap();
+    let db = |name: &str, extra: &str| {
+        let host = std::fs::read_to_string(format!("/etc/{name}")).unwrap_or_default();
+        let p = s.path().join(name);
+        std::fs::write(&p, format!("{host}{extra}")).unwrap();
+        p
+    };
+    let home_s = home.to_str().unwrap();
+    let passwd = db(
+        "passwd",
+        &format!("mctlbind:x:4242:4242::{home_s}:/bin/sh\nmctlshared:x:4243:4242::{home_s}:/bin/sh\n"),
+    );
+    let group = db("group", "mctlbind:x:4242:\n");
+    let shadow = db("shadow", "mctlbind:$y$j9T$mctltest$notarealhash:19000:0:99999:7:::\n");
+    let host = s.path().join("host.sh");
+    std::fs::write(&host, BIND_USER_HOST).unwrap();
+    let cgroups = NspawnCgroups::new();
+    let launch = |cgs: String, launcher: Vec<String>, who: &str| {
+        Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh"])
+            .arg(&host)
+            .args(launcher)
+            .env("CGS", cgs)
+            .env("PASSWD", &passwd)
+            .env("GROUP", &group)
+            .env("SHADOW", &shadow)
+            .env("LAUNCHER", who)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let nspawn_args = |opts: &[&str], cmd: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> =
+            ["systemd-nspawn", "-q", "--register=no", "--keep-unit", "-E", "LAUNCHER=nspawn"]
+                .map(String::from)
+                .into();
+        a.extend(opts.iter().map(|o| o.to_string()));
+        a.extend(["-D", dir.to_str().unwrap()].map(String::from));
+        a.extend(cmd.iter().map(|c| c.to_string()));
+        a
+    };
+    let mctl_args = |opts: &[&str], cmd: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = vec![env!("CARGO_BIN_EXE_mctl").into()];
+        a.extend(["run", "-q", "--register=no", "-E", "LAUNCHER=mctl"].map(String::from));
+        a.extend(opts.iter().map(|o| o.to_string()));
+        a.extend(["-D", dir.to_str().unwrap(), "--"].map(String::from));
+        a.extend(cmd.iter().map(|c| c.to_string()));
+        a
+    };
+    let probe = ["/bin/sh", "/probe.sh"];
+    let opts = ["-U", "--bind-user=mctlbind"];
+    let n = launch(cgroups.procs_files(), nspawn_args(&opts, &probe), "nspawn");
+    assert!(n.status.success(), "nspawn: {}", stderr(&n));
+    let m = launch(String::new(), mctl_args(&opts, &probe), "mctl");
+    assert!(m.status.success(), "mctl: {}", stderr(&m));
+    let (n, m) = (stdout(&n).replace("\r\n", "\n"), stdout(&m));
+    for want in [
+        "uid_map 60514 4242 1",
+        "gid_map 60514 4242 1",
+        "home drwxr-xr-x 60514 60514 mctlbind",
+        "link 60514.user -> mctlbind.user",
+        "file mctlbind.user-privileged 600 0 0 {\"privileged\":{\"hashedPassword\":[\"$y$j9T$mctltest$notarealhash\"]}}",
+        "owner 60514 60514",
+        "mount /run/host/home/mctlbind rw",
+        "made it",
+    ] {
+        assert!(n.lines().any(|l| l == want), "nspawn: no '{want}' in\n{n}");
+    }
+    assert_eq!(m, n, "mctl vs nspawn");
+    for who in ["nspawn", "mctl"] {
+        assert!(home.join(format!("made-{who}")).exists(), "{who}: writes reach the host's home");
+    }
+
+    // Refused by both: no user namespace, root, nobody, an unknown user, a user without a
+    // private group, a user the machine has already.
+    let cases: [(&[&str], &str); 5] = [
+        (&["--bind-user=mctlbind"], "needs a user namespace"),
+        (&["-U", "--bind-user=root"], "'root' user is not supported"),
+        (&["-U", "--bind-user=nobody"], "'nobody' user is not supported"),
+        (&["-U", "--bind-user=mctlnosuch"], "cannot resolve user 'mctlnosuch'"),
+        (&["-U", "--bind-user=mctlshared"], "no private group"),
+    ];
+    for (opts, needle) in cases {
+        let n = launch(cgroups.procs_files(), nspawn_args(opts, &["/bin/true"]), "nspawn");
+        assert!(!n.status.success(), "nspawn accepted {opts:?}");
+        let m = launch(String::new(), mctl_args(opts, &["/bin/true"]), "mctl");
+        assert!(!m.status.success(), "mctl accepted {opts:?}");
+        assert!(stderr(&m).contains(needle), "{opts:?}: {}", stderr(&m));
+    }
+    // Given twice, bound once, by both.
+    let opts = ["-U", "--bind-user=mctlbind", "--bind-user=mctlbind"];
+    let count = ["/bin/sh", "-c", "ls /run/host/userdb | wc -l"];
+    let n = launch(cgroups.procs_files(), nspawn_args(&opts, &count), "nspawn");
+    let m = launch(String::new(), mctl_args(&opts, &count), "mctl");
+    assert_eq!((stdout(&m).trim(), stdout(&n).trim()), ("6", "6"), "{}", stderr(&m));
+    let mut tree_passwd = std::fs::read_to_string(dir.join("etc/passwd")).unwrap();
+    tree_passwd.push_str("mctlbind:x:1234:1234::/home/mctlbind:/bin/sh\n");
+    std::fs::write(dir.join("etc/passwd"), tree_passwd).unwrap();
+    let opts = ["-U", "--bind-user=mctlbind"];
+    let n = launch(cgroups.procs_files(), nspawn_args(&opts, &["/bin/true"]), "nspawn");
+    assert!(!n.status.success(), "nspawn accepted a user the machine has");
+    let m = launch(String::new(), mctl_args(&opts, &["/bin/true"]), "mctl");
+    assert!(stderr(&m).contains("already exists in the machine's /etc/passwd"), "{}", stderr(&m));
+    assert_no_leaks("nsbu", &dir);
+}

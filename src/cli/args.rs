@@ -590,6 +590,10 @@ pub struct MachineArgs {
     /// Give the machine a credential read from a file: ID:PATH.
     #[arg(long, value_name = "ID:PATH")]
     pub load_credential: Vec<String>,
+    /// Bind a host user into the machine (needs -U): its home at /run/host/home/NAME, its ids
+    /// mapped onto a free id from 60514-60577, user records in /run/host/userdb for nss-systemd.
+    #[arg(long, value_name = "NAME")]
+    pub bind_user: Vec<String>,
     /// Make a path of the machine inaccessible: an empty node of its kind, mode 0, read-only.
     #[arg(long, value_name = "PATH")]
     pub inaccessible: Vec<PathBuf>,

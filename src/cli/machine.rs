@@ -247,6 +247,14 @@ pub fn build_spec(m: MachineArgs, payload: Payload, cfg: &CliConfig) -> Result<L
     };
     let private_users_ownership = m.private_users_ownership.unwrap_or_default();
     let slice = slice(&m)?;
+    let bind_users = bind_users(&m, &root, private_users.enabled())?;
+    mounts.binds.extend(bind_users.iter().map(|u| spec::BindMount {
+        source: u.home.clone(),
+        dest: u.home_inside(),
+        read_only: false,
+        recursive: true,
+        idmap: false,
+    }));
     if !private_users.enabled()
         && let Some(b) = mounts.binds.iter().find(|b| b.idmap)
     {
@@ -292,6 +300,7 @@ pub fn build_spec(m: MachineArgs, payload: Payload, cfg: &CliConfig) -> Result<L
         attributes,
         inaccessible: m.inaccessible.clone(),
         credentials,
+        bind_users,
     })
 }
 
@@ -373,6 +382,22 @@ impl Mounts {
             m.tmpfs.iter().map(|t| spec::parse_tmpfs(t)).collect::<Result<Vec<_>, _>>().map_err(bad)?;
         Ok(Mounts { binds, overlays, tmpfs })
     }
+}
+
+/// `--bind-user`: the users resolved on the host, their machine ids chosen against the tree.
+fn bind_users(
+    m: &MachineArgs,
+    root: &std::path::Path,
+    userns: bool,
+) -> Result<Vec<crate::launcher::bind_user::BoundUser>, CliError> {
+    use crate::launcher::bind_user::{BindUserError, resolve};
+    if m.bind_user.is_empty() {
+        return Ok(Vec::new());
+    }
+    if !userns {
+        return Err(bad(BindUserError::NoUserNamespace));
+    }
+    resolve(&m.bind_user, root).map_err(bad)
 }
 
 /// `-S/--slice`, with nspawn's warnings: a name that had to be mangled, no effect with

@@ -157,6 +157,7 @@ pub fn apply(
         (m.bind, m.bind_ro, m.tmpfs) = (s.bind, s.bind_read_only, s.tmpfs);
         (m.overlay, m.overlay_ro, m.inaccessible) = (s.overlay, s.overlay_read_only, s.inaccessible);
     }
+    list(&mut m.bind_user, s.bind_user, over);
     // So is the network.
     let file_net = s.private_network.is_some()
         || s.virtual_ethernet.is_some()

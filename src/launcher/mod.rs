@@ -11,6 +11,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub mod attributes;
+pub mod bind_user;
 pub mod channel;
 pub mod console;
 pub mod credentials;

@@ -721,6 +721,7 @@ pub fn outer_plan(
         s.push(Step::Chmod { path: dir.clone(), mode: 0o500 });
         s.push(remount_ro(&dir, NOSUID_NODEV_NOEXEC, false));
     }
+    s.extend(super::bind_user::steps(&spec.bind_users));
     let (resolv, localtime) = super::host_etc::actions(spec, &host.etc);
     s.extend(super::host_etc::steps(resolv, &localtime, &host.etc));
     s.extend(super::journal::steps(host.journal, uuid));

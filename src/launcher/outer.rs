@@ -46,7 +46,7 @@ fn outer(ctx: &ChildContext<'_>, chan: &ChildEnd) -> Result<(), ChildError> {
     let own_network =
         ctx.spec.network.needs_netns() && !matches!(ctx.spec.network.mode, NetworkMode::NamespacePath(_));
     let pid1 = match ctx.private_users {
-        Some(range) => match private_users::fork_pid1(range, own_network)? {
+        Some(range) => match private_users::fork_pid1(range, &ctx.spec.bind_users, own_network)? {
             Ok(pid1) => {
                 if let Some(net) = &pid1.net {
                     // Before any mount: sysfs shows the network namespace of whoever mounts it.

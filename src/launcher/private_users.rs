@@ -50,6 +50,7 @@ pub(super) struct Pid1Wait(File);
 /// [`Pid1Wait::wait_until_ready`] before anything else.
 pub(super) fn fork_pid1(
     range: IdRange,
+    bound: &[super::bind_user::BoundUser],
     own_network: bool,
 ) -> Result<Result<WaitingPid1, Pid1Wait>, ChildError> {
     let step = ChildError::step;
@@ -72,9 +73,9 @@ pub(super) fn fork_pid1(
     drop(wait);
     // From here on, a failure drops `go`: PID 1 sees the pipe close and exits.
     // A privileged writer may map any range, and setgroups(2) stays allowed inside.
-    for map in ["uid_map", "gid_map"] {
+    for (map, gid) in [("uid_map", false), ("gid_map", true)] {
         let path = format!("/proc/{pid}/{map}");
-        std::fs::write(&path, range.map_line())
+        std::fs::write(&path, super::bind_user::map_lines(range, bound, gid))
             .map_err(|e| ChildError::Message(format!("cannot write {path} ({range}): {e}")))?;
     }
     Ok(Ok(WaitingPid1 {

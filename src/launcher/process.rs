@@ -49,6 +49,9 @@ pub enum LaunchError {
     /// A cgroup problem.
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    /// `--bind-user` cannot be done.
+    #[error(transparent)]
+    BindUser(#[from] super::bind_user::BindUserError),
     /// `-S/--slice` on a systemd host: the machine's scope could not be had.
     #[error("-S/--slice: {0}")]
     Scope(String),
@@ -180,6 +183,13 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32, LaunchError> {
         Some(chosen) => image_ownership(spec, chosen.range)?,
         None => false,
     };
+    match &private_users {
+        Some(chosen) => super::bind_user::check_range(&spec.bind_users, chosen.range)?,
+        None if !spec.bind_users.is_empty() => {
+            return Err(super::bind_user::BindUserError::NoUserNamespace.into());
+        }
+        None => {}
+    }
 
     linux::set_child_subreaper().map_err(|e| LaunchError::Setup("become child subreaper", e))?;
     // Signals are handled synchronously through a signalfd; the children undo this mask.

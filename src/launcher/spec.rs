@@ -155,6 +155,8 @@ pub struct LaunchSpec {
     pub credentials: Vec<super::credentials::Credential>,
     /// `--inaccessible`: paths covered by an empty, unreadable node.
     pub inaccessible: Vec<PathBuf>,
+    /// `--bind-user`: host users mapped into the machine (their homes are among `binds`).
+    pub bind_users: Vec<super::bind_user::BoundUser>,
     /// `--rlimit`, `--oom-score-adjust`, `--cpu-affinity`, `--personality`.
     pub attributes: super::attributes::PayloadAttributes,
     /// `--property`: resource limits on the machine's cgroup, in the order given.
@@ -208,6 +210,7 @@ impl LaunchSpec {
             timezone: Default::default(),
             link_journal: Default::default(),
             credentials: Vec::new(),
+            bind_users: Vec::new(),
         }
     }
 }
