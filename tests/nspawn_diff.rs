@@ -1000,6 +1000,8 @@ fn bind_user_matches_nspawn() {
             .env("GROUP", &group)
             .env("SHADOW", &shadow)
             .env("LAUNCHER", who)
+            // -U remembers the tree's range: not in the host's state directory.
+            .env("MCTL_STATE_DIR", s.path().join("state"))
             .stdin(Stdio::null())
             .output()
             .unwrap()
