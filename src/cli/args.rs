@@ -620,6 +620,10 @@ pub struct MachineArgs {
     /// if given (NEW[:OLD], for images with several bootable trees).
     #[arg(long, value_name = "NEW[:OLD]")]
     pub pivot_root: Option<String>,
+    /// An OCI runtime bundle: the root directory and settings from its config.json (no
+    /// settings file is read; options given here take precedence).
+    #[arg(long, value_name = "DIR")]
+    pub oci_bundle: Option<PathBuf>,
     /// A tree to copy the machine's root directory from, when that does not exist yet.
     #[arg(long, value_name = "DIR")]
     pub template: Option<PathBuf>,

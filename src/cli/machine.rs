@@ -24,8 +24,12 @@ pub fn boot(a: BootArgs, cfg: &CliConfig) -> Result<i32, CliError> {
         super::output::emit(&list);
         return Ok(0);
     }
-    populate_from_template(&machine, cfg)?;
-    super::settings::apply(&mut machine, &mut args, None, cfg)?;
+    if machine.oci_bundle.is_some() {
+        super::oci_bundle::apply(&mut machine, None)?;
+    } else {
+        populate_from_template(&machine, cfg)?;
+        super::settings::apply(&mut machine, &mut args, None, cfg)?;
+    }
     let spec = build_spec(machine, Payload::Boot { args }, cfg)?;
     Ok(crate::launcher::launch(&spec)?)
 }
@@ -37,8 +41,12 @@ pub fn run(a: RunArgs, cfg: &CliConfig) -> Result<i32, CliError> {
         super::output::emit(&list);
         return Ok(0);
     }
-    populate_from_template(&machine, cfg)?;
-    super::settings::apply(&mut machine, &mut argv, Some(&mut as_pid2), cfg)?;
+    if machine.oci_bundle.is_some() {
+        super::oci_bundle::apply(&mut machine, Some(&mut argv))?;
+    } else {
+        populate_from_template(&machine, cfg)?;
+        super::settings::apply(&mut machine, &mut argv, Some(&mut as_pid2), cfg)?;
+    }
     if argv.is_empty() {
         // No command: an OCI image's own (entrypoint, env, working directory, user).
         super::oci::fill_from_image(&mut machine, &mut argv, cfg)?;

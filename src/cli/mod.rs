@@ -9,6 +9,7 @@ pub mod images;
 pub mod machine;
 pub mod manage;
 pub mod oci;
+pub mod oci_bundle;
 pub mod output;
 pub mod resources;
 pub mod settings;
