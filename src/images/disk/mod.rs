@@ -161,7 +161,7 @@ mod tests {
     #[test]
     fn errors_name_the_step_the_image_and_the_problem() {
         let e = DiskError::new(
-            "read the partition table of",
+            "read its partition table",
             Path::new("/i.raw"),
             Problem::Unrecognized { size: 4 },
         );
