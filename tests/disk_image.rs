@@ -437,6 +437,20 @@ fn bad_images_and_option_combinations_are_refused_clearly() {
     build_image(&empty_root, "gpt", 40, &[Part { kind: ROOT, mib: 24, tree: None }]);
     fails(&["-i", empty_root.to_str().unwrap()], "partition 1 (root) holds no file system known here");
 
+    // Half-way: the root is mounted and a loop device attached when /srv's damaged file system
+    // (an ext4 magic and nothing else) fails to mount; both must go.
+    let damaged = s.path().join("damaged.raw");
+    build_image(
+        &damaged,
+        "gpt",
+        40,
+        &[Part { kind: ROOT, mib: 24, tree: Some(&tree) }, Part { kind: SRV, mib: 8, tree: None }],
+    );
+    let f = std::fs::OpenOptions::new().write(true).open(&damaged).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &0xEF53u16.to_le_bytes(), (2048 + 24 * 2048) * 512 + 1080)
+        .unwrap();
+    fails(&["-i", damaged.to_str().unwrap()], "partition 2 (srv) cannot be mounted as ext4 from /dev/loop");
+
     let hash = "a".repeat(64);
     fails(&["-i", good, &format!("--root-hash={hash}")], "need dm-verity, which cannot be used here");
     fails(&["-i", good, "--root-hash=xyz"], "Failed to parse root hash");
@@ -460,7 +474,7 @@ fn bad_images_and_option_combinations_are_refused_clearly() {
     ok(run_image(Path::new(good), &[], &["/bin/true"]));
 
     assert_no_loops(s.path());
-    for name in ["good", "other", "zeros", "noroot", "corrupt", "emptyroot"] {
+    for name in ["good", "other", "zeros", "noroot", "corrupt", "emptyroot", "damaged"] {
         assert_no_leaks(name, s.path());
     }
 }

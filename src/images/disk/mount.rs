@@ -268,14 +268,15 @@ fn mount_partition(
 ) -> Result<(), DiskError> {
     let read_only = p.read_only || all_read_only;
     let range = loopdev::Range { offset: p.offset, size: p.size, read_only };
-    let failed = |step: &'static str, e: io::Error| {
+    let failed = |step: &'static str, what: String, e: io::Error| {
         DiskError::new(
             step,
             image,
-            Problem::CannotMount { number: p.number, designator: p.designator, why: e.to_string() },
+            Problem::CannotMount { number: p.number, designator: p.designator, why: format!("{what}: {e}") },
         )
     };
-    let dev = loopdev::attach(backing, range).map_err(|e| failed("attach a loop device to it", e))?;
+    let dev = loopdev::attach(backing, range)
+        .map_err(|e| failed("attach a loop device to it", "cannot be attached to a loop device".into(), e))?;
     let mut flags = MsFlags::MS_NODEV;
     let mut data = Vec::new();
     if read_only {
@@ -303,7 +304,13 @@ fn mount_partition(
         flags,
         (!data.is_empty()).then_some(data.as_str()),
     )
-    .map_err(|e| failed("mount it", e.into()))?;
+    .map_err(|e| {
+        failed(
+            "mount it",
+            format!("cannot be mounted as {} from {}", p.fstype.name(), dev.path.display()),
+            e.into(),
+        )
+    })?;
     // The mount holds the device now; our fd goes, and with the mount the device.
     drop(dev);
     Ok(())
