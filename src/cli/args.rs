@@ -568,6 +568,21 @@ pub struct MachineArgs {
     /// Root directory of the machine.
     #[arg(short = 'D', long, value_name = "DIR")]
     pub directory: Option<PathBuf>,
+    /// A raw disk image (file or block device) to boot instead of a directory: a GPT with the
+    /// Discoverable Partitions types (root, /usr, /home, /srv, /var, /var/tmp, ESP, XBOOTLDR),
+    /// an MBR with one bootable Linux partition, or a single file system.
+    #[arg(short = 'i', long, value_name = "PATH")]
+    pub image: Option<PathBuf>,
+    /// dm-verity root hash (hex) of the image's root file system (refused where the kernel has
+    /// no dm-verity).
+    #[arg(long, value_name = "HEX")]
+    pub root_hash: Option<String>,
+    /// PKCS7 signature of the root hash: a file, or base64:DATA.
+    #[arg(long, value_name = "PATH|base64:DATA")]
+    pub root_hash_sig: Option<String>,
+    /// The dm-verity hash data of the image's root file system, in a file of its own.
+    #[arg(long, value_name = "PATH")]
+    pub verity_data: Option<PathBuf>,
     /// Machine name (default: the directory's name, cleaned); without -D, boots the image of
     /// this name from the image store.
     #[arg(short = 'M', long, value_name = "NAME")]

@@ -139,6 +139,9 @@ fn pivot_root(
 /// copy is made beside it and renamed into place, so a failed one leaves nothing behind.
 fn populate_from_template(m: &MachineArgs, cfg: &CliConfig) -> Result<(), CliError> {
     let Some(template) = &m.template else { return Ok(()) };
+    if m.image.is_some() {
+        return Err(CliError::new("--template= may not be combined with -i/--image= (as in nspawn)"));
+    }
     if m.ephemeral {
         return Err(CliError::new("--ephemeral and --template= may not be combined"));
     }
@@ -191,6 +194,10 @@ fn populate_from_template(m: &MachineArgs, cfg: &CliConfig) -> Result<(), CliErr
 /// Validates the options and resolves defaults into a [`LaunchSpec`].
 pub fn build_spec(m: MachineArgs, payload: Payload, cfg: &CliConfig) -> Result<LaunchSpec, CliError> {
     let (root, name) = root_and_name(&m, cfg)?;
+    verity_options(&m)?;
+    if m.image.is_some() && m.pivot_root.is_some() {
+        return Err(CliError::new("--pivot-root= cannot be combined with -i/--image= yet"));
+    }
     let (root, old_root) = match &m.pivot_root {
         Some(arg) => pivot_root(root, arg, m.read_only)?,
         None => (root, None),
@@ -275,6 +282,7 @@ pub fn build_spec(m: MachineArgs, payload: Payload, cfg: &CliConfig) -> Result<L
         link_journal,
         resolv_conf,
         timezone,
+        image: m.image.is_some().then(|| root.clone()),
         root,
         name,
         hostname: m.hostname,
@@ -323,6 +331,9 @@ pub(super) fn root_and_base_name(
         .as_deref()
         .map(|n| MachineName::new(n).map_err(|e| CliError::new(format!("invalid machine name '{n}': {e}"))))
         .transpose()?;
+    if let Some(image) = &m.image {
+        return image_and_name(image, m, given_name);
+    }
     let dir = match (&m.directory, &given_name) {
         (Some(d), _) => d.clone(),
         (None, Some(n)) => store_image_dir(&cfg.image_store, n.as_str())?,
@@ -349,6 +360,86 @@ pub(super) fn root_and_base_name(
         }
     };
     Ok((root, name))
+}
+
+/// `-i`: the disk image (canonical) and the machine's name, `-M` or the image's file name without
+/// its suffix (nspawn's `disk.raw` -> `disk`).
+fn image_and_name(
+    image: &std::path::Path,
+    m: &MachineArgs,
+    given_name: Option<MachineName>,
+) -> Result<(PathBuf, MachineName), CliError> {
+    if m.directory.is_some() {
+        return Err(CliError::new(
+            "-D/--directory= and -i/--image= cannot be combined (as in nspawn): give either a directory \
+             tree or a disk image",
+        ));
+    }
+    let path = std::fs::canonicalize(image)
+        .map_err(|e| CliError::new(format!("disk image {} cannot be used: {e}", image.display())))?;
+    let kind = std::fs::metadata(&path)
+        .map_err(|e| CliError::new(format!("disk image {} cannot be used: {e}", image.display())))?
+        .file_type();
+    if !kind.is_file() && !std::os::unix::fs::FileTypeExt::is_block_device(&kind) {
+        return Err(CliError::new(format!(
+            "{} is not a regular file or block device: -i takes a disk image (-D takes a directory)",
+            image.display()
+        )));
+    }
+    let name = match given_name {
+        Some(n) => n,
+        None => {
+            let base = crate::images::disk::base_name(&path).unwrap_or_default();
+            MachineName::from_dir_name(&base).ok_or_else(|| {
+                CliError::new(format!(
+                    "cannot derive a machine name from disk image '{}'; give one with -M NAME",
+                    image.display()
+                ))
+            })?
+        }
+    };
+    Ok((path, name))
+}
+
+/// nspawn's `--root-hash=`, `--root-hash-sig=` and `--verity-data=`: checked as nspawn parses
+/// them, then refused, naming why: mctl sets up no dm-verity device (and where the kernel has no
+/// dm-verity, nothing could).
+fn verity_options(m: &MachineArgs) -> Result<(), CliError> {
+    if m.root_hash.is_none() && m.root_hash_sig.is_none() && m.verity_data.is_none() {
+        return Ok(());
+    }
+    if let Some(h) = &m.root_hash {
+        let bytes =
+            hex::decode(h).map_err(|e| CliError::new(format!("Failed to parse root hash: {h}: {e}")))?;
+        if bytes.len() < 16 {
+            return Err(CliError::new(format!("Root hash must be at least 128bit long: {h}")));
+        }
+    }
+    if let Some(s) = &m.root_hash_sig {
+        match s.strip_prefix("base64:") {
+            Some(data) => {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD
+                    .decode(data)
+                    .map_err(|e| CliError::new(format!("Failed to parse root hash signature '{s}': {e}")))?;
+            }
+            None => {
+                std::fs::metadata(s).map_err(|e| {
+                    CliError::new(format!("Failed to read root hash signature file '{s}': {e}"))
+                })?;
+            }
+        }
+    }
+    if m.image.is_none() {
+        return Err(CliError::new(
+            "--root-hash=, --root-hash-sig= and --verity-data= apply to a disk image: give one with -i",
+        ));
+    }
+    let why = crate::images::disk::verity_unavailable()
+        .unwrap_or_else(|| "mctl does not set up dm-verity devices yet".to_owned());
+    Err(CliError::new(format!(
+        "--root-hash=, --root-hash-sig= and --verity-data= need dm-verity, which cannot be used here: {why}"
+    )))
 }
 
 /// [`root_and_base_name`], with the fresh name `-x` gives a machine of an image (no `-D`) or of a
@@ -404,6 +495,10 @@ fn bind_users(
     }
     if !userns {
         return Err(bad(BindUserError::NoUserNamespace));
+    }
+    if m.image.is_some() {
+        // The machine's /etc/passwd is inside the image, mounted only by the launcher.
+        return Err(CliError::new("--bind-user cannot be combined with -i/--image yet"));
     }
     resolve(&m.bind_user, root).map_err(bad)
 }

@@ -201,7 +201,7 @@ pub fn status_lines(s: &ImageStore, name: &str) -> String {
 pub fn fill_from_image(m: &mut MachineArgs, argv: &mut Vec<String>, cfg: &CliConfig) -> Result<(), CliError> {
     let no_command =
         || CliError::new("no command given (and no OCI image given with -M whose configuration has one)");
-    let (None, Some(name)) = (&m.directory, &m.machine) else { return Err(no_command()) };
+    let (None, None, Some(name)) = (&m.directory, &m.image, &m.machine) else { return Err(no_command()) };
     let record =
         meta::load(&store(cfg), name).map_err(|e| CliError::new(e.to_string()))?.ok_or_else(no_command)?;
     let run = record.run_config().map_err(|e| CliError::new(e.to_string()))?;

@@ -70,9 +70,11 @@ fn outer(ctx: &ChildContext<'_>, chan: &ChildEnd) -> Result<(), ChildError> {
     let idmap = pid1.as_ref().filter(|_| ctx.idmap).map(|p| p.user.as_fd());
     if userns {
         let root = &ctx.spec.root;
+        // A disk image's other partitions are mounts below its root.
+        let recursive = ctx.spec.image.is_some();
         let tree = match idmap {
-            Some(userns) => private_users::idmapped_tree(root, userns, false)?,
-            None => ro_tree(root, false, false)?,
+            Some(userns) => private_users::idmapped_tree(root, userns, false, recursive)?,
+            None => ro_tree(root, recursive, false)?,
         };
         trees.insert(TreeId::Root, tree);
     }
@@ -81,7 +83,7 @@ fn outer(ctx: &ChildContext<'_>, chan: &ChildEnd) -> Result<(), ChildError> {
             // Taken before the tmpfs covers the image.
             let usr = ctx.spec.root.join("usr");
             let tree = match idmap {
-                Some(userns) => private_users::idmapped_tree(&usr, userns, true)?,
+                Some(userns) => private_users::idmapped_tree(&usr, userns, true, false)?,
                 None => ro_tree(&usr, true, true)?,
             };
             trees.insert(TreeId::ImageUsr, tree);
@@ -226,7 +228,7 @@ fn open_host_trees(ctx: &ChildContext<'_>, userns: Option<BorrowedFd<'_>>) -> Re
     }
     for (i, b) in ctx.spec.binds.iter().enumerate() {
         let tree = match userns.filter(|_| b.idmap) {
-            Some(userns) => private_users::idmapped_tree(&b.source, userns, b.read_only)?,
+            Some(userns) => private_users::idmapped_tree(&b.source, userns, b.read_only, false)?,
             None => ro_tree(&b.source, b.recursive, b.read_only)?,
         };
         trees.insert(TreeId::Bind(i), tree);

@@ -207,9 +207,10 @@ pub(super) fn idmapped_tree(
     path: &Path,
     userns: BorrowedFd<'_>,
     read_only: bool,
+    recursive: bool,
 ) -> Result<OwnedFd, ChildError> {
-    let fd = linux::open_tree(path, false).map_err(ChildError::path_step("open", path))?;
-    linux::set_tree_idmap(fd.as_fd(), userns, false).map_err(|e| {
+    let fd = linux::open_tree(path, recursive).map_err(ChildError::path_step("open", path))?;
+    linux::set_tree_idmap(fd.as_fd(), userns, recursive).map_err(|e| {
         let hint = match e.raw_os_error() {
             Some(libc::EINVAL | libc::EOPNOTSUPP | libc::ENOSYS) => {
                 " (the file system or kernel cannot idmap mounts; use --private-users-ownership=chown)"
@@ -219,7 +220,8 @@ pub(super) fn idmapped_tree(
         ChildError::Message(format!("cannot make an idmapped mount of {}: {e}{hint}", path.display()))
     })?;
     if read_only {
-        linux::set_tree_readonly(fd.as_fd(), false).map_err(ChildError::path_step("make read-only", path))?;
+        linux::set_tree_readonly(fd.as_fd(), recursive)
+            .map_err(ChildError::path_step("make read-only", path))?;
     }
     Ok(fd)
 }

@@ -37,6 +37,12 @@ pub enum LaunchError {
     /// A problem with the machine's tree.
     #[error(transparent)]
     Tree(#[from] TreeError),
+    /// A disk image (`-i`) that cannot be used.
+    #[error(transparent)]
+    DiskImage(#[from] crate::images::disk::DiskError),
+    /// A disk image whose partitions an option cannot handle.
+    #[error("{0}")]
+    DiskImageOption(String),
     /// A writable boot of a read-only image.
     #[error("image {0} is read-only: boot it with --ephemeral, --volatile or --read-only")]
     ReadOnlyImage(PathBuf),
@@ -135,6 +141,20 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32, LaunchError> {
     if crate::cgroups::mount_if_missing(&spec.cgroup)? {
         tracing::debug!("mounted the cgroup hierarchies in a mount namespace of our own");
     }
+    // A disk image is mounted first, in a mount namespace of the launcher's own, and is the
+    // tree from here on; the image stays locked until the launcher ends.
+    let (_image, mounted_spec);
+    let spec = match &spec.image {
+        Some(path) => {
+            let image = mount_image(spec, path)?;
+            let mut s = spec.clone();
+            s.root = image.root.clone();
+            s.read_only |= image.read_only;
+            (_image, mounted_spec) = (image, s);
+            &mounted_spec
+        }
+        None => spec,
+    };
     let tree = preflight(spec)?;
     // Leftovers of launchers that were killed go first; then this launch records its own.
     record::sweep(&spec.runtime_dir);
@@ -177,7 +197,10 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32, LaunchError> {
         &crate::userns::HostIds::default(),
         &spec.runtime_dir,
         // A machine that leaves its image untouched leaves no trace of it either.
-        (!spec.image_untouched()).then(|| spec.state_dir.join("private-users")).as_deref(),
+        // (A disk image's tree has no stable path to remember its range by.)
+        (!spec.image_untouched() && spec.image.is_none())
+            .then(|| spec.state_dir.join("private-users"))
+            .as_deref(),
     )?;
     let idmap = match &private_users {
         Some(chosen) => image_ownership(spec, chosen.range)?,
@@ -217,6 +240,29 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32, LaunchError> {
             Outcome::Reboot => continue,
         }
     }
+}
+
+/// `-i`: mounts the image's partitions privately (still single-threaded, as unsharing the mount
+/// namespace wants).
+fn mount_image(
+    spec: &LaunchSpec,
+    path: &std::path::Path,
+) -> Result<crate::images::disk::MountedImage, LaunchError> {
+    use crate::images::disk::{MountOptions, mount_privately};
+    let opts =
+        MountOptions { read_only: spec.read_only, ephemeral: spec.ephemeral, runtime_dir: &spec.runtime_dir };
+    let image = mount_privately(path, &opts)?;
+    if spec.volatile == super::spec::Volatile::Overlay && image.mounted.len() > 1 {
+        let places: Vec<String> =
+            image.mounted.iter().skip(1).map(|(_, p)| p.display().to_string()).collect();
+        return Err(LaunchError::DiskImageOption(format!(
+            "--volatile=overlay covers the root partition only, and {} has more ({}): not supported yet \
+             (use -x, which runs on a copy of the image)",
+            path.display(),
+            places.join(", ")
+        )));
+    }
+    Ok(image)
 }
 
 /// Checks what must hold before anything is created; returns the machine's tree, locked
@@ -333,7 +379,9 @@ fn register_machine(
         name: spec.name.to_string(),
         id: *uuid,
         leader,
-        root: spec.root.to_string_lossy().into_owned(),
+        // nspawn registers a machine of a disk image without a root directory: its tree exists
+        // only in the machine's mount namespace.
+        root: if spec.image.is_some() { String::new() } else { spec.root.to_string_lossy().into_owned() },
         netif,
         service: "mctl".into(),
     };
@@ -456,7 +504,11 @@ impl<'a> Run<'a> {
             })?;
         }
         if announce {
-            eprintln!("Spawning container {} on {}.", spec.name, spec.root.display());
+            eprintln!(
+                "Spawning container {} on {}.",
+                spec.name,
+                spec.image.as_ref().unwrap_or(&spec.root).display()
+            );
             if spec.console == ConsoleMode::Interactive {
                 eprintln!("Press ^] three times within 1s to kill container.");
             }

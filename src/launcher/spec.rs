@@ -93,8 +93,11 @@ pub struct TmpfsMount {
 /// One machine launch.
 #[derive(Debug, Clone)]
 pub struct LaunchSpec {
-    /// The machine's root directory on the host (absolute, canonical).
+    /// The machine's root directory on the host (absolute, canonical); for a disk image, the
+    /// image until the launcher has mounted it, then the mounted tree.
     pub root: PathBuf,
+    /// `-i`: the disk image (file or block device, canonical) the root comes from.
+    pub image: Option<PathBuf>,
     /// Machine name.
     pub name: MachineName,
     /// Hostname inside (default: the machine name).
@@ -175,6 +178,7 @@ impl LaunchSpec {
     pub fn for_test(root: &Path) -> LaunchSpec {
         LaunchSpec {
             root: root.to_owned(),
+            image: None,
             name: MachineName::new("test").expect("a valid name"),
             hostname: None,
             uuid: None,
@@ -226,14 +230,14 @@ impl LaunchSpec {
         self.read_only || self.ephemeral || self.volatile != Volatile::No
     }
 
-    /// Whether the root is a throwaway overlay.
+    /// Whether the root is a throwaway overlay (`-x` of a disk image runs on a copy instead).
     pub fn root_overlay(&self) -> bool {
-        self.ephemeral || self.volatile == Volatile::Overlay
+        (self.ephemeral && self.image.is_none()) || self.volatile == Volatile::Overlay
     }
 
     /// Whether the launch needs a scratch tmpfs (for overlay layers or a volatile root).
     pub fn needs_scratch(&self) -> bool {
-        self.ephemeral || self.volatile != Volatile::No || !self.overlays.is_empty()
+        self.root_overlay() || self.volatile != Volatile::No || !self.overlays.is_empty()
     }
 
     /// Whether this launch boots an init.

@@ -14,6 +14,7 @@ use nix::sched::CloneFlags;
 #[cfg(test)]
 pub mod fake;
 pub mod linux;
+pub mod loopdev;
 
 /// The kind of special file [`Sys::mknod`] creates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
