@@ -124,15 +124,7 @@ fn busybox_copy(s: &Path, name: &str) -> PathBuf {
 
 /// `mctl run -q -i IMAGE OPTS -- CMD...`.
 fn run_image(image: &Path, opts: &[&str], cmd: &[&str]) -> std::process::Output {
-    mctl()
-        .args(["run", "-q", "-i"])
-        .arg(image)
-        .args(opts)
-        .arg("--")
-        .args(cmd)
-        .stdin(Stdio::null())
-        .output()
-        .expect("spawn mctl")
+    run_from("-i", image, opts, cmd)
 }
 
 fn ok(o: std::process::Output) -> String {

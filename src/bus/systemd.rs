@@ -50,59 +50,51 @@ pub fn set_if_systemd(unit: &str, runtime: bool, props: &[Property]) -> Result<b
 
 /// `SetUnitProperties(unit, runtime, props)` on the system bus, from synchronous code.
 pub fn set_unit_properties(unit: &str, runtime: bool, props: &[Property]) -> Result<(), SystemdError> {
-    let unit = unit.to_owned();
-    let assignments: Vec<(String, SystemdValue)> =
-        props.iter().map(|p| (p.systemd_name().to_owned(), p.systemd_value())).collect();
-    crate::runtime::block_on_thread(move || async move {
-        let conn = super::client::system_bus().await.map_err(|_| SystemdError::Absent)?;
-        let body: Vec<(String, Value<'static>)> =
-            assignments.into_iter().map(|(k, v)| (k, value(v))).collect();
-        let reply = conn
-            .call_method(
-                Some("org.freedesktop.systemd1"),
-                "/org/freedesktop/systemd1",
-                Some("org.freedesktop.systemd1.Manager"),
-                "SetUnitProperties",
-                &(unit.as_str(), runtime, body),
-            )
-            .await;
-        match reply {
-            Ok(_) => Ok(()),
-            Err(e) if super::client::is_no_manager(&e) => Err(SystemdError::Absent),
-            Err(e) => Err(SystemdError::Refused(super::client::error_message(&e))),
-        }
-    })
-    .unwrap_or_else(|| Err(SystemdError::Refused("the D-Bus client could not run".into())))
+    let body: Vec<(String, Value<'static>)> =
+        props.iter().map(|p| (p.systemd_name().to_owned(), value(p.systemd_value()))).collect();
+    call_manager("SetUnitProperties", (unit.to_owned(), runtime, body), SystemdError::Refused)
 }
 
 /// `StartTransientUnit` of the scope `unit` in `slice` holding process `pid`, delegated (the
 /// machine's cgroups are made below it), as nspawn has systemd make a machine's scope. Returns
 /// once the call is answered; systemd moves the process when the job runs.
 pub fn start_scope(unit: &str, slice: &str, description: &str, pid: u32) -> Result<(), SystemdError> {
-    let (unit, slice, description) = (unit.to_owned(), slice.to_owned(), description.to_owned());
+    let props: Vec<(String, Value<'static>)> = vec![
+        ("Slice".into(), Value::from(slice.to_owned())),
+        ("Description".into(), Value::from(description.to_owned())),
+        ("Delegate".into(), Value::from(true)),
+        ("PIDs".into(), Value::from(vec![pid])),
+    ];
+    let aux: Vec<(String, Vec<(String, Value<'static>)>)> = Vec::new();
+    call_manager("StartTransientUnit", (unit.to_owned(), "fail", props, aux), SystemdError::ScopeRefused)
+}
+
+/// Calls `method` of systemd's manager on the system bus from synchronous code; `refused` wraps
+/// systemd's error message.
+fn call_manager<B>(
+    method: &'static str,
+    body: B,
+    refused: fn(String) -> SystemdError,
+) -> Result<(), SystemdError>
+where
+    B: serde::Serialize + zbus::zvariant::DynamicType + Send + 'static,
+{
     crate::runtime::block_on_thread(move || async move {
         let conn = super::client::system_bus().await.map_err(|_| SystemdError::Absent)?;
-        let props: Vec<(&str, Value<'_>)> = vec![
-            ("Slice", Value::from(slice.as_str())),
-            ("Description", Value::from(description.as_str())),
-            ("Delegate", Value::from(true)),
-            ("PIDs", Value::from(vec![pid])),
-        ];
-        let aux: Vec<(&str, Vec<(&str, Value<'_>)>)> = Vec::new();
         let reply = conn
             .call_method(
                 Some("org.freedesktop.systemd1"),
                 "/org/freedesktop/systemd1",
                 Some("org.freedesktop.systemd1.Manager"),
-                "StartTransientUnit",
-                &(unit.as_str(), "fail", props, aux),
+                method,
+                &body,
             )
             .await;
         match reply {
             Ok(_) => Ok(()),
             Err(e) if super::client::is_no_manager(&e) => Err(SystemdError::Absent),
-            Err(e) => Err(SystemdError::ScopeRefused(super::client::error_message(&e))),
+            Err(e) => Err(refused(super::client::error_message(&e))),
         }
     })
-    .unwrap_or_else(|| Err(SystemdError::ScopeRefused("the D-Bus client could not run".into())))
+    .unwrap_or_else(|| Err(refused("the D-Bus client could not run".into())))
 }

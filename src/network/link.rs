@@ -138,20 +138,16 @@ pub struct Rt {
     handle: Handle,
 }
 
-/// A veth pair `host` (here) and `guest` (in `netns`) with the given addresses.
-fn veth_pair(
-    host: &str,
-    host_mac: [u8; 6],
-    guest: &str,
-    guest_mac: [u8; 6],
-    netns: &File,
-) -> LinkMessageBuilder<LinkVeth> {
-    let peer = LinkMessageBuilder::<LinkUnspec>::new()
-        .name(guest.to_owned())
-        .address(guest_mac.to_vec())
-        .setns_by_fd(netns.as_raw_fd())
-        .build();
-    LinkVeth::new(host, guest).set_info_data(InfoData::Veth(InfoVeth::Peer(peer))).address(host_mac.to_vec())
+/// How the host end of a new veth pair starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostEnd {
+    /// Up, and enslaved to the bridge `master` if given (a machine's main pair).
+    Up {
+        /// The bridge's index.
+        master: Option<u32>,
+    },
+    /// Down and unconfigured (`--network-veth-extra`, as nspawn leaves them).
+    Down,
 }
 
 impl Rt {
@@ -196,10 +192,9 @@ impl Rt {
         }
     }
 
-    /// Creates the veth pair `host` / `guest`, the host end up and enslaved to `master` if
-    /// given, the guest end created directly in the namespace `netns`: one request, so there is
-    /// no moment with a half-made pair. The guest end cannot be set up in the same request (the
-    /// kernel opens it before the pair is linked: ENOTCONN).
+    /// Creates the veth pair `host` / `guest`, the guest end created directly in the namespace
+    /// `netns`: one request, so there is no moment with a half-made pair. The guest end cannot
+    /// be set up in the same request (the kernel opens it before the pair is linked: ENOTCONN).
     pub async fn add_veth(
         &self,
         host: &str,
@@ -207,26 +202,22 @@ impl Rt {
         guest: &str,
         guest_mac: [u8; 6],
         netns: &File,
-        master: Option<u32>,
+        host_end: HostEnd,
     ) -> Result<(), LinkError> {
-        let mut b = veth_pair(host, host_mac, guest, guest_mac, netns).up();
-        if let Some(m) = master {
-            b = b.controller(m);
+        let peer = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(guest.to_owned())
+            .address(guest_mac.to_vec())
+            .setns_by_fd(netns.as_raw_fd())
+            .build();
+        let mut b = LinkVeth::new(host, guest)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .address(host_mac.to_vec());
+        if let HostEnd::Up { master } = host_end {
+            b = b.up();
+            if let Some(m) = master {
+                b = b.controller(m);
+            }
         }
-        self.handle.link().add(b.build()).execute().await.map_err(nl_err("add veth", host))
-    }
-
-    /// Creates a `--network-veth-extra` pair: `host` here, `guest` in `netns`, both down and
-    /// unconfigured, as nspawn leaves them.
-    pub async fn add_extra_veth(
-        &self,
-        host: &str,
-        host_mac: [u8; 6],
-        guest: &str,
-        guest_mac: [u8; 6],
-        netns: &File,
-    ) -> Result<(), LinkError> {
-        let b = veth_pair(host, host_mac, guest, guest_mac, netns);
         self.handle.link().add(b.build()).execute().await.map_err(nl_err("add veth", host))
     }
 

@@ -3,7 +3,7 @@
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 
-use super::link::{LinkError, Rt, set_sysctl};
+use super::link::{HostEnd, LinkError, Rt, set_sysctl};
 use super::nat::{self, NatEntries};
 use super::plan::{self, BridgeFacts, Plan};
 use super::spec::{GUEST_IFNAME, NetworkMode, NetworkSpec, extra_macs, mac_address};
@@ -172,7 +172,7 @@ async fn setup_links(
             GUEST_IFNAME,
             mac_address(&machine, "guest"),
             guest_ns,
-            master,
+            HostEnd::Up { master },
         )
         .await?;
         let index = rt.link(&host).await?.ok_or_else(|| LinkError::NoInterface(host.clone()))?.index;
@@ -211,7 +211,7 @@ async fn setup_links(
         // Recorded first: a pair made before a later step fails is removed by the undo.
         st.extra_links.push(e.host.clone());
         let (host_mac, guest_mac) = extra_macs(&st.machine, &e.host);
-        rt.add_extra_veth(&e.host, host_mac, &e.guest, guest_mac, guest_ns).await?;
+        rt.add_veth(&e.host, host_mac, &e.guest, guest_mac, guest_ns, HostEnd::Down).await?;
     }
     let g = Rt::connect_in(guest_ns, host_ns, &format!("machine {}", st.machine))?;
     g.set_up(1, "lo", true).await?;

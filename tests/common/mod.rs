@@ -97,9 +97,15 @@ pub fn copy_tree(tree: &Path, scratch: &Path, name: &str) -> PathBuf {
 
 /// Runs `mctl run -q -D dir ARGS...` with stdin closed and returns its output.
 pub fn run_in(dir: &Path, opts: &[&str], cmd: &[&str]) -> Output {
+    run_from("-D", dir, opts, cmd)
+}
+
+/// Runs `mctl run -q FLAG path ARGS...` (`-D` a tree, `-i` a disk image) with stdin closed and
+/// returns its output.
+pub fn run_from(flag: &str, path: &Path, opts: &[&str], cmd: &[&str]) -> Output {
     mctl()
-        .args(["run", "-q", "-D"])
-        .arg(dir)
+        .args(["run", "-q", flag])
+        .arg(path)
         .args(opts)
         .arg("--")
         .args(cmd)
