@@ -122,9 +122,16 @@ fn main() {
                 let rt = Rt::connect().unwrap();
                 let t = Instant::now();
                 if add {
-                    rt.add_veth("ve-p", [2, 0, 0, 0, 0, 1], "host0", [2, 0, 0, 0, 0, 2], &ns, None)
-                        .await
-                        .unwrap();
+                    rt.add_veth(
+                        "ve-p",
+                        [2, 0, 0, 0, 0, 1],
+                        "host0",
+                        [2, 0, 0, 0, 0, 2],
+                        &ns,
+                        mctl::network::link::HostEnd::Up { master: None },
+                    )
+                    .await
+                    .unwrap();
                 } else {
                     rt.delete("ve-p").await.unwrap();
                 }
