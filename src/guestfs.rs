@@ -66,7 +66,10 @@ pub fn read(root: BorrowedFd<'_>, path: &Path, limit: usize) -> Result<Vec<u8>, 
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(GuestFileError::NotRegular { path: path.to_owned() });
     }
-    let mut out = Vec::new();
+    // Sized from fstat: one read fills it and one more sees the end (an empty buffer would
+    // grow through several reads).
+    let size = usize::try_from(st.st_size).unwrap_or(limit).min(limit);
+    let mut out = Vec::with_capacity(size + 1);
     std::fs::File::from(fd)
         .take(limit as u64 + 1)
         .read_to_end(&mut out)

@@ -73,6 +73,40 @@ pub fn os_release(pid: u32) -> Result<Vec<(String, String)>, GuestFileError> {
     os_release_under(&format!("/proc/{pid}/root"))
 }
 
+/// A process's `/proc/PID` directory, opened once for several lookups: every path through
+/// `/proc/PID` costs a pid lookup and an access check of its own (what dominates listing a
+/// thousand machines).
+#[derive(Debug)]
+pub struct ProcDir(rustix::fd::OwnedFd);
+
+impl ProcDir {
+    /// Opens `/proc/PID` (as a path only).
+    pub fn open(pid: u32) -> io::Result<ProcDir> {
+        use rustix::fs::{Mode, OFlags};
+        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        Ok(ProcDir(rustix::fs::open(format!("/proc/{pid}"), flags, Mode::empty())?))
+    }
+
+    /// The inode of the process's namespace `ns` (`net`, `pid`, ...).
+    pub fn ns_inode(&self, ns: &str) -> Option<u64> {
+        rustix::fs::statat(&self.0, format!("ns/{ns}"), rustix::fs::AtFlags::empty()).ok().map(|st| st.st_ino)
+    }
+
+    /// The process's os-release, as [`os_release`] reads it.
+    pub fn os_release(&self) -> Result<Vec<(String, String)>, GuestFileError> {
+        use rustix::fs::{Mode, OFlags};
+        let root = rustix::fs::openat(
+            &self.0,
+            "root",
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| GuestFileError::Open { path: "/".into(), source: e.into() })?;
+        let text = guestfs::read_first(root.as_fd(), &crate::osrelease::PATHS, guestfs::SMALL_FILE_LIMIT)?;
+        Ok(parse_os_release(&text))
+    }
+}
+
 /// The os-release fields of the tree at `root` (read as a guest's: confined, capped).
 pub fn os_release_under(root: &str) -> Result<Vec<(String, String)>, GuestFileError> {
     let root = fs::File::open(root).map_err(|source| GuestFileError::Open { path: "/".into(), source })?;

@@ -600,32 +600,36 @@ impl Manager {
         let mut machines = self.list();
         machines.sort_by(|a, b| a.name.cmp(&b.name));
         let host_netns = procfs::netns_inode(std::process::id());
-        let private: Vec<bool> = machines
-            .iter()
-            .map(|m| procfs::netns_inode(m.leader).is_some_and(|i| Some(i) != host_netns))
-            .collect();
-        let leaders: Vec<u32> =
-            machines.iter().zip(&private).filter(|(_, p)| **p).map(|(m, _)| m.leader).collect();
-        let mut addresses = addresses_in_netns_of(&leaders).into_iter();
-        // Reading a thousand os-release files is most of the cost: spread it over the CPUs.
+        // Per machine, from one open of its /proc directory: whether it has a network of its
+        // own, and its os-release. Most of the cost is in the kernel's /proc lookups, so the
+        // machines are spread over the CPUs.
+        let facts_of = |part: &[Machine]| -> Vec<(bool, (String, String))> {
+            part.iter()
+                .map(|m| match procfs::ProcDir::open(m.leader) {
+                    Ok(dir) => {
+                        let private = dir.ns_inode("net").is_some_and(|i| Some(i) != host_netns);
+                        (private, os_id_and_version(dir.os_release().unwrap_or_default()))
+                    }
+                    Err(_) => (false, Default::default()),
+                })
+                .collect()
+        };
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
         let chunk = machines.len().div_ceil(threads).max(64);
-        let os: Vec<(String, String)> = if machines.len() <= chunk {
+        let facts: Vec<(bool, (String, String))> = if machines.len() <= chunk {
             // One chunk: no thread of its own (the caller's is a bounded blocking one).
-            machines.iter().map(|m| os_id_and_version(m.leader)).collect()
+            facts_of(&machines)
         } else {
             std::thread::scope(|scope| {
-                let workers: Vec<_> = machines
-                    .chunks(chunk)
-                    .map(|part| {
-                        scope.spawn(move || {
-                            part.iter().map(|m| os_id_and_version(m.leader)).collect::<Vec<_>>()
-                        })
-                    })
-                    .collect();
+                let workers: Vec<_> =
+                    machines.chunks(chunk).map(|part| scope.spawn(move || facts_of(part))).collect();
                 workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
             })
         };
+        let (private, os): (Vec<bool>, Vec<(String, String)>) = facts.into_iter().unzip();
+        let leaders: Vec<u32> =
+            machines.iter().zip(&private).filter(|(_, p)| **p).map(|(m, _)| m.leader).collect();
+        let mut addresses = addresses_in_netns_of(&leaders).into_iter();
         machines
             .into_iter()
             .zip(private)
@@ -646,9 +650,8 @@ impl Manager {
     }
 }
 
-/// os-release `ID` and `VERSION_ID` of the machine whose leader is `pid` (empty when unknown).
-fn os_id_and_version(pid: u32) -> (String, String) {
-    let os = procfs::os_release(pid).unwrap_or_default();
+/// os-release `ID` and `VERSION_ID` (empty when unknown).
+fn os_id_and_version(os: Vec<(String, String)>) -> (String, String) {
     let field = |k: &str| os.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone()).unwrap_or_default();
     (field("ID"), field("VERSION_ID"))
 }
