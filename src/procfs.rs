@@ -102,15 +102,19 @@ impl ProcDir {
             Mode::empty(),
         )
         .map_err(|e| GuestFileError::Open { path: "/".into(), source: e.into() })?;
-        let text = guestfs::read_first(root.as_fd(), &crate::osrelease::PATHS, guestfs::SMALL_FILE_LIMIT)?;
-        Ok(parse_os_release(&text))
+        os_release_in(root.as_fd())
     }
 }
 
 /// The os-release fields of the tree at `root` (read as a guest's: confined, capped).
 pub fn os_release_under(root: &str) -> Result<Vec<(String, String)>, GuestFileError> {
     let root = fs::File::open(root).map_err(|source| GuestFileError::Open { path: "/".into(), source })?;
-    let text = guestfs::read_first(root.as_fd(), &crate::osrelease::PATHS, guestfs::SMALL_FILE_LIMIT)?;
+    os_release_in(root.as_fd())
+}
+
+/// The os-release fields below the open root directory `root`.
+fn os_release_in(root: std::os::fd::BorrowedFd<'_>) -> Result<Vec<(String, String)>, GuestFileError> {
+    let text = guestfs::read_first(root, &crate::osrelease::PATHS, guestfs::SMALL_FILE_LIMIT)?;
     Ok(parse_os_release(&text))
 }
 

@@ -13,15 +13,8 @@ use super::args::{MachineArgs, YesNo};
 
 /// File systems mctl mounts in every machine at these places: a bundle's own entries for them
 /// (runc's default config has them all) are what the machine gets anyway.
-const STANDARD_MOUNTS: [(&str, &str); 7] = [
-    ("/proc", "proc"),
-    ("/dev", "tmpfs"),
-    ("/dev/pts", "devpts"),
-    ("/dev/shm", "tmpfs"),
-    ("/dev/mqueue", "mqueue"),
-    ("/sys", "sysfs"),
-    ("/sys/fs/cgroup", "cgroup"),
-];
+const STANDARD_MOUNTS: [&str; 7] =
+    ["/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys", "/sys/fs/cgroup"];
 
 /// Paths mctl makes read-only or masks in every machine (those of runc's default config).
 const PROTECTED: [&str; 14] = [
@@ -140,7 +133,7 @@ fn mounts(m: &mut MachineArgs, spec: &Spec, bundle: &Path) -> Result<(), CliErro
         let dest = mount.destination().to_string_lossy().into_owned();
         let typ = mount.typ().as_deref().unwrap_or("");
         let options = mount.options().clone().unwrap_or_default();
-        if STANDARD_MOUNTS.iter().any(|(d, _)| *d == dest) {
+        if STANDARD_MOUNTS.contains(&dest.as_str()) {
             continue;
         }
         let is_bind = typ == "bind" || options.iter().any(|o| o == "bind" || o == "rbind");

@@ -175,13 +175,9 @@ fn shadow_hash(shadow: &str, name: &str) -> Option<String> {
 
 /// Refuses users whose host ids fall into the machine's range (the ids would be mapped twice).
 pub fn check_range(users: &[BoundUser], range: IdRange) -> Result<(), BindUserError> {
-    let inside = |id: u32| {
-        u64::from(id) >= u64::from(range.start)
-            && u64::from(id) < u64::from(range.start) + u64::from(range.count)
-    };
     for u in users {
         for (what, id) in [("uid", u.host_uid), ("gid", u.host_gid)] {
-            if inside(id) {
+            if range.overlaps(&IdRange { start: id, count: 1 }) {
                 return Err(BindUserError::InRange { what, id, name: u.name.clone(), range });
             }
         }

@@ -463,7 +463,7 @@ fn enter_slice_scope(spec: &LaunchSpec) -> Result<bool, LaunchError> {
     }
     let scope = crate::cgroups::Slice::scope_of(spec.name.as_str());
     let inside = || {
-        std::fs::read_to_string("/proc/self/cgroup")
+        std::fs::read_to_string(&spec.cgroup.self_cgroup)
             .is_ok_and(|c| c.lines().any(|l| l.starts_with("0::") && l.ends_with(&format!("/{scope}"))))
     };
     // After a reboot inside, the launcher is in its scope already.

@@ -172,8 +172,15 @@ fn forget_or_dismantle(sd: &StateDir, st: &MachineState, leave_pair: bool) -> Ve
 /// existed) is someone else's and is never touched.
 async fn our_pair(rt: &Rt, st: &MachineState) -> Result<Option<link::LinkSummary>, LinkError> {
     let Some(host) = &st.host_link else { return Ok(None) };
-    let mine = mac_address(&st.machine, "host").to_vec();
-    Ok(rt.link(host).await?.filter(|l| l.kind.as_deref() == Some("veth") && l.mac.as_ref() == Some(&mine)))
+    veth_with_mac(rt, host, mac_address(&st.machine, "host")).await
+}
+
+/// The link `name` if it is a veth with address `mac`: one a machine made.
+async fn veth_with_mac(rt: &Rt, name: &str, mac: [u8; 6]) -> Result<Option<link::LinkSummary>, LinkError> {
+    Ok(rt
+        .link(name)
+        .await?
+        .filter(|l| l.kind.as_deref() == Some("veth") && l.mac.as_deref() == Some(&mac[..])))
 }
 
 /// Deletes the machine's `--network-veth-extra` pairs that still exist (as nspawn does at exit:
@@ -182,14 +189,13 @@ async fn our_pair(rt: &Rt, st: &MachineState) -> Result<Option<link::LinkSummary
 async fn remove_extra_pairs(rt: &Rt, st: &MachineState) -> Vec<NetworkError> {
     let mut errors = Vec::new();
     for host in &st.extra_links {
-        let mine = extra_macs(&st.machine, host).0.to_vec();
-        match rt.link(host).await {
-            Ok(Some(l)) if l.kind.as_deref() == Some("veth") && l.mac.as_ref() == Some(&mine) => {
+        match veth_with_mac(rt, host, extra_macs(&st.machine, host).0).await {
+            Ok(Some(_)) => {
                 if let Err(e) = rt.delete(host).await {
                     errors.push(e.into());
                 }
             }
-            Ok(_) => {}
+            Ok(None) => {}
             Err(e) => errors.push(e.into()),
         }
     }
