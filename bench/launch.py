@@ -130,7 +130,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--boots", type=int, default=11)
+    ap.add_argument("--only", default="run,boot,ephemeral,veth",
+                    help="comma-separated subset of: run, boot, ephemeral, veth")
     args = ap.parse_args()
+    args.only = set(args.only.split(","))
     if os.geteuid() != 0:
         sys.exit("bench needs root")
     if not os.path.exists(MCTL):
@@ -145,35 +148,52 @@ def run_benchmarks(args, src):
         a, b = os.path.join(scratch, "mctlbench"), os.path.join(scratch, "nspawnbench")
         for d in (a, b):
             subprocess.run(["cp", "-a", src, d], check=True)
-        print(f"run /bin/true in the minbase tree, median of {args.runs}:")
-        mctl = timed([MCTL, "run", "-q", "-D", a, "/bin/true"], args.runs)
-        nspawn = timed(["systemd-nspawn", "-q", "--register=no", "--keep-unit", "-D", b, "/bin/true"], args.runs)
-        line = f"  mctl {mctl*1000:7.2f} ms   nspawn {nspawn*1000:7.2f} ms   ratio {mctl/nspawn:.3f}"
-        if shutil.which("bwrap"):
-            bwrap = timed(["bwrap", "--bind", a, "/", "--proc", "/proc", "--dev", "/dev",
-                           "--unshare-pid", "--unshare-uts", "--unshare-ipc", "/bin/true"], args.runs)
-            line += f"   bwrap {bwrap*1000:7.2f} ms   mctl/bwrap {mctl/bwrap:.2f}"
-        print(line)
+        if "run" in args.only:
+            bench_run(args, a, b)
+        if "boot" in args.only:
+            bench_boot(args, a, b, scratch)
+        if "ephemeral" in args.only:
+            bench_ephemeral(args, a, scratch)
+        if "veth" in args.only:
+            bench_veth(args, a)
 
-        print(f"boot bookworm to READY=1, then SIGTERM to exit, median of {args.boots}:")
-        m = [boot_once([MCTL, "boot", "-q", "--console=passive", "-D", a], scratch) for _ in range(args.boots)]
-        n = [boot_once(["systemd-nspawn", "-q", "--register=no", "--keep-unit", "--notify-ready=yes",
-                        "--console=passive", "-b", "-D", b], scratch) for _ in range(args.boots)]
-        mr, ms = statistics.median(x[0] for x in m), statistics.median(x[1] for x in m)
-        nr, ns = statistics.median(x[0] for x in n), statistics.median(x[1] for x in n)
-        print(f"  ready: mctl {mr*1000:7.1f} ms   nspawn {nr*1000:7.1f} ms   ratio {mr/nr:.3f}")
-        print(f"  stop:  mctl {ms*1000:7.1f} ms   nspawn {ns*1000:7.1f} ms   ratio {ms/ns:.3f}")
 
-        print(f"ephemeral (-x, overlay) against plain boot of the same image to READY=1, median of {args.boots}:")
-        e = [boot_once([MCTL, "boot", "-q", "-x", "--console=passive", "-D", a], scratch) for _ in range(args.boots)]
-        p = [boot_once([MCTL, "boot", "-q", "--console=passive", "-D", a], scratch) for _ in range(args.boots)]
-        er, pr = statistics.median(x[0] for x in e), statistics.median(x[0] for x in p)
-        print(f"  ready: ephemeral {er*1000:7.1f} ms   plain {pr*1000:7.1f} ms   ratio {er/pr:.3f}")
+def bench_run(args, a, b):
+    print(f"run /bin/true in the minbase tree, median of {args.runs}:")
+    mctl = timed([MCTL, "run", "-q", "-D", a, "/bin/true"], args.runs)
+    nspawn = timed(["systemd-nspawn", "-q", "--register=no", "--keep-unit", "-D", b, "/bin/true"], args.runs)
+    line = f"  mctl {mctl*1000:7.2f} ms   nspawn {nspawn*1000:7.2f} ms   ratio {mctl/nspawn:.3f}"
+    if shutil.which("bwrap"):
+        bwrap = timed(["bwrap", "--bind", a, "/", "--proc", "/proc", "--dev", "/dev",
+                       "--unshare-pid", "--unshare-uts", "--unshare-ipc", "/bin/true"], args.runs)
+        line += f"   bwrap {bwrap*1000:7.2f} ms   mctl/bwrap {mctl/bwrap:.2f}"
+    print(line)
 
-        print(f"run /bin/true with and without --network-veth, in a test network namespace, median of {args.runs}:")
-        base = [MCTL, "run", "-q", "--register=no", "-D", a]
-        m = netns_timed({"plain": base + ["/bin/true"], "veth": base[:3] + ["--network-veth"] + base[3:] + ["/bin/true"]}, args.runs)
-        print(f"  plain {m['plain']*1000:7.2f} ms   --network-veth {m['veth']*1000:7.2f} ms   added {(m['veth']-m['plain'])*1000:6.2f} ms")
+
+def bench_boot(args, a, b, scratch):
+    print(f"boot bookworm to READY=1, then SIGTERM to exit, median of {args.boots}:")
+    m = [boot_once([MCTL, "boot", "-q", "--console=passive", "-D", a], scratch) for _ in range(args.boots)]
+    n = [boot_once(["systemd-nspawn", "-q", "--register=no", "--keep-unit", "--notify-ready=yes",
+                    "--console=passive", "-b", "-D", b], scratch) for _ in range(args.boots)]
+    mr, ms = statistics.median(x[0] for x in m), statistics.median(x[1] for x in m)
+    nr, ns = statistics.median(x[0] for x in n), statistics.median(x[1] for x in n)
+    print(f"  ready: mctl {mr*1000:7.1f} ms   nspawn {nr*1000:7.1f} ms   ratio {mr/nr:.3f}")
+    print(f"  stop:  mctl {ms*1000:7.1f} ms   nspawn {ns*1000:7.1f} ms   ratio {ms/ns:.3f}")
+
+
+def bench_ephemeral(args, a, scratch):
+    print(f"ephemeral (-x, overlay) against plain boot of the same image to READY=1, median of {args.boots}:")
+    e = [boot_once([MCTL, "boot", "-q", "-x", "--console=passive", "-D", a], scratch) for _ in range(args.boots)]
+    p = [boot_once([MCTL, "boot", "-q", "--console=passive", "-D", a], scratch) for _ in range(args.boots)]
+    er, pr = statistics.median(x[0] for x in e), statistics.median(x[0] for x in p)
+    print(f"  ready: ephemeral {er*1000:7.1f} ms   plain {pr*1000:7.1f} ms   ratio {er/pr:.3f}")
+
+
+def bench_veth(args, a):
+    print(f"run /bin/true with and without --network-veth, in a test network namespace, median of {args.runs}:")
+    base = [MCTL, "run", "-q", "--register=no", "-D", a]
+    m = netns_timed({"plain": base + ["/bin/true"], "veth": base[:3] + ["--network-veth"] + base[3:] + ["/bin/true"]}, args.runs)
+    print(f"  plain {m['plain']*1000:7.2f} ms   --network-veth {m['veth']*1000:7.2f} ms   added {(m['veth']-m['plain'])*1000:6.2f} ms")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,19 @@ pub async fn system_bus() -> zbus::Result<zbus::Connection> {
     zbus::connection::Builder::system().build().await
 }
 
+/// Why no system bus can answer, when that is clear without connecting: its address is a
+/// single unix socket path and nothing is there. Spares a caller the bus client (a thread
+/// and an async runtime) on hosts without a bus.
+pub fn system_bus_missing() -> Option<String> {
+    let address = std::env::var("DBUS_SYSTEM_BUS_ADDRESS")
+        .unwrap_or_else(|_| "unix:path=/var/run/dbus/system_bus_socket".to_owned());
+    let path = address.strip_prefix("unix:path=").filter(|p| !p.contains([';', ',', '%']))?;
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(format!("no system bus socket at {path}")),
+        _ => None,
+    }
+}
+
 /// The D-Bus error name of a failed call, if the peer answered with an error.
 pub fn error_name(e: &zbus::Error) -> Option<String> {
     use zbus::DBusError;

@@ -326,18 +326,20 @@ impl MachineCgroup {
     fn build(&mut self) -> Result<(), CgroupError> {
         for part in &self.parts {
             let payload = part.payload();
-            if !self.keep_unit && part.machine.exists() {
+            // A machine cgroup that exists already is a killed launcher's leftover (removed
+            // when empty) or a running machine's of the same name.
+            if !make_dirs(&part.hierarchy, &part.machine)? && !self.keep_unit {
                 if has_processes(&part.machine) {
                     return Err(CgroupError::Busy { name: self.name.clone(), path: part.machine.clone() });
                 }
                 remove_tree(&part.machine, Duration::ZERO)?;
+                make_dirs(&part.hierarchy, &part.machine)?;
             } else if self.keep_unit && payload.exists() {
                 if has_processes(&payload) {
                     return Err(CgroupError::Busy { name: self.name.clone(), path: payload });
                 }
                 remove_tree(&payload, Duration::ZERO)?;
             }
-            make_dirs(&part.hierarchy, &part.machine)?;
             if part.hierarchy.is("devices") {
                 // Before the machine cgroup has children: v1 refuses a new default-deny then.
                 restrict_v1_devices(&part.machine, self.keep_unit)?;
@@ -353,7 +355,9 @@ impl MachineCgroup {
                 let from = part.parents.last().unwrap_or(&part.machine);
                 enable_controllers(from, &part.machine)?;
             }
-            if part.hierarchy.is("devices") {
+            if part.hierarchy.is("devices") && self.keep_unit {
+                // A new v1 devices cgroup starts with its parent's list: only a unit's cgroup,
+                // which may keep its service manager's, leaves the payload to restrict.
                 restrict_v1_devices(&payload, false)?;
             }
         }
@@ -361,7 +365,13 @@ impl MachineCgroup {
     }
 
     /// The device program on the machine's cgroup2 directory, above the guest's cgroup root.
+    /// On a hybrid host the v1 devices controller holds the same list already (as systemd
+    /// enforces device policies there), and loading a program would cost every launch the
+    /// verifier's and the JIT's time.
     fn attach_device_program(&mut self) -> Result<(), CgroupError> {
+        if self.parts.iter().any(|p| p.hierarchy.is("devices")) {
+            return Ok(());
+        }
         let dir = self.parts[0].machine.clone();
         let attached = (|| {
             let prog = crate::sys::linux::bpf_load_device_program(
@@ -385,11 +395,6 @@ impl MachineCgroup {
                     && (runs_under_seccomp() || crate::procfs::in_user_namespace()) =>
             {
                 tracing::debug!("no device program of our own ({e}); the enclosing sandbox's applies");
-                Ok(())
-            }
-            // A kernel without cgroup BPF: the v1 controller, where there is one, still holds.
-            Err(e) if self.parts.iter().any(|p| p.hierarchy.is("devices")) => {
-                tracing::debug!("no device program ({e}); the v1 devices controller holds the policy");
                 Ok(())
             }
             Err(source) => Err(CgroupError::DevicePolicy { path: dir, source }),
@@ -518,7 +523,7 @@ fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
 ///
 /// The shared parent (`mctl`) is removed by whichever launcher leaves it empty, possibly between
 /// our creating it and using it: a step that finds a directory gone starts over.
-pub(crate) fn make_dirs(h: &Hierarchy, dir: &Path) -> Result<(), CgroupError> {
+pub(crate) fn make_dirs(h: &Hierarchy, dir: &Path) -> Result<bool, CgroupError> {
     let mut attempts = 0;
     loop {
         match make_dirs_once(h, dir) {
@@ -530,41 +535,54 @@ pub(crate) fn make_dirs(h: &Hierarchy, dir: &Path) -> Result<(), CgroupError> {
     }
 }
 
-fn make_dirs_once(h: &Hierarchy, dir: &Path) -> Result<(), CgroupError> {
-    let mut missing = Vec::new();
-    let mut cur = dir;
-    while !cur.exists() {
-        missing.push(cur.to_owned());
-        match cur.parent() {
-            Some(p) => cur = p,
-            None => break,
-        }
-    }
-    for d in missing.iter().rev() {
-        match fs::create_dir(d) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(io_err("create", d)(e)),
-        }
-    }
+fn make_dirs_once(h: &Hierarchy, dir: &Path) -> Result<bool, CgroupError> {
+    let created = mkdir_p(dir)?;
     if h.is("cpuset") {
-        // Every directory from the hierarchy's root down, not only the ones we made: another
-        // launcher may have made the shared parent an instant ago and not filled it in yet.
-        let rel = dir.strip_prefix(&h.mount).unwrap_or(Path::new(""));
-        let mut cur = h.mount.clone();
+        // Every directory from the launcher's own cgroup (which has a process, so CPUs and
+        // memory nodes) down, not only the ones we made: another launcher may have made the
+        // shared parent an instant ago and not filled it in yet.
+        let own = h.own_dir();
+        let top = if dir.starts_with(&own) { own } else { h.mount.clone() };
+        let rel = dir.strip_prefix(&top).unwrap_or(Path::new(""));
+        let mut cur = top;
+        let read = |path: PathBuf| -> Result<String, CgroupError> {
+            let v = fs::read_to_string(&path).map_err(io_err("read", &path))?;
+            Ok(v.trim().to_owned())
+        };
+        let mut inherited = [read(cur.join("cpuset.cpus"))?, read(cur.join("cpuset.mems"))?];
         for c in rel.components() {
-            let parent = cur.clone();
             cur.push(c);
-            for f in ["cpuset.cpus", "cpuset.mems"] {
-                let now = fs::read_to_string(cur.join(f)).map_err(io_err("read", &cur.join(f)))?;
-                if now.trim().is_empty() {
-                    let v = fs::read_to_string(parent.join(f)).map_err(io_err("read", &parent.join(f)))?;
-                    write(&cur.join(f), v.trim())?;
+            for (f, value) in ["cpuset.cpus", "cpuset.mems"].into_iter().zip(inherited.iter_mut()) {
+                let now = read(cur.join(f))?;
+                if now.is_empty() {
+                    write(&cur.join(f), value)?;
+                } else {
+                    *value = now;
                 }
             }
         }
     }
-    Ok(())
+    Ok(created)
+}
+
+/// Creates `dir` and any missing parents, trying the directory itself first: on cgroup file
+/// systems every lookup is a kernfs walk, and usually only the last component is missing.
+/// Returns whether `dir` itself was made now (false: it existed).
+fn mkdir_p(dir: &Path) -> Result<bool, CgroupError> {
+    match fs::create_dir(dir) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            let Some(parent) = dir.parent() else { return Err(io_err("create", dir)(e)) };
+            mkdir_p(parent)?;
+            match fs::create_dir(dir) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(io_err("create", dir)(e)),
+            }
+        }
+        Err(e) => Err(io_err("create", dir)(e)),
+    }
 }
 
 /// Enables every available controller in `subtree_control` of `from` and its descendants down
@@ -602,8 +620,11 @@ fn restrict_v1_devices(dir: &Path, unless_restricted: bool) -> Result<(), Cgroup
         }
     }
     write(&dir.join("devices.deny"), "a")?;
+    // One rule per write(2), through one open file.
+    let allow = dir.join("devices.allow");
+    let mut file = fs::OpenOptions::new().write(true).open(&allow).map_err(io_err("open", &allow))?;
     for rule in &devices::MACHINE_DEVICES {
-        write(&dir.join("devices.allow"), &rule.v1_line())?;
+        io::Write::write_all(&mut file, rule.v1_line().as_bytes()).map_err(io_err("write", &allow))?;
     }
     Ok(())
 }
@@ -710,8 +731,11 @@ pub fn has_processes(dir: &Path) -> bool {
 /// Every pid in `dir` and below.
 pub fn pids_in(dir: &Path) -> Vec<i32> {
     let mut out = Vec::new();
-    if let Ok(s) = fs::read_to_string(dir.join("cgroup.procs")) {
-        out.extend(s.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+    match fs::read_to_string(dir.join("cgroup.procs")) {
+        Ok(s) => out.extend(s.lines().filter_map(|l| l.trim().parse::<i32>().ok())),
+        // No such cgroup (already removed): nothing below it either.
+        Err(e) if e.kind() == ErrorKind::NotFound => return out,
+        Err(_) => {}
     }
     if let Ok(rd) = fs::read_dir(dir) {
         for e in rd.flatten() {
@@ -750,6 +774,13 @@ pub(crate) fn remove_tree(dir: &Path, patience: Duration) -> Result<(), CgroupEr
 }
 
 fn remove_tree_once(dir: &Path) -> Result<(), (PathBuf, io::Error)> {
+    // Usually a leaf: rmdir alone does it. A cgroup with child cgroups (or processes) is busy.
+    match fs::remove_dir(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+        Err(e) => return Err((dir.to_owned(), e)),
+    }
     let entries = match fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),

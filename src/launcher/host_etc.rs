@@ -372,13 +372,10 @@ pub fn steps(resolv: ResolvAction, localtime: &LocaltimeAction, host: &HostEtc) 
         LocaltimeAction::Bind => out.push(bind()),
         LocaltimeAction::Symlink(zone) => out.push(Step::IfExists {
             path: Path::new("/usr/share/zoneinfo").join(zone),
-            then: vec![
-                Step::Try(vec![Step::Remove { path: localtime_path.clone() }]),
-                Step::Try(vec![Step::Symlink {
-                    target: Path::new("../usr/share/zoneinfo").join(zone),
-                    link: localtime_path.clone(),
-                }]),
-            ],
+            then: vec![Step::Try(vec![Step::ReplaceSymlink {
+                target: Path::new("../usr/share/zoneinfo").join(zone),
+                link: localtime_path.clone(),
+            }])],
             otherwise: vec![bind()],
         }),
     }
@@ -454,7 +451,7 @@ mod tests {
         let steps = steps(ResolvAction::Off, &LocaltimeAction::Symlink("Etc/UTC".into()), &h);
         let [Step::IfExists { path, then, otherwise }] = &steps[..] else { panic!("{steps:?}") };
         assert_eq!(path, Path::new("/usr/share/zoneinfo/Etc/UTC"));
-        assert!(matches!(&then[1], Step::Try(s) if matches!(&s[0], Step::Symlink { target, .. }
+        assert!(matches!(&then[0], Step::Try(s) if matches!(&s[0], Step::ReplaceSymlink { target, .. }
             if target == Path::new("../usr/share/zoneinfo/Etc/UTC"))));
         assert!(
             matches!(&otherwise[0], Step::Try(s) if matches!(s[0], Step::Attach { tree: TreeId::Localtime, .. })

@@ -112,6 +112,14 @@ pub enum Step {
         /// The link.
         link: PathBuf,
     },
+    /// `link` → `target` in place of whatever is at `link`, left alone when it is that link
+    /// already (no write to a disk tree for an unchanged `/etc/localtime`).
+    ReplaceSymlink {
+        /// What the link points at.
+        target: PathBuf,
+        /// The link.
+        link: PathBuf,
+    },
     /// A file with fixed contents.
     WriteFile {
         /// File to create or truncate (its parent must exist).
@@ -208,7 +216,9 @@ impl fmt::Display for Step {
                 }
             }
             Step::MkNod { path, .. } => write!(f, "create device node {}", path.display()),
-            Step::Symlink { link, .. } => write!(f, "create symlink {}", link.display()),
+            Step::Symlink { link, .. } | Step::ReplaceSymlink { link, .. } => {
+                write!(f, "create symlink {}", link.display())
+            }
             Step::WriteFile { path, .. } => write!(f, "write {}", path.display()),
             Step::Remove { path } => write!(f, "remove {}", path.display()),
             Step::Detach { path } => write!(f, "detach {}", path.display()),
@@ -305,6 +315,7 @@ fn apply_one(sys: &dyn Sys, trees: &Trees, step: &Step, owner: Option<IdRange>) 
             step,
             Step::MkDir { .. }
                 | Step::Symlink { .. }
+                | Step::ReplaceSymlink { .. }
                 | Step::WriteFile { .. }
                 | Step::Attach { .. }
                 | Step::PlaceFile { .. }
@@ -336,6 +347,16 @@ fn apply_leaf(sys: &dyn Sys, trees: &Trees, step: &Step) -> io::Result<()> {
         }
         Step::MkNod { path, kind, mode, major, minor } => sys.mknod(path, *kind, *mode, *major, *minor),
         Step::Symlink { target, link } => sys.symlink(target, link),
+        Step::ReplaceSymlink { target, link } => {
+            if sys.read_link(link).is_ok_and(|now| now == *target) {
+                return Ok(());
+            }
+            match sys.remove_file(link) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            sys.symlink(target, link)
+        }
         Step::WriteFile { path, contents, mode } => sys.write_file(path, contents, *mode),
         Step::Remove { path } => sys.remove_file(path),
         Step::Mask { path } => mask(sys, path),

@@ -52,7 +52,10 @@ impl LaunchRecord {
         }
         let data = RecordData { pid, start: start_time(pid).unwrap_or(0), workdirs, ..RecordData::default() };
         let me = LaunchRecord { file, scratch: dir, data };
-        me.save()?;
+        // With nothing to clean up yet, the first write waits for the cgroups.
+        if scratch || !me.data.workdirs.is_empty() {
+            me.save()?;
+        }
         Ok(me)
     }
 

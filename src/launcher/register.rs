@@ -3,7 +3,7 @@
 //! The launcher forks after registering (again on every reboot), and forking is only sound
 //! while single-threaded, so each call goes through [`block_on_thread`].
 
-use crate::bus::client::{error_message, is_no_manager, system_bus};
+use crate::bus::client::{error_message, is_no_manager, system_bus, system_bus_missing};
 use crate::bus::proxy::Manager1Proxy;
 use crate::runtime::block_on_thread;
 
@@ -65,6 +65,9 @@ pub fn register(info: &MachineInfo) -> Result<(), RegisterError> {
     let info = info.clone();
     let leader = u32::try_from(info.leader)
         .map_err(|_| RegisterError::BadLeader { name: info.name.clone(), pid: info.leader })?;
+    if let Some(reason) = system_bus_missing() {
+        return Err(RegisterError::NoManager(reason));
+    }
     block_on_thread(move || async move {
         {
             let conn = system_bus().await.map_err(|e| RegisterError::NoManager(error_message(&e)))?;

@@ -104,6 +104,10 @@ impl Sys for FakeSys {
         self.record(link, format!("symlink {} -> {}", link.display(), target.display()))
     }
 
+    fn read_link(&self, _link: &Path) -> io::Result<std::path::PathBuf> {
+        Err(io::ErrorKind::NotFound.into())
+    }
+
     fn write_file(&self, path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
         self.record(
             path,

@@ -70,6 +70,10 @@ impl Sys for LinuxSys {
         std::os::unix::fs::symlink(target, link)
     }
 
+    fn read_link(&self, link: &Path) -> io::Result<std::path::PathBuf> {
+        fs::read_link(link)
+    }
+
     fn write_file(&self, path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
         let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(path)?;
         f.write_all(contents)?;
@@ -78,6 +82,11 @@ impl Sys for LinuxSys {
 
     fn place_file(&self, path: &Path, contents: &[u8], mode: u32, replace: bool) -> io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
+        // The same file from the last run (resolv.conf, localtime): rewriting it would only
+        // cost a journal write on a disk tree.
+        if holds_exactly(path, contents, mode) {
+            return Ok(());
+        }
         if !replace {
             let mut f = fs::OpenOptions::new()
                 .write(true)
@@ -766,6 +775,32 @@ pub fn load_seccomp_program(program: &[u64]) -> io::Result<()> {
         libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &prog as *const libc::sock_fprog)
     })?;
     Ok(())
+}
+
+/// Whether `path` is a regular file of its own (not a link, one name) with exactly `mode`
+/// and `contents`.
+fn holds_exactly(path: &Path, contents: &[u8], mode: u32) -> bool {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    // Only a regular file is opened at all (a device node's open can act).
+    if !fs::symlink_metadata(path).is_ok_and(|m| m.is_file()) {
+        return false;
+    }
+    let Ok(mut f) =
+        fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path)
+    else {
+        return false;
+    };
+    let Ok(meta) = f.metadata() else { return false };
+    if !meta.is_file()
+        || meta.nlink() != 1
+        || meta.mode() & 0o7777 != mode
+        || meta.len() != contents.len() as u64
+    {
+        return false;
+    }
+    let mut now = Vec::with_capacity(contents.len());
+    f.read_to_end(&mut now).is_ok() && now == contents
 }
 
 /// Makes a raw system call with up to three integer arguments and returns its errno, if it

@@ -59,6 +59,8 @@ pub trait Sys {
     fn mknod(&self, path: &Path, kind: NodeKind, mode: u32, major: u32, minor: u32) -> io::Result<()>;
     /// symlink(2): `link` pointing at `target`.
     fn symlink(&self, target: &Path, link: &Path) -> io::Result<()>;
+    /// readlink(2).
+    fn read_link(&self, link: &Path) -> io::Result<std::path::PathBuf>;
     /// setfsuid(2) and setfsgid(2): whom files created from now on belong to (0 again restores
     /// the file system capabilities a non-zero fsuid takes away).
     fn set_fs_ids(&self, uid: u32, gid: u32);
