@@ -790,6 +790,62 @@ fn a_killed_launcher_is_cleaned_up_by_the_next_run() {
     });
 }
 
+/// The launcher's end of a veth machine (`teardown_after_exit`): the pair is left to the
+/// kernel and renamed out of the machine's way by a short-lived child, so the same machine
+/// starts again at once, even while something keeps the old namespace (and so the old pair)
+/// alive. The retired pair keeps its subnet until it is gone; nothing is left after.
+#[test]
+fn a_machine_starts_again_while_its_old_pair_goes() {
+    let state = tempfile::tempdir().unwrap();
+    in_test_host(Duration::from_secs(60), || {
+        let s = spec(NetworkMode::Veth, state.path());
+        let m = Ns::new();
+        let net = network::setup(&s, "again", m.pid).unwrap();
+        let mut holder = m.cmd(&["sleep", "60"]).spawn().unwrap();
+        let (hp, ns) = (holder.id(), std::fs::read_link(format!("/proc/{}/ns/net", m.pid)).unwrap());
+        assert!(wait_until(Duration::from_secs(5), || {
+            std::fs::read_link(format!("/proc/{hp}/exe")).is_ok_and(|e| e.ends_with("sleep"))
+                && std::fs::read_link(format!("/proc/{hp}/ns/net")).is_ok_and(|n| n == ns)
+        }));
+        drop(m);
+        net.teardown_after_exit();
+        assert!(
+            wait_until(Duration::from_secs(5), || {
+                let l = links();
+                l.len() == 1 && l[0].starts_with("mctl-") && l[0].len() == 15
+            }),
+            "the pair was not renamed: {:?}",
+            links()
+        );
+        let m2 = Ns::new();
+        let started = Instant::now();
+        let net2 = network::setup(&s, "again", m2.pid).unwrap();
+        assert!(started.elapsed() < Duration::from_millis(900), "setup waited for the old pair");
+        assert_eq!(
+            net2.guest_network(),
+            Some("10.213.0.6/30".parse().unwrap()),
+            "the retired pair's subnet was given out again"
+        );
+        let retired = links().into_iter().find(|l| l.starts_with("mctl-")).expect("retired pair");
+        assert!(
+            state_files(state.path()).contains(&format!("machines/{retired}.json")),
+            "{:?}",
+            state_files(state.path())
+        );
+        assert!(m2.ping("10.213.0.5"));
+        drop(m2);
+        teardown_clean(net2);
+        let _ = holder.kill();
+        let _ = holder.wait();
+        assert!(wait_until(Duration::from_secs(5), || links().is_empty()), "{:?}", links());
+        assert!(wait_until(Duration::from_secs(5), || {
+            assert!(network::cleanup_stale_report(state.path()).is_empty());
+            state_files(state.path()).is_empty()
+        }));
+        assert_clean(state.path());
+    });
+}
+
 #[test]
 fn a_machine_that_exited_takes_its_pair_along() {
     let state = tempfile::tempdir().unwrap();

@@ -38,11 +38,15 @@
 //!   the kernel: closing the namespace handle lets the namespace die, and the kernel removes
 //!   the pair with it (as with nspawn), sparing the launcher the RCU grace periods an explicit
 //!   deletion waits for. Until the pair is gone its state stays (`dismantling`), holding the
-//!   subnet and link name, so nothing can be given a lingering address; the next setup of the
-//!   same machine (a reboot) waits for the pair (deleting it after 1 s if something else keeps
-//!   the namespace alive), and [`cleanup_stale`] forgets it once gone. Bridge and zone ports,
-//!   and any pair whose PID 1 still runs, are deleted explicitly; mctl only ever deletes a
-//!   veth with the machine's own name and MAC.
+//!   subnet, so nothing can be given a lingering address. A short-lived child renames the pair
+//!   to `mctl-` and ten random hex digits (the rename waits for an RCU grace period, off the
+//!   launcher's path), so the next setup of the same machine (a reboot, or a run right after)
+//!   finds the link name free and files the retired pair's lease under its new name; on a
+//!   kernel that cannot rename a link that is up, that setup waits for the pair (deleting it
+//!   after 1 s if something else keeps the namespace alive). Sweeps ([`cleanup_stale`]) forget
+//!   a dismantling pair once gone and never delete one. Bridge and zone ports, and any pair
+//!   whose PID 1 still runs, are deleted explicitly; mctl only ever deletes or renames a veth
+//!   with the machine's own name (or retired name) and MAC.
 //!
 //! # Wiring into the launcher (the order matters)
 //! 1. Before forking the outer child: `spec.validate()` (cheap, pure). Right after forking it,

@@ -144,6 +144,14 @@ pub struct MachineState {
     /// namespace; the state stays (holding the subnet and the link name) until the pair is gone.
     #[serde(default)]
     pub dismantling: bool,
+    /// The name a dismantling pair is given (by a short-lived child, off the launcher's path)
+    /// so that the machine can start again before the kernel has removed the pair.
+    #[serde(default)]
+    pub retired_as: Option<String>,
+    /// For a retired pair's own entry (filed under its retired name when the machine started
+    /// again): the machine it was, whose MAC the pair has.
+    #[serde(default)]
+    pub retired_from: Option<String>,
 }
 
 impl MachineState {
@@ -167,7 +175,14 @@ impl MachineState {
             moved: Vec::new(),
             extra_links: Vec::new(),
             dismantling: false,
+            retired_as: None,
+            retired_from: None,
         }
+    }
+
+    /// The machine whose pair this entry leases (its MACs are derived from that name).
+    pub fn pair_owner(&self) -> &str {
+        self.retired_from.as_deref().unwrap_or(&self.machine)
     }
 }
 

@@ -22,13 +22,15 @@ pub(super) async fn sweep(rt: &Rt, sd: &StateDir) -> Vec<NetworkError> {
     let mut errors = Vec::new();
     // Pairs left to the kernel (the normal end of a veth machine): forget them once gone.
     for st in sd.machines().into_iter().filter(|m| m.dismantling) {
-        match our_pair(rt, &st).await {
-            Ok(None) => sd.remove_machine(&st.machine),
-            Ok(Some(_)) => {}
-            Err(e) => errors.push(e.into()),
+        match (our_pair(rt, &st).await, retired_pair(rt, &st).await) {
+            (Ok(None), Ok(None)) => sd.remove_machine(&st.machine),
+            (Err(e), _) | (_, Err(e)) => errors.push(e.into()),
+            _ => {}
         }
     }
-    for st in sd.machines().into_iter().filter(|m| !m.owner.alive()) {
+    // A pair being dismantled is the kernel's to remove (deleting it here would wait out the
+    // RCU grace periods the launcher spared itself); only the others are undone.
+    for st in sd.machines().into_iter().filter(|m| !m.owner.alive() && !m.dismantling) {
         tracing::info!(
             "removing the network leftovers of machine {} (launcher pid {} is gone)",
             st.machine,
@@ -133,10 +135,15 @@ fn restore_route_localnet(st: &MachineState, others: &[MachineState]) -> Vec<Net
 /// and subnet stay leased until the kernel has removed the pair with the namespace).
 fn forget_or_dismantle(sd: &StateDir, st: &MachineState, leave_pair: bool) -> Vec<NetworkError> {
     let mut errors = Vec::new();
-    if leave_pair && st.host_link.is_some() {
+    if let Some(host) = st.host_link.as_ref().filter(|_| leave_pair) {
+        // The kernel takes a few to some tens of milliseconds to remove the pair once the
+        // namespace is gone, and the machine's next start needs the link name: the pair is
+        // renamed to a name of its own (`mctl-` and ten random hex digits), off our path.
+        let retired = format!("mctl-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
         // Keeps the subnet and the link name leased until the pair is gone.
         let left = MachineState {
             dismantling: true,
+            retired_as: Some(retired.clone()),
             nat: false,
             ports: Vec::new(),
             route_localnet: None,
@@ -147,14 +154,13 @@ fn forget_or_dismantle(sd: &StateDir, st: &MachineState, leave_pair: bool) -> Ve
         };
         if let Err(e) = sd.write_machine(&left) {
             errors.push(e.into());
-        } else if let (Some(host), Ok(meta)) =
-            (&st.host_link, std::fs::metadata(sd.machine_path(&st.machine)))
-        {
+        } else if let Ok(meta) = std::fs::metadata(sd.machine_path(&st.machine)) {
             // Forgotten as soon as the kernel has removed the pair (a few ms after the
             // namespace's last user is gone), by a child that outlives us that long; else by
             // the next launch's sweep.
             crate::sys::linux::forget_when_link_gone(
                 host,
+                Some(&retired),
                 &sd.lock_path(),
                 &sd.machine_path(&st.machine),
                 meta.ino(),
@@ -172,7 +178,13 @@ fn forget_or_dismantle(sd: &StateDir, st: &MachineState, leave_pair: bool) -> Ve
 /// existed) is someone else's and is never touched.
 async fn our_pair(rt: &Rt, st: &MachineState) -> Result<Option<link::LinkSummary>, LinkError> {
     let Some(host) = &st.host_link else { return Ok(None) };
-    veth_with_mac(rt, host, mac_address(&st.machine, "host")).await
+    veth_with_mac(rt, host, mac_address(st.pair_owner(), "host")).await
+}
+
+/// A dismantling machine's pair under its retired name, if it was renamed and still exists.
+async fn retired_pair(rt: &Rt, st: &MachineState) -> Result<Option<link::LinkSummary>, LinkError> {
+    let Some(retired) = &st.retired_as else { return Ok(None) };
+    veth_with_mac(rt, retired, mac_address(st.pair_owner(), "host")).await
 }
 
 /// The link `name` if it is a veth with address `mac`: one a machine made.
@@ -202,8 +214,10 @@ async fn remove_extra_pairs(rt: &Rt, st: &MachineState) -> Vec<NetworkError> {
     errors
 }
 
-/// Waits up to `patience` for a dismantling machine's pair to go with its namespace, deletes
-/// it if it does not (something else holds the namespace), and forgets the state.
+/// Waits up to `patience` for a dismantling machine's pair to give up the machine's link name
+/// (renamed, or gone with its namespace), deletes it if it does not (something else holds the
+/// namespace and the rename did not happen), and frees the machine's name: a pair still there
+/// under its retired name keeps its lease as an entry of its own.
 pub(super) async fn settle(
     rt: &Rt,
     sd: &StateDir,
@@ -231,6 +245,35 @@ pub(super) async fn settle(
                 break;
             }
         }
+    }
+    match retired_pair(rt, st).await {
+        Ok(Some(_)) => {
+            let retired = st.retired_as.clone().unwrap_or_default();
+            let own = MachineState {
+                machine: retired.clone(),
+                host_link: Some(retired),
+                retired_as: None,
+                retired_from: Some(st.pair_owner().to_owned()),
+                ..st.clone()
+            };
+            // The retired pair's lease is written first: its subnet is never free meanwhile.
+            if let Err(e) = sd.write_machine(&own) {
+                errors.push(e.into());
+                return errors;
+            }
+            if let Ok(meta) = std::fs::metadata(sd.machine_path(&own.machine)) {
+                crate::sys::linux::forget_when_link_gone(
+                    &own.machine,
+                    None,
+                    &sd.lock_path(),
+                    &sd.machine_path(&own.machine),
+                    meta.ino(),
+                    std::time::Duration::from_secs(2),
+                );
+            }
+        }
+        Ok(None) => {}
+        Err(e) => errors.push(e.into()),
     }
     sd.remove_machine(&st.machine);
     errors

@@ -967,12 +967,15 @@ pub fn pty_peer(master: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     )?)
 }
 
-/// Forks a child that outlives the caller's work for a moment: it waits (up to `patience`)
-/// until this thread's network namespace has no link named `ifname`, then, holding the flock
-/// of `lock`, removes `file` if it is still the inode `ino` (nobody replaced it), and exits.
+/// Forks a child that outlives the caller's work for a moment: it renames the link `ifname`
+/// to `rename_to` when given (SIOCSIFNAME; the rename waits for an RCU grace period, which the
+/// caller does not), then waits (up to `patience`) until this thread's network namespace has
+/// no link of that name (the new one if the rename worked), then, holding the flock of `lock`,
+/// removes `file` if it is still the inode `ino` (nobody replaced it), and exits.
 /// The child holds no other descriptor of ours (pipes of the caller close on time).
 pub fn forget_when_link_gone(
     ifname: &str,
+    rename_to: Option<&str>,
     lock: &Path,
     file: &Path,
     ino: u64,
@@ -982,6 +985,8 @@ pub fn forget_when_link_gone(
     if name.as_bytes().len() >= libc::IFNAMSIZ {
         return;
     }
+    let new_name =
+        rename_to.and_then(|n| CString::new(n).ok()).filter(|n| n.as_bytes().len() < libc::IFNAMSIZ);
     // SAFETY: socket(2) with constant arguments; the fd is checked below.
     let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if sock < 0 {
@@ -989,12 +994,25 @@ pub fn forget_when_link_gone(
     }
     // SAFETY: ifreq is plain data; zeroed is valid. The name fits (checked above).
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
-        // The byte as a C char, bit for bit.
-        #[allow(clippy::cast_possible_wrap)]
-        let c = *s as libc::c_char;
-        *d = c;
-    }
+    let fill = |dst: &mut [libc::c_char; libc::IFNAMSIZ], src: &CString| {
+        for (d, s) in dst.iter_mut().zip(src.as_bytes()) {
+            // The byte as a C char, bit for bit.
+            #[allow(clippy::cast_possible_wrap)]
+            let c = *s as libc::c_char;
+            *d = c;
+        }
+    };
+    fill(&mut req.ifr_name, &name);
+    // The same request with the new name, for the rename and then for the watch.
+    let renamed = new_name.as_ref().map(|n| {
+        let mut r = req;
+        // SAFETY: writing the union's name member of a zeroed, plain-data request.
+        fill(unsafe { &mut r.ifr_ifru.ifru_newname }, n);
+        let mut after = req;
+        after.ifr_name = [0; libc::IFNAMSIZ];
+        fill(&mut after.ifr_name, n);
+        (r, after)
+    });
     // Longer than u32::MAX rounds of 2 ms (over three months): that many.
     let rounds = u32::try_from((patience.as_millis() / 2).max(1)).unwrap_or(u32::MAX);
     let max = open_fds().into_iter().max().unwrap_or(0);
@@ -1009,6 +1027,11 @@ pub fn forget_when_link_gone(
                 if fd != sock {
                     libc::close(fd);
                 }
+            }
+            if let Some((rename, after)) = renamed
+                && libc::ioctl(sock, libc::SIOCSIFNAME, &rename) == 0
+            {
+                req = after;
             }
             let pause = libc::timespec { tv_sec: 0, tv_nsec: 2_000_000 };
             let mut gone = false;
