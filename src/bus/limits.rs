@@ -1,13 +1,10 @@
 //! What mctld takes from the bus before doing any work: method calls of a bounded size, and a
 //! bounded number of calls in flight per connection and in all. Beyond that a call is refused
 //! at once rather than queued, so that no caller can make mctld hold an unbounded amount of
-//! memory or work. The table also keeps each connection's credentials while it has calls in
-//! flight (a unique name is never reused on a bus, so they cannot go stale).
+//! memory or work.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-
-use crate::manager::Caller;
 
 /// The bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,7 +74,6 @@ impl Refusal {
 #[derive(Debug, Default)]
 struct Sender {
     in_flight: usize,
-    caller: Option<Caller>,
 }
 
 #[derive(Debug, Default)]
@@ -142,18 +138,6 @@ impl Admission {
         Ok(Ticket { admission: self.clone(), sender: sender.to_owned() })
     }
 
-    /// The credentials of `sender`, if known.
-    pub fn caller(&self, sender: &str) -> Option<Caller> {
-        self.lock().senders.get(sender).and_then(|s| s.caller)
-    }
-
-    /// Keeps `sender`'s credentials while it has calls in flight.
-    pub fn remember(&self, sender: &str, caller: Caller) {
-        if let Some(s) = self.lock().senders.get_mut(sender) {
-            s.caller = Some(caller);
-        }
-    }
-
     /// Calls in flight.
     pub fn in_flight(&self) -> usize {
         self.lock().total
@@ -184,19 +168,5 @@ mod tests {
             Refusal::TooLarge { size: 2, limit: 1 }.error_name(),
             "org.freedesktop.DBus.Error.InvalidArgs"
         );
-    }
-
-    #[test]
-    fn credentials_are_kept_while_calls_are_in_flight() {
-        let a = Admission::new(Limits::default());
-        let caller = Caller { uid: 1000, pid: 42 };
-        let t = a.admit(":1.7", 10).unwrap();
-        a.remember(":1.7", caller);
-        assert_eq!(a.caller(":1.7"), Some(caller));
-        drop(t);
-        // Forgotten with the last call: the table does not grow with every connection ever seen.
-        assert_eq!(a.caller(":1.7"), None);
-        a.remember(":1.7", caller);
-        assert_eq!(a.caller(":1.7"), None);
     }
 }

@@ -229,6 +229,31 @@ pub struct Service {
     mgr: Arc<Manager>,
     admission: Arc<Admission>,
     pool: Arc<BlockingPool>,
+    known: Arc<KnownCallers>,
+}
+
+/// Callers the bus daemon has identified, by unique connection name: the daemon records a
+/// connection's uid and pid when it connects and never reuses a unique name while it runs,
+/// so the answer holds for the connection's life (and for this `Service`'s connection to that
+/// daemon). Saves a launcher's registration a second round trip through the daemon. Bounded:
+/// when full it starts over.
+#[derive(Debug, Default)]
+struct KnownCallers(std::sync::Mutex<std::collections::HashMap<String, Caller>>);
+
+impl KnownCallers {
+    const MOST: usize = 4096;
+
+    fn get(&self, sender: &str) -> Option<Caller> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(sender).copied()
+    }
+
+    fn insert(&self, sender: &str, caller: Caller) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= Self::MOST {
+            map.clear();
+        }
+        map.insert(sender.to_owned(), caller);
+    }
 }
 
 impl std::fmt::Debug for Service {
@@ -241,7 +266,7 @@ impl Service {
     /// Wraps a connection (already on the bus, names not yet requested); blocking work runs in
     /// `pool`, calls are admitted within `limits`.
     pub fn new(conn: Connection, mgr: Arc<Manager>, pool: Arc<BlockingPool>, limits: Limits) -> Self {
-        Self { conn, mgr, admission: Admission::new(limits), pool }
+        Self { conn, mgr, admission: Admission::new(limits), pool, known: Arc::default() }
     }
 
     /// Serves calls and emits signals until the connection closes. `stream` must be created
@@ -371,10 +396,10 @@ impl Service {
     }
 
     /// The caller's connection as the bus daemon knows it (uid and pid recorded when it
-    /// connected), remembered while the connection has calls in flight.
+    /// connected), asked once per connection.
     async fn caller(&self, hdr: &Header<'_>) -> Result<Caller, CallError> {
         let sender = hdr.sender().ok_or_else(|| CallError::invalid_args("message without sender"))?;
-        if let Some(c) = self.admission.caller(sender.as_str()) {
+        if let Some(c) = self.known.get(sender.as_str()) {
             return Ok(c);
         }
         let dbus = zbus::fdo::DBusProxy::builder(&self.conn)
@@ -404,7 +429,7 @@ impl Service {
         match (creds.unix_user_id(), creds.process_id()) {
             (Some(uid), Some(pid)) => {
                 let c = Caller { uid, pid };
-                self.admission.remember(sender.as_str(), c);
+                self.known.insert(sender.as_str(), c);
                 Ok(c)
             }
             _ => Err(CallError("org.freedesktop.DBus.Error.AccessDenied", "cannot identify caller".into())),
@@ -825,5 +850,25 @@ impl Service {
                 )),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_callers_are_kept_per_connection_and_bounded() {
+        let known = KnownCallers::default();
+        let caller = Caller { uid: 1000, pid: 42 };
+        known.insert(":1.7", caller);
+        assert_eq!(known.get(":1.7"), Some(caller));
+        assert_eq!(known.get(":1.8"), None);
+        for i in 0..KnownCallers::MOST {
+            known.insert(&format!(":2.{i}"), caller);
+        }
+        // Full: it started over rather than grow with every connection ever seen.
+        assert_eq!(known.get(":1.7"), None);
+        assert!(known.0.lock().unwrap().len() <= KnownCallers::MOST);
     }
 }
