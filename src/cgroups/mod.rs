@@ -261,6 +261,24 @@ fn parse_hierarchies(
     Ok(out)
 }
 
+/// A cgroup file named by its hierarchy's mount point and its path below it: the launcher's
+/// outer child opens the mount point while it still sees the host's file system and reaches
+/// the file (which its parent may make only meanwhile) through it afterwards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupFile {
+    /// The hierarchy's mount point.
+    pub mount: PathBuf,
+    /// The file, relative to it.
+    pub relative: PathBuf,
+}
+
+impl CgroupFile {
+    fn of(h: &Hierarchy, dir: &Path, file: &str) -> CgroupFile {
+        let relative = dir.strip_prefix(&h.mount).unwrap_or(dir).join(file);
+        CgroupFile { mount: h.mount.clone(), relative }
+    }
+}
+
 /// A machine's cgroup in every hierarchy, removed again by [`MachineCgroup::remove`].
 #[derive(Debug)]
 pub struct MachineCgroup {
@@ -292,6 +310,15 @@ impl MachineCgroup {
     /// Creates the machine's cgroups (after removing stale empty ones left by a launcher that
     /// was killed) and, with `keep_unit`, moves the launcher into `supervisor`.
     pub fn create(cfg: &CgroupConfig, name: &str, keep_unit: bool) -> Result<Self, CgroupError> {
+        let mut me = Self::create_unified(cfg, name, keep_unit)?;
+        me.create_v1()?;
+        Ok(me)
+    }
+
+    /// Like [`create`](Self::create), in the cgroup2 hierarchy only: the v1 hierarchies of a
+    /// hybrid host follow with [`create_v1`](Self::create_v1), which the launcher runs while
+    /// its child builds the machine's file system.
+    pub fn create_unified(cfg: &CgroupConfig, name: &str, keep_unit: bool) -> Result<Self, CgroupError> {
         let hierarchies = detect(cfg)?;
         // A launcher in the root cgroup has no unit whose cgroup it could keep: writing
         // "supervisor" and "payload" there would change the host's own cgroup root.
@@ -316,15 +343,25 @@ impl MachineCgroup {
             };
             me.parts.push(Part { hierarchy: h, machine, parents });
         }
-        if let Err(e) = me.build() {
+        if let Err(e) = me.build(|p| p.hierarchy.v2).and_then(|()| me.attach_device_program()) {
             me.remove_quietly();
             return Err(e);
         }
         Ok(me)
     }
 
-    fn build(&mut self) -> Result<(), CgroupError> {
-        for part in &self.parts {
+    /// Creates the machine's cgroups in the v1 hierarchies (none on a pure cgroup v2 host).
+    /// On error what was made is removed (the cgroup2 part too, when this value is dropped).
+    pub fn create_v1(&mut self) -> Result<(), CgroupError> {
+        let built = self.build(|p| !p.hierarchy.v2);
+        if built.is_err() {
+            self.remove_quietly();
+        }
+        built
+    }
+
+    fn build(&self, which: impl Fn(&Part) -> bool) -> Result<(), CgroupError> {
+        for part in self.parts.iter().filter(|p| which(p)) {
             let payload = part.payload();
             // A machine cgroup that exists already is a killed launcher's leftover (removed
             // when empty) or a running machine's of the same name.
@@ -361,7 +398,7 @@ impl MachineCgroup {
                 restrict_v1_devices(&payload, false)?;
             }
         }
-        self.attach_device_program()
+        Ok(())
     }
 
     /// The device program on the machine's cgroup2 directory, above the guest's cgroup root.
@@ -404,8 +441,17 @@ impl MachineCgroup {
     /// The payload's v1 `tasks` files. Writing `0` there moves the writing thread without the
     /// kernel's global threadgroup lock (whose first taker waits a whole RCU grace period,
     /// about 10 ms); for a single-threaded process that moves the process.
-    pub fn payload_v1_tasks(&self) -> Vec<PathBuf> {
-        self.parts.iter().filter(|p| !p.hierarchy.v2).map(|p| p.payload().join("tasks")).collect()
+    pub fn payload_v1_tasks(&self) -> Vec<CgroupFile> {
+        self.parts
+            .iter()
+            .filter(|p| !p.hierarchy.v2)
+            .map(|p| CgroupFile::of(&p.hierarchy, &p.payload(), "tasks"))
+            .collect()
+    }
+
+    /// The payload's cgroup2 `cgroup.procs` file.
+    pub fn unified_payload_procs(&self) -> CgroupFile {
+        CgroupFile::of(&self.parts[0].hierarchy, &self.parts[0].payload(), "cgroup.procs")
     }
 
     /// Delegates the payload's cgroup2 directory to the machine's root (host ids `uid`/`gid`) in

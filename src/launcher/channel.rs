@@ -22,6 +22,8 @@ pub enum Message {
     InnerPid(i32),
     /// Parent → PID 1: setup on the host side is done, exec the payload.
     Go,
+    /// Parent → outer child: the machine's v1 cgroups exist (hybrid hosts), join them.
+    CgroupsReady,
     /// Child → parent: a setup step failed; `exit_code` is what the launcher should exit with.
     Failed {
         /// What failed, with its cause.
@@ -222,6 +224,11 @@ impl ParentEnd {
         self.0.send(&Message::Go, &[])
     }
 
+    /// Tells the outer child that the machine's v1 cgroups exist.
+    pub fn cgroups_ready(&self) -> Result<(), ChannelError> {
+        self.0.send(&Message::CgroupsReady, &[])
+    }
+
     /// Waits until the child has executed its payload (it closes its end by doing so).
     pub fn wait_exec(&self) -> Result<(), ChildReport> {
         match self.0.recv()? {
@@ -295,6 +302,16 @@ impl ChildEnd {
         self.0.send(&Message::RootMount, &[fd])
     }
 
+    /// Waits until the parent has made the machine's v1 cgroups; `false` when the parent went
+    /// away instead.
+    pub fn wait_cgroups(&self) -> Result<bool, ChannelError> {
+        match self.0.recv()? {
+            Some((Message::CgroupsReady, _)) => Ok(true),
+            None => Ok(false),
+            Some((other, _)) => Err(ChannelError::Unexpected { expected: "cgroups", got: Some(other) }),
+        }
+    }
+
     /// Waits for the parent's go; `false` when the parent went away instead.
     pub fn wait_go(&self) -> Result<bool, ChannelError> {
         match self.0.recv()? {
@@ -316,6 +333,8 @@ mod tests {
         let mut file = tempfile_in_tmp();
         file.write_all(b"hello").unwrap();
         use std::os::fd::AsFd;
+        parent.cgroups_ready().unwrap();
+        assert!(child.wait_cgroups().unwrap());
         child.notify_socket(file.as_fd()).unwrap();
         child.console_master(file.as_fd()).unwrap();
         child.pid(42).unwrap();

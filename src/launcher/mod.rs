@@ -48,7 +48,10 @@ struct ChildContext<'a> {
     boot_id: uuid::Uuid,
     /// cgroup files the outer child writes `0` to, to move itself into the payload cgroup:
     /// v1 `tasks` files, plus cgroup2's `cgroup.procs` when it could not be born there.
-    join_cgroup_files: Vec<PathBuf>,
+    join_cgroup_files: Vec<crate::cgroups::CgroupFile>,
+    /// The parent makes the v1 cgroups while the outer child builds the file system: the
+    /// child joins once told they exist ([`channel::ChildEnd::wait_cgroups`]).
+    cgroups_pending: bool,
     host: mounts::HostFacts,
     capabilities: caps::CapsHashSet,
     /// The system call filter PID 1 loads right before it executes the payload.

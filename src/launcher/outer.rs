@@ -35,11 +35,15 @@ pub(super) fn run(ctx: &ChildContext<'_>, chan: &ChildEnd) -> ! {
 fn outer(ctx: &ChildContext<'_>, chan: &ChildEnd) -> Result<(), ChildError> {
     // If the launcher dies during setup, so does its half-built machine.
     linux::set_parent_death_signal(Signal::SIGKILL).map_err(ChildError::step("set parent death signal"))?;
-    for file in &ctx.join_cgroup_files {
-        fs::write(file, "0").map_err(ChildError::path_step("join cgroup", file))?;
-    }
     let sys = LinuxSys;
     let userns = ctx.private_users.is_some();
+    let hierarchies = open_hierarchies(ctx)?;
+    // With a user namespace PID 1 is forked right away: it must be born in every cgroup.
+    let mut joined = false;
+    if !ctx.cgroups_pending || userns {
+        join_cgroups(ctx, chan, &hierarchies)?;
+        joined = true;
+    }
     enter_namespaces(&sys, ctx.spec)?;
     // With a user namespace PID 1 is forked first, here in the payload cgroup (its cgroup
     // namespace's root): the image is mounted through its user namespace's id maps.
@@ -144,10 +148,49 @@ fn outer(ctx: &ChildContext<'_>, chan: &ChildEnd) -> Result<(), ChildError> {
         chan.pid(pid1.pid)?;
         return pid1.release();
     }
+    if !joined {
+        join_cgroups(ctx, chan, &hierarchies)?;
+    }
+    drop(hierarchies);
     machine_namespaces(&sys, ctx.spec)?;
     match linux::fork().map_err(ChildError::step("fork the machine's PID 1"))? {
         Forked::Child => inner::run(ctx, chan, console.as_deref()),
         Forked::Parent(pid) => chan.pid(pid)?,
+    }
+    Ok(())
+}
+
+/// The mount points of the hierarchies whose cgroups this process joins, opened while the
+/// host's file system is still in view.
+fn open_hierarchies(ctx: &ChildContext<'_>) -> Result<Vec<std::os::fd::OwnedFd>, ChildError> {
+    use rustix::fs::{Mode, OFlags};
+    ctx.join_cgroup_files
+        .iter()
+        .map(|f| {
+            rustix::fs::open(&f.mount, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+                .map_err(|e| ChildError::path_step("open cgroup hierarchy", &f.mount)(e.into()))
+        })
+        .collect()
+}
+
+/// Moves this process into the payload's cgroups (PID 1 is forked into them), once the parent
+/// has made them when it makes them while we work.
+fn join_cgroups(
+    ctx: &ChildContext<'_>,
+    chan: &ChildEnd,
+    hierarchies: &[std::os::fd::OwnedFd],
+) -> Result<(), ChildError> {
+    use rustix::fs::{Mode, OFlags};
+    if ctx.cgroups_pending && !chan.wait_cgroups()? {
+        // The launcher went away (and takes us along with the parent death signal).
+        linux::exit_now(1);
+    }
+    for (file, mount) in ctx.join_cgroup_files.iter().zip(hierarchies) {
+        let path = file.mount.join(&file.relative);
+        let failed = |e: rustix::io::Errno| ChildError::path_step("join cgroup", &path)(e.into());
+        let fd = rustix::fs::openat(mount, &file.relative, OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(failed)?;
+        rustix::io::write(&fd, b"0").map_err(failed)?;
     }
     Ok(())
 }

@@ -225,6 +225,7 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32, LaunchError> {
             uuid,
             boot_id: uuid::Uuid::new_v4(),
             join_cgroup_files: Vec::new(),
+            cgroups_pending: false,
             host: host.clone(),
             capabilities: capabilities.clone(),
             seccomp: seccomp.clone(),
@@ -494,15 +495,11 @@ impl<'a> Run<'a> {
     ) -> Result<(Run<'a>, ParentEnd), LaunchError> {
         let spec = ctx.spec;
         let keep_unit = spec.keep_unit || enter_slice_scope(spec)?;
-        let cgroup = MachineCgroup::create(&spec.cgroup, spec.name.as_str(), keep_unit)?;
+        // The cgroup2 part now (the child is born in it), the v1 ones of a hybrid host while the
+        // child builds the file system; the record names them all before any is made.
+        let cgroup = MachineCgroup::create_unified(&spec.cgroup, spec.name.as_str(), keep_unit)?;
         let (dirs, parents) = cgroup.owned_dirs();
         record.set_cgroups(dirs, parents).map_err(|e| LaunchError::Setup("record the launch", e))?;
-        if !spec.resources.is_empty() {
-            // Under a unit, systemd takes them (for this run: the unit file keeps its own).
-            cgroup.dirs().apply_all(&spec.resources, |unit, props| {
-                crate::bus::systemd::set_if_systemd(unit, true, props)
-            })?;
-        }
         if announce {
             eprintln!(
                 "Spawning container {} on {}.",
@@ -514,10 +511,12 @@ impl<'a> Run<'a> {
             }
         }
         ctx.join_cgroup_files = cgroup.payload_v1_tasks();
+        ctx.cgroups_pending = !ctx.join_cgroup_files.is_empty();
         if let Some(range) = ctx.private_users {
             cgroup.delegate_payload(range.start, range.start)?;
         }
         let unified = cgroup.unified_payload_dir();
+        let cgroup_procs = cgroup.unified_payload_procs();
         let mut run =
             Run { spec, children: Reaper::default(), net: None, registered: false, cgroup: Some(cgroup) };
         let (parent, child) = channel::pair()?;
@@ -526,7 +525,7 @@ impl<'a> Run<'a> {
         let forked = match linux::fork_into_cgroup(unified_fd.as_fd()) {
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EINVAL | libc::E2BIG)) => {
                 // Kernel without CLONE_INTO_CGROUP: the child moves itself.
-                ctx.join_cgroup_files.insert(0, unified.join("cgroup.procs"));
+                ctx.join_cgroup_files.insert(0, cgroup_procs);
                 linux::fork()
             }
             other => other,
@@ -537,6 +536,19 @@ impl<'a> Run<'a> {
                 outer::run(ctx, &child)
             }
             Forked::Parent(pid) => run.children.pids.push(Pid::from_raw(pid)),
+        }
+        if let Some(cgroup) = run.cgroup.as_mut() {
+            cgroup.create_v1()?;
+            if !spec.resources.is_empty() {
+                // Under a unit, systemd takes them (for this run: the unit file keeps its own).
+                cgroup.dirs().apply_all(&spec.resources, |unit, props| {
+                    crate::bus::systemd::set_if_systemd(unit, true, props)
+                })?;
+            }
+        }
+        if ctx.cgroups_pending {
+            // A child that failed meanwhile has closed its end; its report is read next.
+            let _ = parent.cgroups_ready();
         }
         Ok((run, parent))
     }
