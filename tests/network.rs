@@ -169,6 +169,17 @@ impl Ns {
         out(self.cmd(&["sh", "-c", script]).output().unwrap())
     }
 
+    /// A second process in the namespace (a `sleep`), which keeps it alive after PID 1 exits.
+    fn hold(&self) -> Child {
+        let holder = self.cmd(&["sleep", "60"]).spawn().unwrap();
+        let (hp, ns) = (holder.id(), std::fs::read_link(format!("/proc/{}/ns/net", self.pid)).unwrap());
+        assert!(wait_until(Duration::from_secs(5), || {
+            std::fs::read_link(format!("/proc/{hp}/exe")).is_ok_and(|e| e.ends_with("sleep"))
+                && std::fs::read_link(format!("/proc/{hp}/ns/net")).is_ok_and(|n| n == ns)
+        }));
+        holder
+    }
+
     fn ping(&self, to: &str) -> bool {
         self.cmd(&["busybox", "ping", "-c1", "-W2", to]).output().unwrap().status.success()
     }
@@ -801,12 +812,7 @@ fn a_machine_starts_again_while_its_old_pair_goes() {
         let s = spec(NetworkMode::Veth, state.path());
         let m = Ns::new();
         let net = network::setup(&s, "again", m.pid).unwrap();
-        let mut holder = m.cmd(&["sleep", "60"]).spawn().unwrap();
-        let (hp, ns) = (holder.id(), std::fs::read_link(format!("/proc/{}/ns/net", m.pid)).unwrap());
-        assert!(wait_until(Duration::from_secs(5), || {
-            std::fs::read_link(format!("/proc/{hp}/exe")).is_ok_and(|e| e.ends_with("sleep"))
-                && std::fs::read_link(format!("/proc/{hp}/ns/net")).is_ok_and(|n| n == ns)
-        }));
+        let mut holder = m.hold();
         drop(m);
         net.teardown_after_exit();
         assert!(
@@ -881,12 +887,7 @@ fn a_machine_that_exited_takes_its_pair_along() {
         // at once (nothing of the machine outlives its launch), and frees its subnet.
         let m = Ns::new();
         let net = network::setup(&s, "held", m.pid).unwrap();
-        let mut holder = m.cmd(&["sleep", "60"]).spawn().unwrap();
-        let (hp, ns) = (holder.id(), std::fs::read_link(format!("/proc/{}/ns/net", m.pid)).unwrap());
-        assert!(wait_until(Duration::from_secs(5), || {
-            std::fs::read_link(format!("/proc/{hp}/exe")).is_ok_and(|e| e.ends_with("sleep"))
-                && std::fs::read_link(format!("/proc/{hp}/ns/net")).is_ok_and(|n| n == ns)
-        }));
+        let mut holder = m.hold();
         drop(m);
         teardown_clean(net);
         assert!(links().is_empty(), "the pair outlived teardown: {:?}", links());
