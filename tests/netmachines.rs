@@ -176,9 +176,10 @@ impl Drop for Running {
 
 /// Nothing of the machines' networks is left. A veth pair goes with its machine's network
 /// namespace, which the kernel dismantles a few milliseconds after the launcher's exit (as with
-/// nspawn), and its state file with it: allowed a short while, not forever.
+/// nspawn), renamed `mctl-...` meanwhile, and its state file with it: allowed a short while, not
+/// forever.
 fn assert_clean(ns: &Ns, env: &Env) {
-    let links = || ns.sh("ip -o link show | grep -E ' (ve|vb|vz)-' || true");
+    let links = || ns.sh("ip -o link show | grep -E ' (ve|vb|vz|mctl)-' || true");
     let states = || -> Vec<std::ffi::OsString> {
         std::fs::read_dir(env.run.join("network/machines"))
             .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
