@@ -307,17 +307,11 @@ impl Part {
 }
 
 impl MachineCgroup {
-    /// Creates the machine's cgroups (after removing stale empty ones left by a launcher that
-    /// was killed) and, with `keep_unit`, moves the launcher into `supervisor`.
-    pub fn create(cfg: &CgroupConfig, name: &str, keep_unit: bool) -> Result<Self, CgroupError> {
-        let mut me = Self::create_unified(cfg, name, keep_unit)?;
-        me.create_v1()?;
-        Ok(me)
-    }
-
-    /// Like [`create`](Self::create), in the cgroup2 hierarchy only: the v1 hierarchies of a
-    /// hybrid host follow with [`create_v1`](Self::create_v1), which the launcher runs while
-    /// its child builds the machine's file system.
+    /// Creates the machine's cgroup in the cgroup2 hierarchy (after removing a stale empty one
+    /// left by a launcher that was killed) and, with `keep_unit`, moves the launcher into
+    /// `supervisor`. The v1 hierarchies of a hybrid host follow with
+    /// [`create_v1`](Self::create_v1), which the launcher runs while its child builds the
+    /// machine's file system.
     pub fn create_unified(cfg: &CgroupConfig, name: &str, keep_unit: bool) -> Result<Self, CgroupError> {
         let hierarchies = detect(cfg)?;
         // A launcher in the root cgroup has no unit whose cgroup it could keep: writing
@@ -615,18 +609,16 @@ fn make_dirs_once(h: &Hierarchy, dir: &Path) -> Result<bool, CgroupError> {
 /// systems every lookup is a kernfs walk, and usually only the last component is missing.
 /// Returns whether `dir` itself was made now (false: it existed).
 fn mkdir_p(dir: &Path) -> Result<bool, CgroupError> {
-    match fs::create_dir(dir) {
+    let made = match (fs::create_dir(dir), dir.parent()) {
+        (Err(e), Some(parent)) if e.kind() == ErrorKind::NotFound => {
+            mkdir_p(parent)?;
+            fs::create_dir(dir)
+        }
+        (first, _) => first,
+    };
+    match made {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            let Some(parent) = dir.parent() else { return Err(io_err("create", dir)(e)) };
-            mkdir_p(parent)?;
-            match fs::create_dir(dir) {
-                Ok(()) => Ok(true),
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
-                Err(e) => Err(io_err("create", dir)(e)),
-            }
-        }
         Err(e) => Err(io_err("create", dir)(e)),
     }
 }

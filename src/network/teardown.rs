@@ -152,25 +152,31 @@ fn forget_or_dismantle(sd: &StateDir, st: &MachineState, leave_pair: bool) -> Ve
             segment: None,
             ..st.clone()
         };
-        if let Err(e) = sd.write_machine(&left) {
-            errors.push(e.into());
-        } else if let Ok(meta) = std::fs::metadata(sd.machine_path(&st.machine)) {
-            // Forgotten as soon as the kernel has removed the pair (a few ms after the
-            // namespace's last user is gone), by a child that outlives us that long; else by
-            // the next launch's sweep.
-            crate::sys::linux::forget_when_link_gone(
-                host,
-                Some(&retired),
-                &sd.lock_path(),
-                &sd.machine_path(&st.machine),
-                meta.ino(),
-                std::time::Duration::from_secs(2),
-            );
+        match sd.write_machine(&left) {
+            Err(e) => errors.push(e.into()),
+            Ok(()) => forget_once_gone(sd, &st.machine, host, Some(&retired)),
         }
     } else {
         sd.remove_machine(&st.machine);
     }
     errors
+}
+
+/// Has the state entry `entry` (as written just now) forgotten as soon as the kernel has
+/// removed the pair `link` (a few ms after the namespace's last user is gone), by a child that
+/// outlives us that long and first renames the pair to `rename_to` when given; else the next
+/// launch's sweep forgets it.
+fn forget_once_gone(sd: &StateDir, entry: &str, link: &str, rename_to: Option<&str>) {
+    if let Ok(meta) = std::fs::metadata(sd.machine_path(entry)) {
+        crate::sys::linux::forget_when_link_gone(
+            link,
+            rename_to,
+            &sd.lock_path(),
+            &sd.machine_path(entry),
+            meta.ino(),
+            std::time::Duration::from_secs(2),
+        );
+    }
 }
 
 /// The machine's veth pair, if it still exists: the host-side link with the machine's name,
@@ -261,16 +267,7 @@ pub(super) async fn settle(
                 errors.push(e.into());
                 return errors;
             }
-            if let Ok(meta) = std::fs::metadata(sd.machine_path(&own.machine)) {
-                crate::sys::linux::forget_when_link_gone(
-                    &own.machine,
-                    None,
-                    &sd.lock_path(),
-                    &sd.machine_path(&own.machine),
-                    meta.ino(),
-                    std::time::Duration::from_secs(2),
-                );
-            }
+            forget_once_gone(sd, &own.machine, &own.machine, None);
         }
         Ok(None) => {}
         Err(e) => errors.push(e.into()),
