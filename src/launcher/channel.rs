@@ -120,7 +120,9 @@ impl Channel {
                     }
                     break (r.bytes, fds);
                 }
-                Err(nix::errno::Errno::EINTR) => continue,
+                // ECONNRESET: the peer closed with a message of ours unread. The error comes
+                // first and is cleared by being read; what the peer sent is still queued.
+                Err(nix::errno::Errno::EINTR | nix::errno::Errno::ECONNRESET) => continue,
                 Err(e) => return Err(e.into()),
             }
         };
@@ -365,6 +367,24 @@ mod tests {
         let (parent, child) = pair().unwrap();
         drop(parent);
         assert!(!child.wait_go().unwrap());
+    }
+
+    #[test]
+    fn a_report_outlives_a_message_the_child_never_read() {
+        // The child fails, the parent's CgroupsReady lands unread, the child exits: the kernel
+        // flags the parent's socket ECONNRESET, yet the report is still queued behind it.
+        let (parent, child) = pair().unwrap();
+        child.failed(&"make /nonexistent inaccessible", 1);
+        parent.cgroups_ready().unwrap();
+        drop(child);
+        match parent.wait_pid1() {
+            Err(ChildReport::Failed { error, exit_code: 1 }) => assert!(error.contains("inaccessible")),
+            other => panic!("the child's report was lost: {other:?}"),
+        }
+        assert!(matches!(
+            parent.wait_pid1(),
+            Err(ChildReport::Channel(ChannelError::Unexpected { got: None, .. }))
+        ));
     }
 
     fn tempfile_in_tmp() -> std::fs::File {
