@@ -646,6 +646,108 @@ fn cache_entries(env: &Env) -> usize {
     env.listing(&env.cache).iter().filter(|n| n.to_string_lossy().ends_with(".json")).count()
 }
 
+/// An HTTPS server on 127.0.0.1 (python's, with a leaf certificate for `localhost` signed by
+/// a CA made for the test) serving `root`; killed and waited for when dropped.
+struct HttpsServer {
+    child: std::process::Child,
+    port: u16,
+    ca: PathBuf,
+}
+
+impl HttpsServer {
+    fn start(root: &Path, scratch: &Path) -> HttpsServer {
+        let openssl = |args: &[&str]| {
+            let o = Command::new("openssl").args(args).current_dir(scratch).output().expect("run openssl");
+            assert!(o.status.success(), "openssl {args:?}: {}", stderr(&o));
+        };
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &["-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=mctl test CA"],
+            ]
+            .concat(),
+        );
+        openssl(
+            &[&["req"][..], &ec, &["-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=localhost"]]
+                .concat(),
+        );
+        std::fs::write(scratch.join("leaf.ext"), "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n")
+            .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "leaf.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "leaf.ext",
+        ]);
+        const SERVER: &str = r#"
+import functools, http.server, ssl, sys
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[1])
+s = http.server.HTTPServer(("127.0.0.1", 0), handler)
+c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+c.load_cert_chain(sys.argv[2] + "/leaf.pem", sys.argv[2] + "/leaf.key")
+s.socket = c.wrap_socket(s.socket, server_side=True)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+        let mut child = Command::new("python3")
+            .args(["-c", SERVER])
+            .arg(root)
+            .arg(scratch)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn python3");
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line)
+            .unwrap();
+        let port = line.trim().parse().unwrap_or_else(|_| panic!("no port from the HTTPS server: {line:?}"));
+        HttpsServer { child, port, ca: scratch.join("ca.pem") }
+    }
+}
+
+impl Drop for HttpsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Downloads go over TLS (rustls on ring): a server whose chain ends in a CA the host trusts
+/// is accepted, the same server is refused when its CA is unknown, and that refusal leaves no
+/// image and no temporary behind.
+#[test]
+fn pull_tar_over_https_checks_the_servers_certificate() {
+    let env = Env::new();
+    let (_plain, www, _) = serve_busybox(&env);
+    let tls = env.path().join("tls");
+    std::fs::create_dir(&tls).unwrap();
+    let srv = HttpsServer::start(&www, &tls);
+    let url = format!("https://localhost:{}/img/bb.tar.gz", srv.port);
+    let o = env.cmd().env("SSL_CERT_FILE", &srv.ca).args(["pull-tar", &url]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_same_tree(busybox_tree(), &env.image("bb"));
+    let o =
+        env.cmd().env("SSL_CERT_FILE", "/dev/null").args(["pull-tar", &url, "untrusted"]).output().unwrap();
+    assert!(!o.status.success() && stderr(&o).contains("certificate"), "{}", stderr(&o));
+    assert_eq!(env.images(), ["bb"]);
+    drop(srv);
+    env.ok(&["remove", "bb"]);
+    env.assert_clean("https", &["www", "tls"]);
+}
+
 #[test]
 fn pull_tar_verifies_and_caches() {
     let env = Env::new();

@@ -17,7 +17,7 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-need="debootstrap busybox-static systemd-container fdisk e2fsprogs dbus man-db util-linux nftables iproute2 libseccomp-dev python3 python3-jeepney libcap2-bin file xz-utils zstd gcc libc6-dev docker-registry skopeo umoci runc podman conmon containerd"
+need="debootstrap openssl busybox-static systemd-container fdisk e2fsprogs dbus man-db util-linux nftables iproute2 libseccomp-dev python3 python3-jeepney libcap2-bin file xz-utils zstd gcc libc6-dev docker-registry skopeo umoci runc podman conmon containerd"
 missing=""
 for p in $need; do
     dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"

@@ -14,6 +14,7 @@ pub mod bootstrap;
 pub mod compress;
 pub mod confined;
 pub mod disk;
+pub mod http;
 pub mod interrupt;
 pub mod lxc;
 pub mod oci;

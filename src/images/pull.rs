@@ -14,7 +14,6 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use reqwest::blocking::{Client, Response};
 use reqwest::header::{ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED};
@@ -232,10 +231,7 @@ pub fn pull_tar(
 
 /// A client for pulls: no overall timeout (images are large), but a bounded connect.
 pub fn client() -> Result<Client, PullError> {
-    Client::builder()
-        .user_agent(concat!("mctl/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(Duration::from_secs(30))
-        .timeout(None)
+    super::http::client_builder()
         .build()
         .map_err(|e| PullError::Request { url: String::new(), detail: chain(&e) })
 }

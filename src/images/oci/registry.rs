@@ -10,7 +10,6 @@ use std::io::Read;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
 
 use reqwest::blocking::{Client, RequestBuilder, Response};
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, LOCATION, RANGE, WWW_AUTHENTICATE};
@@ -153,10 +152,7 @@ impl Registry {
         opts: &RegistryOptions,
     ) -> Result<Registry, OciError> {
         let insecure_ok = is_loopback(api_host) || !opts.tls_verify;
-        let client = Client::builder()
-            .user_agent(concat!("mctl/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(30))
-            .timeout(None)
+        let client = crate::images::http::client_builder()
             .tls_danger_accept_invalid_certs(!opts.tls_verify)
             .build()
             .map_err(|e| OciError::Request {
