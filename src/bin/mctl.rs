@@ -2,10 +2,8 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let cli = mctl::cli::Cli::parse();
+    let cli = mctl::cli::Cli::parse_args(std::env::args_os().collect());
     mctl::logging::init(mctl::cli::is_quiet(&cli));
     match mctl::cli::run(cli, &mctl::cli::CliConfig::from_env()) {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),

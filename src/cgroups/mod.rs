@@ -526,8 +526,13 @@ impl MachineCgroup {
             let _ = crate::sys::linux::bpf_detach_device_program(prog.as_fd(), cg.as_fd());
         }
         for part in &self.parts {
-            let target = if self.keep_unit { part.payload() } else { part.machine.clone() };
-            if let Err(e) = remove_tree(&target, patience) {
+            // The payload first: the machine's cgroup is busy until its child cgroup is gone,
+            // and finding that out costs a failed rmdir and a listing of its files.
+            let mut targets = vec![part.payload()];
+            if !self.keep_unit {
+                targets.push(part.machine.clone());
+            }
+            if let Some(e) = targets.iter().find_map(|t| remove_tree(t, patience).err()) {
                 first_err.get_or_insert(e);
             }
             for parent in &part.parents {

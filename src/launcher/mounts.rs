@@ -828,21 +828,33 @@ pub fn protect_plan(boot_id: &uuid::Uuid, own_netns: bool) -> Vec<Step> {
         // A mount of its own, made before /proc/sys is bound and made read-only, stays writable.
         s.push(bind_self(Path::new("/proc/sys/net"), false));
     }
+    // What the kernel lacks is skipped, looked up once for both steps.
+    let if_exists =
+        |path: &str, then: Vec<Step>| Step::IfExists { path: p(path), then, otherwise: Vec::new() };
     for dir in PROC_READ_ONLY {
-        let optional = dir != "/proc/sys";
-        s.push(bind_self(Path::new(dir), optional));
-        s.push(remount_ro(Path::new(dir), NOSUID_NODEV_NOEXEC, optional));
+        let steps =
+            vec![bind_self(Path::new(dir), false), remount_ro(Path::new(dir), NOSUID_NODEV_NOEXEC, false)];
+        if dir == "/proc/sys" {
+            s.extend(steps);
+        } else {
+            s.push(if_exists(dir, steps));
+        }
     }
     for file in PROC_MASKED {
-        s.push(Step::Mount {
-            source: Some("/run/host/inaccessible/reg".into()),
-            target: p(file),
-            fstype: None,
-            flags: MsFlags::MS_BIND,
-            data: None,
-            optional: true,
-        });
-        s.push(remount_ro(Path::new(file), NOSUID_NODEV_NOEXEC, true));
+        s.push(if_exists(
+            file,
+            vec![
+                Step::Mount {
+                    source: Some("/run/host/inaccessible/reg".into()),
+                    target: p(file),
+                    fstype: None,
+                    flags: MsFlags::MS_BIND,
+                    data: None,
+                    optional: false,
+                },
+                remount_ro(Path::new(file), NOSUID_NODEV_NOEXEC, false),
+            ],
+        ));
     }
     let boot_id_file = p("/run/host/.boot_id");
     s.extend([
@@ -965,10 +977,11 @@ mod tests {
     fn inner_plan_masks_after_proc_and_shares_last() {
         let steps = inner_plan(&uuid::Uuid::nil(), false, &HostFacts::default());
         let proc_at = index_of(&steps, |s| matches!(s, Step::Mount { fstype: Some(t), .. } if t == "proc"));
-        let mask_at = index_of(
-            &steps,
-            |s| matches!(s, Step::Mount { target, .. } if target == Path::new("/proc/sysrq-trigger")),
-        );
+        let mask_at = index_of(&steps, |s| {
+            matches!(s, Step::IfExists { path, then, .. }
+                if path == Path::new("/proc/sysrq-trigger")
+                    && matches!(&then[0], Step::Mount { target, .. } if target == path))
+        });
         assert!(proc_at < mask_at);
         assert!(
             matches!(steps.last(), Some(Step::Mount { flags, .. }) if flags.contains(MsFlags::MS_SHARED))

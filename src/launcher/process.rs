@@ -450,7 +450,7 @@ fn run_once(
     let pid1 = Pid::from_raw(setup.pid1);
     let (notify, console) = run.start(&parent, setup)?;
     let status = supervise(ctx.spec, pid1, sigfd, &notify, console);
-    run.end(status?)
+    run.end(status?, record)
 }
 
 /// With `-S/--slice` on a host run by systemd, the launcher moves into a delegated scope
@@ -606,20 +606,25 @@ impl<'a> Run<'a> {
 
     /// PID 1 has exited and was reaped: the machine is unregistered, its network and cgroup
     /// go (before a reboot's next run).
-    fn end(mut self, status: WaitStatus) -> Result<Outcome, LaunchError> {
+    fn end(mut self, status: WaitStatus, record: &mut LaunchRecord) -> Result<Outcome, LaunchError> {
+        // The network goes on a thread of its own meanwhile.
+        let network = self.net.take().map(network::MachineNetwork::start_teardown_after_exit);
         if std::mem::take(&mut self.registered) {
             register::unregister(self.spec.name.as_str());
-        }
-        if let Some(net) = self.net.take() {
-            net.teardown_after_exit();
         }
         let outcome = decode(self.spec, status);
         tell_supervisor(&[
             NotifyState::Stopping,
             NotifyState::Status(if outcome == Outcome::Reboot { "Restarting..." } else { "Terminating..." }),
         ]);
-        if let Some(Err(e)) = self.cgroup.take().map(MachineCgroup::remove) {
-            tracing::warn!("{e}");
+        match self.cgroup.take().map(MachineCgroup::remove) {
+            Some(Err(e)) => tracing::warn!("{e}"),
+            // Nothing left for the record to clean up at the launcher's exit.
+            Some(Ok(())) => record.forget_cgroups(),
+            None => {}
+        }
+        if let Some(teardown) = network {
+            teardown.wait();
         }
         Ok(outcome)
     }

@@ -71,6 +71,13 @@ impl LaunchRecord {
         self.save()
     }
 
+    /// The machine's cgroups are gone: nothing to remove at the end. (The file on disk may
+    /// still name them; a sweep finds them gone.)
+    pub fn forget_cgroups(&mut self) {
+        self.data.cgroups.clear();
+        self.data.parents.clear();
+    }
+
     fn save(&self) -> io::Result<()> {
         let tmp = self.file.with_extension("json.tmp");
         let mut f = fs::File::create(&tmp)?;

@@ -99,6 +99,7 @@ mod teardown;
 pub use link::loopback_up;
 pub use spec::{NetworkMode, NetworkSpec, PortForward, Proto, parse_port};
 
+use crate::runtime::Background;
 use addr::AddrError;
 use link::{LinkError, Rt};
 use nat::NatError;
@@ -244,27 +245,31 @@ impl MachineNetwork {
     /// to die with the machine's namespace (as with nspawn), sparing the launcher the RCU grace
     /// period an explicit deletion waits for; its state stays `dismantling` (holding the link
     /// name and subnet) until the kernel has removed it, so nothing can reuse them early.
-    pub fn teardown_after_exit(mut self) {
-        for e in self.teardown_inner(true) {
-            tracing::warn!("{e}");
-        }
+    pub fn teardown_after_exit(self) {
+        self.start_teardown_after_exit().wait();
+    }
+
+    /// [`teardown_after_exit`](Self::teardown_after_exit) on a thread of its own, so that the
+    /// launcher removes the machine's cgroups meanwhile.
+    pub fn start_teardown_after_exit(mut self) -> Teardown {
+        Teardown(self.start_teardown(true))
     }
 
     /// Like [`teardown`](Self::teardown), but returns the problems instead of logging them.
     pub fn teardown_report(&mut self) -> Vec<NetworkError> {
-        self.teardown_inner(false)
+        Teardown(self.start_teardown(false)).report()
     }
 
-    fn teardown_inner(&mut self, pid1_reaped: bool) -> Vec<NetworkError> {
+    fn start_teardown(&mut self, pid1_reaped: bool) -> Option<Background<Vec<NetworkError>>> {
         let Some(st) = self.state.take() else {
             self.guest_ns = None;
-            return Vec::new();
+            return None;
         };
         let dir = self.state_dir.clone();
         let guest_ns = self.guest_ns.take();
         let host_ns = self.host_ns.take();
         let leave_pair = pid1_reaped;
-        crate::runtime::block_on_thread(move || async move {
+        Some(crate::runtime::spawn_on_thread(move || async move {
             let sd = match StateDir::lock(&dir) {
                 Ok(sd) => sd,
                 Err(e) => return vec![e.into()],
@@ -273,8 +278,28 @@ impl MachineNetwork {
                 Ok(rt) => undo(&rt, &sd, &st, guest_ns.as_ref(), host_ns.as_ref(), leave_pair).await,
                 Err(e) => vec![e.into()],
             }
-        })
-        .unwrap_or_else(|| vec![NetworkError::Thread("teardown")])
+        }))
+    }
+}
+
+/// A machine's network being undone on a thread of its own.
+#[derive(Debug)]
+#[must_use = "the teardown is waited for with wait"]
+pub struct Teardown(Option<Background<Vec<NetworkError>>>);
+
+impl Teardown {
+    /// Waits for the teardown; problems are logged.
+    pub fn wait(self) {
+        for e in self.report() {
+            tracing::warn!("{e}");
+        }
+    }
+
+    fn report(self) -> Vec<NetworkError> {
+        match self.0 {
+            None => Vec::new(),
+            Some(work) => work.join().unwrap_or_else(|| vec![NetworkError::Thread("teardown")]),
+        }
     }
 }
 
