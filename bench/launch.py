@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Launcher benchmarks: mctl side by side with systemd-nspawn and bwrap, in one run.
 
-    bench/launch.py [--runs N] [--boots N]
+    bench/launch.py [--runs N] [--boots N] [--only run,boot,ephemeral,veth] [--v2-box]
 
 Needs root, a release build (cargo build --release) and the cached Debian tree
 (bootstrap/cached.sh debian bookworm). Prints medians and the ratio mctl/peer for:
@@ -10,6 +10,10 @@ Needs root, a release build (cargo build --release) and the cached Debian tree
   3. boot to READY=1 of an ephemeral (-x) machine against a plain boot of the same image;
   4. what --network-veth adds to `run /bin/true` (run inside a network namespace made for it).
 Every run works on private copies of the tree, removed afterwards.
+
+--v2-box runs the same benchmarks on a pure cgroup2 host: a Debian guest booted with mctl
+(bootstrap/bench-box.sh: the tree plus python3, nspawn and bwrap), which sees only cgroup2;
+this script runs again inside it, in a service with a delegated cgroup, as a host's would.
 """
 import argparse, contextlib, json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
@@ -17,8 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MCTL = os.path.join(ROOT, "target/release/mctl")
 
 
-def tree():
-    out = subprocess.run([os.path.join(ROOT, "bootstrap/cached.sh"), "debian", "bookworm"],
+def cached(recipe):
+    out = subprocess.run([os.path.join(ROOT, "bootstrap/cached.sh"), recipe, "bookworm"],
                          check=True, capture_output=True, text=True)
     return out.stdout.strip()
 
@@ -127,27 +131,81 @@ def netns_timed(cmds, runs):
 
 
 def main():
+    global MCTL
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--boots", type=int, default=11)
     ap.add_argument("--only", default="run,boot,ephemeral,veth",
                     help="comma-separated subset of: run, boot, ephemeral, veth")
+    ap.add_argument("--v2-box", action="store_true", help="run inside a pure cgroup2 guest")
+    ap.add_argument("--mctl", default=MCTL, help=argparse.SUPPRESS)
+    ap.add_argument("--tree", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    args.only = set(args.only.split(","))
     if os.geteuid() != 0:
         sys.exit("bench needs root")
-    if not os.path.exists(MCTL):
+    if not os.path.exists(args.mctl):
         sys.exit("build first: cargo build --release")
-    src = tree()
+    if args.v2_box:
+        return in_v2_box(args)
+    MCTL = args.mctl
+    args.only = set(args.only.split(","))
+    src = args.tree or cached("debian")
     with nspawn_cgroups():
         run_benchmarks(args, src)
+
+
+def in_v2_box(args):
+    """Boots the bench box with mctl and runs this script in it on the same tree and binary."""
+    box_src, tree_src = cached("bench-box"), cached("debian")
+    with tempfile.TemporaryDirectory(prefix="mctl-bench-box-", dir="/var/tmp") as scratch:
+        box = os.path.join(scratch, "benchbox")
+        subprocess.run(["cp", "-a", box_src, box], check=True)
+        binds = [f"{ROOT}:/opt/mctl-src", f"{os.path.dirname(os.path.abspath(args.mctl))}:/opt/mctl-build",
+                 f"{tree_src}:/opt/tree"]
+        cmd = [MCTL, "boot", "-q", "--console=passive", "--register=no", "-D", box]
+        cmd += [f"--bind-ro={b}" for b in binds]
+        path = os.path.join(scratch, "notify.sock")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(path)
+        sock.settimeout(120)
+        p = subprocess.Popen(cmd, env=dict(os.environ, NOTIFY_SOCKET=path), stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            leader = None
+            while True:
+                for line in sock.recv(4096).decode().splitlines():
+                    if line.startswith("X_MCTL_LEADER_PID="):
+                        leader = line.split("=", 1)[1]
+                    if line == "READY=1" and leader:
+                        break
+                else:
+                    continue
+                break
+            inner = ["systemd-run", "--wait", "--pipe", "-q", "-p", "Delegate=yes", "python3",
+                     "/opt/mctl-src/bench/launch.py", "--mctl", "/opt/mctl-build/" + os.path.basename(args.mctl),
+                     "--tree", "/opt/tree", "--runs", str(args.runs), "--boots", str(args.boots),
+                     "--only", args.only]
+            print("in the pure cgroup2 bench box (a guest booted with mctl):", flush=True)
+            subprocess.run(["nsenter", "-t", leader, "-m", "-u", "-i", "-p", "-C", "-r", "-w", "--"] + inner,
+                           check=True, stdin=subprocess.DEVNULL)
+        finally:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            sock.close()
 
 
 def run_benchmarks(args, src):
     with tempfile.TemporaryDirectory(prefix="mctl-bench-", dir="/var/tmp") as scratch:
         a, b = os.path.join(scratch, "mctlbench"), os.path.join(scratch, "nspawnbench")
         for d in (a, b):
-            subprocess.run(["cp", "-a", src, d], check=True)
+            # Without /dev's nodes, which a guest may not make (the box): every launcher
+            # here mounts a /dev of its own.
+            os.mkdir(d)
+            subprocess.run(f"tar -C {src} --exclude=./dev/* -cf - . | tar -C {d} -xf -", shell=True, check=True)
         if "run" in args.only:
             bench_run(args, a, b)
         if "boot" in args.only:
