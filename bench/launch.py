@@ -67,14 +67,17 @@ def is_nspawn(cmd):
     return cmd and cmd[0] == "systemd-nspawn"
 
 
-def timed(cmd, runs):
-    samples = []
+def timed(cmds, runs):
+    """Medians of each command, taking turns run by run (so a drift of the machine's speed
+    affects all alike)."""
+    samples = [[] for _ in cmds]
     for _ in range(runs):
-        t = time.perf_counter()
-        subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL, preexec_fn=enter_nspawn_cgroups if is_nspawn(cmd) else None)
-        samples.append(time.perf_counter() - t)
-    return statistics.median(samples)
+        for cmd, out in zip(cmds, samples):
+            t = time.perf_counter()
+            subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, preexec_fn=enter_nspawn_cgroups if is_nspawn(cmd) else None)
+            out.append(time.perf_counter() - t)
+    return [statistics.median(s) for s in samples]
 
 
 def boot_once(cmd, scratch):
@@ -126,7 +129,9 @@ print(json.dumps(out))
 def netns_timed(cmds, runs):
     """Medians of each command, run in a fresh network (and mount) namespace."""
     out = subprocess.run(["unshare", "--net", "--mount", "--propagation", "private", "python3", "-c",
-                          NETNS_LOOP, json.dumps(cmds), str(runs)], check=True, capture_output=True, text=True)
+                          NETNS_LOOP, json.dumps(cmds), str(runs)], capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"a run in the test network namespace failed:\n{out.stderr}")
     return json.loads(out.stdout)
 
 
@@ -162,7 +167,8 @@ def in_v2_box(args):
         subprocess.run(["cp", "-a", box_src, box], check=True)
         binds = [f"{ROOT}:/opt/mctl-src", f"{os.path.dirname(os.path.abspath(args.mctl))}:/opt/mctl-build",
                  f"{tree_src}:/opt/tree"]
-        cmd = [MCTL, "boot", "-q", "--console=passive", "--register=no", "-D", box]
+        # A network namespace of its own, where it may configure links (the veth benchmark).
+        cmd = [MCTL, "boot", "-q", "--console=passive", "--register=no", "--private-network", "-D", box]
         cmd += [f"--bind-ro={b}" for b in binds]
         path = os.path.join(scratch, "notify.sock")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -218,13 +224,15 @@ def run_benchmarks(args, src):
 
 def bench_run(args, a, b):
     print(f"run /bin/true in the minbase tree, median of {args.runs}:")
-    mctl = timed([MCTL, "run", "-q", "-D", a, "/bin/true"], args.runs)
-    nspawn = timed(["systemd-nspawn", "-q", "--register=no", "--keep-unit", "-D", b, "/bin/true"], args.runs)
-    line = f"  mctl {mctl*1000:7.2f} ms   nspawn {nspawn*1000:7.2f} ms   ratio {mctl/nspawn:.3f}"
+    cmds = [[MCTL, "run", "-q", "-D", a, "/bin/true"],
+            ["systemd-nspawn", "-q", "--register=no", "--keep-unit", "-D", b, "/bin/true"]]
     if shutil.which("bwrap"):
-        bwrap = timed(["bwrap", "--bind", a, "/", "--proc", "/proc", "--dev", "/dev",
-                       "--unshare-pid", "--unshare-uts", "--unshare-ipc", "/bin/true"], args.runs)
-        line += f"   bwrap {bwrap*1000:7.2f} ms   mctl/bwrap {mctl/bwrap:.2f}"
+        cmds.append(["bwrap", "--bind", a, "/", "--proc", "/proc", "--dev", "/dev",
+                     "--unshare-pid", "--unshare-uts", "--unshare-ipc", "/bin/true"])
+    mctl, nspawn, *bwrap = timed(cmds, args.runs)
+    line = f"  mctl {mctl*1000:7.2f} ms   nspawn {nspawn*1000:7.2f} ms   ratio {mctl/nspawn:.3f}"
+    for bw in bwrap:
+        line += f"   bwrap {bw*1000:7.2f} ms   mctl/bwrap {mctl/bw:.2f}"
     print(line)
 
 
