@@ -481,7 +481,7 @@ pub fn skopeo_inspect(args: &[&str]) -> serde_json::Value {
 /// Pushes a hand-made image straight through the registry API: `layers` are (media type,
 /// blob), the configuration is `config`.
 pub fn push_raw(addr: &str, repo: &str, tag: &str, config: &[u8], layers: &[(&str, Vec<u8>)]) -> String {
-    let c = reqwest::blocking::Client::new();
+    let c = mctl::images::http::client_builder().build().unwrap();
     let put_blob = |data: &[u8]| -> String {
         let d = format!("sha256:{}", sha256_hex(data));
         let r = c.post(format!("http://{addr}/v2/{repo}/blobs/uploads/")).send().unwrap();
