@@ -77,7 +77,7 @@ pub enum Step {
         /// Mode of created directories.
         mode: u32,
     },
-    /// A mount; `optional` ones are skipped when the target does not exist.
+    /// A mount.
     Mount {
         /// Bind source or fs name (`tmpfs`); `None` for remounts and propagation changes.
         source: Option<String>,
@@ -89,8 +89,6 @@ pub enum Step {
         flags: MsFlags,
         /// mount(2)'s data string (`mode=755,size=4m`, `lowerdir=…`); `None` for none.
         data: Option<String>,
-        /// Skip when the target is missing.
-        optional: bool,
     },
     /// A device node, fifo or socket inode.
     MkNod {
@@ -339,10 +337,7 @@ fn apply_leaf(sys: &dyn Sys, trees: &Trees, step: &Step) -> io::Result<()> {
         Step::Try(_) | Step::IfExists { .. } => Ok(()),
         Step::PlaceFile { path, contents, mode, replace } => sys.place_file(path, contents, *mode, *replace),
         Step::MkDir { path, mode } => sys.mkdir_all(path, *mode),
-        Step::Mount { source, target, fstype, flags, data, optional } => {
-            if *optional && !sys.exists(target) {
-                return Ok(());
-            }
+        Step::Mount { source, target, fstype, flags, data } => {
             sys.mount(source.as_deref(), target, fstype.as_deref(), *flags, data.as_deref())
         }
         Step::MkNod { path, kind, mode, major, minor } => sys.mknod(path, *kind, *mode, *major, *minor),
@@ -401,29 +396,26 @@ fn mount(fstype: &str, target: &str, flags: MsFlags, data: &str) -> Step {
         fstype: Some(fstype.to_owned()),
         flags,
         data: (!data.is_empty()).then(|| data.to_owned()),
-        optional: false,
     }
 }
 
-fn bind_self(target: &Path, optional: bool) -> Step {
+fn bind_self(target: &Path) -> Step {
     Step::Mount {
         source: Some(target.display().to_string()),
         target: target.to_owned(),
         fstype: None,
         flags: MsFlags::MS_BIND | MsFlags::MS_REC,
         data: None,
-        optional,
     }
 }
 
-fn remount_ro(target: &Path, extra: MsFlags, optional: bool) -> Step {
+fn remount_ro(target: &Path, extra: MsFlags) -> Step {
     Step::Mount {
         source: None,
         target: target.to_owned(),
         fstype: None,
         flags: MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | extra,
         data: None,
-        optional,
     }
 }
 
@@ -462,7 +454,6 @@ pub fn isolate_plan() -> Vec<Step> {
         fstype: None,
         flags: MsFlags::MS_SLAVE | MsFlags::MS_REC,
         data: None,
-        optional: false,
     }]
 }
 
@@ -472,10 +463,10 @@ pub fn root_plan(root: &Path, read_only: bool, idmapped: bool) -> Vec<Step> {
     let mut steps = vec![if idmapped {
         Step::Attach { tree: TreeId::Root, target: root.to_owned(), only_if_exists: false }
     } else {
-        bind_self(root, false)
+        bind_self(root)
     }];
     if read_only {
-        steps.push(remount_ro(root, MsFlags::empty(), false));
+        steps.push(remount_ro(root, MsFlags::empty()));
     }
     steps.push(Step::PivotRoot { new_root: root.to_owned() });
     steps
@@ -506,7 +497,6 @@ fn overlay_step(lowers: &[PathBuf], upper_work: Option<(PathBuf, PathBuf)>, targ
         fstype: Some("overlay".into()),
         flags: MsFlags::empty(),
         data: Some(data),
-        optional: false,
     }
 }
 
@@ -522,7 +512,6 @@ pub fn scratch_plan(spec: &LaunchSpec, scratch: &Path, owner: Option<IdRange>) -
         fstype: Some("tmpfs".into()),
         flags: NOSUID_NODEV,
         data: Some("mode=0700".into()),
-        optional: false,
     }];
     if spec.root_overlay() {
         let (upper, work) = (scratch.join("root.upper"), scratch.join("root.work"));
@@ -545,7 +534,6 @@ pub fn scratch_plan(spec: &LaunchSpec, scratch: &Path, owner: Option<IdRange>) -
             fstype: Some("tmpfs".into()),
             flags: MsFlags::MS_NOSUID,
             data: Some(owned("mode=0755", owner)),
-            optional: false,
         });
     }
     for (i, o) in spec.overlays.iter().enumerate() {
@@ -575,7 +563,6 @@ pub fn scratch_plan(spec: &LaunchSpec, scratch: &Path, owner: Option<IdRange>) -
                 fstype: None,
                 flags: MsFlags::MS_BIND | MsFlags::MS_REC,
                 data: None,
-                optional: false,
             });
         } else {
             s.push(overlay_step(&o.lowers, layers, mnt));
@@ -731,7 +718,6 @@ pub fn outer_plan(
             fstype: Some("ramfs".into()),
             flags: NOSUID_NODEV_NOEXEC,
             data: Some("mode=700".into()),
-            optional: false,
         });
         if let Some(r) = owner {
             s.push(Step::Chown { path: dir.clone(), uid: r.start, gid: r.start });
@@ -740,7 +726,7 @@ pub fn outer_plan(
             s.push(Step::WriteFile { path: dir.join(&c.id), contents: c.value.clone(), mode: 0o400 });
         }
         s.push(Step::Chmod { path: dir.clone(), mode: 0o500 });
-        s.push(remount_ro(&dir, NOSUID_NODEV_NOEXEC, false));
+        s.push(remount_ro(&dir, NOSUID_NODEV_NOEXEC));
     }
     s.extend(super::bind_user::steps(&spec.bind_users));
     let (resolv, localtime) = super::host_etc::actions(spec, &host.etc);
@@ -764,7 +750,6 @@ pub fn outer_plan(
             fstype: Some("tmpfs".into()),
             flags: NOSUID_NODEV,
             data: Some(owned(&t.options, owner)),
-            optional: false,
         });
     }
     // Last, so that they cover whatever the mounts above put there.
@@ -826,14 +811,13 @@ pub fn protect_plan(boot_id: &uuid::Uuid, own_netns: bool) -> Vec<Step> {
     let mut s = Vec::new();
     if own_netns {
         // A mount of its own, made before /proc/sys is bound and made read-only, stays writable.
-        s.push(bind_self(Path::new("/proc/sys/net"), false));
+        s.push(bind_self(Path::new("/proc/sys/net")));
     }
     // What the kernel lacks is skipped, looked up once for both steps.
     let if_exists =
         |path: &str, then: Vec<Step>| Step::IfExists { path: p(path), then, otherwise: Vec::new() };
     for dir in PROC_READ_ONLY {
-        let steps =
-            vec![bind_self(Path::new(dir), false), remount_ro(Path::new(dir), NOSUID_NODEV_NOEXEC, false)];
+        let steps = vec![bind_self(Path::new(dir)), remount_ro(Path::new(dir), NOSUID_NODEV_NOEXEC)];
         if dir == "/proc/sys" {
             s.extend(steps);
         } else {
@@ -850,9 +834,8 @@ pub fn protect_plan(boot_id: &uuid::Uuid, own_netns: bool) -> Vec<Step> {
                     fstype: None,
                     flags: MsFlags::MS_BIND,
                     data: None,
-                    optional: false,
                 },
-                remount_ro(Path::new(file), NOSUID_NODEV_NOEXEC, false),
+                remount_ro(Path::new(file), NOSUID_NODEV_NOEXEC),
             ],
         ));
     }
@@ -869,12 +852,11 @@ pub fn protect_plan(boot_id: &uuid::Uuid, own_netns: bool) -> Vec<Step> {
             fstype: None,
             flags: MsFlags::MS_BIND,
             data: None,
-            optional: false,
         },
-        remount_ro(Path::new("/proc/sys/kernel/random/boot_id"), NOSUID_NODEV_NOEXEC, false),
+        remount_ro(Path::new("/proc/sys/kernel/random/boot_id"), NOSUID_NODEV_NOEXEC),
         Step::Remove { path: boot_id_file },
         // Its atime mode as mounted: in a user namespace it is locked.
-        remount_ro(Path::new("/run/host"), NOSUID_NODEV_NOEXEC | MsFlags::MS_STRICTATIME, false),
+        remount_ro(Path::new("/run/host"), NOSUID_NODEV_NOEXEC | MsFlags::MS_STRICTATIME),
         share_root(),
     ]);
     s
@@ -889,7 +871,6 @@ pub fn share_root() -> Step {
         fstype: None,
         flags: MsFlags::MS_SHARED | MsFlags::MS_REC,
         data: None,
-        optional: false,
     }
 }
 
