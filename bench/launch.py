@@ -80,6 +80,16 @@ def timed(cmds, runs):
     return [statistics.median(s) for s in samples]
 
 
+def wait_ready(sock):
+    """Reads notify messages until READY=1; returns every VAR=value seen by then."""
+    seen = {}
+    while seen.get("READY") != "1":
+        for line in sock.recv(4096).decode().splitlines():
+            var, _, value = line.partition("=")
+            seen[var] = value
+    return seen
+
+
 def boot_once(cmd, scratch):
     """Seconds to READY=1 and from SIGTERM to exit."""
     path = os.path.join(scratch, "notify.sock")
@@ -93,10 +103,7 @@ def boot_once(cmd, scratch):
     p = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, preexec_fn=enter_nspawn_cgroups if is_nspawn(cmd) else None)
     try:
-        while True:
-            msg = sock.recv(4096).decode()
-            if "READY=1" in msg.splitlines():
-                break
+        wait_ready(sock)
         ready = time.perf_counter() - t0
         t1 = time.perf_counter()
         p.send_signal(signal.SIGTERM)
@@ -168,7 +175,7 @@ def in_v2_box(args):
         binds = [f"{ROOT}:/opt/mctl-src", f"{os.path.dirname(os.path.abspath(args.mctl))}:/opt/mctl-build",
                  f"{tree_src}:/opt/tree"]
         # A network namespace of its own, where it may configure links (the veth benchmark).
-        cmd = [MCTL, "boot", "-q", "--console=passive", "--register=no", "--private-network", "-D", box]
+        cmd = [args.mctl, "boot", "-q", "--console=passive", "--register=no", "--private-network", "-D", box]
         cmd += [f"--bind-ro={b}" for b in binds]
         path = os.path.join(scratch, "notify.sock")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -177,16 +184,7 @@ def in_v2_box(args):
         p = subprocess.Popen(cmd, env=dict(os.environ, NOTIFY_SOCKET=path), stdin=subprocess.DEVNULL,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            leader = None
-            while True:
-                for line in sock.recv(4096).decode().splitlines():
-                    if line.startswith("X_MCTL_LEADER_PID="):
-                        leader = line.split("=", 1)[1]
-                    if line == "READY=1" and leader:
-                        break
-                else:
-                    continue
-                break
+            leader = wait_ready(sock)["X_MCTL_LEADER_PID"]
             inner = ["systemd-run", "--wait", "--pipe", "-q", "-p", "Delegate=yes", "python3",
                      "/opt/mctl-src/bench/launch.py", "--mctl", "/opt/mctl-build/" + os.path.basename(args.mctl),
                      "--tree", "/opt/tree", "--runs", str(args.runs), "--boots", str(args.boots),
