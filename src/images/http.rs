@@ -6,8 +6,8 @@ use reqwest::blocking::{Client, ClientBuilder};
 
 /// A client builder with mctl's user agent, a bounded connect and no overall timeout (images
 /// are large). TLS is rustls over *ring*: aws-lc, rustls' default, runs a CPU-probing
-/// constructor (slow under a hypervisor) and adds some 200 KB of start-up relocations to every
-/// mctl process, also the launches that never download.
+/// constructor (slow under a hypervisor) and adds about 50 KB of data relocated at start-up to
+/// every mctl process, also the launches that never download.
 pub fn client_builder() -> ClientBuilder {
     // A second call (or a provider installed earlier) leaves the installed one in place.
     let _ = rustls::crypto::ring::default_provider().install_default();
