@@ -174,7 +174,8 @@ fn forget_once_gone(sd: &StateDir, entry: &str, link: &str, rename_to: Option<&s
             &sd.lock_path(),
             &sd.machine_path(entry),
             meta.ino(),
-            std::time::Duration::from_secs(2),
+            // Usually milliseconds; seconds when the kernel has many namespaces to dismantle.
+            std::time::Duration::from_secs(30),
         );
     }
 }

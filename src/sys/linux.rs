@@ -1013,13 +1013,14 @@ pub fn forget_when_link_gone(
         fill(&mut after.ifr_name, n);
         (r, after)
     });
-    // Longer than u32::MAX rounds of 2 ms (over three months): that many.
-    let rounds = u32::try_from((patience.as_millis() / 2).max(1)).unwrap_or(u32::MAX);
+    // The child's polls start 2 ms apart (the usual case is over within a few) and back off
+    // to 64 ms, for when the kernel is slow to dismantle namespaces.
+    let patience_ns = i128::try_from(patience.as_nanos()).unwrap_or(i128::MAX);
     let max = open_fds().into_iter().max().unwrap_or(0);
     // SAFETY: fork(2); what the child does is below.
     match unsafe { libc::fork() } {
         // SAFETY: the child uses only async-signal-safe system calls (close, ioctl, nanosleep,
-        // open, flock, stat, unlink, _exit) on data prepared before the fork, so the parent's
+        // clock_gettime, open, flock, stat, unlink, _exit) on data prepared before the fork, so the parent's
         // other threads and their locks cannot matter to it; `req`, `lock` and `file` are
         // live copies in the child's memory.
         0 => unsafe {
@@ -1033,14 +1034,24 @@ pub fn forget_when_link_gone(
             {
                 req = after;
             }
-            let pause = libc::timespec { tv_sec: 0, tv_nsec: 2_000_000 };
+            let now = || {
+                let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+                libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t);
+                i128::from(t.tv_sec) * 1_000_000_000 + i128::from(t.tv_nsec)
+            };
+            let start = now();
+            let mut pause = libc::timespec { tv_sec: 0, tv_nsec: 2_000_000 };
             let mut gone = false;
-            for _ in 0..rounds {
+            loop {
                 if libc::ioctl(sock, libc::SIOCGIFINDEX, &mut req) < 0 {
                     gone = true;
                     break;
                 }
+                if now() - start >= patience_ns {
+                    break;
+                }
                 libc::nanosleep(&pause, std::ptr::null_mut());
+                pause.tv_nsec = (pause.tv_nsec * 2).min(64_000_000);
             }
             if gone {
                 let l = libc::open(lock.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
