@@ -80,6 +80,13 @@ pub fn read(root: BorrowedFd<'_>, path: &Path, limit: usize) -> Result<Vec<u8>, 
     Ok(out)
 }
 
+/// Whether `path` (as seen inside the machine, symlinks followed within it) exists below the
+/// machine's root directory `root`. Opens nothing but a path handle, so no FIFO or device is
+/// ever opened.
+pub fn exists(root: BorrowedFd<'_>, path: &Path) -> bool {
+    open_in_root(root, path, libc::O_PATH).is_ok()
+}
+
 /// [`read`] as text (invalid UTF-8 replaced).
 pub fn read_string(root: BorrowedFd<'_>, path: &Path, limit: usize) -> Result<String, GuestFileError> {
     read(root, path, limit).map(|b| String::from_utf8_lossy(&b).into_owned())
