@@ -168,6 +168,7 @@ fn sandbox_shape() {
         [ "$(cat /run/host/container-uuid)" = "$container_uuid" ] || echo uuid-mismatch
         echo "$container"
         grep -q ' / ' /proc/self/mountinfo && grep ' / ' /proc/self/mountinfo | grep -q shared || echo root-not-shared
+        [ "$(awk '$5 == "/"' /proc/self/mountinfo | wc -l)" = 1 ] || echo host-root-still-mounted
         cat /proc/self/cgroup | grep '^0::'
     "#;
     let o = run_in(&dir, &[], &["sh", "-c", script]);

@@ -221,6 +221,25 @@ impl ParentEnd {
         }
     }
 
+    /// Why the outer child, which exited with `status` after reporting PID 1, failed: its
+    /// report, else what the status says.
+    pub fn outer_failure(&self, status: Option<nix::sys::wait::WaitStatus>) -> ChildReport {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        // Without waiting: PID 1 holds the child end open, so no end of file would come.
+        let mut fds = [PollFd::new(self.0.fd(), PollFlags::POLLIN)];
+        let queued = poll(&mut fds, PollTimeout::ZERO).is_ok_and(|n| n > 0)
+            && fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLIN));
+        match queued.then(|| self.0.recv()) {
+            Some(Ok(Some((Message::Failed { error, exit_code }, _)))) => {
+                ChildReport::Failed { error, exit_code }
+            }
+            _ => ChildReport::Failed {
+                error: format!("the launcher's child ended unexpectedly ({status:?})"),
+                exit_code: 1,
+            },
+        }
+    }
+
     /// Tells the machine's PID 1 to execute its payload.
     pub fn go(&self) -> Result<(), ChannelError> {
         self.0.send(&Message::Go, &[])
@@ -385,6 +404,23 @@ mod tests {
             parent.wait_pid1(),
             Err(ChildReport::Channel(ChannelError::Unexpected { got: None, .. }))
         ));
+    }
+
+    #[test]
+    fn an_outer_child_failing_after_pid1_is_reported_without_waiting_for_pid1() {
+        // PID 1 keeps its copy of the child end open: the parent must not wait for an end of
+        // file that never comes.
+        let (parent, child) = pair().unwrap();
+        match parent.outer_failure(None) {
+            ChildReport::Failed { error, exit_code: 1 } => assert!(error.contains("ended unexpectedly")),
+            other => panic!("{other:?}"),
+        }
+        child.failed(&"detach the old root: EBUSY", 1);
+        match parent.outer_failure(None) {
+            ChildReport::Failed { error, exit_code: 1 } => assert!(error.contains("old root")),
+            other => panic!("{other:?}"),
+        }
+        drop(child);
     }
 
     fn tempfile_in_tmp() -> std::fs::File {

@@ -167,11 +167,13 @@ pub enum Step {
         /// The path (symlinks followed).
         path: PathBuf,
     },
-    /// `pivot_root` into `new_root`, detaching the old root.
+    /// `pivot_root` into `new_root`; the old root stays until [`Step::DetachOldRoot`].
     PivotRoot {
         /// The new root.
         new_root: PathBuf,
     },
+    /// Detaches the old root a [`Step::PivotRoot`] left (waits for an RCU grace period).
+    DetachOldRoot,
     /// A file copied in: with `replace` through a new file renamed over whatever is there
     /// (symlinks too), else written in place unless `path` is a symlink.
     PlaceFile {
@@ -227,6 +229,7 @@ impl fmt::Display for Step {
             Step::Mask { path } => write!(f, "make {} inaccessible", path.display()),
             Step::Chmod { path, .. } => write!(f, "change the mode of {}", path.display()),
             Step::PivotRoot { new_root } => write!(f, "pivot_root into {}", new_root.display()),
+            Step::DetachOldRoot => f.write_str("detach the old root"),
             Step::PlaceFile { path, .. } => write!(f, "copy a file to {}", path.display()),
             Step::Try(steps) => match steps.first() {
                 Some(first) => write!(f, "try to {first}"),
@@ -382,6 +385,7 @@ fn apply_leaf(sys: &dyn Sys, trees: &Trees, step: &Step) -> io::Result<()> {
         }
         Step::Chown { path, uid, gid } => sys.lchown(path, *uid, *gid),
         Step::PivotRoot { new_root } => sys.pivot_root(new_root),
+        Step::DetachOldRoot => sys.detach_old_root(),
     }
 }
 

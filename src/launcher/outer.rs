@@ -103,6 +103,10 @@ fn outer(ctx: &ChildContext<'_>, chan: &ChildEnd) -> Result<(), ChildError> {
     let read_only = ctx.spec.read_only || ctx.spec.volatile == Volatile::State;
     let idmapped_root = userns && !ctx.spec.root_overlay() && ctx.spec.volatile != Volatile::Yes;
     mounts::apply(&sys, &trees, &mounts::root_plan(&ctx.spec.root, read_only, idmapped_root))?;
+    if userns {
+        // PID 1 copies this mount namespace as soon as the tree is complete.
+        mounts::apply(&sys, &trees, &[mounts::Step::DetachOldRoot])?;
+    }
     let outer_plan = mounts::outer_plan(ctx.spec, &ctx.uuid, &ctx.host, ctx.private_users);
     mounts::apply_owned(&sys, &trees, &outer_plan, ctx.private_users)?;
     drop(trees);
@@ -157,6 +161,10 @@ fn outer(ctx: &ChildContext<'_>, chan: &ChildEnd) -> Result<(), ChildError> {
         Forked::Child => inner::run(ctx, chan, console.as_deref()),
         Forked::Parent(pid) => chan.pid(pid)?,
     }
+    // Now, while PID 1 mounts its API file systems: the unmount waits out an RCU grace period
+    // (about 0.5 ms). Lookups from the new root never reach the old one stacked on it, and PID 1
+    // executes its payload only once the launcher has seen this process exit 0.
+    mounts::apply(&sys, &Trees::default(), &[mounts::Step::DetachOldRoot])?;
     Ok(())
 }
 

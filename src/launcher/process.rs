@@ -565,14 +565,19 @@ impl<'a> Run<'a> {
         let setup = parent.wait_pid1()?;
         let outer = self.children.pids[0];
         self.children.pids.push(Pid::from_raw(setup.pid1));
-        // The outer child exits right after reporting; PID 1 is then ours (we are its subreaper).
-        let _ = waitpid(outer, None);
-        self.children.pids.retain(|p| *p != outer);
         if spec.network.needs_netns() {
             self.net = Some(network::setup(&spec.network, spec.name.as_str(), setup.pid1)?);
         }
         let netif = self.net.as_ref().map(|n| n.host_ifindices()).unwrap_or_default();
         self.registered = register_machine(spec, &ctx.uuid, setup.pid1, netif)?;
+        // The outer child detaches the old root after reporting PID 1 and then exits: only an
+        // exit 0 says the host's tree is out of the machine's reach. PID 1 is then ours (we are
+        // its subreaper).
+        let status = waitpid(outer, None);
+        self.children.pids.retain(|p| *p != outer);
+        if !matches!(status, Ok(WaitStatus::Exited(_, 0))) {
+            return Err(parent.outer_failure(status.ok()).into());
+        }
         Ok(setup)
     }
 

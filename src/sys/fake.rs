@@ -152,6 +152,10 @@ impl Sys for FakeSys {
         self.record(new_root, format!("pivot_root {}", new_root.display()))
     }
 
+    fn detach_old_root(&self) -> io::Result<()> {
+        self.record(Path::new("/"), "detach the old root".to_owned())
+    }
+
     fn tree_is_dir(&self, _tree: BorrowedFd<'_>) -> io::Result<bool> {
         Ok(self.trees_are_dirs)
     }

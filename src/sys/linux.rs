@@ -144,16 +144,19 @@ impl Sys for LinuxSys {
     }
 
     fn pivot_root(&self, new_root: &Path) -> io::Result<()> {
-        // pivot_root(".", ".") stacks the old root on top of the new one; unmounting "."
-        // then detaches the old root, so nothing of the host's tree stays reachable.
-        let step = |what: &'static str| {
-            move |e: nix::Error| io::Error::new(io::Error::from(e).kind(), format!("{what}: {e}"))
-        };
-        nix::unistd::chdir(new_root).map_err(step("change into the new root"))?;
-        nix::unistd::pivot_root(".", ".").map_err(step("pivot_root"))?;
-        nix::mount::umount2(".", MntFlags::MNT_DETACH).map_err(step("detach the old root"))?;
-        nix::unistd::chdir("/").map_err(step("change to /"))?;
-        Ok(())
+        // pivot_root(".", ".") stacks the old root on top of the new one. Lookups start at the
+        // root (or the working directory, "/" here) without descending into what is mounted on
+        // it, so the old root is out of reach until detach_old_root unmounts it.
+        nix::unistd::chdir(new_root).map_err(pivot_step("change into the new root"))?;
+        nix::unistd::pivot_root(".", ".").map_err(pivot_step("pivot_root"))?;
+        nix::unistd::chdir("/").map_err(pivot_step("change to /"))
+    }
+
+    fn detach_old_root(&self) -> io::Result<()> {
+        // "." (the new root) resolved as a mount point is the topmost mount on it: the old root.
+        nix::unistd::chdir("/").map_err(pivot_step("change to /"))?;
+        nix::mount::umount2(".", MntFlags::MNT_DETACH).map_err(pivot_step("detach the old root"))?;
+        nix::unistd::chdir("/").map_err(pivot_step("change to /"))
     }
 
     fn tree_is_dir(&self, tree: BorrowedFd<'_>) -> io::Result<bool> {
@@ -189,6 +192,10 @@ impl Sys for LinuxSys {
 
 fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
     if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
+}
+
+fn pivot_step(what: &'static str) -> impl Fn(nix::Error) -> io::Error {
+    move |e| io::Error::new(io::Error::from(e).kind(), format!("{what}: {e}"))
 }
 
 /// Clones the mount at `path` (recursively when `recursive`) into a detached tree that can be

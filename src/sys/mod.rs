@@ -79,9 +79,13 @@ pub trait Sys {
     fn file_kind(&self, path: &Path) -> io::Result<FileKind>;
     /// Removes the file `path`.
     fn remove_file(&self, path: &Path) -> io::Result<()>;
-    /// Makes `new_root` the root of the calling process's mount namespace and detaches the
-    /// old root entirely.
+    /// Makes `new_root` the root of the calling process's mount namespace (and its working
+    /// directory). The old root stays stacked on top of the new one, where no lookup from the
+    /// new root reaches it, until [`Sys::detach_old_root`].
     fn pivot_root(&self, new_root: &Path) -> io::Result<()>;
+    /// Detaches the old root that [`Sys::pivot_root`] left stacked on the new one, so nothing
+    /// of the host's tree stays reachable. This waits for an RCU grace period.
+    fn detach_old_root(&self) -> io::Result<()>;
     /// Whether the detached mount `tree` has a directory at its root.
     fn tree_is_dir(&self, tree: BorrowedFd<'_>) -> io::Result<bool>;
     /// Attaches a detached mount (from `open_tree`) at `target`.
