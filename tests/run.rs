@@ -574,3 +574,73 @@ fn on_hybrid_hosts_the_machine_has_a_cgroup_in_every_v1_hierarchy_and_the_device
     assert_eq!(stop_launcher(&mut child).code(), Some(137));
     assert_no_leaks("rccgroups", &dir);
 }
+
+/// A cgroup of the test's own in every hierarchy, as a session, a service or a CI job has one;
+/// removed (with whatever a launcher left in it) when dropped.
+struct OwnerCgroups(Vec<std::path::PathBuf>);
+
+impl Drop for OwnerCgroups {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            let _ = std::fs::remove_dir(dir.join("mctl"));
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// The shared `mctl` directory stays once made at a hierarchy's root (making it anew for every
+/// launch cost 0.4 ms), but below a cgroup of whoever runs the launcher it goes when empty:
+/// left behind, it would keep that cgroup's owner from removing it.
+#[test]
+fn the_shared_mctl_cgroup_goes_when_empty_except_at_a_root() {
+    let (_s, dir) = tree("rparent");
+    let unified = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.join("cgroup.controllers").exists())
+        .expect("a cgroup2 mount");
+    let mounts: Vec<std::path::PathBuf> =
+        v1_hierarchies().into_iter().map(|(m, _)| m).chain(std::iter::once(unified.clone())).collect();
+    let owner = OwnerCgroups(
+        mounts.iter().map(|m| m.join(format!("mctltest-owner-{}", std::process::id()))).collect(),
+    );
+    for d in &owner.0 {
+        std::fs::create_dir(d).unwrap();
+        // A new v1 cpuset cgroup takes no process until it has CPUs and memory nodes.
+        for f in ["cpuset.cpus", "cpuset.mems"] {
+            if let Ok(v) = std::fs::read_to_string(d.parent().unwrap().join(f)) {
+                std::fs::write(d.join(f), v.trim()).unwrap();
+            }
+        }
+    }
+    let join: String =
+        owner.0.iter().map(|d| format!("echo $$ > {}/cgroup.procs && ", d.display())).collect();
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{join} exec \"$0\" run -q -D \"$1\" true"))
+        .arg(env!("CARGO_BIN_EXE_mctl"))
+        .arg(&dir)
+        .env("DBUS_SYSTEM_BUS_ADDRESS", NO_BUS)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    for d in &owner.0 {
+        assert!(!d.join("mctl").exists(), "{}/mctl outlived the machine", d.display());
+        std::fs::remove_dir(d).unwrap_or_else(|e| panic!("the owner cannot remove {}: {e}", d.display()));
+    }
+
+    // From a hierarchy's root (where this test runs, in the hierarchies where it does), the
+    // directory stays for the next launch.
+    assert_eq!(run_in(&dir, &[], &["true"]).status.code(), Some(0));
+    let at_root: Vec<_> = proc_cgroups(std::process::id())
+        .into_iter()
+        .filter(|(_, _, path)| path == "/")
+        .map(|(id, controllers, _)| (id, controllers))
+        .collect();
+    assert!(!at_root.is_empty(), "this test runs below a cgroup in every hierarchy");
+    if at_root.iter().any(|(id, _)| id == "0") {
+        assert!(unified.join("mctl").is_dir(), "the shared directory went at the root");
+    }
+    assert_no_leaks("rparent", &dir);
+}

@@ -3,7 +3,10 @@
 //!
 //! Every machine gets `<own>/<parent>/<name>` in each hierarchy, where `<own>` is the
 //! launcher's current cgroup there, so machines nest under whoever runs the launcher and mctl
-//! never writes to cgroups it did not create. The payload lives in `<machine>/payload`; the
+//! never writes to cgroups it did not create. The shared `<parent>` (`mctl`) goes again when
+//! empty, except at a hierarchy's root, where it stays once made, as Docker's `docker` cgroup
+//! does: making and removing it in every hierarchy cost each launch about 0.4 ms (cgroup
+//! creation allocates per-CPU state for every controller). The payload lives in `<machine>/payload`; the
 //! guest gets a cgroup namespace rooted there and sees a plain cgroup2 tree (what systemd
 //! boots most cleanly with on either kind of host). With `--keep-unit` the launcher's own
 //! cgroup (a service unit's delegated cgroup) is the machine cgroup, and the launcher moves
@@ -298,6 +301,8 @@ struct Part {
     /// The parent directories we may have created, deepest first: `mctl`, or a slice's (none
     /// with --keep-unit).
     parents: Vec<PathBuf>,
+    /// Whether the parents go again when empty (a slice's do; `mctl` stays at a root).
+    remove_parents: bool,
 }
 
 impl Part {
@@ -320,8 +325,8 @@ impl MachineCgroup {
         let mut me = Self { name: name.to_owned(), parts: Vec::new(), keep_unit, device_program: None };
         for h in hierarchies {
             let own = h.own_dir();
-            let (machine, parents) = if keep_unit {
-                (own, Vec::new())
+            let (machine, parents, remove_parents) = if keep_unit {
+                (own, Vec::new(), false)
             } else if let Some(slice) = &cfg.slice {
                 let mut dir = h.mount.clone();
                 let mut parents = Vec::new();
@@ -330,12 +335,16 @@ impl MachineCgroup {
                     parents.push(dir.clone());
                 }
                 parents.reverse();
-                (dir.join(Slice::scope_of(name)), parents)
+                (dir.join(Slice::scope_of(name)), parents, true)
             } else {
                 let parent = own.join(&cfg.parent);
-                (parent.join(name), vec![parent])
+                // Only at a hierarchy's root: below the cgroup of whoever runs the launcher (a
+                // session, a service, a CI job) an empty directory left behind would keep its
+                // owner from removing that cgroup.
+                let remove_parents = h.own != "/";
+                (parent.join(name), vec![parent], remove_parents)
             };
-            me.parts.push(Part { hierarchy: h, machine, parents });
+            me.parts.push(Part { hierarchy: h, machine, parents, remove_parents });
         }
         if let Err(e) = me.build(|p| p.hierarchy.v2).and_then(|()| me.attach_device_program()) {
             me.remove_quietly();
@@ -474,7 +483,8 @@ impl MachineCgroup {
     pub fn owned_dirs(&self) -> (Vec<PathBuf>, Vec<PathBuf>) {
         let dirs =
             self.parts.iter().map(|p| if self.keep_unit { p.payload() } else { p.machine.clone() }).collect();
-        let parents = self.parts.iter().flat_map(|p| p.parents.iter().cloned()).collect();
+        let parents =
+            self.parts.iter().filter(|p| p.remove_parents).flat_map(|p| p.parents.iter().cloned()).collect();
         (dirs, parents)
     }
 
@@ -535,7 +545,7 @@ impl MachineCgroup {
             if let Some(e) = targets.iter().find_map(|t| remove_tree(t, patience).err()) {
                 first_err.get_or_insert(e);
             }
-            for parent in &part.parents {
+            for parent in part.parents.iter().filter(|_| part.remove_parents) {
                 // Shared with other machines: only goes when empty.
                 if fs::remove_dir(parent).is_err() {
                     break;
@@ -566,8 +576,9 @@ fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
 /// `mkdir -p` that also gives new v1 cpuset cgroups their parent's CPUs and memory nodes
 /// (a cpuset cgroup without them accepts no processes).
 ///
-/// The shared parent (`mctl`) is removed by whichever launcher leaves it empty, possibly between
-/// our creating it and using it: a step that finds a directory gone starts over.
+/// A shared parent (a slice's directories; `mctl` of earlier versions and an administrator's
+/// `rmdir`) can be removed by whoever leaves it empty, possibly between our creating it and
+/// using it: a step that finds a directory gone starts over.
 pub(crate) fn make_dirs(h: &Hierarchy, dir: &Path) -> Result<bool, CgroupError> {
     let mut attempts = 0;
     loop {
@@ -644,9 +655,19 @@ pub(crate) fn enable_controllers(from: &Path, to: &Path) -> Result<(), CgroupErr
     }
     for dir in dirs.iter().rev() {
         let available = fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
-        for c in available.split_whitespace() {
-            // A controller can be unavailable for enabling (e.g. threaded-only): not fatal.
-            let _ = fs::write(dir.join("cgroup.subtree_control"), format!("+{c}"));
+        let control = dir.join("cgroup.subtree_control");
+        let enabled = fs::read_to_string(&control).unwrap_or_default();
+        let missing: Vec<&str> =
+            available.split_whitespace().filter(|c| !enabled.split_whitespace().any(|e| e == *c)).collect();
+        if missing.is_empty() {
+            continue;
+        }
+        let all: Vec<String> = missing.iter().map(|c| format!("+{c}")).collect();
+        if fs::write(&control, all.join(" ")).is_err() {
+            for c in &all {
+                // A controller can be unavailable for enabling (e.g. threaded-only): not fatal.
+                let _ = fs::write(&control, c);
+            }
         }
     }
     Ok(())
