@@ -21,6 +21,15 @@ fn main() {
         .is_some_and(|o| !o.stdout.is_empty());
     let suffix = if dirty { "-dirty" } else { "" };
     println!("cargo:rustc-env=MCTL_GIT_REVISION={revision}{suffix}");
+    // The seccomp filter cache is keyed by this digest of the lists and code the filters are
+    // made from (not by the revision: an uncommitted edit must not reuse an old filter).
+    let source = std::fs::read("src/seccomp.rs").expect("read src/seccomp.rs");
+    // FNV-1a, 64 bits: only edits of the file have to change it.
+    let digest = source
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3));
+    println!("cargo:rustc-env=MCTL_SECCOMP_SOURCE_DIGEST={digest:016x}");
+    println!("cargo:rerun-if-changed=src/seccomp.rs");
     // A new commit or checkout changes HEAD or the ref it points at.
     println!("cargo:rerun-if-changed=.git/HEAD");
     println!("cargo:rerun-if-changed=.git/refs/heads");
