@@ -136,6 +136,14 @@ pub fn detect(cfg: &CgroupConfig) -> Result<Vec<Hierarchy>, CgroupError> {
 /// Call while single-threaded (unshare of a mount namespace needs that).
 pub fn mount_if_missing(cfg: &CgroupConfig) -> Result<bool, CgroupError> {
     use nix::mount::{MsFlags, mount};
+    // The usual case, cgroup2 where hosts mount it, without reading the mount table (which the
+    // launch reads once more right after).
+    // f_type's integer type differs between architectures.
+    #[allow(clippy::unnecessary_cast)]
+    let cgroup2 = |p: &Path| rustix::fs::statfs(p).is_ok_and(|s| s.f_type as i64 == 0x6367_7270);
+    if cgroup2(&cfg.fs_root) || cgroup2(&cfg.fs_root.join("unified")) {
+        return Ok(false);
+    }
     match detect(cfg) {
         Err(CgroupError::NoUnified(_)) => {}
         _ => return Ok(false),
