@@ -109,8 +109,9 @@ fn persistent_machines_under_a_real_systemd() {
     assert_eq!(m.sh("systemctl is-active mctl@inner.service"), "inactive");
     assert_eq!(m.sh("systemctl show -p Result --value mctl@inner.service"), "success");
     // Without a unit, on the pure cgroup2 host the outer guest is, a machine gets mctl's own
-    // cgroup and leaves nothing but the shared `mctl` directory (kept at the root). (Its settings file's TasksMax is for the unit: mctl would have
-    // to apply it itself here, and this box's cgroup2 has no pids controller on a hybrid host.)
+    // cgroup and leaves nothing but the shared `mctl` directory (kept at the root). (Its
+    // settings file's TasksMax is for the unit: mctl would have to apply it itself here, and
+    // this box's cgroup2 has no pids controller on a hybrid host.)
     let o = m.exec(&[
         "mctl",
         "run",

@@ -6,9 +6,9 @@
 //! never writes to cgroups it did not create. The shared `<parent>` (`mctl`) goes again when
 //! empty, except at a hierarchy's root, where it stays once made, as Docker's `docker` cgroup
 //! does: making and removing it in every hierarchy cost each launch about 0.4 ms (cgroup
-//! creation allocates per-CPU state for every controller). The payload lives in `<machine>/payload`; the
-//! guest gets a cgroup namespace rooted there and sees a plain cgroup2 tree (what systemd
-//! boots most cleanly with on either kind of host). With `--keep-unit` the launcher's own
+//! creation allocates per-CPU state for every controller). The payload lives in
+//! `<machine>/payload`; the guest gets a cgroup namespace rooted there and sees a plain cgroup2
+//! tree (what systemd boots most cleanly with on either kind of host). With `--keep-unit` the launcher's own
 //! cgroup (a service unit's delegated cgroup) is the machine cgroup, and the launcher moves
 //! itself to `<own>/supervisor` because cgroup v2 allows no processes in inner nodes.
 
@@ -138,9 +138,10 @@ pub fn mount_if_missing(cfg: &CgroupConfig) -> Result<bool, CgroupError> {
     use nix::mount::{MsFlags, mount};
     // The usual case, cgroup2 where hosts mount it, without reading the mount table (which the
     // launch reads once more right after).
-    // f_type's integer type differs between architectures.
+    // f_type's and the constant's integer types differ between architectures.
     #[allow(clippy::unnecessary_cast)]
-    let cgroup2 = |p: &Path| rustix::fs::statfs(p).is_ok_and(|s| s.f_type as i64 == 0x6367_7270);
+    let cgroup2 =
+        |p: &Path| rustix::fs::statfs(p).is_ok_and(|s| s.f_type as i64 == libc::CGROUP2_SUPER_MAGIC as i64);
     if cgroup2(&cfg.fs_root) || cgroup2(&cfg.fs_root.join("unified")) {
         return Ok(false);
     }

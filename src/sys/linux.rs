@@ -1027,9 +1027,9 @@ pub fn forget_when_link_gone(
     // SAFETY: fork(2); what the child does is below.
     match unsafe { libc::fork() } {
         // SAFETY: the child uses only async-signal-safe system calls (close, ioctl, nanosleep,
-        // clock_gettime, open, flock, stat, unlink, _exit) on data prepared before the fork, so the parent's
-        // other threads and their locks cannot matter to it; `req`, `lock` and `file` are
-        // live copies in the child's memory.
+        // clock_gettime, open, flock, stat, unlink, _exit) on data prepared before the fork, so
+        // the parent's other threads and their locks cannot matter to it; `req`, `lock` and
+        // `file` are live copies in the child's memory.
         0 => unsafe {
             for fd in 0..=max {
                 if fd != sock {
