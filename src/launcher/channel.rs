@@ -20,6 +20,9 @@ pub enum Message {
     RootMount,
     /// Outer child → parent: the machine's PID 1, as a host pid.
     InnerPid(i32),
+    /// Outer child → parent, its last word: the host's tree is detached from the machine's
+    /// mount namespace, so PID 1 may be let go.
+    RootDetached,
     /// Parent → PID 1: setup on the host side is done, exec the payload.
     Go,
     /// Parent → outer child: the machine's v1 cgroups exist (hybrid hosts), join them.
@@ -240,6 +243,36 @@ impl ParentEnd {
         }
     }
 
+    /// Waits for the outer child's [`Message::RootDetached`]; `false` when it exited without
+    /// one. `outer` is a pidfd of it: PID 1 holds the child end open, so no end of file would
+    /// tell (without a pidfd the caller has seen it exit 0, and its word is queued). A report
+    /// of PID 1's failure may come first.
+    pub fn wait_root_detached(&self, outer: Option<BorrowedFd<'_>>) -> Result<bool, ChildReport> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let mut fds = vec![PollFd::new(self.0.fd(), PollFlags::POLLIN)];
+        fds.extend(outer.map(|fd| PollFd::new(fd, PollFlags::POLLIN)));
+        loop {
+            match poll(&mut fds, PollTimeout::NONE) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(ChannelError::Io(e).into()),
+                Ok(_) => {}
+            }
+            let ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
+            // A word sent before the exit counts: the channel is read first.
+            if ready(&fds[0]) {
+                return match self.next("root detached")? {
+                    (Message::RootDetached, _) => Ok(true),
+                    (other, _) => {
+                        Err(ChannelError::Unexpected { expected: "root detached", got: Some(other) }.into())
+                    }
+                };
+            }
+            if fds.get(1).is_some_and(ready) {
+                return Ok(false);
+            }
+        }
+    }
+
     /// Tells the machine's PID 1 to execute its payload.
     pub fn go(&self) -> Result<(), ChannelError> {
         self.0.send(&Message::Go, &[])
@@ -311,6 +344,11 @@ impl ChildEnd {
     /// Hands over a console or terminal pty master.
     pub fn console_master(&self, fd: BorrowedFd<'_>) -> Result<(), ChannelError> {
         self.0.send(&Message::ConsoleMaster, &[fd])
+    }
+
+    /// The outer child's last word (see [`Message::RootDetached`]).
+    pub fn root_detached(&self) -> Result<(), ChannelError> {
+        self.0.send(&Message::RootDetached, &[])
     }
 
     /// Reports the pid of the machine's PID 1 or of an entering command.
@@ -420,6 +458,31 @@ mod tests {
             ChildReport::Failed { error, exit_code: 1 } => assert!(error.contains("old root")),
             other => panic!("{other:?}"),
         }
+        drop(child);
+    }
+
+    #[test]
+    fn the_root_detached_word_or_the_outer_childs_exit_ends_the_wait() {
+        use std::os::fd::AsFd;
+        // The child end stays open throughout, as PID 1 holds it.
+        let (parent, child) = pair().unwrap();
+        let mut outer = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pidfd = crate::sys::linux::pidfd_open(i32::try_from(outer.id()).unwrap()).unwrap();
+        child.root_detached().unwrap();
+        assert!(parent.wait_root_detached(Some(pidfd.as_fd())).unwrap());
+        // Without a word: the exit ends the wait.
+        outer.kill().unwrap();
+        assert!(!parent.wait_root_detached(Some(pidfd.as_fd())).unwrap());
+        outer.wait().unwrap();
+        // PID 1's failure may be reported first.
+        child.failed(&"mount /proc: EPERM", 1);
+        match parent.wait_root_detached(Some(pidfd.as_fd())) {
+            Err(ChildReport::Failed { error, exit_code: 1 }) => assert!(error.contains("/proc")),
+            other => panic!("{other:?}"),
+        }
+        // Without a pidfd the word is queued (the caller saw the exit).
+        child.root_detached().unwrap();
+        assert!(parent.wait_root_detached(None).unwrap());
         drop(child);
     }
 

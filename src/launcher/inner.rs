@@ -64,8 +64,8 @@ fn inner(ctx: &ChildContext<'_>, chan: &ChildEnd, console: Option<&str>) -> Resu
         // The launcher went away: nothing to run for.
         linux::exit_now(1);
     }
-    // By now the outer child has exited and the launcher adopted us, so this ties the
-    // machine's life to the launcher's.
+    // Our parent is the launcher (we were forked as the outer child's sibling), so this ties
+    // the machine's life to the launcher's.
     linux::set_parent_death_signal(Signal::SIGKILL).map_err(ChildError::step("set parent death signal"))?;
     if launcher_gone(chan) {
         linux::exit_now(1);

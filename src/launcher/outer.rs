@@ -23,7 +23,7 @@ use crate::network::NetworkMode;
 
 /// Runs the outer child and exits; never returns.
 pub(super) fn run(ctx: &ChildContext<'_>, chan: &ChildEnd) -> ! {
-    match outer(ctx, chan) {
+    match outer(ctx, chan).and_then(|()| Ok(chan.root_detached()?)) {
         Ok(()) => linux::exit_now(0),
         Err(e) => {
             chan.failed(&e, e.exit_code());
@@ -157,7 +157,9 @@ fn outer(ctx: &ChildContext<'_>, chan: &ChildEnd) -> Result<(), ChildError> {
     }
     drop(hierarchies);
     machine_namespaces(&sys, ctx.spec)?;
-    match linux::fork().map_err(ChildError::step("fork the machine's PID 1"))? {
+    // PID 1 is the launcher's child, not ours: our exit must not set off its parent death
+    // signal once it runs.
+    match linux::fork_sibling().map_err(ChildError::step("fork the machine's PID 1"))? {
         Forked::Child => inner::run(ctx, chan, console.as_deref()),
         Forked::Parent(pid) => chan.pid(pid)?,
     }

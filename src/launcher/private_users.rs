@@ -55,7 +55,9 @@ pub(super) fn fork_pid1(
 ) -> Result<Result<WaitingPid1, Pid1Wait>, ChildError> {
     let step = ChildError::step;
     let (wait, go) = pipe()?;
-    let mut flags = CloneFlags::CLONE_NEWUSER
+    // The launcher's child, as without a user namespace (see outer.rs).
+    let mut flags = CloneFlags::CLONE_PARENT
+        | CloneFlags::CLONE_NEWUSER
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWIPC

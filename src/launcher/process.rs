@@ -420,6 +420,9 @@ impl Drop for Reaper {
 struct Run<'a> {
     spec: &'a LaunchSpec,
     children: Reaper,
+    /// The outer child until it is reaped, and a pidfd of it to see it exit.
+    outer: Option<Pid>,
+    outer_pidfd: Option<std::os::fd::OwnedFd>,
     net: Option<network::MachineNetwork>,
     registered: bool,
     /// Always present until [`Run::end`] removes it.
@@ -517,8 +520,15 @@ impl<'a> Run<'a> {
         }
         let unified = cgroup.unified_payload_dir();
         let cgroup_procs = cgroup.unified_payload_procs();
-        let mut run =
-            Run { spec, children: Reaper::default(), net: None, registered: false, cgroup: Some(cgroup) };
+        let mut run = Run {
+            spec,
+            children: Reaper::default(),
+            outer: None,
+            outer_pidfd: None,
+            net: None,
+            registered: false,
+            cgroup: Some(cgroup),
+        };
         let (parent, child) = channel::pair()?;
         let unified_fd =
             std::fs::File::open(&unified).map_err(|e| LaunchError::Setup("open the payload cgroup", e))?;
@@ -535,7 +545,12 @@ impl<'a> Run<'a> {
                 drop(parent);
                 outer::run(ctx, &child)
             }
-            Forked::Parent(pid) => run.children.pids.push(Pid::from_raw(pid)),
+            Forked::Parent(pid) => {
+                run.children.pids.push(Pid::from_raw(pid));
+                run.outer = Some(Pid::from_raw(pid));
+                // None on kernels before 5.3: the launcher then waits for the child's exit.
+                run.outer_pidfd = linux::pidfd_open(pid).ok();
+            }
         }
         if let Some(cgroup) = run.cgroup.as_mut() {
             cgroup.create_v1()?;
@@ -563,22 +578,36 @@ impl<'a> Run<'a> {
             network::prepare(&spec.network, spec.name.as_str())?;
         }
         let setup = parent.wait_pid1()?;
-        let outer = self.children.pids[0];
         self.children.pids.push(Pid::from_raw(setup.pid1));
         if spec.network.needs_netns() {
             self.net = Some(network::setup(&spec.network, spec.name.as_str(), setup.pid1)?);
         }
         let netif = self.net.as_ref().map(|n| n.host_ifindices()).unwrap_or_default();
         self.registered = register_machine(spec, &ctx.uuid, setup.pid1, netif)?;
-        // The outer child detaches the old root after reporting PID 1 and then exits: only an
-        // exit 0 says the host's tree is out of the machine's reach. PID 1 is then ours (we are
-        // its subreaper).
+        // The outer child detaches the old root after reporting PID 1: only its word that it
+        // did says the host's tree is out of the machine's reach. It exits right after (and is
+        // reaped once PID 1 has been let go); without a pidfd its exit is awaited here.
+        let pidfd = self.outer_pidfd.take();
+        if pidfd.is_none() {
+            self.reap_outer(parent)?;
+        }
+        if !parent.wait_root_detached(pidfd.as_ref().map(|fd| fd.as_fd()))? {
+            self.reap_outer(parent)?;
+            return Err(ChannelError::Unexpected { expected: "root detached", got: None }.into());
+        }
+        Ok(setup)
+    }
+
+    /// Waits for the outer child's exit, which must be 0. PID 1 is then ours (we are its
+    /// subreaper).
+    fn reap_outer(&mut self, parent: &ParentEnd) -> Result<(), LaunchError> {
+        let Some(outer) = self.outer.take() else { return Ok(()) };
         let status = waitpid(outer, None);
         self.children.pids.retain(|p| *p != outer);
         if !matches!(status, Ok(WaitStatus::Exited(_, 0))) {
             return Err(parent.outer_failure(status.ok()).into());
         }
-        Ok(setup)
+        Ok(())
     }
 
     /// Lets PID 1 execute the payload and wires up its notify socket and console.
@@ -589,6 +618,11 @@ impl<'a> Run<'a> {
     ) -> Result<(NotifyRelay, Option<Console>), LaunchError> {
         let spec = self.spec;
         parent.go()?;
+        // Gone by now, or nearly: it said its last word before PID 1 was let go.
+        if let Some(outer) = self.outer.take() {
+            let _ = waitpid(outer, None);
+            self.children.pids.retain(|p| *p != outer);
+        }
         parent.wait_exec()?;
         // From here on PID 1 lives until the machine ends; it is no failed launch's leftover.
         self.children.pids.clear();
