@@ -23,13 +23,22 @@ fn main() {
     println!("cargo:rustc-env=MCTL_GIT_REVISION={revision}{suffix}");
     // The seccomp filter cache is keyed by this digest of the lists and code the filters are
     // made from (not by the revision: an uncommitted edit must not reuse an old filter).
-    let source = std::fs::read("src/seccomp.rs").expect("read src/seccomp.rs");
-    // FNV-1a, 64 bits: only edits of the file have to change it.
+    let mut files: Vec<_> = std::fs::read_dir("src/seccomp")
+        .expect("read src/seccomp")
+        .map(|e| e.expect("read src/seccomp").path())
+        .collect();
+    files.sort();
+    // FNV-1a, 64 bits, over the files' names and contents: only edits have to change it.
+    let mut source = Vec::new();
+    for f in files {
+        source.extend_from_slice(f.to_string_lossy().as_bytes());
+        source.extend(std::fs::read(&f).expect("read a file of src/seccomp"));
+    }
     let digest = source
         .iter()
         .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3));
     println!("cargo:rustc-env=MCTL_SECCOMP_SOURCE_DIGEST={digest:016x}");
-    println!("cargo:rerun-if-changed=src/seccomp.rs");
+    println!("cargo:rerun-if-changed=src/seccomp");
     link_unwinder_statically();
     // A new commit or checkout changes HEAD or the ref it points at.
     println!("cargo:rerun-if-changed=.git/HEAD");

@@ -25,6 +25,8 @@ use sha2::{Digest, Sha256};
 
 use crate::sys::linux;
 
+mod compact;
+
 /// Building or loading a filter failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
@@ -838,22 +840,7 @@ impl SyscallFilter {
     }
 
     fn compile(allowed: &BTreeSet<String>, suppress_sync: bool) -> Result<Self, SeccompError> {
-        let mut main =
-            ScmpFilterContext::new(ScmpAction::Errno(libc::ENOSYS)).map_err(build("create the filter"))?;
-        // A binary tree instead of a linear list: every call is decided in a few comparisons.
-        main.set_ctl_optimize(2).map_err(build("set the optimizer level"))?;
-        add_local_archs(&mut main)?;
-        // Every call known by name is decided explicitly; only unknown numbers get ENOSYS.
-        for name in known_names() {
-            let Ok(call) = ScmpSyscall::from_name(&name) else { continue };
-            let action = if allowed.contains(name.as_str()) {
-                ScmpAction::Allow
-            } else {
-                ScmpAction::Errno(libc::EPERM)
-            };
-            // A call missing on one of the architectures is simply not added there.
-            let _ = main.add_rule(action, call);
-        }
+        let main = export(&main_filter(allowed)?)?;
         let mut audit =
             ScmpFilterContext::new(ScmpAction::Allow).map_err(build("create the audit filter"))?;
         add_local_archs(&mut audit)?;
@@ -868,7 +855,7 @@ impl SyscallFilter {
                 ],
             )
             .map_err(build("add the audit socket rule"))?;
-        let mut programs = vec![export(&main)?, export(&audit)?];
+        let mut programs = vec![compact::compact(&main).unwrap_or(main), export(&audit)?];
         if suppress_sync {
             programs.push(export(&sync_suppression()?)?);
         }
@@ -910,6 +897,25 @@ impl SyscallFilter {
         }
         (programs.len() == 2 || programs.len() == 3).then_some(Self { programs })
     }
+}
+
+/// The allow-list itself: `allowed` calls allowed, every other known call EPERM, unknown
+/// numbers ENOSYS.
+fn main_filter(allowed: &BTreeSet<String>) -> Result<ScmpFilterContext, SeccompError> {
+    let mut main =
+        ScmpFilterContext::new(ScmpAction::Errno(libc::ENOSYS)).map_err(build("create the filter"))?;
+    // A binary tree instead of a linear list: every call is decided in a few comparisons.
+    main.set_ctl_optimize(2).map_err(build("set the optimizer level"))?;
+    add_local_archs(&mut main)?;
+    // Every call known by name is decided explicitly; only unknown numbers get ENOSYS.
+    for name in known_names() {
+        let Ok(call) = ScmpSyscall::from_name(&name) else { continue };
+        let action =
+            if allowed.contains(name.as_str()) { ScmpAction::Allow } else { ScmpAction::Errno(libc::EPERM) };
+        // A call missing on one of the architectures is simply not added there.
+        let _ = main.add_rule(action, call);
+    }
+    Ok(main)
 }
 
 /// A program of its own for `--suppress-sync` (the kernel takes the strictest answer of all
@@ -974,7 +980,7 @@ fn cache_key(caps: &CapsHashSet, changes: &FilterChanges) -> String {
 }
 
 /// The version of the compiled filter's layout (default actions, rule kinds, programs).
-const FILTER_LAYOUT: u32 = 3;
+const FILTER_LAYOUT: u32 = 4;
 
 fn store(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
@@ -1126,6 +1132,17 @@ mod tests {
         assert_eq!(make(&fewer, &FilterChanges::default()), variants[0]);
         assert_eq!(make(&default_caps(), &denied), variants[1]);
         assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 4);
+    }
+
+    #[test]
+    fn the_machine_filter_is_loaded_compacted() {
+        let allowed = allowed_calls(&default_caps(), &FilterChanges::default()).unwrap();
+        let libseccomps = export(&main_filter(&allowed).unwrap()).unwrap();
+        let filter = SyscallFilter::compile(&allowed, false).unwrap();
+        // compact() itself checks that both programs answer alike everywhere.
+        assert_eq!(Some(&filter.programs[0]), compact::compact(&libseccomps).as_ref());
+        eprintln!("libseccomp: {} instructions, compacted: {}", libseccomps.len(), filter.programs[0].len());
+        assert!(filter.programs[0].len() * 2 < libseccomps.len());
     }
 
     #[test]
