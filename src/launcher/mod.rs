@@ -2,9 +2,10 @@
 //!
 //! The parent ([`process`]) stays in the host's namespaces. It forks the outer child
 //! ([`outer`]: new mount namespace, filesystem, pivot), which forks the machine's PID 1
-//! ([`inner`]: new pid, uts, ipc and cgroup namespaces) and exits. The parent adopts PID 1 as
-//! child subreaper, relays readiness ([`notify`]) and the console ([`console`]), turns
-//! SIGTERM into the guest's halt request, and removes the machine's cgroup when PID 1 is gone.
+//! ([`inner`]: new pid, uts, ipc and cgroup namespaces) as its sibling, the parent's own
+//! child, detaches the host's tree and exits. The parent relays readiness ([`notify`]) and the
+//! console ([`console`]), turns SIGTERM into the guest's halt request, and removes the
+//! machine's cgroup when PID 1 is gone.
 //! The parent is single-threaded until every fork is done.
 
 use std::io;

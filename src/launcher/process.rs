@@ -598,8 +598,7 @@ impl<'a> Run<'a> {
         Ok(setup)
     }
 
-    /// Waits for the outer child's exit, which must be 0. PID 1 is then ours (we are its
-    /// subreaper).
+    /// Waits for the outer child's exit, which must be 0.
     fn reap_outer(&mut self, parent: &ParentEnd) -> Result<(), LaunchError> {
         let Some(outer) = self.outer.take() else { return Ok(()) };
         let status = waitpid(outer, None);
