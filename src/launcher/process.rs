@@ -420,9 +420,8 @@ impl Drop for Reaper {
 struct Run<'a> {
     spec: &'a LaunchSpec,
     children: Reaper,
-    /// The outer child until it is reaped, and a pidfd of it to see it exit.
+    /// The outer child until it is reaped.
     outer: Option<Pid>,
-    outer_pidfd: Option<std::os::fd::OwnedFd>,
     net: Option<network::MachineNetwork>,
     registered: bool,
     /// Always present until [`Run::end`] removes it.
@@ -524,7 +523,6 @@ impl<'a> Run<'a> {
             spec,
             children: Reaper::default(),
             outer: None,
-            outer_pidfd: None,
             net: None,
             registered: false,
             cgroup: Some(cgroup),
@@ -548,8 +546,6 @@ impl<'a> Run<'a> {
             Forked::Parent(pid) => {
                 run.children.pids.push(Pid::from_raw(pid));
                 run.outer = Some(Pid::from_raw(pid));
-                // None on kernels before 5.3: the launcher then waits for the child's exit.
-                run.outer_pidfd = linux::pidfd_open(pid).ok();
             }
         }
         if let Some(cgroup) = run.cgroup.as_mut() {
@@ -587,7 +583,8 @@ impl<'a> Run<'a> {
         // The outer child detaches the old root after reporting PID 1: only its word that it
         // did says the host's tree is out of the machine's reach. It exits right after (and is
         // reaped once PID 1 has been let go); without a pidfd its exit is awaited here.
-        let pidfd = self.outer_pidfd.take();
+        // Unreaped, its pid stays its own. None on kernels before 5.3.
+        let pidfd = self.outer.and_then(|pid| linux::pidfd_open(pid.as_raw()).ok());
         if pidfd.is_none() {
             self.reap_outer(parent)?;
         }
@@ -600,13 +597,18 @@ impl<'a> Run<'a> {
 
     /// Waits for the outer child's exit, which must be 0.
     fn reap_outer(&mut self, parent: &ParentEnd) -> Result<(), LaunchError> {
-        let Some(outer) = self.outer.take() else { return Ok(()) };
+        match self.wait_outer() {
+            None | Some(Ok(WaitStatus::Exited(_, 0))) => Ok(()),
+            Some(status) => Err(parent.outer_failure(status.ok()).into()),
+        }
+    }
+
+    /// Reaps the outer child, if not yet; returns how it ended.
+    fn wait_outer(&mut self) -> Option<nix::Result<WaitStatus>> {
+        let outer = self.outer.take()?;
         let status = waitpid(outer, None);
         self.children.pids.retain(|p| *p != outer);
-        if !matches!(status, Ok(WaitStatus::Exited(_, 0))) {
-            return Err(parent.outer_failure(status.ok()).into());
-        }
-        Ok(())
+        Some(status)
     }
 
     /// Lets PID 1 execute the payload and wires up its notify socket and console.
@@ -618,10 +620,7 @@ impl<'a> Run<'a> {
         let spec = self.spec;
         parent.go()?;
         // Gone by now, or nearly: it said its last word before PID 1 was let go.
-        if let Some(outer) = self.outer.take() {
-            let _ = waitpid(outer, None);
-            self.children.pids.retain(|p| *p != outer);
-        }
+        let _ = self.wait_outer();
         parent.wait_exec()?;
         // From here on PID 1 lives until the machine ends; it is no failed launch's leftover.
         self.children.pids.clear();

@@ -95,13 +95,13 @@ impl Points {
     /// None for a program that loads anything else, computes, compares registers, tests bits,
     /// jumps backwards or out of the program, or compares a field it has not loaded.
     fn of(program: &[Insn]) -> Option<Points> {
+        if program.is_empty() {
+            return None;
+        }
         let (mut arch, mut nr) = (BTreeSet::from([0]), BTreeSet::from([0]));
         // What the accumulator holds on entry to each instruction (jumps only go forward, so
         // every predecessor comes first). None: not reached; Some(None): nothing loaded yet.
         let mut holds: Vec<Option<Option<Field>>> = vec![None; program.len()];
-        if program.is_empty() {
-            return None;
-        }
         holds[0] = Some(None);
         for (pc, insn) in program.iter().enumerate() {
             let Some(a) = holds[pc] else { continue };
@@ -215,9 +215,9 @@ fn balanced(field: Field, mut runs: Vec<(u32, Node)>) -> Node {
 /// `JGE at` falling through to the lower half, whose end the jump to the upper half must
 /// clear: beyond a conditional jump's 255 instructions it goes through a `JA`.
 fn emit(node: &Node, loaded: Option<Field>) -> Option<Vec<Insn>> {
-    let Node::Split { field, at, below, from } = node else {
-        let Node::Ret(answer) = node else { unreachable!() };
-        return Some(vec![Insn::op(RET_K, *answer)]);
+    let (field, at, below, from) = match node {
+        Node::Ret(answer) => return Some(vec![Insn::op(RET_K, *answer)]),
+        Node::Split { field, at, below, from } => (field, at, below, from),
     };
     let mut out = Vec::new();
     if loaded != Some(*field) {

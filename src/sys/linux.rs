@@ -430,6 +430,7 @@ struct CloneArgs {
 }
 
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+const CLONE_PARENT: u64 = 0x8000;
 
 /// fork(2) whose child starts life in the cgroup2 directory `cgroup` (clone3 with
 /// CLONE_INTO_CGROUP). Moving a running process between cgroups takes a global lock whose
@@ -445,7 +446,7 @@ pub fn fork_into_cgroup(cgroup: BorrowedFd<'_>) -> io::Result<Forked> {
 /// fork(2) whose child is the caller's sibling: its parent, which gets its exit signal, is the
 /// caller's parent (CLONE_PARENT). Call only while single-threaded.
 pub fn fork_sibling() -> io::Result<Forked> {
-    clone3_fork(u64::from(nix::sched::CloneFlags::CLONE_PARENT.bits().unsigned_abs()), 0)
+    clone3_fork(CLONE_PARENT, 0)
 }
 
 /// fork(2) whose child starts in new namespaces (`CLONE_NEW*` flags). With CLONE_NEWUSER the
@@ -461,8 +462,7 @@ pub fn fork_into_namespaces(namespaces: nix::sched::CloneFlags) -> io::Result<Fo
 fn clone3_fork(flags: u64, cgroup: u64) -> io::Result<Forked> {
     ensure_single_threaded()?;
     // A sibling's exit signal is the caller's own (clone3 refuses to be given one).
-    let parent_flag = u64::from(nix::sched::CloneFlags::CLONE_PARENT.bits().unsigned_abs());
-    let exit_signal = if flags & parent_flag == 0 { libc::SIGCHLD as u64 } else { 0 };
+    let exit_signal = if flags & CLONE_PARENT == 0 { libc::SIGCHLD as u64 } else { 0 };
     let args = CloneArgs { flags, exit_signal, cgroup, ..CloneArgs::default() };
     // SAFETY: `args` is a valid clone_args of the size passed. Without CLONE_VM the child gets
     // a copy-on-write copy of this single-threaded process and returns here on the same stack,
