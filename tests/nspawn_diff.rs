@@ -801,6 +801,31 @@ fn macvlan_and_ipvlan_refuse_what_nspawn_refuses() {
     assert_no_leaks("nsvlan", &dir);
 }
 
+/// nspawn 252 makes `/tmp/nspawn-pivot-XXXXXX` on the host for `--pivot-root` and leaves it
+/// there when it fails (as it does here for `NEW:OLD`). The test removes the ones that appeared
+/// while it ran, also when it fails; other tests do not use `--pivot-root` with nspawn.
+struct NspawnPivotLeftovers(BTreeSet<PathBuf>);
+
+impl NspawnPivotLeftovers {
+    fn snapshot() -> BTreeSet<PathBuf> {
+        std::fs::read_dir("/tmp")
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("nspawn-pivot-"))
+            .map(|e| e.path())
+            .collect()
+    }
+}
+
+impl Drop for NspawnPivotLeftovers {
+    fn drop(&mut self) {
+        for dir in Self::snapshot().difference(&self.0) {
+            // Empty when nspawn left it; never remove what it may still have mounted on.
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
 /// `--pivot-root=NEW[:OLD]`: the payload sees NEW as its root, as under nspawn; with OLD the
 /// whole tree is there (nspawn 252 cannot do that here: its MS_MOVE of the old root fails with
 /// EINVAL on this host, so mctl is held to the manual); the same refusals.
@@ -812,6 +837,7 @@ fn pivot_root_matches_nspawn() {
     std::fs::write(deploy.join("marker"), "the deployment\n").unwrap();
     std::fs::create_dir(deploy.join("sysroot")).unwrap();
     let show = ["/bin/sh", "-c", "cat /marker; ls / | tr '\\n' ' '; echo; ls /sysroot | tr '\\n' ' '"];
+    let _leftovers = NspawnPivotLeftovers(NspawnPivotLeftovers::snapshot());
     let cgroups = NspawnCgroups::new();
     let n = cgroups.run_like(&dir, &["--pivot-root=/deploy"], &show);
     assert!(n.status.success(), "nspawn: {}", stderr(&n));
