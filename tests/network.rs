@@ -381,6 +381,37 @@ fn veth_addresses_and_ping_both_ways() {
     });
 }
 
+/// The launcher begins a machine's network before PID 1 exists: the state, the lease and the
+/// NAT entries are there before the links; a launch that fails before PID 1 drops the
+/// pending network, which takes all of it back; a finished one is the same as `setup`'s.
+#[test]
+fn a_begun_network_is_finished_or_taken_back() {
+    let state = tempfile::tempdir().unwrap();
+    in_test_host(Duration::from_secs(30), || {
+        let s = spec(NetworkMode::Veth, state.path());
+        let pending = network::begin(&s, "early").expect("begin");
+        // The first half runs on a thread of its own: the state and the NAT entries appear.
+        assert!(wait_until(Duration::from_secs(5), || state_files(state.path()) == ["machines/early.json"]));
+        assert!(wait_until(Duration::from_secs(5), || ruleset().contains("comment \"machine early\"")));
+        assert_eq!(links(), Vec::<String>::new(), "no link before PID 1 exists");
+        drop(pending);
+        assert_clean(state.path());
+
+        let pending = network::begin(&s, "early").expect("begin");
+        let m = Ns::new();
+        let net = pending.finish(m.pid).expect("finish");
+        assert_eq!(net.host_link(), Some("ve-early"));
+        assert!(ruleset().contains("10.213.0.2 comment \"machine early\""), "{}", ruleset());
+        assert!(m.ping("10.213.0.1"), "guest cannot ping the host side");
+        // A second machine of the same name is refused when finished, and takes nothing back.
+        let e = network::begin(&s, "early").expect("begin").finish(m.pid).map(|_| ()).unwrap_err();
+        assert!(e.to_string().starts_with("machine early already has a network"), "{e}");
+        assert!(m.ping("10.213.0.1"), "the refused launcher undid the first one's network");
+        teardown_clean(net);
+        assert_clean(state.path());
+    });
+}
+
 #[test]
 fn private_namespace_path_and_host_need_nothing() {
     let state = tempfile::tempdir().unwrap();

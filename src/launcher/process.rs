@@ -569,14 +569,17 @@ impl<'a> Run<'a> {
     /// registration stops it before it starts.
     fn connect(&mut self, parent: &ParentEnd, ctx: &ChildContext<'_>) -> Result<MachineSetup, LaunchError> {
         let spec = self.spec;
-        if spec.network.needs_netns() {
-            // Sweeps dead launchers' leftovers and loads nftables while the child builds the tree.
-            network::prepare(&spec.network, spec.name.as_str())?;
-        }
+        // Sweeps, plans and adds the NAT entries while the child builds the tree; dropped on
+        // an error before it is finished, it undoes what it made.
+        let pending = spec
+            .network
+            .needs_netns()
+            .then(|| network::begin(&spec.network, spec.name.as_str()))
+            .transpose()?;
         let setup = parent.wait_pid1()?;
         self.children.pids.push(Pid::from_raw(setup.pid1));
-        if spec.network.needs_netns() {
-            self.net = Some(network::setup(&spec.network, spec.name.as_str(), setup.pid1)?);
+        if let Some(pending) = pending {
+            self.net = Some(pending.finish(setup.pid1)?);
         }
         let netif = self.net.as_ref().map(|n| n.host_ifindices()).unwrap_or_default();
         self.registered = register_machine(spec, &ctx.uuid, setup.pid1, netif)?;

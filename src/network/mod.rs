@@ -50,8 +50,9 @@
 //!
 //! # Wiring into the launcher (the order matters)
 //! 1. Before forking the outer child: `spec.validate()` (cheap, pure). Right after forking it,
-//!    while it builds the filesystem: [`prepare`]`(&spec, name)` (sweeps dead launchers'
-//!    leftovers, loads libnftables; about 1-2 ms that then overlap with the child's work).
+//!    while it builds the filesystem: [`begin`]`(&spec, name)`, whose thread sweeps dead
+//!    launchers' leftovers, plans names and addresses, writes the state and adds the NAT
+//!    entries (2-4 ms that then overlap with the child's work).
 //! 2. Outer child, right after `unshare(CLONE_NEWNS)` and before any mount (sysfs shows the
 //!    network namespace of whoever mounts it): if [`NetworkSpec::needs_netns`],
 //!    `unshare(CLONE_NEWNET)`, or for [`NetworkMode::NamespacePath`] open the path and
@@ -61,9 +62,10 @@
 //!    does, bind `/proc/sys/net` read-write over the read-only `/proc/sys`, and keep
 //!    CAP_NET_ADMIN in the bounding set (nspawn adds it with a private network) so a network
 //!    manager in the guest can take over; with the host's network keep both as now.
-//! 3. Parent, on `InnerPid(pid)` and before `Go`: `let net = setup(&spec, name, pid)?` (an error
-//!    stops the launch: the machine must not start half-connected); register with
-//!    `netif = net.host_ifindices()`.
+//! 3. Parent, on `InnerPid(pid)` and before `Go`: `let net = pending.finish(pid)?` (links,
+//!    addresses, routes; an error stops the launch: the machine must not start
+//!    half-connected); register with `netif = net.host_ifindices()`. A launch that fails
+//!    before drops the pending network, which undoes what its first half made.
 //! 4. After PID 1 has exited and was reaped (`waitpid`), and before forking a reboot's next
 //!    run: `net.teardown()` (reaped first so the pair is left to the kernel: see above; forking
 //!    first would let the new outer child inherit the namespace handle). Dropping it does the
@@ -106,7 +108,7 @@ use crate::runtime::Background;
 use addr::AddrError;
 use link::{LinkError, Rt};
 use nat::NatError;
-use setup::setup_async;
+use setup::{Planned, plan_async};
 use spec::SpecError;
 use state::{MachineState, StateDir, StateError};
 use teardown::{has_stale, sweep, undo};
@@ -314,42 +316,84 @@ impl Drop for MachineNetwork {
     }
 }
 
-/// What the launcher does before the machine's namespace exists, ideally right after forking
-/// the outer child (so it overlaps with the child's filesystem work): checks the spec and the
-/// name, removes dead launchers' leftovers, and loads libnftables when NAT will be needed, so
-/// that [`setup`] does not pay for it. Optional: [`setup`] checks and sweeps by itself.
-pub fn prepare(spec: &NetworkSpec, machine: &str) -> Result<(), NetworkError> {
-    spec.validate()?;
-    crate::names::validate(machine).map_err(|e| NetworkError::Name(machine.to_owned(), e))?;
-    if spec.has_veth() {
-        nat::preload(machine)?;
-    }
-    if spec.needs_netns() {
-        cleanup_stale(&spec.state_dir);
-    }
-    Ok(())
+/// A machine's network begun before its namespace exists ([`begin`]): completed by
+/// [`finish`](Self::finish) once PID 1 exists, undone if dropped instead.
+#[derive(Debug)]
+#[must_use = "a pending network is completed with finish (dropping it undoes it)"]
+pub struct PendingNetwork {
+    spec: NetworkSpec,
+    /// The first phase, on a thread of its own; `None` when there are no links to make.
+    planned: Option<Background<Result<Planned, NetworkError>>>,
 }
 
-/// Sets up machine `machine`'s network; `pid` is its PID 1 (host pid), whose network
-/// namespace exists already. Runs in the launcher's parent before the payload starts. On
-/// error nothing is left behind.
-pub fn setup(spec: &NetworkSpec, machine: &str, pid: i32) -> Result<MachineNetwork, NetworkError> {
+/// Begins machine `machine`'s network before its namespace exists, ideally right after forking
+/// the outer child (so it overlaps with the child's filesystem work): checks the spec and the
+/// name, then, on a thread of its own, removes dead launchers' leftovers, plans names and
+/// addresses (the state is written and locked from here on) and adds the NAT entries.
+/// Problems of that thread are reported by [`PendingNetwork::finish`].
+pub fn begin(spec: &NetworkSpec, machine: &str) -> Result<PendingNetwork, NetworkError> {
     spec.validate()?;
     crate::names::validate(machine).map_err(|e| NetworkError::Name(machine.to_owned(), e))?;
-    let mut net = MachineNetwork::empty(&spec.state_dir);
-    match spec.effective_mode() {
-        NetworkMode::Host => return Ok(net),
-        NetworkMode::NamespacePath(p) => {
-            net.netns_path = Some(p);
-            return Ok(net);
+    let makes_links = match spec.effective_mode() {
+        NetworkMode::Host | NetworkMode::NamespacePath(_) => false,
+        NetworkMode::Private => spec.has_host_links(),
+        _ => true,
+    };
+    let planned = if makes_links {
+        let (spec, machine) = (spec.clone(), machine.to_owned());
+        Some(crate::runtime::spawn_on_thread(move || async move {
+            if spec.has_veth() {
+                // Before the lock: loading the library takes a while the first time.
+                nat::preload(&machine)?;
+            }
+            plan_async(&spec, &machine).await
+        }))
+    } else {
+        if spec.needs_netns() {
+            cleanup_stale(&spec.state_dir);
         }
-        NetworkMode::Private if !spec.has_host_links() => return Ok(net),
-        _ => {}
+        None
+    };
+    Ok(PendingNetwork { spec: spec.clone(), planned })
+}
+
+impl PendingNetwork {
+    /// Completes the network once `pid`, the machine's PID 1 (host pid), exists in its own
+    /// network namespace: links, addresses, routes. Runs in the launcher's parent before the
+    /// payload starts. On error nothing is left behind.
+    pub fn finish(mut self, pid: i32) -> Result<MachineNetwork, NetworkError> {
+        let mut net = MachineNetwork::empty(&self.spec.state_dir);
+        if let NetworkMode::NamespacePath(p) = self.spec.effective_mode() {
+            net.netns_path = Some(p);
+        }
+        let Some(planned) = self.planned.take() else {
+            return Ok(net);
+        };
+        let planned = planned.join().unwrap_or(Err(NetworkError::Thread("setup")))?;
+        let spec = self.spec.clone();
+        crate::runtime::block_on_thread(move || async move { planned.finish(&spec, pid).await })
+            .unwrap_or(Err(NetworkError::Thread("setup")))
     }
-    let spec = spec.clone();
-    let machine = machine.to_owned();
-    crate::runtime::block_on_thread(move || async move { setup_async(&spec, &machine, pid).await })
-        .unwrap_or(Err(NetworkError::Thread("setup")))
+}
+
+impl Drop for PendingNetwork {
+    fn drop(&mut self) {
+        let Some(Ok(planned)) = self.planned.take().and_then(Background::join) else {
+            return;
+        };
+        let errors = crate::runtime::block_on_thread(move || planned.abandon())
+            .unwrap_or_else(|| vec![NetworkError::Thread("teardown")]);
+        for e in errors {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
+/// Sets up machine `machine`'s network at once ([`begin`], then [`PendingNetwork::finish`]);
+/// `pid` is its PID 1 (host pid), whose network namespace exists already. On error nothing is
+/// left behind.
+pub fn setup(spec: &NetworkSpec, machine: &str, pid: i32) -> Result<MachineNetwork, NetworkError> {
+    begin(spec, machine)?.finish(pid)
 }
 
 /// Removes what launchers that died left behind (links, zone bridges, NAT entries, leases).

@@ -116,7 +116,7 @@ pub fn delete_commands(e: &NatEntries) -> Vec<String> {
     v
 }
 
-/// Loads libnftables ahead of the first change (see [`super::prepare`]).
+/// Loads libnftables ahead of the first change (see [`super::begin`]).
 pub fn preload(machine: &str) -> Result<(), NatError> {
     crate::sys::linux::nft_preload()
         .map_err(|e| match e {

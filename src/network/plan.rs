@@ -35,6 +35,7 @@ pub(super) fn leases(live: &[MachineState], segments: &[Segment]) -> Vec<Lease> 
 }
 
 /// What setup decided before touching the kernel.
+#[derive(Debug)]
 pub(super) struct Plan {
     /// Bridge to create (zone) with its address.
     pub zone_bridge: Option<(String, Option<Ipv4Net>)>,

@@ -11,26 +11,26 @@ use super::state::{self, MachineState, MovedLink, StateDir, SysctlChange};
 use super::teardown::{has_stale, settle, sweep, undo};
 use super::{MachineNetwork, NetworkError};
 
-pub(super) async fn setup_async(
-    spec: &NetworkSpec,
-    machine: &str,
-    pid: i32,
-) -> Result<MachineNetwork, NetworkError> {
-    let open = |p: String| File::open(p).map_err(|source| NetworkError::Netns { pid, source });
-    let guest_ns = open(format!("/proc/{pid}/ns/net"))?;
-    // This thread was spawned by the launcher's thread: it is in the launcher's namespace.
-    let host_ns = open("/proc/thread-self/ns/net".to_owned())?;
-    let id = |f: &File| f.metadata().map(|m| (m.dev(), m.ino())).ok();
-    if id(&guest_ns) == id(&host_ns) {
-        return Err(NetworkError::SharedNetns(pid));
-    }
+/// What the first phase decided and began before the machine's namespace existed: its
+/// state is written (so a crash leaves it to the sweeps), the lock is held, and its NAT
+/// entries are being added on a thread of their own.
+#[derive(Debug)]
+pub(super) struct Planned {
+    sd: StateDir,
+    st: MachineState,
+    plan: Plan,
+    nat: Option<std::thread::JoinHandle<Result<(), nat::NatError>>>,
+}
+
+/// The first phase: sweeps, checks the name and the ports, plans names and addresses, writes
+/// the state and starts adding the NAT entries. Needs nothing of the machine's namespace.
+pub(super) async fn plan_async(spec: &NetworkSpec, machine: &str) -> Result<Planned, NetworkError> {
     let sd = StateDir::lock(&spec.state_dir)?;
     let rt = Rt::connect()?;
     make_room(&rt, &sd, spec, machine).await?;
     let live = sd.machines();
     let segments = sd.segments();
     let mut st = MachineState::new(machine);
-    st.leader = state::Owner::of(pid);
     for ifname in &spec.interfaces {
         let l = rt.link(ifname).await?.ok_or_else(|| LinkError::NoInterface(ifname.clone()))?;
         st.moved.push(MovedLink { name: ifname.clone(), index: l.index, was_up: l.up });
@@ -56,23 +56,97 @@ pub(super) async fn setup_async(
         }
         return Err(e.into());
     }
+    // nftables runs on its own thread meanwhile: it depends on the addresses, not the links.
     let table_exists = live.iter().any(|m| m.nat);
-    let done = execute(&rt, spec, &mut st, &plan, &guest_ns, &host_ns, table_exists).await;
-    match done.and_then(|()| sd.write_machine(&st).map_err(NetworkError::from)) {
-        Ok(()) => Ok(MachineNetwork {
-            state_dir: spec.state_dir.clone(),
-            state: Some(st),
-            guest_ns: Some(guest_ns),
-            host_ns: Some(host_ns),
-            netns_path: None,
-        }),
-        Err(e) => {
-            for u in undo(&rt, &sd, &st, Some(&guest_ns), Some(&host_ns), false).await {
-                tracing::warn!("{u}");
-            }
-            Err(e)
+    let nat = st.guest_addr.filter(|_| st.nat).map(|g| {
+        let entries = NatEntries { machine: st.machine.clone(), guest: g.addr(), ports: st.ports.clone() };
+        std::thread::spawn(move || nat::add(&entries, table_exists))
+    });
+    Ok(Planned { sd, st, plan, nat })
+}
+
+impl Planned {
+    /// Waits for the NAT entries; their error, if any.
+    fn join_nat(&mut self) -> Result<(), NetworkError> {
+        match self.nat.take().map(|h| h.join()) {
+            None => Ok(()),
+            Some(Ok(r)) => r.map_err(NetworkError::from),
+            Some(Err(_)) => Err(NetworkError::Thread("nftables")),
         }
     }
+
+    /// Undoes what the first phase made (the machine never got its links); the lock is held.
+    pub(super) async fn abandon(mut self) -> Vec<NetworkError> {
+        let mut errors: Vec<NetworkError> = self.join_nat().err().into_iter().collect();
+        match Rt::connect() {
+            Ok(rt) => errors.extend(undo(&rt, &self.sd, &self.st, None, None, false).await),
+            Err(e) => errors.push(e.into()),
+        }
+        errors
+    }
+
+    /// The second phase, once PID 1 (`pid`) exists in its own network namespace: the links,
+    /// addresses and routes, and the NAT entries' completion. On error everything is undone.
+    pub(super) async fn finish(
+        mut self,
+        spec: &NetworkSpec,
+        pid: i32,
+    ) -> Result<MachineNetwork, NetworkError> {
+        let connected = open_namespaces(pid).and_then(|ns| Ok((ns, Rt::connect()?)));
+        let ((guest_ns, host_ns), rt) = match connected {
+            Ok(c) => c,
+            Err(e) => return Err(self.fail(e).await),
+        };
+        self.st.leader = state::Owner::of(pid);
+        if !self.st.moved.is_empty()
+            && let Err(e) = self.sd.write_machine(&self.st)
+        {
+            // The leader is on record before links move into its namespace.
+            return Err(self.fail_with(&rt, e.into(), &guest_ns, &host_ns).await);
+        }
+        let links = setup_links(&rt, spec, &mut self.st, &self.plan, &guest_ns, &host_ns).await;
+        let nat = self.join_nat();
+        match links.and(nat).and_then(|()| self.sd.write_machine(&self.st).map_err(NetworkError::from)) {
+            Ok(()) => Ok(MachineNetwork {
+                state_dir: spec.state_dir.clone(),
+                state: Some(self.st),
+                guest_ns: Some(guest_ns),
+                host_ns: Some(host_ns),
+                netns_path: None,
+            }),
+            Err(e) => Err(self.fail_with(&rt, e, &guest_ns, &host_ns).await),
+        }
+    }
+
+    /// Undoes everything after `e`, before any link was made; returns `e`.
+    async fn fail(self, e: NetworkError) -> NetworkError {
+        for u in self.abandon().await {
+            tracing::warn!("{u}");
+        }
+        e
+    }
+
+    /// Undoes everything after `e` (the NAT thread is done); returns `e`.
+    async fn fail_with(mut self, rt: &Rt, e: NetworkError, guest_ns: &File, host_ns: &File) -> NetworkError {
+        let _ = self.join_nat();
+        for u in undo(rt, &self.sd, &self.st, Some(guest_ns), Some(host_ns), false).await {
+            tracing::warn!("{u}");
+        }
+        e
+    }
+}
+
+/// The machine's network namespace (through its PID 1) and this thread's, which must differ.
+fn open_namespaces(pid: i32) -> Result<(File, File), NetworkError> {
+    let open = |p: String| File::open(p).map_err(|source| NetworkError::Netns { pid, source });
+    let guest_ns = open(format!("/proc/{pid}/ns/net"))?;
+    // This thread was spawned by the launcher's thread: it is in the launcher's namespace.
+    let host_ns = open("/proc/thread-self/ns/net".to_owned())?;
+    let id = |f: &File| f.metadata().map(|m| (m.dev(), m.ino())).ok();
+    if id(&guest_ns) == id(&host_ns) {
+        return Err(NetworkError::SharedNetns(pid));
+    }
+    Ok((guest_ns, host_ns))
 }
 
 /// Clears the way for `machine`: dead launchers' leftovers go, the previous run's pair (a
@@ -106,31 +180,6 @@ async fn make_room(rt: &Rt, sd: &StateDir, spec: &NetworkSpec, machine: &str) ->
         }
     }
     Ok(())
-}
-
-/// Makes it so; `st` is updated with what the kernel assigned (indices, previous sysctls).
-async fn execute(
-    rt: &Rt,
-    spec: &NetworkSpec,
-    st: &mut MachineState,
-    plan: &Plan,
-    guest_ns: &File,
-    host_ns: &File,
-    table_exists: bool,
-) -> Result<(), NetworkError> {
-    // nftables runs on its own thread meanwhile: it does not depend on the links.
-    let nat = st.guest_addr.filter(|_| st.nat).map(|g| {
-        let entries = NatEntries { machine: st.machine.clone(), guest: g.addr(), ports: st.ports.clone() };
-        std::thread::spawn(move || nat::add(&entries, table_exists))
-    });
-    let links = setup_links(rt, spec, st, plan, guest_ns, host_ns).await;
-    let nat = match nat.map(|h| h.join()) {
-        None => Ok(()),
-        Some(Ok(r)) => r.map_err(NetworkError::from),
-        Some(Err(_)) => Err(NetworkError::Thread("nftables")),
-    };
-    links?;
-    nat
 }
 
 async fn setup_links(
