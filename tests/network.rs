@@ -412,6 +412,27 @@ fn a_begun_network_is_finished_or_taken_back() {
     });
 }
 
+/// The last machine's way out deletes the table over netlink directly: the table and its
+/// entries go, another table stays, and a table already gone (a flushed ruleset) is fine.
+#[test]
+fn the_last_machine_deletes_the_table_and_only_it() {
+    in_test_host(Duration::from_secs(20), || {
+        let e = network::nat::NatEntries {
+            machine: "last".into(),
+            guest: Ipv4Addr::new(10, 213, 0, 2),
+            ports: vec![network::parse_port("tcp:8080:80").unwrap()],
+        };
+        network::nat::add(&e, false).unwrap();
+        sh("nft add table ip someone_elses");
+        assert!(ruleset().contains("comment \"machine last\""), "{}", ruleset());
+        network::nat::remove(&e, true).unwrap();
+        assert!(!ruleset().contains("mctl"), "{}", ruleset());
+        assert!(ruleset().contains("table ip someone_elses"), "{}", ruleset());
+        network::nat::remove(&e, true).expect("no table to delete is no error");
+        sh("nft delete table ip someone_elses");
+    });
+}
+
 #[test]
 fn private_namespace_path_and_host_need_nothing() {
     let state = tempfile::tempdir().unwrap();

@@ -76,7 +76,7 @@
 //! Teardown is bound by the kernel's RCU grace periods, which the launcher does not wait for:
 //! the veth pair goes with the namespace (above), and the close of the nftables socket that
 //! deleted the table (which flushes nf_tables' destroy work) is left to a short-lived child
-//! ([`nft_run_closing`](crate::sys::linux::nft_run_closing)). That child waits out a grace
+//! ([`hold_and_exit_child`](crate::sys::linux::hold_and_exit_child)). That child waits out a grace
 //! period before the close: the flush holds the host's nftables commit mutex, which a link
 //! rename or removal takes under the RTNL lock, so an early close stalled every link change
 //! and network namespace creation on the host (the next launch's among them) for 3-8 ms.

@@ -24,12 +24,16 @@
 //! about 4 ms per change, most of this module's budget; netlink crates (rustables) would mean
 //! re-encoding `fib`, concatenated maps and `masquerade` expressions by hand. libnftables is
 //! the library `nft` itself is built on (same package, same language, atomic batches), so
-//! each change is one in-process call of well under a millisecond.
+//! each change is one in-process call of about a millisecond. The exception is the deletion
+//! of the table, which needs no expressions and is on every veth machine's way out: three
+//! fixed netlink messages ([`crate::sys::nfnetlink`]) instead of a context and its caches.
 
 use std::fmt::Write;
 use std::net::Ipv4Addr;
 
-use crate::sys::linux::{NftError, nft_run_closing};
+use std::os::fd::AsRawFd;
+
+use crate::sys::linux::{NftError, nft_run};
 
 use super::spec::PortForward;
 
@@ -126,11 +130,7 @@ pub fn preload(machine: &str) -> Result<(), NatError> {
 }
 
 fn run(step: &'static str, machine: &str, cmds: &str) -> Result<(), NatError> {
-    run_closing(step, machine, cmds, false)
-}
-
-fn run_closing(step: &'static str, machine: &str, cmds: &str, in_background: bool) -> Result<(), NatError> {
-    nft_run_closing(cmds, in_background).map_err(|e| match e {
+    nft_run(cmds).map_err(|e| match e {
         NftError::Unavailable(message) => NatError::Unavailable { machine: machine.to_owned(), message },
         NftError::Failed(message) => NatError::Failed { step, machine: machine.to_owned(), message },
     })
@@ -150,16 +150,31 @@ pub fn add(e: &NatEntries, table_exists: bool) -> Result<(), NatError> {
     }
 }
 
+/// Deletes the table (and with it every entry), directly over netlink: libnftables would take
+/// ten times as long on every veth machine's way out. Its destruction completes in the kernel
+/// when the socket is released, which a short-lived child does a grace period later, so
+/// that neither the launcher nor the host's link changes wait for it (see
+/// [`hold_and_exit_child`](crate::sys::linux::hold_and_exit_child)).
+fn delete_table(machine: &str) -> Result<(), NatError> {
+    match crate::sys::nfnetlink::delete_table(crate::sys::nfnetlink::NFPROTO_IPV4, TABLE) {
+        Ok(None) => Ok(()),
+        Ok(Some(sock)) => {
+            crate::sys::linux::hold_and_exit_child(&[sock.as_raw_fd()]);
+            Ok(())
+        }
+        Err(e) => Err(NatError::Failed {
+            step: "delete table",
+            machine: machine.to_owned(),
+            message: e.to_string(),
+        }),
+    }
+}
+
 /// Removes a machine's entries, or the whole table when `last` (no other machine uses it).
 /// Entries already gone are fine: this also runs for half-done setups and stale states.
 pub fn remove(e: &NatEntries, last: bool) -> Result<(), NatError> {
     if last {
-        // The table's destruction completes in the kernel after the socket closes; the
-        // launcher does not wait for that (see nft_run_closing).
-        return match run_closing("delete table", &e.machine, &format!("delete table ip {TABLE}"), true) {
-            Err(NatError::Failed { message, .. }) if message.contains("No such file or directory") => Ok(()),
-            other => other,
-        };
+        return delete_table(&e.machine);
     }
     let cmds = delete_commands(e);
     if run("delete NAT and port-forward entries", &e.machine, &cmds.join("\n")).is_ok() {

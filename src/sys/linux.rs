@@ -706,18 +706,7 @@ fn nft_lib() -> Result<&'static Libnftables, NftError> {
 /// in the calling thread's network namespace. In-process because a fork and exec of `nft`
 /// costs about 4 ms per change, the library well under 1 ms.
 pub fn nft_run(commands: &str) -> Result<(), NftError> {
-    nft_run_closing(commands, false)
-}
-
-/// [`nft_run`], with the close of the context's netlink socket handed to a short-lived child
-/// process when `close_in_background`: after a batch that deletes a table, the kernel flushes
-/// nf_tables' destroy work (an RCU grace period, ~8-17 ms) when that socket is released, and
-/// the launcher need not wait for it. The child closes everything else at once and releases
-/// the socket after a grace period of its own; the batch itself is complete when this
-/// returns. (Its zombie is reaped when the launcher exits.)
-pub fn nft_run_closing(commands: &str, close_in_background: bool) -> Result<(), NftError> {
     let lib = nft_lib()?;
-    let before = if close_in_background { open_files() } else { Vec::new() };
     let cmds = CString::new(commands).map_err(|_| NftError::Failed("command contains a NUL byte".into()))?;
     // SAFETY: the context is created, used and freed on this thread only, within this block;
     // `cmds` is NUL-terminated and outlives the call; the error buffer belongs to the context
@@ -739,9 +728,6 @@ pub fn nft_run_closing(commands: &str, close_in_background: bool) -> Result<(), 
                 if p.is_null() { String::new() } else { CStr::from_ptr(p).to_string_lossy().into_owned() };
             Err(NftError::Failed(msg.trim().to_owned()))
         };
-        if close_in_background {
-            hold_and_exit_child(&opened_since(&before));
-        }
         (lib.ctx_free)(ctx);
         result
     }
@@ -754,33 +740,10 @@ fn open_fds() -> Vec<RawFd> {
         .unwrap_or_default()
 }
 
-/// This process's open file descriptors, each with the device and inode of its file.
-fn open_files() -> Vec<(RawFd, (u64, u64))> {
-    open_fds()
-        .into_iter()
-        .filter_map(|fd| {
-            let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-            // SAFETY: fstat writes a whole stat into `st` on success and reads nothing else; a
-            // descriptor closed meanwhile (the listing's own) gives EBADF and is skipped.
-            if unsafe { libc::fstat(fd, st.as_mut_ptr()) } != 0 {
-                return None;
-            }
-            // SAFETY: initialized by the successful fstat above.
-            let st = unsafe { st.assume_init() };
-            Some((fd, (st.st_dev, st.st_ino)))
-        })
-        .collect()
-}
-
-/// The descriptors opened since `before` was taken ([`open_files`]). By identity, not number:
-/// a number open before (the directory listing the descriptors was one) may be a new file now.
-fn opened_since(before: &[(RawFd, (u64, u64))]) -> Vec<RawFd> {
-    open_files().into_iter().filter(|f| !before.contains(f)).map(|(fd, _)| fd).collect()
-}
-
-/// Forks a child that closes every descriptor but `keep` and exits, so that the last reference
-/// to `keep`'s files goes with it rather than with us.
-fn hold_and_exit_child(keep: &[RawFd]) {
+/// Forks a child that closes every descriptor but `keep` at once and exits a grace period
+/// later, so that the last reference to `keep`'s files goes with it rather than with us. For
+/// an nf_tables socket after a deletion, whose release waits for the destroy work.
+pub fn hold_and_exit_child(keep: &[RawFd]) {
     let max = open_fds().into_iter().max().unwrap_or(0);
     // SAFETY: the child runs only async-signal-safe calls (close, _exit) on integers computed
     // before the fork, so the parent's other threads and their locks cannot matter to it. If
@@ -1135,30 +1098,5 @@ pub fn reset_signal_dispositions() {
             // requirement applies.
             let _ = unsafe { nix::sys::signal::signal(sig, SigHandler::SigDfl) };
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The nftables socket must be among the descriptors the closing child keeps: a number
-    /// that was open before (and closed since) counts as new when it names another file.
-    #[test]
-    fn a_reused_descriptor_number_counts_as_newly_opened() {
-        let dir = tempfile::tempdir().unwrap();
-        let first = fs::File::create(dir.path().join("first")).unwrap();
-        let number = first.as_raw_fd();
-        let before = open_files();
-        assert!(!opened_since(&before).contains(&number), "nothing new yet");
-        let second = fs::File::create(dir.path().join("second")).unwrap();
-        assert!(opened_since(&before).contains(&second.as_raw_fd()));
-        // The number now names the second file (dup2 swaps it atomically, so no other
-        // thread of the test process can take the number in between).
-        // SAFETY: both descriptors are open and owned here; `first` closes `number` at drop.
-        assert_eq!(unsafe { libc::dup2(second.as_raw_fd(), number) }, number);
-        assert!(opened_since(&before).contains(&number), "a reused number is a new file");
-        assert!(!opened_since(&open_files()).contains(&number));
-        drop(first);
     }
 }

@@ -15,6 +15,7 @@ use nix::sched::CloneFlags;
 pub mod fake;
 pub mod linux;
 pub mod loopdev;
+pub mod nfnetlink;
 
 /// The kind of special file [`Sys::mknod`] creates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
