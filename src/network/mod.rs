@@ -108,7 +108,7 @@ use crate::runtime::Background;
 use addr::AddrError;
 use link::{LinkError, Rt};
 use nat::NatError;
-use setup::{Planned, plan_async};
+use setup::plan_async;
 use spec::SpecError;
 use state::{MachineState, StateDir, StateError};
 use teardown::{has_stale, sweep, undo};
@@ -322,15 +322,21 @@ impl Drop for MachineNetwork {
 #[must_use = "a pending network is completed with finish (dropping it undoes it)"]
 pub struct PendingNetwork {
     spec: NetworkSpec,
-    /// The first phase, on a thread of its own; `None` when there are no links to make.
-    planned: Option<Background<Result<Planned, NetworkError>>>,
+    /// The network's thread, which gets PID 1 (or `None`: undo) once planned; `None` when
+    /// there are no links to make.
+    work: Option<(PidSender, NetworkThread)>,
 }
+
+type PidSender = tokio::sync::oneshot::Sender<Option<i32>>;
+/// The finished network, or `None` when told to undo the first half.
+type NetworkThread = Background<Result<Option<MachineNetwork>, NetworkError>>;
 
 /// Begins machine `machine`'s network before its namespace exists, ideally right after forking
 /// the outer child (so it overlaps with the child's filesystem work): checks the spec and the
 /// name, then, on a thread of its own, removes dead launchers' leftovers, plans names and
-/// addresses (the state is written and locked from here on) and adds the NAT entries.
-/// Problems of that thread are reported by [`PendingNetwork::finish`].
+/// addresses (the state is written and locked from here on) and adds the NAT entries. The
+/// same thread and netlink connection make the links once PID 1 is known
+/// ([`PendingNetwork::finish`]), which also reports the first half's problems.
 pub fn begin(spec: &NetworkSpec, machine: &str) -> Result<PendingNetwork, NetworkError> {
     spec.validate()?;
     crate::names::validate(machine).map_err(|e| NetworkError::Name(machine.to_owned(), e))?;
@@ -339,22 +345,33 @@ pub fn begin(spec: &NetworkSpec, machine: &str) -> Result<PendingNetwork, Networ
         NetworkMode::Private => spec.has_host_links(),
         _ => true,
     };
-    let planned = if makes_links {
+    let work = if makes_links {
         let (spec, machine) = (spec.clone(), machine.to_owned());
-        Some(crate::runtime::spawn_on_thread(move || async move {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let thread = crate::runtime::spawn_on_thread(move || async move {
             if spec.has_veth() {
                 // Before the lock: loading the library takes a while the first time.
                 nat::preload(&machine)?;
             }
-            plan_async(&spec, &machine).await
-        }))
+            let planned = plan_async(&spec, &machine).await?;
+            match rx.await.ok().flatten() {
+                Some(pid) => planned.finish(&spec, pid).await.map(Some),
+                None => {
+                    for e in planned.abandon().await {
+                        tracing::warn!("{e}");
+                    }
+                    Ok(None)
+                }
+            }
+        });
+        Some((tx, thread))
     } else {
         if spec.needs_netns() {
             cleanup_stale(&spec.state_dir);
         }
         None
     };
-    Ok(PendingNetwork { spec: spec.clone(), planned })
+    Ok(PendingNetwork { spec: spec.clone(), work })
 }
 
 impl PendingNetwork {
@@ -362,29 +379,25 @@ impl PendingNetwork {
     /// network namespace: links, addresses, routes. Runs in the launcher's parent before the
     /// payload starts. On error nothing is left behind.
     pub fn finish(mut self, pid: i32) -> Result<MachineNetwork, NetworkError> {
-        let mut net = MachineNetwork::empty(&self.spec.state_dir);
-        if let NetworkMode::NamespacePath(p) = self.spec.effective_mode() {
-            net.netns_path = Some(p);
-        }
-        let Some(planned) = self.planned.take() else {
+        let Some((tx, thread)) = self.work.take() else {
+            let mut net = MachineNetwork::empty(&self.spec.state_dir);
+            if let NetworkMode::NamespacePath(p) = self.spec.effective_mode() {
+                net.netns_path = Some(p);
+            }
             return Ok(net);
         };
-        let planned = planned.join().unwrap_or(Err(NetworkError::Thread("setup")))?;
-        let spec = self.spec.clone();
-        crate::runtime::block_on_thread(move || async move { planned.finish(&spec, pid).await })
-            .unwrap_or(Err(NetworkError::Thread("setup")))
+        // Refused when the first half failed: its error is the thread's result.
+        let _ = tx.send(Some(pid));
+        thread.join().unwrap_or(Err(NetworkError::Thread("setup")))?.ok_or(NetworkError::Thread("setup"))
     }
 }
 
 impl Drop for PendingNetwork {
     fn drop(&mut self) {
-        let Some(Ok(planned)) = self.planned.take().and_then(Background::join) else {
-            return;
-        };
-        let errors = crate::runtime::block_on_thread(move || planned.abandon())
-            .unwrap_or_else(|| vec![NetworkError::Thread("teardown")]);
-        for e in errors {
-            tracing::warn!("{e}");
+        if let Some((tx, thread)) = self.work.take() {
+            // The first half's own error, if any, is moot: the launch failed before.
+            let _ = tx.send(None);
+            let _ = thread.join();
         }
     }
 }

@@ -14,9 +14,9 @@ use super::{MachineNetwork, NetworkError};
 /// What the first phase decided and began before the machine's namespace existed: its
 /// state is written (so a crash leaves it to the sweeps), the lock is held, and its NAT
 /// entries are being added on a thread of their own.
-#[derive(Debug)]
 pub(super) struct Planned {
     sd: StateDir,
+    rt: Rt,
     st: MachineState,
     plan: Plan,
     nat: Option<std::thread::JoinHandle<Result<(), nat::NatError>>>,
@@ -62,7 +62,7 @@ pub(super) async fn plan_async(spec: &NetworkSpec, machine: &str) -> Result<Plan
         let entries = NatEntries { machine: st.machine.clone(), guest: g.addr(), ports: st.ports.clone() };
         std::thread::spawn(move || nat::add(&entries, table_exists))
     });
-    Ok(Planned { sd, st, plan, nat })
+    Ok(Planned { sd, rt, st, plan, nat })
 }
 
 impl Planned {
@@ -78,10 +78,7 @@ impl Planned {
     /// Undoes what the first phase made (the machine never got its links); the lock is held.
     pub(super) async fn abandon(mut self) -> Vec<NetworkError> {
         let mut errors: Vec<NetworkError> = self.join_nat().err().into_iter().collect();
-        match Rt::connect() {
-            Ok(rt) => errors.extend(undo(&rt, &self.sd, &self.st, None, None, false).await),
-            Err(e) => errors.push(e.into()),
-        }
+        errors.extend(undo(&self.rt, &self.sd, &self.st, None, None, false).await);
         errors
     }
 
@@ -92,11 +89,11 @@ impl Planned {
         spec: &NetworkSpec,
         pid: i32,
     ) -> Result<MachineNetwork, NetworkError> {
-        let connected = open_namespaces(pid).and_then(|ns| Ok((ns, Rt::connect()?)));
-        let ((guest_ns, host_ns), rt) = match connected {
-            Ok(c) => c,
+        let (guest_ns, host_ns) = match open_namespaces(pid) {
+            Ok(ns) => ns,
             Err(e) => return Err(self.fail(e).await),
         };
+        let rt = self.rt.clone();
         self.st.leader = state::Owner::of(pid);
         if !self.st.moved.is_empty()
             && let Err(e) = self.sd.write_machine(&self.st)
