@@ -31,7 +31,7 @@
 use std::fmt::Write;
 use std::net::Ipv4Addr;
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 
 use crate::sys::linux::{NftError, nft_run};
 
@@ -152,34 +152,33 @@ pub fn add(e: &NatEntries, table_exists: bool) -> Result<(), NatError> {
 
 /// Deletes the table (and with it every entry), directly over netlink: libnftables would take
 /// ten times as long on every veth machine's way out. Its destruction completes in the kernel
-/// when the socket is released: the socket is returned (`None`: there was no table) for a
-/// process that outlives the launcher to release a grace period later, so that neither the
-/// launcher nor the host's link changes wait for it (see
+/// when the socket is released, which a short-lived child does a grace period later, so
+/// that neither the launcher nor the host's link changes wait for it (see
 /// [`hold_and_exit_child`](crate::sys::linux::hold_and_exit_child)).
-fn delete_table(machine: &str) -> Result<Option<OwnedFd>, NatError> {
-    crate::sys::nfnetlink::delete_table(crate::sys::nfnetlink::NFPROTO_IPV4, TABLE).map_err(|e| {
-        NatError::Failed { step: "delete table", machine: machine.to_owned(), message: e.to_string() }
-    })
+fn delete_table(machine: &str) -> Result<(), NatError> {
+    match crate::sys::nfnetlink::delete_table(crate::sys::nfnetlink::NFPROTO_IPV4, TABLE) {
+        Ok(None) => Ok(()),
+        Ok(Some(sock)) => {
+            crate::sys::linux::hold_and_exit_child(&[sock.as_raw_fd()]);
+            Ok(())
+        }
+        Err(e) => Err(NatError::Failed {
+            step: "delete table",
+            machine: machine.to_owned(),
+            message: e.to_string(),
+        }),
+    }
 }
 
 /// Removes a machine's entries, or the whole table when `last` (no other machine uses it).
 /// Entries already gone are fine: this also runs for half-done setups and stale states.
 pub fn remove(e: &NatEntries, last: bool) -> Result<(), NatError> {
-    if let Some(sock) = remove_holding(e, last)? {
-        crate::sys::linux::hold_and_exit_child(&[sock.as_raw_fd()]);
-    }
-    Ok(())
-}
-
-/// [`remove`], returning the socket that deleted the table, for the caller to hand to a
-/// process that releases it a grace period later (see [`delete_table`]).
-pub fn remove_holding(e: &NatEntries, last: bool) -> Result<Option<OwnedFd>, NatError> {
     if last {
         return delete_table(&e.machine);
     }
     let cmds = delete_commands(e);
     if run("delete NAT and port-forward entries", &e.machine, &cmds.join("\n")).is_ok() {
-        return Ok(None);
+        return Ok(());
     }
     // One batch fails as a whole if any element is missing: retry one by one.
     let mut result = Ok(());
@@ -190,7 +189,7 @@ pub fn remove_holding(e: &NatEntries, last: bool) -> Result<Option<OwnedFd>, Nat
             Ok(()) => {}
         }
     }
-    result.map(|()| None)
+    result
 }
 
 #[cfg(test)]

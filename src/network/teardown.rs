@@ -2,7 +2,6 @@
 //! launchers left.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -84,7 +83,7 @@ pub(super) async fn undo(
     let nat = st.guest_addr.filter(|_| st.nat).map(|g| {
         let entries = NatEntries { machine: st.machine.clone(), guest: g.addr(), ports: st.ports.clone() };
         let last = !others.iter().any(|m| m.nat);
-        std::thread::spawn(move || nat::remove_holding(&entries, last))
+        std::thread::spawn(move || nat::remove(&entries, last))
     });
     if let Some(host) = st.host_link.as_ref().filter(|_| !leave_pair) {
         match our_pair(rt, st).await {
@@ -98,19 +97,11 @@ pub(super) async fn undo(
         }
     }
     errors.extend(remove_extra_pairs(rt, st).await);
-    // The socket that deleted the table, to be released a grace period later.
-    let nat_socket = match nat.map(|h| h.join()) {
-        Some(Ok(Ok(socket))) => socket,
-        Some(Ok(Err(e))) => {
-            errors.push(e.into());
-            None
-        }
-        Some(Err(_)) => {
-            errors.push(NetworkError::Thread("nftables"));
-            None
-        }
-        None => None,
-    };
+    match nat.map(|h| h.join()) {
+        Some(Ok(Err(e))) => errors.push(e.into()),
+        Some(Err(_)) => errors.push(NetworkError::Thread("nftables")),
+        _ => {}
+    }
     if let Some(key) = &st.segment
         && !others.iter().any(|m| m.segment.as_ref() == Some(key))
         && let Some(seg) = sd.segment(key)
@@ -118,11 +109,7 @@ pub(super) async fn undo(
         errors.extend(drop_segment(rt, sd, &seg).await);
     }
     errors.extend(restore_route_localnet(st, &others));
-    let (more, nat_socket) = forget_or_dismantle(sd, st, leave_pair, nat_socket);
-    errors.extend(more);
-    if let Some(socket) = nat_socket {
-        crate::sys::linux::hold_and_exit_child(&[socket.as_raw_fd()]);
-    }
+    errors.extend(forget_or_dismantle(sd, st, leave_pair));
     errors
 }
 
@@ -146,15 +133,7 @@ fn restore_route_localnet(st: &MachineState, others: &[MachineState]) -> Vec<Net
 
 /// Forgets the machine's state, or with `leave_pair` marks it `dismantling` (the pair's name
 /// and subnet stay leased until the kernel has removed the pair with the namespace).
-/// `hold` (the nftables socket that deleted the table) goes to the child that watches the pair
-/// (one fork fewer), which releases it long after the grace period its release waits for;
-/// returned when there is no such child.
-fn forget_or_dismantle(
-    sd: &StateDir,
-    st: &MachineState,
-    leave_pair: bool,
-    hold: Option<OwnedFd>,
-) -> (Vec<NetworkError>, Option<OwnedFd>) {
+fn forget_or_dismantle(sd: &StateDir, st: &MachineState, leave_pair: bool) -> Vec<NetworkError> {
     let mut errors = Vec::new();
     if let Some(host) = st.host_link.as_ref().filter(|_| leave_pair) {
         // The kernel takes a few to some tens of milliseconds to remove the pair once the
@@ -175,41 +154,30 @@ fn forget_or_dismantle(
         };
         match sd.write_machine(&left) {
             Err(e) => errors.push(e.into()),
-            Ok(()) => return (errors, forget_once_gone(sd, &st.machine, host, Some(&retired), hold)),
+            Ok(()) => forget_once_gone(sd, &st.machine, host, Some(&retired)),
         }
     } else {
         sd.remove_machine(&st.machine);
     }
-    (errors, hold)
+    errors
 }
 
 /// Has the state entry `entry` (as written just now) forgotten as soon as the kernel has
 /// removed the pair `link` (a few ms after the namespace's last user is gone), by a child that
 /// outlives us that long and first renames the pair to `rename_to` when given; else the next
-/// launch's sweep forgets it. The child also holds `hold` until it exits; returned if there
-/// is no child.
-fn forget_once_gone(
-    sd: &StateDir,
-    entry: &str,
-    link: &str,
-    rename_to: Option<&str>,
-    hold: Option<OwnedFd>,
-) -> Option<OwnedFd> {
-    let Ok(meta) = std::fs::metadata(sd.machine_path(entry)) else {
-        return hold;
-    };
-    let forked = crate::sys::linux::forget_when_link_gone(
-        link,
-        rename_to,
-        &sd.lock_path(),
-        &sd.machine_path(entry),
-        meta.ino(),
-        // Usually milliseconds; seconds when the kernel has many namespaces to dismantle.
-        std::time::Duration::from_secs(30),
-        hold.as_ref().map(AsRawFd::as_raw_fd),
-    );
-    // Our copy goes; the child's is the last.
-    if forked { None } else { hold }
+/// launch's sweep forgets it.
+fn forget_once_gone(sd: &StateDir, entry: &str, link: &str, rename_to: Option<&str>) {
+    if let Ok(meta) = std::fs::metadata(sd.machine_path(entry)) {
+        crate::sys::linux::forget_when_link_gone(
+            link,
+            rename_to,
+            &sd.lock_path(),
+            &sd.machine_path(entry),
+            meta.ino(),
+            // Usually milliseconds; seconds when the kernel has many namespaces to dismantle.
+            std::time::Duration::from_secs(30),
+        );
+    }
 }
 
 /// The machine's veth pair, if it still exists: the host-side link with the machine's name,
@@ -300,7 +268,7 @@ pub(super) async fn settle(
                 errors.push(e.into());
                 return errors;
             }
-            let _ = forget_once_gone(sd, &own.machine, &own.machine, None, None);
+            forget_once_gone(sd, &own.machine, &own.machine, None);
         }
         Ok(None) => {}
         Err(e) => errors.push(e.into()),

@@ -983,8 +983,7 @@ pub fn pty_peer(master: BorrowedFd<'_>) -> io::Result<OwnedFd> {
 /// caller does not), then waits (up to `patience`) until this thread's network namespace has
 /// no link of that name (the new one if the rename worked), then, holding the flock of `lock`,
 /// removes `file` if it is still the inode `ino` (nobody replaced it), and exits.
-/// The child holds no other descriptor of ours (pipes of the caller close on time) but `hold`,
-/// which it releases last (see [`hold_and_exit_child`]). Whether the child was forked.
+/// The child holds no other descriptor of ours (pipes of the caller close on time).
 pub fn forget_when_link_gone(
     ifname: &str,
     rename_to: Option<&str>,
@@ -992,20 +991,17 @@ pub fn forget_when_link_gone(
     file: &Path,
     ino: u64,
     patience: std::time::Duration,
-    hold: Option<RawFd>,
-) -> bool {
-    let (Ok(name), Ok(lock), Ok(file)) = (CString::new(ifname), cpath(lock), cpath(file)) else {
-        return false;
-    };
+) {
+    let (Ok(name), Ok(lock), Ok(file)) = (CString::new(ifname), cpath(lock), cpath(file)) else { return };
     if name.as_bytes().len() >= libc::IFNAMSIZ {
-        return false;
+        return;
     }
     let new_name =
         rename_to.and_then(|n| CString::new(n).ok()).filter(|n| n.as_bytes().len() < libc::IFNAMSIZ);
     // SAFETY: socket(2) with constant arguments; the fd is checked below.
     let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if sock < 0 {
-        return false;
+        return;
     }
     // SAFETY: ifreq is plain data; zeroed is valid. The name fits (checked above).
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
@@ -1035,12 +1031,12 @@ pub fn forget_when_link_gone(
     // SAFETY: fork(2); what the child does is below.
     match unsafe { libc::fork() } {
         // SAFETY: the child uses only async-signal-safe system calls (close, ioctl, nanosleep,
-        // clock_gettime, open, flock, stat, unlink, membarrier, _exit) on data prepared before the fork, so
+        // clock_gettime, open, flock, stat, unlink, _exit) on data prepared before the fork, so
         // the parent's other threads and their locks cannot matter to it; `req`, `lock` and
         // `file` are live copies in the child's memory.
         0 => unsafe {
             for fd in 0..=max {
-                if fd != sock && Some(fd) != hold {
+                if fd != sock {
                     libc::close(fd);
                 }
             }
@@ -1077,17 +1073,11 @@ pub fn forget_when_link_gone(
                     }
                 }
             }
-            if hold.is_some() {
-                // The pair is usually gone after the grace period; if it went sooner, one is
-                // waited out here (see hold_and_exit_child).
-                libc::syscall(libc::SYS_membarrier, libc::MEMBARRIER_CMD_GLOBAL, 0, 0);
-            }
             libc::_exit(0)
         },
-        pid => {
+        _ => {
             // SAFETY: our copy of the socket, not used again.
             unsafe { libc::close(sock) };
-            pid > 0
         }
     }
 }
