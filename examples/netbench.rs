@@ -60,7 +60,7 @@ fn main() {
     for i in 0..runs {
         let mut m1 = machine();
         let (name, pid1) = (format!("bench{i}"), i32::try_from(m1.id()).expect("a pid"));
-        let net = if prepare {
+        let (t0, net) = if prepare {
             let t = Instant::now();
             let pending = network::begin(&spec, &name).expect("begin");
             println!("{{\"prepare_ms\": {:.3}}}", ms(t.elapsed()));
@@ -71,7 +71,6 @@ fn main() {
         } else {
             (Instant::now(), network::setup(&spec, &name, pid1).expect("setup"))
         };
-        let (t0, net) = net;
         let t1 = Instant::now();
         if !pid1_alive {
             let _ = m1.kill();

@@ -81,9 +81,9 @@
 //! rename or removal takes under the RTNL lock, so an early close stalled every link change
 //! and network namespace creation on the host (the next launch's among them) for 3-8 ms.
 //!
-//! [`setup`] and teardown run their tokio work through
-//! [`block_on_thread`](crate::runtime::block_on_thread) (one call each), so the parent is
-//! single-threaded again when they return.
+//! [`begin`] and teardown run their tokio work on a thread of their own
+//! ([`spawn_on_thread`](crate::runtime::spawn_on_thread)), joined by [`PendingNetwork::finish`]
+//! and by the teardown's wait, so the parent is single-threaded again when they return.
 
 use std::fs::File;
 use std::io;

@@ -30,7 +30,6 @@
 
 use std::fmt::Write;
 use std::net::Ipv4Addr;
-
 use std::os::fd::AsRawFd;
 
 use crate::sys::linux::{NftError, nft_run};

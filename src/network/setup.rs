@@ -77,9 +77,24 @@ impl Planned {
 
     /// Undoes what the first phase made (the machine never got its links); the lock is held.
     pub(super) async fn abandon(mut self) -> Vec<NetworkError> {
+        self.undo(None).await
+    }
+
+    /// Waits for the NAT entries, then undoes everything made so far; `namespaces` (the
+    /// machine's and ours) once links may exist in them.
+    async fn undo(&mut self, namespaces: Option<(&File, &File)>) -> Vec<NetworkError> {
         let mut errors: Vec<NetworkError> = self.join_nat().err().into_iter().collect();
-        errors.extend(undo(&self.rt, &self.sd, &self.st, None, None, false).await);
+        let (guest, host) = namespaces.unzip();
+        errors.extend(undo(&self.rt, &self.sd, &self.st, guest, host, false).await);
         errors
+    }
+
+    /// Undoes everything after `e`, logging what could not be undone; returns `e`.
+    async fn fail(mut self, e: NetworkError, namespaces: Option<(&File, &File)>) -> NetworkError {
+        for u in self.undo(namespaces).await {
+            tracing::warn!("{u}");
+        }
+        e
     }
 
     /// The second phase, once PID 1 (`pid`) exists in its own network namespace: the links,
@@ -91,17 +106,17 @@ impl Planned {
     ) -> Result<MachineNetwork, NetworkError> {
         let (guest_ns, host_ns) = match open_namespaces(pid) {
             Ok(ns) => ns,
-            Err(e) => return Err(self.fail(e).await),
+            Err(e) => return Err(self.fail(e, None).await),
         };
-        let rt = self.rt.clone();
+        let namespaces = Some((&guest_ns, &host_ns));
         self.st.leader = state::Owner::of(pid);
         if !self.st.moved.is_empty()
             && let Err(e) = self.sd.write_machine(&self.st)
         {
             // The leader is on record before links move into its namespace.
-            return Err(self.fail_with(&rt, e.into(), &guest_ns, &host_ns).await);
+            return Err(self.fail(e.into(), namespaces).await);
         }
-        let links = setup_links(&rt, spec, &mut self.st, &self.plan, &guest_ns, &host_ns).await;
+        let links = setup_links(&self.rt, spec, &mut self.st, &self.plan, &guest_ns, &host_ns).await;
         let nat = self.join_nat();
         match links.and(nat).and_then(|()| self.sd.write_machine(&self.st).map_err(NetworkError::from)) {
             Ok(()) => Ok(MachineNetwork {
@@ -111,25 +126,8 @@ impl Planned {
                 host_ns: Some(host_ns),
                 netns_path: None,
             }),
-            Err(e) => Err(self.fail_with(&rt, e, &guest_ns, &host_ns).await),
+            Err(e) => Err(self.fail(e, Some((&guest_ns, &host_ns))).await),
         }
-    }
-
-    /// Undoes everything after `e`, before any link was made; returns `e`.
-    async fn fail(self, e: NetworkError) -> NetworkError {
-        for u in self.abandon().await {
-            tracing::warn!("{u}");
-        }
-        e
-    }
-
-    /// Undoes everything after `e` (the NAT thread is done); returns `e`.
-    async fn fail_with(mut self, rt: &Rt, e: NetworkError, guest_ns: &File, host_ns: &File) -> NetworkError {
-        let _ = self.join_nat();
-        for u in undo(rt, &self.sd, &self.st, Some(guest_ns), Some(host_ns), false).await {
-            tracing::warn!("{u}");
-        }
-        e
     }
 }
 

@@ -745,7 +745,7 @@ fn open_fds() -> Vec<RawFd> {
 /// an nf_tables socket after a deletion, whose release waits for the destroy work.
 pub fn hold_and_exit_child(keep: &[RawFd]) {
     let max = open_fds().into_iter().max().unwrap_or(0);
-    // SAFETY: the child runs only async-signal-safe calls (close, _exit) on integers computed
+    // SAFETY: the child runs only async-signal-safe calls (close, membarrier, _exit) on integers computed
     // before the fork, so the parent's other threads and their locks cannot matter to it. If
     // the fork fails, the parent simply pays for the close itself.
     if unsafe { libc::fork() } == 0 {
