@@ -422,6 +422,9 @@ struct Run<'a> {
     children: Reaper,
     /// The outer child until it is reaped.
     outer: Option<Pid>,
+    /// The network's first half, begun as soon as the outer child is forked (see
+    /// [`network::begin`]) and finished by [`Run::connect`].
+    pending_net: Option<network::PendingNetwork>,
     net: Option<network::MachineNetwork>,
     registered: bool,
     /// Always present until [`Run::end`] removes it.
@@ -523,6 +526,7 @@ impl<'a> Run<'a> {
             spec,
             children: Reaper::default(),
             outer: None,
+            pending_net: None,
             net: None,
             registered: false,
             cgroup: Some(cgroup),
@@ -548,6 +552,13 @@ impl<'a> Run<'a> {
                 run.outer = Some(Pid::from_raw(pid));
             }
         }
+        // Sweeps, plans and adds the NAT entries while the child builds the tree and the v1
+        // cgroups are made; dropped on an error before it is finished, it undoes what it made.
+        run.pending_net = spec
+            .network
+            .needs_netns()
+            .then(|| network::begin(&spec.network, spec.name.as_str()))
+            .transpose()?;
         if let Some(cgroup) = run.cgroup.as_mut() {
             cgroup.create_v1()?;
             if !spec.resources.is_empty() {
@@ -569,13 +580,7 @@ impl<'a> Run<'a> {
     /// registration stops it before it starts.
     fn connect(&mut self, parent: &ParentEnd, ctx: &ChildContext<'_>) -> Result<MachineSetup, LaunchError> {
         let spec = self.spec;
-        // Sweeps, plans and adds the NAT entries while the child builds the tree; dropped on
-        // an error before it is finished, it undoes what it made.
-        let pending = spec
-            .network
-            .needs_netns()
-            .then(|| network::begin(&spec.network, spec.name.as_str()))
-            .transpose()?;
+        let pending = self.pending_net.take();
         let setup = parent.wait_pid1()?;
         self.children.pids.push(Pid::from_raw(setup.pid1));
         if let Some(pending) = pending {
