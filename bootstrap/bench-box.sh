@@ -1,6 +1,6 @@
 #!/bin/sh
 # Build the pure-cgroup2 bench box: the cached Debian tree plus what bench/launch.py runs
-# inside it (python3, systemd-nspawn, bwrap, ip, libnftables for mctl's NAT).
+# inside it (python3, systemd-nspawn, bwrap, ip).
 #
 #   bootstrap/bench-box.sh DEST [SUITE]
 #
@@ -10,7 +10,7 @@ set -eu
 
 dest=${1:?usage: bench-box.sh DEST [SUITE]}
 suite=${2:-bookworm}
-packages="python3 systemd-container bubblewrap iproute2 libnftables1"
+packages="python3 systemd-container bubblewrap iproute2"
 
 [ "$(id -u)" = 0 ] || { echo "bench-box.sh: must run as root" >&2; exit 1; }
 [ ! -e "$dest" ] || { echo "bench-box.sh: $dest already exists; remove it first" >&2; exit 1; }

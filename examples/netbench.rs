@@ -109,15 +109,15 @@ fn main() {
             nat::NatEntries { machine: "bench".into(), guest: "10.213.0.2".parse().unwrap(), ports: vec![] };
         p("nft: create table + add element", &mut || {
             let t = Instant::now();
-            nat::add(&e, false).unwrap();
+            let sock = nat::add(&e, false).unwrap();
             let d = t.elapsed();
-            nat::remove(&e, true).unwrap();
+            nat::remove(&e, true, Some(sock)).unwrap();
             d
         });
         p("nft: delete table", &mut || {
-            nat::add(&e, false).unwrap();
+            let sock = nat::add(&e, false).unwrap();
             let t = Instant::now();
-            nat::remove(&e, true).unwrap();
+            nat::remove(&e, true, Some(sock)).unwrap();
             t.elapsed()
         });
         let rt_ops = |add: bool| {

@@ -415,20 +415,48 @@ fn a_begun_network_is_finished_or_taken_back() {
 /// The last machine's way out deletes the table over netlink directly: the table and its
 /// entries go, another table stays, and a table already gone (a flushed ruleset) is fine.
 #[test]
-fn the_last_machine_deletes_the_table_and_only_it() {
+fn the_table_is_what_its_nft_declaration_makes() {
+    use network::nat::{self, NatEntries};
     in_test_host(Duration::from_secs(20), || {
-        let e = network::nat::NatEntries {
-            machine: "last".into(),
-            guest: Ipv4Addr::new(10, 213, 0, 2),
-            ports: vec![network::parse_port("tcp:8080:80").unwrap()],
+        let entries = |machine: &str, last_octet: u8, ports: &[&str]| NatEntries {
+            machine: machine.into(),
+            guest: Ipv4Addr::new(10, 213, 0, last_octet),
+            ports: ports.iter().map(|p| parse_port(p).unwrap()).collect(),
         };
-        network::nat::add(&e, false).unwrap();
+        let web = entries("web", 2, &["tcp:8080:80"]);
+        let db = entries("db", 18, &["udp:53", "tcp:5432:5432"]);
+        // nft's own rendering, of the kernel's objects and of their expressions and user data.
+        let listing = || sh("nft list table ip mctl; nft --debug=netlink list table ip mctl");
+        let declared = format!("{}{}", nat::table_commands(), nat::add_commands(&web));
+        assert_eq!(sh(&format!("nft -f - <<'EOF'\n{declared}EOF")), "");
+        let expected = listing();
+        assert!(expected.contains("comment \"machine web\""), "{expected}");
+        sh("nft delete table ip mctl");
+
+        let web_sock = nat::add(&web, false).unwrap();
+        assert_eq!(listing(), expected);
+        // The state files' word on the table is wrong both ways at times: it is put right.
+        let db_sock = nat::add(&db, false).unwrap();
+        assert!(ruleset().contains("udp . 53 comment \"machine db\" : 10.213.0.18 . 53"), "{}", ruleset());
+        nat::remove(&db, false, Some(db_sock)).unwrap();
+        assert!(!ruleset().contains("machine db") && ruleset().contains("machine web"), "{}", ruleset());
+        // A host port forwarded already is refused as a whole, naming the port.
+        let clash = entries("clash", 34, &["udp:53", "tcp:8080:81"]);
+        let err = nat::add(&clash, true).unwrap_err().to_string();
+        assert!(err.contains("forward host port tcp 8080") && err.contains("exists"), "{err}");
+        assert!(!ruleset().contains("machine clash"), "{}", ruleset());
+        // Entries already gone are no error.
+        nat::remove(&db, false, None).unwrap();
+
+        // The last machine deletes the table and only it.
         sh("nft add table ip someone_elses");
-        assert!(ruleset().contains("comment \"machine last\""), "{}", ruleset());
-        network::nat::remove(&e, true).unwrap();
+        nat::remove(&web, true, Some(web_sock)).unwrap();
         assert!(!ruleset().contains("mctl"), "{}", ruleset());
         assert!(ruleset().contains("table ip someone_elses"), "{}", ruleset());
-        network::nat::remove(&e, true).expect("no table to delete is no error");
+        nat::remove(&web, true, None).expect("no table to delete is no error");
+        let db_sock = nat::add(&db, true).expect("the table is made when it is missing after all");
+        nat::remove(&db, true, Some(db_sock)).unwrap();
+        assert!(!ruleset().contains("mctl"), "{}", ruleset());
         sh("nft delete table ip someone_elses");
     });
 }

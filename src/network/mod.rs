@@ -72,10 +72,12 @@
 //!    same; the outer child must leave with `exit_now` so it never drops a copy.
 //!
 //! # Cost (bench/network.py and bench/launch.py measure it)
-//! Setup is a handful of netlink round trips plus one libnftables batch on a thread of its own.
+//! Setup is a handful of netlink round trips plus one nf_tables batch on a thread of its own,
+//! whose socket is kept until the machine's end, when it removes the entries: closing it at
+//! once would wait for the destroy work of the batch (a grace period, 1 to 2 ms in a launch).
 //! Teardown is bound by the kernel's RCU grace periods, which the launcher does not wait for:
-//! the veth pair goes with the namespace (above), and the close of the nftables socket that
-//! deleted the table (which flushes nf_tables' destroy work) is left to a short-lived child
+//! the veth pair goes with the namespace (above), and the close of the nftables socket (which
+//! flushes nf_tables' destroy work after every change) is left to a short-lived child
 //! ([`hold_and_exit_child`](crate::sys::linux::hold_and_exit_child)). That child waits out a grace
 //! period before the close: the flush holds the host's nftables commit mutex, which a link
 //! rename or removal takes under the RTNL lock, so an early close stalled every link change
@@ -194,6 +196,9 @@ pub struct MachineNetwork {
     guest_ns: Option<File>,
     /// The launcher's namespace, where moved links go back to.
     host_ns: Option<File>,
+    /// The nf_tables socket that added the machine's NAT entries, which removes them (see
+    /// [`nat::add`]).
+    nat_sock: Option<std::os::fd::OwnedFd>,
     netns_path: Option<PathBuf>,
 }
 
@@ -205,6 +210,7 @@ impl MachineNetwork {
             guest_ns: None,
             host_ns: None,
             netns_path: None,
+            nat_sock: None,
         }
     }
 
@@ -273,6 +279,7 @@ impl MachineNetwork {
         let dir = self.state_dir.clone();
         let guest_ns = self.guest_ns.take();
         let host_ns = self.host_ns.take();
+        let nat_sock = self.nat_sock.take();
         let leave_pair = pid1_reaped;
         Some(crate::runtime::spawn_on_thread(move || async move {
             let sd = match StateDir::lock(&dir) {
@@ -280,7 +287,9 @@ impl MachineNetwork {
                 Err(e) => return vec![e.into()],
             };
             match Rt::connect() {
-                Ok(rt) => undo(&rt, &sd, &st, guest_ns.as_ref(), host_ns.as_ref(), leave_pair).await,
+                Ok(rt) => {
+                    undo(&rt, &sd, &st, guest_ns.as_ref(), host_ns.as_ref(), leave_pair, nat_sock).await
+                }
                 Err(e) => vec![e.into()],
             }
         }))
@@ -349,10 +358,6 @@ pub fn begin(spec: &NetworkSpec, machine: &str) -> Result<PendingNetwork, Networ
         let (spec, machine) = (spec.clone(), machine.to_owned());
         let (tx, rx) = tokio::sync::oneshot::channel();
         let thread = crate::runtime::spawn_on_thread(move || async move {
-            if spec.has_veth() {
-                // Before the lock: loading the library takes a while the first time.
-                nat::preload(&machine)?;
-            }
             let planned = plan_async(&spec, &machine).await?;
             match rx.await.ok().flatten() {
                 Some(pid) => planned.finish(&spec, pid).await.map(Some),

@@ -1,6 +1,7 @@
 //! Making a planned network real: links, addresses, routes, NAT, moved interfaces.
 
 use std::fs::File;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 
 use super::link::{HostEnd, LinkError, Rt, set_sysctl};
@@ -19,7 +20,9 @@ pub(super) struct Planned {
     rt: Rt,
     st: MachineState,
     plan: Plan,
-    nat: Option<std::thread::JoinHandle<Result<(), nat::NatError>>>,
+    nat: Option<std::thread::JoinHandle<Result<OwnedFd, nat::NatError>>>,
+    /// The socket that added the NAT entries, once they are in (see [`nat::add`]).
+    nat_sock: Option<OwnedFd>,
 }
 
 /// The first phase: sweeps, checks the name and the ports, plans names and addresses, writes
@@ -62,7 +65,7 @@ pub(super) async fn plan_async(spec: &NetworkSpec, machine: &str) -> Result<Plan
         let entries = NatEntries { machine: st.machine.clone(), guest: g.addr(), ports: st.ports.clone() };
         std::thread::spawn(move || nat::add(&entries, table_exists))
     });
-    Ok(Planned { sd, rt, st, plan, nat })
+    Ok(Planned { sd, rt, st, plan, nat, nat_sock: None })
 }
 
 impl Planned {
@@ -70,7 +73,10 @@ impl Planned {
     fn join_nat(&mut self) -> Result<(), NetworkError> {
         match self.nat.take().map(|h| h.join()) {
             None => Ok(()),
-            Some(Ok(r)) => r.map_err(NetworkError::from),
+            Some(Ok(r)) => {
+                self.nat_sock = Some(r?);
+                Ok(())
+            }
             Some(Err(_)) => Err(NetworkError::Thread("nftables")),
         }
     }
@@ -85,7 +91,7 @@ impl Planned {
     async fn undo(&mut self, namespaces: Option<(&File, &File)>) -> Vec<NetworkError> {
         let mut errors: Vec<NetworkError> = self.join_nat().err().into_iter().collect();
         let (guest, host) = namespaces.unzip();
-        errors.extend(undo(&self.rt, &self.sd, &self.st, guest, host, false).await);
+        errors.extend(undo(&self.rt, &self.sd, &self.st, guest, host, false, self.nat_sock.take()).await);
         errors
     }
 
@@ -125,6 +131,7 @@ impl Planned {
                 guest_ns: Some(guest_ns),
                 host_ns: Some(host_ns),
                 netns_path: None,
+                nat_sock: self.nat_sock.take(),
             }),
             Err(e) => Err(self.fail(e, Some((&guest_ns, &host_ns))).await),
         }

@@ -2,6 +2,7 @@
 //! launchers left.
 
 use std::fs::File;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -40,7 +41,7 @@ pub(super) async fn sweep(rt: &Rt, sd: &StateDir) -> Vec<NetworkError> {
         let guest =
             st.leader.filter(|l| l.alive()).and_then(|l| File::open(format!("/proc/{}/ns/net", l.pid)).ok());
         let host = File::open("/proc/thread-self/ns/net").ok();
-        errors.extend(undo(rt, sd, &st, guest.as_ref(), host.as_ref(), false).await);
+        errors.extend(undo(rt, sd, &st, guest.as_ref(), host.as_ref(), false, None).await);
     }
     let machines = sd.machines();
     for seg in sd.segments() {
@@ -53,7 +54,8 @@ pub(super) async fn sweep(rt: &Rt, sd: &StateDir) -> Vec<NetworkError> {
 
 /// Undoes `st` (also a half-made one); the lock is held. `guest_ns` is `None` for a dead
 /// launcher's machine that is gone too: its moved links went back to the kernel (physical
-/// ones to the initial namespace) or were destroyed with the namespace.
+/// ones to the initial namespace) or were destroyed with the namespace. `nat_sock` is the
+/// socket that added the NAT entries, if at hand (see [`nat::add`]).
 pub(super) async fn undo(
     rt: &Rt,
     sd: &StateDir,
@@ -61,6 +63,7 @@ pub(super) async fn undo(
     guest_ns: Option<&File>,
     host_ns: Option<&File>,
     leave_pair: bool,
+    nat_sock: Option<OwnedFd>,
 ) -> Vec<NetworkError> {
     let mut errors: Vec<NetworkError> = Vec::new();
     let others: Vec<MachineState> =
@@ -83,7 +86,7 @@ pub(super) async fn undo(
     let nat = st.guest_addr.filter(|_| st.nat).map(|g| {
         let entries = NatEntries { machine: st.machine.clone(), guest: g.addr(), ports: st.ports.clone() };
         let last = !others.iter().any(|m| m.nat);
-        std::thread::spawn(move || nat::remove(&entries, last))
+        std::thread::spawn(move || nat::remove(&entries, last, nat_sock))
     });
     if let Some(host) = st.host_link.as_ref().filter(|_| !leave_pair) {
         match our_pair(rt, st).await {

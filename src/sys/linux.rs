@@ -649,90 +649,6 @@ pub fn execve(path: &CStr, argv: &[CString], envp: &[CString]) -> io::Error {
     }
 }
 
-/// Why [`nft_run`] failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NftError {
-    /// libnftables could not be loaded (the `nftables` package is missing).
-    Unavailable(String),
-    /// nft rejected the batch; nft's own message.
-    Failed(String),
-}
-
-type NftCtxNew = unsafe extern "C" fn(u32) -> *mut libc::c_void;
-type NftCtxFree = unsafe extern "C" fn(*mut libc::c_void);
-type NftCtxBuffer = unsafe extern "C" fn(*mut libc::c_void) -> libc::c_int;
-type NftCtxGetBuffer = unsafe extern "C" fn(*mut libc::c_void) -> *const libc::c_char;
-type NftRunCmd = unsafe extern "C" fn(*mut libc::c_void, *const libc::c_char) -> libc::c_int;
-
-/// The few entry points of libnftables (`<nftables/libnftables.h>`) mctl uses.
-struct Libnftables {
-    ctx_new: NftCtxNew,
-    ctx_free: NftCtxFree,
-    buffer_output: NftCtxBuffer,
-    buffer_error: NftCtxBuffer,
-    error_buffer: NftCtxGetBuffer,
-    run_cmd: NftRunCmd,
-    /// Keeps the library (and so the function pointers above) loaded.
-    _lib: libloading::Library,
-}
-
-fn load_libnftables() -> Result<Libnftables, String> {
-    // SAFETY: loading libnftables runs its initialisers, which have no requirements on the
-    // caller. The library is kept in a static for the life of the process (see nft_lib), so the
-    // symbols taken from it stay valid.
-    let lib = unsafe { libloading::Library::new("libnftables.so.1") }.map_err(|e| e.to_string())?;
-    // SAFETY: each symbol is a function with exactly the signature of its type alias in
-    // <nftables/libnftables.h>, unchanged since libnftables.so.1 (0.9.0).
-    unsafe {
-        let f = |e: libloading::Error| e.to_string();
-        Ok(Libnftables {
-            ctx_new: *lib.get::<NftCtxNew>(b"nft_ctx_new\0").map_err(f)?,
-            ctx_free: *lib.get::<NftCtxFree>(b"nft_ctx_free\0").map_err(f)?,
-            buffer_output: *lib.get::<NftCtxBuffer>(b"nft_ctx_buffer_output\0").map_err(f)?,
-            buffer_error: *lib.get::<NftCtxBuffer>(b"nft_ctx_buffer_error\0").map_err(f)?,
-            error_buffer: *lib.get::<NftCtxGetBuffer>(b"nft_ctx_get_error_buffer\0").map_err(f)?,
-            run_cmd: *lib.get::<NftRunCmd>(b"nft_run_cmd_from_buffer\0").map_err(f)?,
-            _lib: lib,
-        })
-    }
-}
-
-fn nft_lib() -> Result<&'static Libnftables, NftError> {
-    static LIB: std::sync::OnceLock<Result<Libnftables, String>> = std::sync::OnceLock::new();
-    LIB.get_or_init(load_libnftables).as_ref().map_err(|e| NftError::Unavailable(e.clone()))
-}
-
-/// Runs `commands` (nft's language) as one atomic batch with libnftables inside this process,
-/// in the calling thread's network namespace. In-process because a fork and exec of `nft`
-/// costs about 4 ms per change, the library well under 1 ms.
-pub fn nft_run(commands: &str) -> Result<(), NftError> {
-    let lib = nft_lib()?;
-    let cmds = CString::new(commands).map_err(|_| NftError::Failed("command contains a NUL byte".into()))?;
-    // SAFETY: the context is created, used and freed on this thread only, within this block;
-    // `cmds` is NUL-terminated and outlives the call; the error buffer belongs to the context
-    // and is copied out before the context is freed.
-    unsafe {
-        let ctx = (lib.ctx_new)(0);
-        if ctx.is_null() {
-            return Err(NftError::Failed("cannot create an nftables context".into()));
-        }
-        // Buffered, so nothing is printed on the launcher's stdout or stderr.
-        (lib.buffer_output)(ctx);
-        (lib.buffer_error)(ctx);
-        let rc = (lib.run_cmd)(ctx, cmds.as_ptr());
-        let result = if rc == 0 {
-            Ok(())
-        } else {
-            let p = (lib.error_buffer)(ctx);
-            let msg =
-                if p.is_null() { String::new() } else { CStr::from_ptr(p).to_string_lossy().into_owned() };
-            Err(NftError::Failed(msg.trim().to_owned()))
-        };
-        (lib.ctx_free)(ctx);
-        result
-    }
-}
-
 /// This process's open file descriptors.
 fn open_fds() -> Vec<RawFd> {
     fs::read_dir("/proc/thread-self/fd")
@@ -766,11 +682,6 @@ pub fn hold_and_exit_child(keep: &[RawFd]) {
         // SAFETY: _exit ends the child without running the parent's atexit handlers.
         unsafe { libc::_exit(0) }
     }
-}
-
-/// Loads libnftables now (once per process), so a later [`nft_run`] does not pay for it.
-pub fn nft_preload() -> Result<(), NftError> {
-    nft_lib().map(|_| ())
 }
 
 /// Installs a classic BPF seccomp program on the calling thread (inherited across fork and
