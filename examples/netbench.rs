@@ -111,13 +111,13 @@ fn main() {
             let t = Instant::now();
             let sock = nat::add(&e, false).unwrap();
             let d = t.elapsed();
-            nat::remove(&e, true, Some(sock)).unwrap();
+            nat::remove(&e, true, Some(sock)).1.unwrap();
             d
         });
         p("nft: delete table", &mut || {
             let sock = nat::add(&e, false).unwrap();
             let t = Instant::now();
-            nat::remove(&e, true, Some(sock)).unwrap();
+            nat::remove(&e, true, Some(sock)).1.unwrap();
             t.elapsed()
         });
         let rt_ops = |add: bool| {

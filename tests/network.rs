@@ -438,7 +438,9 @@ fn the_table_is_what_its_nft_declaration_makes() {
         // The state files' word on the table is wrong both ways at times: it is put right.
         let db_sock = nat::add(&db, false).unwrap();
         assert!(ruleset().contains("udp . 53 comment \"machine db\" : 10.213.0.18 . 53"), "{}", ruleset());
-        nat::remove(&db, false, Some(db_sock)).unwrap();
+        let (sock, removed) = nat::remove(&db, false, Some(db_sock));
+        removed.unwrap();
+        nat::release_later(sock.expect("the socket given back"));
         assert!(!ruleset().contains("machine db") && ruleset().contains("machine web"), "{}", ruleset());
         // A host port forwarded already is refused as a whole, naming the port.
         let clash = entries("clash", 34, &["udp:53", "tcp:8080:81"]);
@@ -446,16 +448,16 @@ fn the_table_is_what_its_nft_declaration_makes() {
         assert!(err.contains("forward host port tcp 8080") && err.contains("exists"), "{err}");
         assert!(!ruleset().contains("machine clash"), "{}", ruleset());
         // Entries already gone are no error.
-        nat::remove(&db, false, None).unwrap();
+        nat::remove(&db, false, None).1.unwrap();
 
         // The last machine deletes the table and only it.
         sh("nft add table ip someone_elses");
-        nat::remove(&web, true, Some(web_sock)).unwrap();
+        nat::remove(&web, true, Some(web_sock)).1.unwrap();
         assert!(!ruleset().contains("mctl"), "{}", ruleset());
         assert!(ruleset().contains("table ip someone_elses"), "{}", ruleset());
-        nat::remove(&web, true, None).expect("no table to delete is no error");
+        nat::remove(&web, true, None).1.expect("no table to delete is no error");
         let db_sock = nat::add(&db, true).expect("the table is made when it is missing after all");
-        nat::remove(&db, true, Some(db_sock)).unwrap();
+        nat::remove(&db, true, Some(db_sock)).1.unwrap();
         assert!(!ruleset().contains("mctl"), "{}", ruleset());
         sh("nft delete table ip someone_elses");
     });

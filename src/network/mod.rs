@@ -199,6 +199,9 @@ pub struct MachineNetwork {
     /// The nf_tables socket that added the machine's NAT entries, which removes them (see
     /// [`nat::add`]).
     nat_sock: Option<std::os::fd::OwnedFd>,
+    /// The thread that set the network up, when [`begin`] did: it waits to undo it, with its
+    /// runtime and netlink connection at hand.
+    worker: Option<Worker>,
     netns_path: Option<PathBuf>,
 }
 
@@ -211,6 +214,7 @@ impl MachineNetwork {
             host_ns: None,
             netns_path: None,
             nat_sock: None,
+            worker: None,
         }
     }
 
@@ -272,27 +276,64 @@ impl MachineNetwork {
     }
 
     fn start_teardown(&mut self, pid1_reaped: bool) -> Option<Background<Vec<NetworkError>>> {
+        let worker = self.worker.take();
         let Some(st) = self.state.take() else {
             self.guest_ns = None;
-            return None;
+            // Told nothing, the worker ends.
+            return worker.map(|w| w.thread);
         };
-        let dir = self.state_dir.clone();
-        let guest_ns = self.guest_ns.take();
-        let host_ns = self.host_ns.take();
-        let nat_sock = self.nat_sock.take();
-        let leave_pair = pid1_reaped;
+        let order = TeardownOrder {
+            dir: self.state_dir.clone(),
+            st,
+            guest_ns: self.guest_ns.take(),
+            host_ns: self.host_ns.take(),
+            nat_sock: self.nat_sock.take(),
+            leave_pair: pid1_reaped,
+        };
+        let order = match worker {
+            Some(w) => match w.order.send(order) {
+                Ok(()) => return Some(w.thread),
+                // The worker is gone (it panicked): a thread of its own does it.
+                Err(order) => order,
+            },
+            None => order,
+        };
         Some(crate::runtime::spawn_on_thread(move || async move {
-            let sd = match StateDir::lock(&dir) {
-                Ok(sd) => sd,
-                Err(e) => return vec![e.into()],
-            };
             match Rt::connect() {
-                Ok(rt) => {
-                    undo(&rt, &sd, &st, guest_ns.as_ref(), host_ns.as_ref(), leave_pair, nat_sock).await
-                }
+                Ok(rt) => order.run(&rt).await,
                 Err(e) => vec![e.into()],
             }
         }))
+    }
+}
+
+/// The thread that set a machine's network up and undoes it when told.
+#[derive(Debug)]
+struct Worker {
+    order: tokio::sync::oneshot::Sender<TeardownOrder>,
+    thread: Background<Vec<NetworkError>>,
+}
+
+/// What undoing a machine's network needs ([`MachineNetwork`]'s parts).
+#[derive(Debug)]
+struct TeardownOrder {
+    dir: PathBuf,
+    st: MachineState,
+    guest_ns: Option<File>,
+    host_ns: Option<File>,
+    nat_sock: Option<std::os::fd::OwnedFd>,
+    leave_pair: bool,
+}
+
+impl TeardownOrder {
+    async fn run(self, rt: &Rt) -> Vec<NetworkError> {
+        match StateDir::lock(&self.dir) {
+            Ok(sd) => {
+                let (guest, host) = (self.guest_ns.as_ref(), self.host_ns.as_ref());
+                undo(rt, &sd, &self.st, guest, host, self.leave_pair, self.nat_sock).await
+            }
+            Err(e) => vec![e.into()],
+        }
     }
 }
 
@@ -331,21 +372,23 @@ impl Drop for MachineNetwork {
 #[must_use = "a pending network is completed with finish (dropping it undoes it)"]
 pub struct PendingNetwork {
     spec: NetworkSpec,
-    /// The network's thread, which gets PID 1 (or `None`: undo) once planned; `None` when
-    /// there are no links to make.
-    work: Option<(PidSender, NetworkThread)>,
+    /// The network's thread, which gets PID 1 (or `None`: undo) once planned and answers with
+    /// the finished network; `None` when there are no links to make.
+    work: Option<(PidSender, FinishedReceiver, Background<Vec<NetworkError>>)>,
 }
 
 type PidSender = tokio::sync::oneshot::Sender<Option<i32>>;
-/// The finished network, or `None` when told to undo the first half.
-type NetworkThread = Background<Result<Option<MachineNetwork>, NetworkError>>;
+/// The finished network, and where to send the order to undo it.
+type Finished = Result<(MachineNetwork, tokio::sync::oneshot::Sender<TeardownOrder>), NetworkError>;
+type FinishedReceiver = tokio::sync::oneshot::Receiver<Finished>;
 
 /// Begins machine `machine`'s network before its namespace exists, ideally right after forking
 /// the outer child (so it overlaps with the child's filesystem work): checks the spec and the
 /// name, then, on a thread of its own, removes dead launchers' leftovers, plans names and
 /// addresses (the state is written and locked from here on) and adds the NAT entries. The
 /// same thread and netlink connection make the links once PID 1 is known
-/// ([`PendingNetwork::finish`]), which also reports the first half's problems.
+/// ([`PendingNetwork::finish`]), which also reports the first half's problems, and stay to
+/// undo the network at the machine's end (sparing that a thread, a runtime and a connection).
 pub fn begin(spec: &NetworkSpec, machine: &str) -> Result<PendingNetwork, NetworkError> {
     spec.validate()?;
     crate::names::validate(machine).map_err(|e| NetworkError::Name(machine.to_owned(), e))?;
@@ -356,20 +399,42 @@ pub fn begin(spec: &NetworkSpec, machine: &str) -> Result<PendingNetwork, Networ
     };
     let work = if makes_links {
         let (spec, machine) = (spec.clone(), machine.to_owned());
-        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (pid_tx, pid_rx) = tokio::sync::oneshot::channel();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Finished>();
         let thread = crate::runtime::spawn_on_thread(move || async move {
-            let planned = plan_async(&spec, &machine).await?;
-            match rx.await.ok().flatten() {
-                Some(pid) => planned.finish(&spec, pid).await.map(Some),
-                None => {
-                    for e in planned.abandon().await {
-                        tracing::warn!("{e}");
-                    }
-                    Ok(None)
+            let planned = match plan_async(&spec, &machine).await {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = done_tx.send(Err(e));
+                    return Vec::new();
                 }
+            };
+            let Some(pid) = pid_rx.await.ok().flatten() else {
+                for e in planned.abandon().await {
+                    tracing::warn!("{e}");
+                }
+                return Vec::new();
+            };
+            let rt = planned.rt();
+            let net = match planned.finish(&spec, pid).await {
+                Ok(net) => net,
+                Err(e) => {
+                    let _ = done_tx.send(Err(e));
+                    return Vec::new();
+                }
+            };
+            let (order_tx, order_rx) = tokio::sync::oneshot::channel();
+            if let Err(Ok((unsent, _))) = done_tx.send(Ok((net, order_tx))) {
+                // Nobody waits for it (the launch was given up): undone here and now.
+                drop(unsent);
+                return Vec::new();
+            }
+            match order_rx.await {
+                Ok(order) => order.run(&rt).await,
+                Err(_) => Vec::new(),
             }
         });
-        Some((tx, thread))
+        Some((pid_tx, done_rx, thread))
     } else {
         if spec.needs_netns() {
             cleanup_stale(&spec.state_dir);
@@ -384,24 +449,37 @@ impl PendingNetwork {
     /// network namespace: links, addresses, routes. Runs in the launcher's parent before the
     /// payload starts. On error nothing is left behind.
     pub fn finish(mut self, pid: i32) -> Result<MachineNetwork, NetworkError> {
-        let Some((tx, thread)) = self.work.take() else {
+        let Some((pid_tx, done_rx, thread)) = self.work.take() else {
             let mut net = MachineNetwork::empty(&self.spec.state_dir);
             if let NetworkMode::NamespacePath(p) = self.spec.effective_mode() {
                 net.netns_path = Some(p);
             }
             return Ok(net);
         };
-        // Refused when the first half failed: its error is the thread's result.
-        let _ = tx.send(Some(pid));
-        thread.join().unwrap_or(Err(NetworkError::Thread("setup")))?.ok_or(NetworkError::Thread("setup"))
+        // Refused when the first half failed: its error is on its way.
+        let _ = pid_tx.send(Some(pid));
+        match done_rx.blocking_recv() {
+            Ok(Ok((mut net, order))) => {
+                net.worker = Some(Worker { order, thread });
+                Ok(net)
+            }
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => {
+                let _ = thread.join();
+                Err(NetworkError::Thread("setup"))
+            }
+        }
     }
 }
 
 impl Drop for PendingNetwork {
     fn drop(&mut self) {
-        if let Some((tx, thread)) = self.work.take() {
+        if let Some((pid_tx, _, thread)) = self.work.take() {
             // The first half's own error, if any, is moot: the launch failed before.
-            let _ = tx.send(None);
+            let _ = pid_tx.send(None);
             let _ = thread.join();
         }
     }

@@ -422,22 +422,21 @@ pub fn add(e: &NatEntries, table_exists: bool) -> Result<OwnedFd, NatError> {
 /// Releases an nf_tables socket in a short-lived child a grace period from now, so that
 /// neither the caller nor the host's link changes wait for the destroy work its release
 /// flushes (see [`hold_and_exit_child`](crate::sys::linux::hold_and_exit_child)).
-fn release_later(sock: OwnedFd) {
+pub fn release_later(sock: OwnedFd) {
     crate::sys::linux::hold_and_exit_child(&[sock.as_raw_fd()]);
 }
 
 /// Removes a machine's entries, or the whole table when `last` (no other machine uses it),
 /// over `sock` ([`add`]'s) or a socket of its own. Entries already gone are fine: this also
-/// runs for half-done setups and stale states.
-pub fn remove(e: &NatEntries, last: bool, sock: Option<OwnedFd>) -> Result<(), NatError> {
-    const STEP: &str = "delete NAT and port-forward entries";
-    let sock = match sock {
-        Some(s) => s,
-        None => socket(STEP, &e.machine)?,
+/// runs for half-done setups and stale states. Returns the socket with the result, to be
+/// released with [`release_later`] (or by a child the caller forks anyway).
+pub fn remove(e: &NatEntries, last: bool, sock: Option<OwnedFd>) -> (Option<OwnedFd>, Result<(), NatError>) {
+    let sock = match sock.map_or_else(|| socket("delete NAT and port-forward entries", &e.machine), Ok) {
+        Ok(s) => s,
+        Err(err) => return (None, Err(err)),
     };
     let result = remove_over(&sock, e, last);
-    release_later(sock);
-    result
+    (Some(sock), result)
 }
 
 fn remove_over(sock: &OwnedFd, e: &NatEntries, last: bool) -> Result<(), NatError> {

@@ -69,6 +69,11 @@ pub(super) async fn plan_async(spec: &NetworkSpec, machine: &str) -> Result<Plan
 }
 
 impl Planned {
+    /// Its netlink connection, which lives as long as the thread's runtime.
+    pub(super) fn rt(&self) -> Rt {
+        self.rt.clone()
+    }
+
     /// Waits for the NAT entries; their error, if any.
     fn join_nat(&mut self) -> Result<(), NetworkError> {
         match self.nat.take().map(|h| h.join()) {
@@ -132,6 +137,7 @@ impl Planned {
                 host_ns: Some(host_ns),
                 netns_path: None,
                 nat_sock: self.nat_sock.take(),
+                worker: None,
             }),
             Err(e) => Err(self.fail(e, Some((&guest_ns, &host_ns))).await),
         }

@@ -100,11 +100,17 @@ pub(super) async fn undo(
         }
     }
     errors.extend(remove_extra_pairs(rt, st).await);
-    match nat.map(|h| h.join()) {
-        Some(Ok(Err(e))) => errors.push(e.into()),
-        Some(Err(_)) => errors.push(NetworkError::Thread("nftables")),
-        _ => {}
-    }
+    let nat_sock = match nat.map(|h| h.join()) {
+        Some(Ok((sock, result))) => {
+            errors.extend(result.err().map(NetworkError::from));
+            sock
+        }
+        Some(Err(_)) => {
+            errors.push(NetworkError::Thread("nftables"));
+            None
+        }
+        None => None,
+    };
     if let Some(key) = &st.segment
         && !others.iter().any(|m| m.segment.as_ref() == Some(key))
         && let Some(seg) = sd.segment(key)
@@ -112,7 +118,7 @@ pub(super) async fn undo(
         errors.extend(drop_segment(rt, sd, &seg).await);
     }
     errors.extend(restore_route_localnet(st, &others));
-    errors.extend(forget_or_dismantle(sd, st, leave_pair));
+    errors.extend(forget_or_dismantle(sd, st, leave_pair, nat_sock));
     errors
 }
 
@@ -136,7 +142,14 @@ fn restore_route_localnet(st: &MachineState, others: &[MachineState]) -> Vec<Net
 
 /// Forgets the machine's state, or with `leave_pair` marks it `dismantling` (the pair's name
 /// and subnet stay leased until the kernel has removed the pair with the namespace).
-fn forget_or_dismantle(sd: &StateDir, st: &MachineState, leave_pair: bool) -> Vec<NetworkError> {
+/// `nat_sock`, the nftables socket that removed the NAT entries, is released by the child
+/// that watches the pair if there is one, else by one of its own ([`nat::release_later`]).
+fn forget_or_dismantle(
+    sd: &StateDir,
+    st: &MachineState,
+    leave_pair: bool,
+    nat_sock: Option<OwnedFd>,
+) -> Vec<NetworkError> {
     let mut errors = Vec::new();
     if let Some(host) = st.host_link.as_ref().filter(|_| leave_pair) {
         // The kernel takes a few to some tens of milliseconds to remove the pair once the
@@ -156,11 +169,19 @@ fn forget_or_dismantle(sd: &StateDir, st: &MachineState, leave_pair: bool) -> Ve
             ..st.clone()
         };
         match sd.write_machine(&left) {
-            Err(e) => errors.push(e.into()),
-            Ok(()) => forget_once_gone(sd, &st.machine, host, Some(&retired)),
+            Err(e) => {
+                errors.push(e.into());
+                if let Some(sock) = nat_sock {
+                    nat::release_later(sock);
+                }
+            }
+            Ok(()) => forget_once_gone(sd, &st.machine, host, Some(&retired), nat_sock),
         }
     } else {
         sd.remove_machine(&st.machine);
+        if let Some(sock) = nat_sock {
+            nat::release_later(sock);
+        }
     }
     errors
 }
@@ -168,19 +189,31 @@ fn forget_or_dismantle(sd: &StateDir, st: &MachineState, leave_pair: bool) -> Ve
 /// Has the state entry `entry` (as written just now) forgotten as soon as the kernel has
 /// removed the pair `link` (a few ms after the namespace's last user is gone), by a child that
 /// outlives us that long and first renames the pair to `rename_to` when given; else the next
-/// launch's sweep forgets it.
-fn forget_once_gone(sd: &StateDir, entry: &str, link: &str, rename_to: Option<&str>) {
-    if let Ok(meta) = std::fs::metadata(sd.machine_path(entry)) {
-        crate::sys::linux::forget_when_link_gone(
-            link,
-            rename_to,
-            &sd.lock_path(),
-            &sd.machine_path(entry),
-            meta.ino(),
-            // Usually milliseconds; seconds when the kernel has many namespaces to dismantle.
-            std::time::Duration::from_secs(30),
-        );
-    }
+/// launch's sweep forgets it. The child also releases `release` (see
+/// [`forget_when_link_gone`](crate::sys::linux::forget_when_link_gone)).
+fn forget_once_gone(
+    sd: &StateDir,
+    entry: &str,
+    link: &str,
+    rename_to: Option<&str>,
+    release: Option<OwnedFd>,
+) {
+    let Ok(meta) = std::fs::metadata(sd.machine_path(entry)) else {
+        if let Some(sock) = release {
+            nat::release_later(sock);
+        }
+        return;
+    };
+    crate::sys::linux::forget_when_link_gone(
+        link,
+        rename_to,
+        &sd.lock_path(),
+        &sd.machine_path(entry),
+        meta.ino(),
+        // Usually milliseconds; seconds when the kernel has many namespaces to dismantle.
+        std::time::Duration::from_secs(30),
+        release,
+    );
 }
 
 /// The machine's veth pair, if it still exists: the host-side link with the machine's name,
@@ -271,7 +304,7 @@ pub(super) async fn settle(
                 errors.push(e.into());
                 return errors;
             }
-            forget_once_gone(sd, &own.machine, &own.machine, None);
+            forget_once_gone(sd, &own.machine, &own.machine, None, None);
         }
         Ok(None) => {}
         Err(e) => errors.push(e.into()),

@@ -894,7 +894,9 @@ pub fn pty_peer(master: BorrowedFd<'_>) -> io::Result<OwnedFd> {
 /// caller does not), then waits (up to `patience`) until this thread's network namespace has
 /// no link of that name (the new one if the rename worked), then, holding the flock of `lock`,
 /// removes `file` if it is still the inode `ino` (nobody replaced it), and exits.
-/// The child holds no other descriptor of ours (pipes of the caller close on time).
+/// The child holds no other descriptor of ours (pipes of the caller close on time), except
+/// `release`, which it releases after the rename as [`hold_and_exit_child`] would (one fork
+/// for both); if no child can be made, `release` goes to [`hold_and_exit_child`].
 pub fn forget_when_link_gone(
     ifname: &str,
     rename_to: Option<&str>,
@@ -902,18 +904,27 @@ pub fn forget_when_link_gone(
     file: &Path,
     ino: u64,
     patience: std::time::Duration,
+    release: Option<OwnedFd>,
 ) {
-    let (Ok(name), Ok(lock), Ok(file)) = (CString::new(ifname), cpath(lock), cpath(file)) else { return };
+    let release_alone = |release: Option<OwnedFd>| {
+        if let Some(fd) = release {
+            hold_and_exit_child(&[fd.as_raw_fd()]);
+        }
+    };
+    let (Ok(name), Ok(lock), Ok(file)) = (CString::new(ifname), cpath(lock), cpath(file)) else {
+        return release_alone(release);
+    };
     if name.as_bytes().len() >= libc::IFNAMSIZ {
-        return;
+        return release_alone(release);
     }
     let new_name =
         rename_to.and_then(|n| CString::new(n).ok()).filter(|n| n.as_bytes().len() < libc::IFNAMSIZ);
     // SAFETY: socket(2) with constant arguments; the fd is checked below.
     let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if sock < 0 {
-        return;
+        return release_alone(release);
     }
+    let released = release.as_ref().map_or(-1, AsRawFd::as_raw_fd);
     // SAFETY: ifreq is plain data; zeroed is valid. The name fits (checked above).
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     let fill = |dst: &mut [libc::c_char; libc::IFNAMSIZ], src: &CString| {
@@ -941,13 +952,13 @@ pub fn forget_when_link_gone(
     let max = open_fds().into_iter().max().unwrap_or(0);
     // SAFETY: fork(2); what the child does is below.
     match unsafe { libc::fork() } {
-        // SAFETY: the child uses only async-signal-safe system calls (close, ioctl, nanosleep,
-        // clock_gettime, open, flock, stat, unlink, _exit) on data prepared before the fork, so
-        // the parent's other threads and their locks cannot matter to it; `req`, `lock` and
-        // `file` are live copies in the child's memory.
+        // SAFETY: the child uses only async-signal-safe system calls (close, ioctl, membarrier,
+        // nanosleep, clock_gettime, open, flock, stat, unlink, _exit) on data prepared before the
+        // fork, so the parent's other threads and their locks cannot matter to it; `req`, `lock`
+        // and `file` are live copies in the child's memory.
         0 => unsafe {
             for fd in 0..=max {
-                if fd != sock {
+                if fd != sock && fd != released {
                     libc::close(fd);
                 }
             }
@@ -955,6 +966,12 @@ pub fn forget_when_link_gone(
                 && libc::ioctl(sock, libc::SIOCSIFNAME, &rename) == 0
             {
                 req = after;
+            }
+            if released >= 0 {
+                // As in hold_and_exit_child, after the rename, which needs the commit mutex
+                // the release's flush would hold.
+                libc::syscall(libc::SYS_membarrier, libc::MEMBARRIER_CMD_GLOBAL, 0, 0);
+                libc::close(released);
             }
             let now = || {
                 let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -986,6 +1003,11 @@ pub fn forget_when_link_gone(
             }
             libc::_exit(0)
         },
+        -1 => {
+            // SAFETY: our copy of the socket, not used again.
+            unsafe { libc::close(sock) };
+            release_alone(release);
+        }
         _ => {
             // SAFETY: our copy of the socket, not used again.
             unsafe { libc::close(sock) };
