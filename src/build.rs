@@ -40,6 +40,7 @@ fn main() {
     println!("cargo:rustc-env=MCTL_SECCOMP_SOURCE_DIGEST={digest:016x}");
     println!("cargo:rerun-if-changed=src/seccomp");
     link_unwinder_statically();
+    pack_relative_relocations();
     // A new commit or checkout changes HEAD or the ref it points at.
     println!("cargo:rerun-if-changed=.git/HEAD");
     println!("cargo:rerun-if-changed=.git/refs/heads");
@@ -72,4 +73,34 @@ fn link_unwinder_statically() {
     let dir = path.parent().expect("an absolute file path has a parent");
     println!("cargo:rustc-link-search=native={}", dir.display());
     println!("cargo:rustc-link-lib=static:-bundle,+verbatim=libgcc_eh.a");
+}
+
+/// Links the binaries with relative relocations packed (DT_RELR: glibc 2.36, binutils 2.38)
+/// when the toolchain can: mctl is a position-independent 17 MB binary with some 18,000 of
+/// them, which the dynamic loader reads (435 KB of table) and applies on every start of every
+/// launcher process; packed, the table is 5 KB (`run /bin/true` about 0.2 ms faster).
+/// A trial link tells whether the linker and the C library support it.
+fn pack_relative_relocations() {
+    const FLAG: &str = "-Wl,-z,pack-relative-relocs";
+    let linux_gnu = std::env::var("CARGO_CFG_TARGET_OS").is_ok_and(|os| os == "linux")
+        && std::env::var("CARGO_CFG_TARGET_ENV").is_ok_and(|env| env == "gnu");
+    let host = std::env::var("HOST").unwrap_or_default();
+    if !linux_gnu || std::env::var("TARGET").is_ok_and(|t| t != host) {
+        return;
+    }
+    let Ok(out) = std::env::var("OUT_DIR") else { return };
+    let src = std::path::Path::new(&out).join("relr-probe.c");
+    if std::fs::write(&src, "int main(void) { return 0; }\n").is_err() {
+        return;
+    }
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
+    let linked = Command::new(cc)
+        .args(["-pie", "-fPIE", FLAG, "-o"])
+        .arg(std::path::Path::new(&out).join("relr-probe"))
+        .arg(&src)
+        .output()
+        .is_ok_and(|o| o.status.success() && o.stderr.is_empty());
+    if linked {
+        println!("cargo:rustc-link-arg-bins={FLAG}");
+    }
 }
