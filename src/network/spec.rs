@@ -7,6 +7,10 @@ use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
 
+/// The most port forwards of a machine: its NAT entries are one nf_tables batch of messages
+/// (see [`crate::sys::nfnetlink::MAX_MESSAGES`]).
+pub const MAX_PORTS: usize = 256;
+
 /// The kernel's IFNAMSIZ less the terminating NUL.
 pub const IFNAME_MAX: usize = 15;
 
@@ -141,6 +145,9 @@ pub enum SpecError {
     /// The same host port twice.
     #[error("host port {0}:{1} is forwarded twice")]
     DuplicatePort(Proto, u16),
+    /// More port forwards than one nftables batch takes.
+    #[error("{0} port forwards given; a machine takes at most {MAX_PORTS}")]
+    TooManyPorts(usize),
     /// The same interface twice.
     #[error("network interface {0} is given twice")]
     DuplicateInterface(String),
@@ -312,6 +319,9 @@ impl NetworkSpec {
             }
         }
         self.validate_link_names()?;
+        if self.ports.len() > MAX_PORTS {
+            return Err(SpecError::TooManyPorts(self.ports.len()));
+        }
         for (i, p) in self.ports.iter().enumerate() {
             if self.ports[..i].iter().any(|q| q.proto == p.proto && q.host_port == p.host_port) {
                 return Err(SpecError::DuplicatePort(p.proto, p.host_port));
@@ -500,6 +510,12 @@ mod tests {
         s.ports.pop();
         s.ports.push(parse_port("udp:80").unwrap());
         assert_eq!(s.validate(), Ok(()));
+        let ports = s.ports.clone();
+        s.ports.extend(
+            (1000..1000 + u16::try_from(MAX_PORTS).unwrap()).map(|p| parse_port(&p.to_string()).unwrap()),
+        );
+        assert_eq!(s.validate(), Err(SpecError::TooManyPorts(MAX_PORTS + 2)));
+        s.ports = ports;
         s.gateway = Some(Ipv4Addr::new(10, 213, 0, 1));
         assert_eq!(s.validate(), Err(SpecError::GatewayWithoutAddress));
         s.address = Some("10.213.0.2/30".parse().unwrap());
