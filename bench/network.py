@@ -6,22 +6,19 @@
 Needs root and a release build of the example (cargo build --release --examples). Every
 measurement runs in fresh network, mount and pid namespaces made for it (unshare), so nothing
 touches this machine's own network namespace. Prints medians (and min/max) of:
-  1. cold: one setup + teardown per fresh process, as each `mctl run` is (includes loading
-     libnftables and the first netlink connections);
+  1. cold: one setup + teardown per fresh process, as each `mctl run` is (includes the first
+     netlink connections);
   2. warm: N setups + teardowns in one process;
   3. the primitives the two are made of (thread + runtime, netlink, nftables).
+The teardown rows delete the veth pair explicitly (`teardown`, which waits for the kernel's
+RCU grace periods); a launch leaves the pair to the machine's namespace instead
+(`teardown_after_exit`), so what a launch pays is bench/launch.py's "added" figure.
 
-Recorded 2026-11-30, 2-CPU Debian 12 VM, kernel 6.18, load average ~1.8, --runs 31
-(each run a new machine whose PID 1 exits before teardown, as in a launch):
-  cold:  setup median 6.23 ms (min 4.69), teardown 15.08 ms (min 8.08), sum 23.28 ms
-  cold after prepare (1.31 ms, overlapping the outer child): setup 4.44 ms (min 3.11),
-         teardown 14.84 ms (min 7.13), sum 19.36 ms
-  warm:  setup 4.63 ms, teardown 13.32 ms; teardown while PID 1 still runs: 33.34 ms
-  primitives: block_on_thread 0.11, connection in the machine's netns 0.01, nft create table
-  + element 0.96, nft delete table 10.80, veth add 0.77, veth delete 14.62 ms.
-Setup meets the 5 ms target; teardown does not: deleting the last machine's nftables table
-waits for an RCU grace period when the nftables socket closes (see src/network/mod.rs,
-"Performance").
+Recorded 2026-12-05, 2-CPU Debian 12 VM, kernel 6.18, --runs 31:
+  cold, begun 3 ms before PID 1 exists: begin 0.11 ms, setup 1.50 ms (min 1.05);
+  primitives: block_on_thread 0.02, connection in the machine's netns 0.01, nft create table
+  + element 0.11 (libnftables took 0.96), nft delete table 0.12 (its socket released by a
+  child), veth add 0.40, veth delete 23.38 ms.
 """
 import argparse, json, os, statistics, subprocess, sys
 

@@ -107,17 +107,23 @@ fn main() {
         });
         let e =
             nat::NatEntries { machine: "bench".into(), guest: "10.213.0.2".parse().unwrap(), ports: vec![] };
+        // As a launch does: the socket is released by a child, a grace period later.
+        let remove = |sock| {
+            let (sock, removed) = nat::remove(&e, true, Some(sock));
+            removed.unwrap();
+            nat::release_later(sock.unwrap());
+        };
         p("nft: create table + add element", &mut || {
             let t = Instant::now();
             let sock = nat::add(&e, false).unwrap();
             let d = t.elapsed();
-            nat::remove(&e, true, Some(sock)).1.unwrap();
+            remove(sock);
             d
         });
         p("nft: delete table", &mut || {
             let sock = nat::add(&e, false).unwrap();
             let t = Instant::now();
-            nat::remove(&e, true, Some(sock)).1.unwrap();
+            remove(sock);
             t.elapsed()
         });
         let rt_ops = |add: bool| {
