@@ -11,6 +11,15 @@ use std::process::{Command, Output, Stdio};
 
 use common::*;
 
+/// Tests take this shared, and the one that needs its image's range to be free between two
+/// boots takes it alone: -U machines of the other tests, started meanwhile, would pick that
+/// range first (the lowest free one).
+static RANGES: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn ranges_shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    RANGES.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A command inside a machine, entered with all its namespaces (its user namespace included,
 /// as its root) the way `nsenter -a` does.
 fn exec_as_guest_root(m: &Machine, script: &str) -> Output {
@@ -53,6 +62,7 @@ fn shifted_files(root: &Path) -> Vec<String> {
 
 #[test]
 fn bookworm_boots_in_a_user_namespace_and_its_image_keeps_its_ownership() {
+    let _alone = RANGES.write().unwrap_or_else(std::sync::PoisonError::into_inner);
     let s = scratch();
     let dir = copy_tree(debian_tree(), s.path(), "usern");
     let bus = TestBus::start(s.path());
@@ -155,6 +165,7 @@ fn bookworm_boots_in_a_user_namespace_and_its_image_keeps_its_ownership() {
 
 #[test]
 fn two_ephemeral_machines_of_one_image_run_at_once_under_different_ranges() {
+    let _shared = ranges_shared();
     let before = tree_digest(debian_tree());
     let s = scratch();
     let (d1, d2) = (s.path().join("one"), s.path().join("two"));
@@ -181,6 +192,7 @@ fn two_ephemeral_machines_of_one_image_run_at_once_under_different_ranges() {
 
 #[test]
 fn private_users_values_and_ranges_follow_nspawn() {
+    let _shared = ranges_shared();
     let tree = busybox_tree();
     let map = |opts: &[&str]| {
         let mut all = vec!["--register=no", "--read-only", "-M", "userns-values"];
@@ -220,6 +232,7 @@ fn private_users_values_and_ranges_follow_nspawn() {
 
 #[test]
 fn bad_ranges_and_values_are_refused_with_nothing_changed() {
+    let _shared = ranges_shared();
     let tree = busybox_tree();
     let before = tree_digest(tree);
     for (opt, needle) in [
@@ -283,6 +296,7 @@ fn bad_ranges_and_values_are_refused_with_nothing_changed() {
 
 #[test]
 fn chown_ownership_shifts_the_tree_once_and_across_ranges() {
+    let _shared = ranges_shared();
     let s = scratch();
     let dir = copy_tree(busybox_tree(), s.path(), "userns-chown");
     let owner = |p: &str| std::fs::symlink_metadata(dir.join(p)).unwrap().uid();
@@ -317,6 +331,7 @@ fn chown_ownership_shifts_the_tree_once_and_across_ranges() {
 
 #[test]
 fn an_idmap_bind_shows_host_files_with_the_machines_ids() {
+    let _shared = ranges_shared();
     let s = scratch();
     let shared = s.path().join("shared");
     std::fs::create_dir(&shared).unwrap();
@@ -362,6 +377,7 @@ fn payload_cgroup(leader: i32) -> std::path::PathBuf {
 
 #[test]
 fn a_user_namespaced_machine_runs_machines_of_its_own() {
+    let _shared = ranges_shared();
     let s = scratch();
     let dir = copy_tree(debian_tree(), s.path(), "userns-nest");
     std::fs::create_dir_all(dir.join("var/lib/machines")).unwrap();
@@ -411,6 +427,7 @@ fn a_user_namespaced_machine_runs_machines_of_its_own() {
 /// `auto` chowns the tree instead. (In a mount namespace of the test's own.)
 #[test]
 fn without_idmapped_mounts_map_is_refused_and_auto_chowns() {
+    let _shared = ranges_shared();
     let s = scratch();
     let dir = s.path().join("ramfs");
     std::fs::create_dir(&dir).unwrap();
@@ -439,6 +456,7 @@ fn without_idmapped_mounts_map_is_refused_and_auto_chowns() {
 /// Launchers picking at the same moment get different ranges.
 #[test]
 fn launchers_picking_at_once_get_different_ranges() {
+    let _shared = ranges_shared();
     let children: Vec<_> = (0..4)
         .map(|i| {
             mctl()
