@@ -285,12 +285,13 @@ fn port_value(guest: Ipv4Addr, p: &PortForward) -> [u8; 8] {
     v
 }
 
-fn elements(set: &str, set_id: u32, element: Attrs) -> Attrs {
-    Attrs::new()
-        .str(attr::SET_ELEM_LIST_TABLE, TABLE)
-        .str(attr::SET_ELEM_LIST_SET, set)
-        .be32(attr::SET_ELEM_LIST_SET_ID, set_id)
-        .nest(attr::SET_ELEM_LIST_ELEMENTS, Attrs::new().nest(attr::LIST_ELEM, element))
+/// One element of set `set` (also by its id within the batch, when given).
+fn elements(set: &str, set_id: Option<u32>, element: Attrs) -> Attrs {
+    let mut a = Attrs::new().str(attr::SET_ELEM_LIST_TABLE, TABLE).str(attr::SET_ELEM_LIST_SET, set);
+    if let Some(id) = set_id {
+        a = a.be32(attr::SET_ELEM_LIST_SET_ID, id);
+    }
+    a.nest(attr::SET_ELEM_LIST_ELEMENTS, Attrs::new().nest(attr::LIST_ELEM, element))
 }
 
 /// Appends the messages that add `e`'s elements ([`add_commands`]); `create` for ports, so
@@ -304,7 +305,7 @@ fn push_elements(b: &mut Batch, e: &NatEntries) {
         msg::NEWSETELEM,
         NLM_F_CREATE,
         NFPROTO_IPV4,
-        elements(GUESTS, GUESTS_ID, guest),
+        elements(GUESTS, Some(GUESTS_ID), guest),
         format!("add {} to set {GUESTS}", e.guest),
     );
     for p in &e.ports {
@@ -316,7 +317,7 @@ fn push_elements(b: &mut Batch, e: &NatEntries) {
             msg::NEWSETELEM,
             NLM_F_CREATE | NLM_F_EXCL,
             NFPROTO_IPV4,
-            elements(PORTS, PORTS_ID, element),
+            elements(PORTS, Some(PORTS_ID), element),
             format!("forward host port {} {}", p.proto, p.host_port),
         );
     }
@@ -325,12 +326,7 @@ fn push_elements(b: &mut Batch, e: &NatEntries) {
 /// Appends the messages that delete `e`'s elements; `only` picks some by index (0 the guest
 /// address, then the ports).
 fn push_deletions(b: &mut Batch, e: &NatEntries, only: Option<usize>) {
-    let by_name = |set: &str, key: &[u8]| {
-        Attrs::new().str(attr::SET_ELEM_LIST_TABLE, TABLE).str(attr::SET_ELEM_LIST_SET, set).nest(
-            attr::SET_ELEM_LIST_ELEMENTS,
-            Attrs::new().nest(attr::LIST_ELEM, Attrs::new().data(attr::SET_ELEM_KEY, key)),
-        )
-    };
+    let by_name = |set: &str, key: &[u8]| elements(set, None, Attrs::new().data(attr::SET_ELEM_KEY, key));
     if only.is_none_or(|i| i == 0) {
         b.push(
             msg::DELSETELEM,
@@ -397,24 +393,21 @@ fn table_was_wrong(e: &NatError, skeleton: usize) -> bool {
 pub fn add(e: &NatEntries, table_exists: bool) -> Result<OwnedFd, NatError> {
     const STEP: &str = "add NAT and port-forward entries";
     let sock = socket(STEP, &e.machine)?;
-    let skeleton = {
-        let mut b = Batch::new();
-        push_table(&mut b);
-        b.len()
-    };
+    // Also how many of the batch's messages make the table.
     let attempt = |with_table: bool| {
-        send(&sock, STEP, &e.machine, |b| {
+        let mut skeleton = 0;
+        let sent = send(&sock, STEP, &e.machine, |b| {
             if with_table {
                 push_table(b);
+                skeleton = b.len();
             }
             push_elements(b, e);
-        })
+        });
+        (sent, skeleton)
     };
     match attempt(!table_exists) {
-        Err(first) if table_was_wrong(&first, if table_exists { 0 } else { skeleton }) => {
-            attempt(table_exists)
-        }
-        other => other,
+        (Err(first), skeleton) if table_was_wrong(&first, skeleton) => attempt(table_exists).0,
+        (other, _) => other,
     }?;
     Ok(sock)
 }

@@ -656,6 +656,17 @@ fn open_fds() -> Vec<RawFd> {
         .unwrap_or_default()
 }
 
+/// Waits for an RCU grace period (MEMBARRIER_CMD_GLOBAL is synchronize_rcu); async-signal-safe,
+/// for forked children. Before releasing an nf_tables socket: the release flushes nf_tables'
+/// destroy work while holding the namespace's nftables commit mutex, which every rename or
+/// removal of a link in that namespace takes under the RTNL lock, so a full grace period there
+/// stalls all link changes (and the creation of network namespaces) on the host. Waited out
+/// first, the destroy work finishes unlocked and the release finds nothing left to flush.
+fn wait_grace_period() {
+    // SAFETY: a system call without pointers; on failure (nohz_full) the caller goes on at once.
+    unsafe { libc::syscall(libc::SYS_membarrier, libc::MEMBARRIER_CMD_GLOBAL, 0, 0) };
+}
+
 /// Forks a child that closes every descriptor but `keep` at once and exits a grace period
 /// later, so that the last reference to `keep`'s files goes with it rather than with us. For
 /// an nf_tables socket after a deletion, whose release waits for the destroy work.
@@ -671,14 +682,7 @@ pub fn hold_and_exit_child(keep: &[RawFd]) {
                 unsafe { libc::close(fd) };
             }
         }
-        // The release of the socket flushes nf_tables' destroy work while holding the
-        // namespace's nftables commit mutex, which every rename or removal of a link in that
-        // namespace takes under the RTNL lock: a full grace period there stalls all link
-        // changes (and the creation of network namespaces) on the host. Waiting for a grace
-        // period first (MEMBARRIER_CMD_GLOBAL is synchronize_rcu) lets the destroy work finish
-        // unlocked, so the release finds nothing left to flush.
-        // SAFETY: a system call without pointers; on failure (nohz_full) the child closes now.
-        unsafe { libc::syscall(libc::SYS_membarrier, libc::MEMBARRIER_CMD_GLOBAL, 0, 0) };
+        wait_grace_period();
         // SAFETY: _exit ends the child without running the parent's atexit handlers.
         unsafe { libc::_exit(0) }
     }
@@ -968,9 +972,8 @@ pub fn forget_when_link_gone(
                 req = after;
             }
             if released >= 0 {
-                // As in hold_and_exit_child, after the rename, which needs the commit mutex
-                // the release's flush would hold.
-                libc::syscall(libc::SYS_membarrier, libc::MEMBARRIER_CMD_GLOBAL, 0, 0);
+                // After the rename, which needs the commit mutex the release's flush holds.
+                wait_grace_period();
                 libc::close(released);
             }
             let now = || {
