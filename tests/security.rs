@@ -127,6 +127,26 @@ fn a_bad_system_call_filter_is_refused() {
     assert!(stderr(&o).contains("unknown system call or group '@nonsense'"), "{}", stderr(&o));
 }
 
+/// PID 1 loads the filter before its last waits (for the outer child's word that the host's
+/// tree is detached, and with a network of its own for the launcher's go): a filter that takes
+/// the socket calls away (`~@network-io`, so recvmsg) must not keep it from hearing either.
+#[test]
+fn a_filter_without_socket_calls_still_lets_the_machine_start() {
+    for network in [None, Some("--private-network")] {
+        let o = mctl()
+            .args(["run", "-q", "--register=no", "--read-only", "-M", "nosockets"])
+            .arg("--system-call-filter=~@network-io")
+            .args(network)
+            .arg("-D")
+            .arg(debian_tree())
+            .args(["--", "/bin/sh", "-c", "echo started; exit 3"])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(3), "{network:?}: {}", stderr(&o));
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "started\n", "{network:?}");
+    }
+}
+
 /// The device program alone (no v1 controller involved): a shell moved into a cgroup2 directory
 /// that carries it may open /dev/zero but not /dev/kmsg, and may not create a block device.
 #[test]

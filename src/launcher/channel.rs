@@ -21,7 +21,7 @@ pub enum Message {
     /// Outer child → parent: the machine's PID 1, as a host pid.
     InnerPid(i32),
     /// Outer child → parent, its last word: the host's tree is detached from the machine's
-    /// mount namespace, so PID 1 may be let go.
+    /// mount namespace (PID 1 has its own word for it, by a pipe).
     RootDetached,
     /// Parent → PID 1: setup on the host side is done, exec the payload.
     Go,
@@ -133,6 +133,22 @@ impl Channel {
             return Ok(None);
         }
         Ok(Some((serde_json::from_slice(&buf[..len])?, fds)))
+    }
+
+    /// Receives one short [`Message`] that comes without fds, by read(2).
+    fn recv_without_fds(&self) -> Result<Option<Message>, ChannelError> {
+        let mut buf = [0u8; 256];
+        let len = loop {
+            match nix::unistd::read(&self.fd, &mut buf) {
+                Ok(n) => break n,
+                Err(nix::errno::Errno::EINTR | nix::errno::Errno::ECONNRESET) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if len == 0 {
+            return Ok(None);
+        }
+        Ok(Some(serde_json::from_slice(&buf[..len])?))
     }
 }
 
@@ -371,12 +387,14 @@ impl ChildEnd {
         }
     }
 
-    /// Waits for the parent's go; `false` when the parent went away instead.
+    /// Waits for the parent's go; `false` when the parent went away instead. PID 1 waits
+    /// under the machine's system call filter, which may deny recvmsg (`~@network-io`): the go
+    /// carries no fds, so plain read(2) takes it.
     pub fn wait_go(&self) -> Result<bool, ChannelError> {
-        match self.0.recv()? {
-            Some((Message::Go, _)) => Ok(true),
+        match self.0.recv_without_fds()? {
+            Some(Message::Go) => Ok(true),
             None => Ok(false),
-            Some((other, _)) => Err(ChannelError::Unexpected { expected: "go", got: Some(other) }),
+            Some(other) => Err(ChannelError::Unexpected { expected: "go", got: Some(other) }),
         }
     }
 }

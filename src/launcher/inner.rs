@@ -3,6 +3,7 @@
 //! drops privileges and execs init (or the command, or the reaper with `--as-pid2`).
 
 use std::convert::Infallible;
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -21,10 +22,16 @@ use super::security;
 use super::spec::Payload;
 use super::{ChildContext, ChildError};
 
-/// Runs PID 1's setup and execs; reports failures to the launcher and exits.
-pub(super) fn run(ctx: &ChildContext<'_>, chan: &ChildEnd, console: Option<&str>) -> ! {
+/// Runs PID 1's setup and execs; reports failures to the launcher and exits. `root_detached`
+/// is a pipe on which the outer child writes once the host's tree is detached.
+pub(super) fn run(
+    ctx: &ChildContext<'_>,
+    chan: &ChildEnd,
+    console: Option<&str>,
+    root_detached: OwnedFd,
+) -> ! {
     let result = mount_api_filesystems(&LinuxSys, &ctx.boot_id, ctx.spec.network.needs_netns(), &ctx.host)
-        .and_then(|()| inner(ctx, chan, console));
+        .and_then(|()| inner(ctx, chan, console, Some(root_detached)));
     fail(chan, result)
 }
 
@@ -46,7 +53,8 @@ pub(super) fn run_in_user_namespace(
             mounts::apply(&LinuxSys, &Trees::default(), &protect)?;
             LinuxSys.sethostname(ctx.spec.hostname()).map_err(ChildError::step("set hostname"))
         })
-        .and_then(|()| inner(ctx, chan, console));
+        // The outer child detached the host's tree before it released us.
+        .and_then(|()| inner(ctx, chan, console, None));
     fail(chan, result)
 }
 
@@ -59,11 +67,12 @@ fn fail(chan: &ChildEnd, result: Result<Infallible, ChildError>) -> ! {
     linux::exit_now(err.exit_code())
 }
 
-fn inner(ctx: &ChildContext<'_>, chan: &ChildEnd, console: Option<&str>) -> Result<Infallible, ChildError> {
-    if !chan.wait_go()? {
-        // The launcher went away: nothing to run for.
-        linux::exit_now(1);
-    }
+fn inner(
+    ctx: &ChildContext<'_>,
+    chan: &ChildEnd,
+    console: Option<&str>,
+    root_detached: Option<OwnedFd>,
+) -> Result<Infallible, ChildError> {
     // Our parent is the launcher (we were forked as the outer child's sibling), so this ties
     // the machine's life to the launcher's.
     linux::set_parent_death_signal(Signal::SIGKILL).map_err(ChildError::step("set parent death signal"))?;
@@ -76,9 +85,23 @@ fn inner(ctx: &ChildContext<'_>, chan: &ChildEnd, console: Option<&str>) -> Resu
     if ctx.spec.no_new_privileges {
         nix::sys::prctl::set_no_new_privs().map_err(|e| ChildError::Step("set no_new_privs", e.into()))?;
     }
-    // Last: the steps above may use calls the machine may not (the reaper of --as-pid2 runs
-    // under the filter too).
+    // After the steps above, which may use calls the machine may not (the reaper of
+    // --as-pid2 runs under the filter too).
     ctx.seccomp.load().map_err(ChildError::step("load the system call filter"))?;
+    // The waits come only now (nspawn's inner child too loads its filter before its last sync
+    // with the parent), so that the loading (a few hundred microseconds) overlaps the outer
+    // child's unmount and the launcher's work. Both read with read(2), which no filter that
+    // lets a payload run denies.
+    if let Some(pipe) = root_detached
+        && !outer_detached_root(pipe)
+    {
+        // The outer child failed (and reported why): the host's tree may still be in reach.
+        linux::exit_now(1);
+    }
+    if ctx.wait_for_go && !chan.wait_go()? {
+        // The launcher went away: nothing to run for.
+        linux::exit_now(1);
+    }
 
     match &ctx.spec.payload {
         Payload::Command { as_pid2: true, .. } => {
@@ -108,6 +131,18 @@ fn mount_api_filesystems(
     let plan = mounts::inner_plan(boot_id, own_network, host);
     mounts::apply(sys, &Trees::default(), &plan)?;
     Ok(())
+}
+
+/// Waits for the outer child's word that the host's tree is detached; false when it exited
+/// without saying so.
+fn outer_detached_root(pipe: OwnedFd) -> bool {
+    let mut byte = [0u8; 1];
+    loop {
+        match nix::unistd::read(&pipe, &mut byte) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            result => return result == Ok(1),
+        }
+    }
 }
 
 /// Whether the launcher's end of the channel is closed.

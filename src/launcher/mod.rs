@@ -53,6 +53,9 @@ struct ChildContext<'a> {
     /// The parent makes the v1 cgroups while the outer child builds the file system: the
     /// child joins once told they exist ([`channel::ChildEnd::wait_cgroups`]).
     cgroups_pending: bool,
+    /// Whether PID 1 waits for the launcher's go: only when the launcher has something to
+    /// connect first (the machine's network, its registration).
+    wait_for_go: bool,
     host: mounts::HostFacts,
     capabilities: caps::CapsHashSet,
     /// The system call filter PID 1 loads right before it executes the payload.

@@ -6,6 +6,7 @@ use std::fs;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::Path;
 
+use nix::fcntl::OFlag;
 use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, bind, setsockopt, socket, sockopt};
@@ -157,16 +158,24 @@ fn outer(ctx: &ChildContext<'_>, chan: &ChildEnd) -> Result<(), ChildError> {
     }
     drop(hierarchies);
     machine_namespaces(&sys, ctx.spec)?;
+    let (detached_rx, detached_tx) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
+        .map_err(|e| ChildError::Step("create a pipe to PID 1", e.into()))?;
     // PID 1 is the launcher's child, not ours: our exit must not set off its parent death
     // signal once it runs.
     match linux::fork_sibling().map_err(ChildError::step("fork the machine's PID 1"))? {
-        Forked::Child => inner::run(ctx, chan, console.as_deref()),
+        Forked::Child => {
+            drop(detached_tx);
+            inner::run(ctx, chan, console.as_deref(), detached_rx)
+        }
         Forked::Parent(pid) => chan.pid(pid)?,
     }
+    drop(detached_rx);
     // Now, while PID 1 mounts its API file systems: the unmount waits out an RCU grace period
     // (about 0.5 ms). Lookups from the new root never reach the old one stacked on it, and PID 1
-    // executes its payload only once the launcher has seen this process exit 0.
+    // executes its payload only once this process has told it that the unmount is done.
     mounts::apply(&sys, &Trees::default(), &[mounts::Step::DetachOldRoot])?;
+    nix::unistd::write(&detached_tx, b"1")
+        .map_err(|e| ChildError::Step("tell PID 1 the root is detached", e.into()))?;
     Ok(())
 }
 

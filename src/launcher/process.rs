@@ -226,6 +226,7 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32, LaunchError> {
             boot_id: uuid::Uuid::new_v4(),
             join_cgroup_files: Vec::new(),
             cgroups_pending: false,
+            wait_for_go: true,
             host: host.clone(),
             capabilities: capabilities.clone(),
             seccomp: seccomp.clone(),
@@ -389,12 +390,16 @@ fn register_machine(
     match register::register(&info) {
         Ok(()) => Ok(true),
         Err(e @ RegisterError::NoManager(_)) if spec.register == RegisterMode::Auto => {
-            if !spec.quiet {
-                tracing::warn!("{e}; the machine is not registered (start mctld, or use --register=no)");
-            }
+            warn_not_registered(spec, &e);
             Ok(false)
         }
         Err(e) => Err(LaunchError::Register(e)),
+    }
+}
+
+fn warn_not_registered(spec: &LaunchSpec, e: &RegisterError) {
+    if !spec.quiet {
+        tracing::warn!("{e}; the machine is not registered (start mctld, or use --register=no)");
     }
 }
 
@@ -426,6 +431,11 @@ struct Run<'a> {
     /// [`network::begin`]) and finished by [`Run::connect`].
     pending_net: Option<network::PendingNetwork>,
     net: Option<network::MachineNetwork>,
+    /// Whether `--register=auto` found no system bus to register on (checked once, before PID 1
+    /// exists: PID 1 does not wait for a registration decided against).
+    no_bus: bool,
+    /// Whether PID 1 waits for [`Run::start`]'s go.
+    wait_for_go: bool,
     registered: bool,
     /// Always present until [`Run::end`] removes it.
     cgroup: Option<MachineCgroup>,
@@ -499,6 +509,12 @@ impl<'a> Run<'a> {
         record: &mut LaunchRecord,
     ) -> Result<(Run<'a>, ParentEnd), LaunchError> {
         let spec = ctx.spec;
+        // PID 1 runs its payload once the old root is detached; it waits for the launcher
+        // too only when the launcher connects something first.
+        let no_bus =
+            (spec.register == RegisterMode::Auto).then(crate::bus::client::system_bus_missing).flatten();
+        ctx.wait_for_go =
+            spec.network.needs_netns() || (spec.register != RegisterMode::No && no_bus.is_none());
         let keep_unit = spec.keep_unit || enter_slice_scope(spec)?;
         // The cgroup2 part now (the child is born in it), the v1 ones of a hybrid host while the
         // child builds the file system; the record names them all before any is made.
@@ -515,6 +531,9 @@ impl<'a> Run<'a> {
                 eprintln!("Press ^] three times within 1s to kill container.");
             }
         }
+        if let Some(reason) = &no_bus {
+            warn_not_registered(spec, &RegisterError::NoManager(reason.clone()));
+        }
         ctx.join_cgroup_files = cgroup.payload_v1_tasks();
         ctx.cgroups_pending = !ctx.join_cgroup_files.is_empty();
         if let Some(range) = ctx.private_users {
@@ -528,6 +547,8 @@ impl<'a> Run<'a> {
             outer: None,
             pending_net: None,
             net: None,
+            no_bus: no_bus.is_some(),
+            wait_for_go: ctx.wait_for_go,
             registered: false,
             cgroup: Some(cgroup),
         };
@@ -587,7 +608,7 @@ impl<'a> Run<'a> {
             self.net = Some(pending.finish(setup.pid1)?);
         }
         let netif = self.net.as_ref().map(|n| n.host_ifindices()).unwrap_or_default();
-        self.registered = register_machine(spec, &ctx.uuid, setup.pid1, netif)?;
+        self.registered = !self.no_bus && register_machine(spec, &ctx.uuid, setup.pid1, netif)?;
         // The outer child detaches the old root after reporting PID 1: only its word that it
         // did says the host's tree is out of the machine's reach. It exits right after (and is
         // reaped once PID 1 has been let go); without a pidfd its exit is awaited here.
@@ -626,7 +647,9 @@ impl<'a> Run<'a> {
         setup: MachineSetup,
     ) -> Result<(NotifyRelay, Option<Console>), LaunchError> {
         let spec = self.spec;
-        parent.go()?;
+        if self.wait_for_go {
+            parent.go()?;
+        }
         // Gone by now, or nearly: it said its last word before PID 1 was let go.
         let _ = self.wait_outer();
         parent.wait_exec()?;
