@@ -7,11 +7,12 @@ use std::os::unix::fs::MetadataExt;
 
 use crate::guestfs::{self, GuestFileError};
 use crate::osrelease::parse_os_release;
+use crate::sys::linux::read_kernel_file;
 
 /// The process's start time in clock ticks since boot (field 22 of `/proc/PID/stat`); tells a
 /// process from a later one that reuses its pid.
 pub fn start_time(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let stat = read_kernel_file(format!("/proc/{pid}/stat")).ok()?;
     // The command name may contain spaces and parentheses; fields resume after the last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
     rest.split(' ').nth(19)?.parse().ok()
@@ -19,7 +20,7 @@ pub fn start_time(pid: u32) -> Option<u64> {
 
 /// The process's cgroup2 path (`/a/b`), as the host sees it.
 pub fn cgroup2_path(pid: u32) -> Option<String> {
-    let s = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let s = read_kernel_file(format!("/proc/{pid}/cgroup")).ok()?;
     s.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_owned)
 }
 
@@ -60,7 +61,7 @@ pub fn machine_cgroup<'a>(cgroup: &'a str, name: &str) -> Option<&'a str> {
 /// Whether `pid` is PID 1 of a pid namespace below ours: `NSpid` lists its pid in each
 /// namespace from ours down to its own.
 pub fn is_pidns_init(pid: u32) -> bool {
-    let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else { return false };
+    let Ok(status) = read_kernel_file(format!("/proc/{pid}/status")) else { return false };
     status.lines().find_map(|l| l.strip_prefix("NSpid:")).is_some_and(|v| {
         let ids: Vec<&str> = v.split_whitespace().collect();
         ids.len() > 1 && ids.last() == Some(&"1")
@@ -132,7 +133,7 @@ pub fn in_user_namespace() -> bool {
 /// The host ids the user namespace of `pid` maps its ids 0.. onto (None: the host's own
 /// namespace, or a map not of that form).
 pub fn user_namespace_range(pid: u32) -> io::Result<Option<crate::userns::IdRange>> {
-    let map = fs::read_to_string(format!("/proc/{pid}/uid_map"))?;
+    let map = read_kernel_file(format!("/proc/{pid}/uid_map"))?;
     let first: Vec<u32> =
         map.lines().next().unwrap_or("").split_whitespace().filter_map(|f| f.parse().ok()).collect();
     Ok(match first[..] {
@@ -176,7 +177,7 @@ pub fn in_pidns_of(pid: u32, leader: u32) -> bool {
 
 /// The process's command name.
 pub fn comm(pid: u32) -> String {
-    fs::read_to_string(format!("/proc/{pid}/comm")).map(|s| s.trim().to_owned()).unwrap_or_default()
+    read_kernel_file(format!("/proc/{pid}/comm")).map(|s| s.trim().to_owned()).unwrap_or_default()
 }
 
 /// A path field of `/proc/PID/mountinfo` with its octal escapes (space, tab, newline,
@@ -187,7 +188,7 @@ pub fn unescape_mountinfo(s: &str) -> String {
 
 /// The capability bounding set of `pid` (`CapBnd:` of `/proc/PID/status`).
 pub fn bounding_set(pid: u32) -> io::Result<caps::CapsHashSet> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let status = read_kernel_file(format!("/proc/{pid}/status"))?;
     let bits = status
         .lines()
         .find_map(|l| l.strip_prefix("CapBnd:"))

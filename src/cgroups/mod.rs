@@ -18,6 +18,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::sys::linux::read_kernel_file;
+
 pub mod devices;
 pub mod resources;
 pub mod slice;
@@ -123,8 +125,8 @@ impl Hierarchy {
 
 /// Finds the cgroup hierarchies mounted under `fs_root` and this process's place in each.
 pub fn detect(cfg: &CgroupConfig) -> Result<Vec<Hierarchy>, CgroupError> {
-    let mountinfo = fs::read_to_string(&cfg.mountinfo).map_err(io_err("read", &cfg.mountinfo))?;
-    let membership = fs::read_to_string(&cfg.self_cgroup).map_err(io_err("read", &cfg.self_cgroup))?;
+    let mountinfo = read_kernel_file(&cfg.mountinfo).map_err(io_err("read", &cfg.mountinfo))?;
+    let membership = read_kernel_file(&cfg.self_cgroup).map_err(io_err("read", &cfg.self_cgroup))?;
     parse_hierarchies(&mountinfo, &membership, &cfg.fs_root)
 }
 
@@ -149,7 +151,7 @@ pub fn mount_if_missing(cfg: &CgroupConfig) -> Result<bool, CgroupError> {
         Err(CgroupError::NoUnified(_)) => {}
         _ => return Ok(false),
     }
-    let membership = fs::read_to_string(&cfg.self_cgroup).map_err(io_err("read", &cfg.self_cgroup))?;
+    let membership = read_kernel_file(&cfg.self_cgroup).map_err(io_err("read", &cfg.self_cgroup))?;
     let v1: Vec<&str> =
         membership.lines().filter_map(|l| l.split(':').nth(1)).filter(|ctl| !ctl.is_empty()).collect();
     let root = &cfg.fs_root;
@@ -395,10 +397,10 @@ impl MachineCgroup {
             }
             if self.keep_unit {
                 let supervisor = part.machine.join("supervisor");
-                make_dirs(&part.hierarchy, &supervisor)?;
+                make_dirs_below(&part.hierarchy, &supervisor, &part.machine)?;
                 write(&supervisor.join("cgroup.procs"), &std::process::id().to_string())?;
             }
-            make_dirs(&part.hierarchy, &payload)?;
+            make_dirs_below(&part.hierarchy, &payload, &part.machine)?;
             if part.hierarchy.v2 {
                 // From the topmost directory we may have made: the ones above are not ours.
                 let from = part.parents.last().unwrap_or(&part.machine);
@@ -589,9 +591,16 @@ fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
 /// `rmdir`) can be removed by whoever leaves it empty, possibly between our creating it and
 /// using it: a step that finds a directory gone starts over.
 pub(crate) fn make_dirs(h: &Hierarchy, dir: &Path) -> Result<bool, CgroupError> {
+    make_dirs_below(h, dir, &h.own_dir())
+}
+
+/// [`make_dirs`] where `filled` (an ancestor of `dir`: the launcher's own cgroup, or one
+/// this launch made and filled just before) has its CPUs and memory nodes: the cpuset pass
+/// starts there.
+fn make_dirs_below(h: &Hierarchy, dir: &Path, filled: &Path) -> Result<bool, CgroupError> {
     let mut attempts = 0;
     loop {
-        match make_dirs_once(h, dir) {
+        match make_dirs_once(h, dir, filled) {
             Err(CgroupError::Io { source, .. }) if source.kind() == ErrorKind::NotFound && attempts < 20 => {
                 attempts += 1;
             }
@@ -600,18 +609,17 @@ pub(crate) fn make_dirs(h: &Hierarchy, dir: &Path) -> Result<bool, CgroupError> 
     }
 }
 
-fn make_dirs_once(h: &Hierarchy, dir: &Path) -> Result<bool, CgroupError> {
+fn make_dirs_once(h: &Hierarchy, dir: &Path, filled: &Path) -> Result<bool, CgroupError> {
     let created = mkdir_p(dir)?;
     if h.is("cpuset") {
-        // Every directory from the launcher's own cgroup (which has a process, so CPUs and
+        // Every directory from `filled` (the launcher's own cgroup has a process, so CPUs and
         // memory nodes) down, not only the ones we made: another launcher may have made the
         // shared parent an instant ago and not filled it in yet.
-        let own = h.own_dir();
-        let top = if dir.starts_with(&own) { own } else { h.mount.clone() };
+        let top = if dir.starts_with(filled) { filled.to_owned() } else { h.mount.clone() };
         let rel = dir.strip_prefix(&top).unwrap_or(Path::new(""));
         let mut cur = top;
         let read = |path: PathBuf| -> Result<String, CgroupError> {
-            let v = fs::read_to_string(&path).map_err(io_err("read", &path))?;
+            let v = read_kernel_file(&path).map_err(io_err("read", &path))?;
             Ok(v.trim().to_owned())
         };
         let mut inherited = [read(cur.join("cpuset.cpus"))?, read(cur.join("cpuset.mems"))?];
@@ -663,9 +671,9 @@ pub(crate) fn enable_controllers(from: &Path, to: &Path) -> Result<(), CgroupErr
         }
     }
     for dir in dirs.iter().rev() {
-        let available = fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+        let available = read_kernel_file(dir.join("cgroup.controllers")).unwrap_or_default();
         let control = dir.join("cgroup.subtree_control");
-        let enabled = fs::read_to_string(&control).unwrap_or_default();
+        let enabled = read_kernel_file(&control).unwrap_or_default();
         let missing: Vec<&str> =
             available.split_whitespace().filter(|c| !enabled.split_whitespace().any(|e| e == *c)).collect();
         if missing.is_empty() {
@@ -687,7 +695,7 @@ pub(crate) fn enable_controllers(from: &Path, to: &Path) -> Result<(), CgroupErr
 fn restrict_v1_devices(dir: &Path, unless_restricted: bool) -> Result<(), CgroupError> {
     if unless_restricted {
         let list = dir.join("devices.list");
-        let current = fs::read_to_string(&list).map_err(io_err("read", &list))?;
+        let current = read_kernel_file(&list).map_err(io_err("read", &list))?;
         if current.trim() != "a *:* rwm" {
             return Ok(());
         }
@@ -704,7 +712,7 @@ fn restrict_v1_devices(dir: &Path, unless_restricted: bool) -> Result<(), Cgroup
 
 /// Whether this process runs under a seccomp filter (inside another machine, typically).
 fn runs_under_seccomp() -> bool {
-    fs::read_to_string("/proc/self/status")
+    read_kernel_file("/proc/self/status")
         .ok()
         .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Seccomp:")).map(|v| v.trim() != "0"))
         .unwrap_or(false)
@@ -753,7 +761,7 @@ impl Drop for EntryCgroup {
 pub fn join_v1_cgroups_of(cfg: &CgroupConfig, pid: u32) -> Result<(), CgroupError> {
     let hierarchies = detect(cfg)?;
     let path = PathBuf::from(format!("/proc/{pid}/cgroup"));
-    let theirs = fs::read_to_string(&path).map_err(io_err("read", &path))?;
+    let theirs = read_kernel_file(&path).map_err(io_err("read", &path))?;
     for line in theirs.lines() {
         let mut it = line.splitn(3, ':');
         let (_, ctl, cg) = (it.next(), it.next().unwrap_or(""), it.next().unwrap_or(""));
@@ -788,7 +796,7 @@ pub fn freeze(dir: &Path, frozen: bool, patience: Duration) -> Result<bool, Cgro
 
 /// Whether the cgroup2 directory `dir` is frozen.
 pub fn is_frozen(dir: &Path) -> bool {
-    fs::read_to_string(dir.join("cgroup.events")).is_ok_and(|e| e.lines().any(|l| l == "frozen 1"))
+    read_kernel_file(dir.join("cgroup.events")).is_ok_and(|e| e.lines().any(|l| l == "frozen 1"))
 }
 
 /// Removes an empty cgroup subtree without waiting (for leftovers of dead launchers).
@@ -804,7 +812,7 @@ pub fn has_processes(dir: &Path) -> bool {
 /// Every pid in `dir` and below.
 pub fn pids_in(dir: &Path) -> Vec<i32> {
     let mut out = Vec::new();
-    match fs::read_to_string(dir.join("cgroup.procs")) {
+    match read_kernel_file(dir.join("cgroup.procs")) {
         Ok(s) => out.extend(s.lines().filter_map(|l| l.trim().parse::<i32>().ok())),
         // No such cgroup (already removed): nothing below it either.
         Err(e) if e.kind() == ErrorKind::NotFound => return out,

@@ -481,6 +481,29 @@ fn clone3_fork(flags: u64, cgroup: u64) -> io::Result<Forked> {
     }
 }
 
+/// Reads a small file of a kernel file system (`/proc`, cgroupfs) whole. These report a size
+/// of 0, for which std's reader stats the file and grows its buffer from 32 bytes, one read per
+/// doubling (eight reads for a mount table); a page takes most in one read.
+pub fn read_kernel_file(path: impl AsRef<Path>) -> io::Result<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(len * 2, 0);
+        }
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(len);
+    String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
 /// Ends the calling process at once, without unwinding or running exit handlers; what forked
 /// children use so they never run the parent's cleanup.
 pub fn exit_now(code: i32) -> ! {
