@@ -48,6 +48,34 @@ fn stdio_passes_through_when_not_a_terminal() {
     assert_eq!(stderr(&o), "oops\n");
 }
 
+/// Signals the caller ignores (nohup's SIGHUP, SIGINT and SIGQUIT for a shell's background job,
+/// realtime ones) or blocks are not the command's: it starts with every disposition at its
+/// default and nothing blocked.
+#[test]
+fn the_command_starts_with_default_signal_dispositions() {
+    use std::os::unix::process::CommandExt;
+    let (_s, dir) = tree("rsignals");
+    let mut cmd = mctl();
+    cmd.args(["run", "-q", "-D"]).arg(&dir).args(["--", "grep", "-E", "^Sig(Blk|Ign):", "/proc/self/status"]);
+    // SAFETY: between fork and exec the closure calls only signal(2), sigemptyset,
+    // sigaddset and sigprocmask(2), which are async-signal-safe and touch no shared state.
+    unsafe {
+        cmd.pre_exec(|| {
+            for sig in [libc::SIGHUP, libc::SIGINT, libc::SIGQUIT, libc::SIGUSR1, libc::SIGRTMIN() + 2] {
+                libc::signal(sig, libc::SIG_IGN);
+            }
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGUSR2);
+            libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n");
+}
+
 #[test]
 fn command_is_pid1_or_pid2_in_its_own_namespaces() {
     let (_s, dir) = tree("rpid");

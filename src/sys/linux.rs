@@ -1048,14 +1048,28 @@ pub fn own_received_fd(fd: RawFd) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
-/// Puts every signal back to its default disposition (exec keeps ignored signals ignored).
+/// Puts every signal this process ignores back to its default disposition: exec keeps ignored
+/// signals ignored (realtime ones too) and resets caught ones itself. Which are ignored comes
+/// from `/proc/self/status` at once, not from a sigaction call per signal; without it, every
+/// signal is reset.
 pub fn reset_signal_dispositions() {
-    use nix::sys::signal::{SigHandler, Signal};
-    for sig in Signal::iterator() {
-        if sig != Signal::SIGKILL && sig != Signal::SIGSTOP {
-            // SAFETY: installing SIG_DFL runs no handler code, so no async-signal-safety
-            // requirement applies.
-            let _ = unsafe { nix::sys::signal::signal(sig, SigHandler::SigDfl) };
+    let ignored = read_kernel_file("/proc/self/status").ok().and_then(|s| {
+        let hex = s.lines().find_map(|l| l.strip_prefix("SigIgn:"))?.trim();
+        u64::from_str_radix(hex, 16).ok()
+    });
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP || ignored.is_some_and(|m| m & (1 << (sig - 1)) == 0)
+        {
+            continue;
+        }
+        // The raw call: glibc's sigaction refuses the two realtime signals it reserves (32 and
+        // 33), which whoever started mctl may still have left ignored.
+        let default = [0u64; 4];
+        // SAFETY: an all-zero kernel sigaction is SIG_DFL with no flags, no restorer and an
+        // empty mask whatever the architecture's field order, and `default` is as large as the
+        // largest (four words); with a null old action the kernel writes nothing back.
+        unsafe {
+            libc::syscall(libc::SYS_rt_sigaction, sig, default.as_ptr(), std::ptr::null::<u64>(), 8usize);
         }
     }
 }
