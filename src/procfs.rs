@@ -189,17 +189,34 @@ pub fn unescape_mountinfo(s: &str) -> String {
 /// The capability bounding set of `pid` (`CapBnd:` of `/proc/PID/status`).
 pub fn bounding_set(pid: u32) -> io::Result<caps::CapsHashSet> {
     let status = read_kernel_file(format!("/proc/{pid}/status"))?;
-    let bits = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapBnd:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+    let bits = status_mask(&status, "CapBnd:")
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no CapBnd line"))?;
     Ok(caps::all().into_iter().filter(|c| c.index() < 64 && bits & (1u64 << c.index()) != 0).collect())
+}
+
+/// The signals the calling process ignores (`SigIgn:` of `/proc/self/status`), as a mask with
+/// bit N-1 for signal N.
+pub fn ignored_signals() -> Option<u64> {
+    read_kernel_file("/proc/self/status").ok().and_then(|s| status_mask(&s, "SigIgn:"))
+}
+
+/// A hex mask field (`CapBnd:`, `SigIgn:`, ...) of a `/proc/PID/status` text.
+fn status_mask(status: &str, field: &str) -> Option<u64> {
+    let hex = status.lines().find_map(|l| l.strip_prefix(field))?.trim();
+    u64::from_str_radix(hex, 16).ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bounding_set_from_proc_is_the_kernel_s() {
+        let kernel = caps::read(None, caps::CapSet::Bounding).unwrap();
+        assert_eq!(bounding_set(std::process::id()).unwrap(), kernel);
+        assert_eq!(status_mask("Name:\tx\nCapBnd:\t0000000000200000\n", "CapBnd:"), Some(0x200000));
+        assert_eq!(status_mask("Name:\tx\n", "CapBnd:"), None);
+    }
 
     #[test]
     fn units_from_cgroups() {

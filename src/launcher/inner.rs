@@ -156,7 +156,7 @@ fn launcher_gone(chan: &ChildEnd) -> bool {
 fn reset_signals() -> Result<(), ChildError> {
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
         .map_err(|e| ChildError::Step("reset signal mask", e.into()))?;
-    linux::reset_signal_dispositions();
+    linux::reset_signal_dispositions(crate::procfs::ignored_signals());
     Ok(())
 }
 

@@ -397,6 +397,13 @@ fn register_machine(
     }
 }
 
+/// Whether PID 1, which runs its payload once the old root is detached, waits for the
+/// launcher's go too: only when the launcher connects something first, the machine's network or
+/// its registration (`no_bus`: `--register=auto` found no system bus).
+fn pid1_waits_for_go(spec: &LaunchSpec, no_bus: bool) -> bool {
+    spec.network.needs_netns() || (spec.register != RegisterMode::No && !no_bus)
+}
+
 fn warn_not_registered(spec: &LaunchSpec, e: &RegisterError) {
     if !spec.quiet {
         tracing::warn!("{e}; the machine is not registered (start mctld, or use --register=no)");
@@ -434,8 +441,6 @@ struct Run<'a> {
     /// Whether `--register=auto` found no system bus to register on (checked once, before PID 1
     /// exists: PID 1 does not wait for a registration decided against).
     no_bus: bool,
-    /// Whether PID 1 waits for [`Run::start`]'s go.
-    wait_for_go: bool,
     registered: bool,
     /// Always present until [`Run::end`] removes it.
     cgroup: Option<MachineCgroup>,
@@ -509,12 +514,9 @@ impl<'a> Run<'a> {
         record: &mut LaunchRecord,
     ) -> Result<(Run<'a>, ParentEnd), LaunchError> {
         let spec = ctx.spec;
-        // PID 1 runs its payload once the old root is detached; it waits for the launcher
-        // too only when the launcher connects something first.
         let no_bus =
             (spec.register == RegisterMode::Auto).then(crate::bus::client::system_bus_missing).flatten();
-        ctx.wait_for_go =
-            spec.network.needs_netns() || (spec.register != RegisterMode::No && no_bus.is_none());
+        ctx.wait_for_go = pid1_waits_for_go(spec, no_bus.is_some());
         let keep_unit = spec.keep_unit || enter_slice_scope(spec)?;
         // The cgroup2 part now (the child is born in it), the v1 ones of a hybrid host while the
         // child builds the file system; the record names them all before any is made.
@@ -548,7 +550,6 @@ impl<'a> Run<'a> {
             pending_net: None,
             net: None,
             no_bus: no_bus.is_some(),
-            wait_for_go: ctx.wait_for_go,
             registered: false,
             cgroup: Some(cgroup),
         };
@@ -647,7 +648,7 @@ impl<'a> Run<'a> {
         setup: MachineSetup,
     ) -> Result<(NotifyRelay, Option<Console>), LaunchError> {
         let spec = self.spec;
-        if self.wait_for_go {
+        if pid1_waits_for_go(spec, self.no_bus) {
             parent.go()?;
         }
         // Gone by now, or nearly: it said its last word before PID 1 was let go.

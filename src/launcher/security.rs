@@ -82,26 +82,15 @@ impl CapabilityAdjust {
 
 /// Splits `wanted` into what the host's bounding set grants and what it does not.
 pub fn grantable(wanted: &CapsHashSet) -> (CapsHashSet, Vec<Capability>) {
-    let bounding = bounding_set();
+    // One read of /proc (the caps crate asks the kernel about each capability with a system
+    // call of its own, 41 of them).
+    let bounding = crate::procfs::bounding_set(std::process::id())
+        .ok()
+        .or_else(|| caps::read(None, CapSet::Bounding).ok())
+        .unwrap_or_default();
     let mut missing: Vec<Capability> = wanted.difference(&bounding).copied().collect();
     missing.sort_by_key(|c| c.index());
     (wanted.intersection(&bounding).copied().collect(), missing)
-}
-
-/// This process's bounding set, read from `/proc/self/status` at once: the caps crate asks the
-/// kernel about each capability with a system call of its own (41 of them).
-fn bounding_set() -> CapsHashSet {
-    crate::sys::linux::read_kernel_file("/proc/self/status")
-        .ok()
-        .and_then(|status| bounding_set_of(&status))
-        .unwrap_or_else(|| caps::read(None, CapSet::Bounding).unwrap_or_default())
-}
-
-/// The bounding set a `/proc/PID/status` text shows (`CapBnd:`, a hex mask).
-fn bounding_set_of(status: &str) -> Option<CapsHashSet> {
-    let hex = status.lines().find_map(|l| l.strip_prefix("CapBnd:"))?.trim();
-    let mask = u64::from_str_radix(hex, 16).ok()?;
-    Some(caps::all().into_iter().filter(|c| mask & c.bitmask() != 0).collect())
 }
 
 /// Makes `keep` the bounding and the inheritable set, so that the exec'ed payload (root) ends
@@ -179,15 +168,6 @@ pub(crate) fn become_namespace_root() -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_bounding_set_from_proc_is_the_kernel_s() {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap();
-        assert_eq!(bounding_set_of(&status), Some(caps::read(None, CapSet::Bounding).unwrap()));
-        assert_eq!(bounding_set(), caps::read(None, CapSet::Bounding).unwrap());
-        assert_eq!(bounding_set_of("CapBnd:\t0000000000200000\n"), Some([Capability::CAP_SYS_ADMIN].into()));
-        assert_eq!(bounding_set_of("Name:\tx\n"), None);
-    }
 
     #[test]
     fn adjusts_defaults() {

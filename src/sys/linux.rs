@@ -1048,15 +1048,11 @@ pub fn own_received_fd(fd: RawFd) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
-/// Puts every signal this process ignores back to its default disposition: exec keeps ignored
-/// signals ignored (realtime ones too) and resets caught ones itself. Which are ignored comes
-/// from `/proc/self/status` at once, not from a sigaction call per signal; without it, every
+/// Puts the signals in `ignored` (bit N-1 for signal N) back to their default disposition:
+/// exec keeps ignored signals ignored (realtime ones too) and resets caught ones itself.
+/// Knowing which are ignored spares a sigaction call per signal; without it (None), every
 /// signal is reset.
-pub fn reset_signal_dispositions() {
-    let ignored = read_kernel_file("/proc/self/status").ok().and_then(|s| {
-        let hex = s.lines().find_map(|l| l.strip_prefix("SigIgn:"))?.trim();
-        u64::from_str_radix(hex, 16).ok()
-    });
+pub fn reset_signal_dispositions(ignored: Option<u64>) {
     for sig in 1..=64 {
         if sig == libc::SIGKILL || sig == libc::SIGSTOP || ignored.is_some_and(|m| m & (1 << (sig - 1)) == 0)
         {
