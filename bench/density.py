@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import launch  # noqa: E402
 import manager  # noqa: E402
 
-MCTLD = os.path.join(launch.ROOT, "target/release/mctld")
+MCTLD = os.path.join(launch.RELEASE, "mctld")
 
 
 def mem_available_kib():

@@ -18,7 +18,18 @@ this script runs again inside it, in a service with a delegated cgroup, as a hos
 import argparse, contextlib, json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MCTL = os.path.join(ROOT, "target/release/mctl")
+
+
+def release_dir():
+    """Where `cargo build --release` puts the binaries: target/<host tuple>/release, as the
+    build names its target (.cargo/config.toml)."""
+    out = subprocess.run(["rustc", "-vV"], capture_output=True, text=True).stdout
+    host = next((l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("host:")), "")
+    return os.path.join(ROOT, "target", host, "release")
+
+
+RELEASE = release_dir()
+MCTL = os.path.join(RELEASE, "mctl")
 
 
 def cached(recipe):

@@ -20,10 +20,11 @@ Nothing is left: the buses, managers, leaders and cgroups go at the end.
 """
 import argparse, json, os, shutil, signal, statistics, subprocess, sys, tempfile, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MCTL = os.path.join(ROOT, "target/release/mctl")
-MCTLD = os.path.join(ROOT, "target/release/mctld")
-REGBENCH = os.path.join(ROOT, "target/release/examples/regbench")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from launch import MCTL, RELEASE, ROOT  # noqa: E402
+
+MCTLD = os.path.join(RELEASE, "mctld")
+REGBENCH = os.path.join(RELEASE, "examples/regbench")
 MACHINED = next((p for p in ("/lib/systemd/systemd-machined", "/usr/lib/systemd/systemd-machined")
                  if os.path.exists(p)), None)
 # machinectl (and machined) refuse to run unless /run/systemd/system exists.

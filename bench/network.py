@@ -22,8 +22,10 @@ Recorded 2026-12-05, 2-CPU Debian 12 VM, kernel 6.18, --runs 31:
 """
 import argparse, json, os, statistics, subprocess, sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCH = os.path.join(ROOT, "target/release/examples/netbench")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from launch import RELEASE  # noqa: E402
+
+BENCH = os.path.join(RELEASE, "examples/netbench")
 UNSHARE = ["unshare", "--net", "--mount", "--propagation", "private", "--pid", "--fork", "--mount-proc"]
 
 

@@ -16,9 +16,9 @@ Everything is made in a temporary directory and removed afterwards.
 import argparse, json, os, select, shutil, statistics, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from launch import ROOT, remove_cgroup  # noqa: E402
+from launch import RELEASE, ROOT, remove_cgroup  # noqa: E402
 
-MCTL_RUNC = os.path.join(ROOT, "target/release/mctl-runc")
+MCTL_RUNC = os.path.join(RELEASE, "mctl-runc")
 CGROUP_PARENT = "mctl-bench-oci"
 
 

@@ -23,4 +23,5 @@ fi
 cargo build --release --locked
 store=${MCTL_IMAGE_STORE:-/var/lib/machines}
 [ -d "$store/bookworm" ] || bootstrap/debian.sh "$store/bookworm" bookworm
-exec target/release/mctl boot -D "$store/bookworm" "$@"
+# The build names the host as its target (.cargo/config.toml).
+exec "target/$(rustc -vV | sed -n 's/^host: //p')/release/mctl" boot -D "$store/bookworm" "$@"

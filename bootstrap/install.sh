@@ -47,7 +47,8 @@ fi
 
 if [ -z "${MCTL_BUILD_DIR:-}" ]; then
     (cd "$here" && cargo build --release --locked)
-    MCTL_BUILD_DIR="$here/target/release"
+    # The build names the host as its target (.cargo/config.toml).
+    MCTL_BUILD_DIR="$here/target/$(rustc -vV | sed -n 's/^host: //p')/release"
 fi
 for b in mctl mctld mctl-runc; do
     [ -x "$MCTL_BUILD_DIR/$b" ] || { echo "install.sh: $MCTL_BUILD_DIR/$b is missing; build first" >&2; exit 1; }

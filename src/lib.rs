@@ -11,6 +11,7 @@ pub mod cli;
 pub mod container;
 pub mod daemon;
 pub mod guestfs;
+pub mod hostdb;
 pub mod images;
 pub mod launcher;
 pub mod logging;

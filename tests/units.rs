@@ -243,25 +243,29 @@ fn host_state(path: &str) -> Option<(u64, u64, i64, i64)> {
 /// mount namespace where `/usr/local`, `/etc`, `/var/lib` and the source tree are overlays
 /// whose writes land in a tmpfs, and `/run` is an empty tmpfs (no systemd, no bus to reload):
 /// nothing changes on the host. Without `MCTL_BUILD_DIR` it builds with `cargo build
-/// --release --locked` in the source tree and installs from `target/release`; a release build
-/// takes minutes, so `cargo` is a stand-in that checks how it was called and puts the binaries
-/// under test in `target/release`. The files land with their modes, `systemd-analyze verify`
+/// --release --locked` in the source tree and installs from `target/<host>/release`; a release
+/// build takes minutes, so `cargo` is a stand-in that checks how it was called and puts the
+/// binaries under test there. The files land with their modes, `systemd-analyze verify`
 /// accepts the units, and `--uninstall` removes every file again.
 #[test]
 fn install_sh_with_its_default_build_directory() {
     let s = scratch();
     let repo = env!("CARGO_MANIFEST_DIR");
     let build = Path::new(env!("CARGO_BIN_EXE_mctl")).parent().unwrap().to_owned();
+    // Where a release build lands: the build names the host as its target.
+    let rustc = Command::new("rustc").arg("-vV").output().unwrap();
+    let host = common::stdout(&rustc).lines().find_map(|l| l.strip_prefix("host: ")).unwrap().to_owned();
+    let release = format!("target/{host}/release");
     let standin = s.path().join("bin");
     std::fs::create_dir(&standin).unwrap();
     let cargo_log = s.path().join("cargo.log");
     std::fs::write(
         standin.join("cargo"),
         // The "release build": the binaries under test, marked so that only a copy taken from
-        // target/release can match.
+        // the release directory can match.
         "#!/bin/sh\necho \"$PWD $*\" >> \"$CARGO_LOG\"\n[ \"$*\" = \"build --release --locked\" ] || exit 2\n\
-         mkdir -p target/release\nfor b in mctl mctld mctl-runc; do\n\
-         cp \"$BUILD/$b\" target/release/ && printf '\\nrc-standin-release-build\\n' >> target/release/$b\ndone\n",
+         mkdir -p \"$RELEASE\"\nfor b in mctl mctld mctl-runc; do\n\
+         cp \"$BUILD/$b\" \"$RELEASE/\" && printf '\\nrc-standin-release-build\\n' >> \"$RELEASE/$b\"\ndone\n",
     )
     .unwrap();
     std::fs::set_permissions(standin.join("cargo"), std::os::unix::fs::PermissionsExt::from_mode(0o755))
@@ -269,7 +273,7 @@ fn install_sh_with_its_default_build_directory() {
     let layers = s.path().join("layers");
     std::fs::create_dir(&layers).unwrap();
     let before: Vec<_> = INSTALLED.iter().map(|p| host_state(p)).collect();
-    let release_before = host_state(&format!("{repo}/target/release/mctl"));
+    let release_before = host_state(&format!("{repo}/{release}/mctl"));
 
     let script = r#"
         set -eu
@@ -283,7 +287,7 @@ fn install_sh_with_its_default_build_directory() {
         PATH="$STANDIN:$PATH" "$REPO/bootstrap/install.sh"
         for f in $FILES; do stat -c "%a %u:%g %n" "$f"; done
         for b in mctl mctld mctl-runc; do
-            cmp "$REPO/target/release/$b" "/usr/local/bin/$b"
+            cmp "$REPO/$RELEASE/$b" "/usr/local/bin/$b"
             [ "$(tail -n 1 "/usr/local/bin/$b")" = rc-standin-release-build ]
         done
         /usr/local/bin/mctl --version
@@ -316,6 +320,7 @@ fn install_sh_with_its_default_build_directory() {
         .env("LAYERS", &layers)
         .env("REPO", repo)
         .env("BUILD", &build)
+        .env("RELEASE", &release)
         .env("STANDIN", &standin)
         .env("CARGO_LOG", &cargo_log)
         .env("FILES", INSTALLED.join(" "))
@@ -346,7 +351,7 @@ fn install_sh_with_its_default_build_directory() {
     // The host is as it was.
     let after: Vec<_> = INSTALLED.iter().map(|p| host_state(p)).collect();
     assert_eq!(before, after, "the install changed the host");
-    assert_eq!(host_state(&format!("{repo}/target/release/mctl")), release_before, "the source tree changed");
+    assert_eq!(host_state(&format!("{repo}/{release}/mctl")), release_before, "the source tree changed");
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&*layers.to_string_lossy()), "a mount was left behind");
 }

@@ -15,4 +15,6 @@ pub fn client_builder() -> ClientBuilder {
         .user_agent(concat!("mctl/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(30))
         .timeout(None)
+        // Not getaddrinfo(3): a static glibc cannot load the host's NSS modules.
+        .dns_resolver(std::sync::Arc::new(crate::hostdb::HostResolver))
 }

@@ -117,16 +117,16 @@ pub fn resolve(names: &[String], root: &Path) -> Result<Vec<BoundUser>, BindUser
             continue;
         }
         let no_user = |reason: String| BindUserError::NoUser { name: name.clone(), reason };
-        let u = nix::unistd::User::from_name(name)
+        let u = crate::hostdb::user_by_name(name)
             .map_err(|e| no_user(e.to_string()))?
             .ok_or_else(|| no_user("no such user".into()))?;
-        if u.uid.is_root() || u.name == "root" {
+        if u.uid == 0 || u.name == "root" {
             return Err(BindUserError::Special("root".into()));
         }
-        if u.uid.as_raw() == 65534 || u.name == "nobody" {
+        if u.uid == 65534 || u.name == "nobody" {
             return Err(BindUserError::Special("nobody".into()));
         }
-        let g = nix::unistd::Group::from_gid(u.gid)
+        let g = crate::hostdb::group_by_gid(u.gid)
             .map_err(|e| no_user(e.to_string()))?
             .ok_or_else(|| no_user(format!("its group {} does not exist", u.gid)))?;
         if g.name != u.name {
@@ -147,10 +147,10 @@ pub fn resolve(names: &[String], root: &Path) -> Result<Vec<BoundUser>, BindUser
         out.push(BoundUser {
             hashed_password: shadow_hash(&shadow, &u.name).into_iter().collect(),
             name: u.name,
-            host_uid: u.uid.as_raw(),
-            host_gid: u.gid.as_raw(),
+            host_uid: u.uid,
+            host_gid: u.gid,
             inside: next,
-            home: u.dir,
+            home: u.home,
         });
         next += 1;
     }

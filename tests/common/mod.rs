@@ -272,7 +272,13 @@ impl NotifyListener {
                         return Some(s);
                     }
                 }
-                Err(_) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                {
+                    break;
+                }
+                Err(e) => panic!("reading the notify socket {}: {e}", self.path.display()),
             }
         }
         None
