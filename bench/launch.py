@@ -23,7 +23,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def release_dir():
     """Where `cargo build --release` puts the binaries: target/<host tuple>/release, as the
     build names its target (.cargo/config.toml)."""
-    out = subprocess.run(["rustc", "-vV"], capture_output=True, text=True).stdout
+    try:
+        out = subprocess.run(["rustc", "-vV"], capture_output=True, text=True).stdout
+    except OSError:  # no toolchain: inside the bench box, where --mctl names the binary
+        out = ""
     host = next((l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("host:")), "")
     return os.path.join(ROOT, "target", host, "release")
 
