@@ -163,6 +163,81 @@ fn sigterm_to_mctl_stops_a_command_without_handlers() {
     }
 }
 
+/// On a hybrid host a guest can mount the v1 freezer hierarchy (its cgroup namespace shows it
+/// its own part) and freeze itself, and a task frozen there does not die of SIGKILL. Stopping
+/// the launcher must still end the machine and leave nothing behind, also while a second guest
+/// process keeps freezing PID 1 again: the launcher kills every guest process and thaws what
+/// the guest froze, until PID 1 is gone.
+#[test]
+fn a_guest_frozen_through_the_v1_freezer_still_stops() {
+    if !std::fs::read_to_string("/proc/self/cgroup").unwrap().lines().any(|l| l.contains(":freezer:")) {
+        eprintln!("no v1 freezer hierarchy on this host: nothing for a guest to freeze itself with");
+        return;
+    }
+    let (_s, dir) = tree("rfrozen");
+    let script = "mkdir -p /tmp/f && mount -t cgroup -o freezer none /tmp/f && mkdir /tmp/f/a /tmp/f/b \
+                  && echo $$ > /tmp/f/a/cgroup.procs \
+                  && sh -c 'echo $$ > /tmp/f/b/cgroup.procs; while :; do echo FROZEN > /tmp/f/a/freezer.state; done' & \
+                  echo up; while :; do sleep 0.1; done";
+    let mut child = mctl()
+        .args(["run", "-q", "--register=no", "-D"])
+        .arg(&dir)
+        .args(["--", "sh", "-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut buf = [0u8; 3];
+    std::io::Read::read_exact(&mut out, &mut buf).unwrap();
+    let frozen = machine_cgroups("rfrozen")
+        .into_iter()
+        .find(|d| d.starts_with("/sys/fs/cgroup/freezer"))
+        .expect("the machine's v1 freezer cgroup")
+        .join("payload/a/freezer.state");
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::read_to_string(&frozen)
+            .is_ok_and(|s| s.trim() == "FROZEN")),
+        "the guest did not freeze itself"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let st = wait_exit(&mut child, Duration::from_secs(10)).unwrap_or_else(|| {
+        // Free what the launcher left frozen, so that the failed test leaves nothing behind.
+        for _ in 0..100 {
+            machine_cgroups("rfrozen").iter().for_each(|d| kill_and_thaw(d));
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the launcher did not end a machine frozen through the v1 freezer");
+    });
+    assert_eq!(st.code(), Some(137));
+    assert_no_leaks("rfrozen", &dir);
+}
+
+/// Kills every process of a cgroup subtree and thaws it (a failed test's machine).
+fn kill_and_thaw(dir: &std::path::Path) {
+    for pid in std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default().lines() {
+        if let Ok(pid) = pid.parse() {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    let _ = std::fs::write(dir.join("freezer.state"), "THAWED");
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            kill_and_thaw(&e.path());
+        }
+    }
+}
+
 #[test]
 fn second_sigterm_kills_a_command_that_ignores_the_first() {
     let (_s, dir) = tree("rsig2");

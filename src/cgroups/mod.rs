@@ -463,6 +463,21 @@ impl MachineCgroup {
             .collect()
     }
 
+    /// Sends SIGKILL to every process of the guest (its cgroup2 `cgroup.kill`; one by one
+    /// before Linux 5.14), then thaws what it froze in the v1 freezer hierarchy (see
+    /// [`thaw_v1_freezer`]). Returns how many of its cgroups were frozen: while one is, a guest
+    /// task not yet dead may have frozen it again, so the caller repeats this until the guest
+    /// is gone. Killing every task, not only PID 1, is what lets a repetition win.
+    pub fn kill_guest(&self) -> usize {
+        let payload = self.parts[0].payload();
+        if fs::write(payload.join("cgroup.kill"), "1").is_err() {
+            for pid in pids_in(&payload) {
+                let _ = crate::sys::linux::send_signal(pid, libc::SIGKILL);
+            }
+        }
+        self.parts.iter().filter(|p| p.hierarchy.is("freezer")).map(|p| thaw_v1_freezer(&p.payload())).sum()
+    }
+
     /// The payload's cgroup2 `cgroup.procs` file.
     pub fn unified_payload_procs(&self) -> CgroupFile {
         CgroupFile::of(&self.parts[0].hierarchy, &self.parts[0].payload(), "cgroup.procs")
@@ -809,6 +824,33 @@ pub fn has_processes(dir: &Path) -> bool {
     !pids_in(dir).is_empty()
 }
 
+/// Thaws every cgroup of a v1 `freezer` subtree; returns how many were frozen or freezing.
+///
+/// A guest may mount the v1 freezer hierarchy (its cgroup namespace shows it its own part) and
+/// freeze itself, and a task frozen there does not even die of SIGKILL until it is thawed: so
+/// whoever kills a machine thaws it after sending the signal. mctl itself freezes machines only
+/// through cgroup2, so nothing here undoes a freeze of ours. Best effort: a directory without
+/// `freezer.state` (another hierarchy's) or gone meanwhile is passed over.
+pub fn thaw_v1_freezer(dir: &Path) -> usize {
+    let state = dir.join("freezer.state");
+    let mut frozen = 0;
+    if read_kernel_file(&state).is_ok_and(|s| s.trim() != "THAWED") {
+        frozen += 1;
+        // Not fs::write: no O_CREAT on a cgroup file system.
+        if let Ok(mut f) = fs::OpenOptions::new().write(true).open(&state) {
+            let _ = io::Write::write_all(&mut f, b"THAWED");
+        }
+    }
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                frozen += thaw_v1_freezer(&e.path());
+            }
+        }
+    }
+    frozen
+}
+
 /// Every pid in `dir` and below.
 pub fn pids_in(dir: &Path) -> Vec<i32> {
     let mut out = Vec::new();
@@ -844,6 +886,7 @@ pub(crate) fn remove_tree(dir: &Path, patience: Duration) -> Result<(), CgroupEr
                         nix::sys::signal::Signal::SIGKILL,
                     );
                 }
+                thaw_v1_freezer(dir);
                 killed = true;
             }
             Err((path, e)) => {

@@ -469,7 +469,8 @@ fn run_once(
     }
     let pid1 = Pid::from_raw(setup.pid1);
     let (notify, console) = run.start(&parent, setup)?;
-    let status = supervise(ctx.spec, pid1, sigfd, &notify, console);
+    let kill_guest = || run.cgroup.as_ref().map_or(0, MachineCgroup::kill_guest);
+    let status = supervise(ctx.spec, pid1, sigfd, &notify, console, &kill_guest);
     run.end(status?, record)
 }
 
@@ -699,18 +700,24 @@ impl<'a> Run<'a> {
     }
 }
 
-/// Runs the event loop until PID 1 has exited; returns its wait status.
+/// Runs the event loop until PID 1 has exited; returns its wait status. Once PID 1 is sent
+/// SIGKILL, `kill_guest` kills every guest process and thaws what the guest froze through the
+/// v1 freezer, where SIGKILL does not reach (see [`MachineCgroup::kill_guest`]).
 fn supervise(
     spec: &LaunchSpec,
     pid1: Pid,
     sigfd: &SignalFd,
     notify: &NotifyRelay,
     console: Option<Console>,
+    kill_guest: &dyn Fn() -> usize,
 ) -> Result<WaitStatus, LaunchError> {
     let mut events = Events::new(sigfd, Some(notify.fd()), console)
         .map_err(|e| LaunchError::Setup("watch signals, the notify socket and the console", e))?;
     let mut stop_requests = 0;
     let mut ready = false;
+    // Once PID 1 is sent SIGKILL: until it is gone, a guest task not yet dead could freeze it
+    // again, so killing and thawing are repeated.
+    let mut killing = false;
     let status = 'run: loop {
         if let Some(status) = exited(pid1) {
             break 'run status;
@@ -719,14 +726,22 @@ fn supervise(
         // dropped (PID 1 ignores signals it has no handler for), so until the guest has said
         // READY=1 the request is repeated.
         let unconfirmed_stop = spec.is_boot() && stop_requests == 1 && !ready;
-        let timeout = unconfirmed_stop.then_some(STOP_REPEAT_MS);
+        let timeout = if killing { Some(THAW_REPEAT_MS) } else { unconfirmed_stop.then_some(STOP_REPEAT_MS) };
         for event in events.wait(timeout).map_err(|e| LaunchError::Setup("wait for events", e))? {
             match event {
-                Event::Timeout => request_stop(spec, pid1, Signal::SIGTERM, REPEAT_STOP),
+                Event::Timeout if killing => {
+                    kill_guest();
+                }
+                Event::Timeout => {
+                    request_stop(spec, pid1, Signal::SIGTERM, REPEAT_STOP);
+                }
                 Event::Child => {}
                 Event::Signal(sig) => {
                     stop_requests += 1;
-                    request_stop(spec, pid1, sig, stop_requests);
+                    if request_stop(spec, pid1, sig, stop_requests) == libc::SIGKILL {
+                        killing = true;
+                        kill_guest();
+                    }
                 }
                 Event::Extra => {
                     for notice in notify.drain() {
@@ -750,6 +765,8 @@ fn supervise(
                 }
                 Event::Escape => {
                     let _ = kill(pid1, Signal::SIGKILL);
+                    killing = true;
+                    kill_guest();
                 }
             }
         }
@@ -761,13 +778,15 @@ fn supervise(
 
 /// How often an unconfirmed halt request is repeated.
 const STOP_REPEAT_MS: u16 = 250;
+/// How often a killed guest is killed and thawed again until PID 1 is gone.
+const THAW_REPEAT_MS: u16 = 50;
 /// `request_stop`'s count for a repeated first request.
 const REPEAT_STOP: u32 = 0;
 
 /// First SIGTERM/SIGINT: ask PID 1 to stop (`--kill-signal`; by default the guest's halt
 /// request when booted, SIGKILL for a command, as nspawn); second: kill it. `count` 0 repeats
-/// the first request quietly.
-fn request_stop(spec: &LaunchSpec, pid1: Pid, received: Signal, count: u32) {
+/// the first request quietly. Returns the signal sent.
+fn request_stop(spec: &LaunchSpec, pid1: Pid, received: Signal, count: u32) -> i32 {
     let first = spec.kill_signal.unwrap_or(if spec.is_boot() {
         SignalNumber::halt()
     } else {
@@ -783,6 +802,7 @@ fn request_stop(spec: &LaunchSpec, pid1: Pid, received: Signal, count: u32) {
             received.as_str()
         );
     }
+    sig
 }
 
 /// PID 1's status once it has exited (also reaps any other child).

@@ -363,13 +363,14 @@ impl Manager {
                         let _ = linux::send_signal(pid, libc::SIGKILL);
                     }
                 }
-                Ok(())
             }
             // As PID 1 of its namespace, the leader takes every other process there with it.
             Scope::PidNamespace | Scope::Leader => {
-                linux::send_signal(leader_pid(&m)?, libc::SIGKILL).map_err(failed)
+                linux::send_signal(leader_pid(&m)?, libc::SIGKILL).map_err(failed)?;
             }
         }
+        self.thaw_guest(&m);
+        Ok(())
     }
 
     /// Sends `signal` to the leader or to every process of the machine (`KillMachine`).
@@ -393,6 +394,9 @@ impl Manager {
             {
                 return Err(ManagerError::Failed(format!("Failed to kill machine {name}: {e}")));
             }
+        }
+        if signal == libc::SIGKILL {
+            self.thaw_guest(&m);
         }
         Ok(())
     }

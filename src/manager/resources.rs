@@ -37,6 +37,21 @@ impl Manager {
         MachineDirs::of_process(&self.hierarchies, &membership, &m.name)
     }
 
+    /// Thaws what a machine sent SIGKILL froze through the v1 freezer, where the signal cannot
+    /// reach it (see [`crate::cgroups::thaw_v1_freezer`]). A guest task not dead yet may freeze
+    /// again what was thawed, so this goes on until a pass finds nothing frozen (a few rounds).
+    pub(super) fn thaw_guest(&self, m: &Machine) {
+        let Some(dirs) = self.machine_dirs(m) else { return };
+        for (_, dir) in dirs.v1.iter().filter(|(controllers, _)| controllers.iter().any(|c| c == "freezer")) {
+            for _ in 0..20 {
+                if crate::cgroups::thaw_v1_freezer(dir) == 0 {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+    }
+
     /// A machine's limits and usage; empty figures for one without a cgroup of its own.
     pub fn resources(&self, m: &Machine) -> MachineResources {
         let Some(dirs) = self.machine_dirs(m) else {
