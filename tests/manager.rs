@@ -389,16 +389,7 @@ fn mctl_cli_manages_machines() {
     if std::fs::read_to_string("/proc/self/cgroup").unwrap().contains(":freezer:") {
         m.sh("mkdir -p /run/f && mount -t cgroup -o freezer none /run/f && mkdir /run/f/a \
               && echo 1 > /run/f/a/cgroup.procs && echo FROZEN > /run/f/a/freezer.state");
-        let state = common::machine_cgroups("mcli")
-            .into_iter()
-            .find(|d| d.starts_with("/sys/fs/cgroup/freezer"))
-            .expect("the machine's v1 freezer cgroup")
-            .join("payload/a/freezer.state");
-        assert!(
-            wait_until(Duration::from_secs(10), || std::fs::read_to_string(&state)
-                .is_ok_and(|s| s.trim() == "FROZEN")),
-            "the guest did not freeze itself"
-        );
+        wait_guest_frozen("mcli", "a");
     }
     assert_eq!(run_mctl(&bus, &["terminate", "mcli"]).status.code(), Some(0));
     assert!(m.wait(Duration::from_secs(30)).is_some());

@@ -175,31 +175,11 @@ fn a_guest_frozen_through_the_v1_freezer_still_stops() {
         return;
     }
     let (_s, dir) = tree("rfrozen");
-    let script = "mkdir -p /tmp/f && mount -t cgroup -o freezer none /tmp/f && mkdir /tmp/f/a /tmp/f/b \
+    let freeze = "{ mkdir -p /tmp/f && mount -t cgroup -o freezer none /tmp/f && mkdir /tmp/f/a /tmp/f/b \
                   && echo $$ > /tmp/f/a/cgroup.procs \
-                  && sh -c 'echo $$ > /tmp/f/b/cgroup.procs; while :; do echo FROZEN > /tmp/f/a/freezer.state; done' & \
-                  echo up; while :; do sleep 0.1; done";
-    let mut child = mctl()
-        .args(["run", "-q", "--register=no", "-D"])
-        .arg(&dir)
-        .args(["--", "sh", "-c", script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let mut buf = [0u8; 3];
-    std::io::Read::read_exact(&mut out, &mut buf).unwrap();
-    let frozen = machine_cgroups("rfrozen")
-        .into_iter()
-        .find(|d| d.starts_with("/sys/fs/cgroup/freezer"))
-        .expect("the machine's v1 freezer cgroup")
-        .join("payload/a/freezer.state");
-    assert!(
-        wait_until(Duration::from_secs(10), || std::fs::read_to_string(&frozen)
-            .is_ok_and(|s| s.trim() == "FROZEN")),
-        "the guest did not freeze itself"
-    );
+                  && sh -c 'echo $$ > /tmp/f/b/cgroup.procs; while :; do echo FROZEN > /tmp/f/a/freezer.state; done' & }";
+    let (mut child, _out) = run_until_up(&dir, &["--register=no"], freeze);
+    wait_guest_frozen("rfrozen", "a");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
         nix::sys::signal::Signal::SIGTERM,

@@ -180,6 +180,24 @@ fn find_named(dir: &Path, name: &str, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// Waits until the guest of machine `name` has frozen its cgroup `payload/SUB` in the v1
+/// freezer hierarchy of a hybrid host (which a guest can mount and use on itself).
+pub fn wait_guest_frozen(name: &str, sub: &str) {
+    let state = machine_cgroups(name)
+        .into_iter()
+        .find(|d| d.starts_with("/sys/fs/cgroup/freezer"))
+        .expect("the machine's v1 freezer cgroup")
+        .join("payload")
+        .join(sub)
+        .join("freezer.state");
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::read_to_string(&state)
+            .is_ok_and(|s| s.trim() == "FROZEN")),
+        "the guest did not freeze {}",
+        state.display()
+    );
+}
+
 /// The processes of machine `name` (pid and start time), from its cgroups' `cgroup.procs`.
 pub fn machine_processes(name: &str) -> Vec<(i32, u64)> {
     let mut pids = Vec::new();
