@@ -41,10 +41,14 @@ fn main() {
     println!("cargo:rerun-if-changed=src/seccomp");
     link_unwinder_statically();
     pack_relative_relocations();
-    // A new commit or checkout changes HEAD or the ref it points at.
-    println!("cargo:rerun-if-changed=.git/HEAD");
-    println!("cargo:rerun-if-changed=.git/refs/heads");
-    println!("cargo:rerun-if-changed=.git/packed-refs");
+    // A new commit or checkout changes HEAD or the ref it points at. Only files that exist:
+    // cargo counts a missing one as changed, and a checkout without packed-refs rebuilt the
+    // crate on every build (minutes for a release).
+    for file in [".git/HEAD", ".git/refs/heads", ".git/packed-refs"] {
+        if std::path::Path::new(file).exists() {
+            println!("cargo:rerun-if-changed={file}");
+        }
+    }
 }
 
 /// Links GCC's unwinder (`libgcc_eh.a`) into the binaries, so that they do not load
