@@ -386,7 +386,7 @@ fn mctl_cli_manages_machines() {
     // terminate: every process ends, the launcher cleans up, the entry goes. On a hybrid host
     // the guest first freezes its PID 1 through the v1 freezer (its cgroup namespace shows it
     // its part), where SIGKILL does not reach: mctld thaws what the guest froze.
-    if std::fs::read_to_string("/proc/self/cgroup").unwrap().contains(":freezer:") {
+    if has_v1_freezer() {
         m.sh("mkdir -p /run/f && mount -t cgroup -o freezer none /run/f && mkdir /run/f/a \
               && echo 1 > /run/f/a/cgroup.procs && echo FROZEN > /run/f/a/freezer.state");
         wait_guest_frozen("mcli", "a");

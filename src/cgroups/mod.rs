@@ -469,12 +469,7 @@ impl MachineCgroup {
     /// task not yet dead may have frozen it again, so the caller repeats this until the guest
     /// is gone. Killing every task, not only PID 1, is what lets a repetition win.
     pub fn kill_guest(&self) -> usize {
-        let payload = self.parts[0].payload();
-        if fs::write(payload.join("cgroup.kill"), "1").is_err() {
-            for pid in pids_in(&payload) {
-                let _ = crate::sys::linux::send_signal(pid, libc::SIGKILL);
-            }
-        }
+        kill_all(&self.parts[0].payload());
         self.parts.iter().filter(|p| p.hierarchy.is("freezer")).map(|p| thaw_v1_freezer(&p.payload())).sum()
     }
 
@@ -849,6 +844,16 @@ pub fn thaw_v1_freezer(dir: &Path) -> usize {
         }
     }
     frozen
+}
+
+/// Sends SIGKILL to every process in `dir` and below: through cgroup2's `cgroup.kill`, or one
+/// by one where there is none (before Linux 5.14, or a v1 hierarchy).
+pub fn kill_all(dir: &Path) {
+    if fs::write(dir.join("cgroup.kill"), "1").is_err() {
+        for pid in pids_in(dir) {
+            let _ = crate::sys::linux::send_signal(pid, libc::SIGKILL);
+        }
+    }
 }
 
 /// Every pid in `dir` and below.

@@ -356,14 +356,7 @@ impl Manager {
         self.set_state(name, State::Closing);
         let failed = |e: std::io::Error| ManagerError::Failed(format!("Failed to kill machine {name}: {e}"));
         match self.scope(&m) {
-            Scope::Cgroup(dir) => {
-                if fs::write(dir.join("cgroup.kill"), "1").is_err() {
-                    // No cgroup.kill (before Linux 5.14): one by one.
-                    for pid in cgroups::pids_in(&dir) {
-                        let _ = linux::send_signal(pid, libc::SIGKILL);
-                    }
-                }
-            }
+            Scope::Cgroup(dir) => cgroups::kill_all(&dir),
             // As PID 1 of its namespace, the leader takes every other process there with it.
             Scope::PidNamespace | Scope::Leader => {
                 linux::send_signal(leader_pid(&m)?, libc::SIGKILL).map_err(failed)?;

@@ -180,6 +180,12 @@ fn find_named(dir: &Path, name: &str, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// Whether this host mounts the v1 freezer hierarchy (hybrid and legacy hosts), which a guest
+/// can mount and use on itself.
+pub fn has_v1_freezer() -> bool {
+    std::fs::read_to_string("/proc/self/cgroup").unwrap().lines().any(|l| l.contains(":freezer:"))
+}
+
 /// Waits until the guest of machine `name` has frozen its cgroup `payload/SUB` in the v1
 /// freezer hierarchy of a hybrid host (which a guest can mount and use on itself).
 pub fn wait_guest_frozen(name: &str, sub: &str) {
