@@ -202,6 +202,33 @@ fn a_guest_frozen_through_the_v1_freezer_still_stops() {
     assert_no_leaks("rfrozen", &dir);
 }
 
+/// Below its payload cgroup every directory is the guest's, with any names at any depth. A
+/// chain whose host path is longer than PATH_MAX, and one deeper than a descriptor per level
+/// allows, in cgroup2 and (on a hybrid host) in the v1 freezer hierarchy the guest mounts, must
+/// all go when the machine ends. (Walked by path, they stayed on the host for good.)
+#[test]
+fn cgroups_the_guest_made_beyond_path_max_are_removed() {
+    let (_s, dir) = tree("rdeep");
+    // Guest paths stay under PATH_MAX (4087 bytes); the host's are longer by its prefix.
+    let script = "set -e
+        long() { cd $1; n=$(printf %0240d 0); for i in $(seq 16); do mkdir $n; cd $n; done; mkdir $(printf %0215d 0); }
+        deep() { cd $1; for i in $(seq 1100); do mkdir d; cd d; done; }
+        (long /sys/fs/cgroup); (deep /sys/fs/cgroup)
+        if [ -n \"$V1\" ]; then
+            mkdir -p /tmp/v1 && mount -t cgroup -o freezer none /tmp/v1
+            (long /tmp/v1); (deep /tmp/v1)
+        fi
+        echo made";
+    let v1 = if has_v1_freezer() { "--setenv=V1=1" } else { "--setenv=V1=" };
+    let o = run_in(&dir, &[v1], &["sh", "-c", script]);
+    let leftovers = machine_cgroups("rdeep");
+    leftovers.iter().for_each(|d| remove_cgroup_tree(d));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "made\n");
+    assert!(leftovers.is_empty(), "cgroups the guest made were left behind: {leftovers:?}");
+    assert_no_leaks("rdeep", &dir);
+}
+
 /// Kills every process of a cgroup subtree and thaws it (a failed test's machine).
 fn kill_and_thaw(dir: &std::path::Path) {
     for pid in std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default().lines() {

@@ -23,6 +23,7 @@ use crate::sys::linux::read_kernel_file;
 pub mod devices;
 pub mod resources;
 pub mod slice;
+pub mod tree;
 
 pub use slice::Slice;
 
@@ -827,22 +828,18 @@ pub fn has_processes(dir: &Path) -> bool {
 /// through cgroup2, so nothing here undoes a freeze of ours. Best effort: a directory without
 /// `freezer.state` (another hierarchy's) or gone meanwhile is passed over.
 pub fn thaw_v1_freezer(dir: &Path) -> usize {
-    let state = dir.join("freezer.state");
     let mut frozen = 0;
-    if read_kernel_file(&state).is_ok_and(|s| s.trim() != "THAWED") {
-        frozen += 1;
-        // Not fs::write: no O_CREAT on a cgroup file system.
-        if let Ok(mut f) = fs::OpenOptions::new().write(true).open(&state) {
-            let _ = io::Write::write_all(&mut f, b"THAWED");
-        }
-    }
-    if let Ok(entries) = fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                frozen += thaw_v1_freezer(&e.path());
+    let _ = tree::walk(
+        dir,
+        &mut |cgroup| {
+            if tree::read_at(cgroup, "freezer.state").is_ok_and(|s| s.trim() != "THAWED") {
+                frozen += 1;
+                let _ = tree::write_at(cgroup, "freezer.state", "THAWED");
             }
-        }
-    }
+            Ok(())
+        },
+        &mut |_, _| Ok(()),
+    );
     frozen
 }
 
@@ -856,22 +853,19 @@ pub fn kill_all(dir: &Path) {
     }
 }
 
-/// Every pid in `dir` and below.
+/// Every pid in `dir` and below (none if `dir` is gone).
 pub fn pids_in(dir: &Path) -> Vec<i32> {
     let mut out = Vec::new();
-    match read_kernel_file(dir.join("cgroup.procs")) {
-        Ok(s) => out.extend(s.lines().filter_map(|l| l.trim().parse::<i32>().ok())),
-        // No such cgroup (already removed): nothing below it either.
-        Err(e) if e.kind() == ErrorKind::NotFound => return out,
-        Err(_) => {}
-    }
-    if let Ok(rd) = fs::read_dir(dir) {
-        for e in rd.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                out.extend(pids_in(&e.path()));
+    let _ = tree::walk(
+        dir,
+        &mut |cgroup| {
+            if let Ok(s) = tree::read_at(cgroup, "cgroup.procs") {
+                out.extend(s.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
             }
-        }
-    }
+            Ok(())
+        },
+        &mut |_, _| Ok(()),
+    );
     out
 }
 
@@ -910,15 +904,19 @@ fn remove_tree_once(dir: &Path) -> Result<(), (PathBuf, io::Error)> {
         Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
         Err(e) => return Err((dir.to_owned(), e)),
     }
-    let entries = match fs::read_dir(dir) {
-        Ok(rd) => rd,
+    // The guest's cgroups below, by descriptor (see tree): names the guest chose, at any depth.
+    let removed = tree::walk(dir, &mut |_| Ok(()), &mut |parent, name| match rustix::fs::unlinkat(
+        parent,
+        name,
+        rustix::fs::AtFlags::REMOVEDIR,
+    ) {
+        Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+        Err(e) => Err(e.into()),
+    });
+    match removed {
+        Ok(()) => {}
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err((dir.to_owned(), e)),
-    };
-    for e in entries.flatten() {
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            remove_tree_once(&e.path())?;
-        }
     }
     match fs::remove_dir(dir) {
         Ok(()) => Ok(()),

@@ -729,7 +729,9 @@ impl MachineDirs {
                 u.memory_current = number(read(d, "memory.usage_in_bytes"));
                 u.memory_peak = number(read(d, "memory.max_usage_in_bytes"));
                 // v1 counts a kill only in the victim's own cgroup: add up the subtree.
-                u.oom_kills = v1_subtree_sum(d, &|dir| keyed(read(dir, "memory.oom_control"), "oom_kill"));
+                u.oom_kills = v1_subtree_sum(d, &|dir| {
+                    keyed(super::tree::read_at(dir, "memory.oom_control").ok(), "oom_kill")
+                });
             }
             None => {}
         }
@@ -776,14 +778,19 @@ impl MachineDirs {
 }
 
 /// The sum of `value` over `dir` and every cgroup below it; None if `dir` has none.
-fn v1_subtree_sum(dir: &Path, value: &dyn Fn(&Path) -> Option<u64>) -> Option<u64> {
-    let own = value(dir)?;
-    let children = fs::read_dir(dir).into_iter().flatten().flatten();
-    let below: u64 = children
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .filter_map(|e| v1_subtree_sum(&e.path(), value))
-        .sum();
-    Some(own + below)
+fn v1_subtree_sum(dir: &Path, value: &dyn Fn(std::os::fd::BorrowedFd<'_>) -> Option<u64>) -> Option<u64> {
+    let (mut sum, mut top) = (0, None);
+    let _ = super::tree::walk(
+        dir,
+        &mut |cgroup| {
+            let v = value(cgroup);
+            top.get_or_insert(v);
+            sum += v.unwrap_or(0);
+            Ok(())
+        },
+        &mut |_, _| Ok(()),
+    );
+    top.flatten().map(|_| sum)
 }
 
 /// Limits in force, systemd's way: `u64::MAX` means infinity (or not set).

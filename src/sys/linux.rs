@@ -485,8 +485,13 @@ fn clone3_fork(flags: u64, cgroup: u64) -> io::Result<Forked> {
 /// of 0, for which std's reader stats the file and grows its buffer from 32 bytes, one read per
 /// doubling (eight reads for a mount table); a page takes most in one read.
 pub fn read_kernel_file(path: impl AsRef<Path>) -> io::Result<String> {
+    read_all(std::fs::File::open(path)?.into())
+}
+
+/// [`read_kernel_file`] of an open file.
+pub fn read_all(file: OwnedFd) -> io::Result<String> {
     use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
+    let mut file = std::fs::File::from(file);
     let mut buf = vec![0u8; 4096];
     let mut len = 0;
     loop {

@@ -174,10 +174,43 @@ fn find_named(dir: &Path, name: &str, out: &mut Vec<PathBuf>) {
         if (p.file_name().is_some_and(|f| f == name) && p.parent().is_some_and(|pp| pp.ends_with("mctl")))
             || p.file_name().is_some_and(|f| f == scope.as_str())
         {
-            out.push(p.clone());
+            // Below it everything is the machine's (the guest's cgroups, at any depth).
+            out.push(p);
+            continue;
         }
         find_named(&p, name, out);
     }
+}
+
+/// Removes the cgroup subtree `dir` (a failed test's leftovers), whatever its depth or the
+/// length of its names: relative to a descriptor per level, never by path.
+pub fn remove_cgroup_tree(dir: &Path) {
+    use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags};
+    use std::os::fd::{AsFd, BorrowedFd};
+    fn below(fd: BorrowedFd<'_>) {
+        let Ok(dir) = Dir::read_from(fd) else { return };
+        let names: Vec<std::ffi::CString> = dir
+            .flatten()
+            .filter(|e| e.file_type() == FileType::Directory)
+            .map(|e| e.file_name().to_owned())
+            .filter(|n| n.as_bytes() != b"." && n.as_bytes() != b"..")
+            .collect();
+        for name in names {
+            if let Ok(child) =
+                rustix::fs::openat(fd, &name, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
+            {
+                below(child.as_fd());
+            }
+            let _ = rustix::fs::unlinkat(fd, &name, AtFlags::REMOVEDIR);
+        }
+    }
+    // A descriptor per level: allow as many as the hard limit does.
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
+    if let Ok(fd) = rustix::fs::open(dir, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()) {
+        below(fd.as_fd());
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 /// Whether this host mounts the v1 freezer hierarchy (hybrid and legacy hosts), which a guest
