@@ -171,14 +171,18 @@ fn find_named(dir: &Path, name: &str, out: &mut Vec<PathBuf>) {
         let p = e.path();
         // Below `mctl`, or a slice's scope (`-S`): machine-NAME.scope, the name escaped.
         let scope = format!("machine-{}.scope", name.replace('-', "\\x2d"));
-        if (p.file_name().is_some_and(|f| f == name) && p.parent().is_some_and(|pp| pp.ends_with("mctl")))
+        let machine = dir.ends_with("mctl");
+        if (machine && p.file_name().is_some_and(|f| f == name))
             || p.file_name().is_some_and(|f| f == scope.as_str())
         {
-            // Below it everything is the machine's (the guest's cgroups, at any depth).
             out.push(p);
             continue;
         }
-        find_named(&p, name, out);
+        // Below a machine's cgroup everything is its guest's, at any depth and with names that
+        // may take a path past PATH_MAX (another test's machine may be making them now).
+        if !machine {
+            find_named(&p, name, out);
+        }
     }
 }
 
