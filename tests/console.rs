@@ -203,6 +203,13 @@ fn run_works_with_any_stdin_and_stdout() {
                 if input != Kind::Null {
                     assert!(out.contains("hello"), "stdin {input:?}, stdout {output:?}: {out:?}");
                 }
+                if output == Kind::Tty {
+                    // The guest's terminal ends lines with "\r\n"; ours must not add a "\r".
+                    assert!(
+                        out.contains("ran\r\n") && !out.contains("\r\r"),
+                        "stdin {input:?}, stdout {output:?}: {out:?}"
+                    );
+                }
             }
         }
     }

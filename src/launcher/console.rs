@@ -64,6 +64,8 @@ pub struct Console {
     to_master: Vec<u8>,
     dropped: usize,
     saved_termios: Option<Termios>,
+    /// Stdout's terminal settings before its output was made raw (see [`Console::new`]).
+    saved_output_termios: Option<Termios>,
     escape_count: u8,
     escape_since: Instant,
     last_byte: Option<u8>,
@@ -137,6 +139,16 @@ fn write_to(out: &Output, buf: &[u8]) -> nix::Result<usize> {
     }
 }
 
+/// Whether the terminal `fd` may be reconfigured without stopping us: it is not our controlling
+/// terminal, or we are in its foreground.
+fn may_set_terminal(fd: BorrowedFd<'_>) -> bool {
+    match nix::unistd::tcgetpgrp(fd) {
+        Ok(group) => group == nix::unistd::getpgrp(),
+        Err(nix::errno::Errno::ENOTTY) => true,
+        Err(_) => false,
+    }
+}
+
 impl Console {
     /// Wires `master` to the launcher's stdio according to `mode` (not `Pipe`).
     pub fn new(master: OwnedFd, mode: ConsoleMode) -> io::Result<Self> {
@@ -162,6 +174,22 @@ impl Console {
             }
             input = Some(reopen_std(0, false)?);
         }
+        // The guest's pty already turns "\n" into "\r\n": a terminal on stdout that did it
+        // again showed "\r\r\n". Its output goes raw, its input and local modes stay (on a
+        // terminal shared with stdin, those are raw by now), as nspawn does.
+        let mut saved_output_termios = None;
+        if output.is_some() {
+            let stdout = io::stdout();
+            if nix::unistd::isatty(stdout.as_fd()).unwrap_or(false) && may_set_terminal(stdout.as_fd()) {
+                let saved = tcgetattr(stdout.as_fd())?;
+                let mut raw = saved.clone();
+                cfmakeraw(&mut raw);
+                raw.input_flags = saved.input_flags;
+                raw.local_flags = saved.local_flags;
+                tcsetattr(stdout.as_fd(), SetArg::TCSANOW, &raw)?;
+                saved_output_termios = Some(saved);
+            }
+        }
         let me = Self {
             master,
             input,
@@ -170,6 +198,7 @@ impl Console {
             to_master: Vec::new(),
             dropped: 0,
             saved_termios,
+            saved_output_termios,
             escape_count: 0,
             escape_since: Instant::now(),
             last_byte: None,
@@ -353,7 +382,7 @@ impl Console {
                 nix::fcntl::fcntl(out.fd.as_fd(), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()));
         }
         self.flush_output();
-        let was_raw = self.saved_termios.is_some();
+        let was_raw = self.saved_termios.is_some() || self.saved_output_termios.is_some();
         self.restore_terminal();
         if (was_raw || self.last_byte.is_some_and(|b| b != b'\n'))
             && let Some(out) = &self.output
@@ -366,6 +395,10 @@ impl Console {
     }
 
     fn restore_terminal(&mut self) {
+        // Stdout's first: on a shared terminal its saved settings are stdin's raw ones.
+        if let Some(saved) = self.saved_output_termios.take() {
+            let _ = tcsetattr(io::stdout().as_fd(), SetArg::TCSADRAIN, &saved);
+        }
         if let Some(saved) = self.saved_termios.take() {
             let _ = tcsetattr(io::stdin().as_fd(), SetArg::TCSADRAIN, &saved);
         }
