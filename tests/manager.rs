@@ -305,6 +305,21 @@ fn mctl_cli_manages_machines() {
         out.contains("CGroup: ") && out.contains("init.scope") && out.contains("systemd-journald"),
         "{out}"
     );
+    // What the guest names and runs reaches the admin's terminal escaped.
+    let o = run_mctl(
+        &bus,
+        &[
+            "shell",
+            "mcli",
+            "/bin/sh",
+            "-c",
+            "d=/sys/fs/cgroup/$(printf 'e\\033[2Jx'); mkdir $d && { sleep 1000 </dev/null >/dev/null 2>&1 & echo $! > $d/cgroup.procs; }",
+        ],
+    );
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let out = common::stdout(&run_mctl(&bus, &["status", "mcli"]));
+    assert!(out.contains("─e\\u{1b}[2Jx\n") && out.contains("sleep 1000"), "{out}");
+    assert!(!out.contains('\x1b'), "{out:?}");
 
     // shell: inside the machine's namespaces, its cgroup, its capability bounding set.
     let o = run_mctl(

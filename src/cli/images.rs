@@ -157,7 +157,7 @@ pub fn image_status(names: &[String], format: OutputFormat, cfg: &CliConfig) -> 
         out.push_str(&format!("\t    Path: {}\n", i.path.display()));
         out.push_str(&format!("\t    Type: {}\n", i.image_type.as_str()));
         if let Some(pretty) = get("PRETTY_NAME").or_else(|| get("NAME")) {
-            out.push_str(&format!("\t      OS: {pretty}\n"));
+            out.push_str(&format!("\t      OS: {}\n", output::printable(&pretty)));
         }
         out.push_str(&format!("\t      RO: {}\n", if i.read_only { "read-only" } else { "writable" }));
         out.push_str(&format!("\t   Usage: {}\n", dash(i.usage, bytes)));

@@ -345,7 +345,10 @@ pub fn status(names: &[String]) -> Result<i32, CliError> {
         // A leader past u32 is no pid: shown as none rather than truncated to another's.
         let leader = u32::try_from(prop_u64(&props, "Leader")).unwrap_or(0);
         if leader > 0 {
-            out.push_str(&format!("\t  Leader: {leader} ({})\n", crate::procfs::comm(leader)));
+            out.push_str(&format!(
+                "\t  Leader: {leader} ({})\n",
+                output::printable(&crate::procfs::comm(leader))
+            ));
         }
         let (service, class) = (prop_str(&props, "Service"), prop_str(&props, "Class"));
         if service.is_empty() {
@@ -361,7 +364,7 @@ pub fn status(names: &[String]) -> Result<i32, CliError> {
             out.push_str(&if i == 0 { format!("\t Address: {a}\n") } else { format!("\t          {a}\n") });
         }
         if let Some(pretty) = os.get("PRETTY_NAME") {
-            out.push_str(&format!("\t      OS: {pretty}\n"));
+            out.push_str(&format!("\t      OS: {}\n", output::printable(pretty)));
         }
         if shift != 0 {
             out.push_str(&format!("\tUID Shift: {shift}\n"));
@@ -395,11 +398,24 @@ fn unified_dir(cgroup: &str) -> Option<PathBuf> {
 /// The processes of a cgroup tree, drawn like systemd-cgls.
 pub fn process_tree(dir: &Path, indent: &str) -> String {
     let mut out = String::new();
-    draw(dir, indent, &mut out);
+    draw(dir, indent, 0, &mut out);
     out
 }
 
-fn draw(dir: &Path, prefix: &str, out: &mut String) {
+/// How deep [`process_tree`] draws: the guest makes the cgroups below its payload, as deep as it
+/// likes.
+const DRAWN_LEVELS: usize = 32;
+
+/// Whether a cgroup2 directory or any below it has a process (one read of `cgroup.events`,
+/// where cgroup2 keeps count; walked elsewhere).
+fn populated(dir: &Path) -> bool {
+    match crate::sys::linux::read_kernel_file(dir.join("cgroup.events")) {
+        Ok(events) => events.lines().any(|l| l == "populated 1"),
+        Err(_) => !crate::cgroups::pids_in(dir).is_empty(),
+    }
+}
+
+fn draw(dir: &Path, prefix: &str, level: usize, out: &mut String) {
     let pids: Vec<i32> = std::fs::read_to_string(dir.join("cgroup.procs"))
         .unwrap_or_default()
         .lines()
@@ -412,7 +428,7 @@ fn draw(dir: &Path, prefix: &str, out: &mut String) {
         .unwrap_or_default();
     children.sort();
     // Empty cgroups are left out, as systemd-cgls does.
-    children.retain(|c| !crate::cgroups::pids_in(c).is_empty());
+    children.retain(|c| populated(c));
     let total = pids.len() + children.len();
     let mut n = 0;
     for pid in pids {
@@ -421,14 +437,19 @@ fn draw(dir: &Path, prefix: &str, out: &mut String) {
         let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
             .map(|b| String::from_utf8_lossy(&b).replace('\0', " ").trim().to_owned())
             .unwrap_or_default();
-        out.push_str(&format!("{prefix}{branch}{pid} {cmd}\n"));
+        out.push_str(&format!("{prefix}{branch}{pid} {}\n", output::printable(&cmd)));
     }
     for c in children {
         n += 1;
         let last = n == total;
         let name = c.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-        out.push_str(&format!("{prefix}{}{name}\n", if last { "└─" } else { "├─" }));
-        draw(&c, &format!("{prefix}{}", if last { "  " } else { "│ " }), out);
+        out.push_str(&format!("{prefix}{}{}\n", if last { "└─" } else { "├─" }, output::printable(&name)));
+        let prefix = format!("{prefix}{}", if last { "  " } else { "│ " });
+        if level + 1 < DRAWN_LEVELS {
+            draw(&c, &prefix, level + 1, out);
+        } else {
+            out.push_str(&format!("{prefix}└─…\n"));
+        }
     }
 }
 
@@ -509,5 +530,34 @@ mod tests {
             format_list(&rows, &json),
             "[{\"machine\":\"probe-1\",\"class\":\"container\",\"service\":\"mctl\",\"os\":\"debian\",\"version\":\"12\",\"addresses\":null}]\n"
         );
+    }
+
+    /// The process tree shows what the guest named and ran escaped, and stops at a depth.
+    #[test]
+    fn process_tree_escapes_guest_names_and_stops_deep_down() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cgroup = |dir: &Path, procs: &str| {
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::write(dir.join("cgroup.procs"), procs).unwrap();
+            std::fs::write(dir.join("cgroup.events"), "populated 1\nfrozen 0\n").unwrap();
+        };
+        let top = tmp.path().join("payload");
+        cgroup(&top, "");
+        let hostile = top.join("evil\x1b]0;owned\x07\nforged");
+        cgroup(&hostile, &format!("{}\n", std::process::id()));
+        let mut deep = top.join("deep");
+        for _ in 0..40 {
+            cgroup(&deep, "");
+            deep = deep.join("d");
+        }
+        // An empty cgroup is left out.
+        std::fs::create_dir(top.join("empty")).unwrap();
+        std::fs::write(top.join("empty/cgroup.events"), "populated 0\n").unwrap();
+        let tree = process_tree(&top, "");
+        assert!(!tree.chars().any(|c| c.is_control() && c != '\n'), "{tree:?}");
+        assert!(tree.contains("evil\\u{1b}]0;owned\\u{7}\\nforged\n"), "{tree}");
+        assert!(!tree.contains("empty"), "{tree}");
+        assert_eq!(tree.lines().filter(|l| l.ends_with("─d")).count(), DRAWN_LEVELS - 1, "{tree}");
+        assert!(tree.contains("└─…"), "{tree}");
     }
 }

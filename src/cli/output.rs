@@ -11,8 +11,25 @@ pub fn emit(text: &str) {
     print!("{text}");
 }
 
-/// Left-aligned columns separated by one space, the last column unpadded.
+/// `text` with its control characters escaped (`\n`, `\t`, `\u{1b}`): what a guest controls
+/// (its os-release, process names and command lines, cgroup names) must neither move the
+/// admin's terminal nor forge lines of the output it appears in.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() })
+        .collect::<String>()
+        .into()
+}
+
+/// Left-aligned columns separated by one space, the last column unpadded; cells are shown
+/// [`printable`].
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> =
+        rows.iter().map(|r| r.iter().map(|c| printable(c).into_owned()).collect()).collect();
+    let rows = rows.as_slice();
     let columns = rows.iter().map(Vec::len).chain([header.len()]).max().unwrap_or(0);
     let mut widths = vec![0; columns];
     for (i, h) in header.iter().enumerate() {
@@ -164,6 +181,10 @@ mod tests {
             "MACHINE CLASS     SERVICE OS     VERSION ADDRESSES\nprobe-1 container mctl    debian 12      -\n"
         );
         let bare = table(&[], &[vec!["a".into(), "bb".into()], vec!["ccc".into(), "d".into()]]);
+        let hostile = table(&[], &[vec!["m".into(), "Debian\x1b[2J\nforged 1".into()]]);
+        assert_eq!(hostile, "m Debian\\u{1b}[2J\\nforged 1\n");
+        assert_eq!(printable("plain"), "plain");
+        assert_eq!(printable("a\tb\u{85}c\x7f"), "a\\tb\\u{85}c\\u{7f}");
         assert_eq!(bare, "a   bb\nccc d\n");
     }
 
