@@ -305,16 +305,10 @@ fn mctl_cli_manages_machines() {
         out.contains("CGroup: ") && out.contains("init.scope") && out.contains("systemd-journald"),
         "{out}"
     );
+    let shell = |script: &str| run_mctl(&bus, &["shell", "mcli", "/bin/sh", "-c", script]);
     // What the guest names and runs reaches the admin's terminal escaped.
-    let o = run_mctl(
-        &bus,
-        &[
-            "shell",
-            "mcli",
-            "/bin/sh",
-            "-c",
-            "d=/sys/fs/cgroup/$(printf 'e\\033[2Jx'); mkdir $d && { sleep 1000 </dev/null >/dev/null 2>&1 & echo $! > $d/cgroup.procs; }",
-        ],
+    let o = shell(
+        "d=/sys/fs/cgroup/$(printf 'e\\033[2Jx'); mkdir $d && { sleep 1000 </dev/null >/dev/null 2>&1 & echo $! > $d/cgroup.procs; }",
     );
     assert!(o.status.success(), "{}", common::stderr(&o));
     let out = common::stdout(&run_mctl(&bus, &["status", "mcli"]));
@@ -322,16 +316,7 @@ fn mctl_cli_manages_machines() {
     assert!(!out.contains('\x1b'), "{out:?}");
 
     // shell: inside the machine's namespaces, its cgroup, its capability bounding set.
-    let o = run_mctl(
-        &bus,
-        &[
-            "shell",
-            "mcli",
-            "/bin/sh",
-            "-c",
-            "hostname; cat /proc/1/comm; cat /proc/self/cgroup; grep CapBnd /proc/self/status; exit 7",
-        ],
-    );
+    let o = shell("hostname; cat /proc/1/comm; cat /proc/self/cgroup; grep CapBnd /proc/self/status; exit 7");
     let out = common::stdout(&o);
     assert_eq!(o.status.code(), Some(7), "{}", common::stderr(&o));
     let mut lines = out.lines();
