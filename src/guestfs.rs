@@ -110,6 +110,80 @@ pub fn read_first(root: BorrowedFd<'_>, paths: &[&str], limit: usize) -> Result<
 /// Enough for any real os-release, passwd or group file.
 pub const SMALL_FILE_LIMIT: usize = 1024 * 1024;
 
+/// Directories open at once while [`remove_tree`] descends; deeper ones are moved up first.
+const REMOVE_DEPTH: usize = 128;
+
+/// Removes the tree at `path` (a directory, or any other file), never following a symlink,
+/// with at most [`REMOVE_DEPTH`] directories open at once. A guest can make its tree deeper
+/// than the descriptors a process may hold (std's `remove_dir_all` holds one per level, and a
+/// soft limit of 1024 is common): a directory that deep is first moved up to the top of the
+/// tree, relative to descriptors held (no path is resolved again, so nothing the guest renames
+/// meanwhile takes the removal outside the tree), and removed from there.
+pub fn remove_tree(path: &Path) -> io::Result<()> {
+    remove_tree_within(path, REMOVE_DEPTH)
+}
+
+fn remove_tree_within(path: &Path, max_depth: usize) -> io::Result<()> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let top = match rustix::fs::open(path, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP) => return std::fs::remove_file(path),
+        Err(e) => return Err(e.into()),
+    };
+    let mut moved = 0u64;
+    // Each pass empties the top, except what was moved up into it meanwhile.
+    while empty_dir(top.as_fd(), top.as_fd(), 1, max_depth, &mut moved)? {}
+    std::fs::remove_dir(path)
+}
+
+/// Removes what `dir` holds; returns whether it moved anything up into `top` instead.
+fn empty_dir(
+    dir: BorrowedFd<'_>,
+    top: BorrowedFd<'_>,
+    depth: usize,
+    max_depth: usize,
+    moved: &mut u64,
+) -> io::Result<bool> {
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+    let entries: Vec<(std::ffi::CString, FileType)> = rustix::fs::Dir::read_from(dir)?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_bytes() != b"." && e.file_name().to_bytes() != b"..")
+        .map(|e| (e.file_name().to_owned(), e.file_type()))
+        .collect();
+    let mut again = false;
+    for (name, kind) in entries {
+        if kind != FileType::Directory {
+            match rustix::fs::unlinkat(dir, &name, AtFlags::empty()) {
+                Ok(()) | Err(rustix::io::Errno::NOENT) => continue,
+                // A directory after all (the type was unknown): handled below.
+                Err(rustix::io::Errno::ISDIR) if kind == FileType::Unknown => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if depth >= max_depth {
+            *moved += 1;
+            let up = format!(".#deep-{moved}");
+            rustix::fs::renameat_with(dir, &name, top, up.as_str(), rustix::fs::RenameFlags::NOREPLACE)?;
+            again = true;
+            continue;
+        }
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let child = match rustix::fs::openat(dir, &name, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        again |= empty_dir(child.as_fd(), top, depth + 1, max_depth, moved)?;
+        drop(child);
+        match rustix::fs::unlinkat(dir, &name, AtFlags::REMOVEDIR) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(again)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,5 +217,29 @@ mod tests {
             Err(GuestFileError::TooLarge { limit: 5, .. })
         ));
         assert!(matches!(read(r.as_fd(), Path::new("/etc"), 100), Err(GuestFileError::NotRegular { .. })));
+    }
+
+    #[test]
+    fn remove_tree_moves_deep_directories_up_and_keeps_out_of_symlinks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("keep"), "x").unwrap();
+        let top = tmp.path().join("top");
+        let mut d = top.clone();
+        for i in 0..300 {
+            d.push(if i % 2 == 0 { "a" } else { "b" });
+        }
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("file"), "x").unwrap();
+        std::os::unix::fs::symlink(&outside, top.join("a/link")).unwrap();
+        std::os::unix::fs::symlink(&outside, d.join("link")).unwrap();
+        remove_tree_within(&top, 8).unwrap();
+        assert!(!top.exists());
+        assert!(outside.join("keep").exists(), "a symlink was followed");
+        // A plain file, and nothing at all.
+        std::fs::write(&top, "x").unwrap();
+        remove_tree(&top).unwrap();
+        assert_eq!(remove_tree(&top).unwrap_err().kind(), io::ErrorKind::NotFound);
     }
 }

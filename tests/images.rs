@@ -625,6 +625,35 @@ fn images_verbs_and_their_errors() {
 }
 
 /// A directory served over loopback: `img/bb.tar.gz` with its SHA256SUMS.
+/// A guest can make its tree deeper than the descriptors a process may hold (std's removal
+/// holds one per level). Removing the image must still work under a soft limit of 256, follow
+/// no symlink, and leave nothing behind.
+#[test]
+fn an_image_deeper_than_the_descriptor_limit_is_removed() {
+    let env = Env::new();
+    let image = env.image("deep");
+    let mut bottom = image.clone();
+    for _ in 0..1500 {
+        bottom.push("d");
+    }
+    std::fs::create_dir_all(&bottom).unwrap();
+    std::fs::write(bottom.join("file"), "x").unwrap();
+    std::os::unix::fs::symlink(&env.canary, bottom.join("canary")).unwrap();
+    std::os::unix::fs::symlink(&env.canary, image.join("canary")).unwrap();
+    let mut cmd = env.cmd();
+    // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?;
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 256, hard)?;
+            Ok(())
+        });
+    }
+    output_ok(cmd, &["remove", "deep"]);
+    assert!(!image.exists(), "the image is still there");
+    env.assert_clean("removing a deep image", &[]);
+}
+
 fn serve_busybox(env: &Env) -> (HttpServer, PathBuf, u64) {
     let www = env.path().join("www");
     std::fs::create_dir_all(www.join("img")).unwrap();

@@ -186,7 +186,7 @@ fn populate_from_template(m: &MachineArgs, cfg: &CliConfig) -> Result<(), CliErr
                 .map_err(|e| CliError::new(format!("cannot move the copy to {}: {e}", dir.display())))
         });
     if copied.is_err() {
-        let _ = std::fs::remove_dir_all(&staging);
+        let _ = crate::guestfs::remove_tree(&staging);
     }
     copied
 }

@@ -88,15 +88,7 @@ fn lock() -> MutexGuard<'static, Vec<PathBuf>> {
 }
 
 fn remove_any(p: &Path) {
-    match std::fs::symlink_metadata(p) {
-        Ok(m) if m.is_dir() => {
-            let _ = std::fs::remove_dir_all(p);
-        }
-        Ok(_) => {
-            let _ = std::fs::remove_file(p);
-        }
-        Err(_) => {}
-    }
+    let _ = crate::guestfs::remove_tree(p);
 }
 
 /// A temporary file or directory that must not survive the operation: removed when dropped

@@ -400,7 +400,8 @@ impl ImageStore {
                 e => StoreError::Io { step: "cannot remove", path: info.path.clone(), source: e.into() },
             }
         })?;
-        if let Err(e) = std::fs::remove_dir_all(&hidden) {
+        // The guest's tree: any depth (see guestfs::remove_tree).
+        if let Err(e) = crate::guestfs::remove_tree(&hidden) {
             let _ = rfs::renameat_with(rfs::CWD, &hidden, rfs::CWD, &info.path, RenameFlags::NOREPLACE);
             return Err(io_err("cannot remove", &info.path)(e));
         }

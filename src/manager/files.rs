@@ -218,17 +218,9 @@ fn place(
     renamed
 }
 
-/// Removes a file or a whole tree (std's removal does not follow symlinks).
+/// Removes a file or a whole tree, at any depth, following no symlink.
 fn remove_entry(path: &Path) {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => {
-            let _ = fs::remove_dir_all(path);
-        }
-        Ok(_) => {
-            let _ = fs::remove_file(path);
-        }
-        Err(_) => {}
-    }
+    let _ = crate::guestfs::remove_tree(path);
 }
 
 /// Copies the directory or regular file at `src` to the new path `dst` with owner, mode and
