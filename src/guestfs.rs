@@ -124,64 +124,95 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
 }
 
 fn remove_tree_within(path: &Path, max_depth: usize) -> io::Result<()> {
-    use rustix::fs::{Mode, OFlags};
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let top = match rustix::fs::open(path, flags, Mode::empty()) {
+    let top = match rustix::fs::open(path, DIR_FLAGS, rustix::fs::Mode::empty()) {
         Ok(fd) => fd,
         Err(rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP) => return std::fs::remove_file(path),
         Err(e) => return Err(e.into()),
     };
-    let mut moved = 0u64;
+    let dev = rustix::fs::fstat(&top)?.st_dev;
+    let mut removal = Removal { top: top.as_fd(), dev, max_depth, moved: 0 };
     // Each pass empties the top, except what was moved up into it meanwhile.
-    while empty_dir(top.as_fd(), top.as_fd(), 1, max_depth, &mut moved)? {}
+    while removal.empty(top.as_fd(), 1)? {}
     std::fs::remove_dir(path)
 }
 
-/// Removes what `dir` holds; returns whether it moved anything up into `top` instead.
-fn empty_dir(
-    dir: BorrowedFd<'_>,
-    top: BorrowedFd<'_>,
-    depth: usize,
+const DIR_FLAGS: rustix::fs::OFlags = rustix::fs::OFlags::RDONLY
+    .union(rustix::fs::OFlags::DIRECTORY)
+    .union(rustix::fs::OFlags::NOFOLLOW)
+    .union(rustix::fs::OFlags::CLOEXEC);
+
+/// One [`remove_tree`]: the tree's top, its file system, how deep to go before moving up.
+struct Removal<'a> {
+    top: BorrowedFd<'a>,
+    dev: u64,
     max_depth: usize,
-    moved: &mut u64,
-) -> io::Result<bool> {
-    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
-    let entries: Vec<(std::ffi::CString, FileType)> = rustix::fs::Dir::read_from(dir)?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_bytes() != b"." && e.file_name().to_bytes() != b"..")
-        .map(|e| (e.file_name().to_owned(), e.file_type()))
-        .collect();
-    let mut again = false;
-    for (name, kind) in entries {
-        if kind != FileType::Directory {
-            match rustix::fs::unlinkat(dir, &name, AtFlags::empty()) {
-                Ok(()) | Err(rustix::io::Errno::NOENT) => continue,
-                // A directory after all (the type was unknown): handled below.
-                Err(rustix::io::Errno::ISDIR) if kind == FileType::Unknown => {}
+    /// Directories moved up so far (their new names count on).
+    moved: u64,
+}
+
+impl Removal<'_> {
+    /// Removes what `dir` (at `depth` below the top) holds; returns whether it moved anything
+    /// up into the top instead.
+    fn empty(&mut self, dir: BorrowedFd<'_>, depth: usize) -> io::Result<bool> {
+        use rustix::fs::{AtFlags, FileType};
+        use rustix::io::Errno;
+        let entries: Vec<(std::ffi::CString, FileType)> = rustix::fs::Dir::read_from(dir)?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_bytes() != b"." && e.file_name().to_bytes() != b"..")
+            .map(|e| (e.file_name().to_owned(), e.file_type()))
+            .collect();
+        let mut again = false;
+        for (name, kind) in entries {
+            if kind != FileType::Directory {
+                match rustix::fs::unlinkat(dir, &name, AtFlags::empty()) {
+                    Ok(()) | Err(Errno::NOENT) => continue,
+                    // A directory after all (the type was unknown): handled below.
+                    Err(Errno::ISDIR) if kind == FileType::Unknown => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if depth >= self.max_depth {
+                self.move_up(dir, &name)?;
+                again = true;
+                continue;
+            }
+            let child = match rustix::fs::openat(dir, &name, DIR_FLAGS, rustix::fs::Mode::empty()) {
+                Ok(fd) => fd,
+                Err(Errno::NOENT) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            // A mount point: what is mounted there is not this tree's to delete.
+            if rustix::fs::fstat(&child)?.st_dev != self.dev {
+                return Err(Errno::BUSY.into());
+            }
+            again |= self.empty(child.as_fd(), depth + 1)?;
+            drop(child);
+            match rustix::fs::unlinkat(dir, &name, AtFlags::REMOVEDIR) {
+                Ok(()) | Err(Errno::NOENT) => {}
                 Err(e) => return Err(e.into()),
             }
         }
-        if depth >= max_depth {
-            *moved += 1;
-            let up = format!(".#deep-{moved}");
-            rustix::fs::renameat_with(dir, &name, top, up.as_str(), rustix::fs::RenameFlags::NOREPLACE)?;
-            again = true;
-            continue;
-        }
-        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let child = match rustix::fs::openat(dir, &name, flags, Mode::empty()) {
-            Ok(fd) => fd,
-            Err(rustix::io::Errno::NOENT) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        again |= empty_dir(child.as_fd(), top, depth + 1, max_depth, moved)?;
-        drop(child);
-        match rustix::fs::unlinkat(dir, &name, AtFlags::REMOVEDIR) {
-            Ok(()) | Err(rustix::io::Errno::NOENT) => {}
-            Err(e) => return Err(e.into()),
+        Ok(again)
+    }
+
+    /// Moves the directory `name` of `dir` to the top, under a name of its own there (the
+    /// guest may have taken some).
+    fn move_up(&mut self, dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> io::Result<()> {
+        loop {
+            self.moved += 1;
+            let up = format!(".#deep-{}", self.moved);
+            match rustix::fs::renameat_with(
+                dir,
+                name,
+                self.top,
+                up.as_str(),
+                rustix::fs::RenameFlags::NOREPLACE,
+            ) {
+                Err(rustix::io::Errno::EXIST) => continue,
+                result => return Ok(result?),
+            }
         }
     }
-    Ok(again)
 }
 
 #[cfg(test)]
@@ -234,6 +265,9 @@ mod tests {
         std::fs::write(d.join("file"), "x").unwrap();
         std::os::unix::fs::symlink(&outside, top.join("a/link")).unwrap();
         std::os::unix::fs::symlink(&outside, d.join("link")).unwrap();
+        // Names the moves would take, already taken.
+        std::fs::create_dir(top.join(".#deep-1")).unwrap();
+        std::fs::write(top.join(".#deep-2"), "x").unwrap();
         remove_tree_within(&top, 8).unwrap();
         assert!(!top.exists());
         assert!(outside.join("keep").exists(), "a symlink was followed");
