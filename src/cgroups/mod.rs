@@ -829,17 +829,12 @@ pub fn has_processes(dir: &Path) -> bool {
 /// `freezer.state` (another hierarchy's) or gone meanwhile is passed over.
 pub fn thaw_v1_freezer(dir: &Path) -> usize {
     let mut frozen = 0;
-    let _ = tree::walk(
-        dir,
-        &mut |cgroup| {
-            if tree::read_at(cgroup, "freezer.state").is_ok_and(|s| s.trim() != "THAWED") {
-                frozen += 1;
-                let _ = tree::write_at(cgroup, "freezer.state", "THAWED");
-            }
-            Ok(())
-        },
-        &mut |_, _| Ok(()),
-    );
+    tree::each(dir, &mut |cgroup| {
+        if tree::read_at(cgroup, "freezer.state").is_ok_and(|s| s.trim() != "THAWED") {
+            frozen += 1;
+            let _ = tree::write_at(cgroup, "freezer.state", "THAWED");
+        }
+    });
     frozen
 }
 
@@ -856,16 +851,11 @@ pub fn kill_all(dir: &Path) {
 /// Every pid in `dir` and below (none if `dir` is gone).
 pub fn pids_in(dir: &Path) -> Vec<i32> {
     let mut out = Vec::new();
-    let _ = tree::walk(
-        dir,
-        &mut |cgroup| {
-            if let Ok(s) = tree::read_at(cgroup, "cgroup.procs") {
-                out.extend(s.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
-            }
-            Ok(())
-        },
-        &mut |_, _| Ok(()),
-    );
+    tree::each(dir, &mut |cgroup| {
+        if let Ok(s) = tree::read_at(cgroup, "cgroup.procs") {
+            out.extend(s.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+        }
+    });
     out
 }
 
@@ -879,12 +869,7 @@ pub(crate) fn remove_tree(dir: &Path, patience: Duration) -> Result<(), CgroupEr
             Ok(()) => return Ok(()),
             Err((_, e)) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {}
             Err((_, e)) if e.raw_os_error() == Some(libc::EBUSY) && !killed && !patience.is_zero() => {
-                for pid in pids_in(dir) {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
+                kill_all(dir);
                 thaw_v1_freezer(dir);
                 killed = true;
             }

@@ -780,16 +780,11 @@ impl MachineDirs {
 /// The sum of `value` over `dir` and every cgroup below it; None if `dir` has none.
 fn v1_subtree_sum(dir: &Path, value: &dyn Fn(std::os::fd::BorrowedFd<'_>) -> Option<u64>) -> Option<u64> {
     let (mut sum, mut top) = (0, None);
-    let _ = super::tree::walk(
-        dir,
-        &mut |cgroup| {
-            let v = value(cgroup);
-            top.get_or_insert(v);
-            sum += v.unwrap_or(0);
-            Ok(())
-        },
-        &mut |_, _| Ok(()),
-    );
+    super::tree::each(dir, &mut |cgroup| {
+        let v = value(cgroup);
+        top.get_or_insert(v);
+        sum += v.unwrap_or(0);
+    });
     top.flatten().map(|_| sum)
 }
 

@@ -79,6 +79,19 @@ pub fn walk(
     }
 }
 
+/// Calls `enter` for `top` and every directory below it, parents first, as far as the walk
+/// gets: for readers and best-effort writers, which pass over what they cannot reach.
+pub fn each(top: &Path, enter: &mut dyn FnMut(BorrowedFd<'_>)) {
+    let _ = walk(
+        top,
+        &mut |dir| {
+            enter(dir);
+            Ok(())
+        },
+        &mut |_, _| Ok(()),
+    );
+}
+
 /// Reads the file `name` of the cgroup directory `dir`.
 pub fn read_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<String> {
     let fd =

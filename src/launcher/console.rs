@@ -149,6 +149,17 @@ fn may_set_terminal(fd: BorrowedFd<'_>) -> bool {
     }
 }
 
+/// Puts the terminal `fd` in raw mode, except what `keep` copies back from its settings;
+/// returns those settings, to restore.
+fn make_raw(fd: BorrowedFd<'_>, keep: impl FnOnce(&mut Termios, &Termios)) -> io::Result<Termios> {
+    let saved = tcgetattr(fd)?;
+    let mut raw = saved.clone();
+    cfmakeraw(&mut raw);
+    keep(&mut raw, &saved);
+    tcsetattr(fd, SetArg::TCSANOW, &raw)?;
+    Ok(saved)
+}
+
 impl Console {
     /// Wires `master` to the launcher's stdio according to `mode` (not `Pipe`).
     pub fn new(master: OwnedFd, mode: ConsoleMode) -> io::Result<Self> {
@@ -164,12 +175,9 @@ impl Console {
             if nix::unistd::isatty(stdin.as_fd()).unwrap_or(false) {
                 let foreground = nix::unistd::tcgetpgrp(stdin.as_fd()).ok() == Some(nix::unistd::getpgrp());
                 if foreground {
-                    let saved = tcgetattr(stdin.as_fd())?;
-                    let mut raw = saved.clone();
-                    cfmakeraw(&mut raw);
-                    raw.output_flags = saved.output_flags;
-                    tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw)?;
-                    saved_termios = Some(saved);
+                    saved_termios = Some(make_raw(stdin.as_fd(), |raw, saved| {
+                        raw.output_flags = saved.output_flags;
+                    })?);
                 }
             }
             input = Some(reopen_std(0, false)?);
@@ -181,13 +189,10 @@ impl Console {
         if output.is_some() {
             let stdout = io::stdout();
             if nix::unistd::isatty(stdout.as_fd()).unwrap_or(false) && may_set_terminal(stdout.as_fd()) {
-                let saved = tcgetattr(stdout.as_fd())?;
-                let mut raw = saved.clone();
-                cfmakeraw(&mut raw);
-                raw.input_flags = saved.input_flags;
-                raw.local_flags = saved.local_flags;
-                tcsetattr(stdout.as_fd(), SetArg::TCSANOW, &raw)?;
-                saved_output_termios = Some(saved);
+                saved_output_termios = Some(make_raw(stdout.as_fd(), |raw, saved| {
+                    raw.input_flags = saved.input_flags;
+                    raw.local_flags = saved.local_flags;
+                })?);
             }
         }
         let me = Self {

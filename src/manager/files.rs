@@ -213,14 +213,9 @@ fn place(
         rustix::fs::renameat_with(dir_fd, tmp.as_str(), dir_fd, name, flags)
             .map_err(|e| ManagerError::Failed(format!("Failed to copy to {}: {e}", target.display())))
     });
-    // After an exchange the temporary name holds what was replaced.
-    remove_entry(&tmp_path);
+    // After an exchange the temporary name holds what was replaced (a file or a whole tree).
+    let _ = crate::guestfs::remove_tree(&tmp_path);
     renamed
-}
-
-/// Removes a file or a whole tree, at any depth, following no symlink.
-fn remove_entry(path: &Path) {
-    let _ = crate::guestfs::remove_tree(path);
 }
 
 /// Copies the directory or regular file at `src` to the new path `dst` with owner, mode and
