@@ -189,15 +189,33 @@ pub fn unescape_mountinfo(s: &str) -> String {
 /// The capability bounding set of `pid` (`CapBnd:` of `/proc/PID/status`).
 pub fn bounding_set(pid: u32) -> io::Result<caps::CapsHashSet> {
     let status = read_kernel_file(format!("/proc/{pid}/status"))?;
-    let bits = status_mask(&status, "CapBnd:")
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no CapBnd line"))?;
-    Ok(caps::all().into_iter().filter(|c| c.index() < 64 && bits & (1u64 << c.index()) != 0).collect())
+    status_caps(&status, "CapBnd:")
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no CapBnd line"))
 }
 
-/// The signals the calling process ignores (`SigIgn:` of `/proc/self/status`), as a mask with
-/// bit N-1 for signal N.
-pub fn ignored_signals() -> Option<u64> {
-    read_kernel_file("/proc/self/status").ok().and_then(|s| status_mask(&s, "SigIgn:"))
+/// What a launcher needs to know of itself from `/proc/self/status`, read once. `None` where
+/// the file or the field could not be read.
+#[derive(Debug, Clone, Default)]
+pub struct OwnStatus {
+    /// The capability bounding set.
+    pub bounding: Option<caps::CapsHashSet>,
+    /// The signals ignored (a mask with bit N-1 for signal N), which children inherit.
+    pub ignored_signals: Option<u64>,
+}
+
+/// Reads [`OwnStatus`] of the calling process.
+pub fn own_status() -> OwnStatus {
+    match read_kernel_file("/proc/self/status") {
+        Ok(s) => {
+            OwnStatus { bounding: status_caps(&s, "CapBnd:"), ignored_signals: status_mask(&s, "SigIgn:") }
+        }
+        Err(_) => OwnStatus::default(),
+    }
+}
+
+fn status_caps(status: &str, field: &str) -> Option<caps::CapsHashSet> {
+    let bits = status_mask(status, field)?;
+    Some(caps::all().into_iter().filter(|c| c.index() < 64 && bits & (1u64 << c.index()) != 0).collect())
 }
 
 /// A hex mask field (`CapBnd:`, `SigIgn:`, ...) of a `/proc/PID/status` text.

@@ -84,6 +84,11 @@ impl Tree {
         open_in_root(self.lock.as_fd(), Path::new(rel), flags)
     }
 
+    /// Whether the directory has the immutable attribute (a read-only image).
+    pub fn is_immutable(&self) -> bool {
+        crate::sys::linux::is_immutable(self.lock.as_fd()).unwrap_or(false)
+    }
+
     /// Whether the tree has an os-release file.
     pub fn has_os_release(&self) -> bool {
         self.os_release().is_some()

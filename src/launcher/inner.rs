@@ -81,7 +81,7 @@ fn inner(
     }
     security::apply_bounding_set(&ctx.capabilities)
         .map_err(|e| ChildError::Message(format!("cannot drop capabilities: {e}")))?;
-    reset_signals()?;
+    reset_signals(ctx.ignored_signals)?;
     if ctx.spec.no_new_privileges {
         nix::sys::prctl::set_no_new_privs().map_err(|e| ChildError::Step("set no_new_privs", e.into()))?;
     }
@@ -153,10 +153,10 @@ fn launcher_gone(chan: &ChildEnd) -> bool {
 }
 
 /// Exec'ed programs inherit the launcher's blocked signals and ignored SIGPIPE; undo both.
-fn reset_signals() -> Result<(), ChildError> {
+fn reset_signals(ignored: Option<u64>) -> Result<(), ChildError> {
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
         .map_err(|e| ChildError::Step("reset signal mask", e.into()))?;
-    linux::reset_signal_dispositions(crate::procfs::ignored_signals());
+    linux::reset_signal_dispositions(ignored);
     Ok(())
 }
 

@@ -58,6 +58,9 @@ struct ChildContext<'a> {
     wait_for_go: bool,
     host: mounts::HostFacts,
     capabilities: caps::CapsHashSet,
+    /// The signals the launcher ignores (a mask, bit N-1 for signal N): PID 1 inherits them
+    /// and resets them to default before it executes.
+    ignored_signals: Option<u64>,
     /// The system call filter PID 1 loads right before it executes the payload.
     seccomp: crate::seccomp::SyscallFilter,
     /// An empty host directory the outer child mounts its scratch tmpfs on (private to its

@@ -163,7 +163,9 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32, LaunchError> {
     let mut record = LaunchRecord::create(&spec.runtime_dir, spec.needs_scratch(), workdirs)
         .map_err(|e| LaunchError::Setup("record the launch", e))?;
     let uuid = tree.machine_id().or(spec.uuid).unwrap_or_else(uuid::Uuid::new_v4);
-    let capabilities = machine_capabilities(spec);
+    // Read once for the capabilities and for PID 1, which inherits the ignored signals.
+    let own = crate::procfs::own_status();
+    let capabilities = machine_capabilities(spec, own.bounding.as_ref());
     let seccomp = crate::seccomp::SyscallFilter::for_machine(
         &capabilities,
         &spec.syscall_filter,
@@ -229,6 +231,7 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32, LaunchError> {
             wait_for_go: true,
             host: host.clone(),
             capabilities: capabilities.clone(),
+            ignored_signals: own.ignored_signals,
             seccomp: seccomp.clone(),
             env: env.clone(),
             scratch: spec.needs_scratch().then(|| record.scratch_dir().to_owned()),
@@ -271,7 +274,7 @@ fn mount_image(
 /// (shared by machines that never write the image).
 fn preflight(spec: &LaunchSpec) -> Result<Tree, LaunchError> {
     let tree = Tree::open_and_lock(&spec.root, spec.image_untouched())?;
-    if !spec.image_untouched() && linux::is_immutable(&spec.root).unwrap_or(false) {
+    if !spec.image_untouched() && tree.is_immutable() {
         return Err(LaunchError::ReadOnlyImage(spec.root.clone()));
     }
     if spec.is_boot() {
@@ -315,7 +318,7 @@ fn image_ownership(spec: &LaunchSpec, range: crate::userns::IdRange) -> Result<b
 
 /// The capabilities the machine keeps: the spec's set (plus CAP_NET_ADMIN with a network of its
 /// own, as nspawn), as far as the host grants them.
-fn machine_capabilities(spec: &LaunchSpec) -> caps::CapsHashSet {
+fn machine_capabilities(spec: &LaunchSpec, bounding: Option<&caps::CapsHashSet>) -> caps::CapsHashSet {
     let mut wanted = spec.capabilities.wanted();
     if spec.network.needs_netns() && !spec.capabilities.drop.contains(&caps::Capability::CAP_NET_ADMIN) {
         // Its own network is the machine's to configure (nspawn does the same).
@@ -329,7 +332,7 @@ fn machine_capabilities(spec: &LaunchSpec) -> caps::CapsHashSet {
         // anyway; nspawn drops it too.
         wanted.remove(&caps::Capability::CAP_NET_BIND_SERVICE);
     }
-    let (capabilities, missing) = security::grantable(&wanted);
+    let (capabilities, missing) = security::grantable(&wanted, bounding);
     if !missing.is_empty() {
         // Only what was asked for explicitly deserves a warning; a default capability the
         // host lacks (CAP_SYS_RESOURCE on some VMs) is routine.

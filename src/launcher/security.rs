@@ -80,25 +80,33 @@ impl CapabilityAdjust {
     }
 }
 
-/// Splits `wanted` into what the host's bounding set grants and what it does not.
-pub fn grantable(wanted: &CapsHashSet) -> (CapsHashSet, Vec<Capability>) {
-    // One read of /proc (the caps crate asks the kernel about each capability with a system
-    // call of its own, 41 of them).
-    let bounding = crate::procfs::bounding_set(std::process::id())
-        .ok()
-        .or_else(|| caps::read(None, CapSet::Bounding).ok())
-        .unwrap_or_default();
-    let mut missing: Vec<Capability> = wanted.difference(&bounding).copied().collect();
+/// Splits `wanted` into what the host's bounding set (`bounding`, from /proc when known) grants
+/// and what it does not.
+pub fn grantable(wanted: &CapsHashSet, bounding: Option<&CapsHashSet>) -> (CapsHashSet, Vec<Capability>) {
+    // The caps crate asks the kernel about each capability with a system call of its own.
+    let asked;
+    let bounding = match bounding {
+        Some(set) => set,
+        None => {
+            asked = caps::read(None, CapSet::Bounding).unwrap_or_default();
+            &asked
+        }
+    };
+    let mut missing: Vec<Capability> = wanted.difference(bounding).copied().collect();
     missing.sort_by_key(|c| c.index());
-    (wanted.intersection(&bounding).copied().collect(), missing)
+    (wanted.intersection(bounding).copied().collect(), missing)
 }
 
 /// Makes `keep` the bounding and the inheritable set, so that the exec'ed payload (root) ends
 /// up with exactly `keep` in its permitted, effective and inheritable sets, as under nspawn.
 pub fn apply_bounding_set(keep: &CapsHashSet) -> Result<(), caps::errors::CapsError> {
-    for cap in caps::all() {
-        if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
-            caps::drop(None, CapSet::Bounding, cap)?;
+    for cap in caps::all().into_iter().filter(|c| !keep.contains(c)) {
+        // Dropping what is not held succeeds: no need to ask first. A capability this kernel
+        // does not know (EINVAL) is in no bounding set.
+        if let Err(e) = caps::drop(None, CapSet::Bounding, cap)
+            && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false)
+        {
+            return Err(e);
         }
     }
     caps::set(None, CapSet::Inheritable, keep)

@@ -363,11 +363,10 @@ pub fn format_local_time(secs: u64) -> String {
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
-/// Whether the file or directory at `path` has the immutable attribute (`chattr +i`), which
+/// Whether the open file or directory `fd` has the immutable attribute (`chattr +i`), which
 /// marks a read-only image.
-pub fn is_immutable(path: &Path) -> io::Result<bool> {
-    let f = fs::File::open(path)?;
-    match rustix::fs::ioctl_getflags(&f) {
+pub fn is_immutable(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    match rustix::fs::ioctl_getflags(fd) {
         Ok(flags) => Ok(flags.contains(rustix::fs::IFlags::IMMUTABLE)),
         // Filesystems without inode flags cannot mark anything immutable.
         Err(rustix::io::Errno::NOTTY) => Ok(false),
