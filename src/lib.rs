@@ -10,6 +10,7 @@ pub mod cgroups;
 pub mod cli;
 pub mod container;
 pub mod daemon;
+pub mod entry;
 pub mod guestfs;
 pub mod hostdb;
 pub mod images;

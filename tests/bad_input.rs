@@ -109,6 +109,32 @@ fn non_root_callers_are_told_so() {
     assert_no_leaks("nonroot", &dir);
 }
 
+/// mctl starts without std's runtime shim (mctl::entry), which keeps what the shim did for
+/// the standard descriptors and SIGPIPE.
+#[test]
+fn closed_standard_descriptors_and_a_closed_pipe_are_survived() {
+    use std::os::unix::process::ExitStatusExt;
+    // A closed stdout is reopened on /dev/null: printing "No images." succeeds.
+    let s = scratch();
+    let mut c = mctl_with_store(&s.path().join("store"), &s.path().join("cache"));
+    c.arg("list-images").stderr(Stdio::piped());
+    // SAFETY: close(2) is async-signal-safe and touches no memory.
+    unsafe {
+        c.pre_exec(|| {
+            libc::close(1);
+            Ok(())
+        });
+    }
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "{:?}: {}", o.status, stderr(&o));
+    // A pipe nobody reads: the help is lost, and mctl is not killed by SIGPIPE.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let status =
+        mctl().arg("--help").stdin(Stdio::null()).stdout(writer).stderr(Stdio::null()).status().unwrap();
+    assert_eq!(status.signal(), None, "{status:?}");
+}
+
 #[test]
 fn bad_options() {
     let s = scratch();
