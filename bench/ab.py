@@ -13,7 +13,8 @@ on all commands alike. Prints each command's median of block medians and the blo
 """
 import argparse, os, shutil, statistics, subprocess, sys, tempfile, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import trees
+
 
 
 def main():
@@ -25,13 +26,8 @@ def main():
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/ab.py: run as root")
-    src = subprocess.run([os.path.join(ROOT, "bootstrap/cached.sh"), "debian", "bookworm"],
-                         check=True, capture_output=True, text=True).stdout.strip()
     with tempfile.TemporaryDirectory(prefix="mctl-bench-ab-", dir="/var/tmp") as scratch:
-        tree = os.path.join(scratch, "tree")
-        os.mkdir(tree)
-        # /dev entries of the cached tree are not needed: every launcher mounts a /dev.
-        subprocess.run(f"tar -C {src} --exclude=./dev/* -cf - . | tar -C {tree} -xf -", shell=True, check=True)
+        tree = trees.debian_copy(scratch)
         cmds = [[b, "run", "-q", "--register=no", "-D", tree, "/bin/true"] for b in (args.old, args.new)]
         if shutil.which("bwrap"):
             cmds.append(["bwrap", "--bind", tree, "/", "--proc", "/proc", "--dev", "/dev",

@@ -17,6 +17,8 @@ compare with bench/ab.py.
 """
 import argparse, collections, os, subprocess, sys, tempfile
 
+import trees
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "src/bin/launch-path.order")
 
@@ -37,12 +39,8 @@ def main():
     binary = os.path.abspath(args.mctl or default_binary())
     if not os.path.isfile(binary):
         sys.exit(f"bench/order-launch-path.py: no {binary}: build it with cargo build --release")
-    src = subprocess.run([os.path.join(ROOT, "bootstrap/cached.sh"), "debian", "bookworm"],
-                         check=True, capture_output=True, text=True).stdout.strip()
     with tempfile.TemporaryDirectory(prefix="mctl-bench-order-", dir="/var/tmp") as scratch:
-        tree = os.path.join(scratch, "tree")
-        os.mkdir(tree)
-        subprocess.run(f"tar -C {src} --exclude=./dev/* -cf - . | tar -C {tree} -xf -", shell=True, check=True)
+        tree = trees.debian_copy(scratch)
         loop = os.path.join(scratch, "loop.sh")
         with open(loop, "w") as f:
             f.write(f"for i in $(seq {args.launches}); do {binary} run -q --register=no -D {tree} /bin/true; done\n")
