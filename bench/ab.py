@@ -16,7 +16,6 @@ import argparse, os, shutil, statistics, subprocess, sys, tempfile, time
 import trees
 
 
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("old")
