@@ -114,8 +114,8 @@ fn pack_relative_relocations() {
 /// contiguously, in the order of `src/bin/launch-path.order` (bench/order-launch-path.py makes
 /// it from a profile). Scattered over 12 MB of text, that code cost each of the three
 /// processes page faults of its own (a forked child does not inherit its parent's mappings of
-/// the binary's pages): 263 per launch on the machine of issue #16, 32 once laid out, and
-/// `run /bin/true` 8% faster. Release builds only, and only where the linker takes an
+/// the binary's pages): 263 per launch on the machine of issue #16, about 35 once laid out,
+/// and `run /bin/true` 8% faster. Release builds only, and only where the linker takes an
 /// ordering file (lld, rustc's own linker on x86_64 Linux since 1.90), which a trial link of
 /// an empty program with the same compiler and flags tells. Names the file lists that a build
 /// lacks are skipped: a stale file costs speed, not correctness.

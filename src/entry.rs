@@ -2,7 +2,7 @@
 //!
 //! std's `main` shim installs a stack-overflow handler first: glibc's `pthread_getattr_np` reads
 //! `/proc/self/maps` for the main thread's stack, and an alternate signal stack is mapped. That
-//! is 16 system calls and some 0.04 ms before every `mctl run`, for a nicer message on a stack
+//! is some 15 system calls and 0.04 ms before every `mctl run`, for a nicer message on a stack
 //! overflow (without it the process still dies, of SIGSEGV). The rest of what the shim does
 //! for a command is kept here.
 
