@@ -624,7 +624,6 @@ fn images_verbs_and_their_errors() {
     env.assert_clean("verbs", &["bb.tar"]);
 }
 
-/// A directory served over loopback: `img/bb.tar.gz` with its SHA256SUMS.
 /// A guest can make its tree deeper than the descriptors a process may hold (std's removal
 /// holds one per level). Removing the image must still work under a soft limit of 256, follow
 /// no symlink, and leave nothing behind.
@@ -654,6 +653,7 @@ fn an_image_deeper_than_the_descriptor_limit_is_removed() {
     env.assert_clean("removing a deep image", &[]);
 }
 
+/// A directory served over loopback: `img/bb.tar.gz` with its SHA256SUMS.
 fn serve_busybox(env: &Env) -> (HttpServer, PathBuf, u64) {
     let www = env.path().join("www");
     std::fs::create_dir_all(www.join("img")).unwrap();

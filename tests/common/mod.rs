@@ -187,33 +187,12 @@ fn find_named(dir: &Path, name: &str, out: &mut Vec<PathBuf>) {
 }
 
 /// Removes the cgroup subtree `dir` (a failed test's leftovers), whatever its depth or the
-/// length of its names: relative to a descriptor per level, never by path.
+/// length of its names: by descriptor, as the launcher does (mctl::cgroups::tree), best effort.
 pub fn remove_cgroup_tree(dir: &Path) {
-    use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags};
-    use std::os::fd::{AsFd, BorrowedFd};
-    fn below(fd: BorrowedFd<'_>) {
-        let Ok(dir) = Dir::read_from(fd) else { return };
-        let names: Vec<std::ffi::CString> = dir
-            .flatten()
-            .filter(|e| e.file_type() == FileType::Directory)
-            .map(|e| e.file_name().to_owned())
-            .filter(|n| n.as_bytes() != b"." && n.as_bytes() != b"..")
-            .collect();
-        for name in names {
-            if let Ok(child) =
-                rustix::fs::openat(fd, &name, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
-            {
-                below(child.as_fd());
-            }
-            let _ = rustix::fs::unlinkat(fd, &name, AtFlags::REMOVEDIR);
-        }
-    }
-    // A descriptor per level: allow as many as the hard limit does.
-    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
-    let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
-    if let Ok(fd) = rustix::fs::open(dir, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()) {
-        below(fd.as_fd());
-    }
+    let _ = mctl::cgroups::tree::walk(dir, &mut |_| Ok(()), &mut |parent, name| {
+        let _ = rustix::fs::unlinkat(parent, name, rustix::fs::AtFlags::REMOVEDIR);
+        Ok(())
+    });
     let _ = std::fs::remove_dir(dir);
 }
 
