@@ -124,7 +124,7 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
 }
 
 fn remove_tree_within(path: &Path, max_depth: usize) -> io::Result<()> {
-    let top = match rustix::fs::open(path, DIR_FLAGS, rustix::fs::Mode::empty()) {
+    let top = match rustix::fs::open(path, OPEN_DIR_NOFOLLOW, rustix::fs::Mode::empty()) {
         Ok(fd) => fd,
         Err(rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP) => return std::fs::remove_file(path),
         Err(e) => return Err(e.into()),
@@ -136,7 +136,9 @@ fn remove_tree_within(path: &Path, max_depth: usize) -> io::Result<()> {
     std::fs::remove_dir(path)
 }
 
-const DIR_FLAGS: rustix::fs::OFlags = rustix::fs::OFlags::RDONLY
+/// How a directory is opened when a symlink in its place must not be followed (read-only,
+/// close-on-exec).
+pub const OPEN_DIR_NOFOLLOW: rustix::fs::OFlags = rustix::fs::OFlags::RDONLY
     .union(rustix::fs::OFlags::DIRECTORY)
     .union(rustix::fs::OFlags::NOFOLLOW)
     .union(rustix::fs::OFlags::CLOEXEC);
@@ -176,7 +178,7 @@ impl Removal<'_> {
                 again = true;
                 continue;
             }
-            let child = match rustix::fs::openat(dir, &name, DIR_FLAGS, rustix::fs::Mode::empty()) {
+            let child = match rustix::fs::openat(dir, &name, OPEN_DIR_NOFOLLOW, rustix::fs::Mode::empty()) {
                 Ok(fd) => fd,
                 Err(Errno::NOENT) => continue,
                 Err(e) => return Err(e.into()),

@@ -18,8 +18,7 @@ use rustix::fs::{Mode, OFlags};
 
 /// Opens the directory `name` below `dir` (no symlinks).
 fn open_dir_at(dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> io::Result<OwnedFd> {
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    Ok(rustix::fs::openat(dir, name, flags, Mode::empty())?)
+    Ok(rustix::fs::openat(dir, name, crate::guestfs::OPEN_DIR_NOFOLLOW, Mode::empty())?)
 }
 
 /// The names of the subdirectories of `dir`.

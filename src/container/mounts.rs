@@ -373,18 +373,8 @@ fn copy_tree(from: &OwnedFd, to: &OwnedFd) -> io::Result<()> {
         match FileType::from_raw_mode(st.st_mode) {
             FileType::Directory => {
                 rustix::fs::mkdirat(to, name, mode)?;
-                let src = rustix::fs::openat(
-                    from,
-                    name,
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )?;
-                let dst = rustix::fs::openat(
-                    to,
-                    name,
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )?;
+                let src = rustix::fs::openat(from, name, crate::guestfs::OPEN_DIR_NOFOLLOW, Mode::empty())?;
+                let dst = rustix::fs::openat(to, name, crate::guestfs::OPEN_DIR_NOFOLLOW, Mode::empty())?;
                 copy_tree(&src, &dst)?;
             }
             FileType::RegularFile => {

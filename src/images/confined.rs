@@ -183,12 +183,8 @@ fn timestamps(mtime: (i64, u32)) -> Timestamps {
 impl TreeWriter {
     /// A writer for the (existing, empty) directory `root`.
     pub fn new(root: &Path) -> Result<Self, WriteError> {
-        let fd = rfs::open(
-            root,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(io_err("cannot open", root))?;
+        let fd = rfs::open(root, crate::guestfs::OPEN_DIR_NOFOLLOW, Mode::empty())
+            .map_err(io_err("cannot open", root))?;
         let vfs = rfs::fstatvfs(&fd).map_err(io_err("cannot get the free space of", root))?;
         Ok(Self {
             root: fd,
@@ -534,13 +530,8 @@ impl TreeWriter {
         meta: &Meta,
     ) -> Result<(), WriteError> {
         self.create(parent, name, path, true, |p| rfs::mkdirat(p, name, Mode::from_raw_mode(0o700)))?;
-        let fd = rfs::openat(
-            parent,
-            name,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(io_err("cannot open", path))?;
+        let fd = rfs::openat(parent, name, crate::guestfs::OPEN_DIR_NOFOLLOW, Mode::empty())
+            .map_err(io_err("cannot open", path))?;
         self.set_meta_fd(&fd, path, meta)?;
         self.dir_times.push((rel.to_owned(), meta.mtime));
         Ok(())

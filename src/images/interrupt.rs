@@ -57,7 +57,7 @@ pub fn install() -> io::Result<()> {
                         // lock so that no commit can happen meanwhile, and end the process.
                         let reg = lock();
                         for p in reg.iter() {
-                            remove_any(p);
+                            let _ = crate::guestfs::remove_tree(p);
                         }
                         std::process::exit(128 + sig);
                     }
@@ -85,10 +85,6 @@ pub fn check() -> Result<(), Interrupted> {
 fn lock() -> MutexGuard<'static, Vec<PathBuf>> {
     // A panic while holding the lock leaves a usable list; keep going.
     REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn remove_any(p: &Path) {
-    let _ = crate::guestfs::remove_tree(p);
 }
 
 /// A temporary file or directory that must not survive the operation: removed when dropped
@@ -132,7 +128,7 @@ impl Drop for Temporary {
             // Under the lock: a watchdog that wakes up meanwhile waits for this removal to end
             // instead of racing it.
             let mut reg = lock();
-            remove_any(&self.path);
+            let _ = crate::guestfs::remove_tree(&self.path);
             reg.retain(|p| p != &self.path);
         }
     }

@@ -12,7 +12,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
-use rustix::fs::{self as rfs, AtFlags, IFlags, Mode, OFlags, RenameFlags, StatxFlags};
+use rustix::fs::{self as rfs, AtFlags, IFlags, Mode, RenameFlags, StatxFlags};
 
 use super::confined::{Meta, Node, TreeWriter, WriteError};
 use super::interrupt::{self, Interrupted, Temporary};
@@ -411,7 +411,7 @@ impl ImageStore {
 }
 
 fn open_dir(path: &Path) -> Result<OwnedFd, StoreError> {
-    rfs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+    rfs::open(path, crate::guestfs::OPEN_DIR_NOFOLLOW, Mode::empty())
         .map_err(|e| io_err("cannot open", path)(e.into()))
 }
 

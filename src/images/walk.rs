@@ -238,8 +238,7 @@ pub(crate) fn path_xattrs(proc: &str, path: &Path) -> Result<Vec<(OsString, Vec<
 
 /// Opens `root` as a directory (not through a final symlink).
 pub fn open_dir(root: &Path) -> Result<OwnedFd, WalkError> {
-    rfs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-        .map_err(err("cannot open", root))
+    rfs::open(root, crate::guestfs::OPEN_DIR_NOFOLLOW, Mode::empty()).map_err(err("cannot open", root))
 }
 
 /// Visits `root` and everything below it, parents before children, names sorted. The walk
@@ -285,13 +284,8 @@ fn walk_dir<E: From<WalkError>>(
         let st = rfs::statat(dir, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
             .map_err(err("cannot inspect", &path))?;
         if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
-            let sub = rfs::openat(
-                dir,
-                name.as_os_str(),
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(err("cannot open", &path))?;
+            let sub = rfs::openat(dir, name.as_os_str(), crate::guestfs::OPEN_DIR_NOFOLLOW, Mode::empty())
+                .map_err(err("cannot open", &path))?;
             visit(&Found { path: &path, rel, stat: &st, parent: dir, name: &name, dir: Some(&sub) })?;
             if st.st_dev == dev {
                 walk_dir(root, &sub, dev, rel, visit)?;
